@@ -1,0 +1,269 @@
+"""LPS-Net architecture description N = {B, C, R} and the expansion-op arithmetic.
+
+An :class:`Arch` is pure data: it builds nothing and measures nothing. Everything that
+depends only on the architecture (parameter count, conv MACs, hashing, expansion) lives here
+so the search and the summary tools can run without TensorFlow doing any work.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import math
+from fractions import Fraction
+from typing import Iterable, Sequence
+
+NUM_STAGES = 5
+MAX_PATHS = 3
+STAGE_STRIDES = (2, 2, 2, 2, 1)
+
+
+class ArchError(ValueError):
+    """An architecture description is invalid; the message names the field."""
+
+
+def _canonical_ratio(r: float) -> float:
+    # Expansion adds multiples of 1/8 and the presets use 1/4, 3/4: snapping to a small
+    # denominator keeps 0.1 + 0.2-style float noise out of hashes and sizes.
+    return float(Fraction(r).limit_denominator(4096))
+
+
+@dataclasses.dataclass(frozen=True)
+class Arch:
+    """Blocks per stage (``depth``), channels per stage (``width``), path input ratios.
+
+    ``resolution`` is canonicalised on construction the way the official ``get_lpsnet``
+    does it: zeros are dropped, positive ratios sorted high to low, then padded with zeros to
+    three entries. ``(0.5, 0, 0.125)`` therefore equals ``(0.5, 0.125, 0)``.
+    """
+
+    depth: tuple[int, ...]
+    width: tuple[int, ...]
+    resolution: tuple[float, ...]
+    num_classes: int = 19
+
+    def __post_init__(self):
+        depth = _int_tuple(self.depth, "depth")
+        width = _int_tuple(self.width, "width")
+        for name, values in (("depth", depth), ("width", width)):
+            if len(values) != NUM_STAGES:
+                raise ArchError(f"{name} must have {NUM_STAGES} entries, got {list(values)!r}")
+            for i, v in enumerate(values):
+                if v < 1:
+                    raise ArchError(f"{name}[{i}] must be >= 1, got {v!r}")
+        try:
+            res = tuple(float(r) for r in self.resolution)
+        except (TypeError, ValueError):
+            raise ArchError(f"resolution must be a list of numbers, got {self.resolution!r}") from None
+        if not 1 <= len(res) <= MAX_PATHS:
+            raise ArchError(f"resolution must have 1 to {MAX_PATHS} entries, got {list(res)!r}")
+        for i, r in enumerate(res):
+            if not math.isfinite(r) or r < 0:
+                raise ArchError(f"resolution[{i}] must be a finite ratio >= 0, got {r!r}")
+        positive = sorted((_canonical_ratio(r) for r in res if r > 0), reverse=True)
+        if not positive:
+            raise ArchError(f"resolution needs at least one positive ratio, got {list(res)!r}")
+        if isinstance(self.num_classes, bool) or not isinstance(self.num_classes, int):
+            raise ArchError(f"num_classes must be an int, got {self.num_classes!r}")
+        if self.num_classes < 2:
+            raise ArchError(f"num_classes must be >= 2, got {self.num_classes!r}")
+        object.__setattr__(self, "depth", depth)
+        object.__setattr__(self, "width", width)
+        object.__setattr__(self, "resolution", tuple(positive) + (0.0,) * (MAX_PATHS - len(positive)))
+
+    # ----------------------------------------------------------------- structure
+    @property
+    def ratios(self) -> tuple[float, ...]:
+        """The positive path ratios, high to low (one per path)."""
+        return tuple(r for r in self.resolution if r > 0)
+
+    @property
+    def num_paths(self) -> int:
+        return len(self.ratios)
+
+    def path_input_size(self, height: int, width: int, path: int = 0) -> tuple[int, int]:
+        """Input size of ``path`` for an image of ``height`` x ``width`` (official int(H*r))."""
+        r = self.ratios[path]
+        return int(height * r), int(width * r)
+
+    def feature_sizes(self, height: int, width: int, path: int = 0) -> list[tuple[int, int]]:
+        """Spatial size after each stage of ``path`` (3x3, pad 1: out = ceil(in / stride))."""
+        h, w = self.path_input_size(height, width, path)
+        sizes = []
+        for s in STAGE_STRIDES:
+            h, w = -(-h // s), -(-w // s)
+            sizes.append((h, w))
+        return sizes
+
+    def output_size(self, height: int, width: int) -> tuple[int, int]:
+        """Logit map size: after stage 5 of the first path (about 1/16 of that path's input)."""
+        return self.feature_sizes(height, width, 0)[-1]
+
+    def num_params(self) -> int:
+        """Parameters of the fused deploy model (3x3 conv + bias per block, 1x1 head)."""
+        per_path = 0
+        c_in = 3
+        for d, c in zip(self.depth, self.width):
+            per_path += (9 * c_in * c + c) + (d - 1) * (9 * c * c + c)
+            c_in = c
+        head = self.width[-1] * self.num_paths * self.num_classes + self.num_classes
+        return per_path * self.num_paths + head
+
+    def macs(self, height: int = 1024, width: int = 2048) -> int:
+        """Convolution multiply-accumulates of the deploy model at ``height`` x ``width``.
+
+        Counts the 3x3 convs and the 1x1 head (resizes, additions and ReLUs are excluded,
+        which is how the paper's GFLOPs column is counted).
+        """
+        total = 0
+        for p in range(self.num_paths):
+            c_in = 3
+            for (h, w), d, c in zip(self.feature_sizes(height, width, p), self.depth, self.width):
+                total += h * w * 9 * (c_in * c + (d - 1) * c * c)
+                c_in = c
+        h, w = self.output_size(height, width)
+        total += h * w * self.width[-1] * self.num_paths * self.num_classes
+        return total
+
+    # ----------------------------------------------------------------- expansion
+    def expand(self, op: "ExpansionOp", k: int = 1) -> "Arch":
+        """``N + k * delta``: element-wise addition of an expansion op, then canonicalised."""
+        if isinstance(k, bool) or not isinstance(k, int) or k < 0:
+            raise ArchError(f"expansion multiple k must be an int >= 0, got {k!r}")
+        return Arch(
+            depth=tuple(a + k * b for a, b in zip(self.depth, op.depth)),
+            width=tuple(a + k * b for a, b in zip(self.width, op.width)),
+            resolution=tuple(a + k * b for a, b in zip(self.resolution, op.resolution)),
+            num_classes=self.num_classes,
+        )
+
+    def __add__(self, op: "ExpansionOp") -> "Arch":
+        if not isinstance(op, ExpansionOp):
+            return NotImplemented
+        return self.expand(op, 1)
+
+    # ----------------------------------------------------------------- serialisation
+    def to_dict(self) -> dict:
+        return {
+            "depth": list(self.depth),
+            "width": list(self.width),
+            "resolution": [_ratio_json(r) for r in self.resolution],
+            "num_classes": self.num_classes,
+        }
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), sort_keys=True)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "Arch":
+        if not isinstance(d, dict):
+            raise ArchError(f"an arch must be a mapping, got {d!r}")
+        unknown = set(d) - {"depth", "width", "resolution", "num_classes"}
+        if unknown:
+            raise ArchError(f"unknown arch key(s) {sorted(unknown)!r}")
+        missing = {"depth", "width", "resolution"} - set(d)
+        if missing:
+            raise ArchError(f"arch is missing key(s) {sorted(missing)!r}")
+        return cls(
+            depth=d["depth"],
+            width=d["width"],
+            resolution=tuple(_parse_ratio(r, i) for i, r in enumerate(_as_list(d["resolution"], "resolution"))),
+            num_classes=d.get("num_classes", 19),
+        )
+
+    @classmethod
+    def from_json(cls, s: str) -> "Arch":
+        return cls.from_dict(json.loads(s))
+
+    def with_num_classes(self, num_classes: int) -> "Arch":
+        return dataclasses.replace(self, num_classes=num_classes)
+
+    @property
+    def hash(self) -> str:
+        """Stable 12-hex-digit id of (depth, width, resolution, num_classes)."""
+        return hashlib.sha256(self.to_json().encode()).hexdigest()[:12]
+
+    def short(self) -> str:
+        """Paper notation, e.g. ``{1,3,3,10,10} {8,24,48,96,96} {3/4,1/4,0}``."""
+        return (
+            "{" + ",".join(map(str, self.depth)) + "} "
+            "{" + ",".join(map(str, self.width)) + "} "
+            "{" + ",".join(str(Fraction(r).limit_denominator(4096)) for r in self.resolution) + "}"
+        )
+
+    def __str__(self) -> str:
+        return self.short()
+
+
+@dataclasses.dataclass(frozen=True)
+class ExpansionOp:
+    """A delta on one dimension, e.g. depth (0,0,1,1,1)."""
+
+    name: str
+    dimension: str  # "depth" | "width" | "resolution"
+    depth: tuple[int, ...] = (0,) * NUM_STAGES
+    width: tuple[int, ...] = (0,) * NUM_STAGES
+    resolution: tuple[float, ...] = (0.0,) * MAX_PATHS
+
+    def to_dict(self) -> dict:
+        return {
+            "name": self.name,
+            "dimension": self.dimension,
+            "depth": list(self.depth),
+            "width": list(self.width),
+            "resolution": [_ratio_json(r) for r in self.resolution],
+        }
+
+
+def _op(name: str, dim: str, delta: Sequence) -> ExpansionOp:
+    return ExpansionOp(name=name, dimension=dim, **{dim: tuple(delta)})
+
+
+#: The paper's operation set Delta: 3 depth, 4 width and 3 resolution deltas.
+EXPANSION_OPS: tuple[ExpansionOp, ...] = (
+    _op("depth_s2-5", "depth", (0, 1, 1, 1, 1)),
+    _op("depth_s3-5", "depth", (0, 0, 1, 1, 1)),
+    _op("depth_s4-5", "depth", (0, 0, 0, 1, 1)),
+    _op("width_s1-5", "width", (4, 8, 16, 32, 32)),
+    _op("width_s2-5", "width", (0, 8, 16, 32, 32)),
+    _op("width_s3-5", "width", (0, 0, 16, 32, 32)),
+    _op("width_s4-5", "width", (0, 0, 0, 32, 32)),
+    _op("res_path1", "resolution", (0.125, 0.0, 0.0)),
+    _op("res_path2", "resolution", (0.0, 0.125, 0.0)),
+    _op("res_path3", "resolution", (0.0, 0.0, 0.125)),
+)
+EXPANSION_OPS_BY_NAME = {op.name: op for op in EXPANSION_OPS}
+
+
+def _int_tuple(values, name) -> tuple[int, ...]:
+    values = _as_list(values, name)
+    out = []
+    for i, v in enumerate(values):
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or int(v) != v:
+            raise ArchError(f"{name}[{i}] must be an integer, got {v!r}")
+        out.append(int(v))
+    return tuple(out)
+
+
+def _as_list(values, name) -> list:
+    if isinstance(values, (str, bytes)) or not isinstance(values, Iterable):
+        raise ArchError(f"{name} must be a list, got {values!r}")
+    return list(values)
+
+
+def _parse_ratio(r, i) -> float:
+    """Accepts numbers and fraction strings such as "3/4"."""
+    if isinstance(r, str):
+        try:
+            return float(Fraction(r))
+        except (ValueError, ZeroDivisionError):
+            raise ArchError(f"resolution[{i}] is not a number or fraction, got {r!r}") from None
+    if isinstance(r, bool) or not isinstance(r, (int, float)):
+        raise ArchError(f"resolution[{i}] must be a number, got {r!r}")
+    return float(r)
+
+
+def _ratio_json(r: float):
+    # Exact binary fractions (k/8, 3/4, ...) survive a float round trip; keep them numeric.
+    return float(r)

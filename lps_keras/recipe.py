@@ -1,0 +1,396 @@
+"""Recipes: one JSON file describes a whole run (model, data, training, eval, export, search).
+
+JSON is parsed into frozen dataclasses; unknown keys and wrong types are rejected with the
+dotted key path (``train.batch_size``) and the file name. ``--set key.sub=value`` overrides
+are applied to the raw mapping before validation, so they are checked the same way.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import types
+import typing
+from pathlib import Path
+from typing import Any, Optional, Union
+
+from lps_keras.arch import Arch, ArchError
+
+
+class RecipeError(ValueError):
+    """A recipe (file or override) is invalid; the message names the file and key."""
+
+
+# --------------------------------------------------------------------------- sections
+@dataclasses.dataclass(frozen=True)
+class ModelConfig:
+    """Either ``preset`` (a name from ``lps_keras.presets``) or an explicit ``arch``."""
+
+    preset: Optional[str] = None
+    arch: Optional[dict] = None  # {"depth": [...], "width": [...], "resolution": [...]}
+    num_classes: Optional[int] = None  # default: the dataset's class count
+    sync_batchnorm: bool = False  # synchronised BN across replicas under tf.distribute
+
+
+@dataclasses.dataclass(frozen=True)
+class AugmentConfig:
+    crop_size: tuple[int, int] = (768, 768)  # (height, width)
+    scale_range: tuple[float, float] = (0.5, 2.0)
+    hflip: bool = True
+    brightness: float = 0.4  # colour jitter strengths as in torchvision ColorJitter
+    contrast: float = 0.4
+    saturation: float = 0.4
+
+
+@dataclasses.dataclass(frozen=True)
+class SyntheticConfig:
+    """Size of the built-in procedurally drawn street set (generated on first use)."""
+
+    num_train: int = 300
+    num_val: int = 60
+    height: int = 192
+    width: int = 384
+    seed: int = 0
+
+
+@dataclasses.dataclass(frozen=True)
+class DataConfig:
+    dataset: str = "cityscapes"  # cityscapes | bdd100k | camvid | camvid_original | synthetic
+    root: str = "data/cityscapes"  # dataset as downloaded (directory layout or TFDS manual dir)
+    source: str = "directory"  # directory | tfds
+    train_split: str = "train"
+    val_split: str = "val"
+    augment: AugmentConfig = AugmentConfig()
+    synthetic: SyntheticConfig = SyntheticConfig()
+    train_subset: Optional[int] = None  # first N training images (proxy schedules)
+    val_subset: Optional[int] = None
+    eval_size: Optional[tuple[int, int]] = None  # resize eval images (labels stay full size)
+    shuffle_buffer: int = 256
+    skip_bad_files: bool = False
+    deterministic: bool = False
+    cache: bool = False  # cache decoded images in memory (small datasets)
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+    iterations: int = 90000
+    batch_size: int = 16
+    base_lr: float = 0.01
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    poly_power: float = 0.9
+    warmup_iterations: int = 0
+    loss: str = "ce"  # ce | ohem
+    ohem_threshold: float = 0.7
+    ohem_min_kept: int = 100000
+    mixed_precision: str = "none"  # none | auto | mixed_float16 | mixed_bfloat16
+    distribute: str = "none"  # none | mirrored | multi_worker
+    val_interval: int = 5000
+    checkpoint_interval: int = 1000
+    log_interval: int = 50
+    image_summaries: int = 2
+    seed: int = 0
+    init: Optional[str] = None  # .keras checkpoint or official weights (.pth / .npz)
+    run_dir: str = "runs/{name}"
+
+
+@dataclasses.dataclass(frozen=True)
+class EvalConfig:
+    batch_size: int = 1
+    split: str = "val"
+
+
+@dataclasses.dataclass(frozen=True)
+class ExportConfig:
+    name: Optional[str] = None  # default: the recipe name
+    version: int = 1
+    input_size: Optional[tuple[int, int]] = None  # static (H, W) for TensorRT; None = dynamic
+    precision: str = "fp32"  # fp32 | bf16 (CPU deployment)
+    outputs: str = "probabilities"  # probabilities | logits
+
+
+@dataclasses.dataclass(frozen=True)
+class ProxyConfig:
+    """Short training schedule used to score each candidate during expansion."""
+
+    iterations: int = 2000
+    batch_size: int = 8
+    base_lr: float = 0.01
+    crop_size: tuple[int, int] = (512, 512)
+    train_subset: Optional[int] = None
+    val_subset: Optional[int] = None
+    eval_size: Optional[tuple[int, int]] = None
+
+
+@dataclasses.dataclass(frozen=True)
+class SearchConfig:
+    steps: int = 14
+    latency_backend: str = "tf"  # tf | tftrt | tensorrt | onnxruntime | macs
+    latency_input_shape: tuple[int, int, int, int] = (1, 1024, 2048, 3)
+    latency_warmup: int = 5
+    latency_iters: int = 20
+    latency_cache: str = "latency_cache.json"
+    max_k: int = 16  # bound on the step multiple k when searching |Lat(N + k d) - L_T|
+    proxy: ProxyConfig = ProxyConfig()
+    workers: int = 1
+
+
+@dataclasses.dataclass(frozen=True)
+class Recipe:
+    name: str = "unnamed"
+    description: str = ""
+    model: ModelConfig = ModelConfig()
+    data: DataConfig = DataConfig()
+    train: TrainConfig = TrainConfig()
+    eval: EvalConfig = EvalConfig()
+    export: ExportConfig = ExportConfig()
+    search: SearchConfig = SearchConfig()
+
+    # ------------------------------------------------------------- derived values
+    def arch(self, num_classes: Optional[int] = None) -> Arch:
+        """The model architecture, with the class count from the model or the dataset."""
+        from lps_keras.presets import get_preset
+
+        n = num_classes or self.model.num_classes or dataset_num_classes(self.data.dataset)
+        try:
+            if self.model.arch is not None:
+                return Arch.from_dict({**self.model.arch, "num_classes": n})
+            return get_preset(self.model.preset, num_classes=n)
+        except ArchError as e:
+            raise RecipeError(f"model: {e}") from None
+
+    def to_dict(self) -> dict:
+        return _to_jsonable(dataclasses.asdict(self))
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2, sort_keys=False)
+
+
+#: Class counts of the datasets this project reads (the data modules hold names/colours).
+_DATASET_CLASSES = {
+    "cityscapes": 19,
+    "bdd100k": 19,
+    "synthetic": 19,
+    "camvid": 11,
+    "camvid_original": 11,
+}
+
+
+def dataset_num_classes(dataset: str) -> int:
+    if dataset not in _DATASET_CLASSES:
+        raise RecipeError(f"data.dataset: unknown dataset {dataset!r}; known: {', '.join(sorted(_DATASET_CLASSES))}")
+    return _DATASET_CLASSES[dataset]
+
+
+_CHOICES = {
+    "data.dataset": tuple(_DATASET_CLASSES),
+    "data.source": ("directory", "tfds"),
+    "train.loss": ("ce", "ohem"),
+    "train.mixed_precision": ("none", "auto", "mixed_float16", "mixed_bfloat16"),
+    "train.distribute": ("none", "mirrored", "multi_worker"),
+    "export.precision": ("fp32", "bf16"),
+    "export.outputs": ("probabilities", "logits"),
+    "search.latency_backend": ("tf", "tftrt", "tensorrt", "onnxruntime", "macs"),
+}
+
+# Fields that must be > 0 (ints) when set.
+_POSITIVE = {
+    "train.iterations", "train.batch_size", "train.base_lr", "train.val_interval",
+    "train.checkpoint_interval", "train.log_interval", "eval.batch_size", "export.version",
+    "search.steps", "search.max_k", "search.latency_iters", "search.workers",
+    "search.proxy.iterations", "search.proxy.batch_size", "search.proxy.base_lr",
+    "data.synthetic.num_train", "data.synthetic.num_val", "data.synthetic.height",
+    "data.synthetic.width", "data.train_subset", "data.val_subset",
+    "search.proxy.train_subset", "search.proxy.val_subset", "data.shuffle_buffer",
+    "model.num_classes",
+}
+
+
+# --------------------------------------------------------------------------- loading
+def load_recipe(path: str | Path, overrides: Optional[list[str]] = None) -> Recipe:
+    """Read a recipe JSON file, apply ``key.sub=value`` overrides, validate."""
+    path = Path(path)
+    try:
+        raw = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise RecipeError(f"{path}: recipe file not found") from None
+    except json.JSONDecodeError as e:
+        raise RecipeError(f"{path}: not valid JSON: {e}") from None
+    if not isinstance(raw, dict):
+        raise RecipeError(f"{path}: a recipe must be a JSON object")
+    raw.setdefault("name", path.stem)
+    return recipe_from_dict(raw, overrides=overrides, source=str(path))
+
+
+def recipe_from_dict(raw: dict, overrides: Optional[list[str]] = None, source: str = "recipe") -> Recipe:
+    raw = json.loads(json.dumps(raw))  # deep copy, JSON types only
+    for item in overrides or ():
+        apply_override(raw, item, source=source)
+    try:
+        recipe = _build(Recipe, raw, "")
+        _check(recipe)
+        recipe.arch()  # validates model.preset / model.arch
+    except RecipeError as e:
+        raise RecipeError(f"{source}: {e}") from None
+    return recipe
+
+
+def apply_override(raw: dict, item: str, source: str = "recipe") -> None:
+    """Apply one ``a.b.c=value`` to a raw recipe mapping; value parsed as JSON if it can be."""
+    if "=" not in item:
+        raise RecipeError(f"--set {item!r}: expected key.sub=value")
+    key, _, text = item.partition("=")
+    key = key.strip()
+    parts = key.split(".")
+    if not key or any(not p for p in parts):
+        raise RecipeError(f"--set {item!r}: bad key {key!r}")
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError:
+        value = text  # bare strings need no quotes: --set data.root=/data/cs
+    # Walk the dataclass schema so a typo is caught here with the override's own key.
+    cls: Any = Recipe
+    node = raw
+    for i, part in enumerate(parts):
+        fields = {f.name: f for f in dataclasses.fields(cls)} if dataclasses.is_dataclass(cls) else None
+        if fields is None or part not in fields:
+            where = ".".join(parts[:i]) or "recipe"
+            raise RecipeError(f"--set {item!r}: unknown key {key!r} ({where} has no field {part!r})")
+        if i == len(parts) - 1:
+            node[part] = value
+        else:
+            ftype = _unwrap_optional(_resolve(cls, part))
+            if not dataclasses.is_dataclass(ftype):
+                # e.g. model.arch.depth: the arch dict is free-form, validated by Arch.
+                sub = node.setdefault(part, {}) if isinstance(node.get(part), dict) or node.get(part) is None else None
+                if sub is None or not isinstance(sub, dict):
+                    raise RecipeError(f"--set {item!r}: {'.'.join(parts[: i + 1])} is not a section")
+                node[part] = sub
+                rest = parts[i + 1 :]
+                for p in rest[:-1]:
+                    sub = sub.setdefault(p, {})
+                sub[rest[-1]] = value
+                return
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise RecipeError(f"--set {item!r}: {'.'.join(parts[: i + 1])} is not a section")
+            cls = ftype
+
+
+def _resolve(cls, name):
+    hints = typing.get_type_hints(cls)
+    return hints[name]
+
+
+def _unwrap_optional(t):
+    origin = typing.get_origin(t)
+    if origin in (Union, types.UnionType):
+        args = [a for a in typing.get_args(t) if a is not type(None)]
+        if len(args) == 1:
+            return args[0]
+    return t
+
+
+def _build(cls, raw, prefix):
+    if not isinstance(raw, dict):
+        raise RecipeError(f"{prefix or 'recipe'}: expected an object, got {raw!r}")
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = [k for k in raw if k not in names and not k.startswith("_")]
+    if unknown:
+        raise RecipeError(f"unknown key {prefix + unknown[0]!r}" + (f" (and {unknown[1:]!r})" if len(unknown) > 1 else ""))
+    kwargs = {}
+    for name in names:
+        if name in raw:
+            kwargs[name] = _convert(hints[name], raw[name], prefix + name)
+    return cls(**kwargs)
+
+
+def _convert(t, value, key):
+    origin = typing.get_origin(t)
+    if origin in (Union, types.UnionType):
+        args = typing.get_args(t)
+        if value is None and type(None) in args:
+            return None
+        inner = [a for a in args if a is not type(None)]
+        return _convert(inner[0], value, key)
+    if dataclasses.is_dataclass(t):
+        return _build(t, value, key + ".")
+    if origin is tuple:
+        args = typing.get_args(t)
+        if not isinstance(value, (list, tuple)):
+            raise RecipeError(f"{key}: expected a list of {len(args)} values, got {value!r}")
+        if len(args) == 2 and args[1] is Ellipsis:
+            return tuple(_convert(args[0], v, f"{key}[{i}]") for i, v in enumerate(value))
+        if len(value) != len(args):
+            raise RecipeError(f"{key}: expected {len(args)} values, got {value!r}")
+        return tuple(_convert(a, v, f"{key}[{i}]") for i, (a, v) in enumerate(zip(args, value)))
+    if t is dict:
+        if not isinstance(value, dict):
+            raise RecipeError(f"{key}: expected an object, got {value!r}")
+        return value
+    if t is bool:
+        if not isinstance(value, bool):
+            raise RecipeError(f"{key}: expected true/false, got {value!r}")
+        return value
+    if t is int:
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or int(value) != value:
+            raise RecipeError(f"{key}: expected an integer, got {value!r}")
+        return int(value)
+    if t is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise RecipeError(f"{key}: expected a number, got {value!r}")
+        return float(value)
+    if t is str:
+        if not isinstance(value, str):
+            raise RecipeError(f"{key}: expected a string, got {value!r}")
+        return value
+    raise TypeError(f"unsupported recipe field type {t!r} for {key}")
+
+
+def _walk(obj, prefix=""):
+    for f in dataclasses.fields(obj):
+        v = getattr(obj, f.name)
+        key = prefix + f.name
+        if dataclasses.is_dataclass(v):
+            yield from _walk(v, key + ".")
+        else:
+            yield key, v
+
+
+def _check(recipe: Recipe) -> None:
+    for key, v in _walk(recipe):
+        if key in _CHOICES and v not in _CHOICES[key]:
+            raise RecipeError(f"{key}: {v!r} is not one of {', '.join(_CHOICES[key])}")
+        if key in _POSITIVE and v is not None and v <= 0:
+            raise RecipeError(f"{key}: must be > 0, got {v!r}")
+        if isinstance(v, tuple) and key.endswith(("crop_size", "eval_size", "input_size")):
+            if any(x <= 0 for x in v):
+                raise RecipeError(f"{key}: sizes must be > 0, got {list(v)!r}")
+    for key in ("train.weight_decay", "train.momentum", "train.warmup_iterations", "train.ohem_min_kept",
+                "search.latency_warmup", "data.augment.brightness", "data.augment.contrast",
+                "data.augment.saturation"):
+        v = _get(recipe, key)
+        if v < 0:
+            raise RecipeError(f"{key}: must be >= 0, got {v!r}")
+    lo, hi = recipe.data.augment.scale_range
+    if not 0 < lo <= hi:
+        raise RecipeError(f"data.augment.scale_range: need 0 < low <= high, got {[lo, hi]!r}")
+    if not 0 < recipe.train.ohem_threshold < 1:
+        raise RecipeError(f"train.ohem_threshold: must be in (0, 1), got {recipe.train.ohem_threshold!r}")
+    if (recipe.model.preset is None) == (recipe.model.arch is None):
+        raise RecipeError("model: give exactly one of model.preset and model.arch")
+
+
+def _get(obj, dotted):
+    for p in dotted.split("."):
+        obj = getattr(obj, p)
+    return obj
+
+
+def _to_jsonable(x):
+    if isinstance(x, dict):
+        return {k: _to_jsonable(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_to_jsonable(v) for v in x]
+    return x
