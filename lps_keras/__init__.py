@@ -1,0 +1,33 @@
+"""lps-keras: LPS-Net for Keras 3 / TensorFlow."""
+
+from lps_keras.arch import EXPANSION_OPS, Arch, ArchError, ExpansionOp
+from lps_keras.presets import PRESETS, get_preset
+from lps_keras.recipe import Recipe, RecipeError, load_recipe
+
+__version__ = "0.1.0"
+
+
+def __getattr__(name):
+    # Keras/TF are imported lazily so that `lps_keras.arch`, recipes and the search logic stay
+    # cheap to import (the search runs where only latencies are needed).
+    lazy = {
+        "build_model": ("lps_keras.model", "build_model"),
+        "arch_from_model": ("lps_keras.model", "arch_from_model"),
+        "reparameterize": ("lps_keras.reparam", "reparameterize"),
+        "load_official_weights": ("lps_keras.official", "load_official_weights"),
+        "build_dataset": ("lps_keras.data", "build_dataset"),
+        "measure_latency": ("lps_keras.latency", "measure_latency"),
+    }
+    if name in lazy:
+        import importlib
+
+        module, attr = lazy[name]
+        return getattr(importlib.import_module(module), attr)
+    raise AttributeError(f"module 'lps_keras' has no attribute {name!r}")
+
+
+__all__ = [
+    "Arch", "ArchError", "ExpansionOp", "EXPANSION_OPS", "PRESETS", "get_preset", "Recipe", "RecipeError",
+    "load_recipe", "build_model", "arch_from_model", "reparameterize", "load_official_weights", "build_dataset",
+    "measure_latency",
+]
