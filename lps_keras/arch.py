@@ -11,8 +11,8 @@ import dataclasses
 import hashlib
 import json
 import math
+from collections.abc import Iterable, Sequence
 from fractions import Fraction
-from typing import Iterable, Sequence
 
 NUM_STAGES = 5
 MAX_PATHS = 3
@@ -127,7 +127,7 @@ class Arch:
         return total
 
     # ----------------------------------------------------------------- expansion
-    def expand(self, op: "ExpansionOp", k: int = 1) -> "Arch":
+    def expand(self, op: ExpansionOp, k: int = 1) -> Arch:
         """``N + k * delta``: element-wise addition of an expansion op, then canonicalised."""
         if isinstance(k, bool) or not isinstance(k, int) or k < 0:
             raise ArchError(f"expansion multiple k must be an int >= 0, got {k!r}")
@@ -138,7 +138,7 @@ class Arch:
             num_classes=self.num_classes,
         )
 
-    def __add__(self, op: "ExpansionOp") -> "Arch":
+    def __add__(self, op: ExpansionOp) -> Arch:
         if not isinstance(op, ExpansionOp):
             return NotImplemented
         return self.expand(op, 1)
@@ -156,7 +156,7 @@ class Arch:
         return json.dumps(self.to_dict(), sort_keys=True)
 
     @classmethod
-    def from_dict(cls, d: dict) -> "Arch":
+    def from_dict(cls, d: dict) -> Arch:
         if not isinstance(d, dict):
             raise ArchError(f"an arch must be a mapping, got {d!r}")
         unknown = set(d) - {"depth", "width", "resolution", "num_classes"}
@@ -173,10 +173,10 @@ class Arch:
         )
 
     @classmethod
-    def from_json(cls, s: str) -> "Arch":
+    def from_json(cls, s: str) -> Arch:
         return cls.from_dict(json.loads(s))
 
-    def with_num_classes(self, num_classes: int) -> "Arch":
+    def with_num_classes(self, num_classes: int) -> Arch:
         return dataclasses.replace(self, num_classes=num_classes)
 
     @property

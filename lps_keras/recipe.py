@@ -298,7 +298,8 @@ def _build(cls, raw, prefix):
     names = {f.name for f in dataclasses.fields(cls)}
     unknown = [k for k in raw if k not in names and not k.startswith("_")]
     if unknown:
-        raise RecipeError(f"unknown key {prefix + unknown[0]!r}" + (f" (and {unknown[1:]!r})" if len(unknown) > 1 else ""))
+        more = f" (and {unknown[1:]!r})" if len(unknown) > 1 else ""
+        raise RecipeError(f"unknown key {prefix + unknown[0]!r}{more}")
     kwargs = {}
     for name in names:
         if name in raw:

@@ -1,0 +1,92 @@
+import dataclasses
+import json
+from pathlib import Path
+
+import pytest
+
+from lps_keras.recipe import Recipe, RecipeError, load_recipe, recipe_from_dict
+
+RECIPES = sorted((Path(__file__).resolve().parents[1] / "recipes").glob("*.json"))
+
+
+@pytest.mark.parametrize("path", RECIPES, ids=lambda p: p.name)
+def test_shipped_recipes_load_and_round_trip(path):
+    r = load_recipe(path)
+    assert isinstance(r, Recipe)
+    again = recipe_from_dict(json.loads(r.to_json()))
+    assert again == r
+    assert r.arch().num_classes == (11 if r.data.dataset.startswith("camvid") else 19)
+
+
+def test_paper_settings():
+    s = load_recipe(RECIPES[0].parent / "lps_l.json")
+    assert (s.train.iterations, s.train.batch_size, s.train.base_lr) == (90000, 16, 0.01)
+    assert (s.train.momentum, s.train.weight_decay, s.train.poly_power) == (0.9, 5e-4, 0.9)
+    assert s.data.augment.crop_size == (768, 768) and s.data.augment.scale_range == (0.5, 2.0)
+    c = load_recipe(RECIPES[0].parent / "camvid_lps_s.json")
+    assert (c.train.iterations, c.train.batch_size, c.train.base_lr) == (40000, 12, 0.03)
+    assert c.data.augment.crop_size == (720, 960)
+    b = load_recipe(RECIPES[0].parent / "bdd100k_lps_s.json")
+    assert b.data.augment.crop_size == (720, 1280)
+
+
+def _write(tmp_path, d):
+    p = tmp_path / "r.json"
+    p.write_text(json.dumps(d))
+    return p
+
+
+def test_unknown_key_names_key_and_file(tmp_path):
+    p = _write(tmp_path, {"model": {"preset": "lps_s"}, "train": {"batchsize": 4}})
+    with pytest.raises(RecipeError, match=r"r\.json.*train\.batchsize"):
+        load_recipe(p)
+
+
+def test_wrong_type(tmp_path):
+    p = _write(tmp_path, {"model": {"preset": "lps_s"}, "train": {"batch_size": "16"}})
+    with pytest.raises(RecipeError, match=r"train\.batch_size: expected an integer, got '16'"):
+        load_recipe(p)
+
+
+def test_negative_width(tmp_path):
+    p = _write(tmp_path, {"model": {"arch": {"depth": [1] * 5, "width": [4, 8, 16, -32, 32], "resolution": [1]}}})
+    with pytest.raises(RecipeError, match=r"width\[3\] must be >= 1, got -32"):
+        load_recipe(p)
+
+
+def test_bad_choice_and_bad_json(tmp_path):
+    p = _write(tmp_path, {"model": {"preset": "lps_s"}, "train": {"loss": "focal"}})
+    with pytest.raises(RecipeError, match="train.loss: 'focal'"):
+        load_recipe(p)
+    bad = tmp_path / "bad.json"
+    bad.write_text("{nope")
+    with pytest.raises(RecipeError, match="bad.json: not valid JSON"):
+        load_recipe(bad)
+    with pytest.raises(RecipeError, match="not found"):
+        load_recipe(tmp_path / "missing.json")
+
+
+def test_model_needs_exactly_one_of_preset_and_arch(tmp_path):
+    with pytest.raises(RecipeError, match="exactly one"):
+        load_recipe(_write(tmp_path, {"model": {}}))
+
+
+def test_overrides(tmp_path):
+    p = _write(tmp_path, {"model": {"preset": "lps_s"}})
+    r = load_recipe(p, ["train.batch_size=4", "data.root=/data/cs", "data.augment.crop_size=[512, 1024]",
+                        "model.preset=lps_tiny", "train.init=null"])
+    assert r.train.batch_size == 4 and r.data.root == "/data/cs"
+    assert r.data.augment.crop_size == (512, 1024) and r.model.preset == "lps_tiny" and r.train.init is None
+    with pytest.raises(RecipeError, match="train.bach_size"):
+        load_recipe(p, ["train.bach_size=4"])
+    with pytest.raises(RecipeError, match="expected key.sub=value"):
+        load_recipe(p, ["train.batch_size"])
+    arch = load_recipe(_write(tmp_path, {"model": {"arch": {"depth": [1] * 5, "width": [4] * 5, "resolution": [1]}}}),
+                       ["model.arch.depth=[1,2,2,2,2]"]).arch()
+    assert arch.depth == (1, 2, 2, 2, 2)
+
+
+def test_recipe_is_frozen():
+    r = recipe_from_dict({"model": {"preset": "lps_s"}})
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        r.train.batch_size = 3  # type: ignore[misc]
