@@ -1,0 +1,160 @@
+"""Colour palettes, colourised label maps, overlays and official-format prediction PNGs."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+from typing import Optional, Union
+
+import numpy as np
+
+__all__ = [
+    "CITYSCAPES_PALETTE",
+    "CAMVID_PALETTE",
+    "TRAIN_ID_TO_LABEL_ID",
+    "generic_palette",
+    "get_palette",
+    "colorize",
+    "overlay",
+    "save_png",
+    "write_cityscapes_labelids",
+]
+
+#: Official Cityscapes colours of the 19 trainIds (road ... bicycle).
+CITYSCAPES_PALETTE = np.array(
+    [
+        (128, 64, 128), (244, 35, 232), (70, 70, 70), (102, 102, 156), (190, 153, 153),
+        (153, 153, 153), (250, 170, 30), (220, 220, 0), (107, 142, 35), (152, 251, 152),
+        (70, 130, 180), (220, 20, 60), (255, 0, 0), (0, 0, 142), (0, 0, 70),
+        (0, 60, 100), (0, 80, 100), (0, 0, 230), (119, 11, 32),
+    ],
+    dtype=np.uint8,
+)  # fmt: skip
+
+#: SegNet CamVid colours of the 11 classes (Sky, Building, Pole, Road, Pavement, Tree,
+#: SignSymbol, Fence, Car, Pedestrian, Bicyclist).
+CAMVID_PALETTE = np.array(
+    [
+        (128, 128, 128), (128, 0, 0), (192, 192, 128), (128, 64, 128), (0, 0, 192), (128, 128, 0),
+        (192, 128, 128), (64, 64, 128), (64, 0, 128), (64, 64, 0), (0, 128, 192),
+    ],
+    dtype=np.uint8,
+)  # fmt: skip
+
+#: Cityscapes trainId 0..18 -> official labelId; trainId 255 (ignore) is written as labelId 0.
+TRAIN_ID_TO_LABEL_ID = np.array([7, 8, 11, 12, 13, 17, 19, 20, 21, 22, 23, 24, 25, 26, 27, 28, 31, 32, 33], np.uint8)
+
+_PALETTES = {
+    "cityscapes": CITYSCAPES_PALETTE,
+    "bdd100k": CITYSCAPES_PALETTE,
+    "synthetic": CITYSCAPES_PALETTE,
+    "camvid": CAMVID_PALETTE,
+    "camvid_original": CAMVID_PALETTE,
+}
+
+
+def generic_palette(num_classes: int) -> np.ndarray:
+    """Distinct colours for any class count: the bit-interleaved PASCAL VOC scheme, black skipped."""
+    if num_classes < 1:
+        raise ValueError(f"num_classes must be >= 1, got {num_classes!r}")
+    colours = np.zeros((num_classes, 3), np.uint8)
+    for i in range(num_classes):
+        # Class i + 1 so that no class is black, the colour of ignored pixels.
+        c, r, g, b = i + 1, 0, 0, 0
+        for bit in range(8):
+            r |= ((c >> 0) & 1) << (7 - bit)
+            g |= ((c >> 1) & 1) << (7 - bit)
+            b |= ((c >> 2) & 1) << (7 - bit)
+            c >>= 3
+        colours[i] = (r, g, b)
+    return colours
+
+
+def get_palette(dataset: Optional[str], num_classes: int) -> np.ndarray:
+    """The dataset's own palette when it has one of the right size, else :func:`generic_palette`."""
+    palette = _PALETTES.get(dataset or "")
+    if palette is not None and len(palette) == num_classes:
+        return palette
+    return generic_palette(num_classes)
+
+
+def _check_palette(palette) -> np.ndarray:
+    palette = np.asarray(palette)
+    if palette.ndim != 2 or palette.shape[1] != 3 or len(palette) == 0:
+        raise ValueError(f"palette must have shape [num_classes, 3], got {palette.shape}")
+    return palette.astype(np.uint8)
+
+
+def colorize(label_map, palette, ignore_index: int = 255) -> np.ndarray:
+    """Integer label map ``[..., H, W]`` -> uint8 RGB ``[..., H, W, 3]``; ignored pixels are black."""
+    palette = _check_palette(palette)
+    labels = np.asarray(label_map)
+    if not np.issubdtype(labels.dtype, np.integer):
+        raise ValueError(f"label_map must hold integer class indices, got dtype {labels.dtype}")
+    labels = labels.astype(np.int64)
+    ignored = labels == ignore_index
+    bad = ~ignored & ((labels < 0) | (labels >= len(palette)))
+    if bad.any():
+        raise ValueError(
+            f"label_map has values outside [0, {len(palette)}) that are not ignore_index={ignore_index}: "
+            f"{np.unique(labels[bad])[:10].tolist()}"
+        )
+    rgb = palette[np.where(ignored, 0, labels)]
+    rgb[ignored] = 0
+    return rgb
+
+
+def overlay(image_uint8, label_map, palette, alpha: float = 0.5, ignore_index: int = 255) -> np.ndarray:
+    """Blend the colourised labels onto an RGB uint8 image; ignored pixels show the image alone."""
+    image = np.asarray(image_uint8)
+    if image.dtype != np.uint8 or image.ndim != 3 or image.shape[-1] != 3:
+        raise ValueError(f"image must be uint8 [H, W, 3], got {image.dtype} {image.shape}")
+    labels = np.asarray(label_map)
+    if labels.shape != image.shape[:2]:
+        raise ValueError(f"label_map shape {labels.shape} does not match image size {image.shape[:2]}")
+    if not 0.0 <= alpha <= 1.0:
+        raise ValueError(f"alpha must be in [0, 1], got {alpha!r}")
+    colours = colorize(labels, palette, ignore_index).astype(np.float32)
+    blended = (1.0 - alpha) * image.astype(np.float32) + alpha * colours
+    out = np.where((labels == ignore_index)[..., None], image.astype(np.float32), blended)
+    return np.clip(np.rint(out), 0, 255).astype(np.uint8)
+
+
+def save_png(path: Union[str, os.PathLike], array) -> Path:
+    """Write ``array`` (uint8 [H, W] / [H, W, 3] / [H, W, 4], or uint16 [H, W]) as PNG atomically."""
+    from PIL import Image
+
+    array = np.asarray(array)
+    ok = (array.dtype == np.uint8 and (array.ndim == 2 or (array.ndim == 3 and array.shape[-1] in (3, 4)))) or (
+        array.dtype == np.uint16 and array.ndim == 2
+    )
+    if not ok:
+        raise ValueError(f"{path}: cannot write a {array.dtype} array of shape {array.shape} as PNG")
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            Image.fromarray(array).save(f, format="PNG")
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    return path
+
+
+def write_cityscapes_labelids(path: Union[str, os.PathLike], train_id_map) -> Path:
+    """Save a trainId prediction as an official labelId PNG (for csEvalPixelLevelSemanticLabeling)."""
+    ids = np.asarray(train_id_map)
+    if ids.ndim != 2 or not np.issubdtype(ids.dtype, np.integer):
+        raise ValueError(f"{path}: train_id_map must be an integer [H, W] array, got {ids.dtype} {ids.shape}")
+    ids = ids.astype(np.int64)
+    ignored = ids == 255
+    bad = ~ignored & ((ids < 0) | (ids >= len(TRAIN_ID_TO_LABEL_ID)))
+    if bad.any():
+        raise ValueError(f"{path}: trainIds must be 0..18 or 255, got {np.unique(ids[bad])[:10].tolist()}")
+    label_ids = TRAIN_ID_TO_LABEL_ID[np.where(ignored, 0, ids)]
+    label_ids[ignored] = 0
+    return save_png(path, label_ids)
