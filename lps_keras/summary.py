@@ -1,0 +1,273 @@
+"""Model summary: parameters, conv GMACs, output and per-path sizes of an LPS-Net architecture.
+
+    python -m lps_keras.summary --preset lps_s
+    python -m lps_keras.summary --arch '{"depth": [1,1,1,1,1], "width": [4,8,16,32,32], "resolution": ["1/2"]}'
+    python -m lps_keras.summary --all --input-size 1024x2048
+
+Counts follow the paper: MACs of the 3x3 convs and the 1x1 head of the deploy model (resizes,
+additions and ReLUs excluded). The single-architecture report also builds the Keras deploy model
+and cross-checks the analytic numbers against its layers.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import sys
+from pathlib import Path
+
+from lps_keras.arch import STAGE_STRIDES, Arch, ArchError
+
+_SIZE = re.compile(r"^\s*(\d+)\s*[xX×,]\s*(\d+)\s*$")
+
+
+# --------------------------------------------------------------------------- counting
+def training_num_params(arch: Arch) -> dict[str, int]:
+    """Parameters of the multi-branch training form: ``trainable`` and ``bn_statistics``.
+
+    Per block: 3x3 conv + BN, 1x1 conv + BN, and an identity BN where stride is 1 and the
+    channel count is unchanged (each BN: 2 trainable + 2 moving statistics per channel).
+    """
+    trainable = stats = 0
+    c_in = 3
+    for d, c, stride in zip(arch.depth, arch.width, STAGE_STRIDES):
+        for b in range(d):
+            cin = c_in if b == 0 else c
+            s = stride if b == 0 else 1
+            bns = 3 if (s == 1 and cin == c) else 2  # every BN has c channels
+            trainable += 9 * cin * c + cin * c + 2 * c * bns
+            stats += 2 * c * bns
+        c_in = c
+    trainable *= arch.num_paths
+    stats *= arch.num_paths
+    trainable += arch.width[-1] * arch.num_paths * arch.num_classes + arch.num_classes
+    return {"trainable": trainable, "bn_statistics": stats, "total": trainable + stats}
+
+
+def count_macs(model, input_shape) -> int:
+    """Conv MACs of a model built by ``build_model`` at ``input_shape`` = (H, W) or (H, W, 3).
+
+    Measured from the Keras graph rather than from the :class:`Arch`: the model is re-traced
+    at that size and each Conv2D inside a :class:`RepConvBlock` (every branch, so a training
+    model also counts its 1x1 convs) and the ``head`` contributes
+    ``out_h * out_w * k_h * k_w * c_in * c_out``.
+    """
+    import keras
+
+    from lps_keras.layers import RepConvBlock
+
+    h, w = int(input_shape[0]), int(input_shape[1])
+    traced = keras.models.clone_model(model, input_tensors=keras.Input(shape=(h, w, 3), batch_size=1))
+    total = 0
+    for layer in traced.layers:
+        if isinstance(layer, RepConvBlock):
+            out_h, out_w = layer.output.shape[1:3]
+            for conv in (layer.conv, layer.conv_1x1):
+                if conv is not None:
+                    kh, kw, cin, cout = conv.kernel.shape
+                    total += out_h * out_w * kh * kw * cin * cout
+        elif layer.name == "head":
+            out_h, out_w = layer.output.shape[1:3]
+            kh, kw, cin, cout = layer.kernel.shape
+            total += out_h * out_w * kh * kw * cin * cout
+    return int(total)
+
+
+def path_sizes(arch: Arch, height: int, width: int) -> list[dict]:
+    """Per path: ratio, input size and the size after each stage."""
+    return [
+        {
+            "path": p + 1,
+            "ratio": arch.ratios[p],
+            "input": arch.path_input_size(height, width, p),
+            "stages": arch.feature_sizes(height, width, p),
+        }
+        for p in range(arch.num_paths)
+    ]
+
+
+def summarize(arch: Arch, height: int = 1024, width: int = 2048, build: bool = True) -> dict:
+    """Numbers for one architecture; with ``build`` also the Keras-measured cross-checks."""
+    out = {
+        "arch": arch.to_dict(),
+        "short": arch.short(),
+        "hash": arch.hash,
+        "input_size": [height, width],
+        "num_paths": arch.num_paths,
+        "params_deploy": arch.num_params(),
+        "params_training": training_num_params(arch),
+        "macs": arch.macs(height, width),
+        "gmacs": arch.macs(height, width) / 1e9,
+        "output_size": list(arch.output_size(height, width)),
+        "paths": path_sizes(arch, height, width),
+    }
+    if build:
+        from lps_keras.model import build_model
+
+        deploy = build_model(arch, deploy=True)
+        out["keras_params_deploy"] = int(deploy.count_params())
+        out["keras_macs"] = count_macs(deploy, (height, width))
+        out["keras_output_size"] = [int(v) for v in deploy.compute_output_shape((1, height, width, 3))[1:3]]
+    return out
+
+
+# --------------------------------------------------------------------------- formatting
+def _fmt_size(hw) -> str:
+    return f"{hw[0]}x{hw[1]}"
+
+
+def _fmt_ratio(r: float) -> str:
+    from fractions import Fraction
+
+    return str(Fraction(r).limit_denominator(4096))
+
+
+def format_report(s: dict, name: str) -> str:
+    t = s["params_training"]
+    lines = [
+        f"LPS-Net {name}: {s['short']}  ({s['num_paths']} path{'s' if s['num_paths'] > 1 else ''}, "
+        f"{s['arch']['num_classes']} classes, hash {s['hash']})",
+        f"  params (deploy)      {s['params_deploy']:,}",
+        f"  params (training)    {t['trainable']:,} trainable + {t['bn_statistics']:,} BN statistics "
+        f"= {t['total']:,}",
+        f"  conv GMACs @ {_fmt_size(s['input_size'])}  {s['gmacs']:.3f}",
+        f"  logits               {_fmt_size(s['output_size'])}",
+    ]
+    for p in s["paths"]:
+        stages = " -> ".join(_fmt_size(hw) for hw in p["stages"])
+        lines.append(f"  path {p['path']} (x{_fmt_ratio(p['ratio'])})  input {_fmt_size(p['input'])}; stages {stages}")
+    if "keras_macs" in s:
+        ok = (
+            s["keras_macs"] == s["macs"]
+            and s["keras_params_deploy"] == s["params_deploy"]
+            and s["keras_output_size"] == s["output_size"]
+        )
+        lines.append(
+            f"  Keras deploy model   {s['keras_params_deploy']:,} params, {s['keras_macs'] / 1e9:.3f} GMACs, "
+            f"logits {_fmt_size(s['keras_output_size'])}  [{'matches' if ok else 'MISMATCH'}]"
+        )
+    return "\n".join(lines)
+
+
+def format_table(rows: list[tuple[str, dict]]) -> str:
+    header = ("preset", "paths", "depth", "width", "resolution", "params", "train params", "GMACs", "logits")
+    body = []
+    for name, s in rows:
+        a = s["arch"]
+        body.append((
+            name,
+            str(s["num_paths"]),
+            ",".join(map(str, a["depth"])),
+            ",".join(map(str, a["width"])),
+            ",".join(_fmt_ratio(r) for r in a["resolution"]),
+            f"{s['params_deploy']:,}",
+            f"{s['params_training']['total']:,}",
+            f"{s['gmacs']:.3f}",
+            _fmt_size(s["output_size"]),
+        ))
+    widths = [max(len(r[i]) for r in [header, *body]) for i in range(len(header))]
+    numeric = {1, 5, 6, 7}
+
+    def row(cells):
+        return "  ".join(c.rjust(w) if i in numeric else c.ljust(w) for i, (c, w) in enumerate(zip(cells, widths)))
+
+    return "\n".join([row(header), row(["-" * w for w in widths]), *(row(r) for r in body)])
+
+
+# --------------------------------------------------------------------------- CLI
+def parse_size(text: str) -> tuple[int, int]:
+    m = _SIZE.match(text)
+    if not m or int(m.group(1)) < 1 or int(m.group(2)) < 1:
+        raise argparse.ArgumentTypeError(f"input size must be HEIGHTxWIDTH with positive integers, got {text!r}")
+    return int(m.group(1)), int(m.group(2))
+
+
+def _load_arch_arg(text: str) -> Arch:
+    source = "--arch"
+    if not text.lstrip().startswith("{"):
+        path = Path(text)
+        if not path.is_file():
+            raise ArchError(f"--arch is neither a JSON object nor an existing file: {text!r}")
+        source, text = str(path), path.read_text()
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise ArchError(f"{source}: invalid JSON ({e.msg} at line {e.lineno} column {e.colno})") from None
+    if isinstance(data, dict) and "arch" in data and isinstance(data["arch"], dict):
+        data = data["arch"]
+    try:
+        return Arch.from_dict(data)
+    except ArchError as e:
+        raise ArchError(f"{source}: {e}") from None
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m lps_keras.summary",
+        description="Print parameters (deploy and training form), conv GMACs, logit size and per-path "
+        "feature sizes of an LPS-Net architecture.",
+        epilog="examples:\n"
+        "  python -m lps_keras.summary --preset lps_s\n"
+        "  python -m lps_keras.summary --preset lps_l --input-size 512x1024 --num-classes 11\n"
+        "  python -m lps_keras.summary --arch '{\"depth\": [1,1,1,1,1], \"width\": [4,8,16,32,32], "
+        "\"resolution\": [\"1/2\"]}'\n"
+        "  python -m lps_keras.summary --all",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    what = parser.add_mutually_exclusive_group()
+    what.add_argument("--preset", help="preset name from lps_keras/presets.json, e.g. lps_tiny, lps_s, lps_m, "
+                      "lps_l, table4_step09 (default: lps_s)")
+    what.add_argument("--arch", help="architecture as a JSON object {depth, width, resolution[, num_classes]} or "
+                      "a path to a JSON file holding one")
+    what.add_argument("--all", action="store_true", help="one table row per preset (analytic counts only)")
+    parser.add_argument("--input-size", type=parse_size, default=(1024, 2048), metavar="HxW",
+                        help="input image size (default: 1024x2048, the Cityscapes setting of the paper)")
+    parser.add_argument("--num-classes", type=int, default=None,
+                        help="output classes (default: the --arch value, else 19)")
+    parser.add_argument("--no-build", action="store_true",
+                        help="skip building the Keras model for the cross-check (analytic numbers only)")
+    parser.add_argument("--json", action="store_true", help="print machine-readable JSON instead of text")
+    return parser
+
+
+def main(argv=None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.num_classes is not None and args.num_classes < 2:
+        parser.error(f"--num-classes must be >= 2, got {args.num_classes}")
+    h, w = args.input_size
+    from lps_keras.presets import PRESETS, get_preset
+
+    try:
+        if args.all:
+            rows = [(name, summarize(arch.with_num_classes(args.num_classes or 19), h, w, build=False))
+                    for name, arch in PRESETS.items()]
+            print(json.dumps(dict(rows), indent=2) if args.json else
+                  f"conv GMACs and logits at {h}x{w}, {args.num_classes or 19} classes\n" + format_table(rows))
+            return 0
+        if args.arch is not None:
+            arch = _load_arch_arg(args.arch)
+            if args.num_classes is not None:
+                arch = arch.with_num_classes(args.num_classes)
+            name = "custom"
+        else:
+            name = args.preset or "lps_s"
+            arch = get_preset(name, args.num_classes or 19)
+    except ArchError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    if not args.no_build:
+        os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")  # hide C++ start-up noise (no-GPU notices)
+    s = summarize(arch, h, w, build=not args.no_build)
+    print(json.dumps(s, indent=2) if args.json else format_report(s, name))
+    if "keras_macs" in s and (s["keras_macs"] != s["macs"] or s["keras_params_deploy"] != s["params_deploy"]
+                              or s["keras_output_size"] != s["output_size"]):
+        print("error: the Keras model disagrees with the analytic counts (see the last line)", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,150 @@
+"""Summary numbers against the paper, Keras-measured MACs/params against the analytic ones, and the CLI."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from lps_keras.arch import Arch
+from lps_keras.model import build_model
+from lps_keras.presets import PRESETS, get_preset
+from lps_keras.summary import count_macs, parse_size, summarize, training_num_params
+
+REPO = Path(__file__).resolve().parents[1]
+
+# Paper (Zhang et al. 2022): GFLOPs column at 1024x2048 (conv MACs), and the official deploy models' params.
+PAPER = {
+    "lps_tiny": (0.063, 16_091),
+    "lps_s": (10.421, 3_371_075),
+    "lps_m": (17.718, 3_371_075),
+    "lps_l": (43.808, 9_152_291),
+}
+SMALL = [
+    Arch((1, 2, 1, 2, 1), (4, 6, 8, 10, 12), (0.75,), num_classes=5),
+    Arch((1, 2, 2, 1, 2), (4, 6, 8, 8, 8), (1.0, 0.25), num_classes=3),
+    Arch((1, 1, 2, 2, 1), (4, 4, 8, 8, 12), (1.0, 0.5, 0.25), num_classes=4),
+]
+
+
+def run_cli(*args):
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
+    return subprocess.run([sys.executable, "-m", "lps_keras.summary", *args], cwd=REPO, env=env,
+                          capture_output=True, text=True, timeout=120)
+
+
+@pytest.mark.parametrize("name", list(PAPER))
+def test_paper_numbers(name):
+    gmacs, params = PAPER[name]
+    s = summarize(get_preset(name), 1024, 2048, build=False)
+    assert s["params_deploy"] == params
+    assert round(s["gmacs"], 3) == gmacs
+
+
+def test_table4_anchor_params():
+    assert summarize(PRESETS["table4_step09"], build=False)["params_deploy"] == 5_961_059
+    assert summarize(PRESETS["table4_step14"], build=False)["params_deploy"] == 17_994_515
+
+
+@pytest.mark.parametrize("arch", SMALL, ids=["1path", "2path", "3path"])
+def test_count_macs_matches_arch_on_odd_input(arch):
+    deploy = build_model(arch, deploy=True)
+    assert count_macs(deploy, (37, 53)) == arch.macs(37, 53)
+    assert count_macs(deploy, (64, 96, 3)) == arch.macs(64, 96)
+
+
+def test_count_macs_training_form_adds_the_1x1_branches():
+    arch = SMALL[1]
+    train = build_model(arch, deploy=False)
+    extra = 0
+    for p in range(arch.num_paths):
+        c_in = 3
+        for (h, w), d, c in zip(arch.feature_sizes(40, 40, p), arch.depth, arch.width):
+            extra += h * w * (c_in * c + (d - 1) * c * c)
+            c_in = c
+    assert count_macs(train, (40, 40)) == arch.macs(40, 40) + extra
+
+
+def test_count_macs_fixed_size_model():
+    arch = SMALL[0]
+    model = build_model(arch, deploy=True, input_shape=(33, 47, 3))
+    assert count_macs(model, (33, 47)) == arch.macs(33, 47)
+
+
+@pytest.mark.parametrize("arch", SMALL + [get_preset("lps_tiny")], ids=["1path", "2path", "3path", "tiny"])
+def test_params_match_keras(arch):
+    deploy = build_model(arch, deploy=True)
+    assert deploy.count_params() == arch.num_params()
+    train = build_model(arch, deploy=False)
+    counts = training_num_params(arch)
+    trainable = sum(int(v.numpy().size) for v in train.trainable_weights)
+    non_trainable = sum(int(v.numpy().size) for v in train.non_trainable_weights)
+    assert (trainable, non_trainable) == (counts["trainable"], counts["bn_statistics"])
+
+
+def test_summary_sizes():
+    s = summarize(get_preset("lps_s"), 1024, 2048, build=False)
+    assert s["output_size"] == [48, 96]
+    assert [p["input"] for p in s["paths"]] == [(768, 1536), (256, 512)]
+    assert s["paths"][1]["stages"][-1] == (16, 32)
+    assert summarize(get_preset("lps_tiny"), build=False)["output_size"] == [32, 64]
+    assert summarize(get_preset("lps_l"), build=False)["output_size"] == [64, 128]
+
+
+def test_parse_size():
+    assert parse_size("1024x2048") == (1024, 2048)
+    assert parse_size("37X53") == (37, 53)
+    for bad in ("1024", "0x5", "axb", "10x-3"):
+        with pytest.raises(Exception, match="HEIGHTxWIDTH"):
+            parse_size(bad)
+
+
+def test_cli_preset():
+    r = run_cli("--preset", "lps_tiny")
+    assert r.returncode == 0, r.stderr
+    assert "16,091" in r.stdout and "0.063" in r.stdout and "32x64" in r.stdout and "[matches]" in r.stdout
+
+
+def test_cli_arch_json_and_num_classes():
+    arch = '{"depth": [1,1,1,1,1], "width": [4,8,16,32,32], "resolution": ["1/2"]}'
+    r = run_cli("--arch", arch, "--input-size", "512x1024", "--num-classes", "11", "--json", "--no-build")
+    assert r.returncode == 0, r.stderr
+    s = json.loads(r.stdout)
+    a = Arch((1,) * 5, (4, 8, 16, 32, 32), (0.5,), num_classes=11)
+    assert s["params_deploy"] == a.num_params() and s["macs"] == a.macs(512, 1024)
+    assert s["output_size"] == [16, 32]
+
+
+def test_cli_all_lists_every_preset():
+    r = run_cli("--all")
+    assert r.returncode == 0, r.stderr
+    for name in PRESETS:
+        assert name in r.stdout
+    assert "43.808" in r.stdout and "17,994,515" in r.stdout
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--preset", "lps_xl"], "unknown preset 'lps_xl'"),
+        (["--preset", "lps_s", "--input-size", "1024by2048"], "HEIGHTxWIDTH"),
+        (["--arch", "{not json"], "invalid JSON"),
+        (["--arch", '{"depth": [1,1,1,1,1], "width": [4,8,16,32,-1], "resolution": [1]}'], "width[4]"),
+        (["--preset", "lps_s", "--num-classes", "1"], "--num-classes must be >= 2"),
+        (["--preset", "lps_s", "--all"], "not allowed with"),
+    ],
+)
+def test_cli_errors(args, message):
+    r = run_cli(*args)
+    assert r.returncode != 0
+    assert message in r.stderr
+    assert "Traceback" not in r.stderr
+
+
+def test_cli_help():
+    r = run_cli("--help")
+    assert r.returncode == 0 and "--input-size" in r.stdout and "examples:" in r.stdout
