@@ -1,0 +1,277 @@
+"""Export: SavedModel round trip in a TensorFlow-only process, static shape, atomic writes, ONNX, bf16, CLIs."""
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from lps_keras import export as ex
+from lps_keras.arch import Arch
+from lps_keras.model import build_model
+from lps_keras.reparam import randomize_batchnorm, reparameterize
+
+REPO = Path(__file__).resolve().parents[1]
+# Two paths so the graph has align-corners resizes between paths and on the logits.
+ARCH = Arch((1, 1, 1, 1, 1), (4, 8, 8, 16, 16), (1, 0.5, 0), num_classes=5)
+H, W = 48, 96
+
+
+@pytest.fixture(scope="module")
+def models():
+    train = build_model(ARCH)
+    randomize_batchnorm(train, seed=1)
+    return train, reparameterize(train)
+
+
+@pytest.fixture(scope="module")
+def exported(models, tmp_path_factory):
+    train, deploy = models
+    base = tmp_path_factory.mktemp("sm") / "tiny"
+    result = ex.export_savedmodel(deploy, base, 1, reference_model=train, verify_image=ex.test_image(H, W))
+    return base, result
+
+
+def test_resize_reference_matches_torch_align_corners_formula():
+    x = np.arange(2 * 3, dtype=np.float64).reshape(1, 2, 3, 1)
+    y = ex.resize_bilinear_np(x, 3, 5)
+    # Corners coincide; the middle row is the mean of the two input rows.
+    assert y[0, 0, 0, 0] == 0 and y[0, -1, -1, 0] == 5
+    np.testing.assert_allclose(y[0, 1, :, 0], [1.5, 2.0, 2.5, 3.0, 3.5])
+
+
+def test_export_layout_and_verification(exported):
+    base, result = exported
+    version = base / "1"
+    assert result.path == version
+    assert (version / "saved_model.pb").is_file() and (version / "variables").is_dir()
+    sigs = (version / "signatures.txt").read_text()
+    assert "signature_def['serving_default']" in sigs and "signature_def['serve_bytes']" in sigs
+    assert "DT_UINT8" in sigs and "DT_STRING" in sigs
+    report = result.verification
+    assert report["lps_keras_imported"] is False
+    assert set(report["signatures"]) >= {"serving_default", "serve_bytes"}
+    for sig in ("serving_default", "serve_bytes"):
+        assert report[sig]["max_rel_error"] <= 1e-4
+    # No staging directories are left beside the version.
+    assert sorted(p.name for p in base.iterdir()) == ["1"]
+
+
+def test_fresh_process_without_project_imports(exported, models, tmp_path):
+    """TF Serving's view: only TensorFlow, both signatures, outputs against an independent numpy reference."""
+    base, _ = exported
+    train, _ = models
+    image = ex.test_image(H, W, seed=3)
+    np.save(tmp_path / "img.npy", image[None])
+    Image.fromarray(image).save(tmp_path / "img.png")
+    script = textwrap.dedent("""
+        import json, sys
+        import numpy as np
+        import tensorflow as tf
+        m = tf.saved_model.load(sys.argv[1])
+        img = np.load(sys.argv[2])
+        a = m.signatures["serving_default"](images=tf.constant(img))
+        b = m.signatures["serve_bytes"](image_bytes=tf.constant([open(sys.argv[3], "rb").read()] * 2))
+        np.savez(sys.argv[4], labels=a["labels"].numpy(), probs=a["probabilities"].numpy(),
+                 blabels=b["labels"].numpy(), bprobs=b["probabilities"].numpy())
+        print(json.dumps(sorted(m.signatures.keys())))
+        print(json.dumps(any(k.startswith("lps_keras") for k in sys.modules)))
+    """)
+    (tmp_path / "s.py").write_text(script)
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    proc = subprocess.run([sys.executable, "-I", "s.py", str(base / "1"), "img.npy", "img.png", "out.npz"],
+                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    lines = proc.stdout.strip().splitlines()
+    assert json.loads(lines[-2]) == ["serve_bytes", "serving_default"]
+    assert json.loads(lines[-1]) is False
+    out = np.load(tmp_path / "out.npz")
+    # Independent reference: numpy normalisation, Keras training-form model, numpy resize and softmax.
+    x = (image[None] / 255.0 - np.array(ex.IMAGENET_MEAN)) / np.array(ex.IMAGENET_STD)
+    logits = ex.resize_bilinear_np(np.asarray(train(x.astype(np.float32), training=False)), H, W)
+    probs = np.exp(logits - logits.max(-1, keepdims=True))
+    probs /= probs.sum(-1, keepdims=True)
+    assert out["labels"].shape == (1, H, W) and out["labels"].dtype == np.int32
+    assert out["probs"].shape == (1, H, W, ARCH.num_classes)
+    np.testing.assert_allclose(out["probs"], probs, atol=1e-4)
+    np.testing.assert_allclose(out["probs"].sum(-1), 1.0, atol=1e-5)
+    top2 = np.sort(logits, -1)[..., -2:]
+    clear = (top2[..., 1] - top2[..., 0]) > 1e-3
+    assert (out["labels"] == logits.argmax(-1))[clear].all()
+    assert out["blabels"].shape == (2, H, W)
+    np.testing.assert_array_equal(out["blabels"][0], out["labels"][0])
+    np.testing.assert_allclose(out["bprobs"][1], out["probs"][0], atol=1e-6)
+
+
+def test_refuses_overwrite_and_failed_export_leaves_nothing(exported, models):
+    base, _ = exported
+    _, deploy = models
+    before = (base / "1" / "saved_model.pb").stat().st_mtime_ns
+    with pytest.raises(FileExistsError, match="already exists"):
+        ex.export_savedmodel(deploy, base, 1)
+    assert (base / "1" / "saved_model.pb").stat().st_mtime_ns == before
+    # A wrong reference makes verification fail: version 2 must not appear, no staging left.
+    other = build_model(ARCH, deploy=True)
+    with pytest.raises(ex.ExportError, match="verification"):
+        ex.export_savedmodel(deploy, base, 2, reference_model=other, verify_image=ex.test_image(H, W))
+    assert sorted(p.name for p in base.iterdir()) == ["1"]
+
+
+def test_bad_arguments(models, tmp_path):
+    _, deploy = models
+    with pytest.raises(ValueError, match="outputs"):
+        ex.export_savedmodel(deploy, tmp_path, 1, outputs="softmax")
+    with pytest.raises(ValueError, match="version"):
+        ex.export_savedmodel(deploy, tmp_path, 0)
+    with pytest.raises(ValueError, match="num_classes"):
+        ex.export_savedmodel(deploy, tmp_path, 1, num_classes=19)
+    with pytest.raises(ValueError, match="HEIGHTxWIDTH"):
+        ex.parse_size("1024by2048")
+    assert ex.parse_size("1024x2048") == (1024, 2048)
+
+
+def test_models_config_and_commands(tmp_path):
+    path = ex.write_models_config(tmp_path / "lps_s", "lps_s")
+    text = path.read_text()
+    assert 'name: "lps_s"' in text and f'base_path: "{(tmp_path / "lps_s").resolve()}"' in text
+    assert 'model_platform: "tensorflow"' in text and text.count("{") == text.count("}") == 2
+    cmds = ex.serving_commands(tmp_path / "lps_s", "lps_s")
+    assert "--model_config_file=" in cmds["tensorflow_model_server"]
+    assert "-p 8501:8501" in cmds["docker"] and "tensorflow/serving" in cmds["docker"]
+    assert "MODEL_NAME=lps_s" in cmds["docker"]
+    assert '"signature_name": "serve_bytes"' in cmds["curl"] and '"b64"' in cmds["curl"]
+    assert "/v1/models/lps_s:predict" in cmds["curl"]
+
+
+def test_tftrt_unavailable_names_requirements(tmp_path):
+    available, reason = ex.tftrt_status()
+    if available:
+        pytest.skip("TF-TRT is available here")
+    with pytest.raises(ex.BackendUnavailable, match="requirements-tftrt.txt"):
+        ex.convert_tftrt(tmp_path / "in", tmp_path / "out", "fp16", (1, H, W, 3))
+    assert not (tmp_path / "out").exists()
+
+
+def test_tensorrt_unavailable_names_requirements(tmp_path):
+    try:
+        import tensorrt  # noqa: F401
+
+        pytest.skip("tensorrt is installed")
+    except ImportError:
+        pass
+    with pytest.raises(ex.BackendUnavailable, match="requirements-tensorrt.txt"):
+        ex.build_tensorrt_engine(tmp_path / "m.onnx", tmp_path / "m.engine", "fp16")
+
+
+def test_onnx_resize_align_corners_and_parity(models, tmp_path):
+    import onnx
+
+    _, deploy = models
+    report = ex.export_onnx(deploy, tmp_path / "m.onnx", opset=17, input_shape=(1, H, W, 3))
+    assert report["onnxruntime_max_rel_error"] <= 1e-4
+    graph = onnx.load(str(tmp_path / "m.onnx"))
+    modes = ex.onnx_resize_modes(graph)
+    # path 2 input, two interactions (one per direction is a resize only downwards/upwards), upsample
+    assert len(modes) >= 2 and set(modes) == {"align_corners"}
+    resize_nodes = [n for n in graph.graph.node if n.op_type == "Resize"]
+    for node in resize_nodes:
+        attrs = {a.name: a for a in node.attribute}
+        assert attrs["mode"].s == b"linear"
+    assert not list(tmp_path.glob(".*tmp*"))
+    with pytest.raises(ValueError, match="opset"):
+        ex.export_onnx(deploy, tmp_path / "x.onnx", opset=11)
+
+
+def test_bf16_parity_report(models):
+    _, deploy = models
+    report = ex.bf16_parity(deploy, ex.test_image(H, W))
+    assert 0.9 <= report["label_agreement"] <= 1.0
+    assert 0 < report["logits_max_rel_error"] < 0.1  # bf16 has 8 mantissa bits: not exact, but close
+    assert report["logits_mean_rel_error"] <= report["logits_max_rel_error"]
+
+
+def _cli(args, cwd=REPO, timeout=300):
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
+    return subprocess.run([sys.executable, *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
+
+
+def test_export_cli_static_logits(tmp_path):
+    out = tmp_path / "tiny"
+    proc = _cli(["export.py", "--recipe", "recipes/lps_tiny.json", "--output", str(out), "--version", "3",
+                 "--input-size", f"{H}x{W}", "--outputs", "logits", "--set", "model.num_classes=4"])
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "RANDOMLY INITIALISED" in proc.stderr
+    assert "verified in a fresh TensorFlow-only process" in proc.stdout
+    assert "tensorflow_model_server" in proc.stdout and "docker run" in proc.stdout and "curl" in proc.stdout
+    sigs = (out / "3" / "signatures.txt").read_text()
+    assert f"shape: (-1, {H}, {W}, 3)" in sigs and "outputs['logits']" in sigs
+    assert f"shape: (-1, {H}, {W}, 4)" in sigs
+    assert (out / "models.config").is_file()
+    meta = json.loads((out / "3" / "assets.extra" / "lps_keras_export.json").read_text())
+    assert meta["input_size"] == [H, W] and meta["outputs"] == "logits"
+    # Same version again: refused, exit non-zero, the existing export untouched.
+    again = _cli(["export.py", "--recipe", "recipes/lps_tiny.json", "--output", str(out), "--version", "3"])
+    assert again.returncode != 0 and "already exists" in again.stderr
+    assert again.stderr.count("\n") <= 3, again.stderr
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--recipe", "recipes/nope.json"], "recipe file not found"),
+    (["--recipe", "recipes/lps_tiny.json", "--input-size", "64y128"], "HEIGHTxWIDTH"),
+    (["--recipe", "recipes/lps_tiny.json", "--weights", "missing.keras"], "missing.keras"),
+    (["--recipe", "recipes/lps_tiny.json", "--set", "export.outputs=softmax"], "export.outputs"),
+    (["--recipe", "recipes/lps_tiny.json", "--input-size", "64x128", "--tftrt", "fp16"], "requirements-tftrt.txt"),
+])
+def test_export_cli_bad_input(tmp_path, args, message):
+    proc = _cli(["export.py", *args, "--output", str(tmp_path / "m")])
+    assert proc.returncode != 0
+    assert message in proc.stderr and "Traceback" not in proc.stderr
+    assert not (tmp_path / "m" / "1").exists()
+
+
+def test_export_cli_keras_weights_detects_training_form(models, tmp_path):
+    train, _ = models
+    weights = tmp_path / "train.keras"
+    train.save(weights)
+    reference, deploy = ex.prepare_deploy_model(ARCH, weights)
+    assert not ex._is_deploy(reference) and ex._is_deploy(deploy)
+    x = np.random.default_rng(0).normal(size=(1, H, W, 3)).astype(np.float32)
+    np.testing.assert_allclose(np.asarray(deploy(x)), np.asarray(train(x)), atol=1e-4)
+    with pytest.raises(ValueError, match="does not match"):
+        ex.prepare_deploy_model(Arch((1, 1, 1, 1, 1), (4, 8, 16, 32, 32), (0.5,), 5), weights)
+
+
+def test_predict_cli(exported, tmp_path):
+    base, _ = exported
+    img = tmp_path / "street.png"
+    Image.fromarray(ex.test_image(40, 72)).save(img)
+    proc = _cli(["predict.py", str(img), "--model", str(base / "1"), "--output", str(tmp_path / "pred")])
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    mask = np.asarray(Image.open(tmp_path / "pred" / "street_mask.png"))
+    over = np.asarray(Image.open(tmp_path / "pred" / "street_overlay.png"))
+    assert mask.shape == over.shape == (40, 72, 3)
+    # 5 classes -> generic palette: every mask colour is a palette colour.
+    from lps_keras.viz import get_palette
+
+    palette = {tuple(c) for c in get_palette(None, 5)}
+    assert {tuple(c) for c in mask.reshape(-1, 3)} <= palette
+    bad = _cli(["predict.py", str(tmp_path / "nope.jpg"), "--model", str(base / "1")])
+    assert bad.returncode != 0 and "nope.jpg" in bad.stderr and "Traceback" not in bad.stderr
+
+
+def test_bf16_export_verified(models, tmp_path):
+    _, deploy = models
+    result = ex.export_savedmodel(deploy, tmp_path / "bf16", 1, precision="bf16", input_size=(H, W),
+                                  verify_image=ex.test_image(H, W))
+    report = result.verification
+    assert report["precision"] == "bf16"
+    assert report["serving_default"]["label_agreement"] >= 0.9
+    assert report["serving_default"]["label_mismatches"] == report["serving_default"]["mismatches_at_ties"]
+    assert report["serve_bytes"]["max_rel_error"] <= 5e-2
+    sigs = (result.path / "signatures.txt").read_text()
+    assert "DT_FLOAT" in sigs  # outputs stay float32 for clients
