@@ -1,0 +1,61 @@
+"""Evaluate a model on a recipe's dataset: ``python evaluate.py --recipe R --weights W [--split val]``.
+
+``W`` is a ``.keras`` model (training or deploy form), a ``.weights.h5``, official ``.pth``/``.npz``
+weights or an exported SavedModel directory. Prints the per-class IoU table and the mIoU at full
+label resolution; ``--save-predictions DIR`` also writes official-format PNGs and colour overlays.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+
+# See train.py: TF 2.21's oneDNN CPU kernels are disabled for this project's models.
+os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--recipe", required=True, help="recipe JSON file (dataset, classes, eval settings)")
+    p.add_argument("--weights", required=True, help=".keras / .weights.h5 / .pth / .npz file or SavedModel directory")
+    p.add_argument("--split", default="val", help="'val' (the recipe's val split), 'train', or a split name")
+    p.add_argument("--save-predictions", default=None, metavar="DIR", help="write prediction PNGs here")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a recipe field (repeatable)")
+    p.add_argument("--json", action="store_true", help="print the metrics as JSON at the end")
+    return p.parse_args(argv)
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    from lps_keras.recipe import RecipeError, load_recipe
+
+    try:
+        recipe = load_recipe(args.recipe, args.overrides)
+    except RecipeError as e:
+        print(f"evaluate.py: error: {e}", file=sys.stderr)
+        return 2
+
+    from lps_keras.evaluation import EvaluationError, evaluate
+
+    try:
+        from lps_keras.data.common import DataError
+    except ImportError:  # pragma: no cover
+        DataError = ValueError  # noqa: N806
+    try:
+        result = evaluate(recipe, args.weights, split=args.split, save_predictions=args.save_predictions)
+    except (EvaluationError, RecipeError, DataError, OSError) as e:
+        print(f"evaluate.py: error: {e}", file=sys.stderr)
+        return 2
+    if args.json:
+        print(json.dumps({k: v for k, v in result.items() if k != "per_class"}, indent=2))
+    miou = result["miou"]
+    print(f"mIoU {100 * miou:.2f}" if miou is not None else "mIoU: no labelled pixels")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
