@@ -1,0 +1,470 @@
+"""Algorithm 1 (progressive expansion) with synthetic latency and accuracy functions.
+
+The additive latency model makes every expected choice computable by hand:
+
+    lat(N) = sum(depth) + sum(width) / 8 + 16 * sum(ratios)
+
+so the ops add a constant regardless of N: depth_s2-5 +4, depth_s3-5 +3, depth_s4-5 +2,
+width_s1-5 +11.5, width_s2-5 +11, width_s3-5 +10, width_s4-5 +8, each res op +2 per 1/8.
+The target increment is therefore always 11.5 (width_s1-5), and k is 3, 4, 6 for the depth
+ops, 1 for every width op (width_s4-5: |8 - 11.5| = 3.5 < |16 - 11.5| = 4.5) and 6 for the
+resolution ops (|12 - 11.5| = 0.5 < |10 - 11.5| = 1.5).
+
+The score is a concave piecewise-linear function (all values exact in binary floating point):
+
+    P(N) = min(D, 11) + min(W, 160) / 8 + 8 * min(r1, 1) + 2 * r2 + r3
+
+with D = sum(depth), W = sum(width), r1 >= r2 >= r3 the path ratios.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import subprocess
+import sys
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+
+from lps_keras.arch import EXPANSION_OPS, EXPANSION_OPS_BY_NAME, Arch, ExpansionOp
+from lps_keras.recipe import load_recipe
+from lps_keras.search import (
+    Candidate,
+    EvalContext,
+    Evaluation,
+    JournalError,
+    SearchError,
+    SearchJournal,
+    evaluate_candidates,
+    find_k,
+    fingerprint,
+    plot_expansion,
+    propose_candidates,
+    run_expansion,
+    select_candidate,
+    write_step_recipes,
+    write_table,
+)
+
+REPO = Path(__file__).resolve().parents[1]
+START = Arch(depth=(1, 1, 1, 1, 1), width=(4, 8, 16, 32, 32), resolution=(0.5, 0, 0))
+
+
+def additive_latency(arch: Arch) -> float:
+    return sum(arch.depth) + sum(arch.width) / 8 + 16 * sum(arch.resolution)
+
+
+def concave_score(arch: Arch, context=None) -> float:
+    r1, r2, r3 = arch.resolution
+    return min(sum(arch.depth), 11) + min(sum(arch.width), 160) / 8 + 8 * min(r1, 1) + 2 * r2 + r3
+
+
+def A(depth, width, res) -> Arch:
+    return Arch(depth=depth, width=width, resolution=res)
+
+
+class Counter:
+    """evaluate_fn that counts calls per arch and can fail on the n-th call."""
+
+    def __init__(self, fail_on: int | None = None):
+        self.calls: list[str] = []
+        self.fail_on = fail_on
+        self._lock = threading.Lock()
+
+    def __call__(self, arch: Arch, context: EvalContext):
+        with self._lock:
+            self.calls.append(arch.hash)
+            n = len(self.calls)
+        if self.fail_on is not None and n == self.fail_on:
+            raise RuntimeError("simulated interruption")
+        return Evaluation(score=concave_score(arch), metrics={"mIoU": concave_score(arch), "step": context.step},
+                          weights=f"candidates/{context.key}.keras")
+
+
+def quiet(_msg):
+    pass
+
+
+# --------------------------------------------------------------------------- find_k
+def test_find_k_closer_of_last_two():
+    assert find_k(lambda k: 2.0 * k, 11.5, 16) == (6, 12.0, False)  # 12 (0.5) beats 10 (1.5)
+    assert find_k(lambda k: 4.0 * k, 11.5, 16) == (3, 12.0, False)
+    assert find_k(lambda k: 8.0 * k, 11.5, 16) == (1, 8.0, False)  # 8 (3.5) beats 16 (4.5)
+    assert find_k(lambda k: 11.5 * k, 11.5, 16) == (1, 11.5, False)  # the L_T op itself
+
+
+def test_find_k_tie_goes_to_smaller_k():
+    assert find_k(lambda k: 2.0 * k, 11.0, 16) == (5, 10.0, False)  # |10 - 11| == |12 - 11|
+
+
+def test_find_k_stops_growing_once_target_reached():
+    seen = []
+
+    def lat(k):
+        seen.append(k)
+        return 3.0 * k
+
+    assert find_k(lat, 10.0, 16) == (3, 9.0, False)  # 9 (1) beats 12 (2)
+    assert seen == [1, 2, 3, 4]
+
+
+def test_find_k_bounded_by_max_k_and_invalid_arch():
+    assert find_k(lambda k: float(k), 100.0, 16) == (16, 16.0, True)
+    assert find_k(lambda k: float(k) if k < 3 else None, 100.0, 16) == (2, 2.0, True)
+
+
+def test_find_k_noisy_latency_takes_best_seen():
+    lats = {1: 9.9, 2: 9.5, 3: 10.2}
+    assert find_k(lats.get, 10.0, 16) == (1, 9.9, False)
+
+
+# --------------------------------------------------------------------------- proposals
+def test_propose_candidates_additive_model():
+    target, cands = propose_candidates(START, EXPANSION_OPS, additive_latency, 16)
+    assert additive_latency(START) == 24.5
+    assert target == 36.0
+    got = [(c.op, c.k, c.latency, c.aliases) for c in cands]
+    assert got == [
+        ("depth_s2-5", 3, 36.5, ()),
+        ("depth_s3-5", 4, 36.5, ()),
+        ("depth_s4-5", 6, 36.5, ()),
+        ("width_s1-5", 1, 36.0, ()),
+        ("width_s2-5", 1, 35.5, ()),
+        ("width_s3-5", 1, 34.5, ()),
+        ("width_s4-5", 1, 32.5, ()),
+        ("res_path1", 6, 36.5, ()),
+        ("res_path2", 6, 36.5, ("res_path3",)),  # (1/2, 3/4, 0) == (1/2, 0, 3/4) after canonicalisation
+    ]
+    assert cands[0].arch == A((1, 4, 4, 4, 4), (4, 8, 16, 32, 32), (0.5, 0, 0))
+    assert cands[7].arch.resolution == (1.25, 0, 0)
+    assert cands[8].arch.resolution == (0.75, 0.5, 0)
+    assert not any(c.capped for c in cands)
+
+
+def test_propose_candidates_dedup_second_path_on_one_path_arch():
+    one_path = A((1, 1, 1, 1, 1), (4, 8, 16, 32, 32), (1, 0, 0))
+    res_ops = [op for op in EXPANSION_OPS if op.dimension == "resolution"]
+    target, cands = propose_candidates(one_path, res_ops, additive_latency, 16)
+    assert target == additive_latency(one_path) + 2
+    assert [(c.op, c.k, c.aliases) for c in cands] == [("res_path1", 1, ()), ("res_path2", 1, ("res_path3",))]
+    assert cands[1].arch.resolution == (1, 0.125, 0)
+
+
+def test_propose_candidates_macs_latency_brute_force():
+    def macs(a):
+        return float(a.macs(64, 128))
+
+    target, cands = propose_candidates(START, EXPANSION_OPS, macs, 16)
+    assert target == max(macs(START + op) for op in EXPANSION_OPS)
+    by_op = {c.op: c for c in cands}
+    for op in EXPANSION_OPS:
+        lats = [macs(START.expand(op, k)) for k in range(1, 17)]
+        k_ref = min(range(16), key=lambda i: (abs(lats[i] - target), i)) + 1  # argmin, ties -> smaller k
+        if op.name == "res_path3":
+            assert by_op["res_path2"].aliases == ("res_path3",)
+            assert START.expand(op, k_ref) == by_op["res_path2"].arch
+            continue
+        assert by_op[op.name].k == k_ref, op.name
+        assert by_op[op.name].latency == lats[k_ref - 1]
+
+
+def test_propose_candidates_tie_and_invalid_op():
+    ops = [
+        ExpansionOp("shrink", "depth", depth=(0, 0, 0, 0, -1)),  # invalid from depth 1: skipped
+        EXPANSION_OPS_BY_NAME["depth_s4-5"],
+        ExpansionOp("w88", "width", width=(0, 0, 0, 0, 88)),  # +11: depth_s4-5 ties at k=5 (10) / k=6 (12)
+    ]
+    target, cands = propose_candidates(START, ops, additive_latency, 16)
+    assert target == 24.5 + 11
+    assert [(c.op, c.k) for c in cands] == [("depth_s4-5", 5), ("w88", 1)]
+
+
+def test_propose_candidates_stops_at_invalid_k():
+    start = A((1, 1, 1, 1, 3), (4, 8, 16, 32, 32), (0.5, 0, 0))
+    ops = [ExpansionOp("shrink", "depth", depth=(0, 0, 0, 0, -1)), EXPANSION_OPS_BY_NAME["width_s4-5"]]
+    target, cands = propose_candidates(start, ops, additive_latency, 16)
+    # shrink lowers latency (k=1: -1, k=2: -2, k=3 invalid), so the closest to L_T is k=1, capped.
+    assert [(c.op, c.k, c.capped) for c in cands] == [("shrink", 1, True), ("width_s4-5", 1, False)]
+
+
+# --------------------------------------------------------------------------- selection
+def cand(op, latency, score, dim="depth"):
+    return Candidate(op=op, dimension=dim, k=1, arch=START, latency=latency, score=score)
+
+
+def test_select_by_slope():
+    cands = [cand("a", 12, 11), cand("b", 14, 12), cand("c", 11, 10.5)]  # slopes 2/2, 3/4, 1.5/1
+    best, ann = select_candidate(cands, latency=10, score=9)
+    assert best == 2
+    assert [c.slope for c in ann] == [1.0, 0.75, 1.5]
+    assert [c.rank for c in ann] == ["slope"] * 3
+    best, _ = select_candidate(cands[:2], latency=10, score=9)
+    assert best == 0  # a: slope 1 beats b: 0.75 although b has the higher P
+
+
+def test_select_tie_breaks():
+    # Equal slopes (1): the higher P wins.
+    best, _ = select_candidate([cand("a", 11, 10), cand("b", 12, 11)], latency=10, score=9)
+    assert best == 1
+    # Identical candidates: the earlier op.
+    best, _ = select_candidate([cand("a", 12, 11), cand("b", 12, 11)], latency=10, score=9)
+    assert best == 0
+    # Dominating candidates with equal P: the lower latency, then the earlier op.
+    best, _ = select_candidate([cand("a", 10, 11), cand("b", 9.5, 11), cand("c", 9.5, 11)], latency=10, score=9)
+    assert best == 1
+
+
+def test_select_guard_not_slower():
+    cands = [
+        cand("slope", 20, 29),  # slope (29 - 9) / (20 - 10) = 2, the best regular candidate
+        cand("dom_low", 10, 9.5),  # L_d == L and better: dominates
+        cand("dom_high", 9, 9.75),  # faster and better: dominates with the higher P
+        cand("excluded", 8, 9),  # faster but not better: never chosen
+    ]
+    best, ann = select_candidate(cands, latency=10, score=9)
+    assert best == 2
+    assert [c.rank for c in ann] == ["slope", "dominates", "dominates", "excluded"]
+    assert [c.slope for c in ann] == [2.0, None, None, None]
+    best, _ = select_candidate([cands[0], cands[3]], latency=10, score=9)
+    assert best == 0
+    with pytest.raises(SearchError, match="no candidate"):
+        select_candidate([cands[3], cand("same", 10, 9)], latency=10, score=9)
+
+
+def test_select_all_worse_takes_least_harmful():
+    best, ann = select_candidate([cand("a", 11, 8), cand("b", 14, 8)], latency=10, score=9)
+    assert best == 1 and ann[1].slope == -0.25
+
+
+# --------------------------------------------------------------------------- full runs
+EXPECTED_TRAJECTORY = [
+    # step, op, k, depth, width, resolution, latency, score, L_T
+    (0, None, 0, (1, 1, 1, 1, 1), (4, 8, 16, 32, 32), (0.5, 0, 0), 24.5, 20.5, None),
+    # width_s4-5 slope (19.5 - 11.5) / 8 = 1 beats depth 6/12, res_path1 4/12, width_s3-5 8.5/10.
+    (1, "width_s4-5", 1, (1, 1, 1, 1, 1), (4, 8, 16, 64, 64), (0.5, 0, 0), 32.5, 28.5, 36.0),
+    # width saturated (W cap 160): depth 6/12 wins; the three depth ops tie exactly -> Delta order.
+    (2, "depth_s2-5", 3, (1, 4, 4, 4, 4), (4, 8, 16, 64, 64), (0.5, 0, 0), 44.5, 34.5, 44.0),
+    # depth saturated (D cap 11): res_path1 4/12 beats res_path2 3/12 and width_s4-5 0.5/8.
+    (3, "res_path1", 6, (1, 4, 4, 4, 4), (4, 8, 16, 64, 64), (1.25, 0, 0), 56.5, 38.5, 56.0),
+    # r1 saturated: res_path2 (2 * 3/4) / 12 = 1/8 beats width_s4-5 1/16.
+    (4, "res_path2", 6, (1, 4, 4, 4, 4), (4, 8, 16, 64, 64), (1.25, 0.75, 0), 68.5, 40.0, 68.0),
+    # res_path2 again: (5/4, 3/2) -> (3/2, 5/4): +1 / 12 beats res_path3 0.75/12 and width_s4-5 1/16.
+    (5, "res_path2", 6, (1, 4, 4, 4, 4), (4, 8, 16, 64, 64), (1.5, 1.25, 0), 80.5, 41.0, 80.0),
+]
+
+
+def trajectory(steps):
+    return [(s.index, s.op, s.k, s.arch.depth, s.arch.width, s.arch.resolution, s.latency, s.score,
+             s.target_latency) for s in steps]
+
+
+def test_run_expansion_hand_computed_trajectory():
+    steps = run_expansion(START, additive_latency, concave_score, steps=5, progress=quiet)
+    assert trajectory(steps) == EXPECTED_TRAJECTORY
+    assert [s.dimension for s in steps] == [None, "width", "depth", "resolution", "resolution", "resolution"]
+    assert steps[1].slope == 1.0
+    # Step 4: res_path3 is an alias of res_path2 (both add the second path of 3/4).
+    assert {c.op: c.aliases for c in steps[4].candidates}["res_path2"] == ("res_path3",)
+    # Step 5: with two paths, res_path3 is a distinct candidate (a third path).
+    assert "res_path3" in {c.op for c in steps[5].candidates}
+    assert steps[2].candidates[0].slope == steps[2].candidates[1].slope == steps[2].candidates[2].slope == 0.5
+
+
+def test_run_expansion_measures_each_latency_once_and_scores_start():
+    lat_calls: list[str] = []
+
+    def lat(a):
+        lat_calls.append(a.hash)
+        return additive_latency(a)
+
+    ev = Counter()
+    journal = SearchJournal(None)
+    run_expansion(START, lat, ev, steps=3, journal=journal, progress=quiet)
+    assert len(lat_calls) == len(set(lat_calls)) == len(journal.latencies)
+    assert len(ev.calls) == len(set(ev.calls)) == len(journal.evaluations)
+    assert ev.calls[0] == START.hash  # the start's P is scored (with the first step's candidates)
+
+
+def test_run_expansion_zero_steps():
+    steps = run_expansion(START, additive_latency, concave_score, steps=0, progress=quiet)
+    assert trajectory(steps) == EXPECTED_TRAJECTORY[:1]
+
+
+def test_parallel_executor_matches_sequential():
+    seq = run_expansion(START, additive_latency, Counter(), steps=3, progress=quiet)
+    with ThreadPoolExecutor(max_workers=3) as pool:
+        par = run_expansion(START, additive_latency, Counter(), steps=3, executor=pool, progress=quiet)
+    assert [s.to_dict() for s in par] == [s.to_dict() for s in seq]
+
+
+def test_evaluate_candidates_parallel_failure_keeps_finished():
+    items = [(START.expand(EXPANSION_OPS[3], k), EvalContext(step=1, key=str(k))) for k in range(1, 5)]
+
+    def ev(arch, ctx):
+        if ctx.key == "2":
+            raise ValueError("boom")
+        return {"score": concave_score(arch), "metrics": {"x": 1}}
+
+    finished = []
+    with ThreadPoolExecutor(max_workers=1) as pool, pytest.raises(ValueError, match="boom"):
+        evaluate_candidates(items, ev, executor=pool, on_result=lambda i, e: finished.append(i))
+    assert 0 in finished and 1 not in finished
+    res = evaluate_candidates(items[:1], ev)
+    assert res[0].score == concave_score(items[0][0]) and res[0].metrics == {"x": 1} and res[0].seconds >= 0
+    with pytest.raises(SearchError, match="finite score"):
+        evaluate_candidates(items[:1], lambda a, c: float("nan"))
+
+
+# --------------------------------------------------------------------------- journal
+def test_resume_after_interruption_does_not_reevaluate(tmp_path):
+    path = tmp_path / "journal.json"
+    reference = run_expansion(START, additive_latency, Counter(), steps=2, progress=quiet)
+
+    first = Counter(fail_on=3)  # start, candidate 1 finish; candidate 2 raises
+    with pytest.raises(RuntimeError, match="simulated"):
+        run_expansion(START, additive_latency, first, steps=2, journal=SearchJournal(path), progress=quiet)
+    saved = json.loads(path.read_text())
+    finished = set(saved["evaluations"])
+    assert len(finished) == 2 and START.hash in finished
+    assert saved["steps"] == []
+    assert len(saved["latencies"]) > 10
+
+    lat_calls = []
+
+    def lat(a):
+        lat_calls.append(a.hash)
+        return additive_latency(a)
+
+    second = Counter()
+    steps = run_expansion(START, lat, second, steps=2, journal=SearchJournal(path), progress=quiet)
+    assert [s.to_dict() for s in steps] == [s.to_dict() for s in reference]
+    assert not finished & set(second.calls)
+    assert set(second.calls) | finished == set(json.loads(path.read_text())["evaluations"])
+    assert not set(lat_calls) & set(saved["latencies"])  # step-1 latencies came from the journal
+
+    # A third run replays both steps from the journal: nothing measured, nothing trained.
+    third = Counter()
+    steps3 = run_expansion(START, lambda a: pytest.fail("re-measured"), third, steps=2, journal=SearchJournal(path),
+                           progress=quiet)
+    assert third.calls == []
+    assert [s.to_dict() for s in steps3] == [s.to_dict() for s in reference]
+    doc = json.loads(path.read_text())
+    assert [s["op"] for s in doc["steps"]] == [None, "width_s4-5", "depth_s2-5"]
+    ev = doc["evaluations"][steps[1].arch.hash]
+    assert ev["weights"] == f"candidates/{steps[1].arch.hash}.keras" and ev["metrics"]["mIoU"] == 28.5
+    assert not [p for p in tmp_path.iterdir() if p.name != "journal.json"]  # no temp files left
+
+
+def test_resume_extends_a_finished_search(tmp_path):
+    path = tmp_path / "j.json"
+    run_expansion(START, additive_latency, concave_score, steps=2, journal=SearchJournal(path), progress=quiet)
+    ev = Counter()
+    steps = run_expansion(START, additive_latency, ev, steps=4, journal=SearchJournal(path), progress=quiet)
+    assert trajectory(steps) == EXPECTED_TRAJECTORY[:5]
+    assert len(ev.calls) == 9 + 9  # only steps 3 and 4 (9 candidates each, res_path3 an alias) are trained
+
+
+def test_journal_mismatch_errors(tmp_path):
+    path = tmp_path / "journal.json"
+    run_expansion(START, additive_latency, concave_score, steps=1, journal=SearchJournal(path),
+                  fingerprint=fingerprint({"proxy": 1}), progress=quiet)
+    other = A((1, 1, 1, 1, 1), (4, 8, 16, 32, 32), (1, 0, 0))
+    with pytest.raises(JournalError, match=r"journal\.json.*start arch"):
+        run_expansion(other, additive_latency, concave_score, steps=1, journal=SearchJournal(path),
+                      fingerprint=fingerprint({"proxy": 1}), progress=quiet)
+    with pytest.raises(JournalError, match=r"journal\.json.*recipe fingerprint"):
+        run_expansion(START, additive_latency, concave_score, steps=1, journal=SearchJournal(path),
+                      fingerprint=fingerprint({"proxy": 2}), progress=quiet)
+    with pytest.raises(JournalError, match=r"journal\.json.*expansion op set"):
+        run_expansion(START, additive_latency, concave_score, steps=1, journal=SearchJournal(path),
+                      ops=EXPANSION_OPS[:7], fingerprint=fingerprint({"proxy": 1}), progress=quiet)
+    with pytest.raises(JournalError, match=r"journal\.json.*max_k"):
+        run_expansion(START, additive_latency, concave_score, steps=1, journal=SearchJournal(path), max_k=4,
+                      fingerprint=fingerprint({"proxy": 1}), progress=quiet)
+    bad = tmp_path / "bad.json"
+    bad.write_text("{not json")
+    with pytest.raises(JournalError, match="bad.json"):
+        SearchJournal(bad)
+    bad.write_text('{"format": "something else"}')
+    with pytest.raises(JournalError, match="bad.json.*not a search journal"):
+        SearchJournal(bad)
+
+
+def test_replay_detects_inconsistent_journal(tmp_path):
+    path = tmp_path / "journal.json"
+    steps = run_expansion(START, additive_latency, concave_score, steps=1, journal=SearchJournal(path),
+                          progress=quiet)
+    doc = json.loads(path.read_text())
+    doc["evaluations"][steps[1].arch.hash]["score"] = 0.0  # the chosen candidate now looks useless
+    path.write_text(json.dumps(doc))
+    with pytest.raises(JournalError, match="replaying step 1"):
+        run_expansion(START, additive_latency, concave_score, steps=1, journal=SearchJournal(path), progress=quiet)
+
+
+def test_bad_latency_value():
+    with pytest.raises(SearchError, match="finite number"):
+        run_expansion(START, lambda a: float("inf"), concave_score, steps=1, progress=quiet)
+
+
+def test_progress_reports_steps_and_eta():
+    lines = []
+    run_expansion(START, additive_latency, concave_score, steps=1, progress=lines.append)
+    text = "\n".join(lines)
+    assert "step 1/1" in text and "ETA" in text and "chose width_s4-5" in text
+
+
+# --------------------------------------------------------------------------- writers
+def test_write_table(tmp_path):
+    steps = run_expansion(START, additive_latency, concave_score, steps=3, progress=quiet)
+    write_table(steps, tmp_path / "log.csv", tmp_path / "log.json")
+    with open(tmp_path / "log.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert [r["step"] for r in rows] == ["0", "1", "2", "3"]
+    assert rows[0]["B"] == "{1,1,1,1,1}" and rows[0]["C"] == "{4,8,16,32,32}" and rows[0]["R"] == "{1/2,0,0}"
+    assert rows[2]["B"] == "{1,4,4,4,4}" and rows[3]["R"] == "{5/4,0,0}"
+    assert [r["dimension"] for r in rows] == ["", "width", "depth", "resolution"]
+    assert [float(r["latency"]) for r in rows] == [24.5, 32.5, 44.5, 56.5]
+    assert [float(r["mIoU"]) for r in rows] == [20.5, 28.5, 34.5, 38.5]
+    doc = json.loads((tmp_path / "log.json").read_text())
+    assert doc["latency_unit"] == "ms"
+    assert [r["op"] for r in doc["rows"]] == ["", "width_s4-5", "depth_s2-5", "res_path1"]
+    assert Arch.from_dict(doc["rows"][3]["arch"]) == steps[3].arch
+    assert doc["rows"][3]["target_latency"] == 56.0
+
+
+@pytest.mark.parametrize("base_file", ["demo.json", "lps_s.json"])
+def test_write_step_recipes_loadable(tmp_path, base_file):
+    steps = run_expansion(START, additive_latency, concave_score, steps=2, progress=quiet)
+    base = json.loads((REPO / "recipes" / base_file).read_text())
+    base["name"] = "base"
+    paths = write_step_recipes(base, steps, tmp_path / "expanded")
+    assert [p.name for p in paths] == ["step_00.json", "step_01.json", "step_02.json"]
+    for path, step in zip(paths, steps):
+        recipe = load_recipe(path)
+        assert recipe.arch() == step.arch.with_num_classes(recipe.arch().num_classes)
+        assert recipe.name == f"base_step{step.index:02d}"
+        assert recipe.model.preset is None
+        assert recipe.data == load_recipe(REPO / "recipes" / base_file).data
+
+
+def test_plot_expansion_png(tmp_path):
+    steps = run_expansion(START, additive_latency, concave_score, steps=3, progress=quiet)
+    png = tmp_path / "plot" / "expansion.png"
+    plot_expansion(steps, None, png)
+    data = png.read_bytes()
+    assert data[:8] == b"\x89PNG\r\n\x1a\n"
+    from PIL import Image
+
+    with Image.open(png) as im:
+        im.verify()
+    assert [p.name for p in png.parent.iterdir()] == ["expansion.png"]
+
+
+def test_import_is_cheap():
+    code = "import sys, lps_keras.search; print('tensorflow' in sys.modules, 'keras' in sys.modules, " \
+           "'matplotlib' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True)
+    assert out.stdout.split() == ["False", "False", "False"]
