@@ -320,8 +320,8 @@ def evaluate_predictions(
             labels = tf.squeeze(labels, -1)
         size = tf.shape(labels)[1:3]
         logits = tf.cast(logits, tf.float32)
-        # The v1 op is the one with align_corners; tf.image.resize has only half-pixel centres.
-        logits = tf.compat.v1.image.resize_bilinear(logits, size, align_corners=True)
+        # ResizeBilinear(align_corners=True): tf.image.resize has only half-pixel centres.
+        logits = tf.raw_ops.ResizeBilinear(images=logits, size=size, align_corners=True, half_pixel_centers=False)
         preds = tf.argmax(logits, axis=-1, output_type=tf.int32)
         return tf_confusion_update(labels, preds, num_classes, ignore_index), preds
 

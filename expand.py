@@ -1,0 +1,69 @@
+#!/usr/bin/env python
+"""Progressive expansion (Algorithm 1 of LPS-Net): grow a network one dimension at a time.
+
+Example:
+    python expand.py --recipe recipes/expand_camvid.json --steps 3 --latency-backend tf \\
+        --output runs/expand/camvid
+Rerunning the same command resumes from <output>/journal.json without re-measuring or
+re-training anything that finished.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--recipe", required=True, help="recipe JSON with a search section (start arch = model)")
+    parser.add_argument("--output", required=True, help="output directory (journal, table, plot, candidate runs)")
+    parser.add_argument("--steps", type=int, help="expansion steps (default search.steps)")
+    parser.add_argument("--latency-backend", choices=("tf", "tftrt", "tensorrt", "onnxruntime", "macs"),
+                        help="latency backend (default search.latency_backend); 'macs' ranks by GMACs")
+    parser.add_argument("--latency-cache", help="latency cache JSON (default <output>/<search.latency_cache>)")
+    parser.add_argument("--device-key", help="use latencies measured on another device (a table imported into "
+                                             "the cache); a cache miss is then an error instead of a measurement")
+    parser.add_argument("--workers", type=int, help="candidates trained in parallel (default search.workers)")
+    parser.add_argument("--devices", help="comma-separated GPU ids, one per worker (e.g. 0,1,2,3)")
+    parser.add_argument("--recipes-dir", help="where step recipes go (default recipes/expanded/<output name>)")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="recipe override")
+    args = parser.parse_args(argv)
+
+    from lps_keras.recipe import RecipeError, load_recipe
+
+    try:
+        recipe = load_recipe(args.recipe, args.set)
+    except RecipeError as e:
+        print(f"expand.py: error: {e}", file=sys.stderr)
+        return 2
+    for name in ("steps", "workers"):
+        value = getattr(args, name)
+        if value is not None and value < (0 if name == "steps" else 1):
+            print(f"expand.py: error: --{name} must be {'>= 0' if name == 'steps' else '>= 1'}, got {value}",
+                  file=sys.stderr)
+            return 2
+
+    from lps_keras import expansion
+    from lps_keras.latency import LatencyCacheMiss, LatencyError
+    from lps_keras.search import JournalError, SearchError
+
+    try:
+        history = expansion.run(
+            recipe, args.output, steps=args.steps, backend=args.latency_backend, workers=args.workers,
+            devices=args.devices.split(",") if args.devices else None, latency_cache=args.latency_cache,
+            device_key=args.device_key, recipes_dir=args.recipes_dir,
+        )
+    except (JournalError, SearchError, LatencyError, LatencyCacheMiss, RecipeError, FileNotFoundError) as e:
+        print(f"expand.py: error: {e}", file=sys.stderr)
+        return 1
+    unit = "GMACs" if (args.latency_backend or recipe.search.latency_backend) == "macs" else "ms"
+    print(expansion.format_table(history, unit))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

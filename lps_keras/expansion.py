@@ -1,0 +1,207 @@
+"""Progressive expansion wired to real latency measurement and real proxy training.
+
+:mod:`lps_keras.search` holds Algorithm 1 as pure logic; this module supplies its two
+functions from a recipe: ``latency_fn`` (:mod:`lps_keras.latency`, through the persistent
+cache) and ``evaluate_fn`` (train the candidate with the recipe's proxy schedule via
+:func:`lps_keras.training.train` and return its validation mIoU). Candidates of a step can run
+in parallel, one worker process per device, the journal being the durable work list.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import dataclasses
+import json
+import multiprocessing
+import os
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, Optional
+
+from lps_keras.arch import EXPANSION_OPS, Arch
+from lps_keras.recipe import Recipe, recipe_from_dict
+from lps_keras.search import (
+    EvalContext,
+    SearchJournal,
+    Step,
+    fingerprint,
+    plot_expansion,
+    run_expansion,
+    write_step_recipes,
+    write_table,
+)
+
+
+def proxy_recipe(recipe: Recipe, arch: Arch, name: Optional[str] = None) -> Recipe:
+    """``recipe`` with ``arch`` as the model and the proxy schedule as the training schedule.
+
+    Validation runs once, at the end of the proxy schedule; backups every quarter of it so an
+    interrupted candidate resumes instead of restarting.
+    """
+    proxy = recipe.search.proxy
+    raw = recipe.to_dict()
+    arch_dict = arch.to_dict()
+    arch_dict.pop("num_classes")
+    raw["name"] = name or f"{recipe.name}_{arch.hash}"
+    raw["model"] = {**{k: v for k, v in raw["model"].items() if k != "preset"}, "arch": arch_dict, "preset": None}
+    raw["train"].update({
+        "iterations": proxy.iterations,
+        "batch_size": proxy.batch_size,
+        "base_lr": proxy.base_lr,
+        "val_interval": proxy.iterations,
+        "checkpoint_interval": max(1, proxy.iterations // 4),
+        "log_interval": max(1, min(raw["train"]["log_interval"], proxy.iterations)),
+        "image_summaries": 0,
+        "distribute": "none",
+        "init": None,
+    })
+    raw["data"]["augment"]["crop_size"] = list(proxy.crop_size)
+    for key in ("train_subset", "val_subset", "eval_size"):
+        value = getattr(proxy, key)
+        if value is not None:
+            raw["data"][key] = list(value) if isinstance(value, tuple) else value
+    return recipe_from_dict(raw, source=f"proxy recipe for {arch}")
+
+
+@dataclasses.dataclass(frozen=True)
+class ProxyEvaluator:
+    """``evaluate_fn`` for the search: proxy-train ``arch`` and return its validation mIoU.
+
+    Picklable (a recipe and a path), so it runs in worker processes too. Each candidate trains
+    in ``<output>/candidates/<arch hash>``, which ``train`` resumes if a previous run was killed.
+    """
+
+    recipe: Recipe
+    output_dir: str
+    verbose: Any = 2
+
+    def __call__(self, arch: Arch, context: EvalContext) -> dict:
+        from lps_keras.training import train
+
+        run_dir = Path(self.output_dir) / "candidates" / context.key
+        summary = train(proxy_recipe(self.recipe, arch), run_dir=run_dir, resume=True, verbose=self.verbose)
+        keep = ("miou", "pixel_accuracy", "mean_class_accuracy", "final_step", "fit_seconds", "wall_seconds",
+                "deploy_parity_max_rel_error")
+        return {
+            "score": float(summary["miou"]),
+            "metrics": {k: summary.get(k) for k in keep},
+            "weights": str(run_dir / "deploy.keras"),
+        }
+
+
+def make_latency_fn(recipe: Recipe, output_dir, cache_path=None, device_key=None, backend=None,
+                    verbose=True) -> Callable[[Arch], float]:
+    """Median latency (ms; GMACs for the ``macs`` backend) of the deploy model, via the cache."""
+    from lps_keras.latency import latency_fn
+
+    s = recipe.search
+    cache = Path(cache_path) if cache_path else Path(output_dir) / s.latency_cache
+    return latency_fn(
+        backend=backend or s.latency_backend, input_shape=tuple(s.latency_input_shape), warmup=s.latency_warmup,
+        iters=s.latency_iters, cache=str(cache), device_key=device_key, match_device=device_key is None,
+        verbose=verbose,
+    )
+
+
+def search_fingerprint(recipe: Recipe, backend: str) -> str:
+    """What the journal's numbers depend on: data, proxy schedule, latency setup, optimiser."""
+    d = recipe.to_dict()
+    s = d["search"]
+    return fingerprint({
+        "data": d["data"],
+        "proxy": s["proxy"],
+        "latency": [backend, s["latency_input_shape"]],
+        "optimizer": {k: d["train"][k] for k in ("momentum", "weight_decay", "poly_power", "loss", "seed")},
+    })
+
+
+def _init_worker(devices) -> None:
+    # One accelerator per worker: claim a device id before TensorFlow is imported in this process.
+    try:
+        device = devices.get_nowait()
+    except Exception:  # noqa: BLE001 - no device left: run on what the process sees
+        return
+    os.environ["CUDA_VISIBLE_DEVICES"] = str(device)
+
+
+def make_executor(workers: int, devices: Optional[list[str]] = None):
+    """A process pool of ``workers`` (``None`` for 1: sequential in this process).
+
+    ``devices`` (e.g. ``["0", "1"]``) pins one GPU per worker via ``CUDA_VISIBLE_DEVICES``.
+    Processes are spawned, not forked, because TensorFlow is not fork-safe.
+    """
+    if workers <= 1:
+        return None
+    ctx = multiprocessing.get_context("spawn")
+    queue = ctx.Manager().Queue()
+    for d in devices or []:
+        queue.put(d)
+    return concurrent.futures.ProcessPoolExecutor(max_workers=workers, mp_context=ctx,
+                                                  initializer=_init_worker, initargs=(queue,))
+
+
+def run(
+    recipe: Recipe,
+    output_dir,
+    steps: Optional[int] = None,
+    backend: Optional[str] = None,
+    workers: Optional[int] = None,
+    devices: Optional[list[str]] = None,
+    latency_cache=None,
+    device_key: Optional[str] = None,
+    recipes_dir=None,
+    latency_fn: Optional[Callable[[Arch], float]] = None,
+    evaluate_fn: Optional[Callable[[Arch, EvalContext], Any]] = None,
+    progress: Optional[Callable[[str], None]] = print,
+) -> list[Step]:
+    """Run (or resume) the expansion of ``recipe``'s model and write all outputs.
+
+    Writes into ``output_dir``: ``journal.json``, ``expansion.csv``/``expansion.json``
+    (Table-4 style), ``expansion.png`` (Fig.-7 style), ``candidates/<hash>/`` (proxy runs), and
+    one trainable recipe per chosen step in ``recipes_dir`` (default
+    ``recipes/expanded/<output name>``).
+    """
+    output_dir = Path(output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    backend = backend or recipe.search.latency_backend
+    steps = recipe.search.steps if steps is None else steps
+    workers = recipe.search.workers if workers is None else workers
+    start = recipe.arch()
+    lat = latency_fn or make_latency_fn(recipe, output_dir, latency_cache, device_key, backend)
+    ev = evaluate_fn or ProxyEvaluator(recipe, str(output_dir))
+    journal = SearchJournal(output_dir / "journal.json")
+    executor = make_executor(workers, devices)
+    try:
+        history = run_expansion(
+            start, lat, ev, steps, journal=journal, ops=EXPANSION_OPS, max_k=recipe.search.max_k,
+            executor=executor, progress=progress, fingerprint=search_fingerprint(recipe, backend),
+        )
+    finally:
+        if executor is not None:
+            executor.shutdown(wait=True, cancel_futures=True)
+    unit = "GMACs" if backend == "macs" else "ms"
+    write_table(history, output_dir / "expansion.csv", output_dir / "expansion.json", latency_unit=unit)
+    candidates = [c for s in history for c in s.candidates]
+    plot_expansion(history, candidates, output_dir / "expansion.png", latency_unit=unit,
+                   title=f"Progressive expansion: {recipe.name} ({backend}, {unit})")
+    recipes_dir = Path(recipes_dir) if recipes_dir else Path("recipes") / "expanded" / output_dir.name
+    write_step_recipes(recipe, history, recipes_dir)
+    if progress:
+        progress(f"wrote {output_dir / 'expansion.csv'}, {output_dir / 'expansion.png'} and "
+                 f"{len(history)} recipes in {recipes_dir}")
+    return history
+
+
+def format_table(history: list[Step], unit: str = "ms") -> str:
+    """The expansion log as a Markdown table (README / terminal)."""
+    lines = [f"| step | B | C | R | latency ({unit}) | mIoU | dimension |", "|---|---|---|---|---|---|---|"]
+    for s in history:
+        b, c, r = s.arch.short().split(" ")
+        dim = "-" if s.op is None else f"{s.dimension} ({s.op} x{s.k})"
+        lines.append(f"| {s.index} | {b} | {c} | {r} | {s.latency:.4g} | {100 * s.score:.2f} | {dim} |")
+    return "\n".join(lines)
+
+
+def load_history(output_dir) -> list[dict]:
+    """The rows of a finished run's ``expansion.json``."""
+    return json.loads((Path(output_dir) / "expansion.json").read_text())["rows"]
