@@ -12,8 +12,6 @@ import json
 import os
 import sys
 
-# See train.py: TF 2.21's oneDNN CPU kernels are disabled for this project's models.
-os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 

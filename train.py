@@ -11,9 +11,6 @@ import argparse
 import os
 import sys
 
-# TF 2.21's oneDNN kernels crash (heap corruption) in the backward pass of the strided 1x1 convs
-# of the training blocks on some CPUs; the Eigen kernels are correct. Must be set before TF loads.
-os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 

@@ -197,8 +197,10 @@ class RepConvBlock(keras.layers.Layer):
         if not self.deploy:
             self.bn = self._make_bn("bn")
             if self.use_1x1:
+                # Stride 2 is applied by subsampling in call(): a strided 1x1 Conv2D crashes TF
+                # 2.21's oneDNN CPU kernels during training; x[:, ::2, ::2] samples the same points.
                 self.conv_1x1 = keras.layers.Conv2D(
-                    filters, 1, strides=strides, padding="valid", use_bias=False,
+                    filters, 1, strides=1, padding="valid", use_bias=False,
                     kernel_initializer=self.kernel_initializer, name="conv_1x1", dtype=self.dtype_policy,
                 )
                 self.bn_1x1 = self._make_bn("bn_1x1")
@@ -223,7 +225,7 @@ class RepConvBlock(keras.layers.Layer):
         if not self.deploy:
             self.bn.build(out_shape)
             if self.use_1x1:
-                self.conv_1x1.build(input_shape)
+                self.conv_1x1.build(out_shape[:3] + (input_shape[-1],))
                 self.bn_1x1.build(out_shape)
             if self.has_identity:
                 self.bn_identity = self._make_bn("bn_identity")
@@ -240,7 +242,8 @@ class RepConvBlock(keras.layers.Layer):
         if not self.deploy:
             y = self.bn(y, training=training)
             if self.use_1x1:
-                y = y + self.bn_1x1(self.conv_1x1(x), training=training)
+                sub = x[:, ::2, ::2, :] if self.strides == 2 else x
+                y = y + self.bn_1x1(self.conv_1x1(sub), training=training)
             if self.bn_identity is not None:
                 y = y + self.bn_identity(x, training=training)
         return ops.relu(y)

@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 
 # TF 2.21's oneDNN CPU kernels crash in the backward pass of strided 1x1 convs (see train.py).
+# Eigen kernels: bit-stable numerics for the resume/parity comparisons (oneDNN reorders sums).
 os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
 
 import keras  # noqa: E402
