@@ -7,6 +7,21 @@ from lps_keras.recipe import Recipe, RecipeError, load_recipe
 __version__ = "0.1.0"
 
 
+def load_model(path, **kwargs):
+    """``keras.models.load_model`` with every lps_keras layer, loss, optimizer and schedule registered.
+
+    Training checkpoints reference the coupled-L2 SGD, poly schedule and losses; importing their
+    modules registers them with Keras' serialisation before loading.
+    """
+    import keras
+
+    import lps_keras.layers  # noqa: F401
+    import lps_keras.losses  # noqa: F401
+    import lps_keras.training  # noqa: F401
+
+    return keras.models.load_model(path, **kwargs)
+
+
 def __getattr__(name):
     # Keras/TF are imported lazily so that `lps_keras.arch`, recipes and the search logic stay
     # cheap to import (the search runs where only latencies are needed).
@@ -28,6 +43,6 @@ def __getattr__(name):
 
 __all__ = [
     "Arch", "ArchError", "ExpansionOp", "EXPANSION_OPS", "PRESETS", "get_preset", "Recipe", "RecipeError",
-    "load_recipe", "build_model", "arch_from_model", "reparameterize", "load_official_weights", "build_dataset",
+    "load_recipe", "load_model", "build_model", "arch_from_model", "reparameterize", "load_official_weights", "build_dataset",
     "measure_latency",
 ]

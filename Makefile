@@ -1,0 +1,39 @@
+# Two entry points for a fresh machine: `make demo` and `make test`. Both create (or reuse)
+# the virtual environment .venv and install requirements.txt into it.
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+PYTEST_ARGS ?=
+
+.PHONY: venv test test-all demo lint bench clean
+
+venv: $(STAMP)
+
+$(STAMP): requirements.txt requirements-dev.txt pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -r requirements.txt -r requirements-dev.txt
+	$(PY) -m pip install -q --no-deps -e .
+	touch $(STAMP)
+
+test: $(STAMP)
+	$(PY) -m ruff check .
+	TF_CPP_MIN_LOG_LEVEL=2 $(PY) -m pytest $(PYTEST_ARGS)
+
+test-all: $(STAMP)
+	TF_CPP_MIN_LOG_LEVEL=2 $(PY) -m pytest --runslow $(PYTEST_ARGS)
+
+demo: $(STAMP)
+	TF_CPP_MIN_LOG_LEVEL=2 bash scripts/demo.sh
+
+lint: $(STAMP)
+	$(PY) -m ruff check .
+
+bench: $(STAMP)
+	TF_CPP_MIN_LOG_LEVEL=2 $(PY) benchmarks/data_pipeline.py
+	TF_CPP_MIN_LOG_LEVEL=2 $(PY) benchmarks/train_step.py
+	TF_CPP_MIN_LOG_LEVEL=2 $(PY) benchmarks/latency.py
+
+clean:
+	rm -rf $(VENV) runs savedmodels/demo*
