@@ -278,3 +278,30 @@ def test_real_camvid_segnet(shared_data):
         if i == 9:
             break
     assert values <= set(range(11)) | {255} and len(values) >= 8
+
+
+@pytest.mark.slow
+def test_cityscapes_through_tfds_builder_on_fixture_zips(tmp_path):
+    """TFDS's own `cityscapes/semantic_segmentation` from the official zip names, labelIds -> trainIds."""
+    import zipfile
+
+    manual = tmp_path / "manual"
+    manual.mkdir()
+    label = np.zeros((1024, 2048), np.uint8)
+    label[:512] = 7  # road -> 0
+    label[512:] = 26  # car -> 13
+    label[:, :16] = 0  # unlabeled -> 255
+    image = np.zeros((1024, 2048, 3), np.uint8)
+    image[..., 1] = 90
+    for zip_name, root, suffix, array in (("leftImg8bit_trainvaltest.zip", "leftImg8bit", "leftImg8bit", image),
+                                          ("gtFine_trainvaltest.zip", "gtFine", "gtFine_labelIds", label)):
+        with zipfile.ZipFile(manual / zip_name, "w") as zf:
+            for split in ("train", "val", "test"):
+                png = tmp_path / f"{suffix}.png"
+                Image.fromarray(array).save(png)
+                zf.write(png, f"{root}/{split}/aachen/aachen_000000_000019_{suffix}.png")
+    ds = cityscapes.load_tfds(manual, "val", data_dir=str(tmp_path / "tfds"))
+    (img, lab), = list(ds)
+    assert img.shape == (1024, 2048, 3) and int(img[0, 0, 1]) == 90
+    lab = lab.numpy()
+    assert (lab[:512, 16:] == 0).all() and (lab[512:, 16:] == 13).all() and (lab[:, :16] == 255).all()

@@ -120,7 +120,9 @@ def load_tfds(root: str | Path, split: str, data_dir: str | None = None):
 
     def convert(ex):
         raw = tf.cast(ex["segmentation_label"][..., 0], tf.int32)
-        label = tf.maximum(tf.gather(table, raw), 0)  # TFDS labels are already validated by the builder
+        mapped = tf.gather(table, raw)
+        # Ids above 33 are not Cityscapes classes (the builder does not check): ignore, never class 0.
+        label = tf.where(mapped < 0, 255, mapped)
         return ex["image_left"], label
 
     return ds.map(convert, num_parallel_calls=tf.data.AUTOTUNE)
