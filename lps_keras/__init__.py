@@ -43,6 +43,6 @@ def __getattr__(name):
 
 __all__ = [
     "Arch", "ArchError", "ExpansionOp", "EXPANSION_OPS", "PRESETS", "get_preset", "Recipe", "RecipeError",
-    "load_recipe", "load_model", "build_model", "arch_from_model", "reparameterize", "load_official_weights", "build_dataset",
-    "measure_latency",
+    "load_recipe", "load_model", "build_model", "arch_from_model", "reparameterize", "load_official_weights",
+    "build_dataset", "measure_latency",
 ]
