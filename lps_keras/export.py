@@ -27,6 +27,8 @@ from typing import Optional
 
 import numpy as np
 
+from lps_keras.fileio import atomic_write_text, publish_tree
+
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 OUTPUT_KINDS = ("probabilities", "logits")
@@ -237,6 +239,7 @@ def export_savedmodel(
 
 
 def _move_into_place(src: Path, target: Path, overwrite: bool):
+    publish_tree(src)
     if target.exists():
         if not overwrite:
             raise FileExistsError(f"{target} already exists")
@@ -434,14 +437,7 @@ def write_models_config(base_dir, name: str, base_path: Optional[str] = None) ->
 
 
 def _atomic_write_text(path: Path, text: str):
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write_text(path, text)
 
 
 def serving_commands(base_dir, name: str, image: str = "image.jpg", port: int = 8501) -> dict:

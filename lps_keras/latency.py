@@ -26,6 +26,7 @@ from typing import Optional, Union
 import numpy as np
 
 from lps_keras.arch import Arch
+from lps_keras.fileio import atomic_write_text
 
 BACKENDS = ("tf", "onnxruntime", "tftrt", "tensorrt", "macs")
 
@@ -461,15 +462,8 @@ class LatencyCache:
         self.save()
 
     def save(self):
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{self.path.name}.", dir=self.path.parent)
-        try:
-            with os.fdopen(fd, "w") as f:
-                json.dump({"version": self.VERSION, "entries": self.entries}, f, indent=1, sort_keys=True)
-            os.replace(tmp, self.path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        atomic_write_text(self.path, json.dumps({"version": self.VERSION, "entries": self.entries}, indent=1,
+                                                sort_keys=True))
 
     def import_table(self, other: Union[str, os.PathLike, LatencyCache]) -> int:
         """Merge entries from another cache file (e.g. measured on the target GPU); returns the count."""

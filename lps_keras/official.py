@@ -24,12 +24,12 @@ from __future__ import annotations
 import dataclasses
 import os
 import re
-import tempfile
 from pathlib import Path
 
 import keras
 import numpy as np
 
+from lps_keras.fileio import atomic_path
 from lps_keras.layers import RepConvBlock
 
 #: Attribute names of the per-path ``BaseNet`` in the official 1-, 2- and 3-path models.
@@ -316,13 +316,6 @@ def save_official_npz(model: keras.Model, path) -> Path:
     if path.suffix != ".npz":
         raise ValueError(f"official weights are saved as .npz, got {str(path)!r}")
     state = export_official_state_dict(model)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".npz")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.savez(f, **state)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_path(path, suffix=".npz") as tmp:
+        np.savez(tmp, **state)
     return path

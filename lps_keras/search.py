@@ -30,8 +30,6 @@ import hashlib
 import io
 import json
 import math
-import os
-import tempfile
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -40,6 +38,7 @@ from pathlib import Path
 from typing import Any, Optional, Union
 
 from lps_keras.arch import EXPANSION_OPS, Arch, ArchError, ExpansionOp
+from lps_keras.fileio import atomic_write_bytes, atomic_write_text
 
 JOURNAL_FORMAT = "lps_keras.search_journal"
 JOURNAL_VERSION = 1
@@ -181,25 +180,11 @@ def fingerprint(obj: Any) -> str:
 
 
 def _atomic_write_bytes(path: Union[str, Path], data: bytes) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
+    atomic_write_bytes(path, data)
 
 
 def _atomic_write_text(path: Union[str, Path], text: str) -> None:
-    _atomic_write_bytes(path, text.encode("utf-8"))
+    atomic_write_text(path, text)
 
 
 class SearchJournal:

@@ -32,7 +32,6 @@ import math
 import os
 import platform
 import sys
-import tempfile
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -44,6 +43,7 @@ from keras import ops
 
 import lps_keras.layers  # noqa: F401 - registers the layers, so importing this module is enough to load checkpoints
 import lps_keras.losses  # noqa: F401 - the training checkpoints' compile config names the loss
+from lps_keras import fileio
 from lps_keras.recipe import Recipe
 
 __all__ = [
@@ -142,30 +142,9 @@ class TorchSGD(keras.optimizers.Optimizer):
 
 
 # --------------------------------------------------------------------------- files
-def _file_mode() -> int:
-    # mkstemp creates 0600 files; give the final file the mode a plain open() would have.
-    umask = os.umask(0)
-    os.umask(umask)
-    return 0o666 & ~umask
-
-
 def atomic_write_text(path, text: str) -> Path:
     """Write ``text`` to ``path`` via a temporary file in the same directory and ``os.replace``."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, _file_mode())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    return path
+    return fileio.atomic_write_text(path, text)
 
 
 def atomic_write_json(path, obj) -> Path:
@@ -187,18 +166,9 @@ def _json_default(x):
 def _atomic_keras_write(path, write: Callable[[str], None]) -> Path:
     """Call ``write(tmp)`` with a temporary path that keeps ``path``'s suffixes, then replace."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     suffix = "".join(path.suffixes[-2:]) if path.name.endswith(".weights.h5") else path.suffix
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.tmp-", suffix=suffix, dir=path.parent)
-    os.close(fd)
-    try:
+    with fileio.atomic_path(path, suffix=suffix) as tmp:
         write(tmp)
-        os.chmod(tmp, _file_mode())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
     return path
 
 

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import os
-import tempfile
 from pathlib import Path
 from typing import Optional, Union
 
 import numpy as np
+
+from lps_keras.fileio import atomic_path
 
 __all__ = [
     "CITYSCAPES_PALETTE",
@@ -132,16 +133,8 @@ def save_png(path: Union[str, os.PathLike], array) -> Path:
     if not ok:
         raise ValueError(f"{path}: cannot write a {array.dtype} array of shape {array.shape} as PNG")
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            Image.fromarray(array).save(f, format="PNG")
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    with atomic_path(path) as tmp:
+        Image.fromarray(array).save(tmp, format="PNG")
     return path
 
 

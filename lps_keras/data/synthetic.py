@@ -27,6 +27,7 @@ import numpy as np
 
 from lps_keras.data import cityscapes
 from lps_keras.data.common import DataError, DatasetInfo
+from lps_keras.fileio import publish_tree
 
 INFO = DatasetInfo("synthetic", cityscapes.CLASS_NAMES, cityscapes.COLORS, splits=("train", "val"))
 STAMP = "synthetic.json"
@@ -269,6 +270,7 @@ def generate(root: str | Path, cfg, progress: bool = True) -> Path:
                 if progress and (done % 100 == 0 or done == total):
                     print(f"synthetic: {done}/{total} images ({time.time() - start:.1f} s)", file=sys.stderr)
         (tmp / STAMP).write_text(json.dumps(_settings(cfg), indent=2))
+        publish_tree(tmp)  # mkdtemp made it 0700
         if root.exists():
             root.rmdir()  # empty (checked above)
         try:
