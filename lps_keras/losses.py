@@ -25,40 +25,9 @@ from keras import ops
 __all__ = ["SegmentationCrossEntropy", "OHEMCrossEntropy", "build_loss"]
 
 
-def _resize_align_corners(x, size):
-    """Bilinear resize of NHWC ``x`` to ``size`` with align_corners=True, in keras.ops only."""
-    in_h, in_w = ops.shape(x)[1], ops.shape(x)[2]
-    out_h, out_w = size
-
-    def coords(n_in, n_out):
-        n_in_f = ops.cast(n_in, "float32")
-        n_out_f = ops.cast(n_out, "float32")
-        # align_corners maps the corner pixel centres onto each other: scale (in-1)/(out-1).
-        scale = ops.where(n_out_f > 1.0, (n_in_f - 1.0) / ops.maximum(n_out_f - 1.0, 1.0), 0.0)
-        pos = ops.cast(ops.arange(n_out), "float32") * scale
-        lo = ops.floor(pos)
-        frac = pos - lo
-        lo = ops.cast(lo, "int32")
-        hi = ops.minimum(lo + 1, ops.cast(n_in, "int32") - 1)
-        return lo, hi, frac
-
-    y0, y1, fy = coords(in_h, out_h)
-    x0, x1, fx = coords(in_w, out_w)
-    top = ops.take(x, y0, axis=1)
-    bottom = ops.take(x, y1, axis=1)
-    fy = ops.reshape(fy, (1, -1, 1, 1))
-    rows = top + (bottom - top) * fy
-    left = ops.take(rows, x0, axis=2)
-    right = ops.take(rows, x1, axis=2)
-    fx = ops.reshape(fx, (1, 1, -1, 1))
-    return left + (right - left) * fx
-
-
 def _resize(x, size):
-    try:
-        from lps_keras.layers import resize_bilinear
-    except ImportError:
-        return _resize_align_corners(x, size)
+    from lps_keras.layers import resize_bilinear
+
     return resize_bilinear(x, size)
 
 

@@ -8,30 +8,10 @@ import textwrap
 import keras
 import numpy as np
 import pytest
+from numpy_reference import resize_align_corners
 
 from lps_keras.losses import OHEMCrossEntropy, SegmentationCrossEntropy, build_loss
 from lps_keras.recipe import TrainConfig
-
-
-def _resize_align_corners(x, out_h, out_w):
-    """Independent numpy bilinear resize, align_corners=True, NHWC."""
-    _, h, w, _ = x.shape
-
-    def axis(n_in, n_out):
-        pos = np.arange(n_out) * ((n_in - 1) / (n_out - 1)) if n_out > 1 else np.zeros(n_out)
-        lo = np.floor(pos).astype(int)
-        hi = np.minimum(lo + 1, n_in - 1)
-        return lo, hi, pos - lo
-
-    y0, y1, fy = axis(h, out_h)
-    x0, x1, fx = axis(w, out_w)
-    fy = fy[None, :, None, None]
-    fx = fx[None, None, :, None]
-    a = x[:, y0][:, :, x0]
-    b = x[:, y0][:, :, x1]
-    c = x[:, y1][:, :, x0]
-    d = x[:, y1][:, :, x1]
-    return (1 - fy) * ((1 - fx) * a + fx * b) + fy * ((1 - fx) * c + fx * d)
 
 
 def _nll(logits, labels):
@@ -76,7 +56,7 @@ def test_cross_entropy_equals_numpy_reference():
 
 def test_cross_entropy_upsamples_logits_align_corners():
     labels, logits = _data(shape=(2, 9, 11), classes=3, seed=1, logit_hw=(3, 4))
-    expected = _ce_ref(_resize_align_corners(logits.astype(np.float64), 9, 11), labels)
+    expected = _ce_ref(resize_align_corners(logits.astype(np.float64), 9, 11), labels)
     np.testing.assert_allclose(float(SegmentationCrossEntropy()(labels, logits)), expected, rtol=1e-5)
     with pytest.raises(ValueError, match="upsample=False"):
         SegmentationCrossEntropy(upsample=False)(labels, logits)
@@ -124,7 +104,7 @@ def test_ohem_kept_set(threshold, min_kept, kept):
 
 def test_ohem_with_upsampling_matches_reference():
     labels, logits = _data(shape=(2, 8, 8), classes=3, seed=3, logit_hw=(4, 4))
-    up = _resize_align_corners(logits.astype(np.float64), 8, 8)
+    up = resize_align_corners(logits.astype(np.float64), 8, 8)
     nll, valid = _nll(up, labels)
     p = np.exp(-nll)[valid]
     k = 20
@@ -172,7 +152,7 @@ def test_keras_fit_and_evaluate_report_the_batch_pixel_mean():
     x = np.random.default_rng(5).normal(size=(2, 6, 6, 3)).astype(np.float32)
     model = keras.Sequential([keras.Input((6, 6, 3)), keras.layers.Conv2D(3, 1), keras.layers.AveragePooling2D(2)])
     model.compile(optimizer="sgd", loss=SegmentationCrossEntropy())
-    up = _resize_align_corners(model.predict(x, verbose=0).astype(np.float64), 6, 6)
+    up = resize_align_corners(model.predict(x, verbose=0).astype(np.float64), 6, 6)
     value = model.evaluate(x, labels, batch_size=2, verbose=0)
     np.testing.assert_allclose(value, _ce_ref(up, labels), rtol=1e-5)
     history = model.fit(x, labels, batch_size=2, epochs=1, verbose=0)

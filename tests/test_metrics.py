@@ -6,30 +6,9 @@ import math
 import numpy as np
 import pytest
 import tensorflow as tf
+from numpy_reference import resize_align_corners
 
 from lps_keras.metrics import ConfusionMatrix, evaluate_predictions, scores_from_confusion, tf_confusion_update
-
-
-def _resize_align_corners(x, out_h, out_w):
-    """Independent numpy bilinear resize, align_corners=True, NHWC."""
-    _, h, w, _ = x.shape
-
-    def axis(n_in, n_out):
-        pos = np.arange(n_out) * ((n_in - 1) / (n_out - 1)) if n_out > 1 else np.zeros(n_out)
-        lo = np.floor(pos).astype(int)
-        hi = np.minimum(lo + 1, n_in - 1)
-        return lo, hi, pos - lo
-
-    y0, y1, fy = axis(h, out_h)
-    x0, x1, fx = axis(w, out_w)
-    fy = fy[None, :, None, None]
-    fx = fx[None, None, :, None]
-    a = x[:, y0][:, :, x0]
-    b = x[:, y0][:, :, x1]
-    c = x[:, y1][:, :, x0]
-    d = x[:, y1][:, :, x1]
-    return (1 - fy) * ((1 - fx) * a + fx * b) + fy * ((1 - fx) * c + fx * d)
-
 
 # A 3-class fixture with two ignored pixels and one out-of-range prediction (5).
 GT = np.array([0, 0, 0, 1, 1, 2, 255, 255, 2, 1, 2])
@@ -171,7 +150,7 @@ def test_evaluate_predictions_upsamples_with_align_corners():
 
     seen = []
     r = evaluate_predictions(model_fn, ds, 3, 255, progress=True, on_batch=lambda x, y, p: seen.append(p.numpy()))
-    ref_pred = _resize_align_corners(low.astype(np.float64), 9, 10).argmax(-1)
+    ref_pred = resize_align_corners(low.astype(np.float64), 9, 10).argmax(-1)
     ref = ConfusionMatrix(3).update(gt, ref_pred)
     np.testing.assert_array_equal(r.confusion, ref.matrix)
     np.testing.assert_array_equal(np.concatenate(seen), ref_pred)
