@@ -38,7 +38,6 @@ def _is_savedmodel(path: Path) -> bool:
 
 def load_for_eval(recipe: Recipe, weights):
     """``(model_fn, description)``: ``model_fn(normalised float images) -> scores [B, h, w, C]``."""
-    import keras
     import tensorflow as tf
 
     path = Path(weights)
@@ -82,13 +81,7 @@ def load_for_eval(recipe: Recipe, weights):
     import lps_keras.training  # noqa: F401 - registers TorchSGD / PolyLR (training checkpoints)
 
     name = path.name.lower()
-    if name.endswith(".keras"):
-        try:
-            model = keras.saving.load_model(path, compile=False)
-        except Exception as e:  # noqa: BLE001 - any load failure means a bad --weights file
-            raise EvaluationError(f"--weights: cannot load {path} as a Keras model: {e}") from None
-        desc = f"Keras model {path}"
-    elif name.endswith(".weights.h5"):
+    if name.endswith(".weights.h5"):
         from lps_keras.model import build_model
 
         model = build_model(recipe.arch())
@@ -97,16 +90,15 @@ def load_for_eval(recipe: Recipe, weights):
         except Exception as e:  # noqa: BLE001
             raise EvaluationError(f"--weights: {path} does not fit the recipe's architecture: {e}") from None
         desc = f"weights {path}"
-    elif name.endswith((".pth", ".pt", ".npz")):
-        from lps_keras.model import build_model
-        from lps_keras.official import load_official_weights
+    elif name.endswith((".keras", ".pth", ".pt", ".npz")):
+        from lps_keras.export import prepare_deploy_model
 
-        model = build_model(recipe.arch(), deploy=True)
         try:
-            load_official_weights(model, path)
+            # The training form when the file has one, else the deploy form (official weights).
+            model, _ = prepare_deploy_model(recipe.arch(), path)
         except (ValueError, OSError, ImportError) as e:
-            raise EvaluationError(f"--weights: {path}: {e}") from None
-        desc = f"official weights {path}"
+            raise EvaluationError(f"--weights: {e}") from None
+        desc = f"{'Keras model' if name.endswith('.keras') else 'official weights'} {path}"
     else:
         raise EvaluationError(
             f"--weights: {path}: expected a .keras model, .weights.h5, official .pth/.npz or a SavedModel directory"

@@ -27,10 +27,9 @@ from typing import Optional
 
 import numpy as np
 
+from lps_keras.data.common import IMAGENET_MEAN, IMAGENET_STD
 from lps_keras.fileio import atomic_write_text, publish_tree
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 OUTPUT_KINDS = ("probabilities", "logits")
 PRECISIONS = ("fp32", "bf16")
 TFTRT_REQUIREMENTS = "requirements-tftrt.txt"
@@ -432,12 +431,8 @@ def write_models_config(base_dir, name: str, base_path: Optional[str] = None) ->
         "}\n"
     )
     path = base_dir / "models.config"
-    _atomic_write_text(path, text)
-    return path
-
-
-def _atomic_write_text(path: Path, text: str):
     atomic_write_text(path, text)
+    return path
 
 
 def serving_commands(base_dir, name: str, image: str = "image.jpg", port: int = 8501) -> dict:

@@ -22,13 +22,9 @@ from __future__ import annotations
 import keras
 from keras import ops
 
+from lps_keras.layers import resize_bilinear
+
 __all__ = ["SegmentationCrossEntropy", "OHEMCrossEntropy", "build_loss"]
-
-
-def _resize(x, size):
-    from lps_keras.layers import resize_bilinear
-
-    return resize_bilinear(x, size)
 
 
 class _PixelLoss(keras.losses.Loss):
@@ -60,7 +56,7 @@ class _PixelLoss(keras.losses.Loss):
                     "size and upsample=False"
                 )
             size = (ops.shape(labels)[1], ops.shape(labels)[2])
-            logits = _resize(logits, size)
+            logits = resize_bilinear(logits, size)
         num_classes = logits.shape[-1]
         valid = ops.logical_and(ops.not_equal(labels, self.ignore_index), labels >= 0)
         valid = ops.logical_and(valid, labels < num_classes)

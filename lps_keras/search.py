@@ -179,14 +179,6 @@ def fingerprint(obj: Any) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
-def _atomic_write_bytes(path: Union[str, Path], data: bytes) -> None:
-    atomic_write_bytes(path, data)
-
-
-def _atomic_write_text(path: Union[str, Path], text: str) -> None:
-    atomic_write_text(path, text)
-
-
 class SearchJournal:
     """The search's persistent state: latencies, evaluations and chosen steps, in one JSON file.
 
@@ -243,7 +235,7 @@ class SearchJournal:
             "evaluations": self.evaluations,
             "steps": self.steps,
         }
-        _atomic_write_text(self.path, json.dumps(data, indent=1, allow_nan=False) + "\n")
+        atomic_write_text(self.path, json.dumps(data, indent=1, allow_nan=False) + "\n")
 
     # ------------------------------------------------------------- setup guard
     def bind(self, start: Arch, ops: Sequence[ExpansionOp], max_k: int, fingerprint: Any = None) -> None:
@@ -692,14 +684,14 @@ def write_table(steps: Sequence[Step], csv_path: Union[str, Path], json_path: Un
     writer = csv.DictWriter(buf, fieldnames=TABLE_COLUMNS, lineterminator="\n")
     writer.writeheader()
     writer.writerows(rows)
-    _atomic_write_text(csv_path, buf.getvalue())
+    atomic_write_text(csv_path, buf.getvalue())
     doc = {
         "latency_unit": latency_unit,
         "columns": list(TABLE_COLUMNS),
         "rows": [{**row, "arch": s.arch.to_dict(), "target_latency": s.target_latency, "slope": s.slope}
                  for row, s in zip(rows, steps)],
     }
-    _atomic_write_text(json_path, json.dumps(doc, indent=2, allow_nan=False) + "\n")
+    atomic_write_text(json_path, json.dumps(doc, indent=2, allow_nan=False) + "\n")
 
 
 def write_step_recipes(
@@ -732,7 +724,7 @@ def write_step_recipes(
         }
         recipe_from_dict(recipe, source=f"step {s.index} recipe")
         path = out_dir / f"step_{s.index:02d}.json"
-        _atomic_write_text(path, json.dumps(recipe, indent=2) + "\n")
+        atomic_write_text(path, json.dumps(recipe, indent=2) + "\n")
         paths.append(path)
     return paths
 
@@ -777,4 +769,4 @@ def plot_expansion(steps: Sequence[Step], candidates: Optional[Sequence[Candidat
     ax.grid(True, alpha=0.3)
     buf = io.BytesIO()
     fig.savefig(buf, format="png")
-    _atomic_write_bytes(png_path, buf.getvalue())
+    atomic_write_bytes(png_path, buf.getvalue())

@@ -8,6 +8,7 @@ from typing import Optional, Union
 
 import numpy as np
 
+from lps_keras.data import camvid, cityscapes
 from lps_keras.fileio import atomic_path
 
 __all__ = [
@@ -22,29 +23,13 @@ __all__ = [
     "write_cityscapes_labelids",
 ]
 
+# The colour and id tables live with their datasets; these are the array forms the writers use.
 #: Official Cityscapes colours of the 19 trainIds (road ... bicycle).
-CITYSCAPES_PALETTE = np.array(
-    [
-        (128, 64, 128), (244, 35, 232), (70, 70, 70), (102, 102, 156), (190, 153, 153),
-        (153, 153, 153), (250, 170, 30), (220, 220, 0), (107, 142, 35), (152, 251, 152),
-        (70, 130, 180), (220, 20, 60), (255, 0, 0), (0, 0, 142), (0, 0, 70),
-        (0, 60, 100), (0, 80, 100), (0, 0, 230), (119, 11, 32),
-    ],
-    dtype=np.uint8,
-)  # fmt: skip
-
-#: SegNet CamVid colours of the 11 classes (Sky, Building, Pole, Road, Pavement, Tree,
-#: SignSymbol, Fence, Car, Pedestrian, Bicyclist).
-CAMVID_PALETTE = np.array(
-    [
-        (128, 128, 128), (128, 0, 0), (192, 192, 128), (128, 64, 128), (0, 0, 192), (128, 128, 0),
-        (192, 128, 128), (64, 64, 128), (64, 0, 128), (64, 64, 0), (0, 128, 192),
-    ],
-    dtype=np.uint8,
-)  # fmt: skip
-
+CITYSCAPES_PALETTE = np.asarray(cityscapes.COLORS, np.uint8)
+#: SegNet CamVid colours of the 11 classes.
+CAMVID_PALETTE = np.asarray(camvid.COLORS, np.uint8)
 #: Cityscapes trainId 0..18 -> official labelId; trainId 255 (ignore) is written as labelId 0.
-TRAIN_ID_TO_LABEL_ID = np.array([7, 8, 11, 12, 13, 17, 19, 20, 21, 22, 23, 24, 25, 26, 27, 28, 31, 32, 33], np.uint8)
+TRAIN_ID_TO_LABEL_ID = np.asarray(cityscapes.EVAL_LABEL_IDS, np.uint8)
 
 _PALETTES = {
     "cityscapes": CITYSCAPES_PALETTE,

@@ -1,19 +1,19 @@
 """Shared test setup: quiet TF, deterministic seeds, marker handling, shared-data location."""
 
 import os
-from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 
 import pytest  # noqa: E402
 
-REPO = Path(__file__).resolve().parents[1]
 
+def shared_data_dir():
+    # Imported on use: importing lps_keras.data loads TensorFlow, and test modules set TF
+    # environment variables (oneDNN) at import time, which must come first.
+    from lps_keras.data.common import shared_data_dir as where
 
-def shared_data_dir() -> Path:
-    """``$LPS_SHARED_DATA`` or ``<repo>/../shared/data`` (the CI layout)."""
-    return Path(os.environ.get("LPS_SHARED_DATA", REPO.parent / "shared" / "data"))
+    return where()
 
 
 def pytest_addoption(parser):

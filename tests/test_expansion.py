@@ -85,3 +85,24 @@ def test_cli_errors(tmp_path):
     res = subprocess.run([sys.executable, "expand.py", "--recipe", "recipes/expand_synthetic.json", "--output",
                           str(tmp_path / "o"), "--set", "search.stepz=3"], cwd=REPO, capture_output=True, text=True)
     assert res.returncode == 2 and "search.stepz" in res.stderr
+
+
+def concave_score(arch, ctx):
+    """Cheap picklable stand-in for proxy training (module level, so spawned workers can import it)."""
+    return {"score": sum(d ** 0.5 for d in arch.depth) + sum(w ** 0.25 for w in arch.width) + 3 * sum(arch.resolution)}
+
+
+def test_process_pool_workers_give_the_sequential_result(tmp_path):
+    recipe = tiny_recipe(tmp_path)
+
+    def latency(arch):
+        return arch.macs(64, 128) / 1e6
+
+    runs = {}
+    for workers in (1, 2):
+        out = tmp_path / f"w{workers}"
+        runs[workers] = run(recipe, out, workers=workers, latency_fn=latency, evaluate_fn=concave_score,
+                            recipes_dir=out / "recipes", progress=None)
+        assert json.loads((out / "journal.json").read_text())["evaluations"]
+    assert [(s.arch, s.op, s.k) for s in runs[2]] == [(s.arch, s.op, s.k) for s in runs[1]]
+    assert len(runs[2]) == 3 and all(s.op for s in runs[2][1:])
