@@ -5,7 +5,9 @@ Schedule. Training is iteration-based: ``train.iterations`` optimizer steps in K
 Keras' ``BackupAndRestore`` restores only at epoch boundaries (the batch index it records is not
 used on restore), which is why backups are taken at epoch ends only; a SIGKILL then loses at most
 ``checkpoint_interval`` steps, and the rerun continues at the backed-up optimizer step with the
-same optimizer state (momentum buffers, iteration counter, hence the same learning-rate step).
+same optimizer state (momentum buffers, iteration counter, hence the same learning-rate step)
+and the same position in the input stream (the data pipeline skips the examples already consumed,
+at the index level, without decoding them).
 
 Optimizer. :class:`TorchSGD` is PyTorch's ``torch.optim.SGD(momentum=0.9, weight_decay=5e-4)``
 step for step: the L2 term is *coupled* (added to the gradient before the momentum buffer,
@@ -733,12 +735,10 @@ def train(
                         "sync_batchnorm": sync_bn})
             atomic_write_json(files_dir / "environment.json", env)
 
-        # A resumed run reseeds the input pipeline so it does not replay the first batches.
-        data_recipe = recipe
-        if start_step:
-            data_recipe = dataclasses.replace(recipe, train=dataclasses.replace(cfg, seed=cfg.seed + start_step))
-            keras.utils.set_random_seed(cfg.seed + start_step)
-        train_ds = build_dataset(data_recipe, recipe.data.train_split, training=True, batch_size=cfg.batch_size)
+        # A resumed run continues the same (example, augmentation seed) stream where the backup
+        # left it, so it trains on exactly the batches the uninterrupted run would have seen.
+        train_ds = build_dataset(recipe, recipe.data.train_split, training=True, batch_size=cfg.batch_size,
+                                 skip_examples=start_step * cfg.batch_size)
         val_ds = build_dataset(recipe, recipe.data.val_split, training=False, batch_size=recipe.eval.batch_size)
         image_batch = next(iter(val_ds.take(1))) if cfg.image_summaries > 0 else None
 

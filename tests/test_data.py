@@ -214,6 +214,27 @@ def test_training_batches_shapes_and_label_values(tmp_path):
     assert seen <= {0, 5, 255} and {0, 5, 255} <= seen  # 255 from padding: crop larger than image
 
 
+@pytest.mark.parametrize("cache", [False, True])
+def test_skip_examples_continues_the_training_stream_exactly(tmp_path, cache):
+    # Resume contract: skipping k*b examples gives batch k onwards of the unskipped stream,
+    # images and augmentation alike, across an epoch boundary (3 files, batch 2).
+    label = np.zeros((H, W), np.uint8)
+    label[:, W // 2:] = 5
+    make_camvid(tmp_path, label, split="train", n=3)
+    c = cfg("camvid", tmp_path, deterministic=True, cache=cache,
+            augment=AugmentConfig(crop_size=(20, 24), scale_range=(0.5, 2.0)))
+    full = list(build_dataset(c, "train", training=True, batch_size=2, seed=11).take(6))
+    resumed = list(build_dataset(c, "train", training=True, batch_size=2, seed=11, skip_examples=3 * 2).take(3))
+    for (xa, ya), (xb, yb) in zip(full[3:], resumed):
+        np.testing.assert_array_equal(xa.numpy(), xb.numpy())
+        np.testing.assert_array_equal(ya.numpy(), yb.numpy())
+    assert not np.array_equal(full[0][0].numpy(), resumed[0][0].numpy())
+    with pytest.raises(ValueError, match="skip_examples"):
+        build_dataset(c, "train", training=True, skip_examples=-1)
+    with pytest.raises(ValueError, match="training stream only"):
+        build_dataset(c, "val", training=False, skip_examples=2)
+
+
 def test_augmentation_keeps_image_and_label_aligned():
     # Image channels encode the label, so any misalignment of flip/crop shows as a mismatch.
     rng = np.random.default_rng(0)

@@ -64,11 +64,11 @@ def stub_data(monkeypatch):
 
     import lps_keras.data
 
-    def build_dataset(recipe, split, training, batch_size=None):
+    def build_dataset(recipe, split, training, batch_size=None, skip_examples=0):
         images, labels = _stripes(16, 0 if training else 1)
         ds = tf.data.Dataset.from_tensor_slices((images, labels))
         if training:
-            ds = ds.repeat().shuffle(16, seed=recipe.train.seed)
+            ds = ds.shuffle(16, seed=recipe.train.seed, reshuffle_each_iteration=True).repeat().skip(skip_examples)
         return ds.batch(batch_size or 4)
 
     monkeypatch.setattr(lps_keras.data, "build_dataset", build_dataset, raising=False)
@@ -244,17 +244,40 @@ _STUB_DRIVER = textwrap.dedent("""
     import lps_keras.data
     from tests.test_training import _stripes
 
-    def build_dataset(recipe, split, training, batch_size=None):
+    def build_dataset(recipe, split, training, batch_size=None, skip_examples=0):
         images, labels = _stripes(16, 0 if training else 1)
         ds = tf.data.Dataset.from_tensor_slices((images, labels))
         if training:
-            ds = ds.repeat().shuffle(16, seed=recipe.train.seed)
+            ds = ds.shuffle(16, seed=recipe.train.seed, reshuffle_each_iteration=True).repeat().skip(skip_examples)
         return ds.batch(batch_size or 4)
 
     lps_keras.data.build_dataset = build_dataset
     sys.argv = ["train.py", *sys.argv[1:]]
     runpy.run_path({train!r}, run_name="__main__")
 """)
+
+
+def test_resumed_run_ends_where_the_uninterrupted_run_ends(tmp_path, stub_data):
+    # Same optimizer state *and* same data position after the restore, so a crash costs time only:
+    # the final weights equal those of a run that was never interrupted.
+    from lps_keras.training import train
+
+    class Crash(keras.callbacks.Callback):
+        def on_train_batch_begin(self, batch, logs=None):
+            if int(self.model.optimizer.iterations) == 13:
+                raise RuntimeError("simulated crash")
+
+    extra = ("train.iterations=20", "train.val_interval=10", "train.checkpoint_interval=5", "train.image_summaries=0")
+    straight = _stub_recipe(tmp_path / "a", *extra)
+    train(straight, verbose=0)
+    crashed = _stub_recipe(tmp_path / "b", *extra)
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        train(crashed, callbacks=[Crash()], verbose=0)
+    assert train(crashed, verbose=0)["resumed_from_step"] == 10
+    a = keras.saving.load_model(tmp_path / "a" / "run" / "last.keras", compile=False)
+    b = keras.saving.load_model(tmp_path / "b" / "run" / "last.keras", compile=False)
+    for wa, wb in zip(a.weights, b.weights):
+        np.testing.assert_allclose(np.asarray(wb), np.asarray(wa), rtol=1e-4, atol=1e-6, err_msg=wa.path)
 
 
 def test_resume_after_sigkill(tmp_path):

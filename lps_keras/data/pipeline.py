@@ -160,6 +160,7 @@ def build_dataset(
     seed: Optional[int] = None,
     repeat: Optional[bool] = None,
     drop_remainder: Optional[bool] = None,
+    skip_examples: int = 0,
 ) -> tf.data.Dataset:
     """(image, label) batches of ``split`` for ``model.fit`` / evaluation.
 
@@ -172,6 +173,10 @@ def build_dataset(
         batch_size: default ``train.batch_size`` when training, ``eval.batch_size`` otherwise
             (1 with a bare DataConfig).
         seed: augmentation and shuffle seed (default ``train.seed``).
+        skip_examples: training only: start the (example, augmentation seed) stream this many
+            examples in, without decoding the skipped files (file sources without ``cache``;
+            TFDS and cached sources read them). A run resumed at optimizer step ``s`` passes
+            ``s * batch_size`` and sees the batches the uninterrupted run would have seen.
     """
     cfg = _data_config(recipe_or_data)
     recipe = recipe_or_data if isinstance(recipe_or_data, Recipe) else None
@@ -181,8 +186,17 @@ def build_dataset(
         seed = recipe.train.seed if recipe else 0
     repeat = training if repeat is None else repeat
     drop_remainder = training if drop_remainder is None else drop_remainder
+    skip_examples = int(skip_examples)
+    if skip_examples < 0:
+        raise ValueError(f"skip_examples must be >= 0, got {skip_examples!r}")
+    if skip_examples and not training:
+        raise ValueError("skip_examples applies to the training stream only (training=True)")
     autotune = tf.data.AUTOTUNE
     subset = cfg.train_subset if training else cfg.val_subset
+    # Each training example is paired with its augmentation seed *before* anything is skipped or
+    # filtered, so the (example, seed) stream is a pure function of ``seed``: a resumed run that
+    # skips the first ``skip_examples`` gets exactly the pairs the interrupted run would have seen.
+    seeds = tf.data.Dataset.random(seed=seed).batch(2) if training else None
 
     if cfg.source == "tfds":
         ds = _tfds_dataset(cfg, split)
@@ -192,25 +206,39 @@ def build_dataset(
             ds = ds.cache()
         if training:
             ds = ds.shuffle(cfg.shuffle_buffer, seed=seed, reshuffle_each_iteration=True)
+        if repeat:
+            ds = ds.repeat()
+        if training:
+            ds = tf.data.Dataset.zip((ds, seeds)).skip(skip_examples)
     else:
         files = list_split(cfg, split).subset(subset)
+        load = _loader(files, cfg.skip_bad_files)
         ds = tf.data.Dataset.range(len(files))
         if training and not cfg.cache:
-            # Shuffling indices is free and covers the whole split; decoded images are not buffered.
+            # Shuffle, repeat and skip indices, then decode: skipping costs nothing and shuffling
+            # covers the whole split without buffering decoded images.
             ds = ds.shuffle(len(files), seed=seed, reshuffle_each_iteration=True)
-        ds = ds.map(_loader(files, cfg.skip_bad_files), num_parallel_calls=autotune,
-                    deterministic=True if not training else None)
-        ds = ds.filter(_is_ok).map(_drop_ok)
-        if cfg.cache:
-            ds = ds.cache()
+            if repeat:
+                ds = ds.repeat()
+            ds = tf.data.Dataset.zip((ds, seeds)).skip(skip_examples)
+            ds = ds.map(lambda index, pair_seed: ((*load(index),), pair_seed), num_parallel_calls=autotune)
+            ds = ds.filter(lambda example, pair_seed: example[2])
+            ds = ds.map(lambda example, pair_seed: ((example[0], example[1]), pair_seed))
+        else:
+            ds = ds.map(load, num_parallel_calls=autotune, deterministic=True if not training else None)
+            ds = ds.filter(_is_ok).map(_drop_ok)
+            if cfg.cache:
+                ds = ds.cache()
+                if training:
+                    ds = ds.shuffle(min(len(files), max(cfg.shuffle_buffer, 1)), seed=seed,
+                                    reshuffle_each_iteration=True)
+            if repeat:
+                ds = ds.repeat()
             if training:
-                ds = ds.shuffle(min(len(files), max(cfg.shuffle_buffer, 1)), seed=seed, reshuffle_each_iteration=True)
-    if repeat:
-        ds = ds.repeat()
+                ds = tf.data.Dataset.zip((ds, seeds)).skip(skip_examples)
 
     if training:
         aug = cfg.augment
-        seeds = tf.data.Dataset.random(seed=seed).batch(2)
 
         def train_map(example, pair_seed):
             image, label = example
@@ -218,7 +246,7 @@ def build_dataset(
             image, label = augment(image, label, tf.cast(pair_seed, tf.int64), aug)
             return _normalise(image), label
 
-        ds = tf.data.Dataset.zip((ds, seeds)).map(train_map, num_parallel_calls=autotune)
+        ds = ds.map(train_map, num_parallel_calls=autotune)
     else:
         eval_size = cfg.eval_size
 
