@@ -224,6 +224,43 @@ def make_strategy(setting: str):
     raise TrainingError(f"train.distribute: {setting!r} is not one of none, mirrored, multi_worker")
 
 
+def _prepare_multi_worker_fit(model: keras.Model, strategy, crop_size) -> None:
+    """Work around two bugs of Keras 3's ``fit`` under ``MultiWorkerMirroredStrategy``.
+
+    (keras-team/keras#20585, still in Keras 3.15.) (1) Before the first step ``fit`` reduces the
+    first distributed (image, label) batch across workers only to learn its shapes, and that reduce
+    raises "Attempt to convert a value (PerReplica...)": the shapes are known from the recipe, so
+    the model, loss and metrics are built symbolically here and ``fit``'s own build step is skipped
+    for this instance. (2) Each step's logs are reduced with ``strategy.reduce("MEAN", v, axis=0)``,
+    which fails on the scalar metrics: :func:`_patch_multi_worker_log_reduction` averages them
+    across replicas with ``axis=None`` instead. Both are covered by a two-process test; remove once
+    Keras fixes them.
+    """
+    h, w = crop_size
+    batch = (np.zeros((1, h, w, 3), "float32"), np.zeros((1, h, w), "int32"))
+    with strategy.scope():
+        model._symbolic_build(data_batch=batch)
+    model._maybe_symbolic_build = lambda iterator=None, data_batch=None: None
+    _patch_multi_worker_log_reduction()
+
+
+def _patch_multi_worker_log_reduction() -> None:
+    from keras.src import tree
+    from keras.src.backend.tensorflow import trainer as tf_trainer
+
+    original = tf_trainer.reduce_per_replica
+    if getattr(original, "_lps_keras_patch", False):
+        return
+
+    def reduce_per_replica(values, strategy, reduction):
+        if reduction in ("auto", "mean") and tf_trainer._collective_all_reduce_multi_worker(strategy):
+            return tree.map_structure(lambda v: strategy.reduce("MEAN", v, axis=None), values)
+        return original(values, strategy, reduction)
+
+    reduce_per_replica._lps_keras_patch = True
+    tf_trainer.reduce_per_replica = reduce_per_replica
+
+
 def _worker_info(strategy) -> tuple[bool, int]:
     """(is_chief, task id) of this process."""
     resolver = getattr(strategy, "cluster_resolver", None)
@@ -702,6 +739,8 @@ def train(
             optimizer = TorchSGD(learning_rate=schedule, momentum=cfg.momentum, l2=cfg.weight_decay)
             model.compile(optimizer=optimizer, loss=build_loss(cfg), jit_compile=jit_compile)
             model.optimizer.build(model.trainable_variables)
+        if isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
+            _prepare_multi_worker_fit(model, strategy, recipe.data.augment.crop_size)
 
         state = _RunState(total_steps=total, epoch_steps=epoch_steps)
         backup = _Backup(work_dir / "backup", state, files_dir, cfg.checkpoint_interval, write=True)

@@ -390,6 +390,91 @@ def test_mirrored_strategy_matches_single_device():
     assert result["max_rel_diff"] < 5e-4, result  # float32 reduction order differs between 1 and 2 replicas
 
 
+_MULTI_WORKER_DRIVER = textwrap.dedent("""
+    # One worker of a two-process MultiWorkerMirroredStrategy run through lps_keras.training.train,
+    # on the in-memory toy set; writes its final weights to the file named by argv[1].
+    import json, sys
+    sys.path.insert(0, {repo!r})
+    import numpy as np
+    import keras
+    import tensorflow as tf
+    import lps_keras.data
+    from lps_keras.recipe import load_recipe
+    from lps_keras.training import train
+    from tests.test_training import _stripes
+
+    def build_dataset(recipe, split, training, batch_size=None, skip_examples=0):
+        images, labels = _stripes(16, 0 if training else 1)
+        ds = tf.data.Dataset.from_tensor_slices((images, labels))
+        if training:
+            ds = ds.repeat()
+        return ds.batch(batch_size or 4)
+
+    lps_keras.data.build_dataset = build_dataset
+    seen = {{}}
+
+    class Capture(keras.callbacks.Callback):
+        def on_train_end(self, logs=None):
+            seen["weights"] = [np.asarray(w).tolist() for w in self.model.trainable_weights]
+            seen["replicas"] = self.model.distribute_strategy.num_replicas_in_sync
+
+    recipe = load_recipe({recipe!r}, sys.argv[2:])
+    out = train(recipe, callbacks=[Capture()], verbose=0)
+    with open(sys.argv[1], "w") as f:
+        json.dump({{"final_step": out["final_step"], "replicas": seen["replicas"], "weights": seen["weights"]}}, f)
+""")
+
+
+def _free_ports(n):
+    import socket
+
+    socks = [socket.socket() for _ in range(n)]
+    for s in socks:
+        s.bind(("127.0.0.1", 0))
+    ports = [s.getsockname()[1] for s in socks]
+    for s in socks:
+        s.close()
+    return ports
+
+
+@pytest.mark.slow
+def test_multi_worker_two_processes_train_in_lockstep(tmp_path):
+    # Two real worker processes on localhost (gRPC collectives): both finish the schedule with
+    # identical weights (synchronous all-reduce), and only the chief writes the run directory.
+    driver = tmp_path / "driver.py"
+    driver.write_text(_MULTI_WORKER_DRIVER.format(repo=str(REPO), recipe=str(REPO / "recipes" / "demo.json")))
+    run = tmp_path / "run"
+    overrides = ["model.num_classes=3", "train.iterations=6", "train.val_interval=6", "train.checkpoint_interval=3",
+                 "train.batch_size=4", "train.image_summaries=0", "train.distribute=multi_worker",
+                 f"train.run_dir={run}"]
+    workers = [f"127.0.0.1:{p}" for p in _free_ports(2)]
+    procs = []
+    for index in range(2):
+        env = _env()
+        env["TF_CONFIG"] = json.dumps({"cluster": {"worker": workers}, "task": {"type": "worker", "index": index}})
+        procs.append(subprocess.Popen([PY, str(driver), str(tmp_path / f"worker{index}.json"), *overrides], cwd=REPO,
+                                      env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True))
+    results = []
+    try:
+        for index, proc in enumerate(procs):
+            _, err = proc.communicate(timeout=400)
+            assert proc.returncode == 0, err[-3000:]
+            results.append(json.loads((tmp_path / f"worker{index}.json").read_text()))
+    finally:
+        for proc in procs:
+            if proc.poll() is None:
+                proc.kill()
+    assert [r["final_step"] for r in results] == [6, 6]
+    assert [r["replicas"] for r in results] == [2, 2]
+    for a, b in zip(results[0]["weights"], results[1]["weights"]):
+        np.testing.assert_allclose(np.asarray(b), np.asarray(a), rtol=1e-6, atol=1e-7)
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["final_step"] == 6
+    assert (run / "last.keras").exists() and (run / "deploy.keras").exists()
+    worker_dir = run / "workers" / "1"
+    assert worker_dir.is_dir() and not (worker_dir / "metrics.json").exists()
+
+
 # --------------------------------------------------------------------------- init / setup errors
 def test_init_from_deploy_checkpoint_reproduces_it(tmp_path):
     from lps_keras.arch import Arch
