@@ -28,6 +28,9 @@ def parse_args(argv=None):
     p.add_argument("--iters", type=int, default=20)
     p.add_argument("--warmup", type=int, default=5)
     p.add_argument("--threads", type=int, default=os.cpu_count(), help="intra-op threads (TF and onnxruntime)")
+    p.add_argument("--inter-op", type=int, default=0,
+                   help="TF inter-op threads (default 0 = TF's default, one per core: the independent "
+                        "resolution paths of S/M/L then run concurrently; 1 serialises them)")
     p.add_argument("--presets", nargs="+", default=list(PRESET_NAMES))
     p.add_argument("--num-classes", type=int, default=19)
     p.add_argument("--output", default="benchmarks/latency.json")
@@ -44,7 +47,7 @@ def main(argv=None) -> int:
     except ValueError as e:
         print(f"benchmarks/latency.py: error: {e}", file=sys.stderr)
         return 2
-    threads = set_tf_threads(args.threads, 1)  # before any TF op runs, so it applies
+    threads = set_tf_threads(args.threads, args.inter_op)  # before any TF op runs, so it applies
     from lps_keras.latency import device_name, library_versions, measure_latency
     from lps_keras.presets import get_preset
 
@@ -88,8 +91,9 @@ def format_table(result) -> str:
         return "   n/a" if v is None else f"{v:8.1f}"
 
     n, h, w, _ = result["input_shape"]
-    lines = [f"{n}x{h}x{w} on {result['device']}, intra-op threads {result['threads']['intra_op']}, "
-             f"median of {result['iters']} (ms)",
+    t = result["threads"]
+    lines = [f"{n}x{h}x{w} on {result['device']}, TF intra-op/inter-op threads {t['intra_op']}/{t['inter_op']} "
+             f"(0 = TF default), median of {result['iters']} (ms)",
              f"{'model':9} {'params':>10} {'GMACs':>7} {'tf fp32':>8} {'tf bf16':>8} {'ort fp32':>8} "
              f"{'bf16/fp32':>9} {'tf/ort':>7} {'GMAC/s tf':>9}"]
     for r in result["rows"]:
