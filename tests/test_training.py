@@ -60,19 +60,21 @@ def _stripes(n, seed, size=32, num_classes=3):
 @pytest.fixture
 def stub_data(monkeypatch):
     """Replace ``lps_keras.data.build_dataset`` by an in-memory toy set (3 classes, 32x32)."""
-    import tensorflow as tf
-
     import lps_keras.data
 
-    def build_dataset(recipe, split, training, batch_size=None, skip_examples=0):
-        images, labels = _stripes(16, 0 if training else 1)
-        ds = tf.data.Dataset.from_tensor_slices((images, labels))
-        if training:
-            ds = ds.shuffle(16, seed=recipe.train.seed, reshuffle_each_iteration=True).repeat().skip(skip_examples)
-        return ds.batch(batch_size or 4)
+    monkeypatch.setattr(lps_keras.data, "build_dataset", toy_build_dataset, raising=False)
+    return toy_build_dataset
 
-    monkeypatch.setattr(lps_keras.data, "build_dataset", build_dataset, raising=False)
-    return build_dataset
+
+def toy_build_dataset(recipe, split, training, batch_size=None, skip_examples=0):
+    """Stand-in for ``lps_keras.data.build_dataset``: the toy set, seeded, resumable like the real one."""
+    import tensorflow as tf
+
+    images, labels = _stripes(16, 0 if training else 1)
+    ds = tf.data.Dataset.from_tensor_slices((images, labels))
+    if training:
+        ds = ds.shuffle(16, seed=recipe.train.seed, reshuffle_each_iteration=True).repeat().skip(skip_examples)
+    return ds.batch(batch_size or 4)
 
 
 def _stub_recipe(tmp_path, *extra):
@@ -240,18 +242,10 @@ _STUB_DRIVER = textwrap.dedent("""
     # Runs train.py unchanged, with the in-memory toy data set instead of files on disk.
     import runpy, sys
     sys.path.insert(0, {repo!r})
-    import tensorflow as tf
     import lps_keras.data
-    from tests.test_training import _stripes
+    from tests.test_training import toy_build_dataset
 
-    def build_dataset(recipe, split, training, batch_size=None, skip_examples=0):
-        images, labels = _stripes(16, 0 if training else 1)
-        ds = tf.data.Dataset.from_tensor_slices((images, labels))
-        if training:
-            ds = ds.shuffle(16, seed=recipe.train.seed, reshuffle_each_iteration=True).repeat().skip(skip_examples)
-        return ds.batch(batch_size or 4)
-
-    lps_keras.data.build_dataset = build_dataset
+    lps_keras.data.build_dataset = toy_build_dataset
     sys.argv = ["train.py", *sys.argv[1:]]
     runpy.run_path({train!r}, run_name="__main__")
 """)
@@ -397,20 +391,12 @@ _MULTI_WORKER_DRIVER = textwrap.dedent("""
     sys.path.insert(0, {repo!r})
     import numpy as np
     import keras
-    import tensorflow as tf
     import lps_keras.data
     from lps_keras.recipe import load_recipe
     from lps_keras.training import train
-    from tests.test_training import _stripes
+    from tests.test_training import toy_build_dataset
 
-    def build_dataset(recipe, split, training, batch_size=None, skip_examples=0):
-        images, labels = _stripes(16, 0 if training else 1)
-        ds = tf.data.Dataset.from_tensor_slices((images, labels))
-        if training:
-            ds = ds.repeat()
-        return ds.batch(batch_size or 4)
-
-    lps_keras.data.build_dataset = build_dataset
+    lps_keras.data.build_dataset = toy_build_dataset
     seen = {{}}
 
     class Capture(keras.callbacks.Callback):
