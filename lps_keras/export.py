@@ -688,32 +688,15 @@ def prepare_deploy_model(arch, weights=None, input_shape=(None, None, 3)):
     export is verified against: the training-form model when there is one, so verification also
     covers the re-parameterisation.
     """
-    import keras
 
-    import lps_keras.layers  # noqa: F401  (registers the custom layers for load_model)
-    from lps_keras.model import arch_from_model, build_model
+    from lps_keras.model import arch_from_model, build_model, load_weights_file
     from lps_keras.reparam import reparameterize
 
     if weights is None:
         model = build_model(arch, deploy=False, input_shape=input_shape)
         return model, reparameterize(model)
-    path = Path(weights)
-    if not path.is_file():
-        raise FileNotFoundError(f"weights file {str(path)!r} does not exist")
-    suffix = path.suffix.lower()
-    if suffix == ".keras":
-        try:
-            model = keras.saving.load_model(str(path), compile=False)
-        except Exception as e:  # keras raises many types for a bad archive
-            raise ValueError(f"{path}: not a loadable .keras model ({type(e).__name__}: {e})") from None
-        found = arch_from_model(model)
-        if found != arch:
-            raise ValueError(f"{path}: the model's architecture {found} does not match the recipe's {arch}")
-        return model, (model if _is_deploy(model) else reparameterize(model))
-    if suffix in (".pth", ".npz", ".pt"):
-        from lps_keras.official import load_official_weights
-
-        deploy = build_model(arch, deploy=True, input_shape=input_shape)
-        load_official_weights(deploy, str(path))
-        return deploy, deploy
-    raise ValueError(f"{path}: unknown weights format {suffix!r}; expected .keras, .pth or .npz")
+    model = load_weights_file(weights, arch, input_shape)
+    found = arch_from_model(model)
+    if found != arch:
+        raise ValueError(f"{weights}: the model's architecture {found} does not match the recipe's {arch}")
+    return model, (model if _is_deploy(model) else reparameterize(model))

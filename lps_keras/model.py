@@ -97,3 +97,29 @@ def arch_from_model(model: keras.Model) -> Arch:
     resolution = tuple(ratios.get(p, 1.0) for p in range(1, num_paths + 1))
     head = model.get_layer("head")
     return Arch(depth, width, resolution, num_classes=head.filters)
+
+
+def load_weights_file(path, arch: Arch, input_shape=None) -> keras.Model:
+    """The model stored in a weights file: a ``.keras`` model as saved (training or deploy form),
+    or official LPS-Net weights (``.pth`` / ``.pt`` / ``.npz``) loaded into a deploy model of ``arch``.
+
+    Raises FileNotFoundError or ValueError naming the file; callers check the architecture.
+    """
+    from pathlib import Path
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"weights file {str(path)!r} does not exist")
+    suffix = path.suffix.lower()
+    if suffix == ".keras":
+        try:
+            return keras.saving.load_model(str(path), compile=False)
+        except Exception as e:  # noqa: BLE001 - keras raises many types for a bad archive
+            raise ValueError(f"{path}: not a loadable .keras model ({type(e).__name__}: {e})") from None
+    if suffix in (".pth", ".pt", ".npz"):
+        from lps_keras.official import load_official_weights
+
+        deploy = build_model(arch, deploy=True, input_shape=input_shape)
+        load_official_weights(deploy, str(path))
+        return deploy
+    raise ValueError(f"{path}: unknown weights format {suffix!r}; expected .keras, .pth or .npz")

@@ -318,30 +318,12 @@ def init_weights(model: keras.Model, path, verbose: bool = True) -> dict:
     1x1 kernel is zeroed and the identity branch's BN gamma is 0.
     """
     from lps_keras.layers import RepConvBlock
+    from lps_keras.model import arch_from_model, load_weights_file
 
-    path = Path(path)
-    if not path.exists():
-        raise TrainingError(f"--init: {path} does not exist")
-    suffix = path.suffix.lower()
-    if suffix == ".keras":
-        try:
-            source = keras.saving.load_model(path, compile=False)
-        except Exception as e:  # noqa: BLE001 - any load failure is a bad --init file
-            raise TrainingError(f"--init: cannot load {path} as a Keras model: {e}") from None
-    elif suffix in (".pth", ".pt", ".npz"):
-        try:
-            from lps_keras.official import load_official_weights
-        except ImportError as e:
-            raise TrainingError(f"--init: official weights need lps_keras.official ({e})") from None
-        from lps_keras.model import arch_from_model, build_model
-
-        source = build_model(arch_from_model(model), deploy=True)
-        try:
-            load_official_weights(source, path)
-        except (ValueError, OSError, ImportError) as e:
-            raise TrainingError(f"--init: {path}: {e}") from None
-    else:
-        raise TrainingError(f"--init: {path}: expected a .keras checkpoint or official weights (.pth / .npz)")
+    try:
+        source = load_weights_file(path, arch_from_model(model))
+    except (OSError, ValueError, ImportError) as e:
+        raise TrainingError(f"--init: {e}") from None
 
     loaded, skipped = [], []
     for layer in model.layers:
