@@ -29,10 +29,11 @@ How each kind of growth stays exact (``x`` is a block input, always post-ReLU so
   O(1) gradients and open up within the first steps.
 
 Limits: exactness holds in inference mode. In training mode BN normalises with batch statistics, so a
-new depth block's identity BN standardises its input instead of passing it (kept blocks and new
-width are unaffected: BN is per channel). Growth needs a child at least as big as the parent in every
-dimension, with paths matched by position (ratios sorted high to low); it cannot remove the
-identity branch the parent's stage-5 block 1 has when stages 4 and 5 are equally wide.
+new depth block's identity BN standardises its input instead of passing it; kept blocks, new width
+and a new path stay function-preserving in training mode too (BN is per channel, the gate is too).
+Growth needs a child at least as big as the parent in every dimension, with paths matched by
+position (ratios sorted high to low); it cannot remove the identity branch the parent's stage-5
+block 1 has when stages 4 and 5 are equally wide.
 """
 
 from __future__ import annotations
