@@ -29,6 +29,7 @@ def __getattr__(name):
         "build_model": ("lps_keras.model", "build_model"),
         "arch_from_model": ("lps_keras.model", "arch_from_model"),
         "reparameterize": ("lps_keras.reparam", "reparameterize"),
+        "grow_model": ("lps_keras.grow", "grow_model"),
         "load_official_weights": ("lps_keras.official", "load_official_weights"),
         "build_dataset": ("lps_keras.data", "build_dataset"),
         "measure_latency": ("lps_keras.latency", "measure_latency"),
@@ -44,5 +45,5 @@ def __getattr__(name):
 __all__ = [
     "Arch", "ArchError", "ExpansionOp", "EXPANSION_OPS", "PRESETS", "get_preset", "Recipe", "RecipeError",
     "load_recipe", "load_model", "build_model", "arch_from_model", "reparameterize", "load_official_weights",
-    "build_dataset", "measure_latency",
+    "build_dataset", "measure_latency", "grow_model",
 ]
