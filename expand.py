@@ -11,10 +11,7 @@ re-training anything that finished.
 from __future__ import annotations
 
 import argparse
-import os
 import sys
-
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 
 def main(argv=None) -> int:
@@ -32,7 +29,13 @@ def main(argv=None) -> int:
     parser.add_argument("--recipes-dir", help="where step recipes go (default recipes/expanded/<output name>)")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="recipe override")
     args = parser.parse_args(argv)
+    from lps_keras.cli import guarded, quiet_tensorflow
 
+    quiet_tensorflow()
+    return guarded("expand.py", lambda: run(args))
+
+
+def run(args) -> int:
     from lps_keras.recipe import RecipeError, load_recipe
 
     try:
@@ -66,4 +69,6 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from lps_keras.cli import exit_process
+
+    exit_process(main())

@@ -37,11 +37,10 @@ def parse_args(argv=None):
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    try:
-        return run(args)
-    except (OSError, ValueError, RuntimeError, KeyError) as e:
-        print(f"export.py: error: {e}", file=sys.stderr)
-        return 2
+    from lps_keras.cli import guarded, quiet_tensorflow
+
+    quiet_tensorflow()
+    return guarded("export.py", lambda: run(args))
 
 
 def run(args) -> int:
@@ -133,4 +132,6 @@ def _read_image(path):
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from lps_keras.cli import exit_process
+
+    exit_process(main())

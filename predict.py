@@ -10,7 +10,6 @@ model written by ``export.py``. For each IMAGE it writes ``<stem>_mask.png`` (cl
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
 
@@ -22,27 +21,23 @@ def parse_args(argv=None):
     p.add_argument("--palette", choices=("cityscapes", "camvid", "auto"), default="auto",
                    help="colours (default: by class count, 19 -> cityscapes, 11 -> camvid)")
     p.add_argument("--alpha", type=float, default=0.5, help="overlay opacity in [0, 1]")
+    p.add_argument("--max-megapixels", type=float, default=50.0,
+                   help="refuse larger images (default 50; decoding a 50 MP image takes about 1 GB)")
     return p.parse_args(argv)
 
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    try:
-        return run(args)
-    except (OSError, ValueError, RuntimeError, KeyError) as e:
-        print(f"predict.py: error: {e}", file=sys.stderr)
-        return 2
+    from lps_keras.cli import guarded, quiet_tensorflow
+
+    quiet_tensorflow()
+    return guarded("predict.py", lambda: run(args))
 
 
-def _read_rgb(path: Path):
-    import numpy as np
-    from PIL import Image, UnidentifiedImageError
+def _read_rgb(path: Path, max_megapixels: float):
+    from lps_keras.viz import read_rgb
 
-    try:
-        with Image.open(path) as im:
-            return np.asarray(im.convert("RGB"))
-    except UnidentifiedImageError:
-        raise ValueError(f"{path}: not a readable image") from None
+    return read_rgb(path, max_pixels=int(max_megapixels * 1e6))
 
 
 def run(args) -> int:
@@ -55,7 +50,9 @@ def run(args) -> int:
         raise FileNotFoundError(f"image file(s) not found: {', '.join(map(repr, missing))}")
     if not 0.0 <= args.alpha <= 1.0:
         raise ValueError(f"--alpha must be in [0, 1], got {args.alpha!r}")
-    images = [_read_rgb(p) for p in paths]  # all decodable before anything runs
+    if not args.max_megapixels > 0:
+        raise ValueError(f"--max-megapixels must be > 0, got {args.max_megapixels!r}")
+    images = [_read_rgb(p, args.max_megapixels) for p in paths]  # all decodable before anything runs
 
     import tensorflow as tf
 
@@ -81,4 +78,6 @@ def run(args) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from lps_keras.cli import exit_process
+
+    exit_process(main())

@@ -8,10 +8,7 @@ command after an interruption resumes from the last backup (``--no-resume`` star
 from __future__ import annotations
 
 import argparse
-import os
 import sys
-
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 
 def parse_args(argv=None):
@@ -29,6 +26,13 @@ def parse_args(argv=None):
 
 def main(argv=None) -> int:
     args = parse_args(argv)
+    from lps_keras.cli import guarded, quiet_tensorflow
+
+    quiet_tensorflow()
+    return guarded("train.py", lambda: run(args))
+
+
+def run(args) -> int:
     from lps_keras.recipe import RecipeError, load_recipe
 
     overrides = list(args.overrides)
@@ -40,12 +44,8 @@ def main(argv=None) -> int:
         print(f"train.py: error: {e}", file=sys.stderr)
         return 2
 
+    from lps_keras.data import DataError
     from lps_keras.training import NonFiniteLossError, TrainingError, train
-
-    try:
-        from lps_keras.data.common import DataError
-    except ImportError:  # pragma: no cover - the data package is part of the project
-        DataError = ValueError  # noqa: N806
 
     try:
         result = train(recipe, run_dir=args.run_dir, init=args.init, resume=args.resume)
@@ -64,4 +64,6 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from lps_keras.cli import exit_process
+
+    exit_process(main())

@@ -27,6 +27,7 @@ from typing import Optional
 
 import numpy as np
 
+from lps_keras import fileio
 from lps_keras.data.common import IMAGENET_MEAN, IMAGENET_STD
 from lps_keras.fileio import atomic_write_text, publish_tree
 
@@ -203,10 +204,11 @@ def export_savedmodel(
     if target.exists() and not overwrite:
         raise FileExistsError(f"{target} already exists; choose another --version or pass overwrite=True")
     out_dir.mkdir(parents=True, exist_ok=True)
+    fileio.remove_stale_temps(out_dir)  # staging directories of an export that was killed
 
     net, (serve_images, image_spec), (serve_bytes, bytes_spec) = serving_functions(
         deploy_model, input_size, outputs, precision)
-    staging = Path(tempfile.mkdtemp(prefix=f".{version}.tmp-", dir=out_dir))
+    staging = Path(tempfile.mkdtemp(prefix=fileio.temp_prefix(str(version)), dir=out_dir))
     try:
         archive = keras.export.ExportArchive()
         archive.track(net)
@@ -362,15 +364,16 @@ def verify_savedmodel(path, keras_model, image=None, outputs=None, precision=Non
         Image.fromarray(image).save(buf, format="PNG")
         (tmp / "image.png").write_bytes(buf.getvalue())
         (tmp / "verify.py").write_text(_VERIFY_SCRIPT)
-        env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
-        env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+        from lps_keras.cli import quiet_env, strip_startup_noise
+
+        env = quiet_env({k: v for k, v in os.environ.items() if k != "PYTHONPATH"})
         proc = subprocess.run(
             [sys.executable, "-I", str(tmp / "verify.py"), str(path.resolve()), str(tmp / "image.npy"),
              str(tmp / "image.png"), str(tmp / "out.npz")],
             capture_output=True, text=True, cwd=tmp, env=env, timeout=timeout)
         if proc.returncode != 0:
             raise ExportError(f"verification: loading {path} in a fresh TensorFlow process failed:\n"
-                              f"{proc.stderr[-3000:]}")
+                              f"{strip_startup_noise(proc.stderr)[-3000:]}")
         info_line = [ln for ln in proc.stdout.splitlines() if ln.startswith("VERIFY_INFO ")]
         info = json.loads(info_line[-1][len("VERIFY_INFO "):]) if info_line else {}
         with np.load(tmp / "out.npz") as z:
@@ -522,7 +525,9 @@ def convert_tftrt(saved_model_dir, out_dir, precision="fp16", input_shape=(1, 10
         yield (tf.zeros(input_shape, tf.uint8),)
 
     converter.build(input_fn=input_fn)
-    staging = Path(tempfile.mkdtemp(prefix=".tftrt-", dir=out_dir.parent if out_dir.parent.exists() else None))
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    fileio.remove_stale_temps(out_dir.parent)
+    staging = Path(tempfile.mkdtemp(prefix=fileio.temp_prefix("tftrt"), dir=out_dir.parent))
     try:
         converter.save(str(staging / "model"))
         _move_into_place(staging / "model", out_dir, overwrite)
@@ -561,7 +566,8 @@ def export_onnx(target, path, opset: int = 17, input_shape=(1, None, None, 3), v
         raise ValueError(f"opset must be >= 13 (Resize with align_corners), got {opset!r}")
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    fileio.remove_stale_temps(path.parent)
+    tmp = path.with_name(fileio.temp_prefix(path.name) + "0")
     try:
         if isinstance(target, (str, os.PathLike)):
             loaded = tf.saved_model.load(str(target))
@@ -698,5 +704,6 @@ def prepare_deploy_model(arch, weights=None, input_shape=(None, None, 3)):
     model = load_weights_file(weights, arch, input_shape)
     found = arch_from_model(model)
     if found != arch:
-        raise ValueError(f"{weights}: the model's architecture {found} does not match the recipe's {arch}")
+        raise ValueError(f"{weights}: the weights' architecture does not match the recipe's: "
+                         f"{found.differences(arch, ('weights', 'recipe'))}")
     return model, (model if _is_deploy(model) else reparameterize(model))

@@ -119,7 +119,7 @@ def load_weights_file(path, arch: Arch, input_shape=None) -> keras.Model:
     if suffix in (".pth", ".pt", ".npz"):
         from lps_keras.official import load_official_weights
 
-        deploy = build_model(arch, deploy=True, input_shape=input_shape)
+        deploy = build_model(arch, deploy=True, input_shape=input_shape or (None, None, 3))
         load_official_weights(deploy, str(path))
         return deploy
     raise ValueError(f"{path}: unknown weights format {suffix!r}; expected .keras, .pth or .npz")

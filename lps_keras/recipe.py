@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import types
 import typing
 from pathlib import Path
@@ -158,6 +159,17 @@ class Recipe:
             return get_preset(self.model.preset, num_classes=n)
         except ArchError as e:
             raise RecipeError(f"model: {e}") from None
+
+    def check_classes_cover_dataset(self) -> None:
+        """Raise RecipeError if the model has fewer outputs than the dataset has classes.
+
+        Training and evaluation call it before any work: such labels would fall outside the
+        model's outputs and fail only at the first validation. (Exporting such a model is fine.)
+        """
+        n, dataset = self.model.num_classes, self.data.dataset
+        if n is not None and dataset in _DATASET_CLASSES and n < _DATASET_CLASSES[dataset]:
+            raise RecipeError(f"model.num_classes: {n} is fewer than the {_DATASET_CLASSES[dataset]} classes of "
+                              f"data.dataset {dataset!r}; its labels would fall outside the model's outputs")
 
     def to_dict(self) -> dict:
         return _to_jsonable(dataclasses.asdict(self))
@@ -341,6 +353,10 @@ def _convert(t, value, key):
     if t is float:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise RecipeError(f"{key}: expected a number, got {value!r}")
+        if not math.isfinite(value):
+            # json.loads accepts NaN and Infinity, which no setting means and json.dumps would
+            # write back as invalid JSON.
+            raise RecipeError(f"{key}: must be a finite number, got {value!r}")
         return float(value)
     if t is str:
         if not isinstance(value, str):
@@ -377,6 +393,8 @@ def _check(recipe: Recipe) -> None:
     lo, hi = recipe.data.augment.scale_range
     if not 0 < lo <= hi:
         raise RecipeError(f"data.augment.scale_range: need 0 < low <= high, got {[lo, hi]!r}")
+    if not 0 <= recipe.train.momentum < 1:
+        raise RecipeError(f"train.momentum: must be in [0, 1), got {recipe.train.momentum!r}")
     if not 0 < recipe.train.ohem_threshold < 1:
         raise RecipeError(f"train.ohem_threshold: must be in (0, 1), got {recipe.train.ohem_threshold!r}")
     if (recipe.model.preset is None) == (recipe.model.arch is None):

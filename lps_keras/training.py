@@ -676,13 +676,14 @@ def train(
     """
     import tensorflow as tf
 
-    from lps_keras.data import build_dataset
+    from lps_keras.data import build_dataset, check_split, unwrap_data_error
     from lps_keras.losses import build_loss
     from lps_keras.model import build_model
     from lps_keras.reparam import reparameterize
     from lps_keras.viz import get_palette
 
     t_start = time.time()
+    recipe.check_classes_cover_dataset()
     if max_iterations is not None:
         recipe = dataclasses.replace(recipe, train=dataclasses.replace(recipe.train, iterations=int(max_iterations)))
     cfg = recipe.train
@@ -699,10 +700,14 @@ def train(
     is_chief, task_id = _worker_info(strategy)
     out_dir = resolve_run_dir(recipe, run_dir)
     work_dir = out_dir if is_chief else out_dir / "workers" / str(task_id)
+    created_dir = not work_dir.exists()  # a run that fails before its first backup removes what it made
     try:
         work_dir.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise TrainingError(f"run directory {work_dir}: cannot create it ({e})") from None
+    # Temporary files of a run that was killed while writing a checkpoint.
+    for d in (work_dir, work_dir / "backup"):
+        fileio.remove_stale_temps(d)
     files_dir = work_dir if is_chief else None
     log_path = work_dir / "train_log.jsonl"
 
@@ -710,6 +715,7 @@ def train(
     previous_policy = keras.config.dtype_policy()
     keras.config.set_dtype_policy(policy)
     writers = []
+    backup = None
     try:
         keras.utils.set_random_seed(cfg.seed)
         arch = recipe.arch()
@@ -735,8 +741,15 @@ def train(
             for name in ("train_log.jsonl", "state.json"):
                 if (work_dir / name).exists():
                     os.unlink(work_dir / name)
+        arch_file = work_dir / "backup" / "arch.json"
         if backup.exists():
-            start_step = backup.restore()
+            _check_backup_arch(arch_file, arch, work_dir)
+            try:
+                start_step = backup.restore()
+            except ValueError as e:
+                raise TrainingError(
+                    f"run directory {work_dir} holds a backup that does not fit the recipe's architecture {arch} "
+                    f"({str(e).splitlines()[0]}); use --no-resume or another --run-dir") from None
             print(f"resuming from {backup.weights_path} at step {start_step}/{total}", flush=True)
             _restore_state(work_dir / "state.json", state, start_step)
             _truncate_log(log_path, start_step)
@@ -746,6 +759,7 @@ def train(
             init = init if init is not None else cfg.init
             if init:
                 init_weights(model, init)
+            atomic_write_json(arch_file, arch.to_dict())  # what a resumed run must match
         state.step = start_step
         state.last_good_step = start_step if start_step > 0 else None
 
@@ -761,6 +775,13 @@ def train(
         train_ds = build_dataset(recipe, recipe.data.train_split, training=True, batch_size=cfg.batch_size,
                                  skip_examples=start_step * cfg.batch_size)
         val_ds = build_dataset(recipe, recipe.data.val_split, training=False, batch_size=recipe.eval.batch_size)
+        if start_step < total:
+            # A bad validation file would otherwise surface only at the first validation, hours in.
+            t_check = time.time()
+            n_checked = check_split(recipe, recipe.data.val_split)
+            if n_checked:
+                print(f"checked the {n_checked} {recipe.data.val_split} files ({time.time() - t_check:.1f} s)",
+                      flush=True)
         image_batch = next(iter(val_ds.take(1))) if cfg.image_summaries > 0 else None
 
         tb_dir = work_dir / "tensorboard"
@@ -831,10 +852,35 @@ def train(
             atomic_write_json(files_dir / "metrics.json", summary)
             print(result.table(class_names), flush=True)
         return summary
+    except BaseException as e:
+        if created_dir and (backup is None or not backup.exists()):
+            # Nothing to resume from: leave no half-made run directory behind.
+            import shutil
+
+            shutil.rmtree(work_dir, ignore_errors=True)
+        data_error = unwrap_data_error(e) if isinstance(e, Exception) else None
+        if data_error is not None and data_error is not e:
+            # tf.data wraps it in an InvalidArgumentError carrying a 45-line traceback.
+            raise data_error from None
+        raise
     finally:
         for w in writers:
             w.close()
         keras.config.set_dtype_policy(previous_policy)
+
+
+def _check_backup_arch(arch_file: Path, arch, work_dir: Path) -> None:
+    from lps_keras.arch import Arch
+
+    try:
+        saved = Arch.from_dict(json.loads(arch_file.read_text()))
+    except (OSError, ValueError):
+        return  # a backup written before arch.json existed: the restore itself checks shapes
+    if saved != arch:
+        raise TrainingError(
+            f"run directory {work_dir} holds a backup of architecture {saved} ({saved.num_classes} classes); the "
+            f"recipe asks for {arch} ({arch.num_classes} classes): {saved.differences(arch, ('backup', 'recipe'))}. "
+            "Use --no-resume or another --run-dir")
 
 
 def _restore_state(path: Path, state: _RunState, step: int) -> None:
