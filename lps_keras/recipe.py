@@ -1,8 +1,10 @@
 """Recipes: one JSON file describes a whole run (model, data, training, eval, export, search).
 
 JSON is parsed into frozen dataclasses; unknown keys and wrong types are rejected with the
-dotted key path (``train.batch_size``) and the file name. ``--set key.sub=value`` overrides
-are applied to the raw mapping before validation, so they are checked the same way.
+dotted key path (``train.batch_size``) and the file name. Allowed values and ranges live on
+the fields themselves (``_field(..., choices=..., gt=...)``, kept in the field metadata).
+``--set key.sub=value`` overrides are applied to the raw mapping before validation, so they are
+checked the same way; they are the one way configuration enters a run.
 """
 
 from __future__ import annotations
@@ -41,11 +43,6 @@ def _field(default, *, choices: tuple = (), gt=None, ge=None, lt=None):
     if isinstance(default, (dict, list)) or dataclasses.is_dataclass(default):
         return dataclasses.field(default_factory=lambda: default, metadata=rules)
     return dataclasses.field(default=default, metadata=rules)
-
-
-def rules_of(cls) -> dict[str, dict]:
-    """``{field name: {"choices": ..., "gt": ..., ...}}`` of a recipe section class."""
-    return {f.name: dict(f.metadata) for f in dataclasses.fields(cls) if f.metadata}
 
 
 # --------------------------------------------------------------------------- sections

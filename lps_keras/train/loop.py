@@ -31,6 +31,7 @@ from keras import ops
 
 import lps_keras.layers  # noqa: F401 - registers the layers, so importing this module is enough to load checkpoints
 import lps_keras.losses  # noqa: F401 - the training checkpoints' compile config names the loss
+import lps_keras.model  # noqa: F401 - registers LPSNet, the class a checkpoint is rebuilt as
 from lps_keras import compat
 from lps_keras.fileio import atomic_save_model, atomic_write_json, atomic_write_text
 from lps_keras.recipe import Recipe
