@@ -30,6 +30,7 @@ def __getattr__(name):
         "LPSNet": ("lps_keras.model", "LPSNet"),
         "build_model": ("lps_keras.model", "build_model"),
         "reparameterize": ("lps_keras.reparam", "reparameterize"),
+        "grow_model": ("lps_keras.grow", "grow_model"),
         "load_official_weights": ("lps_keras.official", "load_official_weights"),
         "load_weights_file": ("lps_keras.weights", "load_weights_file"),
         "build_dataset": ("lps_keras.data", "build_dataset"),
@@ -45,6 +46,6 @@ def __getattr__(name):
 
 __all__ = [
     "Arch", "ArchError", "ExpansionOp", "EXPANSION_OPS", "PRESETS", "get_preset", "Recipe", "RecipeError",
-    "load_recipe", "load_model", "LPSNet", "build_model", "reparameterize", "load_official_weights",
+    "load_recipe", "load_model", "LPSNet", "build_model", "reparameterize", "grow_model", "load_official_weights",
     "load_weights_file", "build_dataset", "measure_latency",
 ]

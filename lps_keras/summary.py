@@ -12,6 +12,7 @@ and cross-checks the analytic numbers against its layers.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import re
@@ -138,6 +139,12 @@ def format_report(s: dict, name: str) -> str:
     for p in s["paths"]:
         stages = " -> ".join(_fmt_size(hw) for hw in p["stages"])
         lines.append(f"  path {p['path']} (x{_fmt_ratio(p['ratio'])})  input {_fmt_size(p['input'])}; stages {stages}")
+    if "table4" in s:
+        t = s["table4"]
+        how = "start N0" if t["op"] is None else f"{t['op']} x{t['k']}"
+        named = f", {t['name']}" if t["name"] else ""
+        lines.append(f"  paper Table 4        step {t['step']} ({how}{named}): {t['latency_ms']:.2f} ms "
+                     f"(TensorRT FP32, 1024x2048, GTX 1070Ti), {t['miou']:.1f} mIoU (Cityscapes val)")
     if "keras_macs" in s:
         ok = (
             s["keras_macs"] == s["macs"]
@@ -151,11 +158,26 @@ def format_report(s: dict, name: str) -> str:
     return "\n".join(lines)
 
 
+def with_table4(s: dict, name: str) -> dict:
+    """``s`` plus the paper's Table 4 row (``"table4"``: step, op, k, latency_ms, miou) when ``name`` is one."""
+    from lps_keras.presets import TABLE4
+
+    if name in TABLE4:
+        s = {**s, "table4": dataclasses.asdict(TABLE4[name])}
+    return s
+
+
+TABLE4_NOTE = ("T4 ms / T4 mIoU: the paper's Table 4 (TensorRT FP32, batch 1, 1024x2048, GTX 1070Ti; "
+               "Cityscapes val without the strong training strategies)")
+
+
 def format_table(rows: list[tuple[str, dict]]) -> str:
-    header = ("preset", "paths", "depth", "width", "resolution", "params", "train params", "GMACs", "logits")
+    header = ("preset", "paths", "depth", "width", "resolution", "params", "train params", "GMACs", "logits",
+              "T4 ms", "T4 mIoU")
     body = []
     for name, s in rows:
         a = s["arch"]
+        t4 = s.get("table4")
         body.append((
             name,
             str(s["num_paths"]),
@@ -166,14 +188,19 @@ def format_table(rows: list[tuple[str, dict]]) -> str:
             f"{s['params_training']['total']:,}",
             f"{s['gmacs']:.3f}",
             _fmt_size(s["output_size"]),
+            f"{t4['latency_ms']:.2f}" if t4 else "-",
+            f"{t4['miou']:.1f}" if t4 else "-",
         ))
     widths = [max(len(r[i]) for r in [header, *body]) for i in range(len(header))]
-    numeric = {1, 5, 6, 7}
+    numeric = {1, 5, 6, 7, 9, 10}
 
     def row(cells):
         return "  ".join(c.rjust(w) if i in numeric else c.ljust(w) for i, (c, w) in enumerate(zip(cells, widths)))
 
-    return "\n".join([row(header), row(["-" * w for w in widths]), *(row(r) for r in body)])
+    lines = [row(header), row(["-" * w for w in widths]), *(row(r) for r in body)]
+    if any(s.get("table4") for _, s in rows):
+        lines.append(TABLE4_NOTE)
+    return "\n".join(lines)
 
 
 # --------------------------------------------------------------------------- CLI
@@ -221,7 +248,8 @@ def build_parser() -> argparse.ArgumentParser:
                       "lps_l, table4_step09 (default: lps_s)")
     what.add_argument("--arch", help="architecture as a JSON object {depth, width, resolution[, num_classes]} or "
                       "a path to a JSON file holding one")
-    what.add_argument("--all", action="store_true", help="one table row per preset (analytic counts only)")
+    what.add_argument("--all", action="store_true", help="one table row per preset (analytic counts only; "
+                      "the table4_* rows add the paper's Table 4 latency and mIoU)")
     parser.add_argument("--input-size", type=parse_size, default=(1024, 2048), metavar="HxW",
                         help="input image size (default: 1024x2048, the Cityscapes setting of the paper)")
     parser.add_argument("--num-classes", type=int, default=None,
@@ -242,8 +270,8 @@ def main(argv=None) -> int:
 
     try:
         if args.all:
-            rows = [(name, summarize(arch.with_num_classes(args.num_classes or 19), h, w, build=False))
-                    for name, arch in PRESETS.items()]
+            rows = [(name, with_table4(summarize(arch.with_num_classes(args.num_classes or 19), h, w, build=False),
+                                       name)) for name, arch in PRESETS.items()]
             print(json.dumps(dict(rows), indent=2) if args.json else
                   f"conv GMACs and logits at {h}x{w}, {args.num_classes or 19} classes\n" + format_table(rows))
             return 0
@@ -261,6 +289,8 @@ def main(argv=None) -> int:
     if not args.no_build:
         os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")  # hide C++ start-up noise (no-GPU notices)
     s = summarize(arch, h, w, build=not args.no_build)
+    if name != "custom":
+        s = with_table4(s, name)
     print(json.dumps(s, indent=2) if args.json else format_report(s, name))
     if "keras_macs" in s and (s["keras_macs"] != s["macs"] or s["keras_params_deploy"] != s["params_deploy"]
                               or s["keras_output_size"] != s["output_size"]):

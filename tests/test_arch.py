@@ -23,18 +23,6 @@ def test_paper_params_macs_and_output_size(name):
     assert arch.output_size(1024, 2048) == out
 
 
-def test_table4_anchor_params():
-    assert PRESETS["table4_step09"].num_params() == 5_961_059
-    assert PRESETS["table4_step14"].num_params() == 17_994_515
-    assert PRESETS["table4_step00"] == PRESETS["lps_tiny"]
-
-
-def test_table4_rows_differ_by_one_expansion_op():
-    steps = [PRESETS[f"table4_step{i:02d}"] for i in range(15)]
-    for a, b in zip(steps, steps[1:]):
-        assert any(a.expand(op, k) == b for op in EXPANSION_OPS for k in range(1, 9)), (a, b)
-
-
 @pytest.mark.parametrize("name", sorted(PRESETS))
 def test_every_preset_round_trips(name):
     arch = PRESETS[name]
@@ -54,6 +42,28 @@ def test_resolution_is_canonicalised_like_official():
     b = Arch((1,) * 5, (4,) * 5, (0.125, 0.5, 0))
     assert a == b and a.resolution == (0.5, 0.125, 0.0) and a.hash == b.hash
     assert Arch.from_dict({"depth": [1] * 5, "width": [4] * 5, "resolution": ["3/4", "1/4"]}).ratios == (0.75, 0.25)
+
+
+@pytest.mark.parametrize("text, value", [("7/8", 0.875), ("9/8", 1.125), ("11/8", 1.375)])
+def test_fraction_ratios_round_trip_and_hash_alike(text, value):
+    base = {"depth": [1] * 5, "width": [4] * 5}
+    from_text = Arch.from_dict({**base, "resolution": [text, "1/4"]})
+    from_float = Arch.from_dict({**base, "resolution": [value, 0.25, 0]})
+    assert from_text == from_float and from_text.hash == from_float.hash
+    assert from_text.ratios == (value, 0.25)
+    again = Arch.from_json(json.dumps(json.loads(from_text.to_json())))
+    assert again == from_text and again.hash == from_text.hash
+    assert from_text.short() == "{1,1,1,1,1} {4,4,4,4,4} {" + text + ",1/4,0}"
+
+
+def test_ratios_above_one_sizes():
+    # Steps 11-14 of Table 4 run path 1 at 9/8 and 11/8 of the input: int(H * r), then ceil(/2) four times.
+    arch = Arch((1,) * 5, (4,) * 5, (1.375, 0.25))
+    assert arch.path_input_size(32, 48) == (44, 66)
+    assert arch.feature_sizes(32, 48) == [(22, 33), (11, 17), (6, 9), (3, 5), (3, 5)]
+    assert arch.output_size(1024, 2048) == (88, 176)
+    assert Arch((1,) * 5, (4,) * 5, (1.125,)).output_size(32, 48) == (3, 4)  # 36x54 -> 18x27 -> 9x14 -> 5x7 -> 3x4
+    assert arch.expand(EXPANSION_OPS_BY_NAME["res_path1"], 3).ratios == (1.75, 0.25)
 
 
 def test_hash_is_stable_and_discriminating():

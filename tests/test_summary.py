@@ -8,6 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from lps_keras.arch import Arch
@@ -125,6 +126,50 @@ def test_cli_all_lists_every_preset():
     for name in PRESETS:
         assert name in r.stdout
     assert "43.808" in r.stdout and "17,994,515" in r.stdout
+
+
+def test_cli_all_shows_the_papers_latency_and_miou():
+    r = run_cli("--all")
+    assert r.returncode == 0, r.stderr
+    lines = {line.split()[0]: line.split() for line in r.stdout.splitlines() if line.strip()}
+    assert lines["preset"][-4:] == ["T4", "ms", "T4", "mIoU"]
+    # Paper, Table 4: step 0 0.38 ms 24.1; step 5 1.80 ms 62.3; step 12 17.81 ms 73.0; step 14 31.18 ms 74.8.
+    assert lines["table4_step00"][-2:] == ["0.38", "24.1"]
+    assert lines["table4_step05"][-2:] == ["1.80", "62.3"]
+    assert lines["table4_step12"][-2:] == ["17.81", "73.0"]
+    assert lines["table4_step12"][4] == "11/8,1/4,0"
+    assert lines["table4_step14"][-2:] == ["31.18", "74.8"]
+    assert lines["lps_s"][-2:] == ["-", "-"]
+    assert "GTX 1070Ti" in r.stdout
+
+    r = run_cli("--all", "--json")
+    rows = json.loads(r.stdout)
+    assert rows["table4_step01"]["table4"] == {"step": 1, "op": "depth_s4-5", "k": 7, "latency_ms": 0.49,
+                                               "miou": 41.4, "name": None}
+    assert "table4" not in rows["lps_l"]
+
+
+def test_cli_preset_reports_the_table4_row():
+    r = run_cli("--preset", "table4_step07", "--no-build")
+    assert r.returncode == 0, r.stderr
+    assert "step 7 (res_path1 x1, LPS-Net-S): 3.37 ms" in r.stdout and "66.1 mIoU" in r.stdout
+    assert "paper Table 4" not in run_cli("--preset", "lps_s", "--no-build").stdout
+
+
+@pytest.mark.parametrize("ratios, out", [((1.375, 0.25), (3, 5)), ((1.125,), (3, 4))], ids=["11/8", "9/8"])
+def test_ratios_above_one_build_and_match(ratios, out):
+    # Table 4 steps 11-14 enlarge path 1's input: 32x48 at 11/8 is 44x66 -> 22x33 -> 11x17 -> 6x9 -> 3x5.
+    arch = Arch((1, 2, 1, 2, 1), (4, 6, 8, 8, 8), ratios, num_classes=3)
+    assert arch.output_size(32, 48) == out
+    for deploy in (True, False):
+        model = build_model(arch, deploy=deploy)
+        assert tuple(model(np.zeros((1, 32, 48, 3), "float32")).shape) == (1, *out, 3)
+        assert model.arch == arch
+    deploy_model = build_model(arch, deploy=True)
+    assert deploy_model.count_params() == arch.num_params()
+    assert count_macs(deploy_model, (32, 48)) == arch.macs(32, 48)
+    up = build_model(arch, deploy=True, upsample_logits=True)
+    assert tuple(up(np.zeros((1, 32, 48, 3), "float32")).shape) == (1, 32, 48, 3)
 
 
 @pytest.mark.parametrize(
