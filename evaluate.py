@@ -9,10 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
-
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 
 def parse_args(argv=None):
@@ -29,6 +26,13 @@ def parse_args(argv=None):
 
 def main(argv=None) -> int:
     args = parse_args(argv)
+    from lps_keras.cli import guarded, quiet_tensorflow
+
+    quiet_tensorflow()
+    return guarded("evaluate.py", lambda: run(args))
+
+
+def run(args) -> int:
     from lps_keras.recipe import RecipeError, load_recipe
 
     try:
@@ -37,12 +41,8 @@ def main(argv=None) -> int:
         print(f"evaluate.py: error: {e}", file=sys.stderr)
         return 2
 
+    from lps_keras.data import DataError
     from lps_keras.evaluation import EvaluationError, evaluate
-
-    try:
-        from lps_keras.data.common import DataError
-    except ImportError:  # pragma: no cover
-        DataError = ValueError  # noqa: N806
     try:
         result = evaluate(recipe, args.weights, split=args.split, save_predictions=args.save_predictions)
     except (EvaluationError, RecipeError, DataError, OSError) as e:
@@ -56,4 +56,6 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from lps_keras.cli import exit_process
+
+    exit_process(main())

@@ -12,11 +12,8 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 from pathlib import Path
-
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 
 def main(argv=None) -> int:
@@ -34,7 +31,13 @@ def main(argv=None) -> int:
     parser.add_argument("--recipes-dir", help="where step recipes go (default recipes/expanded/<output name>)")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="recipe override")
     args = parser.parse_args(argv)
+    from lps_keras.cli import guarded, quiet_tensorflow
 
+    quiet_tensorflow()
+    return guarded("expand.py", lambda: run(args))
+
+
+def run(args) -> int:
     from lps_keras.recipe import RecipeError, load_recipe
 
     try:
@@ -45,10 +48,10 @@ def main(argv=None) -> int:
 
     from lps_keras.latency import LatencyCacheMiss, LatencyError
     from lps_keras.search import JournalError, SearchError
-    from lps_keras.search.expansion import run
+    from lps_keras.search.expansion import run as run_expansion
 
     try:
-        run(recipe, args.output, devices=args.devices.split(",") if args.devices else None,
+        run_expansion(recipe, args.output, devices=args.devices.split(",") if args.devices else None,
             device_key=args.device_key, recipes_dir=args.recipes_dir, print_table=True)
     except (JournalError, SearchError, LatencyError, LatencyCacheMiss, RecipeError, FileNotFoundError) as e:
         print(f"expand.py: error: {e}", file=sys.stderr)
@@ -68,4 +71,6 @@ def recipe_overrides(args) -> list[str]:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from lps_keras.cli import exit_process
+
+    exit_process(main())

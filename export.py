@@ -51,21 +51,26 @@ def recipe_overrides(args) -> list[str]:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    try:
-        from lps_keras.recipe import load_recipe
+    from lps_keras.cli import guarded, quiet_tensorflow
 
-        recipe = load_recipe(args.recipe, overrides=recipe_overrides(args))
-        from lps_keras.export import ExportOptions, export_recipe  # TensorFlow only once the arguments are valid
+    quiet_tensorflow()
+    return guarded("export.py", lambda: run(args))
 
-        options = ExportOptions(weights=args.weights, output=args.output, overwrite=args.overwrite,
-                                verify=not args.no_verify, onnx=args.onnx, opset=args.opset, tensorrt=args.tensorrt,
-                                tftrt=args.tftrt, parity_image=args.parity_image)
-        export_recipe(recipe, options, warn=lambda msg: print(msg, file=sys.stderr))
-    except (OSError, ValueError, RuntimeError, KeyError) as e:
-        print(f"export.py: error: {e}", file=sys.stderr)
-        return 2
+
+def run(args) -> int:
+    from lps_keras.recipe import load_recipe
+
+    recipe = load_recipe(args.recipe, overrides=recipe_overrides(args))
+    from lps_keras.export import ExportOptions, export_recipe  # TensorFlow only once the arguments are valid
+
+    options = ExportOptions(weights=args.weights, output=args.output, overwrite=args.overwrite,
+                            verify=not args.no_verify, onnx=args.onnx, opset=args.opset, tensorrt=args.tensorrt,
+                            tftrt=args.tftrt, parity_image=args.parity_image)
+    export_recipe(recipe, options, warn=lambda msg: print(msg, file=sys.stderr))
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from lps_keras.cli import exit_process
+
+    exit_process(main())

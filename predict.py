@@ -10,7 +10,6 @@ model written by ``export.py``. For each IMAGE it writes ``<stem>_mask.png`` (cl
 from __future__ import annotations
 
 import argparse
-import sys
 
 
 def parse_args(argv=None):
@@ -21,21 +20,28 @@ def parse_args(argv=None):
     p.add_argument("--palette", choices=("cityscapes", "camvid", "auto"), default="auto",
                    help="colours (default: by class count, 19 -> cityscapes, 11 -> camvid)")
     p.add_argument("--alpha", type=float, default=0.5, help="overlay opacity in [0, 1]")
+    p.add_argument("--max-megapixels", type=float, default=50.0,
+                   help="refuse larger images (default 50; decoding a 50 MP image takes about 1 GB)")
     return p.parse_args(argv)
 
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    try:
-        from lps_keras.export.serving import predict_images
+    from lps_keras.cli import guarded, quiet_tensorflow
 
-        predict_images(args.model, args.images, args.output, palette=args.palette, alpha=args.alpha,
-                       log=lambda msg: print(msg, flush=True))
-    except (OSError, ValueError, RuntimeError, KeyError) as e:
-        print(f"predict.py: error: {e}", file=sys.stderr)
-        return 2
+    quiet_tensorflow()
+    return guarded("predict.py", lambda: run(args))
+
+
+def run(args) -> int:
+    from lps_keras.export.serving import predict_images
+
+    predict_images(args.model, args.images, args.output, palette=args.palette, alpha=args.alpha,
+                   max_megapixels=args.max_megapixels, log=lambda msg: print(msg, flush=True))
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from lps_keras.cli import exit_process
+
+    exit_process(main())

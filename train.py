@@ -9,10 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
-
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 
 def parse_args(argv=None):
@@ -41,6 +38,13 @@ def recipe_overrides(args) -> list[str]:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
+    from lps_keras.cli import guarded, quiet_tensorflow
+
+    quiet_tensorflow()
+    return guarded("train.py", lambda: run(args))
+
+
+def run(args) -> int:
     from lps_keras.recipe import RecipeError, load_recipe
 
     try:
@@ -49,12 +53,8 @@ def main(argv=None) -> int:
         print(f"train.py: error: {e}", file=sys.stderr)
         return 2
 
+    from lps_keras.data import DataError
     from lps_keras.train import NonFiniteLossError, TrainingError, train
-
-    try:
-        from lps_keras.data.common import DataError
-    except ImportError:  # pragma: no cover - the data package is part of the project
-        DataError = ValueError  # noqa: N806
 
     try:
         result = train(recipe, resume=args.resume)
@@ -73,4 +73,6 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from lps_keras.cli import exit_process
+
+    exit_process(main())

@@ -195,6 +195,19 @@ class Arch:
     def __str__(self) -> str:
         return self.short()
 
+    def differences(self, other: Arch, names: tuple[str, str] = ("this", "other")) -> str:
+        """What differs from ``other``, e.g. ``num_classes 19 (weights) vs 11 (recipe)``; "" if equal."""
+
+        def show(field, v):
+            if field == "resolution":
+                return "{" + ",".join(str(Fraction(r).limit_denominator(4096)) for r in v) + "}"
+            return "{" + ",".join(map(str, v)) + "}" if isinstance(v, tuple) else str(v)
+
+        return "; ".join(
+            f"{f} {show(f, getattr(self, f))} ({names[0]}) vs {show(f, getattr(other, f))} ({names[1]})"
+            for f in ("depth", "width", "resolution", "num_classes") if getattr(self, f) != getattr(other, f)
+        )
+
 
 @dataclasses.dataclass(frozen=True)
 class ExpansionOp:

@@ -163,6 +163,7 @@ def evaluate(
     the split (``00000``, ...), plus ``metrics.json``.
     """
     t0 = time.time()
+    recipe.check_classes_cover_dataset()
     num_classes = recipe.arch().num_classes
     model_fn, desc = load_for_eval(recipe, weights)
 

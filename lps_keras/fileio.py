@@ -44,7 +44,7 @@ def atomic_path(path: PathLike, suffix: str = ".tmp"):
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix, dir=path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=temp_prefix(path.name), suffix=suffix, dir=path.parent)
     os.close(fd)
     try:
         yield tmp
@@ -53,6 +53,53 @@ def atomic_path(path: PathLike, suffix: str = ".tmp"):
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+#: Marks the temporary files and staging directories of this module (and of the exporters), with the
+#: writer's process id, so that a later run can tell a killed writer's leftovers from live ones.
+_TEMP_MARK = ".lpstmp-"
+
+
+def temp_prefix(name: str) -> str:
+    """Prefix for a hidden temporary sibling of ``name`` (for ``mkstemp`` / ``mkdtemp``)."""
+    return f".{name}{_TEMP_MARK}{os.getpid()}-"
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's live process
+        return True
+    return True
+
+
+def remove_stale_temps(directory: PathLike) -> list[Path]:
+    """Delete the temporary files and staging directories that killed writers left in ``directory``.
+
+    Only entries made by :func:`temp_prefix` whose writer process is gone are removed, so a
+    concurrent writer's files are left alone. Returns what was removed.
+    """
+    import shutil
+
+    directory = Path(directory)
+    removed = []
+    if not directory.is_dir():
+        return removed
+    for entry in directory.iterdir():
+        name = entry.name
+        if not name.startswith(".") or _TEMP_MARK not in name:
+            continue
+        pid_text = name.split(_TEMP_MARK, 1)[1].split("-", 1)[0]
+        if not pid_text.isdigit() or (int(pid_text) != os.getpid() and _pid_alive(int(pid_text))):
+            continue
+        if entry.is_dir() and not entry.is_symlink():
+            shutil.rmtree(entry, ignore_errors=True)
+        else:
+            entry.unlink(missing_ok=True)
+        removed.append(entry)
+    return removed
 
 
 def atomic_write_bytes(path: PathLike, data: bytes) -> Path:

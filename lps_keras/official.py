@@ -162,7 +162,15 @@ def _read_file(path: Path) -> dict:
                 f"reading {str(path)!r} needs PyTorch, which is an optional dependency: `pip install torch` "
                 "(or convert it to .npz with numpy: np.savez(out, **{k: v.numpy() for k, v in sd.items()}))"
             ) from None
-        return torch.load(str(path), map_location="cpu", weights_only=True)
+        try:
+            return torch.load(str(path), map_location="cpu", weights_only=True)
+        except Exception as e:  # noqa: BLE001 - torch raises UnpicklingError, RuntimeError, EOFError, ...
+            if "weights_only" in str(e) or type(e).__name__ == "UnpicklingError":
+                raise OfficialWeightsError(
+                    f"{str(path)!r} is not a plain state dict: refused to unpickle it "
+                    "(it holds Python objects beyond tensors, which could run code on loading)") from None
+            raise OfficialWeightsError(f"{str(path)!r}: cannot read it as a PyTorch file ({type(e).__name__}: {e})") \
+                from None
     raise OfficialWeightsError(f"unsupported weights file {str(path)!r}: expected .pth, .pt or .npz")
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import types
 import typing
 from pathlib import Path
@@ -100,7 +101,7 @@ class TrainConfig:
     iterations: int = _field(90000, gt=0)
     batch_size: int = _field(16, gt=0)
     base_lr: float = _field(0.01, gt=0)
-    momentum: float = _field(0.9, ge=0)
+    momentum: float = _field(0.9, ge=0, lt=1)
     weight_decay: float = _field(5e-4, ge=0)
     poly_power: float = 0.9
     warmup_iterations: int = _field(0, ge=0)
@@ -182,6 +183,17 @@ class Recipe:
             return get_preset(self.model.preset, num_classes=n)
         except ArchError as e:
             raise RecipeError(f"model: {e}") from None
+
+    def check_classes_cover_dataset(self) -> None:
+        """Raise RecipeError if the model has fewer outputs than the dataset has classes.
+
+        Training and evaluation call it before any work: such labels would fall outside the
+        model's outputs and fail only at the first validation. (Exporting such a model is fine.)
+        """
+        n, dataset = self.model.num_classes, self.data.dataset
+        if n is not None and dataset in _DATASET_CLASSES and n < _DATASET_CLASSES[dataset]:
+            raise RecipeError(f"model.num_classes: {n} is fewer than the {_DATASET_CLASSES[dataset]} classes of "
+                              f"data.dataset {dataset!r}; its labels would fall outside the model's outputs")
 
     def to_dict(self) -> dict:
         return _to_jsonable(dataclasses.asdict(self))
@@ -341,6 +353,10 @@ def _convert(t, value, key):
     if t is float:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise RecipeError(f"{key}: expected a number, got {value!r}")
+        if not math.isfinite(value):
+            # json.loads accepts NaN and Infinity, which no setting means and json.dumps would
+            # write back as invalid JSON.
+            raise RecipeError(f"{key}: must be a finite number, got {value!r}")
         return float(value)
     if t is str:
         if not isinstance(value, str):
@@ -369,6 +385,8 @@ def _check_section(obj, prefix=""):
         if "gt" in rules and not all(x > rules["gt"] for x in values):
             what = "sizes must be" if isinstance(v, tuple) else "must be"
             raise RecipeError(f"{key}: {what} > {rules['gt']:g}, got {shown!r}")
+        if "ge" in rules and "lt" in rules and not all(rules["ge"] <= x < rules["lt"] for x in values):
+            raise RecipeError(f"{key}: must be in [{rules['ge']:g}, {rules['lt']:g}), got {shown!r}")
         if "ge" in rules and not all(x >= rules["ge"] for x in values):
             raise RecipeError(f"{key}: must be >= {rules['ge']:g}, got {shown!r}")
 

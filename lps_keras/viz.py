@@ -107,6 +107,34 @@ def overlay(image_uint8, label_map, palette, alpha: float = 0.5, ignore_index: i
     return np.clip(np.rint(out), 0, 255).astype(np.uint8)
 
 
+def read_rgb(path: Union[str, os.PathLike], max_pixels: Optional[int] = None) -> np.ndarray:
+    """An image file as uint8 RGB ``[H, W, 3]``.
+
+    16-bit greyscale images (PNG mode ``I;16`` / ``I``) are scaled to 8 bits (``v / 257``):
+    Pillow's ``convert("RGB")`` would saturate every value above 255, turning a normal 16-bit
+    photo nearly white. ``max_pixels`` refuses larger images from their header, before decoding.
+    Raises ValueError naming the file.
+    """
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as im:
+            w, h = im.size
+            if max_pixels is not None and w * h > max_pixels:
+                raise ValueError(f"{path}: {w}x{h} is {w * h / 1e6:.1f} megapixels, above the limit of "
+                                 f"{max_pixels / 1e6:g}; downscale it first (or raise the limit)")
+            if im.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
+                raw = np.asarray(im).astype(np.float64)
+                top = 65535.0 if im.mode != "F" or raw.max(initial=0) > 1.0 else 1.0
+                grey = np.clip(np.rint(raw * (255.0 / top)), 0, 255).astype(np.uint8)
+                return np.repeat(grey[..., None], 3, axis=-1)
+            return np.asarray(im.convert("RGB"))
+    except UnidentifiedImageError:
+        raise ValueError(f"{path}: not a readable image") from None
+    except (OSError, SyntaxError) as e:
+        raise ValueError(f"{path}: cannot read image: {e}") from None
+
+
 def save_png(path: Union[str, os.PathLike], array) -> Path:
     """Write ``array`` (uint8 [H, W] / [H, W, 3] / [H, W, 4], or uint16 [H, W]) as PNG atomically."""
     from PIL import Image

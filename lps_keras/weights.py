@@ -50,7 +50,7 @@ def load_weights_file(path, arch: Arch, input_shape=None) -> LPSNet:
     if suffix in (".pth", ".pt", ".npz"):
         from lps_keras.official import load_official_weights
 
-        deploy = build_model(arch, deploy=True, input_shape=input_shape)
+        deploy = build_model(arch, deploy=True, input_shape=input_shape or (None, None, 3))
         load_official_weights(deploy, str(path))
         return deploy
     raise ValueError(f"{path}: unknown weights format {suffix!r}; expected .keras, .pth or .npz")
@@ -97,7 +97,8 @@ def prepare_deploy_model(arch, weights=None, input_shape=(None, None, 3)):
         return model, reparameterize(model)
     model = load_weights_file(weights, arch, input_shape)
     if model.arch != arch:
-        raise ValueError(f"{weights}: the model's architecture {model.arch} does not match the recipe's {arch}")
+        raise ValueError(f"{weights}: the weights' architecture does not match the recipe's: "
+                         f"{model.arch.differences(arch, ('weights', 'recipe'))}")
     return model, (model if is_deploy(model) else reparameterize(model))
 
 

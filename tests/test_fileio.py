@@ -43,3 +43,42 @@ def test_publish_tree(tmp_path):
         assert _mode(d) == 0o755 and _mode(os.path.join(d, "x")) == 0o755 and _mode(f) == 0o644
     finally:
         os.umask(old)
+
+
+def test_remove_stale_temps_removes_only_dead_writers_leftovers(tmp_path):
+    import subprocess
+    import sys
+
+    from lps_keras.fileio import remove_stale_temps, temp_prefix
+
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
+                          text=True).stdout.strip()
+    stale_file = tmp_path / f".last.keras.lpstmp-{dead}-abcd1234.keras"
+    stale_file.write_bytes(b"")  # what a kill -9 during a checkpoint write leaves
+    stale_dir = tmp_path / f".1.lpstmp-{dead}-x1y2z3"
+    (stale_dir / "model").mkdir(parents=True)  # a killed export's staging directory
+    live = tmp_path / f"{temp_prefix('state.json')}zz.tmp"  # this process is alive
+    other = os.getppid()  # a live process other than ours
+    live_other = tmp_path / f".x.json.lpstmp-{other}-q.tmp"
+    keep = [tmp_path / ".hidden_user_file", tmp_path / "last.keras", live_other]
+    for p in [live, *keep]:
+        p.write_bytes(b"x")
+    removed = remove_stale_temps(tmp_path)
+    assert sorted(removed) == sorted([stale_file, stale_dir, live])  # our own pid: a previous call of ours
+    assert all(p.exists() for p in keep)
+    assert remove_stale_temps(tmp_path / "missing") == []
+
+
+def test_atomic_path_names_its_temporary_file_for_cleanup(tmp_path):
+    from lps_keras.fileio import remove_stale_temps
+
+    class Killed(BaseException):
+        pass
+
+    seen = []
+    with pytest.raises(Killed), atomic_path(tmp_path / "w.weights.h5", suffix=".weights.h5") as tmp:
+        seen.append(tmp)
+        raise Killed
+    assert not os.path.exists(seen[0])  # cleaned on the way out when the process survives
+    assert f".w.weights.h5.lpstmp-{os.getpid()}-" in seen[0] and seen[0].endswith(".weights.h5")
+    assert remove_stale_temps(tmp_path) == []

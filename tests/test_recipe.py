@@ -90,3 +90,24 @@ def test_recipe_is_frozen():
     r = recipe_from_dict({"model": {"preset": "lps_s"}})
     with pytest.raises(dataclasses.FrozenInstanceError):
         r.train.batch_size = 3  # type: ignore[misc]
+
+
+@pytest.mark.parametrize("key,value", [("train.base_lr", "NaN"), ("train.base_lr", "Infinity"),
+                                       ("train.weight_decay", "NaN"), ("search.proxy.base_lr", "-Infinity")])
+def test_non_finite_numbers_are_rejected_with_their_key(tmp_path, key, value):
+    p = _write(tmp_path, {"model": {"preset": "lps_s"}})
+    with pytest.raises(RecipeError, match=rf"{key.replace('.', '[.]')}: must be a finite number"):
+        load_recipe(p, [f"{key}={value}"])
+    # json.loads reads NaN/Infinity in the file itself too.
+    (tmp_path / "nan.json").write_text('{"model": {"preset": "lps_s"}, "train": {"momentum": NaN}}')
+    with pytest.raises(RecipeError, match=r"nan\.json: train\.momentum: must be a finite number"):
+        load_recipe(tmp_path / "nan.json")
+
+
+def test_momentum_range_and_class_count_below_the_dataset(tmp_path):
+    p = _write(tmp_path, {"model": {"preset": "lps_s"}})
+    with pytest.raises(RecipeError, match=r"train\.momentum: must be in \[0, 1\), got 1\.5"):
+        load_recipe(p, ["train.momentum=1.5"])
+    with pytest.raises(RecipeError, match=r"model\.num_classes: 5 is fewer than the 19 classes of data\.dataset"):
+        load_recipe(p, ["model.num_classes=5"]).check_classes_cover_dataset()
+    load_recipe(p, ["model.num_classes=21"]).check_classes_cover_dataset()  # more outputs than classes is fine

@@ -18,7 +18,7 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
-from lps_keras.recipe import load_recipe  # noqa: E402
+from lps_keras.recipe import Recipe, load_recipe  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 PY = sys.executable
@@ -60,10 +60,27 @@ def _stripes(n, seed, size=32, num_classes=3):
 @pytest.fixture
 def stub_data(monkeypatch):
     """Replace ``lps_keras.data.build_dataset`` by an in-memory toy set (3 classes, 32x32)."""
+
+    for target, name, value in toy_patches():
+        monkeypatch.setattr(target, name, value, raising=False)
+    return toy_build_dataset
+
+
+def toy_patches():
     import lps_keras.data
 
-    monkeypatch.setattr(lps_keras.data, "build_dataset", toy_build_dataset, raising=False)
-    return toy_build_dataset
+    return [
+        (lps_keras.data, "build_dataset", toy_build_dataset),
+        (lps_keras.data, "check_split", lambda *a, **k: 0),  # no files to check
+        # The toy set has 3 classes, not the 19 of the recipe's dataset.
+        (Recipe, "check_classes_cover_dataset", lambda self: None),
+    ]
+
+
+def install_toy_data():
+    """What the fixture does, for the subprocess drivers (no monkeypatch there)."""
+    for target, name, value in toy_patches():
+        setattr(target, name, value)
 
 
 def toy_build_dataset(recipe, split, training, batch_size=None, skip_examples=0):
@@ -242,10 +259,9 @@ _STUB_DRIVER = textwrap.dedent("""
     # Runs train.py unchanged, with the in-memory toy data set instead of files on disk.
     import runpy, sys
     sys.path.insert(0, {repo!r})
-    import lps_keras.data
-    from tests.test_training import toy_build_dataset
+    from tests.test_training import install_toy_data
 
-    lps_keras.data.build_dataset = toy_build_dataset
+    install_toy_data()
     sys.argv = ["train.py", *sys.argv[1:]]
     runpy.run_path({train!r}, run_name="__main__")
 """)
@@ -391,12 +407,11 @@ _MULTI_WORKER_DRIVER = textwrap.dedent("""
     sys.path.insert(0, {repo!r})
     import numpy as np
     import keras
-    import lps_keras.data
     from lps_keras.recipe import load_recipe
     from lps_keras.train import train
-    from tests.test_training import toy_build_dataset
+    from tests.test_training import install_toy_data
 
-    lps_keras.data.build_dataset = toy_build_dataset
+    install_toy_data()
     seen = {{}}
 
     class Capture(keras.callbacks.Callback):

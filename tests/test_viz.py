@@ -85,3 +85,22 @@ def test_cityscapes_labelid_round_trip(tmp_path):
     np.testing.assert_array_equal(back, train_ids)
     with pytest.raises(ValueError, match=r"0..18 or 255.*\[19\]"):
         write_cityscapes_labelids(tmp_path / "b.png", np.array([[19]]))
+
+
+def test_read_rgb_scales_16_bit_greyscale_and_refuses_huge_images(tmp_path):
+    from lps_keras.viz import read_rgb
+
+    values = np.linspace(0, 65535, 24 * 32).reshape(24, 32).astype(np.uint16)
+    Image.fromarray(values).save(tmp_path / "g16.png")
+    out = read_rgb(tmp_path / "g16.png")
+    expected = np.rint(values / 257.0).astype(np.uint8)  # 65535 -> 255, linear
+    assert out.shape == (24, 32, 3) and out.dtype == np.uint8
+    np.testing.assert_array_equal(out, np.repeat(expected[..., None], 3, axis=-1))
+    rgb = np.random.default_rng(0).integers(0, 256, (8, 8, 3), dtype=np.uint8)
+    Image.fromarray(rgb).save(tmp_path / "rgb.png")
+    np.testing.assert_array_equal(read_rgb(tmp_path / "rgb.png"), rgb)
+    with pytest.raises(ValueError, match=r"rgb\.png: 8x8 is 0\.0 megapixels, above the limit"):
+        read_rgb(tmp_path / "rgb.png", max_pixels=10)
+    (tmp_path / "text.png").write_text("hello")
+    with pytest.raises(ValueError, match=r"text\.png: not a readable image"):
+        read_rgb(tmp_path / "text.png")

@@ -159,41 +159,66 @@ def load_pair_numpy(files: FileList, index: int) -> tuple[np.ndarray, np.ndarray
     """
     from PIL import Image
 
-    image_path, label_path = files.images[index], files.labels[index]
+    image_path = files.images[index]
     try:
         with Image.open(image_path) as im:
             image = np.asarray(im.convert("RGB"))
     except (OSError, SyntaxError) as e:
         raise DataError(f"{image_path}: cannot read image: {e}") from None
+    return image, read_label(files, index, image.shape[:2])
+
+
+def check_pair(files: FileList, index: int) -> None:
+    """The cheap half of :func:`load_pair_numpy`: the image's header (format, size) and the whole label.
+
+    Used to check a validation split before a long training run, without decoding its images.
+    """
+    from PIL import Image
+
+    image_path = files.images[index]
+    try:
+        with Image.open(image_path) as im:
+            width, height = im.size
+    except (OSError, SyntaxError) as e:
+        raise DataError(f"{image_path}: cannot read image: {e}") from None
+    read_label(files, index, (height, width))
+
+
+def read_label(files: FileList, index: int, image_hw: tuple[int, int]) -> np.ndarray:
+    """The label of pair ``index`` in train ids (uint8, 255 = ignore), checked against the image size."""
+    from PIL import Image
+
+    image_path, label_path = files.images[index], files.labels[index]
     try:
         with Image.open(label_path) as im:
             if files.label_colors is not None:
                 raw = np.asarray(im.convert("RGB"))
             else:
                 if im.mode not in ("L", "P", "I", "I;16"):
-                    raise DataError(f"{label_path}: label must be a single-channel PNG, got mode {im.mode!r}")
+                    raise DataError(
+                        f"{label_path}: expected a single-channel label image (one class index per pixel), "
+                        f"got a {len(im.getbands())}-channel {im.mode} image")
                 raw = np.asarray(im)
     except (OSError, SyntaxError) as e:
         raise DataError(f"{label_path}: cannot read label: {e}") from None
-    if raw.shape[:2] != image.shape[:2]:
+    if raw.shape[:2] != tuple(image_hw):
         raise DataError(
             f"{label_path}: label size {raw.shape[1]}x{raw.shape[0]} differs from image size "
-            f"{image.shape[1]}x{image.shape[0]} of {image_path}"
+            f"{image_hw[1]}x{image_hw[0]} of {image_path}"
         )
     if files.label_colors is not None:
         code = (raw[..., 0].astype(np.int64) << 16) | (raw[..., 1].astype(np.int64) << 8) | raw[..., 2]
         label = np.full(code.shape, IGNORE_INDEX, np.uint8)
         for (r, g, b), idx in files.label_colors.items():
             label[code == ((r << 16) | (g << 8) | b)] = idx
-    else:
-        if raw.max(initial=0) > 255:
-            raise DataError(f"{label_path}: label value {int(raw.max())} out of range")
-        mapped = files.label_table[raw.astype(np.int64)]
-        if (mapped < 0).any():
-            bad = sorted(set(np.unique(raw[mapped < 0]).tolist()))
-            raise DataError(f"{label_path}: invalid label values {bad[:8]} for {files.info.name}")
-        label = mapped.astype(np.uint8)
-    return image, label
+        return label
+    if raw.max(initial=0) > 255:
+        raise DataError(f"{label_path}: label value {int(raw.max())} out of range")
+    mapped = files.label_table[raw.astype(np.int64)]
+    if (mapped < 0).any():
+        bad = sorted(set(np.unique(raw[mapped < 0]).tolist()))
+        raise DataError(f"{label_path}: invalid label values {bad[:8]} for {files.info.name}")
+    return mapped.astype(np.uint8)
 
 
 def make_tfds_builder_class(name: str, configs: dict, splits: Sequence[str], description: str, instructions: str):

@@ -15,6 +15,7 @@ examples, each reported and counted in :data:`SKIPPED`.
 from __future__ import annotations
 
 import collections
+import re
 import sys
 import threading
 from pathlib import Path
@@ -25,7 +26,15 @@ import tensorflow as tf
 
 from lps_keras.data import bdd100k, camvid, cityscapes, synthetic
 from lps_keras.data.augment import augment
-from lps_keras.data.common import IMAGENET_MEAN, IMAGENET_STD, DataError, DatasetInfo, FileList, load_pair_numpy
+from lps_keras.data.common import (
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    DataError,
+    DatasetInfo,
+    FileList,
+    check_pair,
+    load_pair_numpy,
+)
 from lps_keras.recipe import DataConfig, Recipe
 
 _INFOS = {
@@ -39,6 +48,38 @@ _INFOS = {
 #: Files skipped because of ``data.skip_bad_files``, by dataset split ("camvid/train" -> count).
 SKIPPED: collections.Counter = collections.Counter()
 _SKIP_LOCK = threading.Lock()
+
+
+#: DataErrors raised while ``tf.data`` decoded a file, by message (see :func:`unwrap_data_error`).
+_RAISED: dict[str, DataError] = {}
+_RAISED_PATTERN = re.compile(r"\b(?:Missing)?DataError: (.+)")
+
+
+def unwrap_data_error(error: BaseException) -> Optional[DataError]:
+    """The :class:`DataError` behind ``error``, or None.
+
+    A DataError raised inside ``tf.data`` (a truncated image, an invalid label value) reaches
+    ``model.fit`` or an iterator as a ``tf.errors.InvalidArgumentError`` whose message embeds the
+    whole Python traceback. The pipeline keeps every error it raised, so the original comes back
+    with its one-line message naming the file.
+    """
+    seen = set()
+    while error is not None and id(error) not in seen:
+        seen.add(id(error))
+        if isinstance(error, DataError):
+            return error
+        if isinstance(error, tf.errors.OpError):
+            match = _RAISED_PATTERN.search(error.message or "")
+            if match:
+                message = match.group(1).strip()
+                return _RAISED.get(message) or DataError(message)
+        error = error.__cause__ or error.__context__
+    return None
+
+
+def data_errors_raised() -> bool:
+    """Whether a ``tf.data`` decoder of this process has raised a DataError (see ``cli.exit_process``)."""
+    return bool(_RAISED)
 
 
 def get_dataset_info(name: str) -> DatasetInfo:
@@ -86,6 +127,27 @@ def num_examples(recipe_or_data: Union[Recipe, DataConfig], split: str, training
     return len(files.subset(cfg.train_subset if training else cfg.val_subset))
 
 
+def check_split(recipe_or_data: Union[Recipe, DataConfig], split: str, training: bool = False) -> int:
+    """Check every pair of ``split`` cheaply (image headers and sizes, every label value); returns the count.
+
+    A training run checks its validation split before the first step, so a bad validation file
+    fails in seconds instead of after hours of training. Raises :class:`DataError` naming the
+    first bad file. Nothing is checked for TFDS sources or with ``data.skip_bad_files``.
+    """
+    cfg = _data_config(recipe_or_data)
+    if cfg.source == "tfds" or cfg.skip_bad_files:
+        return 0
+    files = list_split(cfg, split).subset(cfg.train_subset if training else cfg.val_subset)
+    for i in range(len(files)):
+        try:
+            check_pair(files, i)
+        except DataError:
+            raise
+        except Exception as e:  # noqa: BLE001 - anything Pillow raises on a broken file
+            raise DataError(f"{files.images[i]} / {files.labels[i]}: {type(e).__name__}: {e}") from None
+    return len(files)
+
+
 def _loader(files: FileList, skip_bad: bool):
     key = f"{files.info.name}/{files.split}"
 
@@ -95,6 +157,7 @@ def _loader(files: FileList, skip_bad: bool):
             image, label = _load_pair(files, i)
         except DataError as e:
             if not skip_bad:
+                _RAISED[str(e)] = e
                 raise
             with _SKIP_LOCK:
                 SKIPPED[key] += 1

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
+from lps_keras import fileio
 from lps_keras.export.common import ExportError
 
 
@@ -37,7 +38,8 @@ def export_onnx(target, path, opset: int = 17, input_shape=(1, None, None, 3), v
         raise ValueError(f"opset must be >= 13 (Resize with align_corners), got {opset!r}")
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    fileio.remove_stale_temps(path.parent)
+    tmp = path.with_name(fileio.temp_prefix(path.name) + "0")
     try:
         if isinstance(target, (str, os.PathLike)):
             loaded = tf.saved_model.load(str(target))

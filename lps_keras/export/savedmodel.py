@@ -27,6 +27,7 @@ from typing import Optional
 
 import numpy as np
 
+from lps_keras import fileio
 from lps_keras.data.common import IMAGENET_MEAN, IMAGENET_STD
 from lps_keras.export.common import ExportError, check_choice, move_into_place, num_classes_of
 from lps_keras.export.precision import PRECISIONS, reference_outputs
@@ -91,7 +92,8 @@ def export_savedmodel(
 
     net, (serve_images, image_spec), (serve_bytes, bytes_spec) = serving_functions(
         deploy_model, input_size, outputs, precision)
-    staging = Path(tempfile.mkdtemp(prefix=f".{version}.tmp-", dir=out_dir))
+    fileio.remove_stale_temps(out_dir)  # staging directories of an export that was killed
+    staging = Path(tempfile.mkdtemp(prefix=fileio.temp_prefix(str(version)), dir=out_dir))
     try:
         archive = keras.export.ExportArchive()
         archive.track(net)
@@ -202,15 +204,16 @@ def verify_savedmodel(path, keras_model, image=None, outputs=None, precision=Non
         Image.fromarray(image).save(buf, format="PNG")
         (tmp / "image.png").write_bytes(buf.getvalue())
         (tmp / "verify.py").write_text(_VERIFY_SCRIPT)
-        env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
-        env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+        from lps_keras.cli import quiet_env, strip_startup_noise
+
+        env = quiet_env({k: v for k, v in os.environ.items() if k != "PYTHONPATH"})
         proc = subprocess.run(
             [sys.executable, "-I", str(tmp / "verify.py"), str(path.resolve()), str(tmp / "image.npy"),
              str(tmp / "image.png"), str(tmp / "out.npz")],
             capture_output=True, text=True, cwd=tmp, env=env, timeout=timeout)
         if proc.returncode != 0:
             raise ExportError(f"verification: loading {path} in a fresh TensorFlow process failed:\n"
-                              f"{proc.stderr[-3000:]}")
+                              f"{strip_startup_noise(proc.stderr)[-3000:]}")
         info_line = [ln for ln in proc.stdout.splitlines() if ln.startswith("VERIFY_INFO ")]
         info = json.loads(info_line[-1][len("VERIFY_INFO "):]) if info_line else {}
         with np.load(tmp / "out.npz") as z:

@@ -106,24 +106,15 @@ def format_serving_commands(base_dir, name: str) -> str:
     ])
 
 
-def _read_rgb(path: Path):
-    import numpy as np
-    from PIL import Image, UnidentifiedImageError
-
-    try:
-        with Image.open(path) as im:
-            return np.asarray(im.convert("RGB"))
-    except UnidentifiedImageError:
-        raise ValueError(f"{path}: not a readable image") from None
-
-
-def predict_images(model_dir, images, output, palette: str = "auto", alpha: float = 0.5, log=print) -> list[Path]:
+def predict_images(model_dir, images, output, palette: str = "auto", alpha: float = 0.5, max_megapixels: float = 50.0,
+                   log=print) -> list[Path]:
     """Segment image files with an exported SavedModel; write ``<stem>_mask.png`` and ``<stem>_overlay.png``.
 
     Only TensorFlow runs the model (its ``serving_default``), so any model written by
     :func:`~lps_keras.export.export_savedmodel` works. ``palette``: ``cityscapes``, ``camvid`` or
     ``auto`` (by class count: 19 -> cityscapes, 11 -> camvid, else generic colours). Every input is
-    checked and decoded before anything runs. Returns the written files.
+    checked and decoded before anything runs; images over ``max_megapixels`` are refused from their
+    header (a 50 MP image takes about 1 GB decoded), 16-bit ones scaled to 8 bits. Returns the written files.
     """
     model_dir = Path(model_dir)
     if not (model_dir / "saved_model.pb").is_file():
@@ -136,7 +127,11 @@ def predict_images(model_dir, images, output, palette: str = "auto", alpha: floa
         raise ValueError(f"--alpha must be in [0, 1], got {alpha!r}")
     if palette not in ("auto", "cityscapes", "camvid"):
         raise ValueError(f"palette must be auto, cityscapes or camvid, got {palette!r}")
-    decoded = [_read_rgb(p) for p in paths]  # all decodable before anything runs
+    if not max_megapixels > 0:
+        raise ValueError(f"--max-megapixels must be > 0, got {max_megapixels!r}")
+    from lps_keras.viz import read_rgb
+
+    decoded = [read_rgb(p, max_pixels=int(max_megapixels * 1e6)) for p in paths]  # all decodable before anything runs
 
     import tensorflow as tf
 

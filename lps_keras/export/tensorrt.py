@@ -11,6 +11,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
+from lps_keras import fileio
 from lps_keras.export.common import BackendUnavailable, ExportError, check_choice, move_into_place
 
 TFTRT_REQUIREMENTS = "requirements-tftrt.txt"
@@ -77,7 +78,9 @@ def convert_tftrt(saved_model_dir, out_dir, precision="fp16", input_shape=(1, 10
         yield (tf.zeros(input_shape, tf.uint8),)
 
     converter.build(input_fn=input_fn)
-    staging = Path(tempfile.mkdtemp(prefix=".tftrt-", dir=out_dir.parent if out_dir.parent.exists() else None))
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    fileio.remove_stale_temps(out_dir.parent)
+    staging = Path(tempfile.mkdtemp(prefix=fileio.temp_prefix("tftrt"), dir=out_dir.parent))
     try:
         converter.save(str(staging / "model"))
         move_into_place(staging / "model", out_dir, overwrite)

@@ -113,11 +113,15 @@ def search_fingerprint(recipe: Recipe, backend: str) -> str:
 
 def _init_worker(devices) -> None:
     # One accelerator per worker: claim a device id before TensorFlow is imported in this process.
+    from lps_keras.cli import quiet_tensorflow
+
     try:
         device = devices.get_nowait()
     except Exception:  # noqa: BLE001 - no device left: run on what the process sees
-        return
-    os.environ["CUDA_VISIBLE_DEVICES"] = str(device)
+        device = None
+    if device is not None:
+        os.environ["CUDA_VISIBLE_DEVICES"] = str(device)
+    quiet_tensorflow()  # spawned workers import TensorFlow afresh: without its start-up noise
 
 
 def make_executor(workers: int, devices: Optional[list[str]] = None):

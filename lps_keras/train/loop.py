@@ -18,6 +18,7 @@ for it); see :mod:`lps_keras.train.distribute` and :mod:`lps_keras.train.optim`.
 from __future__ import annotations
 
 import contextlib
+import json
 import math
 import os
 import sys
@@ -32,7 +33,7 @@ from keras import ops
 import lps_keras.layers  # noqa: F401 - registers the layers, so importing this module is enough to load checkpoints
 import lps_keras.losses  # noqa: F401 - the training checkpoints' compile config names the loss
 import lps_keras.model  # noqa: F401 - registers LPSNet, the class a checkpoint is rebuilt as
-from lps_keras import compat
+from lps_keras import compat, fileio
 from lps_keras.fileio import atomic_save_model, atomic_write_json, atomic_write_text
 from lps_keras.recipe import Recipe
 from lps_keras.train.callbacks import Backup, RunState, StepTracker, Validator, restore_state, truncate_log, write_state
@@ -92,7 +93,7 @@ def train(
     """
     import tensorflow as tf
 
-    from lps_keras.data import build_dataset, class_names
+    from lps_keras.data import build_dataset, check_split, class_names, unwrap_data_error
     from lps_keras.losses import build_loss
     from lps_keras.model import build_model
     from lps_keras.reparam import reparameterize
@@ -100,6 +101,7 @@ def train(
     from lps_keras.weights import WeightsError, init_weights
 
     t_start = time.time()
+    recipe.check_classes_cover_dataset()
     cfg = recipe.train
     if verbose == "auto":
         verbose = 1 if sys.stdout.isatty() else 2
@@ -114,10 +116,14 @@ def train(
     is_chief, task_id = worker_info(strategy)
     out_dir = resolve_run_dir(recipe)
     work_dir = out_dir if is_chief else out_dir / "workers" / str(task_id)
+    created_dir = not work_dir.exists()  # a run that fails before its first backup removes what it made
     try:
         work_dir.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise TrainingError(f"run directory {work_dir}: cannot create it ({e})") from None
+    # Temporary files of a run that was killed while writing a checkpoint.
+    for d in (work_dir, work_dir / "backup"):
+        fileio.remove_stale_temps(d)
     files_dir = work_dir if is_chief else None
     log_path = work_dir / "train_log.jsonl"
 
@@ -125,6 +131,7 @@ def train(
     previous_policy = keras.config.dtype_policy()
     keras.config.set_dtype_policy(policy)
     writers = []
+    backup = None
     stack = contextlib.ExitStack()
     try:
         keras.utils.set_random_seed(cfg.seed)
@@ -151,8 +158,15 @@ def train(
             for name in ("train_log.jsonl", "state.json"):
                 if (work_dir / name).exists():
                     os.unlink(work_dir / name)
+        arch_file = work_dir / "backup" / "arch.json"
         if backup.exists():
-            start_step = backup.restore()
+            _check_backup_arch(arch_file, arch, work_dir)
+            try:
+                start_step = backup.restore()
+            except ValueError as e:
+                raise TrainingError(
+                    f"run directory {work_dir} holds a backup that does not fit the recipe's architecture {arch} "
+                    f"({str(e).splitlines()[0]}); use --no-resume or another --run-dir") from None
             print(f"resuming from {backup.weights_path} at step {start_step}/{total}", flush=True)
             restore_state(work_dir / "state.json", state, start_step)
             truncate_log(log_path, start_step)
@@ -164,6 +178,7 @@ def train(
                     init_weights(model, cfg.init)
                 except WeightsError as e:
                     raise TrainingError(f"--init: {e}") from None
+            atomic_write_json(arch_file, arch.to_dict())  # what a resumed run must match
         state.step = start_step
         state.last_good_step = start_step if start_step > 0 else None
 
@@ -179,6 +194,13 @@ def train(
         train_ds = build_dataset(recipe, recipe.data.train_split, training=True, batch_size=cfg.batch_size,
                                  skip_examples=start_step * cfg.batch_size)
         val_ds = build_dataset(recipe, recipe.data.val_split, training=False, batch_size=recipe.eval.batch_size)
+        if start_step < total:
+            # A bad validation file would otherwise surface only at the first validation, hours in.
+            t_check = time.time()
+            n_checked = check_split(recipe, recipe.data.val_split)
+            if n_checked:
+                print(f"checked the {n_checked} {recipe.data.val_split} files ({time.time() - t_check:.1f} s)",
+                      flush=True)
         image_batch = next(iter(val_ds.take(1))) if cfg.image_summaries > 0 else None
 
         tb_dir = work_dir / "tensorboard"
@@ -249,9 +271,33 @@ def train(
             atomic_write_json(files_dir / "metrics.json", summary)
             print(result.table(names), flush=True)
         return summary
+    except BaseException as e:
+        if created_dir and (backup is None or not backup.exists()):
+            # Nothing to resume from: leave no half-made run directory behind.
+            import shutil
+
+            shutil.rmtree(work_dir, ignore_errors=True)
+        data_error = unwrap_data_error(e) if isinstance(e, Exception) else None
+        if data_error is not None and data_error is not e:
+            # tf.data wraps it in an InvalidArgumentError carrying a 45-line traceback.
+            raise data_error from None
+        raise
     finally:
         stack.close()
         for w in writers:
             w.close()
         keras.config.set_dtype_policy(previous_policy)
 
+
+def _check_backup_arch(arch_file: Path, arch, work_dir: Path) -> None:
+    from lps_keras.arch import Arch
+
+    try:
+        saved = Arch.from_dict(json.loads(arch_file.read_text()))
+    except (OSError, ValueError):
+        return  # a backup written before arch.json existed: the restore itself checks shapes
+    if saved != arch:
+        raise TrainingError(
+            f"run directory {work_dir} holds a backup of architecture {saved} ({saved.num_classes} classes); the "
+            f"recipe asks for {arch} ({arch.num_classes} classes): {saved.differences(arch, ('backup', 'recipe'))}. "
+            "Use --no-resume or another --run-dir")

@@ -1,0 +1,179 @@
+"""How the command-line entry points run: a quiet TensorFlow start-up and one-line errors.
+
+Every entry point (``train.py``, ``evaluate.py``, ``export.py``, ``predict.py``, ``expand.py``) and
+every child process the project starts goes through :func:`quiet_tensorflow` before TensorFlow is
+first imported, and wraps its work in :func:`guarded`.
+
+Start-up noise. TensorFlow 2.21's C++ start-up prints ``oneDNN custom operations are on``, ``Could
+not find cuda drivers`` and ``failed call to cuInit`` on every CPU-only start. The first two come
+from shared-library initialisers that log *before* absl logging is initialised, so
+``TF_CPP_MIN_LOG_LEVEL`` cannot silence them (tensorflow/tensorflow#62075). They are filtered here,
+at the file-descriptor level, while TensorFlow is imported and the devices are first listed; any
+other line written then is passed through. A user who sets ``TF_CPP_MIN_LOG_LEVEL`` themselves gets
+TensorFlow's output unfiltered.
+
+Errors. Bad input is the user's to fix, so it gets one line naming the file or field and exit code
+2, never a traceback; a bug in this project still shows its traceback. A ``DataError`` raised while
+``tf.data`` decodes a file reaches Python wrapped in a TensorFlow ``InvalidArgumentError`` (with a
+45-line traceback inside its message); :func:`lps_keras.data.pipeline.unwrap_data_error` recovers it.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import sys
+import tempfile
+from collections.abc import Callable
+
+#: Lines TensorFlow prints on every start of a machine without a usable GPU; nothing to act on.
+_NOISE = re.compile(
+    r"All log messages before absl::InitializeLog\(\) is called are written to STDERR"
+    r"|port\.cc:\d+\] oneDNN custom operations are on"
+    r"|cudart_stub\.cc:\d+\] Could not find cuda drivers"
+    r"|cuda_platform\.cc:\d+\] failed call to cuInit"
+    r"|cuda_executor\.cc:\d+\] could not find cuda drivers"
+    r"|Unable to register cu(DNN|FFT|BLAS) factory"
+    r"|computation placer already registered"
+    r"|TF-TRT Warning: Could not find TensorRT"
+    r"|cpu_feature_guard\.cc:\d+\] This TensorFlow binary is optimized"
+    r"|^To enable the following instructions: .*rebuild TensorFlow with the appropriate compiler flags"
+)
+
+_QUIETED = False
+
+
+def quiet_env(env: dict | None = None) -> dict:
+    """``env`` (default ``os.environ``) with TensorFlow's C++ log level set, unless the user set it.
+
+    Pass the result to child processes; they call :func:`quiet_tensorflow` themselves.
+    """
+    env = os.environ if env is None else env
+    if "TF_CPP_MIN_LOG_LEVEL" not in env:
+        env["TF_CPP_MIN_LOG_LEVEL"] = "2"
+        env["LPS_FILTER_TF_STARTUP"] = "1"
+    return env
+
+
+def quiet_tensorflow() -> None:
+    """Import TensorFlow and initialise its devices with the start-up noise filtered (see module doc).
+
+    Idempotent; a no-op for the filtering once TensorFlow has been imported.
+    """
+    global _QUIETED
+    if _QUIETED:
+        return
+    _QUIETED = True
+    quiet_env()
+    if "tensorflow" in sys.modules or os.environ.get("LPS_FILTER_TF_STARTUP") != "1":
+        return
+    with _filtered_stderr():
+        import tensorflow as tf
+
+        tf.config.list_physical_devices("GPU")  # cuInit happens here on the first call
+
+
+class _filtered_stderr:
+    """Redirect file descriptor 2 to a temporary file; on exit, replay it without the known noise."""
+
+    def __enter__(self):
+        sys.stderr.flush()
+        try:
+            self._saved = os.dup(2)
+        except OSError:  # no fd 2 (embedded interpreter): nothing to filter
+            self._saved = None
+            return self
+        self._tmp = tempfile.TemporaryFile(mode="w+b")
+        os.dup2(self._tmp.fileno(), 2)
+        return self
+
+    def __exit__(self, *exc):
+        if self._saved is None:
+            return False
+        sys.stderr.flush()
+        os.dup2(self._saved, 2)
+        os.close(self._saved)
+        self._tmp.seek(0)
+        text = self._tmp.read().decode("utf-8", errors="replace")
+        self._tmp.close()
+        kept = strip_startup_noise(text)
+        if kept:
+            print(kept, file=sys.stderr, flush=True)
+        return False
+
+
+def strip_startup_noise(text: str) -> str:
+    """``text`` (a child process' stderr, say) without TensorFlow's start-up lines."""
+    return "\n".join(line for line in text.splitlines() if line.strip() and not _NOISE.search(line))
+
+
+def exit_process(code: int) -> None:
+    """End an entry point with ``code``.
+
+    After a Python exception inside a ``tf.data`` map (a broken file), the interpreter's shutdown
+    can wait forever on tf.data's iterator threads (0% CPU, futex wait; seen with TF 2.21 on a
+    third of such runs; the shutdown-time destructor race of tensorflow/tensorflow#21277). Every
+    file this project writes is complete by then (atomic writes, writers closed), so such a
+    process ends with ``os._exit`` after flushing its output.
+    """
+    data_pipeline = sys.modules.get("lps_keras.data.pipeline")
+    if data_pipeline is not None and data_pipeline.data_errors_raised():
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    sys.exit(code)
+
+
+def user_errors() -> tuple[type[BaseException], ...]:
+    """The exception types that mean "bad input": reported in one line, exit code 2."""
+    from lps_keras.arch import ArchError
+    from lps_keras.recipe import RecipeError
+
+    errors: list[type[BaseException]] = [RecipeError, ArchError, OSError, ValueError, KeyError]
+    for module, name in (("lps_keras.train.errors", "TrainingError"), ("lps_keras.evaluation", "EvaluationError"),
+                         ("lps_keras.export.common", "ExportError"), ("lps_keras.search.journal", "JournalError"),
+                         ("lps_keras.search.algorithm", "SearchError"), ("lps_keras.latency.stats", "LatencyError")):
+        mod = sys.modules.get(module)  # only those already imported can have been raised
+        if mod is not None and hasattr(mod, name):
+            errors.append(getattr(mod, name))
+    return tuple(errors)
+
+
+def guarded(prog: str, fn: Callable[[], int]) -> int:
+    """Run ``fn()``; bad input and interrupts become one line on stderr and an exit code.
+
+    Returns ``fn()``'s exit code, 2 for bad input (:func:`user_errors`, or a data error raised
+    inside ``tf.data``) and 130 for Ctrl-C.
+    """
+    try:
+        return fn()
+    except KeyboardInterrupt:
+        print(f"{prog}: interrupted", file=sys.stderr)
+        return 130
+    except Exception as e:  # noqa: BLE001 - sorted into user errors and bugs below
+        message = _user_message(e)
+        if message is None:
+            raise
+        print(f"{prog}: error: {message}", file=sys.stderr)
+        return 2
+
+
+def _user_message(e: BaseException) -> str | None:
+    data_pipeline = sys.modules.get("lps_keras.data.pipeline")
+    if data_pipeline is not None:
+        data_error = data_pipeline.unwrap_data_error(e)
+        if data_error is not None:
+            return str(data_error)
+    if "tensorflow" in sys.modules:
+        import tensorflow as tf
+
+        if isinstance(e, tf.errors.OpError):
+            return None  # a TensorFlow failure that is not about the user's files: show it in full
+    if isinstance(e, user_errors()):
+        text = str(e)
+        if isinstance(e, KeyError) and len(e.args) == 1:
+            text = str(e.args[0])
+        if isinstance(e, OSError) and e.filename and e.strerror:
+            text = f"{e.filename}: {e.strerror}"  # not "[Errno 2] No such file or directory: 'x'"
+        return text.strip() or type(e).__name__
+    return None

@@ -1,0 +1,266 @@
+"""Command-line entry points on bad input: one line naming the file or field, exit code 2, no
+traceback, no hang, nothing half-written, and no TensorFlow start-up noise.
+
+Each case runs the real CLI in a subprocess with a timeout (a hang fails the test instead of
+blocking the suite) on a tiny hand-made CamVid or Cityscapes tree with one broken file.
+"""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from lps_keras.cli import guarded, strip_startup_noise
+
+REPO = Path(__file__).resolve().parents[1]
+PY = sys.executable
+NOISE = ("cuInit", "oneDNN custom operations", "Could not find cuda drivers", "absl::InitializeLog")
+H, W = 48, 64
+
+
+def _env():
+    # As a user runs it: TF's log level unset, so the CLI's own start-up filtering is exercised.
+    env = {k: v for k, v in os.environ.items() if k not in ("TF_CPP_MIN_LOG_LEVEL", "LPS_FILTER_TF_STARTUP")}
+    env.update({"PYTHONPATH": str(REPO), "CUDA_VISIBLE_DEVICES": "", "TF_ENABLE_ONEDNN_OPTS": "0"})
+    return env
+
+
+def _run(*args, timeout=150):
+    return subprocess.run([PY, *map(str, args)], cwd=REPO, env=_env(), capture_output=True, text=True,
+                          timeout=timeout)
+
+
+def _assert_one_line_error(r, *needles):
+    assert r.returncode == 2, (r.returncode, r.stdout[-2000:], r.stderr[-3000:])
+    assert "Traceback" not in r.stderr, r.stderr[-3000:]
+    lines = [ln for ln in r.stderr.splitlines() if ln.strip()]
+    assert len(lines) == 1, lines
+    assert ": error: " in lines[0]
+    for needle in needles:
+        assert needle in lines[0], (needle, lines[0])
+    assert not any(n in r.stderr for n in NOISE), r.stderr
+
+
+def _rng_image(rng, h=H, w=W):
+    return rng.integers(0, 256, (h, w, 3), dtype=np.uint8)
+
+
+def _camvid(root: Path, n_train=6, n_val=3) -> Path:
+    rng = np.random.default_rng(0)
+    for split, n in (("train", n_train), ("val", n_val)):
+        (root / split).mkdir(parents=True)
+        (root / f"{split}annot").mkdir()
+        for i in range(n):
+            Image.fromarray(_rng_image(rng)).save(root / split / f"f{i}.png")
+            Image.fromarray(rng.integers(0, 12, (H, W), dtype=np.uint8)).save(root / f"{split}annot" / f"f{i}.png")
+    return root
+
+
+def _cityscapes(root: Path) -> Path:
+    rng = np.random.default_rng(1)
+    for split, n in (("train", 6), ("val", 2)):
+        img_dir, lbl_dir = root / "leftImg8bit" / split / "city", root / "gtFine" / split / "city"
+        img_dir.mkdir(parents=True)
+        lbl_dir.mkdir(parents=True)
+        for i in range(n):
+            stem = f"city_{i:06d}_000019"
+            Image.fromarray(_rng_image(rng)).save(img_dir / f"{stem}_leftImg8bit.png")
+            Image.fromarray(rng.choice(np.array([7, 8, 11, 21, 26], np.uint8), (H, W))).save(
+                lbl_dir / f"{stem}_gtFine_labelIds.png")
+    return root
+
+
+def _recipe(tmp_path, dataset, root, **extra) -> Path:
+    recipe = {
+        "model": {"arch": {"depth": [1, 1, 1, 1, 1], "width": [4, 8, 16, 32, 32], "resolution": [1, 0, 0]}},
+        "data": {"dataset": dataset, "root": str(root), "augment": {"crop_size": [32, 32]}},
+        "train": {"iterations": 4, "batch_size": 2, "val_interval": 4, "checkpoint_interval": 4, "log_interval": 2,
+                  "image_summaries": 0},
+    }
+    recipe.update(extra)
+    path = tmp_path / "recipe.json"
+    path.write_text(json.dumps(recipe))
+    return path
+
+
+def _label(path: Path, value: int):
+    a = np.zeros((H, W), np.uint8)
+    a[3, 5] = value
+    Image.fromarray(a).save(path)
+
+
+# --------------------------------------------------------------------------- broken training files
+def _truncate(path: Path):
+    path.write_bytes(path.read_bytes()[:300])
+
+
+BROKEN_TRAIN = {
+    "camvid label value 20": ("camvid", lambda r: _label(r / "trainannot" / "f2.png", 20),
+                              ["trainannot/f2.png", "invalid label values [20]"]),
+    "truncated png": ("camvid", lambda r: _truncate(r / "train" / "f1.png"), ["train/f1.png", "truncated"]),
+    "text file named .png": ("camvid", lambda r: (r / "train" / "f3.png").write_text("not an image\n"),
+                             ["train/f3.png", "cannot read image"]),
+    "size mismatch": ("camvid", lambda r: Image.fromarray(np.zeros((H, W + 2), np.uint8)).save(
+        r / "trainannot" / "f0.png"), ["trainannot/f0.png", "differs from image size"]),
+    "rgb label": ("camvid", lambda r: Image.fromarray(np.zeros((H, W, 3), np.uint8)).save(
+        r / "trainannot" / "f4.png"), ["trainannot/f4.png", "single-channel label image"]),
+    "cityscapes label value 250": ("cityscapes", lambda r: _label(
+        r / "gtFine" / "train" / "city" / "city_000002_000019_gtFine_labelIds.png", 250),
+        ["city_000002_000019_gtFine_labelIds.png", "invalid label values [250]"]),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BROKEN_TRAIN))
+def test_train_on_a_broken_training_file_fails_fast_in_one_line(tmp_path, case):
+    dataset, breaker, needles = BROKEN_TRAIN[case]
+    root = (_camvid if dataset == "camvid" else _cityscapes)(tmp_path / "data")
+    breaker(root)
+    run_dir = tmp_path / "run"
+    r = _run("train.py", "--recipe", _recipe(tmp_path, dataset, root), "--run-dir", run_dir)
+    _assert_one_line_error(r, *needles)
+    assert not run_dir.exists()  # failed before its first backup: no half-made run directory
+
+
+def test_bad_validation_label_fails_before_training_and_in_evaluate(tmp_path):
+    root = _camvid(tmp_path / "data")
+    _label(root / "valannot" / "f1.png", 99)
+    recipe = _recipe(tmp_path, "camvid", root)
+    r = _run("train.py", "--recipe", recipe, "--run-dir", tmp_path / "run")
+    _assert_one_line_error(r, "valannot/f1.png", "invalid label values [99]")
+    assert "Epoch" not in r.stdout  # checked before the first step
+    from lps_keras.model import build_model
+    from lps_keras.recipe import load_recipe
+
+    weights = tmp_path / "w.keras"
+    build_model(load_recipe(recipe).arch()).save(weights)
+    r = _run("evaluate.py", "--recipe", recipe, "--weights", weights)
+    _assert_one_line_error(r, "valannot/f1.png", "invalid label values [99]")
+
+
+def test_recipe_errors_are_one_line_before_any_training(tmp_path):
+    root = _camvid(tmp_path / "data")
+    recipe = _recipe(tmp_path, "camvid", root)
+    r = _run("train.py", "--recipe", recipe, "--set", "model.num_classes=5", "--run-dir", tmp_path / "run")
+    _assert_one_line_error(r, "model.num_classes", "5", "11 classes")
+    for key, value in (("train.base_lr", "NaN"), ("train.base_lr", "Infinity"), ("train.weight_decay", "NaN")):
+        r = _run("train.py", "--recipe", recipe, "--set", f"{key}={value}", "--run-dir", tmp_path / "run")
+        _assert_one_line_error(r, key, "finite")
+    assert not (tmp_path / "run").exists()
+
+
+def test_resume_with_another_architecture_names_both(tmp_path):
+    root = _camvid(tmp_path / "data")
+    recipe = _recipe(tmp_path, "camvid", root)
+    run_dir = tmp_path / "run"
+    r = _run("train.py", "--recipe", recipe, "--run-dir", run_dir, "--set", "train.iterations=2",
+             "--set", "train.val_interval=2", "--set", "train.checkpoint_interval=2")
+    assert r.returncode == 0, r.stderr[-3000:]
+    # What a kill -9 during a checkpoint write leaves; the next start removes it.
+    dead = subprocess.run([PY, "-c", "import os; print(os.getpid())"], capture_output=True, text=True).stdout.strip()
+    leftovers = [run_dir / "backup" / f".latest.weights.h5.lpstmp-{dead}-a1b2c3d4.weights.h5",
+                 run_dir / f".last.keras.lpstmp-{dead}-e5f6g7h8.keras"]
+    for p in leftovers:
+        p.write_bytes(b"")
+    r = _run("train.py", "--recipe", recipe, "--run-dir", run_dir, "--set", "model.arch.width=[4,8,16,32,64]")
+    _assert_one_line_error(r, str(run_dir), "width {4,8,16,32,32} (backup) vs {4,8,16,32,64} (recipe)",
+                           "--no-resume")
+    assert (run_dir / "backup" / "latest.weights.h5").is_file()  # the existing run is left as it was
+    assert not any(p.exists() for p in leftovers)
+
+
+def test_train_init_from_official_weights(tmp_path):
+    from lps_keras.model import build_model
+    from lps_keras.official import export_official_state_dict
+    from lps_keras.recipe import load_recipe
+
+    root = _camvid(tmp_path / "data")
+    recipe = _recipe(tmp_path, "camvid", root)
+    deploy = build_model(load_recipe(recipe).arch(), deploy=True)
+    state = export_official_state_dict(deploy)
+    np.savez(tmp_path / "official.npz", **state)
+    files = [tmp_path / "official.npz"]
+    try:
+        import torch
+
+        torch.save({k: torch.from_numpy(np.asarray(v)) for k, v in state.items()}, tmp_path / "official.pth")
+        files.append(tmp_path / "official.pth")
+    except ImportError:  # .pth needs the optional torch; .npz is still covered
+        pass
+    for i, weights in enumerate(files):
+        r = _run("train.py", "--recipe", recipe, "--run-dir", tmp_path / f"run{i}", "--init", weights,
+                 "--set", "train.iterations=2", "--set", "train.val_interval=2",
+                 "--set", "train.checkpoint_interval=2")
+        assert r.returncode == 0, r.stderr[-3000:]
+        assert f"from {weights}" in r.stdout and "skipped" not in r.stdout  # every layer loaded
+        assert not any(n in r.stderr for n in NOISE), r.stderr
+
+
+def test_export_and_evaluate_refuse_an_unsafe_pickle_in_one_line(tmp_path):
+    torch = pytest.importorskip("torch")
+
+    marker = tmp_path / "pwned"
+
+    class Evil:
+        def __reduce__(self):
+            return (os.system, (f"touch {marker}",))
+
+    torch.save({"conv1.weight": Evil()}, tmp_path / "evil.pth")
+    root = _camvid(tmp_path / "data")
+    recipe = _recipe(tmp_path, "camvid", root)
+    r = _run("export.py", "--recipe", recipe, "--weights", tmp_path / "evil.pth", "--output", tmp_path / "sm")
+    _assert_one_line_error(r, "evil.pth", "not a plain state dict")
+    r = _run("evaluate.py", "--recipe", recipe, "--weights", tmp_path / "evil.pth")
+    _assert_one_line_error(r, "evil.pth", "not a plain state dict")
+    assert not marker.exists()
+
+
+def test_export_names_what_differs_from_the_recipe(tmp_path):
+    from lps_keras.model import build_model
+    from lps_keras.recipe import load_recipe
+
+    root = _camvid(tmp_path / "data")
+    recipe = _recipe(tmp_path, "camvid", root)
+    build_model(load_recipe(recipe, ["model.num_classes=19"]).arch()).save(tmp_path / "w19.keras")
+    r = _run("export.py", "--recipe", recipe, "--weights", tmp_path / "w19.keras", "--output", tmp_path / "sm")
+    _assert_one_line_error(r, "num_classes 19 (weights) vs 11 (recipe)")
+    assert not (tmp_path / "sm" / "1").exists()
+
+
+def test_predict_refuses_an_oversized_image(tmp_path):
+    big = tmp_path / "big.png"
+    Image.new("L", (3000, 2000)).save(big)
+    (tmp_path / "model").mkdir()
+    (tmp_path / "model" / "saved_model.pb").write_bytes(b"")  # never loaded: the image is refused first
+    r = _run("predict.py", big, "--model", tmp_path / "model", "--max-megapixels", "5")
+    _assert_one_line_error(r, "big.png", "6.0 megapixels", "limit of 5")
+
+
+# --------------------------------------------------------------------------- in-process pieces
+def test_guarded_turns_user_errors_into_one_line_and_keeps_bugs_loud(capsys):
+    def bad_input():
+        raise FileNotFoundError(2, "No such file or directory", "x.json")
+
+    assert guarded("prog", bad_input) == 2
+    assert capsys.readouterr().err.strip() == "prog: error: x.json: No such file or directory"
+
+    def bug():
+        raise ZeroDivisionError("a bug")
+
+    with pytest.raises(ZeroDivisionError):
+        guarded("prog", bug)
+
+
+def test_strip_startup_noise_keeps_everything_else():
+    text = "\n".join([
+        "WARNING: All log messages before absl::InitializeLog() is called are written to STDERR",
+        "I0000 00:00:1.0 1 port.cc:153] oneDNN custom operations are on. You may see ...",
+        "I0000 00:00:1.0 1 cudart_stub.cc:31] Could not find cuda drivers on your machine, GPU will not be used.",
+        "E0000 00:00:1.0 1 cuda_platform.cc:52] failed call to cuInit: INTERNAL: CUDA error",
+        "something the user must see",
+    ])
+    assert strip_startup_noise(text) == "something the user must see"
