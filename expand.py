@@ -11,14 +11,16 @@ re-training anything that finished.
 from __future__ import annotations
 
 import argparse
+import json
 import sys
+from pathlib import Path
 
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--recipe", required=True, help="recipe JSON with a search section (start arch = model)")
     parser.add_argument("--output", required=True, help="output directory (journal, table, plot, candidate runs)")
-    parser.add_argument("--steps", type=int, help="expansion steps (default search.steps)")
+    parser.add_argument("--steps", type=int, help="expansion steps (--set search.steps=...)")
     parser.add_argument("--latency-backend", choices=("tf", "tftrt", "tensorrt", "onnxruntime", "macs"),
                         help="latency backend (default search.latency_backend); 'macs' ranks by GMACs")
     parser.add_argument("--latency-cache", help="latency cache JSON (default <output>/<search.latency_cache>)")
@@ -39,33 +41,33 @@ def run(args) -> int:
     from lps_keras.recipe import RecipeError, load_recipe
 
     try:
-        recipe = load_recipe(args.recipe, args.set)
+        recipe = load_recipe(args.recipe, recipe_overrides(args))
     except RecipeError as e:
         print(f"expand.py: error: {e}", file=sys.stderr)
         return 2
-    for name in ("steps", "workers"):
-        value = getattr(args, name)
-        if value is not None and value < (0 if name == "steps" else 1):
-            print(f"expand.py: error: --{name} must be {'>= 0' if name == 'steps' else '>= 1'}, got {value}",
-                  file=sys.stderr)
-            return 2
 
-    from lps_keras import expansion
     from lps_keras.latency import LatencyCacheMiss, LatencyError
     from lps_keras.search import JournalError, SearchError
+    from lps_keras.search.expansion import run as run_expansion
 
     try:
-        history = expansion.run(
-            recipe, args.output, steps=args.steps, backend=args.latency_backend, workers=args.workers,
-            devices=args.devices.split(",") if args.devices else None, latency_cache=args.latency_cache,
-            device_key=args.device_key, recipes_dir=args.recipes_dir,
-        )
+        run_expansion(recipe, args.output, devices=args.devices.split(",") if args.devices else None,
+            device_key=args.device_key, recipes_dir=args.recipes_dir, print_table=True)
     except (JournalError, SearchError, LatencyError, LatencyCacheMiss, RecipeError, FileNotFoundError) as e:
         print(f"expand.py: error: {e}", file=sys.stderr)
         return 1
-    unit = "GMACs" if (args.latency_backend or recipe.search.latency_backend) == "macs" else "ms"
-    print(expansion.format_table(history, unit))
     return 0
+
+
+def recipe_overrides(args) -> list[str]:
+    """``--steps`` / ``--latency-backend`` / ``--latency-cache`` / ``--workers`` as ``--set search.*`` overrides."""
+    overrides = list(args.set)
+    cache = None if args.latency_cache is None else str(Path(args.latency_cache).resolve())
+    for key, value in (("steps", args.steps), ("latency_backend", args.latency_backend),
+                       ("latency_cache", cache), ("workers", args.workers)):
+        if value is not None:
+            overrides.append(f"search.{key}={json.dumps(value)}")
+    return overrides
 
 
 if __name__ == "__main__":

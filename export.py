@@ -3,7 +3,8 @@
     python export.py --recipe recipes/lps_s.json --weights runs/lps_s/best.keras \\
         --output savedmodels/lps_s --version 1 [--input-size 1024x2048] [--onnx] [--precision bf16]
 
-Everything is done by library calls in :mod:`lps_keras.export`; this file only parses arguments.
+This file only parses arguments (the flags map onto the recipe's ``export`` section and
+:class:`lps_keras.export.ExportOptions`) and calls :func:`lps_keras.export.export_recipe`.
 """
 
 from __future__ import annotations
@@ -11,7 +12,6 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from pathlib import Path
 
 
 def parse_args(argv=None):
@@ -35,6 +35,20 @@ def parse_args(argv=None):
     return p.parse_args(argv)
 
 
+def recipe_overrides(args) -> list[str]:
+    """``--version`` / ``--input-size`` / ``--outputs`` / ``--precision`` as ``--set export.*`` overrides."""
+    from lps_keras.recipe import parse_size
+
+    overrides = list(args.set)
+    if args.input_size is not None:
+        size = None if args.input_size.lower() == "dynamic" else list(parse_size(args.input_size))
+        overrides.append(f"export.input_size={json.dumps(size)}")
+    for key, value in (("version", args.version), ("outputs", args.outputs), ("precision", args.precision)):
+        if value is not None:
+            overrides.append(f"export.{key}={json.dumps(value)}")
+    return overrides
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
     from lps_keras.cli import guarded, quiet_tensorflow
@@ -46,89 +60,14 @@ def main(argv=None) -> int:
 def run(args) -> int:
     from lps_keras.recipe import load_recipe
 
-    recipe = load_recipe(args.recipe, overrides=args.set)
-    from lps_keras import export as ex  # TensorFlow is imported only once the arguments are valid
+    recipe = load_recipe(args.recipe, overrides=recipe_overrides(args))
+    from lps_keras.export import ExportOptions, export_recipe  # TensorFlow only once the arguments are valid
 
-    arch = recipe.arch()
-    cfg = recipe.export
-    name = cfg.name or recipe.name
-    out_dir = Path(args.output or f"savedmodels/{name}")
-    version = args.version if args.version is not None else cfg.version
-    if args.input_size is None:
-        input_size = cfg.input_size
-    elif args.input_size.lower() == "dynamic":
-        input_size = None
-    else:
-        input_size = ex.parse_size(args.input_size)
-    precision = args.precision or cfg.precision
-    outputs = args.outputs or cfg.outputs
-    target = out_dir / str(version)
-    if target.exists() and not args.overwrite:
-        raise FileExistsError(f"{target} already exists; choose another --version or pass --overwrite")
-    if args.tftrt and input_size is None:
-        raise ValueError("--tftrt needs a static --input-size (e.g. 1024x2048)")
-    if args.tftrt:
-        ex._require_tftrt()  # fail before spending minutes on the export
-    if args.tensorrt:
-        ex._require_tensorrt()
-    if args.weights and not Path(args.weights).is_file():
-        raise FileNotFoundError(f"--weights {args.weights!r} does not exist")
-    if args.parity_image and not Path(args.parity_image).is_file():
-        raise FileNotFoundError(f"--parity-image {args.parity_image!r} does not exist")
-
-    if args.weights is None:
-        print("WARNING: no --weights given: exporting RANDOMLY INITIALISED weights (fine for latency, "
-              "useless for predictions)", file=sys.stderr)
-    reference, deploy = ex.prepare_deploy_model(arch, args.weights)
-    print(f"model {arch} ({arch.num_params():,} deploy params); writing {target} "
-          f"[{precision}, {outputs}, input {'x'.join(map(str, input_size)) if input_size else 'dynamic'}]")
-    result = ex.export_savedmodel(deploy, out_dir, version, input_size=input_size, outputs=outputs,
-                                  precision=precision, overwrite=args.overwrite, verify=not args.no_verify,
-                                  reference_model=reference)
-    if result.verification:
-        v = result.verification
-        print("verified in a fresh TensorFlow-only process: "
-              + ", ".join(f"{s}: max rel err {v[s]['max_rel_error']:.2e}, labels {v[s]['label_agreement']:.2%}"
-                          for s in ("serving_default", "serve_bytes")))
-    else:
-        print("verification skipped (--no-verify)")
-    config = ex.write_models_config(out_dir, name)
-    print(f"wrote {result.path} (signatures: {result.path / 'signatures.txt'}) and {config}")
-
-    if precision == "bf16":
-        image = _read_image(args.parity_image) if args.parity_image else ex.test_image(*(input_size or (256, 512)))
-        report = ex.bf16_parity(deploy, image)
-        print("bf16 parity vs fp32: " + json.dumps(report))
-        (result.path / "assets.extra" / "bf16_parity.json").write_text(json.dumps(report, indent=2))
-
-    onnx_path = None
-    if args.onnx or args.tensorrt:
-        onnx_path = out_dir / f"{version}.onnx"
-        shape = (1, *input_size, 3) if input_size else (1, None, None, 3)
-        report = ex.export_onnx(deploy, onnx_path, opset=args.opset, input_shape=shape)
-        print("ONNX: " + json.dumps(report))
-    if args.tensorrt:
-        if input_size is None:
-            raise ValueError("--tensorrt needs a static --input-size (e.g. 1024x2048)")
-        engine = out_dir / f"{version}_{args.tensorrt}.engine"
-        print("TensorRT: " + json.dumps(ex.build_tensorrt_engine(onnx_path, engine, args.tensorrt)))
-    if args.tftrt:
-        trt_dir = out_dir.with_name(f"{out_dir.name}_tftrt_{args.tftrt}") / str(version)
-        report = ex.convert_tftrt(result.path, trt_dir, args.tftrt, (1, *input_size, 3), overwrite=args.overwrite)
-        print("TF-TRT: " + json.dumps(report))
-        ex.write_models_config(trt_dir.parent, trt_dir.parent.name)
-
-    print()
-    print(ex.format_serving_commands(out_dir, name))
+    options = ExportOptions(weights=args.weights, output=args.output, overwrite=args.overwrite,
+                            verify=not args.no_verify, onnx=args.onnx, opset=args.opset, tensorrt=args.tensorrt,
+                            tftrt=args.tftrt, parity_image=args.parity_image)
+    export_recipe(recipe, options, warn=lambda msg: print(msg, file=sys.stderr))
     return 0
-
-
-def _read_image(path):
-    import numpy as np
-    from PIL import Image
-
-    with Image.open(path) as im:
-        return np.asarray(im.convert("RGB"))
 
 
 if __name__ == "__main__":

@@ -10,7 +10,6 @@ model written by ``export.py``. For each IMAGE it writes ``<stem>_mask.png`` (cl
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 
 
 def parse_args(argv=None):
@@ -34,46 +33,11 @@ def main(argv=None) -> int:
     return guarded("predict.py", lambda: run(args))
 
 
-def _read_rgb(path: Path, max_megapixels: float):
-    from lps_keras.viz import read_rgb
-
-    return read_rgb(path, max_pixels=int(max_megapixels * 1e6))
-
-
 def run(args) -> int:
-    model_dir = Path(args.model)
-    if not (model_dir / "saved_model.pb").is_file():
-        raise FileNotFoundError(f"--model {str(model_dir)!r} is not a SavedModel directory (no saved_model.pb)")
-    paths = [Path(p) for p in args.images]
-    missing = [str(p) for p in paths if not p.is_file()]
-    if missing:
-        raise FileNotFoundError(f"image file(s) not found: {', '.join(map(repr, missing))}")
-    if not 0.0 <= args.alpha <= 1.0:
-        raise ValueError(f"--alpha must be in [0, 1], got {args.alpha!r}")
-    if not args.max_megapixels > 0:
-        raise ValueError(f"--max-megapixels must be > 0, got {args.max_megapixels!r}")
-    images = [_read_rgb(p, args.max_megapixels) for p in paths]  # all decodable before anything runs
+    from lps_keras.export.serving import predict_images
 
-    import tensorflow as tf
-
-    from lps_keras import viz
-
-    fn = tf.saved_model.load(str(model_dir)).signatures["serving_default"]
-    expected = fn.structured_input_signature[1]["images"].shape
-    out_dir = Path(args.output)
-    for i, (path, image) in enumerate(zip(paths, images), start=1):
-        if expected[1] is not None and tuple(image.shape[:2]) != (expected[1], expected[2]):
-            image = tf.image.resize(image, (expected[1], expected[2]), antialias=True)
-            image = tf.cast(tf.clip_by_value(tf.round(image), 0, 255), tf.uint8).numpy()
-            print(f"  {path}: resized to the model's static size {expected[1]}x{expected[2]}")
-        out = fn(images=tf.constant(image[None]))
-        labels = out["labels"][0].numpy()
-        num_classes = int(out["probabilities" if "probabilities" in out else "logits"].shape[-1])
-        dataset = {19: "cityscapes", 11: "camvid"}.get(num_classes) if args.palette == "auto" else args.palette
-        palette = viz.get_palette(dataset, num_classes)  # generic colours if the named one has the wrong size
-        mask = viz.save_png(out_dir / f"{path.stem}_mask.png", viz.colorize(labels, palette))
-        over = viz.save_png(out_dir / f"{path.stem}_overlay.png", viz.overlay(image, labels, palette, args.alpha))
-        print(f"[{i}/{len(paths)}] {path} -> {mask}, {over}", flush=True)
+    predict_images(args.model, args.images, args.output, palette=args.palette, alpha=args.alpha,
+                   max_megapixels=args.max_megapixels, log=lambda msg: print(msg, flush=True))
     return 0
 
 

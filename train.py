@@ -8,6 +8,7 @@ command after an interruption resumes from the last backup (``--no-resume`` star
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 
 
@@ -16,12 +17,23 @@ def parse_args(argv=None):
     p.add_argument("--recipe", required=True, help="recipe JSON file, e.g. recipes/demo.json")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a recipe field, e.g. --set train.batch_size=8 (repeatable)")
-    p.add_argument("--run-dir", default=None, help="output directory (default: the recipe's train.run_dir)")
-    p.add_argument("--init", default=None, help="start from a .keras checkpoint or official weights (.pth/.npz)")
+    p.add_argument("--run-dir", default=None, help="output directory (--set train.run_dir=...)")
+    p.add_argument("--init", default=None,
+                   help="start from a .keras checkpoint or official weights (.pth/.npz) (--set train.init=...)")
     p.add_argument("--no-resume", dest="resume", action="store_false",
                    help="discard an existing backup in the run directory and start from step 0")
-    p.add_argument("--iterations", type=int, default=None, help="override train.iterations")
+    p.add_argument("--iterations", type=int, default=None, help="--set train.iterations=...")
     return p.parse_args(argv)
+
+
+def recipe_overrides(args) -> list[str]:
+    """The flags as ``--set`` overrides of the recipe (the one way configuration enters)."""
+    overrides = list(args.overrides)
+    for key, value in (("train.run_dir", args.run_dir), ("train.init", args.init),
+                       ("train.iterations", args.iterations)):
+        if value is not None:
+            overrides.append(f"{key}={json.dumps(value)}")
+    return overrides
 
 
 def main(argv=None) -> int:
@@ -35,20 +47,17 @@ def main(argv=None) -> int:
 def run(args) -> int:
     from lps_keras.recipe import RecipeError, load_recipe
 
-    overrides = list(args.overrides)
-    if args.iterations is not None:
-        overrides.append(f"train.iterations={args.iterations}")
     try:
-        recipe = load_recipe(args.recipe, overrides)
+        recipe = load_recipe(args.recipe, recipe_overrides(args))
     except RecipeError as e:
         print(f"train.py: error: {e}", file=sys.stderr)
         return 2
 
     from lps_keras.data import DataError
-    from lps_keras.training import NonFiniteLossError, TrainingError, train
+    from lps_keras.train import NonFiniteLossError, TrainingError, train
 
     try:
-        result = train(recipe, run_dir=args.run_dir, init=args.init, resume=args.resume)
+        result = train(recipe, resume=args.resume)
     except NonFiniteLossError as e:
         print(f"train.py: training stopped: {e}", file=sys.stderr)
         return 3

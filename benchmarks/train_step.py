@@ -3,7 +3,7 @@
     python benchmarks/train_step.py [--preset lps_s] [--input-size 768x768] [--batch 2] [--steps 5]
 
 The train step is what ``train.py`` runs (multi-branch training model, pixel cross-entropy on
-logits upsampled to the crop, :class:`~lps_keras.training.TorchSGD` with the poly schedule) on
+logits upsampled to the crop, :class:`~lps_keras.train.TorchSGD` with the poly schedule) on
 random data, through ``model.fit``-equivalent ``train_on_batch``; the forward pass is the same
 training model in inference mode (``model(x, training=False)`` in a ``tf.function``). Warm-up
 steps (tracing) are excluded. Writes JSON with the numbers and the environment.
@@ -43,10 +43,11 @@ def main(argv=None) -> int:
     import tensorflow as tf
 
     from lps_keras.export import parse_size
+    from lps_keras.fileio import atomic_write_json
     from lps_keras.losses import SegmentationCrossEntropy
     from lps_keras.model import build_model
     from lps_keras.presets import get_preset
-    from lps_keras.training import PolyLR, TorchSGD, atomic_write_json, environment_info, resolve_mixed_precision
+    from lps_keras.train import PolyLR, TorchSGD, environment_info, resolve_mixed_precision
 
     h, w = parse_size(args.input_size)
     policy = resolve_mixed_precision(args.mixed_precision)

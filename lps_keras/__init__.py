@@ -8,7 +8,7 @@ __version__ = "0.1.0"
 
 
 def load_model(path, **kwargs):
-    """``keras.models.load_model`` with every lps_keras layer, loss, optimizer and schedule registered.
+    """``keras.models.load_model`` with every lps_keras layer, model, loss, optimizer and schedule registered.
 
     Training checkpoints reference the coupled-L2 SGD, poly schedule and losses; importing their
     modules registers them with Keras' serialisation before loading.
@@ -17,7 +17,8 @@ def load_model(path, **kwargs):
 
     import lps_keras.layers  # noqa: F401
     import lps_keras.losses  # noqa: F401
-    import lps_keras.training  # noqa: F401
+    import lps_keras.model  # noqa: F401
+    import lps_keras.train  # noqa: F401
 
     return keras.models.load_model(path, **kwargs)
 
@@ -26,11 +27,12 @@ def __getattr__(name):
     # Keras/TF are imported lazily so that `lps_keras.arch`, recipes and the search logic stay
     # cheap to import (the search runs where only latencies are needed).
     lazy = {
+        "LPSNet": ("lps_keras.model", "LPSNet"),
         "build_model": ("lps_keras.model", "build_model"),
-        "arch_from_model": ("lps_keras.model", "arch_from_model"),
         "reparameterize": ("lps_keras.reparam", "reparameterize"),
         "grow_model": ("lps_keras.grow", "grow_model"),
         "load_official_weights": ("lps_keras.official", "load_official_weights"),
+        "load_weights_file": ("lps_keras.weights", "load_weights_file"),
         "build_dataset": ("lps_keras.data", "build_dataset"),
         "measure_latency": ("lps_keras.latency", "measure_latency"),
     }
@@ -44,6 +46,6 @@ def __getattr__(name):
 
 __all__ = [
     "Arch", "ArchError", "ExpansionOp", "EXPANSION_OPS", "PRESETS", "get_preset", "Recipe", "RecipeError",
-    "load_recipe", "load_model", "build_model", "arch_from_model", "reparameterize", "load_official_weights",
-    "build_dataset", "measure_latency", "grow_model",
+    "load_recipe", "load_model", "LPSNet", "build_model", "reparameterize", "grow_model", "load_official_weights",
+    "load_weights_file", "build_dataset", "measure_latency",
 ]

@@ -130,8 +130,9 @@ def user_errors() -> tuple[type[BaseException], ...]:
     from lps_keras.recipe import RecipeError
 
     errors: list[type[BaseException]] = [RecipeError, ArchError, OSError, ValueError, KeyError]
-    for module, name in (("lps_keras.training", "TrainingError"), ("lps_keras.evaluation", "EvaluationError"),
-                         ("lps_keras.export", "ExportError")):
+    for module, name in (("lps_keras.train.errors", "TrainingError"), ("lps_keras.evaluation", "EvaluationError"),
+                         ("lps_keras.export.common", "ExportError"), ("lps_keras.search.journal", "JournalError"),
+                         ("lps_keras.search.algorithm", "SearchError"), ("lps_keras.latency.stats", "LatencyError")):
         mod = sys.modules.get(module)  # only those already imported can have been raised
         if mod is not None and hasattr(mod, name):
             errors.append(getattr(mod, name))

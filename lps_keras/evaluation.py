@@ -78,7 +78,7 @@ def load_for_eval(recipe: Recipe, weights):
         return model_fn, f"SavedModel {path}"
 
     import lps_keras.layers  # noqa: F401 - registers the custom layers for deserialisation
-    import lps_keras.training  # noqa: F401 - registers TorchSGD / PolyLR (training checkpoints)
+    import lps_keras.train  # noqa: F401 - registers TorchSGD / PolyLR (training checkpoints)
 
     name = path.name.lower()
     if name.endswith(".weights.h5"):
@@ -91,7 +91,7 @@ def load_for_eval(recipe: Recipe, weights):
             raise EvaluationError(f"--weights: {path} does not fit the recipe's architecture: {e}") from None
         desc = f"weights {path}"
     elif name.endswith((".keras", ".pth", ".pt", ".npz")):
-        from lps_keras.export import prepare_deploy_model
+        from lps_keras.weights import prepare_deploy_model
 
         try:
             # The training form when the file has one, else the deploy form (official weights).
@@ -131,10 +131,10 @@ class _PredictionWriter:
 
     def __call__(self, images, labels, preds):
         from lps_keras import viz
-        from lps_keras.training import _denormalize
+        from lps_keras.data import denormalize
 
         preds = np.asarray(preds)
-        images_u8 = _denormalize(np.asarray(images))
+        images_u8 = denormalize(np.asarray(images))
         for img, pred in zip(images_u8, preds):
             stem = f"{self.index:05d}"
             if self.dataset in ("cityscapes", "synthetic"):
@@ -167,9 +167,9 @@ def evaluate(
     num_classes = recipe.arch().num_classes
     model_fn, desc = load_for_eval(recipe, weights)
 
-    from lps_keras.data import build_dataset
+    from lps_keras.data import build_dataset, class_names
+    from lps_keras.fileio import atomic_write_json
     from lps_keras.metrics import evaluate_predictions
-    from lps_keras.training import _class_names, atomic_write_json
     from lps_keras.viz import get_palette
 
     dataset = build_dataset(recipe, _split_name(recipe, split), training=False, batch_size=recipe.eval.batch_size)
@@ -193,7 +193,7 @@ def evaluate(
     print(f"evaluating {desc} on {recipe.data.dataset}/{_split_name(recipe, split)}", flush=True)
     result = evaluate_predictions(checked_fn, dataset, num_classes, ignore_index=255, progress=progress,
                                   steps=max_batches, on_batch=writer)
-    names = _class_names(recipe.data.dataset, num_classes)
+    names = class_names(recipe.data.dataset, num_classes)
     print(result.table(names), flush=True)
     summary = {
         "weights": str(weights),

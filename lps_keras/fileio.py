@@ -9,10 +9,15 @@ for SavedModels read by a TF Serving container running as another user.
 from __future__ import annotations
 
 import contextlib
+import json
+import math
 import os
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import Union
+
+import numpy as np
 
 PathLike = Union[str, os.PathLike]
 
@@ -119,3 +124,34 @@ def publish_tree(root: PathLike) -> None:
             os.chmod(os.path.join(dirpath, d), dir_mode())
         for f in filenames:
             os.chmod(os.path.join(dirpath, f), file_mode())
+
+
+def atomic_write_json(path: PathLike, obj) -> Path:
+    """``obj`` as indented JSON (numpy scalars and arrays, paths; non-finite floats as null)."""
+    return atomic_write_text(path, json.dumps(obj, indent=2, default=_json_default) + "\n")
+
+
+def _json_default(x):
+    if isinstance(x, (np.integer,)):
+        return int(x)
+    if isinstance(x, (np.floating,)):
+        return None if not math.isfinite(float(x)) else float(x)
+    if isinstance(x, np.ndarray):
+        return x.tolist()
+    if isinstance(x, Path):
+        return str(x)
+    raise TypeError(f"not JSON serialisable: {type(x).__name__}")
+
+
+def atomic_keras_write(path: PathLike, write: Callable[[str], None]) -> Path:
+    """Call ``write(tmp)`` with a temporary path that keeps ``path``'s suffixes, then replace."""
+    path = Path(path)
+    suffix = "".join(path.suffixes[-2:]) if path.name.endswith(".weights.h5") else path.suffix
+    with atomic_path(path, suffix=suffix) as tmp:
+        write(tmp)
+    return path
+
+
+def atomic_save_model(model, path: PathLike, include_optimizer: bool = True) -> Path:
+    """``model.save`` to a ``.keras`` file atomically."""
+    return atomic_keras_write(path, lambda tmp: model.save(tmp, include_optimizer=include_optimizer))

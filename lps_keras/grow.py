@@ -43,7 +43,7 @@ import numpy as np
 
 from lps_keras.arch import Arch
 from lps_keras.layers import RepConvBlock
-from lps_keras.model import INTERACTION_AFTER_STAGES, arch_from_model, block_name, build_model
+from lps_keras.model import INTERACTION_AFTER_STAGES, block_name, build_model
 
 #: Scale of the BN gammas of a new path's last block in stages 3 and 4 (float32 / bfloat16 compute).
 NEW_PATH_GATE = 2.0**-30
@@ -61,7 +61,7 @@ def grow_model(parent: keras.Model, child_arch: Arch, input_shape=None) -> keras
 
     Args:
         parent: a training-form model from :func:`~lps_keras.model.build_model` (trained weights).
-        child_arch: the architecture to grow into, e.g. ``arch_from_model(parent).expand(op, k)``;
+        child_arch: the architecture to grow into, e.g. ``parent.arch.expand(op, k)``;
             any arch with the same classes and at least the parent's depth, width, number of
             paths and (position by position, high to low) path ratios.
         input_shape: (H, W, 3) of the new model; default: the parent's.
@@ -72,7 +72,9 @@ def grow_model(parent: keras.Model, child_arch: Arch, input_shape=None) -> keras
     """
     if not isinstance(child_arch, Arch):
         raise TypeError(f"grow_model expects an Arch for child_arch, got {type(child_arch).__name__}: {child_arch!r}")
-    parent_arch = arch_from_model(parent)
+    parent_arch = getattr(parent, "arch", None)  # models from build_model carry their Arch
+    if not isinstance(parent_arch, Arch):
+        raise ValueError(f"grow_model needs a parent built by build_model, got {type(parent).__name__} {parent.name!r}")
     _check_growth(parent_arch, child_arch)
     blocks = [layer for layer in parent.layers if isinstance(layer, RepConvBlock)]
     if any(b.deploy or not b.use_1x1 for b in blocks):

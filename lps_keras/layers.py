@@ -29,7 +29,7 @@ def resize_bilinear(x, size):
         out = tf.raw_ops.ResizeBilinear(images=x, size=size, align_corners=True, half_pixel_centers=False)
         # ResizeBilinear always returns float32; keep the caller's compute dtype.
         return tf.cast(out, x.dtype) if out.dtype != x.dtype else out
-    return _resize_bilinear_gather(x, size)
+    return resize_bilinear_gather(x, size)
 
 
 def _axis_coords(in_size, out_size, dtype):
@@ -44,7 +44,7 @@ def _axis_coords(in_size, out_size, dtype):
     return lo, hi, frac
 
 
-def _resize_bilinear_gather(x, size):
+def resize_bilinear_gather(x, size):
     """Exact align-corners bilinear resize by gather and lerp (non-TF backends)."""
     out_h, out_w = size
     in_h, in_w = ops.shape(x)[1], ops.shape(x)[2]

@@ -1,4 +1,8 @@
-"""``build_model``: an :class:`~lps_keras.arch.Arch` as a functional Keras model.
+"""``build_model``: an :class:`~lps_keras.arch.Arch` as a functional Keras model that carries its Arch.
+
+The model is an :class:`LPSNet`, a functional ``keras.Model`` whose ``get_config`` holds the
+arch and build options (as keras-hub backbones do): ``model.arch`` is the architecture, and a
+saved ``.keras`` file is rebuilt from it, so nothing has to recover the arch from layer names.
 
 Layer names are deterministic and shared by the training and deploy forms, which is what
 weight transfer (re-parameterisation, official weights, checkpoints) keys on:
@@ -27,15 +31,9 @@ def block_name(path: int, stage: int, block: int) -> str:
     return f"path{path}_stage{stage}_block{block}"
 
 
-def build_model(
-    arch: Arch,
-    deploy: bool = False,
-    upsample_logits: bool = False,
-    input_shape=(None, None, 3),
-    sync_batchnorm: bool = False,
-    name: str | None = None,
-) -> keras.Model:
-    """Build LPS-Net for ``arch``.
+@keras.saving.register_keras_serializable(package="lps_keras")
+class LPSNet(keras.Model):
+    """LPS-Net for ``arch`` as a functional model; ``model.arch`` and ``get_config()`` hold the arch.
 
     Args:
         arch: blocks, widths, path ratios and class count.
@@ -44,12 +42,63 @@ def build_model(
         upsample_logits: return logits bilinearly upsampled to the input size.
         input_shape: (H, W, 3); ``None`` sizes make a model that takes any size.
         sync_batchnorm: synchronise BN statistics across replicas (tf.distribute).
+        dtype: the Keras dtype policy to build the layers with (default: the global policy).
     Inputs are float NHWC images already normalised with the ImageNet mean and std.
     """
-    if not isinstance(arch, Arch):
-        raise TypeError(f"build_model expects an Arch, got {type(arch).__name__}: {arch!r}")
-    if len(input_shape) != 3 or input_shape[-1] != 3:
-        raise ValueError(f"input_shape must be (H, W, 3), got {input_shape!r}")
+
+    def __init__(self, arch, deploy: bool = False, upsample_logits: bool = False, input_shape=(None, None, 3),
+                 sync_batchnorm: bool = False, name: str | None = None, dtype=None, **kwargs):
+        if not isinstance(arch, Arch):
+            raise TypeError(f"build_model expects an Arch, got {type(arch).__name__}: {arch!r}")
+        input_shape = tuple(input_shape)
+        if len(input_shape) != 3 or input_shape[-1] != 3:
+            raise ValueError(f"input_shape must be (H, W, 3), got {input_shape!r}")
+        previous = keras.config.dtype_policy()
+        if dtype is not None:
+            keras.config.set_dtype_policy(dtype)
+        try:
+            policy = keras.config.dtype_policy().name
+            image, logits = _graph(arch, deploy, upsample_logits, input_shape, sync_batchnorm)
+        finally:
+            keras.config.set_dtype_policy(previous)
+        super().__init__(image, logits, name=name or f"lpsnet_{arch.hash}{'_deploy' if deploy else ''}", **kwargs)
+        self.arch = arch
+        self.deploy = bool(deploy)
+        self.upsample_logits = bool(upsample_logits)
+        self.image_shape = input_shape
+        self.sync_batchnorm = bool(sync_batchnorm)
+        self.policy_name = policy
+
+    def get_config(self):
+        return {
+            "name": self.name, "trainable": self.trainable, "arch": self.arch.to_dict(), "deploy": self.deploy,
+            "upsample_logits": self.upsample_logits, "input_shape": list(self.image_shape),
+            "sync_batchnorm": self.sync_batchnorm, "dtype": self.policy_name,
+        }
+
+    @classmethod
+    def from_config(cls, config, custom_objects=None):
+        config = dict(config)
+        config["arch"] = Arch.from_dict(config["arch"])
+        return cls(**config)
+
+
+def build_model(
+    arch: Arch,
+    deploy: bool = False,
+    upsample_logits: bool = False,
+    input_shape=(None, None, 3),
+    sync_batchnorm: bool = False,
+    name: str | None = None,
+    dtype=None,
+) -> LPSNet:
+    """Build LPS-Net for ``arch``: an :class:`LPSNet` (arguments as there)."""
+    return LPSNet(arch, deploy=deploy, upsample_logits=upsample_logits, input_shape=input_shape,
+                  sync_batchnorm=sync_batchnorm, name=name, dtype=dtype)
+
+
+def _graph(arch: Arch, deploy: bool, upsample_logits: bool, input_shape, sync_batchnorm: bool):
+    """The functional graph's (input, output) tensors."""
     image = keras.Input(shape=input_shape, name="image")
     paths = []
     for p, ratio in enumerate(arch.ratios, start=1):
@@ -75,51 +124,4 @@ def build_model(
     logits = keras.layers.Conv2D(arch.num_classes, 1, use_bias=True, name="head")(features)
     if upsample_logits:
         logits = BilinearResize(name="logits_upsample")([logits, image])
-    return keras.Model(image, logits, name=name or f"lpsnet_{arch.hash}{'_deploy' if deploy else ''}")
-
-
-def arch_from_model(model: keras.Model) -> Arch:
-    """Recover the :class:`Arch` of a model built by :func:`build_model` from its layers."""
-    blocks = {}
-    ratios = {}
-    for layer in model.layers:
-        parts = layer.name.split("_")
-        if isinstance(layer, RepConvBlock) and len(parts) == 3 and parts[0].startswith("path"):
-            p, s, b = int(parts[0][4:]), int(parts[1][5:]), int(parts[2][5:])
-            blocks[(p, s, b)] = layer.filters
-        elif isinstance(layer, BilinearResize) and layer.name.endswith("_resize"):
-            ratios[int(parts[0][4:])] = layer.scale
-    if not blocks:
-        raise ValueError(f"model {model.name!r} has no LPS-Net blocks (path<p>_stage<s>_block<b>)")
-    num_paths = max(p for p, _, _ in blocks)
-    depth = tuple(max(b for (p, s, b) in blocks if p == 1 and s == st) for st in range(1, 6))
-    width = tuple(blocks[(1, st, 1)] for st in range(1, 6))
-    resolution = tuple(ratios.get(p, 1.0) for p in range(1, num_paths + 1))
-    head = model.get_layer("head")
-    return Arch(depth, width, resolution, num_classes=head.filters)
-
-
-def load_weights_file(path, arch: Arch, input_shape=None) -> keras.Model:
-    """The model stored in a weights file: a ``.keras`` model as saved (training or deploy form),
-    or official LPS-Net weights (``.pth`` / ``.pt`` / ``.npz``) loaded into a deploy model of ``arch``.
-
-    Raises FileNotFoundError or ValueError naming the file; callers check the architecture.
-    """
-    from pathlib import Path
-
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"weights file {str(path)!r} does not exist")
-    suffix = path.suffix.lower()
-    if suffix == ".keras":
-        try:
-            return keras.saving.load_model(str(path), compile=False)
-        except Exception as e:  # noqa: BLE001 - keras raises many types for a bad archive
-            raise ValueError(f"{path}: not a loadable .keras model ({type(e).__name__}: {e})") from None
-    if suffix in (".pth", ".pt", ".npz"):
-        from lps_keras.official import load_official_weights
-
-        deploy = build_model(arch, deploy=True, input_shape=input_shape or (None, None, 3))
-        load_official_weights(deploy, str(path))
-        return deploy
-    raise ValueError(f"{path}: unknown weights format {suffix!r}; expected .keras, .pth or .npz")
+    return image, logits

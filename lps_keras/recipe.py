@@ -1,8 +1,10 @@
 """Recipes: one JSON file describes a whole run (model, data, training, eval, export, search).
 
 JSON is parsed into frozen dataclasses; unknown keys and wrong types are rejected with the
-dotted key path (``train.batch_size``) and the file name. ``--set key.sub=value`` overrides
-are applied to the raw mapping before validation, so they are checked the same way.
+dotted key path (``train.batch_size``) and the file name. Allowed values and ranges live on
+the fields themselves (``_field(..., choices=..., gt=...)``, kept in the field metadata).
+``--set key.sub=value`` overrides are applied to the raw mapping before validation, so they are
+checked the same way; they are the one way configuration enters a run.
 """
 
 from __future__ import annotations
@@ -22,6 +24,28 @@ class RecipeError(ValueError):
     """A recipe (file or override) is invalid; the message names the file and key."""
 
 
+# --------------------------------------------------------------------------- field rules
+#: Class counts of the datasets this project reads (the data modules hold names/colours).
+_DATASET_CLASSES = {
+    "cityscapes": 19,
+    "bdd100k": 19,
+    "synthetic": 19,
+    "camvid": 11,
+    "camvid_original": 11,
+}
+
+
+def _field(default, *, choices: tuple = (), gt=None, ge=None, lt=None):
+    """A dataclass field with its allowed values (``choices``) or range (``gt`` / ``ge`` / ``lt``).
+
+    Ranges apply to every element of a tuple value; ``None`` (an unset optional) is always allowed.
+    """
+    rules = {k: v for k, v in (("choices", choices), ("gt", gt), ("ge", ge), ("lt", lt)) if v not in ((), None)}
+    if isinstance(default, (dict, list)) or dataclasses.is_dataclass(default):
+        return dataclasses.field(default_factory=lambda: default, metadata=rules)
+    return dataclasses.field(default=default, metadata=rules)
+
+
 # --------------------------------------------------------------------------- sections
 @dataclasses.dataclass(frozen=True)
 class ModelConfig:
@@ -29,44 +53,44 @@ class ModelConfig:
 
     preset: Optional[str] = None
     arch: Optional[dict] = None  # {"depth": [...], "width": [...], "resolution": [...]}
-    num_classes: Optional[int] = None  # default: the dataset's class count
+    num_classes: Optional[int] = _field(None, gt=0)  # default: the dataset's class count
     sync_batchnorm: bool = False  # synchronised BN across replicas under tf.distribute
 
 
 @dataclasses.dataclass(frozen=True)
 class AugmentConfig:
-    crop_size: tuple[int, int] = (768, 768)  # (height, width)
-    scale_range: tuple[float, float] = (0.5, 2.0)
+    crop_size: tuple[int, int] = _field((768, 768), gt=0)  # (height, width)
+    scale_range: tuple[float, float] = _field((0.5, 2.0), gt=0)  # low <= high, checked in _check
     hflip: bool = True
-    brightness: float = 0.4  # colour jitter strengths as in torchvision ColorJitter
-    contrast: float = 0.4
-    saturation: float = 0.4
+    brightness: float = _field(0.4, ge=0)  # colour jitter strengths as in torchvision ColorJitter
+    contrast: float = _field(0.4, ge=0)
+    saturation: float = _field(0.4, ge=0)
 
 
 @dataclasses.dataclass(frozen=True)
 class SyntheticConfig:
     """Size of the built-in procedurally drawn street set (generated on first use)."""
 
-    num_train: int = 300
-    num_val: int = 60
-    height: int = 192
-    width: int = 384
+    num_train: int = _field(300, gt=0)
+    num_val: int = _field(60, gt=0)
+    height: int = _field(192, gt=0)
+    width: int = _field(384, gt=0)
     seed: int = 0
 
 
 @dataclasses.dataclass(frozen=True)
 class DataConfig:
-    dataset: str = "cityscapes"  # cityscapes | bdd100k | camvid | camvid_original | synthetic
+    dataset: str = _field("cityscapes", choices=tuple(_DATASET_CLASSES))
     root: str = "data/cityscapes"  # dataset as downloaded (directory layout or TFDS manual dir)
-    source: str = "directory"  # directory | tfds
+    source: str = _field("directory", choices=("directory", "tfds"))
     train_split: str = "train"
     val_split: str = "val"
     augment: AugmentConfig = AugmentConfig()
     synthetic: SyntheticConfig = SyntheticConfig()
-    train_subset: Optional[int] = None  # first N training images (proxy schedules)
-    val_subset: Optional[int] = None
-    eval_size: Optional[tuple[int, int]] = None  # resize eval images (labels stay full size)
-    shuffle_buffer: int = 256
+    train_subset: Optional[int] = _field(None, gt=0)  # first N training images (proxy schedules)
+    val_subset: Optional[int] = _field(None, gt=0)
+    eval_size: Optional[tuple[int, int]] = _field(None, gt=0)  # resize eval images (labels stay full size)
+    shuffle_buffer: int = _field(256, gt=0)
     skip_bad_files: bool = False
     deterministic: bool = False
     cache: bool = False  # cache decoded images in memory (small datasets)
@@ -74,21 +98,21 @@ class DataConfig:
 
 @dataclasses.dataclass(frozen=True)
 class TrainConfig:
-    iterations: int = 90000
-    batch_size: int = 16
-    base_lr: float = 0.01
-    momentum: float = 0.9
-    weight_decay: float = 5e-4
+    iterations: int = _field(90000, gt=0)
+    batch_size: int = _field(16, gt=0)
+    base_lr: float = _field(0.01, gt=0)
+    momentum: float = _field(0.9, ge=0, lt=1)
+    weight_decay: float = _field(5e-4, ge=0)
     poly_power: float = 0.9
-    warmup_iterations: int = 0
-    loss: str = "ce"  # ce | ohem
-    ohem_threshold: float = 0.7
-    ohem_min_kept: int = 100000
-    mixed_precision: str = "none"  # none | auto | mixed_float16 | mixed_bfloat16
-    distribute: str = "none"  # none | mirrored | multi_worker
-    val_interval: int = 5000
-    checkpoint_interval: int = 1000
-    log_interval: int = 50
+    warmup_iterations: int = _field(0, ge=0)
+    loss: str = _field("ce", choices=("ce", "ohem"))
+    ohem_threshold: float = _field(0.7, gt=0, lt=1)
+    ohem_min_kept: int = _field(100000, ge=0)
+    mixed_precision: str = _field("none", choices=("none", "auto", "mixed_float16", "mixed_bfloat16"))
+    distribute: str = _field("none", choices=("none", "mirrored", "multi_worker"))
+    val_interval: int = _field(5000, gt=0)
+    checkpoint_interval: int = _field(1000, gt=0)
+    log_interval: int = _field(50, gt=0)
     image_summaries: int = 2
     seed: int = 0
     init: Optional[str] = None  # .keras checkpoint or official weights (.pth / .npz)
@@ -97,43 +121,43 @@ class TrainConfig:
 
 @dataclasses.dataclass(frozen=True)
 class EvalConfig:
-    batch_size: int = 1
+    batch_size: int = _field(1, gt=0)
     split: str = "val"
 
 
 @dataclasses.dataclass(frozen=True)
 class ExportConfig:
     name: Optional[str] = None  # default: the recipe name
-    version: int = 1
-    input_size: Optional[tuple[int, int]] = None  # static (H, W) for TensorRT; None = dynamic
-    precision: str = "fp32"  # fp32 | bf16 (CPU deployment)
-    outputs: str = "probabilities"  # probabilities | logits
+    version: int = _field(1, gt=0)
+    input_size: Optional[tuple[int, int]] = _field(None, gt=0)  # static (H, W) for TensorRT; None = dynamic
+    precision: str = _field("fp32", choices=("fp32", "bf16"))  # bf16: CPU deployment
+    outputs: str = _field("probabilities", choices=("probabilities", "logits"))
 
 
 @dataclasses.dataclass(frozen=True)
 class ProxyConfig:
     """Short training schedule used to score each candidate during expansion."""
 
-    iterations: int = 2000
-    batch_size: int = 8
-    base_lr: float = 0.01
-    crop_size: tuple[int, int] = (512, 512)
-    train_subset: Optional[int] = None
-    val_subset: Optional[int] = None
-    eval_size: Optional[tuple[int, int]] = None
+    iterations: int = _field(2000, gt=0)
+    batch_size: int = _field(8, gt=0)
+    base_lr: float = _field(0.01, gt=0)
+    crop_size: tuple[int, int] = _field((512, 512), gt=0)
+    train_subset: Optional[int] = _field(None, gt=0)
+    val_subset: Optional[int] = _field(None, gt=0)
+    eval_size: Optional[tuple[int, int]] = _field(None, gt=0)
 
 
 @dataclasses.dataclass(frozen=True)
 class SearchConfig:
-    steps: int = 14
-    latency_backend: str = "tf"  # tf | tftrt | tensorrt | onnxruntime | macs
+    steps: int = _field(14, ge=0)
+    latency_backend: str = _field("tf", choices=("tf", "tftrt", "tensorrt", "onnxruntime", "macs"))
     latency_input_shape: tuple[int, int, int, int] = (1, 1024, 2048, 3)
-    latency_warmup: int = 5
-    latency_iters: int = 20
-    latency_cache: str = "latency_cache.json"
-    max_k: int = 16  # bound on the step multiple k when searching |Lat(N + k d) - L_T|
+    latency_warmup: int = _field(5, ge=0)
+    latency_iters: int = _field(20, gt=0)
+    latency_cache: str = "latency_cache.json"  # relative to the search's output directory unless absolute
+    max_k: int = _field(16, gt=0)  # bound on the step multiple k when searching |Lat(N + k d) - L_T|
     proxy: ProxyConfig = ProxyConfig()
-    workers: int = 1
+    workers: int = _field(1, gt=0)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -178,44 +202,10 @@ class Recipe:
         return json.dumps(self.to_dict(), indent=2, sort_keys=False)
 
 
-#: Class counts of the datasets this project reads (the data modules hold names/colours).
-_DATASET_CLASSES = {
-    "cityscapes": 19,
-    "bdd100k": 19,
-    "synthetic": 19,
-    "camvid": 11,
-    "camvid_original": 11,
-}
-
-
 def dataset_num_classes(dataset: str) -> int:
     if dataset not in _DATASET_CLASSES:
         raise RecipeError(f"data.dataset: unknown dataset {dataset!r}; known: {', '.join(sorted(_DATASET_CLASSES))}")
     return _DATASET_CLASSES[dataset]
-
-
-_CHOICES = {
-    "data.dataset": tuple(_DATASET_CLASSES),
-    "data.source": ("directory", "tfds"),
-    "train.loss": ("ce", "ohem"),
-    "train.mixed_precision": ("none", "auto", "mixed_float16", "mixed_bfloat16"),
-    "train.distribute": ("none", "mirrored", "multi_worker"),
-    "export.precision": ("fp32", "bf16"),
-    "export.outputs": ("probabilities", "logits"),
-    "search.latency_backend": ("tf", "tftrt", "tensorrt", "onnxruntime", "macs"),
-}
-
-# Fields that must be > 0 (ints) when set.
-_POSITIVE = {
-    "train.iterations", "train.batch_size", "train.base_lr", "train.val_interval",
-    "train.checkpoint_interval", "train.log_interval", "eval.batch_size", "export.version",
-    "search.steps", "search.max_k", "search.latency_iters", "search.workers",
-    "search.proxy.iterations", "search.proxy.batch_size", "search.proxy.base_lr",
-    "data.synthetic.num_train", "data.synthetic.num_val", "data.synthetic.height",
-    "data.synthetic.width", "data.train_subset", "data.val_subset",
-    "search.proxy.train_subset", "search.proxy.val_subset", "data.shuffle_buffer",
-    "model.num_classes",
-}
 
 
 # --------------------------------------------------------------------------- loading
@@ -242,6 +232,16 @@ def recipe_from_dict(raw: dict, overrides: Optional[list[str]] = None, source: s
         recipe = _build(Recipe, raw, "")
         _check(recipe)
         recipe.arch()  # validates model.preset / model.arch
+    except RecipeError as e:
+        raise RecipeError(f"{source}: {e}") from None
+    return recipe
+
+
+def validate_recipe(recipe: Recipe, source: str = "recipe") -> Recipe:
+    """Check a recipe built in code (e.g. with ``dataclasses.replace``) as a loaded one is checked."""
+    try:
+        _check(recipe)
+        recipe.arch()
     except RecipeError as e:
         raise RecipeError(f"{source}: {e}") from None
     return recipe
@@ -365,46 +365,51 @@ def _convert(t, value, key):
     raise TypeError(f"unsupported recipe field type {t!r} for {key}")
 
 
-def _walk(obj, prefix=""):
+def _check_section(obj, prefix=""):
+    """Check every field of a section against the rules on the field (recursing into sub-sections)."""
     for f in dataclasses.fields(obj):
         v = getattr(obj, f.name)
         key = prefix + f.name
         if dataclasses.is_dataclass(v):
-            yield from _walk(v, key + ".")
-        else:
-            yield key, v
+            _check_section(v, key + ".")
+            continue
+        rules = f.metadata
+        if v is None or not rules:
+            continue
+        if "choices" in rules and v not in rules["choices"]:
+            raise RecipeError(f"{key}: {v!r} is not one of {', '.join(rules['choices'])}")
+        values = v if isinstance(v, tuple) else (v,)
+        shown = list(v) if isinstance(v, tuple) else v
+        if "gt" in rules and "lt" in rules and not all(rules["gt"] < x < rules["lt"] for x in values):
+            raise RecipeError(f"{key}: must be in ({rules['gt']:g}, {rules['lt']:g}), got {shown!r}")
+        if "gt" in rules and not all(x > rules["gt"] for x in values):
+            what = "sizes must be" if isinstance(v, tuple) else "must be"
+            raise RecipeError(f"{key}: {what} > {rules['gt']:g}, got {shown!r}")
+        if "ge" in rules and "lt" in rules and not all(rules["ge"] <= x < rules["lt"] for x in values):
+            raise RecipeError(f"{key}: must be in [{rules['ge']:g}, {rules['lt']:g}), got {shown!r}")
+        if "ge" in rules and not all(x >= rules["ge"] for x in values):
+            raise RecipeError(f"{key}: must be >= {rules['ge']:g}, got {shown!r}")
 
 
 def _check(recipe: Recipe) -> None:
-    for key, v in _walk(recipe):
-        if key in _CHOICES and v not in _CHOICES[key]:
-            raise RecipeError(f"{key}: {v!r} is not one of {', '.join(_CHOICES[key])}")
-        if key in _POSITIVE and v is not None and v <= 0:
-            raise RecipeError(f"{key}: must be > 0, got {v!r}")
-        if isinstance(v, tuple) and key.endswith(("crop_size", "eval_size", "input_size")):
-            if any(x <= 0 for x in v):
-                raise RecipeError(f"{key}: sizes must be > 0, got {list(v)!r}")
-    for key in ("train.weight_decay", "train.momentum", "train.warmup_iterations", "train.ohem_min_kept",
-                "search.latency_warmup", "data.augment.brightness", "data.augment.contrast",
-                "data.augment.saturation"):
-        v = _get(recipe, key)
-        if v < 0:
-            raise RecipeError(f"{key}: must be >= 0, got {v!r}")
+    _check_section(recipe)
     lo, hi = recipe.data.augment.scale_range
     if not 0 < lo <= hi:
         raise RecipeError(f"data.augment.scale_range: need 0 < low <= high, got {[lo, hi]!r}")
-    if not 0 <= recipe.train.momentum < 1:
-        raise RecipeError(f"train.momentum: must be in [0, 1), got {recipe.train.momentum!r}")
-    if not 0 < recipe.train.ohem_threshold < 1:
-        raise RecipeError(f"train.ohem_threshold: must be in (0, 1), got {recipe.train.ohem_threshold!r}")
     if (recipe.model.preset is None) == (recipe.model.arch is None):
         raise RecipeError("model: give exactly one of model.preset and model.arch")
 
 
-def _get(obj, dotted):
-    for p in dotted.split("."):
-        obj = getattr(obj, p)
-    return obj
+def parse_size(text: str) -> tuple[int, int]:
+    """``"1024x2048"`` -> (1024, 2048); raises ValueError quoting the text."""
+    parts = str(text).lower().replace("*", "x").split("x")
+    try:
+        h, w = (int(p) for p in parts)
+    except ValueError:
+        raise ValueError(f"input size must look like HEIGHTxWIDTH (e.g. 1024x2048), got {text!r}") from None
+    if h <= 0 or w <= 0:
+        raise ValueError(f"input size must be positive, got {text!r}")
+    return h, w
 
 
 def _to_jsonable(x):

@@ -1,6 +1,7 @@
 """Shared test setup: quiet TF, deterministic seeds, marker handling, shared-data location."""
 
 import os
+from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
@@ -8,12 +9,12 @@ os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 import pytest  # noqa: E402
 
 
-def shared_data_dir():
-    # Imported on use: importing lps_keras.data loads TensorFlow, and test modules set TF
-    # environment variables (oneDNN) at import time, which must come first.
-    from lps_keras.data.common import shared_data_dir as where
-
-    return where()
+def shared_data_dir() -> Path:
+    """Where shared, pre-downloaded data lives: $LPS_SHARED_DATA or <repo>/../shared/data."""
+    env = os.environ.get("LPS_SHARED_DATA")
+    if env:
+        return Path(env)
+    return Path(__file__).resolve().parents[1].parent / "shared" / "data"
 
 
 def pytest_addoption(parser):

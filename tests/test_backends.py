@@ -17,11 +17,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers import randomize_batchnorm
 
 from lps_keras.arch import Arch
 from lps_keras.model import build_model
 from lps_keras.presets import get_preset
-from lps_keras.reparam import randomize_batchnorm
 
 pytestmark = pytest.mark.skipif(importlib.util.find_spec("torch") is None,
                                 reason="torch not installed (pip install torch) - optional backend")

@@ -41,8 +41,10 @@ def stub_data(monkeypatch):
 
 @pytest.fixture
 def models(tmp_path):
+    from helpers import randomize_batchnorm
+
     from lps_keras.model import build_model
-    from lps_keras.reparam import randomize_batchnorm, reparameterize
+    from lps_keras.reparam import reparameterize
 
     recipe = load_recipe(REPO / "recipes" / "demo.json", ["eval.batch_size=2"])
     model = build_model(recipe.arch())
@@ -54,9 +56,9 @@ def models(tmp_path):
 
 
 def test_training_and_deploy_keras_give_same_miou(tmp_path, stub_data, models):
+    from lps_keras.data import denormalize
     from lps_keras.evaluation import evaluate
     from lps_keras.metrics import ConfusionMatrix
-    from lps_keras.training import _denormalize
 
     recipe, model, _ = models
     a = evaluate(recipe, tmp_path / "train.keras", progress=False)
@@ -72,7 +74,7 @@ def test_training_and_deploy_keras_give_same_miou(tmp_path, stub_data, models):
     logits = resize_bilinear(model(x, training=False), (32, 48))
     cm = ConfusionMatrix(NUM_CLASSES).update(labels, np.argmax(np.asarray(logits), -1))
     assert a["miou"] == pytest.approx(cm.result().miou, abs=1e-6)
-    assert np.array_equal(_denormalize(x), u8)
+    assert np.array_equal(denormalize(x), u8)
 
 
 def test_save_predictions_writes_official_pngs(tmp_path, stub_data, models):

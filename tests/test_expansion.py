@@ -1,5 +1,6 @@
 """End to end: real proxy training on the synthetic set and real tf CPU latency, two steps, resumable."""
 
+import dataclasses
 import json
 import subprocess
 import sys
@@ -8,8 +9,8 @@ from pathlib import Path
 import pytest
 
 from lps_keras.arch import EXPANSION_OPS_BY_NAME, Arch
-from lps_keras.expansion import ProxyEvaluator, proxy_recipe, run
 from lps_keras.recipe import load_recipe
+from lps_keras.search.expansion import ProxyEvaluator, proxy_recipe, run
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -28,7 +29,7 @@ def tiny_recipe(tmp_path):
 def test_proxy_recipe_uses_proxy_schedule(tmp_path):
     r = tiny_recipe(tmp_path)
     arch = Arch((1, 1, 2, 2, 2), (4, 8, 16, 32, 32), (0.5, 0.125, 0))
-    p = proxy_recipe(r, arch)
+    p = proxy_recipe(r, arch, tmp_path / "run")
     assert p.arch() == arch.with_num_classes(19)
     assert (p.train.iterations, p.train.batch_size, p.train.val_interval) == (3, 2, 3)
     assert p.data.augment.crop_size == (64, 64) and p.data.train_subset == 12
@@ -101,7 +102,8 @@ def test_process_pool_workers_give_the_sequential_result(tmp_path):
     runs = {}
     for workers in (1, 2):
         out = tmp_path / f"w{workers}"
-        runs[workers] = run(recipe, out, workers=workers, latency_fn=latency, evaluate_fn=concave_score,
+        recipe = dataclasses.replace(recipe, search=dataclasses.replace(recipe.search, workers=workers))
+        runs[workers] = run(recipe, out, latency_fn=latency, evaluate_fn=concave_score,
                             recipes_dir=out / "recipes", progress=None)
         assert json.loads((out / "journal.json").read_text())["evaluations"]
     assert [(s.arch, s.op, s.k) for s in runs[2]] == [(s.arch, s.op, s.k) for s in runs[1]]

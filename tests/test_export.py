@@ -9,12 +9,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers import randomize_batchnorm
 from PIL import Image
 
 from lps_keras import export as ex
 from lps_keras.arch import Arch
 from lps_keras.model import build_model
-from lps_keras.reparam import randomize_batchnorm, reparameterize
+from lps_keras.reparam import reparameterize
 
 REPO = Path(__file__).resolve().parents[1]
 # Two paths so the graph has align-corners resizes between paths and on the logits.
@@ -33,7 +34,7 @@ def models():
 def exported(models, tmp_path_factory):
     train, deploy = models
     base = tmp_path_factory.mktemp("sm") / "tiny"
-    result = ex.export_savedmodel(deploy, base, 1, reference_model=train, verify_image=ex.test_image(H, W))
+    result = ex.export_savedmodel(deploy, base, 1, reference_model=train, verify_image=ex.sample_image(H, W))
     return base, result
 
 
@@ -66,7 +67,7 @@ def test_fresh_process_without_project_imports(exported, models, tmp_path):
     """TF Serving's view: only TensorFlow, both signatures, outputs against an independent numpy reference."""
     base, _ = exported
     train, _ = models
-    image = ex.test_image(H, W, seed=3)
+    image = ex.sample_image(H, W, seed=3)
     np.save(tmp_path / "img.npy", image[None])
     Image.fromarray(image).save(tmp_path / "img.png")
     script = textwrap.dedent("""
@@ -118,7 +119,7 @@ def test_refuses_overwrite_and_failed_export_leaves_nothing(exported, models):
     # A wrong reference makes verification fail: version 2 must not appear, no staging left.
     other = build_model(ARCH, deploy=True)
     with pytest.raises(ex.ExportError, match="verification"):
-        ex.export_savedmodel(deploy, base, 2, reference_model=other, verify_image=ex.test_image(H, W))
+        ex.export_savedmodel(deploy, base, 2, reference_model=other, verify_image=ex.sample_image(H, W))
     assert sorted(p.name for p in base.iterdir()) == ["1"]
 
 
@@ -189,7 +190,7 @@ def test_onnx_resize_align_corners_and_parity(models, tmp_path):
 
 def test_bf16_parity_report(models):
     _, deploy = models
-    report = ex.bf16_parity(deploy, ex.test_image(H, W))
+    report = ex.bf16_parity(deploy, ex.sample_image(H, W))
     assert 0.9 <= report["label_agreement"] <= 1.0
     assert 0 < report["logits_max_rel_error"] < 0.1  # bf16 has 8 mantissa bits: not exact, but close
     assert report["logits_mean_rel_error"] <= report["logits_max_rel_error"]
@@ -245,7 +246,7 @@ def test_export_cli_keras_weights_detects_training_form(models, tmp_path):
     weights = tmp_path / "train.keras"
     train.save(weights)
     reference, deploy = ex.prepare_deploy_model(ARCH, weights)
-    assert not ex._is_deploy(reference) and ex._is_deploy(deploy)
+    assert not ex.is_deploy(reference) and ex.is_deploy(deploy)
     x = np.random.default_rng(0).normal(size=(1, H, W, 3)).astype(np.float32)
     np.testing.assert_allclose(np.asarray(deploy(x)), np.asarray(train(x)), atol=1e-4)
     with pytest.raises(ValueError, match="does not match"):
@@ -255,7 +256,7 @@ def test_export_cli_keras_weights_detects_training_form(models, tmp_path):
 def test_predict_cli(exported, tmp_path):
     base, _ = exported
     img = tmp_path / "street.png"
-    Image.fromarray(ex.test_image(40, 72)).save(img)
+    Image.fromarray(ex.sample_image(40, 72)).save(img)
     proc = _cli(["predict.py", str(img), "--model", str(base / "1"), "--output", str(tmp_path / "pred")])
     assert proc.returncode == 0, proc.stderr[-3000:]
     mask = np.asarray(Image.open(tmp_path / "pred" / "street_mask.png"))
@@ -273,7 +274,7 @@ def test_predict_cli(exported, tmp_path):
 def test_bf16_export_verified(models, tmp_path):
     _, deploy = models
     result = ex.export_savedmodel(deploy, tmp_path / "bf16", 1, precision="bf16", input_size=(H, W),
-                                  verify_image=ex.test_image(H, W))
+                                  verify_image=ex.sample_image(H, W))
     report = result.verification
     assert report["precision"] == "bf16"
     assert report["serving_default"]["label_agreement"] >= 0.9

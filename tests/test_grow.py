@@ -2,11 +2,12 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
+from helpers import randomize_batchnorm
 
 from lps_keras.arch import EXPANSION_OPS, EXPANSION_OPS_BY_NAME, Arch
 from lps_keras.grow import grow_model
 from lps_keras.model import build_model
-from lps_keras.reparam import randomize_batchnorm, reparameterize
+from lps_keras.reparam import reparameterize
 
 # Two paths so that widened and deepened blocks also go through both interactions; stages 4 and 5
 # equally wide so stage-5 block 1 has an identity branch too.

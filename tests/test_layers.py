@@ -2,9 +2,9 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
+from helpers import randomize_batchnorm
 
-from lps_keras.layers import BilinearResize, PathInteraction, RepConvBlock, _resize_bilinear_gather, resize_bilinear
-from lps_keras.reparam import randomize_batchnorm
+from lps_keras.layers import BilinearResize, PathInteraction, RepConvBlock, resize_bilinear, resize_bilinear_gather
 
 
 def np_resize_align_corners(x, out_h, out_w):
@@ -44,7 +44,7 @@ def np_conv3x3_pad1(x, k, stride):
 @pytest.mark.parametrize("impl", ["tf", "gather"])
 def test_resize_matches_align_corners_definition(in_hw, out_hw, impl):
     x = np.random.default_rng(0).normal(size=(2, *in_hw, 3)).astype("float32")
-    fn = resize_bilinear if impl == "tf" else _resize_bilinear_gather
+    fn = resize_bilinear if impl == "tf" else resize_bilinear_gather
     got = np.asarray(fn(tf.constant(x), out_hw))
     np.testing.assert_allclose(got, np_resize_align_corners(x.astype(np.float64), *out_hw), rtol=1e-5, atol=1e-5)
 

@@ -1,12 +1,12 @@
 import keras
 import numpy as np
 import pytest
+from helpers import randomize_batchnorm
 
 from lps_keras.arch import Arch
 from lps_keras.layers import RepConvBlock
-from lps_keras.model import arch_from_model, build_model
+from lps_keras.model import build_model
 from lps_keras.presets import PRESETS, get_preset
-from lps_keras.reparam import randomize_batchnorm
 
 
 @pytest.mark.parametrize("name", ["lps_tiny", "lps_s", "lps_m", "lps_l", "table4_step09", "table4_step14"])
@@ -41,7 +41,7 @@ def test_every_preset_builds_with_deterministic_names(name):
     assert len(blocks) == sum(arch.depth) * arch.num_paths
     assert "path1_stage5_block1" in names and "head" in names
     assert ("interaction_stage3" in names) == (arch.num_paths > 1)
-    assert arch_from_model(model) == arch
+    assert model.arch == arch
     assert model.count_params() == arch.num_params()
 
 

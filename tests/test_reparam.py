@@ -1,11 +1,12 @@
 import numpy as np
 import pytest
+from helpers import randomize_batchnorm
 
 from lps_keras.arch import Arch
 from lps_keras.layers import RepConvBlock
 from lps_keras.model import build_model
 from lps_keras.presets import get_preset
-from lps_keras.reparam import randomize_batchnorm, reparameterize
+from lps_keras.reparam import reparameterize
 
 ARCHS = {
     "tiny": get_preset("lps_tiny"),

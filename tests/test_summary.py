@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from lps_keras.arch import Arch
-from lps_keras.model import arch_from_model, build_model
+from lps_keras.model import build_model
 from lps_keras.presets import PRESETS, get_preset
 from lps_keras.summary import count_macs, parse_size, summarize, training_num_params
 
@@ -164,7 +164,7 @@ def test_ratios_above_one_build_and_match(ratios, out):
     for deploy in (True, False):
         model = build_model(arch, deploy=deploy)
         assert tuple(model(np.zeros((1, 32, 48, 3), "float32")).shape) == (1, *out, 3)
-        assert arch_from_model(model) == arch
+        assert model.arch == arch
     deploy_model = build_model(arch, deploy=True)
     assert deploy_model.count_params() == arch.num_params()
     assert count_macs(deploy_model, (32, 48)) == arch.macs(32, 48)

@@ -103,7 +103,7 @@ def _stub_recipe(tmp_path, *extra):
 
 # --------------------------------------------------------------------------- (f) schedule / optimizer
 def test_poly_schedule_matches_numpy_formula():
-    from lps_keras.training import PolyLR
+    from lps_keras.train import PolyLR
 
     sched = PolyLR(0.01, 1000, power=0.9)
     steps = np.array([0, 1, 10, 500, 999, 1000, 1200])
@@ -117,7 +117,7 @@ def test_poly_schedule_matches_numpy_formula():
 
 
 def test_torch_sgd_coupled_weight_decay_matches_hand_computed_steps():
-    from lps_keras.training import TorchSGD
+    from lps_keras.train import TorchSGD
 
     w0 = np.array([1.0, -2.0, 0.5], np.float32)
     grads = [np.array([0.1, 0.2, -0.3], np.float32), np.array([-0.4, 0.0, 0.25], np.float32)]
@@ -161,7 +161,7 @@ def test_cli_missing_recipe_and_bad_key(tmp_path):
 def test_short_run_writes_run_dir_and_learns(tmp_path, stub_data):
     from lps_keras.metrics import evaluate_predictions
     from lps_keras.model import build_model
-    from lps_keras.training import train
+    from lps_keras.train import train
 
     recipe = _stub_recipe(tmp_path, "train.iterations=20", "train.val_interval=10", "train.checkpoint_interval=5")
     keras.utils.set_random_seed(recipe.train.seed)
@@ -202,7 +202,7 @@ def test_short_run_writes_run_dir_and_learns(tmp_path, stub_data):
 
 
 def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(tmp_path, stub_data):
-    from lps_keras.training import NonFiniteLossError, train
+    from lps_keras.train import NonFiniteLossError, train
 
     class PoisonAtStep7(keras.callbacks.Callback):
         def on_train_batch_begin(self, batch, logs=None):
@@ -222,7 +222,7 @@ def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(tmp_path, stub_dat
 
 
 def test_resume_restores_optimizer_state_in_process(tmp_path, stub_data):
-    from lps_keras.training import train
+    from lps_keras.train import train
 
     def momentum_norm(model):
         opt = model.optimizer
@@ -270,7 +270,7 @@ _STUB_DRIVER = textwrap.dedent("""
 def test_resumed_run_ends_where_the_uninterrupted_run_ends(tmp_path, stub_data):
     # Same optimizer state *and* same data position after the restore, so a crash costs time only:
     # the final weights equal those of a run that was never interrupted.
-    from lps_keras.training import train
+    from lps_keras.train import train
 
     class Crash(keras.callbacks.Callback):
         def on_train_batch_begin(self, batch, logs=None):
@@ -329,7 +329,7 @@ def test_resume_after_sigkill(tmp_path):
     np.testing.assert_allclose(after[0]["lr"], 0.05 * (1 - (after[0]["step"] - 1) / 400) ** 0.9, rtol=1e-5)
     # ... and the loss picks up near where it was, not at an untrained model's level.
     assert after[0]["loss"] < 0.5 * log_before[0]["loss"]
-    import lps_keras.training  # noqa: F401 - registers the layers, loss, TorchSGD and PolyLR for load_model
+    import lps_keras.train  # noqa: F401 - registers the layers, loss, TorchSGD and PolyLR for load_model
 
     last = keras.saving.load_model(run / "last.keras")
     assert int(last.optimizer.iterations) == 400
@@ -340,15 +340,15 @@ def test_demo_recipe_short_run_improves_miou(tmp_path):
     from lps_keras.data import build_dataset
     from lps_keras.metrics import evaluate_predictions
     from lps_keras.model import build_model
-    from lps_keras.training import train
+    from lps_keras.train import train
 
-    recipe = load_recipe(REPO / "recipes" / "demo.json", _tiny_overrides(tmp_path / "data", iterations=60, val=30,
-                                                                          ckpt=30))
+    overrides = _tiny_overrides(tmp_path / "data", iterations=60, val=30, ckpt=30)
+    recipe = load_recipe(REPO / "recipes" / "demo.json", [*overrides, f"train.run_dir={tmp_path / 'run'}"])
     keras.utils.set_random_seed(recipe.train.seed)
     untrained = build_model(recipe.arch())
     val = build_dataset(recipe, "val", training=False, batch_size=2)
     before = evaluate_predictions(lambda x: untrained(x, training=False), val, 19, progress=False).miou
-    out = train(recipe, run_dir=tmp_path / "run", verbose=0)
+    out = train(recipe, verbose=0)
     assert out["miou"] > before + 0.05, (before, out["miou"])
 
 
@@ -363,7 +363,7 @@ _MIRRORED = textwrap.dedent("""
     from lps_keras.arch import Arch
     from lps_keras.losses import SegmentationCrossEntropy
     from lps_keras.model import build_model
-    from lps_keras.training import TorchSGD, PolyLR, make_strategy
+    from lps_keras.train import TorchSGD, PolyLR, make_strategy
 
     arch = Arch((1, 1, 1, 1, 1), (4, 8, 8, 8, 8), (1.0, 0.5), num_classes=3)
     rng = np.random.default_rng(0)
@@ -401,14 +401,14 @@ def test_mirrored_strategy_matches_single_device():
 
 
 _MULTI_WORKER_DRIVER = textwrap.dedent("""
-    # One worker of a two-process MultiWorkerMirroredStrategy run through lps_keras.training.train,
+    # One worker of a two-process MultiWorkerMirroredStrategy run through lps_keras.train.train,
     # on the in-memory toy set; writes its final weights to the file named by argv[1].
     import json, sys
     sys.path.insert(0, {repo!r})
     import numpy as np
     import keras
     from lps_keras.recipe import load_recipe
-    from lps_keras.training import train
+    from lps_keras.train import train
     from tests.test_training import install_toy_data
 
     install_toy_data()
@@ -478,10 +478,12 @@ def test_multi_worker_two_processes_train_in_lockstep(tmp_path):
 
 # --------------------------------------------------------------------------- init / setup errors
 def test_init_from_deploy_checkpoint_reproduces_it(tmp_path):
+    from helpers import randomize_batchnorm
+
     from lps_keras.arch import Arch
     from lps_keras.model import build_model
-    from lps_keras.reparam import randomize_batchnorm, reparameterize
-    from lps_keras.training import init_weights
+    from lps_keras.reparam import reparameterize
+    from lps_keras.weights import init_weights
 
     arch = Arch((1, 1, 2, 1, 1), (4, 8, 8, 8, 8), (1.0, 0.5), num_classes=3)
     source = build_model(arch)
@@ -504,24 +506,24 @@ def test_init_from_deploy_checkpoint_reproduces_it(tmp_path):
 
 def test_setup_errors_are_clear(tmp_path, monkeypatch):
     from lps_keras.model import build_model
-    from lps_keras.recipe import load_recipe as _load
-    from lps_keras.training import TrainingError, init_weights, make_strategy, resolve_mixed_precision
+    from lps_keras.train import TrainingError, make_strategy, resolve_mixed_precision
+    from lps_keras.weights import WeightsError, init_weights
 
     monkeypatch.delenv("TF_CONFIG", raising=False)
     with pytest.raises(TrainingError, match="TF_CONFIG"):
         make_strategy("multi_worker")
     assert resolve_mixed_precision("none") == "float32"
     assert resolve_mixed_precision("auto") in ("mixed_float16", "mixed_bfloat16")
-    model = build_model(_load(REPO / "recipes" / "demo.json").arch())
-    with pytest.raises(TrainingError, match="missing.keras"):
+    model = build_model(load_recipe(REPO / "recipes" / "demo.json").arch())
+    with pytest.raises(WeightsError, match="missing.keras"):
         init_weights(model, tmp_path / "missing.keras")
     (tmp_path / "w.bin").write_bytes(b"")
-    with pytest.raises(TrainingError, match="w.bin"):
+    with pytest.raises(WeightsError, match="w.bin"):
         init_weights(model, tmp_path / "w.bin")
 
 
 def test_mixed_bfloat16_run(tmp_path, stub_data):
-    from lps_keras.training import train
+    from lps_keras.train import train
 
     recipe = _stub_recipe(tmp_path, "train.iterations=10", "train.val_interval=10", "train.checkpoint_interval=10",
                           "train.mixed_precision=mixed_bfloat16", "train.image_summaries=0")

@@ -1,10 +1,19 @@
 """Datasets: readers for Cityscapes, BDD100K, CamVid and the built-in synthetic set; tf.data pipeline."""
 
-from lps_keras.data.common import IGNORE_INDEX, IMAGENET_MEAN, IMAGENET_STD, DataError, DatasetInfo, FileList
+from lps_keras.data.common import (
+    IGNORE_INDEX,
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    DataError,
+    DatasetInfo,
+    FileList,
+    denormalize,
+)
 from lps_keras.data.pipeline import (
     SKIPPED,
     build_dataset,
     check_split,
+    class_names,
     get_dataset_info,
     list_split,
     num_examples,
@@ -13,5 +22,6 @@ from lps_keras.data.pipeline import (
 
 __all__ = [
     "IGNORE_INDEX", "IMAGENET_MEAN", "IMAGENET_STD", "DataError", "DatasetInfo", "FileList", "SKIPPED",
-    "build_dataset", "check_split", "get_dataset_info", "list_split", "num_examples", "unwrap_data_error",
+    "build_dataset", "check_split", "class_names", "denormalize", "get_dataset_info", "list_split", "num_examples",
+    "unwrap_data_error",
 ]

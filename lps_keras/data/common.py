@@ -144,14 +144,6 @@ def strip_suffix(name: str, suffix: str) -> Optional[str]:
     return name[: -len(suffix)] if name.endswith(suffix) else None
 
 
-def shared_data_dir() -> Path:
-    """Where shared, pre-downloaded data lives: $LPS_SHARED_DATA or <repo>/../shared/data."""
-    env = os.environ.get("LPS_SHARED_DATA")
-    if env:
-        return Path(env)
-    return Path(__file__).resolve().parents[2].parent / "shared" / "data"
-
-
 def require_dir(path: str | os.PathLike, what: str) -> Path:
     path = Path(path)
     if not path.is_dir():
@@ -280,3 +272,9 @@ def make_tfds_builder_class(name: str, configs: dict, splits: Sequence[str], des
         "__module__": __name__,
     }
     return type("".join(w.capitalize() for w in name.split("_")), (tfds.core.GeneratorBasedBuilder,), attrs)
+
+
+def denormalize(images) -> np.ndarray:
+    """ImageNet-normalised float images -> uint8 RGB."""
+    x = np.asarray(images, np.float32) * np.asarray(IMAGENET_STD, np.float32) + np.asarray(IMAGENET_MEAN, np.float32)
+    return np.clip(np.rint(x * 255.0), 0, 255).astype(np.uint8)

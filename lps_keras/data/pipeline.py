@@ -328,3 +328,15 @@ def build_dataset(
     options.deterministic = bool(cfg.deterministic or not training)
     options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
     return ds.with_options(options).prefetch(autotune)
+
+
+def class_names(dataset: str, num_classes: int) -> list[str]:
+    """The dataset's class names, or ``"0"``, ``"1"``, ... when it has none of that count."""
+    try:
+        names = list(get_dataset_info(dataset).class_names)
+        if len(names) == num_classes:
+            return names
+    except (ImportError, AttributeError, KeyError, ValueError):
+        pass
+    return [str(c) for c in range(num_classes)]
+

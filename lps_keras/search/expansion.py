@@ -1,9 +1,10 @@
 """Progressive expansion wired to real latency measurement and real proxy training.
 
-:mod:`lps_keras.search` holds Algorithm 1 as pure logic; this module supplies its two
+:mod:`lps_keras.search.algorithm` holds Algorithm 1 as pure logic; this module supplies its two
 functions from a recipe: ``latency_fn`` (:mod:`lps_keras.latency`, through the persistent
 cache) and ``evaluate_fn`` (train the candidate with the recipe's proxy schedule via
-:func:`lps_keras.training.train` and return its validation mIoU). Candidates of a step can run
+:func:`lps_keras.train.train` and return its validation mIoU). Everything the search depends on
+comes from the recipe's ``search`` section (``--set search.steps=3`` etc.). Candidates of a step can run
 in parallel, one worker process per device, the journal being the durable work list.
 """
 
@@ -11,7 +12,6 @@ from __future__ import annotations
 
 import concurrent.futures
 import dataclasses
-import json
 import multiprocessing
 import os
 from collections.abc import Callable
@@ -19,48 +19,42 @@ from pathlib import Path
 from typing import Any, Optional
 
 from lps_keras.arch import EXPANSION_OPS, Arch
-from lps_keras.recipe import Recipe, recipe_from_dict
-from lps_keras.search import (
-    EvalContext,
-    SearchJournal,
-    Step,
-    fingerprint,
-    plot_expansion,
-    run_expansion,
-    write_step_recipes,
-    write_table,
-)
+from lps_keras.recipe import Recipe, validate_recipe
+from lps_keras.search.algorithm import run_expansion
+from lps_keras.search.journal import EvalContext, SearchJournal, Step, fingerprint
+from lps_keras.search.report import format_table, plot_expansion, write_step_recipes, write_table
 
 
-def proxy_recipe(recipe: Recipe, arch: Arch, name: Optional[str] = None) -> Recipe:
-    """``recipe`` with ``arch`` as the model and the proxy schedule as the training schedule.
+def proxy_recipe(recipe: Recipe, arch: Arch, run_dir, name: Optional[str] = None) -> Recipe:
+    """``recipe`` with ``arch`` as the model, the proxy schedule as the training schedule and ``run_dir``.
 
     Validation runs once, at the end of the proxy schedule; backups every quarter of it so an
     interrupted candidate resumes instead of restarting.
     """
     proxy = recipe.search.proxy
-    raw = recipe.to_dict()
     arch_dict = arch.to_dict()
-    arch_dict.pop("num_classes")
-    raw["name"] = name or f"{recipe.name}_{arch.hash}"
-    raw["model"] = {**{k: v for k, v in raw["model"].items() if k != "preset"}, "arch": arch_dict, "preset": None}
-    raw["train"].update({
-        "iterations": proxy.iterations,
-        "batch_size": proxy.batch_size,
-        "base_lr": proxy.base_lr,
-        "val_interval": proxy.iterations,
-        "checkpoint_interval": max(1, proxy.iterations // 4),
-        "log_interval": max(1, min(raw["train"]["log_interval"], proxy.iterations)),
-        "image_summaries": 0,
-        "distribute": "none",
-        "init": None,
-    })
-    raw["data"]["augment"]["crop_size"] = list(proxy.crop_size)
-    for key in ("train_subset", "val_subset", "eval_size"):
-        value = getattr(proxy, key)
-        if value is not None:
-            raw["data"][key] = list(value) if isinstance(value, tuple) else value
-    return recipe_from_dict(raw, source=f"proxy recipe for {arch}")
+    arch_dict.pop("num_classes")  # the recipe's model.num_classes / dataset decides it, as for the start arch
+    train = dataclasses.replace(
+        recipe.train,
+        iterations=proxy.iterations,
+        batch_size=proxy.batch_size,
+        base_lr=proxy.base_lr,
+        val_interval=proxy.iterations,
+        checkpoint_interval=max(1, proxy.iterations // 4),
+        log_interval=max(1, min(recipe.train.log_interval, proxy.iterations)),
+        image_summaries=0,
+        distribute="none",
+        init=None,
+        run_dir=str(run_dir),
+    )
+    subsets = {key: getattr(proxy, key) for key in ("train_subset", "val_subset", "eval_size")
+               if getattr(proxy, key) is not None}
+    data = dataclasses.replace(recipe.data, augment=dataclasses.replace(recipe.data.augment,
+                                                                        crop_size=tuple(proxy.crop_size)), **subsets)
+    return validate_recipe(dataclasses.replace(
+        recipe, name=name or f"{recipe.name}_{arch.hash}",
+        model=dataclasses.replace(recipe.model, preset=None, arch=arch_dict), train=train, data=data,
+    ), source=f"proxy recipe for {arch}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -76,10 +70,10 @@ class ProxyEvaluator:
     verbose: Any = 2
 
     def __call__(self, arch: Arch, context: EvalContext) -> dict:
-        from lps_keras.training import train
+        from lps_keras.train import train
 
         run_dir = Path(self.output_dir) / "candidates" / context.key
-        summary = train(proxy_recipe(self.recipe, arch), run_dir=run_dir, resume=True, verbose=self.verbose)
+        summary = train(proxy_recipe(self.recipe, arch, run_dir), resume=True, verbose=self.verbose)
         keep = ("miou", "pixel_accuracy", "mean_class_accuracy", "final_step", "fit_seconds", "wall_seconds",
                 "deploy_parity_max_rel_error")
         return {
@@ -89,15 +83,17 @@ class ProxyEvaluator:
         }
 
 
-def make_latency_fn(recipe: Recipe, output_dir, cache_path=None, device_key=None, backend=None,
-                    verbose=True) -> Callable[[Arch], float]:
-    """Median latency (ms; GMACs for the ``macs`` backend) of the deploy model, via the cache."""
+def make_latency_fn(recipe: Recipe, output_dir, device_key=None, verbose=True) -> Callable[[Arch], float]:
+    """Median latency (ms; GMACs for the ``macs`` backend) of the deploy model, via the cache.
+
+    The cache is ``search.latency_cache``, relative to ``output_dir`` unless absolute.
+    """
     from lps_keras.latency import latency_fn
 
     s = recipe.search
-    cache = Path(cache_path) if cache_path else Path(output_dir) / s.latency_cache
+    cache = Path(output_dir) / s.latency_cache
     return latency_fn(
-        backend=backend or s.latency_backend, input_shape=tuple(s.latency_input_shape), warmup=s.latency_warmup,
+        backend=s.latency_backend, input_shape=tuple(s.latency_input_shape), warmup=s.latency_warmup,
         iters=s.latency_iters, cache=str(cache), device_key=device_key, match_device=device_key is None,
         verbose=verbose,
     )
@@ -147,31 +143,32 @@ def make_executor(workers: int, devices: Optional[list[str]] = None):
 def run(
     recipe: Recipe,
     output_dir,
-    steps: Optional[int] = None,
-    backend: Optional[str] = None,
-    workers: Optional[int] = None,
     devices: Optional[list[str]] = None,
-    latency_cache=None,
     device_key: Optional[str] = None,
     recipes_dir=None,
     latency_fn: Optional[Callable[[Arch], float]] = None,
     evaluate_fn: Optional[Callable[[Arch, EvalContext], Any]] = None,
     progress: Optional[Callable[[str], None]] = print,
+    print_table: bool = False,
 ) -> list[Step]:
     """Run (or resume) the expansion of ``recipe``'s model and write all outputs.
 
+    Steps, latency backend and cache, proxy schedule and worker count come from ``recipe.search``.
     Writes into ``output_dir``: ``journal.json``, ``expansion.csv``/``expansion.json``
     (Table-4 style), ``expansion.png`` (Fig.-7 style), ``candidates/<hash>/`` (proxy runs), and
     one trainable recipe per chosen step in ``recipes_dir`` (default
-    ``recipes/expanded/<output name>``).
+    ``recipes/expanded/<output name>``). ``devices`` pins one GPU per worker; ``device_key`` uses
+    latencies measured on another device (a miss is then an error); ``latency_fn`` /
+    ``evaluate_fn`` replace the real measurement / proxy training; ``print_table`` prints the
+    Markdown table at the end.
     """
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
-    backend = backend or recipe.search.latency_backend
-    steps = recipe.search.steps if steps is None else steps
-    workers = recipe.search.workers if workers is None else workers
+    backend = recipe.search.latency_backend
+    steps = recipe.search.steps
+    workers = recipe.search.workers
     start = recipe.arch()
-    lat = latency_fn or make_latency_fn(recipe, output_dir, latency_cache, device_key, backend)
+    lat = latency_fn or make_latency_fn(recipe, output_dir, device_key)
     ev = evaluate_fn or ProxyEvaluator(recipe, str(output_dir))
     journal = SearchJournal(output_dir / "journal.json")
     executor = make_executor(workers, devices)
@@ -193,19 +190,6 @@ def run(
     if progress:
         progress(f"wrote {output_dir / 'expansion.csv'}, {output_dir / 'expansion.png'} and "
                  f"{len(history)} recipes in {recipes_dir}")
+    if print_table:
+        print(format_table(history, unit))
     return history
-
-
-def format_table(history: list[Step], unit: str = "ms") -> str:
-    """The expansion log as a Markdown table (README / terminal)."""
-    lines = [f"| step | B | C | R | latency ({unit}) | mIoU | dimension |", "|---|---|---|---|---|---|---|"]
-    for s in history:
-        b, c, r = s.arch.short().split(" ")
-        dim = "-" if s.op is None else f"{s.dimension} ({s.op} x{s.k})"
-        lines.append(f"| {s.index} | {b} | {c} | {r} | {s.latency:.4g} | {100 * s.score:.2f} | {dim} |")
-    return "\n".join(lines)
-
-
-def load_history(output_dir) -> list[dict]:
-    """The rows of a finished run's ``expansion.json``."""
-    return json.loads((Path(output_dir) / "expansion.json").read_text())["rows"]

@@ -1,0 +1,99 @@
+"""ONNX: tf2onnx conversion (align-corners resize kept) and onnxruntime parity."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+
+from lps_keras import fileio
+from lps_keras.export.common import ExportError
+
+
+def _core_function(model, input_shape):
+    import tensorflow as tf
+    spec = tf.TensorSpec(input_shape, tf.float32, name="image")
+
+    @tf.function(input_signature=[spec])
+    def core(image):
+        return {"logits": model(image, training=False)}
+
+    return core, [spec]
+
+
+def export_onnx(target, path, opset: int = 17, input_shape=(1, None, None, 3), verify: bool = True,
+                rtol: float = 1e-4) -> dict:
+    """Convert to ONNX with tf2onnx and check parity with onnxruntime.
+
+    ``target`` is a Keras model (converted as the bare network: float32 NHWC normalised image ->
+    ``logits`` at 1/16, the graph TensorRT and the latency benchmark use) or a SavedModel directory
+    from :func:`export_savedmodel` (its ``serving_default``: uint8 -> labels + outputs).
+    Align-corners ``ResizeBilinear`` becomes ONNX ``Resize`` with
+    ``coordinate_transformation_mode="align_corners"``.
+    """
+    import tensorflow as tf
+    import tf2onnx
+    if opset < 13:
+        raise ValueError(f"opset must be >= 13 (Resize with align_corners), got {opset!r}")
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fileio.remove_stale_temps(path.parent)
+    tmp = path.with_name(fileio.temp_prefix(path.name) + "0")
+    try:
+        if isinstance(target, (str, os.PathLike)):
+            loaded = tf.saved_model.load(str(target))
+            fn = loaded.signatures["serving_default"]
+            spec = fn.structured_input_signature[1]["images"]
+            model_proto, _ = tf2onnx.convert.from_function(
+                tf.function(lambda images: fn(images=images)), input_signature=[spec], opset=opset,
+                output_path=str(tmp))
+            keras_model = None
+        else:
+            keras_model = target
+            core, sig = _core_function(target, input_shape)
+            model_proto, _ = tf2onnx.convert.from_function(core, input_signature=sig, opset=opset,
+                                                           output_path=str(tmp))
+        report = {"path": str(path), "opset": opset, "resize_modes": onnx_resize_modes(model_proto)}
+        if verify and keras_model is not None:
+            report.update(onnx_parity(tmp, keras_model, input_shape, rtol=rtol))
+        os.replace(tmp, path)
+    finally:
+        Path(tmp).unlink(missing_ok=True)
+    return report
+
+
+def onnx_resize_modes(model_proto) -> list[str]:
+    """``coordinate_transformation_mode`` of every ONNX ``Resize`` node (graph and subgraphs)."""
+    modes = []
+
+    def walk(graph):
+        for node in graph.node:
+            if node.op_type == "Resize":
+                attrs = {a.name: a for a in node.attribute}
+                a = attrs.get("coordinate_transformation_mode")
+                modes.append(a.s.decode() if a is not None else "half_pixel")
+            for a in node.attribute:
+                if a.g is not None and len(a.g.node):
+                    walk(a.g)
+
+    walk(model_proto.graph)
+    return modes
+
+
+def onnx_parity(onnx_path, keras_model, input_shape=(1, None, None, 3), rtol=1e-4, threads=None) -> dict:
+    import onnxruntime as ort
+
+    shape = [d if d is not None else s for d, s in zip(input_shape, (1, 64, 128, 3))]
+    rng = np.random.default_rng(0)
+    x = rng.normal(0, 1, shape).astype(np.float32)
+    opts = ort.SessionOptions()
+    if threads:
+        opts.intra_op_num_threads = threads
+    sess = ort.InferenceSession(str(onnx_path), opts, providers=["CPUExecutionProvider"])
+    got = sess.run(None, {sess.get_inputs()[0].name: x})[0]
+    ref = np.asarray(keras_model(x, training=False))
+    rel = float(np.abs(got - ref).max() / (np.abs(ref).max() or 1.0))
+    if rel > rtol:
+        raise ExportError(f"ONNX parity: onnxruntime differs from Keras by {rel:.3g} relative (> {rtol:g})")
+    return {"onnxruntime_max_rel_error": rel, "parity_input_shape": shape}

@@ -1,0 +1,124 @@
+"""``export_recipe``: everything ``export.py`` does, as one library call.
+
+The recipe's ``export`` section says what to write (name, version, input size, outputs,
+precision; the CLI's ``--version`` / ``--input-size`` / ``--outputs`` / ``--precision`` are
+``--set export.*`` overrides). :class:`ExportOptions` holds the run's other inputs: the weights,
+where to write, and which extra formats to build.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from collections.abc import Callable
+from pathlib import Path
+from typing import Optional
+
+from lps_keras.recipe import Recipe
+
+
+@dataclasses.dataclass(frozen=True)
+class ExportOptions:
+    weights: Optional[str] = None  # .keras (training or deploy form) or official .pth/.npz; None: random init
+    output: Optional[str] = None  # model base directory; default savedmodels/<export.name or recipe name>
+    overwrite: bool = False  # replace an existing version
+    verify: bool = True  # fresh-process verification before the version is moved into place
+    onnx: bool = False  # also write <output>/<version>.onnx and check onnxruntime parity
+    opset: int = 17
+    tensorrt: Optional[str] = None  # fp32 | fp16: also build a TensorRT 10 engine from the ONNX file
+    tftrt: Optional[str] = None  # fp32 | fp16: also convert with TF-TRT (TF 2.17 line + GPU)
+    parity_image: Optional[str] = None  # image for the bf16 parity report (default: a synthetic image)
+
+
+def export_recipe(recipe: Recipe, options: ExportOptions = ExportOptions(),
+                  log: Callable[[str], None] = print, warn: Callable[[str], None] = print) -> dict:
+    """Export ``recipe``'s model as configured; returns what was written. Checks everything it can
+    (existing version, static size for TF-TRT/TensorRT, backends, input files) before exporting."""
+    from lps_keras.export import precision as prec
+    from lps_keras.export import savedmodel, serving, tensorrt
+    from lps_keras.export.onnx import export_onnx
+    from lps_keras.weights import prepare_deploy_model
+
+    args = options
+    arch = recipe.arch()
+    cfg = recipe.export
+    name = cfg.name or recipe.name
+    out_dir = Path(args.output or f"savedmodels/{name}")
+    version = cfg.version
+    input_size = cfg.input_size
+    precision = cfg.precision
+    outputs = cfg.outputs
+    target = out_dir / str(version)
+    if target.exists() and not args.overwrite:
+        raise FileExistsError(f"{target} already exists; choose another --version or pass --overwrite")
+    if args.tftrt and input_size is None:
+        raise ValueError("--tftrt needs a static --input-size (e.g. 1024x2048)")
+    if args.tftrt:
+        tensorrt.require_tftrt()  # fail before spending minutes on the export
+    if args.tensorrt:
+        tensorrt.require_tensorrt()
+    if args.weights and not Path(args.weights).is_file():
+        raise FileNotFoundError(f"--weights {args.weights!r} does not exist")
+    if args.parity_image and not Path(args.parity_image).is_file():
+        raise FileNotFoundError(f"--parity-image {args.parity_image!r} does not exist")
+
+    if args.weights is None:
+        warn("WARNING: no --weights given: exporting RANDOMLY INITIALISED weights (fine for latency, "
+             "useless for predictions)")
+    reference, deploy = prepare_deploy_model(arch, args.weights)
+    log(f"model {arch} ({arch.num_params():,} deploy params); writing {target} "
+        f"[{precision}, {outputs}, input {'x'.join(map(str, input_size)) if input_size else 'dynamic'}]")
+    result = savedmodel.export_savedmodel(deploy, out_dir, version, input_size=input_size, outputs=outputs,
+                                          precision=precision, overwrite=args.overwrite, verify=args.verify,
+                                          reference_model=reference)
+    written = {"savedmodel": str(result.path), "verification": result.verification}
+    if result.verification:
+        v = result.verification
+        log("verified in a fresh TensorFlow-only process: "
+            + ", ".join(f"{s}: max rel err {v[s]['max_rel_error']:.2e}, labels {v[s]['label_agreement']:.2%}"
+                        for s in ("serving_default", "serve_bytes")))
+    else:
+        log("verification skipped (--no-verify)")
+    config = serving.write_models_config(out_dir, name)
+    log(f"wrote {result.path} (signatures: {result.path / 'signatures.txt'}) and {config}")
+
+    if precision == "bf16":
+        image = (_read_image(args.parity_image) if args.parity_image
+                 else savedmodel.sample_image(*(input_size or (256, 512))))
+        report = prec.bf16_parity(deploy, image)
+        log("bf16 parity vs fp32: " + json.dumps(report))
+        (result.path / "assets.extra" / "bf16_parity.json").write_text(json.dumps(report, indent=2))
+        written["bf16_parity"] = report
+
+    onnx_path = None
+    if args.onnx or args.tensorrt:
+        onnx_path = out_dir / f"{version}.onnx"
+        shape = (1, *input_size, 3) if input_size else (1, None, None, 3)
+        report = export_onnx(deploy, onnx_path, opset=args.opset, input_shape=shape)
+        log("ONNX: " + json.dumps(report))
+        written["onnx"] = report
+    if args.tensorrt:
+        if input_size is None:
+            raise ValueError("--tensorrt needs a static --input-size (e.g. 1024x2048)")
+        engine = out_dir / f"{version}_{args.tensorrt}.engine"
+        written["tensorrt"] = tensorrt.build_tensorrt_engine(onnx_path, engine, args.tensorrt)
+        log("TensorRT: " + json.dumps(written["tensorrt"]))
+    if args.tftrt:
+        trt_dir = out_dir.with_name(f"{out_dir.name}_tftrt_{args.tftrt}") / str(version)
+        report = tensorrt.convert_tftrt(result.path, trt_dir, args.tftrt, (1, *input_size, 3),
+                                        overwrite=args.overwrite)
+        log("TF-TRT: " + json.dumps(report))
+        serving.write_models_config(trt_dir.parent, trt_dir.parent.name)
+        written["tftrt"] = report
+
+    log("")
+    log(serving.format_serving_commands(out_dir, name))
+    return written
+
+
+def _read_image(path):
+    import numpy as np
+    from PIL import Image
+
+    with Image.open(path) as im:
+        return np.asarray(im.convert("RGB"))

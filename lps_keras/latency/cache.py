@@ -1,0 +1,174 @@
+"""The one latency cache (:class:`LatencyCache`, a JSON file) and ``latency_fn``, the search's ``arch -> ms``.
+
+Every cached measurement goes through :meth:`LatencyCache.get_or_measure`, whether it comes from
+:func:`~lps_keras.latency.measure_latency` (``cache=``) or from :func:`latency_fn`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+import warnings
+from collections.abc import Callable
+from pathlib import Path
+from typing import Optional, Union
+
+from lps_keras.arch import Arch
+from lps_keras.fileio import atomic_write_text
+from lps_keras.latency.runners import measure_latency
+from lps_keras.latency.stats import LatencyCacheMiss, LatencyStats, device_name, library_versions
+
+
+class LatencyCache:
+    """Measured latencies in a JSON file keyed by arch, backend, precision, shape, device, versions.
+
+    Writes are atomic (temp file + ``os.replace``). A corrupt or unreadable file gives a warning and
+    an empty cache (it is overwritten at the next store), never an exception.
+
+    ``device_key`` overrides the device part of the key: set it to the device a table was
+    measured on (e.g. ``"GPU:NVIDIA H100 80GB HBM3"``) to use that table on another machine. With
+    a foreign ``device_key`` a miss raises :class:`LatencyCacheMiss` instead of measuring here.
+    ``match_device=False`` ignores device and library versions in lookups.
+    """
+
+    VERSION = 1
+
+    def __init__(self, path, device_key: Optional[str] = None, match_device: bool = True):
+        self.path = Path(path)
+        self.device_key = device_key
+        self.match_device = match_device
+        self.entries: dict[str, dict] = {}
+        self._load()
+
+    def _load(self):
+        if not self.path.exists():
+            return
+        try:
+            data = json.loads(self.path.read_text())
+            entries = data["entries"]
+            if not isinstance(entries, dict):
+                raise ValueError("'entries' is not an object")
+            for v in entries.values():
+                LatencyStats.from_dict(v["stats"])
+        except Exception as e:  # any damage: start fresh, loudly
+            warnings.warn(f"latency cache {self.path} is unreadable ({type(e).__name__}: {e}); "
+                          f"starting with an empty cache (it will be rewritten)", RuntimeWarning, stacklevel=3)
+            self.entries = {}
+            return
+        self.entries = entries
+
+    def __len__(self):
+        return len(self.entries)
+
+    def device(self, backend: str) -> str:
+        return self.device_key or device_name(backend)
+
+    @staticmethod
+    def make_key(arch_hash, backend, precision, input_shape, device, versions) -> str:
+        v = ",".join(f"{k}={versions[k]}" for k in sorted(versions))
+        return f"{arch_hash}|{backend}|{precision}|{'x'.join(map(str, input_shape))}|{device}|{v}"
+
+    def lookup(self, arch: Arch, backend: str, precision: str, input_shape, match_device: Optional[bool] = None
+               ) -> Optional[LatencyStats]:
+        match_device = self.match_device if match_device is None else match_device
+        input_shape = tuple(int(v) for v in input_shape)
+        if match_device and self.device_key is None and backend != "macs":
+            key = self.make_key(arch.hash, backend, precision, input_shape, self.device(backend),
+                                library_versions(backend))
+            entry = self.entries.get(key)
+            return LatencyStats.from_dict(entry["stats"]) if entry else None
+        # Table mode: any entry with the same arch/backend/precision/shape (and device if keyed).
+        found = []
+        for entry in self.entries.values():
+            if (entry["arch_hash"] == arch.hash and entry["backend"] == backend and entry["precision"] == precision
+                    and tuple(entry["input_shape"]) == input_shape
+                    and (not match_device or self.device_key is None or entry["device"] == self.device_key)):
+                found.append(entry)
+        if not found:
+            return None
+        devices = {e["device"] for e in found}
+        if len(devices) > 1:
+            warnings.warn(f"latency cache {self.path}: {arch.hash} measured on several devices {sorted(devices)}; "
+                          f"using the newest (set device_key to choose)", RuntimeWarning, stacklevel=2)
+        return LatencyStats.from_dict(max(found, key=lambda e: e.get("time", 0))["stats"])
+
+    def get_or_measure(self, arch: Arch, backend: str, precision: str, input_shape,
+                       measure: Callable[[], LatencyStats]) -> LatencyStats:
+        """The cached stats for this key, else ``measure()``, stored before it is returned."""
+        hit = self.lookup(arch, backend, precision, input_shape)
+        if hit is not None:
+            return hit
+        stats = measure()
+        self.store(arch, stats)
+        return stats
+
+    def store(self, arch: Arch, stats: LatencyStats):
+        device = self.device_key or stats.device
+        key = self.make_key(arch.hash, stats.backend, stats.precision, stats.input_shape, device, stats.versions)
+        self.entries[key] = {
+            "arch_hash": arch.hash, "arch": arch.to_dict(), "backend": stats.backend, "precision": stats.precision,
+            "input_shape": list(stats.input_shape), "device": device, "versions": stats.versions,
+            "time": time.time(), "stats": stats.to_dict(),
+        }
+        self.save()
+
+    def save(self):
+        atomic_write_text(self.path, json.dumps({"version": self.VERSION, "entries": self.entries}, indent=1,
+                                                sort_keys=True))
+
+    def import_table(self, other: Union[str, os.PathLike, LatencyCache]) -> int:
+        """Merge entries from another cache file (e.g. measured on the target GPU); returns the count."""
+        other = other if isinstance(other, LatencyCache) else LatencyCache(other)
+        self.entries.update(other.entries)
+        self.save()
+        return len(other.entries)
+
+
+def latency_fn(
+    backend: str = "tf",
+    input_shape=(1, 1024, 2048, 3),
+    warmup: int = 5,
+    iters: int = 20,
+    precision: str = "fp32",
+    threads: Optional[int] = None,
+    cache: Union[None, str, os.PathLike, LatencyCache] = None,
+    device_key: Optional[str] = None,
+    match_device: bool = True,
+    measure: Optional[Callable] = None,
+    verbose: bool = False,
+) -> Callable[[Arch], float]:
+    """``arch -> latency`` (median ms; GMACs for ``backend="macs"``) through the cache.
+
+    With ``device_key`` naming another machine (a table imported from it) a cache miss raises
+    :class:`LatencyCacheMiss`, since measuring here would mix devices. ``measure`` replaces
+    :func:`measure_latency` (tests).
+    """
+    if isinstance(cache, (str, os.PathLike)):
+        cache = LatencyCache(cache, device_key=device_key, match_device=match_device)
+    elif cache is not None and device_key is not None:
+        cache.device_key = device_key
+    input_shape = tuple(input_shape)
+
+    def fn(arch: Arch) -> float:
+        def measure_here() -> LatencyStats:
+            if cache is not None and device_key is not None and device_key != device_name(backend):
+                raise LatencyCacheMiss(
+                    f"{arch} ({arch.hash}) is not in latency table {cache.path} for device {device_key!r}, "
+                    f"{backend}/{precision} {'x'.join(map(str, input_shape))}; measure it on that device")
+            if measure is not None:
+                return measure(arch, backend=backend, input_shape=input_shape, warmup=warmup, iters=iters,
+                               precision=precision, threads=threads)
+            return measure_latency(arch, backend=backend, input_shape=input_shape, warmup=warmup, iters=iters,
+                                   precision=precision, threads=threads)
+
+        # GMACs are computed, not measured: nothing to cache.
+        use_cache = cache is not None and backend != "macs"
+        stats = cache.get_or_measure(arch, backend, precision, input_shape, measure_here) if use_cache \
+            else measure_here()
+        if verbose and backend != "macs":
+            print(f"latency {arch}: {stats.median_ms:.2f} ms ({backend}, {stats.device})", flush=True)
+        return stats.median_ms
+
+    fn.cache = cache
+    return fn

@@ -1,0 +1,147 @@
+"""Latency records (:class:`LatencyStats`) and what they are keyed by: device, library versions, threads.
+
+Threads: TensorFlow's intra/inter-op pools are fixed when the runtime first runs an op, so
+``threads=`` only takes effect if :func:`~lps_keras.latency.measure_latency` (or
+:func:`set_tf_threads`) is called before anything else used TensorFlow. The values actually in
+force are always recorded, so a table says what it was measured with. onnxruntime threads are
+per session and always apply.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import platform
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+
+
+class LatencyError(RuntimeError):
+    """A latency backend cannot run here (missing library, GPU, or bad target)."""
+
+
+class LatencyCacheMiss(KeyError):
+    """No cached latency and measuring here would not answer the question (foreign device key)."""
+
+
+@dataclasses.dataclass
+class LatencyStats:
+    median_ms: float
+    mean_ms: float
+    p90_ms: float
+    min_ms: float
+    max_ms: float
+    iterations: int
+    backend: str
+    precision: str
+    input_shape: tuple
+    device: str
+    versions: dict
+    threads: dict
+    warmup: int = 0
+    arch_hash: Optional[str] = None
+
+    @classmethod
+    def from_times(cls, times_ms, **kw) -> LatencyStats:
+        t = np.asarray(times_ms, np.float64)
+        return cls(median_ms=float(np.median(t)), mean_ms=float(t.mean()), p90_ms=float(np.percentile(t, 90)),
+                   min_ms=float(t.min()), max_ms=float(t.max()), iterations=int(t.size), **kw)
+
+    def to_dict(self) -> dict:
+        d = dataclasses.asdict(self)
+        d["input_shape"] = list(self.input_shape)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> LatencyStats:
+        fields = {f.name for f in dataclasses.fields(cls)}
+        d = {k: v for k, v in d.items() if k in fields}
+        d["input_shape"] = tuple(d["input_shape"])
+        return cls(**d)
+
+
+# --------------------------------------------------------------------------- environment
+def set_tf_threads(intra_op: Optional[int], inter_op: Optional[int] = None) -> dict:
+    """Set TF's thread pools if TF has not started yet; return the values in force.
+
+    Returns ``{"intra_op": n, "inter_op": m, "applied": bool}`` (0 means TF's default, one per
+    core). If TensorFlow already ran an op the request cannot apply and ``applied`` is False.
+    """
+    import tensorflow as tf
+
+    applied = True
+    for setter, value in ((tf.config.threading.set_intra_op_parallelism_threads, intra_op),
+                          (tf.config.threading.set_inter_op_parallelism_threads, inter_op)):
+        if value is None:
+            continue
+        try:
+            setter(int(value))
+        except RuntimeError:  # "... cannot be modified after initialization"
+            applied = False
+    return {"intra_op": tf.config.threading.get_intra_op_parallelism_threads(),
+            "inter_op": tf.config.threading.get_inter_op_parallelism_threads(),
+            "applied": applied, "cpu_count": os.cpu_count()}
+
+
+def device_name(backend: str = "tf") -> str:
+    """GPU model name for GPU backends / TF with a GPU, else the CPU model and core count."""
+    if backend in ("tf", "tftrt"):
+        try:
+            import tensorflow as tf
+
+            gpus = tf.config.list_physical_devices("GPU")
+            if gpus:
+                details = tf.config.experimental.get_device_details(gpus[0])
+                return f"GPU:{details.get('device_name', gpus[0].name)}"
+        except Exception:  # device query is best effort
+            pass
+    if backend == "tensorrt":
+        try:
+            from cuda import cudart
+
+            _, props = cudart.cudaGetDeviceProperties(0)
+            return f"GPU:{props.name.decode()}"
+        except Exception:
+            return "GPU:unknown"
+    return f"CPU:{_cpu_model()} x{os.cpu_count()}"
+
+
+def _cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def library_versions(backend: str) -> dict:
+    versions = {}
+    if backend in ("tf", "tftrt"):
+        import tensorflow as tf
+
+        versions["tensorflow"] = tf.__version__
+    if backend == "onnxruntime":
+        import onnxruntime
+
+        versions["onnxruntime"] = onnxruntime.__version__
+    if backend == "tensorrt":
+        try:
+            import tensorrt
+
+            versions["tensorrt"] = tensorrt.__version__
+        except ImportError:
+            pass
+    if backend == "macs":
+        versions["macs"] = "1"
+    return versions
+
+
+
+def format_stats(stats: LatencyStats) -> str:
+    return (f"{stats.backend}/{stats.precision} {'x'.join(map(str, stats.input_shape))} on {stats.device}: "
+            f"median {stats.median_ms:.2f} ms (mean {stats.mean_ms:.2f}, p90 {stats.p90_ms:.2f}, "
+            f"min {stats.min_ms:.2f}, max {stats.max_ms:.2f}, n={stats.iterations})")

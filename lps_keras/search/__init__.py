@@ -1,0 +1,47 @@
+"""Progressive expansion (Algorithm 1): pure search logic, its journal and reports, and the real wiring.
+
+- :mod:`~lps_keras.search.algorithm`: the steps of Algorithm 1 and ``run_expansion`` (pure: takes
+  ``latency_fn`` and ``evaluate_fn``)
+- :mod:`~lps_keras.search.journal`: records and the resumable JSON journal
+- :mod:`~lps_keras.search.report`: tables, step recipes, plot
+- :mod:`~lps_keras.search.expansion`: the search wired to real latency and proxy training
+
+Importing this package does not import TensorFlow or Keras.
+"""
+
+from lps_keras.search.algorithm import (
+    DIMENSIONS,
+    SearchError,
+    evaluate_candidates,
+    find_k,
+    propose_candidates,
+    run_expansion,
+    select_candidate,
+)
+from lps_keras.search.journal import (
+    JOURNAL_FORMAT,
+    JOURNAL_VERSION,
+    Candidate,
+    EvalContext,
+    Evaluation,
+    JournalError,
+    SearchJournal,
+    Step,
+    fingerprint,
+)
+from lps_keras.search.report import (
+    DIMENSION_COLORS,
+    TABLE_COLUMNS,
+    format_table,
+    plot_expansion,
+    table_rows,
+    write_step_recipes,
+    write_table,
+)
+
+__all__ = [
+    "DIMENSIONS", "SearchError", "evaluate_candidates", "find_k", "propose_candidates", "run_expansion",
+    "select_candidate", "JOURNAL_FORMAT", "JOURNAL_VERSION", "Candidate", "EvalContext", "Evaluation",
+    "JournalError", "SearchJournal", "Step", "fingerprint", "DIMENSION_COLORS", "TABLE_COLUMNS", "format_table",
+    "plot_expansion", "table_rows", "write_step_recipes", "write_table",
+]

@@ -1,0 +1,287 @@
+"""The search's records (evaluations, candidates, steps) and its journal: one JSON file, rewritten atomically.
+
+Every latency, every finished evaluation and every chosen step goes into a
+:class:`SearchJournal`, so a killed search reruns without re-measuring or re-training anything it
+finished. The journal is the search's own record of what it saw (the values its choices were made
+from, replayed on resume), not a measurement cache; measurements are cached by
+:class:`lps_keras.latency.LatencyCache`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import threading
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any, Optional, Union
+
+from lps_keras.arch import Arch, ExpansionOp
+from lps_keras.fileio import atomic_write_text
+
+JOURNAL_FORMAT = "lps_keras.search_journal"
+JOURNAL_VERSION = 1
+
+
+class JournalError(ValueError):
+    """A journal file is unreadable or belongs to a different search; the message names the file."""
+
+
+# --------------------------------------------------------------------------- records
+@dataclasses.dataclass(frozen=True)
+class Evaluation:
+    """What ``evaluate_fn`` reports for one architecture.
+
+    ``evaluate_fn`` may also return a bare number (the score) or a mapping with ``score`` and
+    optional ``metrics`` / ``weights`` keys.
+    """
+
+    score: float
+    metrics: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+    weights: Optional[str] = None
+    seconds: Optional[float] = None  # wall time of the evaluation, filled in by the search
+
+
+@dataclasses.dataclass(frozen=True)
+class EvalContext:
+    """Passed to ``evaluate_fn`` with the architecture: where this evaluation sits in the search.
+
+    ``key`` (the arch hash) is unique per architecture and is meant for naming the
+    candidate's run directory / weights file. Picklable, so it can cross process boundaries.
+    """
+
+    step: int  # 0: the start network; t >= 1: a candidate of step t
+    key: str
+    op: Optional[str] = None
+    dimension: Optional[str] = None
+    k: int = 0
+    index: int = 0  # position among this step's evaluations
+    total: int = 1
+
+
+@dataclasses.dataclass(frozen=True)
+class Candidate:
+    """N + k * op for one op (plus the ops that gave the same architecture, ``aliases``)."""
+
+    op: str
+    dimension: str
+    k: int
+    arch: Arch
+    latency: float
+    aliases: tuple[str, ...] = ()
+    capped: bool = False  # k stopped at max_k (or at an invalid arch) before reaching L_T
+    score: Optional[float] = None
+    slope: Optional[float] = None  # (P_d - P) / (L_d - L); None when L_d <= L
+    rank: Optional[str] = None  # "dominates" | "slope" | "excluded" (see select_candidate)
+    metrics: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+    weights: Optional[str] = None
+
+    def to_dict(self) -> dict:
+        return {
+            "op": self.op,
+            "dimension": self.dimension,
+            "k": self.k,
+            "hash": self.arch.hash,
+            "arch": self.arch.to_dict(),
+            "latency": self.latency,
+            "aliases": list(self.aliases),
+            "capped": self.capped,
+            "score": self.score,
+            "slope": self.slope,
+            "rank": self.rank,
+            "metrics": dict(self.metrics),
+            "weights": self.weights,
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict) -> Candidate:
+        return cls(
+            op=d["op"], dimension=d["dimension"], k=d["k"], arch=Arch.from_dict(d["arch"]), latency=d["latency"],
+            aliases=tuple(d.get("aliases", ())), capped=d.get("capped", False), score=d.get("score"),
+            slope=d.get("slope"), rank=d.get("rank"), metrics=d.get("metrics", {}), weights=d.get("weights"),
+        )
+
+
+@dataclasses.dataclass(frozen=True)
+class Step:
+    """One row of the expansion log. Step 0 is the start network (``op`` is None)."""
+
+    index: int
+    arch: Arch
+    latency: float
+    score: float
+    op: Optional[str] = None
+    dimension: Optional[str] = None
+    k: int = 0
+    target_latency: Optional[float] = None
+    slope: Optional[float] = None
+    candidates: tuple[Candidate, ...] = ()
+    metrics: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+    weights: Optional[str] = None
+
+    def to_dict(self) -> dict:
+        return {
+            "step": self.index,
+            "hash": self.arch.hash,
+            "arch": self.arch.to_dict(),
+            "latency": self.latency,
+            "score": self.score,
+            "op": self.op,
+            "dimension": self.dimension,
+            "k": self.k,
+            "target_latency": self.target_latency,
+            "slope": self.slope,
+            "metrics": dict(self.metrics),
+            "weights": self.weights,
+            "candidates": [c.to_dict() for c in self.candidates],
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict) -> Step:
+        return cls(
+            index=d["step"], arch=Arch.from_dict(d["arch"]), latency=d["latency"], score=d["score"], op=d.get("op"),
+            dimension=d.get("dimension"), k=d.get("k", 0), target_latency=d.get("target_latency"),
+            slope=d.get("slope"), candidates=tuple(Candidate.from_dict(c) for c in d.get("candidates", ())),
+            metrics=d.get("metrics", {}), weights=d.get("weights"),
+        )
+
+
+# --------------------------------------------------------------------------- journal
+def fingerprint(obj: Any) -> str:
+    """A stable 16-hex-digit id of any JSON-able value (e.g. the recipe sections a search depends on)."""
+    text = json.dumps(obj, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+class SearchJournal:
+    """The search's persistent state: latencies, evaluations and chosen steps, in one JSON file.
+
+    ``path=None`` keeps everything in memory (no file). When ``path`` exists it is loaded and
+    the search resumes from it; :meth:`bind` (called by :func:`run_expansion`) refuses a
+    journal written by a different setup (start arch, op set, ``max_k`` or fingerprint).
+    Latencies and evaluations are keyed by arch hash, so an architecture is measured and
+    trained at most once per journal, whichever step meets it.
+    """
+
+    def __init__(self, path: Union[str, Path, None] = None):
+        self.path = Path(path) if path is not None else None
+        self._lock = threading.RLock()
+        self.setup: Optional[dict] = None
+        self.latencies: dict[str, dict] = {}
+        self.evaluations: dict[str, dict] = {}
+        self.steps: list[dict] = []
+        if self.path is not None and self.path.exists():
+            self._load()
+
+    @property
+    def where(self) -> str:
+        """The journal's file name for messages."""
+        return str(self.path) if self.path is not None else "in-memory journal"
+
+    def _load(self) -> None:
+        try:
+            raw = json.loads(self.path.read_text())
+        except json.JSONDecodeError as e:
+            raise JournalError(f"{self.path}: search journal is not valid JSON: {e}") from None
+        if not isinstance(raw, dict) or raw.get("format") != JOURNAL_FORMAT:
+            raise JournalError(f"{self.path}: not a search journal (expected format {JOURNAL_FORMAT!r})")
+        if raw.get("version") != JOURNAL_VERSION:
+            raise JournalError(
+                f"{self.path}: search journal version {raw.get('version')!r} is not supported "
+                f"(this code writes version {JOURNAL_VERSION})"
+            )
+        try:
+            self.setup = raw["setup"]
+            self.latencies = dict(raw["latencies"])
+            self.evaluations = dict(raw["evaluations"])
+            self.steps = list(raw["steps"])
+        except (KeyError, TypeError) as e:
+            raise JournalError(f"{self.path}: search journal is missing {e}") from None
+
+    def _save(self) -> None:
+        if self.path is None:
+            return
+        data = {
+            "format": JOURNAL_FORMAT,
+            "version": JOURNAL_VERSION,
+            "setup": self.setup,
+            "latencies": self.latencies,
+            "evaluations": self.evaluations,
+            "steps": self.steps,
+        }
+        atomic_write_text(self.path, json.dumps(data, indent=1, allow_nan=False) + "\n")
+
+    # ------------------------------------------------------------- setup guard
+    def bind(self, start: Arch, ops: Sequence[ExpansionOp], max_k: int, fingerprint: Any = None) -> None:
+        """Attach this journal to one search setup, or check that it already belongs to it."""
+        setup = {
+            "start": start.to_dict(),
+            "ops": [op.to_dict() for op in ops],
+            "max_k": max_k,
+            "fingerprint": json.loads(json.dumps(fingerprint)),
+        }
+        with self._lock:
+            if self.setup is None:
+                self.setup = setup
+                self._save()
+                return
+            for key, what in (("start", "start arch"), ("ops", "expansion op set"), ("max_k", "max_k"),
+                              ("fingerprint", "recipe fingerprint")):
+                if self.setup.get(key) != setup[key]:
+                    raise JournalError(
+                        f"{self.where}: this search journal belongs to a different search setup: its {what} is "
+                        f"{_short_json(self.setup.get(key))}, this run's is {_short_json(setup[key])}. "
+                        "Use a new output directory (or delete the journal) to start a new search."
+                    )
+
+    # ------------------------------------------------------------- latencies
+    def latency(self, arch: Arch) -> Optional[float]:
+        with self._lock:
+            entry = self.latencies.get(arch.hash)
+            return None if entry is None else entry["latency"]
+
+    def record_latency(self, arch: Arch, latency: float) -> None:
+        with self._lock:
+            self.latencies[arch.hash] = {"arch": arch.to_dict(), "latency": latency}
+            self._save()
+
+    # ------------------------------------------------------------- evaluations
+    def evaluation(self, arch: Arch) -> Optional[Evaluation]:
+        with self._lock:
+            e = self.evaluations.get(arch.hash)
+            if e is None:
+                return None
+            return Evaluation(score=e["score"], metrics=e.get("metrics", {}), weights=e.get("weights"),
+                              seconds=e.get("seconds"))
+
+    def record_evaluation(self, arch: Arch, evaluation: Evaluation, context: Optional[EvalContext] = None) -> None:
+        with self._lock:
+            self.evaluations[arch.hash] = {
+                "arch": arch.to_dict(),
+                "score": evaluation.score,
+                "metrics": dict(evaluation.metrics),
+                "weights": evaluation.weights,
+                "seconds": evaluation.seconds,
+                "step": context.step if context else None,
+                "op": context.op if context else None,
+                "k": context.k if context else None,
+            }
+            self._save()
+
+    # ------------------------------------------------------------- steps
+    def recorded_step(self, index: int) -> Optional[Step]:
+        with self._lock:
+            return Step.from_dict(self.steps[index]) if index < len(self.steps) else None
+
+    def record_step(self, step: Step) -> None:
+        with self._lock:
+            if step.index != len(self.steps):
+                raise JournalError(f"{self.where}: step {step.index} recorded out of order ({len(self.steps)} so far)")
+            self.steps.append(step.to_dict())
+            self._save()
+
+
+def _short_json(x: Any, limit: int = 300) -> str:
+    text = json.dumps(x, sort_keys=True)
+    return text if len(text) <= limit else text[: limit - 3] + "..."

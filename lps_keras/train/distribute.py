@@ -1,0 +1,102 @@
+"""Devices, dtype policy and distribution strategy for a training run, and the environment record.
+
+``train.distribute``: ``"mirrored"`` (all local GPUs, or the visible logical devices) or
+``"multi_worker"`` (``MultiWorkerMirroredStrategy`` from ``TF_CONFIG``). The recipe's
+``batch_size`` is the global batch, split across replicas. Only the chief writes the run
+directory; other workers write to ``<run_dir>/workers/<id>``.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import sys
+from pathlib import Path
+from typing import Any, Optional
+
+import keras
+import numpy as np
+
+from lps_keras.train.errors import TrainingError
+
+
+def has_gpu() -> bool:
+    import tensorflow as tf
+
+    return bool(tf.config.list_physical_devices("GPU"))
+
+
+def resolve_mixed_precision(setting: str) -> str:
+    """The Keras dtype policy for ``train.mixed_precision``."""
+    if setting == "none":
+        return "float32"
+    if setting == "auto":
+        return "mixed_float16" if has_gpu() else "mixed_bfloat16"
+    if setting in ("mixed_float16", "mixed_bfloat16"):
+        return setting
+    raise TrainingError(f"train.mixed_precision: {setting!r} is not one of none, auto, mixed_float16, mixed_bfloat16")
+
+
+def make_strategy(setting: str):
+    """``tf.distribute`` strategy for ``train.distribute`` (the default strategy for ``"none"``)."""
+    import tensorflow as tf
+
+    if setting == "none":
+        return tf.distribute.get_strategy()
+    if setting == "mirrored":
+        gpus = tf.config.list_logical_devices("GPU")
+        devices = [d.name for d in gpus] or [d.name for d in tf.config.list_logical_devices("CPU")]
+        # Cross-device reduction with NCCL needs GPUs; on logical CPU devices use plain copies.
+        ops_ = None if gpus else tf.distribute.ReductionToOneDevice()
+        return tf.distribute.MirroredStrategy(devices=devices, cross_device_ops=ops_)
+    if setting == "multi_worker":
+        if not os.environ.get("TF_CONFIG"):
+            raise TrainingError("train.distribute='multi_worker' needs the TF_CONFIG environment variable")
+        return tf.distribute.MultiWorkerMirroredStrategy()
+    raise TrainingError(f"train.distribute: {setting!r} is not one of none, mirrored, multi_worker")
+
+
+
+def worker_info(strategy) -> tuple[bool, int]:
+    """(is_chief, task id) of this process."""
+    resolver = getattr(strategy, "cluster_resolver", None)
+    if resolver is None or not getattr(resolver, "task_type", None):
+        return True, 0
+    task_type, task_id = resolver.task_type, int(resolver.task_id or 0)
+    cluster = resolver.cluster_spec().as_dict() if resolver.cluster_spec() else {}
+    if "chief" in cluster:
+        return task_type == "chief", task_id
+    return task_type == "worker" and task_id == 0, task_id
+
+
+def environment_info(strategy=None, policy: Optional[str] = None) -> dict:
+    import subprocess
+
+    import tensorflow as tf
+
+    info: dict[str, Any] = {
+        "python": sys.version.split()[0],
+        "platform": platform.platform(),
+        "machine": platform.machine(),
+        "cpu_count": os.cpu_count(),
+        "tensorflow": tf.__version__,
+        "keras": keras.__version__,
+        "numpy": np.__version__,
+        "keras_backend": keras.backend.backend(),
+        "devices": [{"name": d.name, "type": d.device_type} for d in tf.config.list_logical_devices()],
+        "gpus": [d.name for d in tf.config.list_physical_devices("GPU")],
+        "argv": list(sys.argv),
+        "dtype_policy": policy,
+    }
+    if strategy is not None:
+        info["strategy"] = type(strategy).__name__
+        info["num_replicas"] = int(strategy.num_replicas_in_sync)
+    try:
+        here = Path(__file__).resolve().parent
+        commit = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True, timeout=5, check=False
+        ).stdout.strip()
+        info["git_commit"] = commit or None
+    except (OSError, subprocess.SubprocessError):
+        info["git_commit"] = None
+    return info

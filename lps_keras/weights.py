@@ -1,0 +1,162 @@
+"""Weights files and the deploy <-> training weight mapping.
+
+- :func:`load_weights_file`: the model in a ``.keras`` file (training or deploy form) or official
+  LPS-Net weights (``.pth`` / ``.pt`` / ``.npz``, see :mod:`lps_keras.official`) as an :class:`LPSNet`.
+- :func:`init_weights`: initialise a model from such a file by layer name, a deploy-form source
+  initialising a training-form model as the equivalent multi-branch block.
+- :func:`prepare_deploy_model`: the (reference, deploy) pair an export is made and verified from.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import keras
+import numpy as np
+
+from lps_keras.arch import Arch
+from lps_keras.layers import RepConvBlock
+from lps_keras.model import LPSNet, build_model
+
+__all__ = ["WeightsError", "init_weights", "is_deploy", "load_weights_file", "prepare_deploy_model"]
+
+
+class WeightsError(ValueError):
+    """A weights file cannot initialise a model; the message names the file."""
+
+
+def is_deploy(model) -> bool:
+    """True when every re-parameterisable block of ``model`` is in deploy form (one 3x3 conv + bias)."""
+    blocks = [layer for layer in model.layers if isinstance(layer, RepConvBlock)]
+    return bool(blocks) and all(b.deploy for b in blocks)
+
+
+def load_weights_file(path, arch: Arch, input_shape=None) -> LPSNet:
+    """The model stored in a weights file: a ``.keras`` model as saved (training or deploy form),
+    or official LPS-Net weights (``.pth`` / ``.pt`` / ``.npz``) loaded into a deploy model of ``arch``.
+
+    Raises FileNotFoundError or ValueError naming the file; callers check the architecture.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"weights file {str(path)!r} does not exist")
+    suffix = path.suffix.lower()
+    if suffix == ".keras":
+        try:
+            model = keras.saving.load_model(str(path), compile=False)
+        except Exception as e:  # noqa: BLE001 - keras raises many types for a bad archive
+            raise ValueError(f"{path}: not a loadable .keras model ({type(e).__name__}: {e})") from None
+        return _as_lpsnet(model, arch, path)
+    if suffix in (".pth", ".pt", ".npz"):
+        from lps_keras.official import load_official_weights
+
+        deploy = build_model(arch, deploy=True, input_shape=input_shape or (None, None, 3))
+        load_official_weights(deploy, str(path))
+        return deploy
+    raise ValueError(f"{path}: unknown weights format {suffix!r}; expected .keras, .pth or .npz")
+
+
+def _as_lpsnet(model: keras.Model, arch: Arch, path) -> LPSNet:
+    """``model`` as an :class:`LPSNet` of ``arch``.
+
+    ``.keras`` files saved before models carried their Arch hold a plain functional graph: it is
+    rebuilt as an :class:`LPSNet` of ``arch`` (the caller's expected arch) and its weights copied
+    layer by layer, so an architecture that differs shows up as a layer or shape mismatch.
+    """
+    if isinstance(model, LPSNet):
+        return model
+    upsample = any(layer.name == "logits_upsample" for layer in model.layers)
+    rebuilt = build_model(arch, deploy=is_deploy(model), upsample_logits=upsample, input_shape=model.input_shape[1:])
+    source = {layer.name: layer for layer in model.layers if layer.weights}
+    target = {layer.name: layer for layer in rebuilt.layers if layer.weights}
+    mismatch = f"{path}: the model's architecture does not match the recipe's {arch}"
+    if set(source) != set(target):
+        raise ValueError(mismatch)
+    for name, layer in target.items():
+        weights = source[name].get_weights()
+        if [w.shape for w in weights] != [tuple(v.shape) for v in layer.weights]:
+            raise ValueError(f"{mismatch} (layer {name})")
+        layer.set_weights(weights)
+    return rebuilt
+
+
+def prepare_deploy_model(arch, weights=None, input_shape=(None, None, 3)):
+    """(reference_model, deploy_model) for ``arch`` from ``weights``.
+
+    ``weights``: None (random init; the caller warns), a ``.keras`` file in training or deploy form
+    (detected from its blocks; the stored architecture must equal ``arch``), or official
+    weights (``.pth`` / ``.npz``) loaded into a deploy model. The reference model is the one the
+    export is verified against: the training-form model when there is one, so verification also
+    covers the re-parameterisation.
+    """
+
+    from lps_keras.reparam import reparameterize
+
+    if weights is None:
+        model = build_model(arch, deploy=False, input_shape=input_shape)
+        return model, reparameterize(model)
+    model = load_weights_file(weights, arch, input_shape)
+    if model.arch != arch:
+        raise ValueError(f"{weights}: the weights' architecture does not match the recipe's: "
+                         f"{model.arch.differences(arch, ('weights', 'recipe'))}")
+    return model, (model if is_deploy(model) else reparameterize(model))
+
+
+def init_weights(model: keras.Model, path, verbose: bool = True) -> dict:
+    """Initialise ``model`` from a ``.keras`` checkpoint or official LPS-Net weights (``.pth`` / ``.npz``).
+
+    Weights are matched by layer name (the names are shared by the training and deploy forms) and
+    shape; layers of other shapes (e.g. a head with another class count) are skipped and
+    reported. A deploy-form source block (one 3x3 conv with bias) initialises a training block as
+    the equivalent multi-branch block in inference mode: the kernel goes to the 3x3 conv, the
+    bias to that branch's BN beta with identity statistics (gamma 1, mean 0, var 1 - eps), the
+    1x1 kernel is zeroed and the identity branch's BN gamma is 0.
+    """
+    try:
+        source = load_weights_file(path, model.arch)
+    except (OSError, ValueError, ImportError) as e:
+        raise WeightsError(str(e)) from None
+
+    loaded, skipped = [], []
+    for layer in model.layers:
+        if not layer.weights:
+            continue
+        try:
+            src = source.get_layer(layer.name)
+        except ValueError:
+            skipped.append(f"{layer.name} (not in source)")
+            continue
+        if isinstance(layer, RepConvBlock) and isinstance(src, RepConvBlock) and src.deploy and not layer.deploy:
+            kernel, bias = src.conv.get_weights()
+            if tuple(kernel.shape) != tuple(layer.conv.kernel.shape):
+                skipped.append(f"{layer.name} (shape {kernel.shape} vs {tuple(layer.conv.kernel.shape)})")
+                continue
+            layer.conv.kernel.assign(kernel)
+            _set_bn(layer.bn, gamma=1.0, beta=bias)
+            if layer.conv_1x1 is not None:
+                layer.conv_1x1.kernel.assign(np.zeros(layer.conv_1x1.kernel.shape, "float32"))
+                _set_bn(layer.bn_1x1, gamma=1.0, beta=0.0)
+            if layer.bn_identity is not None:
+                _set_bn(layer.bn_identity, gamma=0.0, beta=0.0)
+            loaded.append(layer.name)
+            continue
+        src_w, dst_w = src.get_weights(), layer.get_weights()
+        if len(src_w) != len(dst_w) or any(a.shape != b.shape for a, b in zip(src_w, dst_w)):
+            skipped.append(f"{layer.name} (weights {[a.shape for a in src_w]} vs {[b.shape for b in dst_w]})")
+            continue
+        layer.set_weights(src_w)
+        loaded.append(layer.name)
+    if not loaded:
+        raise WeightsError(f"no layer of {path} matches the model (skipped: {', '.join(skipped[:5])})")
+    if verbose:
+        print(f"init: {len(loaded)} layers from {path}" + (f"; skipped {', '.join(skipped)}" if skipped else ""))
+    return {"path": str(path), "loaded": loaded, "skipped": skipped}
+
+
+def _set_bn(bn, gamma, beta):
+    c = bn.moving_mean.shape[0]
+    bn.gamma.assign(np.broadcast_to(np.asarray(gamma, "float32"), (c,)))
+    bn.beta.assign(np.broadcast_to(np.asarray(beta, "float32"), (c,)))
+    bn.moving_mean.assign(np.zeros((c,), "float32"))
+    # var + eps = 1, so the BN is exactly the identity in inference mode.
+    bn.moving_variance.assign(np.full((c,), 1.0 - bn.epsilon, "float32"))

@@ -1,0 +1,29 @@
+"""Test-only helpers shared by several test files (kept out of the library)."""
+
+import keras
+import numpy as np
+
+from lps_keras.layers import RepConvBlock
+
+
+def randomize_batchnorm(model: keras.Model, seed: int = 0) -> None:
+    """Give every BN random statistics and affine parameters (for testing fusion).
+
+    Fresh BNs are the identity (mean 0, var 1, gamma 1, beta 0), which would hide a wrong fold.
+    """
+    rng = np.random.default_rng(seed)
+    for layer in all_layers(model):
+        if isinstance(layer, keras.layers.BatchNormalization):
+            c = layer.moving_mean.shape[0]
+            layer.gamma.assign(rng.uniform(0.5, 1.5, c).astype("float32"))
+            layer.beta.assign(rng.normal(0.0, 0.2, c).astype("float32"))
+            layer.moving_mean.assign(rng.normal(0.0, 0.2, c).astype("float32"))
+            layer.moving_variance.assign(rng.uniform(0.5, 2.0, c).astype("float32"))
+
+
+def all_layers(model):
+    for layer in model.layers:
+        yield layer
+        if isinstance(layer, RepConvBlock):
+            yield from (sub for sub in (layer.bn, layer.bn_1x1, layer.bn_identity) if sub is not None)
+
