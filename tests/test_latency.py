@@ -311,3 +311,29 @@ def test_latency_fn_keeps_artefacts_beside_the_cache(tmp_path):
     (tmp_path / "lat.json").unlink()  # latency forgotten, artefact kept: re-timed without converting again
     lat.latency_fn("tftrt", input_shape=SHAPE, warmup=1, iters=2, cache=tmp_path / "lat.json", convert=stand_in)(TINY)
     assert calls == [1]
+
+
+def test_artifact_store_rebuilds_only_for_other_versions(tmp_path):
+    store = lat.ArtifactStore(tmp_path / "a")
+    builds = []
+
+    def build(out):
+        builds.append(out.name)
+        out.write_text("engine")
+
+    first = store.get_or_build("h1", "net h1", "tensorrt", "fp16", SHAPE, build, {"tensorrt": "10.1"})
+    assert store.get_or_build("h1", "net h1", "tensorrt", "fp16", SHAPE, build, {"tensorrt": "10.1"}) == first
+    assert len(builds) == 1
+    store.get_or_build("h1", "net h1", "tensorrt", "fp16", SHAPE, build, {"tensorrt": "10.2"})  # new TensorRT
+    assert len(builds) == 2 and first.read_text() == "engine"
+    meta = json.loads((first.parent / "meta.json").read_text())
+    assert meta["stamp"] == {"tensorrt": "10.2"} and meta["input_shape"] == list(SHAPE)
+    assert _entries(tmp_path / "a") == ["h1-tensorrt-fp16-1x64x128x3"]  # no staging or old copies left
+
+
+def test_keras_model_on_every_cpu_backend_uses_no_persistent_store(tmp_path):
+    model = build_model(TINY, deploy=True)
+    for backend in ("onnxruntime", "openvino"):
+        stats = lat.measure_latency(model, backend, SHAPE, warmup=1, iters=2, artifacts=tmp_path / "a")
+        assert stats.arch_hash == TINY.hash and stats.backend == backend
+    assert not (tmp_path / "a").exists()  # a model's weights/form are not keyed by its arch: temporary artefacts
