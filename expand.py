@@ -21,7 +21,7 @@ def main(argv=None) -> int:
     parser.add_argument("--recipe", required=True, help="recipe JSON with a search section (start arch = model)")
     parser.add_argument("--output", required=True, help="output directory (journal, table, plot, candidate runs)")
     parser.add_argument("--steps", type=int, help="expansion steps (--set search.steps=...)")
-    parser.add_argument("--latency-backend", choices=("tf", "tftrt", "tensorrt", "onnxruntime", "macs"),
+    parser.add_argument("--latency-backend", choices=("tf", "tftrt", "tensorrt", "onnxruntime", "openvino", "macs"),
                         help="latency backend (default search.latency_backend); 'macs' ranks by GMACs")
     parser.add_argument("--latency-cache", help="latency cache JSON (default <output>/<search.latency_cache>)")
     parser.add_argument("--device-key", help="use latencies measured on another device (a table imported into "
@@ -46,11 +46,13 @@ def run(args) -> int:
         print(f"expand.py: error: {e}", file=sys.stderr)
         return 2
 
-    from lps_keras.latency import LatencyCacheMiss, LatencyError
+    from lps_keras.latency import LatencyCacheMiss, LatencyError, check_backend
     from lps_keras.search import JournalError, SearchError
     from lps_keras.search.expansion import run as run_expansion
 
     try:
+        if args.device_key is None:  # latencies are measured here: the backend must exist before anything starts
+            check_backend(recipe.search.latency_backend)
         run_expansion(recipe, args.output, devices=args.devices.split(",") if args.devices else None,
             device_key=args.device_key, recipes_dir=args.recipes_dir, print_table=True)
     except (JournalError, SearchError, LatencyError, LatencyCacheMiss, RecipeError, FileNotFoundError) as e:

@@ -1,10 +1,15 @@
 """Latency table of the LPS-Net presets on this machine: params, GMACs, ms per backend, GMAC/s.
 
-    python benchmarks/latency.py [--input-size 1024x2048] [--iters 20] [--output benchmarks/latency.json]
+    python benchmarks/latency.py [--input-size 1024x2048] [--iters 20] [--runs 2] [--output benchmarks/latency.json]
 
 All columns are measured in one run, one model after another with the same thread settings, so
 ratios between columns hold. Backends: ``tf`` fp32 and bf16 (the fused Keras deploy model as a
-``tf.function``) and ``onnxruntime`` (CPU EP) on our tf2onnx export of the same graph.
+``tf.function``), ``onnxruntime`` (CPU EP) on our tf2onnx export of the same graph, and
+``openvino`` fp32 and bf16 (CPU plugin, IR converted from that ONNX file, precision hint set
+explicitly; bf16 only where the CPU supports it, else a blank column with the reason). Each
+figure is the median over ``--runs`` rounds (the whole table is measured once per round, so
+the rounds are minutes apart), and the JSON keeps every round's median: this machine is noisy,
+the spread between rounds says how much.
 """
 
 from __future__ import annotations
@@ -13,12 +18,15 @@ import argparse
 import json
 import os
 import sys
+import tempfile
 from pathlib import Path
+
+import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 PRESET_NAMES = ("lps_tiny", "lps_s", "lps_m", "lps_l")
-COLUMNS = (("tf", "fp32"), ("tf", "bf16"), ("onnxruntime", "fp32"))
+COLUMNS = (("tf", "fp32"), ("tf", "bf16"), ("onnxruntime", "fp32"), ("openvino", "fp32"), ("openvino", "bf16"))
 
 
 def parse_args(argv=None):
@@ -27,7 +35,8 @@ def parse_args(argv=None):
     p.add_argument("--batch", type=int, default=1)
     p.add_argument("--iters", type=int, default=20)
     p.add_argument("--warmup", type=int, default=5)
-    p.add_argument("--threads", type=int, default=os.cpu_count(), help="intra-op threads (TF and onnxruntime)")
+    p.add_argument("--runs", type=int, default=2, help="rounds over the whole table (the spread is reported)")
+    p.add_argument("--threads", type=int, default=os.cpu_count(), help="intra-op threads (TF, onnxruntime, openvino)")
     p.add_argument("--inter-op", type=int, default=0,
                    help="TF inter-op threads (default 0 = TF's default, one per core: the independent "
                         "resolution paths of S/M/L then run concurrently; 1 serialises them)")
@@ -44,6 +53,8 @@ def main(argv=None) -> int:
 
     try:
         h, w = parse_size(args.input_size)
+        if args.runs < 1 or args.iters < 1:
+            raise ValueError(f"--runs and --iters must be >= 1, got {args.runs} and {args.iters}")
     except ValueError as e:
         print(f"benchmarks/latency.py: error: {e}", file=sys.stderr)
         return 2
@@ -53,28 +64,43 @@ def main(argv=None) -> int:
 
     shape = (args.batch, h, w, 3)
     rows = []
-    for i, name in enumerate(args.presets, start=1):
+    for name in args.presets:
         arch = get_preset(name, args.num_classes)
         gmacs = args.batch * arch.macs(h, w) / 1e9
-        row = {"preset": name, "arch": arch.short(), "params": arch.num_params(), "gmacs": gmacs}
+        rows.append({"preset": name, "arch": arch.short(), "params": arch.num_params(), "gmacs": gmacs})
+    with tempfile.TemporaryDirectory(prefix="lps_bench_") as artifacts:  # ONNX / IR converted once, not per round
+        for run in range(1, args.runs + 1):
+            for i, row in enumerate(rows, start=1):
+                arch = get_preset(row["preset"], args.num_classes)
+                for backend, precision in COLUMNS:
+                    col = f"{backend}_{precision}"
+                    print(f"[round {run}/{args.runs}, {i}/{len(rows)}] {row['preset']} {col} ...", flush=True)
+                    try:
+                        s = measure_latency(arch, backend, shape, warmup=args.warmup, iters=args.iters,
+                                            precision=precision, threads=args.threads, artifacts=artifacts)
+                    except Exception as e:  # a missing backend is a blank column, not a failed table
+                        row[f"{col}_error"] = f"{type(e).__name__}: {e}"
+                        continue
+                    row.setdefault(f"{col}_runs", []).append(s.median_ms)
+                    row.setdefault(f"{col}_p90_runs", []).append(s.p90_ms)
+                    if s.threads.get("precision_hint"):
+                        row[f"{col}_precision_hint"] = s.threads["precision_hint"]
+    for row in rows:
         for backend, precision in COLUMNS:
             col = f"{backend}_{precision}"
-            print(f"[{i}/{len(args.presets)}] {name} {col} ...", flush=True)
-            try:
-                s = measure_latency(arch, backend, shape, warmup=args.warmup, iters=args.iters,
-                                    precision=precision, threads=args.threads)
-            except Exception as e:  # a missing backend is a blank column, not a failed table
-                row[col] = None
-                row[f"{col}_error"] = f"{type(e).__name__}: {e}"
-                continue
-            row[col] = s.median_ms
-            row[f"{col}_p90"] = s.p90_ms
-            row[f"{col}_gmacs_per_s"] = gmacs / (s.median_ms / 1e3)
-        rows.append(row)
+            runs = row.get(f"{col}_runs")
+            row[col] = float(np.median(runs)) if runs else None
+            if runs:
+                row[f"{col}_spread"] = [min(runs), max(runs)]
+                row[f"{col}_gmacs_per_s"] = row["gmacs"] / (row[col] / 1e3)
 
-    result = {"input_shape": list(shape), "iters": args.iters, "warmup": args.warmup, "device": device_name("tf"),
-              "threads": threads, "versions": {**library_versions("tf"), **library_versions("onnxruntime")},
-              "rows": rows}
+    versions = {**library_versions("tf"), **library_versions("onnxruntime")}
+    try:
+        versions.update(library_versions("openvino"))
+    except ImportError:
+        pass
+    result = {"input_shape": list(shape), "iters": args.iters, "warmup": args.warmup, "runs": args.runs,
+              "device": device_name("tf"), "threads": threads, "versions": versions, "rows": rows}
     print()
     print(format_table(result))
     out = Path(args.output)
@@ -87,22 +113,33 @@ def main(argv=None) -> int:
 
 
 def format_table(result) -> str:
-    def ms(v):
-        return "   n/a" if v is None else f"{v:8.1f}"
+    def ms(r, col):
+        v, spread = r.get(col), r.get(f"{col}_spread")
+        if v is None:
+            return f"{'n/a':>17}"
+        text = f"{v:.1f}" if not spread or spread[0] == spread[1] else f"{v:.1f} ({spread[0]:.1f}-{spread[1]:.1f})"
+        return f"{text:>17}"
+
+    def ratio(a, b):
+        return f"{a / b:6.2f}" if a and b else f"{'n/a':>6}"
 
     n, h, w, _ = result["input_shape"]
     t = result["threads"]
+    names = ("tf fp32", "tf bf16", "ort fp32", "ov fp32", "ov bf16")
     lines = [f"{n}x{h}x{w} on {result['device']}, TF intra-op/inter-op threads {t['intra_op']}/{t['inter_op']} "
-             f"(0 = TF default), median of {result['iters']} (ms)",
-             f"{'model':9} {'params':>10} {'GMACs':>7} {'tf fp32':>8} {'tf bf16':>8} {'ort fp32':>8} "
-             f"{'bf16/fp32':>9} {'tf/ort':>7} {'GMAC/s tf':>9}"]
+             f"(0 = TF default), median of {result['iters']} (ms), median over {result.get('runs', 1)} round(s) "
+             f"(min-max of the rounds in brackets)",
+             f"{'model':9} {'params':>10} {'GMACs':>7} " + " ".join(f"{c:>17}" for c in names)
+             + f" {'bf16/fp32':>9} {'tf/ort':>6} {'tf/ov':>6} {'ov b/f':>6} {'GMAC/s tf':>9}"]
     for r in result["rows"]:
         f32, b16, ort = r.get("tf_fp32"), r.get("tf_bf16"), r.get("onnxruntime_fp32")
-        ratio = f"{b16 / f32:9.2f}" if f32 and b16 else "      n/a"
-        vs = f"{f32 / ort:7.2f}" if f32 and ort else "    n/a"
-        eff = f"{r['tf_fp32_gmacs_per_s']:9.1f}" if f32 else "      n/a"
-        lines.append(f"{r['preset']:9} {r['params']:>10,} {r['gmacs']:7.2f} {ms(f32)} {ms(b16)} {ms(ort)} "
-                     f"{ratio} {vs} {eff}")
+        ov32, ov16 = r.get("openvino_fp32"), r.get("openvino_bf16")
+        eff = f"{r['tf_fp32_gmacs_per_s']:9.1f}" if f32 else f"{'n/a':>9}"
+        cells = " ".join(ms(r, f"{b}_{p}") for b, p in COLUMNS)
+        lines.append(f"{r['preset']:9} {r['params']:>10,} {r['gmacs']:7.2f} {cells} {ratio(b16, f32):>9} "
+                     f"{ratio(f32, ort)} {ratio(f32, ov32)} {ratio(ov16, ov32)} {eff}")
+    errors = {f"{r['preset']} {k[:-6]}": v for r in result["rows"] for k, v in r.items() if k.endswith("_error")}
+    lines += [f"  {k}: {v}" for k, v in errors.items()]
     return "\n".join(lines)
 
 

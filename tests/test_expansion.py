@@ -108,3 +108,41 @@ def test_process_pool_workers_give_the_sequential_result(tmp_path):
         assert json.loads((out / "journal.json").read_text())["evaluations"]
     assert [(s.arch, s.op, s.k) for s in runs[2]] == [(s.arch, s.op, s.k) for s in runs[1]]
     assert len(runs[2]) == 3 and all(s.op for s in runs[2][1:])
+
+
+TINY_CLI = ["--set", 'data.synthetic={"num_train": 12, "num_val": 4, "height": 64, "width": 128, "seed": 0}',
+            "--set", "search.proxy.iterations=3", "--set", "search.proxy.batch_size=2",
+            "--set", "search.proxy.crop_size=[64, 64]", "--set", "search.proxy.train_subset=12",
+            "--set", "search.proxy.val_subset=4", "--set", "search.latency_input_shape=[1, 64, 128, 3]",
+            "--set", "search.latency_warmup=1", "--set", "search.latency_iters=3", "--set", "search.max_k=2"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("backend", ["onnxruntime", "openvino"])
+def test_cli_one_step_timed_by_a_cpu_runtime(tmp_path, backend):
+    out = tmp_path / "expand"
+    res = subprocess.run([sys.executable, "expand.py", "--recipe", "recipes/expand_synthetic.json", "--output",
+                          str(out), "--latency-backend", backend, "--steps", "1", "--recipes-dir",
+                          str(tmp_path / "recipes"), "--set", f"data.root={tmp_path / 'synthetic'}", *TINY_CLI],
+                         cwd=REPO, capture_output=True, text=True, timeout=1200)
+    assert res.returncode == 0, res.stderr[-3000:]
+    rows = json.loads((out / "expansion.json").read_text())["rows"]
+    assert [r["step"] for r in rows] == [0, 1]
+    assert (out / "expansion.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    entries = json.loads((out / "latency_cache.json").read_text())["entries"].values()
+    assert entries and {e["backend"] for e in entries} == {backend}
+    kinds = {p.name.split("-")[1] for p in (out / "latency_cache_artifacts").iterdir()}
+    assert kinds == ({"onnx"} if backend == "onnxruntime" else {"onnx", "openvino"})
+
+
+def test_cli_missing_backend_stops_before_anything_starts(tmp_path):
+    from lps_keras.export import tftrt_status
+
+    if tftrt_status()[0]:
+        pytest.skip("this machine has TF-TRT")
+    out = tmp_path / "o"
+    res = subprocess.run([sys.executable, "expand.py", "--recipe", "recipes/expand_synthetic.json", "--output",
+                          str(out), "--latency-backend", "tftrt"], cwd=REPO, capture_output=True, text=True)
+    errors = [line for line in res.stderr.splitlines() if "expand.py: error" in line]
+    assert res.returncode != 0 and len(errors) == 1 and "requirements-tftrt.txt" in errors[0]
+    assert "Traceback" not in res.stderr and not out.exists()

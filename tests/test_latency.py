@@ -1,8 +1,12 @@
-"""Latency: stats on a tiny model, macs pseudo-backend, cache hit/miss, corrupt cache, foreign-device tables."""
+"""Latency: stats on a tiny model, every backend on an Arch (tftrt/tensorrt through injected converters),
+cached artefacts, the start-up backend check, macs pseudo-backend, cache hit/miss, corrupt cache, foreign tables."""
 
 import json
+import shutil
+import sys
 import warnings
 
+import numpy as np
 import pytest
 
 from lps_keras import latency as lat
@@ -54,7 +58,7 @@ def test_macs_backend_is_gmacs():
 
 def test_unavailable_backends_and_bad_arguments():
     with pytest.raises(ValueError, match="backend"):
-        lat.measure_latency(TINY, "openvino", SHAPE)
+        lat.measure_latency(TINY, "nope", SHAPE)
     with pytest.raises(ValueError, match="input_shape"):
         lat.measure_latency(TINY, "tf", (64, 128, 3))
     from lps_keras.export import tftrt_status
@@ -141,3 +145,195 @@ def test_table_from_another_device(tmp_path):
     local = lat.LatencyCache(tmp_path / "local.json")
     assert local.import_table(tmp_path / "gpu.json") == 1
     assert lat.LatencyCache(tmp_path / "local.json", match_device=False).lookup(TINY, "tf", "fp32", SHAPE)
+
+
+# --------------------------------------------------------------------------- artefact backends
+def _graph_ops(fn) -> list[str]:
+    graph_def = fn.graph.as_graph_def()
+    return [n.op for n in graph_def.node] + [n.op for f in graph_def.library.function for n in f.node_def]
+
+
+def check_static_fused_savedmodel(path, arch, shape):
+    """What a TF-TRT converter must be handed: a static-shape float SavedModel of the fused ``arch``."""
+    import tensorflow as tf
+
+    loaded = tf.saved_model.load(str(path))  # kept referenced: the signature uses its variables
+    fn = loaded.signatures["serving_default"]
+    (name, spec), = fn.structured_input_signature[1].items()
+    assert tuple(spec.shape) == shape and spec.dtype == tf.float32  # static: no None anywhere
+    ops = _graph_ops(fn)
+    assert "Conv2D" in ops and not [op for op in ops if "BatchNorm" in op]  # fused: BN folded into the convs
+    assert sum(int(np.prod(v.shape)) for v in fn.variables) == arch.num_params()  # analytic deploy params
+    out = fn(**{name: tf.zeros(shape)})["logits"]
+    assert tuple(out.shape) == (shape[0], *arch.output_size(*shape[1:3]), arch.num_classes)
+
+
+def check_static_fused_onnx(path, arch, shape):
+    """What a TensorRT builder must be handed: a static-shape ONNX file of the fused ``arch``."""
+    import onnx
+    from onnx import numpy_helper
+
+    model = onnx.load(str(path))
+    (inp,) = model.graph.input
+    assert [d.dim_value for d in inp.type.tensor_type.shape.dim] == list(shape)
+    assert all(d.HasField("dim_value") for d in inp.type.tensor_type.shape.dim)
+    assert not [n for n in model.graph.node if n.op_type == "BatchNormalization"]
+    inits = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
+    convs = {n.output[0] for n in model.graph.node if n.op_type == "Conv"}
+    params = [i for n in model.graph.node if n.op_type == "Conv" for i in n.input[1:]]  # kernel (and bias)
+    params += [i for n in model.graph.node if n.op_type == "Add" and set(n.input) & convs  # or a bias Add
+               for i in n.input if i in inits]
+    assert sum(inits[i].size for i in params) == arch.num_params()
+    assert sum(n.op_type == "Conv" for n in model.graph.node) == arch.num_paths * sum(arch.depth) + 1
+
+
+def _entries(store_dir):
+    return sorted(p.name for p in store_dir.iterdir()) if store_dir.exists() else []
+
+
+def test_tftrt_with_injected_converter_caches_the_converted_model(tmp_path):
+    handed = []
+
+    def stand_in(source, out, precision, input_shape):
+        check_static_fused_savedmodel(source, TINY, SHAPE)
+        handed.append((precision, input_shape))
+        shutil.copytree(source, out)  # a plain SavedModel: what TF-TRT writes, minus the engines
+
+    store = tmp_path / "artifacts"
+    stats = lat.measure_latency(TINY, "tftrt", SHAPE, warmup=1, iters=3, precision="fp16", artifacts=store,
+                                convert=stand_in)
+    assert handed == [("fp16", SHAPE)]
+    assert (stats.backend, stats.precision, stats.iterations, stats.arch_hash) == ("tftrt", "fp16", 3, TINY.hash)
+    assert f"{TINY.hash}-tftrt-fp16-1x64x128x3" in _entries(store)
+
+    def never(*args):
+        raise AssertionError("a cached TF-TRT model was converted again")
+
+    again = lat.measure_latency(TINY, "tftrt", SHAPE, warmup=1, iters=2, precision="fp16", artifacts=store,
+                                convert=never)
+    assert again.iterations == 2
+
+
+def test_tensorrt_with_injected_builder_and_loader(tmp_path):
+    built, loaded = [], []
+
+    def builder(source, out, precision, input_shape):
+        check_static_fused_onnx(source, TINY, SHAPE)
+        built.append(precision)
+        out.write_bytes(source.read_bytes())  # our "engine" is the ONNX file itself
+
+    def loader(engine, input_shape, precision, threads):
+        loaded.append(engine.name)
+        return lat.load_onnxruntime(engine, input_shape, precision, threads)  # something the loop can run
+
+    store = tmp_path / "artifacts"
+    stats = lat.measure_latency(TINY, "tensorrt", SHAPE, warmup=1, iters=3, precision="fp16", artifacts=store,
+                                convert=builder, load=loader)
+    assert built == ["fp16"] and loaded == ["model.engine"] and stats.iterations == 3
+    assert _entries(store) == [f"{TINY.hash}-onnx-fp32-1x64x128x3", f"{TINY.hash}-tensorrt-fp16-1x64x128x3"]
+    lat.measure_latency(TINY, "tensorrt", SHAPE, warmup=0, iters=1, precision="fp16", artifacts=store,
+                        convert=builder, load=loader)
+    assert built == ["fp16"] and len(loaded) == 2  # engine reused, not rebuilt
+
+
+def test_failed_conversion_leaves_nothing_and_names_arch_and_backend(tmp_path):
+    def broken(source, out, precision, input_shape):
+        out.write_bytes(b"half an engine")
+        raise RuntimeError("out of workspace\nsecond line")
+
+    store = tmp_path / "artifacts"
+    with pytest.raises(lat.LatencyError) as info:
+        lat.measure_latency(TINY, "tensorrt", SHAPE, artifacts=store, convert=broken, load=lat.load_onnxruntime)
+    message = str(info.value)
+    assert TINY.hash in message and "tensorrt" in message and "out of workspace" in message
+    assert "\n" not in message
+    assert _entries(store) == [f"{TINY.hash}-onnx-fp32-1x64x128x3"]  # the ONNX step had succeeded; no engine
+
+
+def test_openvino_fp32_matches_onnx_and_sets_the_hint(tmp_path):
+    import onnxruntime as ort
+    import openvino as ov
+
+    store = tmp_path / "artifacts"
+    stats = lat.measure_latency(TINY, "openvino", SHAPE, warmup=1, iters=3, threads=1, artifacts=store)
+    assert stats.threads["precision_hint"] == "f32" and stats.threads["intra_op"] == 1
+    assert "openvino" in stats.versions
+    # The IR keeps fp32 weights: it reproduces the ONNX artefact (onnxruntime) to float32 rounding.
+    x = np.random.default_rng(1).normal(0, 1, SHAPE).astype(np.float32)
+    onnx_path = store / f"{TINY.hash}-onnx-fp32-1x64x128x3" / "model.onnx"
+    ref = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"]).run(None, {"image": x})[0]
+    ir = store / f"{TINY.hash}-openvino-fp32-1x64x128x3" / "model.xml"
+    got = ov.Core().compile_model(str(ir), "CPU", {"INFERENCE_PRECISION_HINT": "f32"})(x)[0]
+    assert np.abs(got - ref).max() <= 1e-4 * np.abs(ref).max()
+
+
+def test_openvino_bf16_where_the_cpu_supports_it(tmp_path):
+    from lps_keras.latency.check import openvino_bf16_status
+
+    supported, _ = openvino_bf16_status()
+    if not supported:
+        with pytest.raises(lat.LatencyError, match="bf16"):
+            lat.measure_latency(TINY, "openvino", SHAPE, precision="bf16")
+        return
+    stats = lat.measure_latency(TINY, "openvino", SHAPE, warmup=1, iters=2, precision="bf16")
+    assert stats.threads["precision_hint"] == "bf16" and stats.precision == "bf16"
+
+
+def test_backend_check_is_one_line_naming_the_requirements(monkeypatch):
+    from lps_keras.export import tftrt_status
+    from lps_keras.latency import check
+
+    monkeypatch.setattr(check, "_passed", set())
+    if not tftrt_status()[0]:
+        with pytest.raises(lat.LatencyError, match="requirements-tftrt.txt") as info:
+            lat.check_backend("tftrt")
+        assert "\n" not in str(info.value) and "2.18" in str(info.value)
+        with pytest.raises(lat.LatencyError, match="requirements-tftrt.txt"):  # at creation, not at a candidate
+            lat.latency_fn("tftrt", input_shape=SHAPE)
+    monkeypatch.setitem(sys.modules, "openvino", None)  # as if not installed
+    with pytest.raises(lat.LatencyError, match=r"openvino.*requirements\.txt") as info:
+        lat.latency_fn("openvino", input_shape=SHAPE)
+    assert "\n" not in str(info.value)
+    with pytest.raises(lat.LatencyError, match="fp16"):
+        lat.check_backend("onnxruntime", "fp16")
+
+
+def test_latency_fn_keeps_artefacts_beside_the_cache(tmp_path):
+    calls = []
+
+    def stand_in(source, out, precision, input_shape):
+        calls.append(1)
+        shutil.copytree(source, out)
+
+    fn = lat.latency_fn("tftrt", input_shape=SHAPE, warmup=1, iters=2, cache=tmp_path / "lat.json", convert=stand_in)
+    assert fn(TINY) > 0 and fn.artifacts.root == tmp_path / "lat_artifacts"
+    assert f"{TINY.hash}-tftrt-fp32-1x64x128x3" in _entries(tmp_path / "lat_artifacts")
+    (tmp_path / "lat.json").unlink()  # latency forgotten, artefact kept: re-timed without converting again
+    lat.latency_fn("tftrt", input_shape=SHAPE, warmup=1, iters=2, cache=tmp_path / "lat.json", convert=stand_in)(TINY)
+    assert calls == [1]
+
+
+def test_artifact_store_rebuilds_only_for_other_versions(tmp_path):
+    store = lat.ArtifactStore(tmp_path / "a")
+    builds = []
+
+    def build(out):
+        builds.append(out.name)
+        out.write_text("engine")
+
+    first = store.get_or_build("h1", "net h1", "tensorrt", "fp16", SHAPE, build, {"tensorrt": "10.1"})
+    assert store.get_or_build("h1", "net h1", "tensorrt", "fp16", SHAPE, build, {"tensorrt": "10.1"}) == first
+    assert len(builds) == 1
+    store.get_or_build("h1", "net h1", "tensorrt", "fp16", SHAPE, build, {"tensorrt": "10.2"})  # new TensorRT
+    assert len(builds) == 2 and first.read_text() == "engine"
+    meta = json.loads((first.parent / "meta.json").read_text())
+    assert meta["stamp"] == {"tensorrt": "10.2"} and meta["input_shape"] == list(SHAPE)
+    assert _entries(tmp_path / "a") == ["h1-tensorrt-fp16-1x64x128x3"]  # no staging or old copies left
+
+
+def test_keras_model_on_every_cpu_backend_uses_no_persistent_store(tmp_path):
+    model = build_model(TINY, deploy=True)
+    for backend in ("onnxruntime", "openvino"):
+        stats = lat.measure_latency(model, backend, SHAPE, warmup=1, iters=2, artifacts=tmp_path / "a")
+        assert stats.arch_hash == TINY.hash and stats.backend == backend
+    assert not (tmp_path / "a").exists()  # a model's weights/form are not keyed by its arch: temporary artefacts

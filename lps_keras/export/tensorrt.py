@@ -42,8 +42,11 @@ def require_tftrt():
 
 
 def convert_tftrt(saved_model_dir, out_dir, precision="fp16", input_shape=(1, 1024, 2048, 3),
-                  signature="serving_default", overwrite=False) -> dict:
+                  signature="serving_default", overwrite=False, input_dtype="uint8") -> dict:
     """Convert a static-shape SavedModel with TF-TRT; build engines before saving.
+
+    ``input_dtype`` is the signature's input type: ``uint8`` for :func:`export_savedmodel`'s
+    serving graph, ``float32`` for the bare network the latency backend times.
 
     Runs only on the TF 2.17 line with a GPU (see ``requirements-tftrt.txt``). The converter
     replaces supported subgraphs with ``TRTEngineOp`` nodes; ``build()`` creates their engines for
@@ -51,6 +54,7 @@ def convert_tftrt(saved_model_dir, out_dir, precision="fp16", input_shape=(1, 10
     op was converted (a "TF-TRT model" without engines is just a slower SavedModel).
     """
     check_choice("precision", precision, ("fp32", "fp16"))
+    check_choice("input_dtype", input_dtype, ("uint8", "float32"))
     require_tftrt()
     import tensorflow as tf
     from tensorflow.python.compiler.tensorrt import trt_convert as trt
@@ -75,7 +79,7 @@ def convert_tftrt(saved_model_dir, out_dir, precision="fp16", input_shape=(1, 10
     share = segment_ops / max(segment_ops + len(native), 1)
 
     def input_fn():
-        yield (tf.zeros(input_shape, tf.uint8),)
+        yield (tf.zeros(input_shape, input_dtype),)
 
     converter.build(input_fn=input_fn)
     out_dir.parent.mkdir(parents=True, exist_ok=True)

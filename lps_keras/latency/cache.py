@@ -16,6 +16,8 @@ from typing import Optional, Union
 
 from lps_keras.arch import Arch
 from lps_keras.fileio import atomic_write_text
+from lps_keras.latency.artifacts import ArtifactStore
+from lps_keras.latency.check import check_backend
 from lps_keras.latency.runners import measure_latency
 from lps_keras.latency.stats import LatencyCacheMiss, LatencyStats, device_name, library_versions
 
@@ -137,18 +139,29 @@ def latency_fn(
     match_device: bool = True,
     measure: Optional[Callable] = None,
     verbose: bool = False,
+    artifacts: Union[None, str, os.PathLike, ArtifactStore] = None,
+    convert: Optional[Callable] = None,
+    load: Optional[Callable] = None,
 ) -> Callable[[Arch], float]:
     """``arch -> latency`` (median ms; GMACs for ``backend="macs"``) through the cache.
 
+    The backend is checked here, once (:func:`~lps_keras.latency.check_backend`): a machine
+    without it gets one :class:`LatencyError` naming what is missing before the search starts.
+    Converted artefacts (ONNX, OpenVINO IR, engines) go to ``artifacts``, by default
+    ``<cache stem>_artifacts/`` beside the cache file, so a resumed search does not rebuild them.
     With ``device_key`` naming another machine (a table imported from it) a cache miss raises
     :class:`LatencyCacheMiss`, since measuring here would mix devices. ``measure`` replaces
-    :func:`measure_latency` (tests).
+    :func:`measure_latency` (tests); ``convert`` / ``load`` are passed to it.
     """
     if isinstance(cache, (str, os.PathLike)):
         cache = LatencyCache(cache, device_key=device_key, match_device=match_device)
     elif cache is not None and device_key is not None:
         cache.device_key = device_key
     input_shape = tuple(input_shape)
+    if artifacts is None and cache is not None:
+        artifacts = ArtifactStore.beside(cache.path)
+    if measure is None and (device_key is None or device_key == device_name(backend)):
+        check_backend(backend, precision, converter=convert is None, runtime=load is None)
 
     def fn(arch: Arch) -> float:
         def measure_here() -> LatencyStats:
@@ -160,7 +173,8 @@ def latency_fn(
                 return measure(arch, backend=backend, input_shape=input_shape, warmup=warmup, iters=iters,
                                precision=precision, threads=threads)
             return measure_latency(arch, backend=backend, input_shape=input_shape, warmup=warmup, iters=iters,
-                                   precision=precision, threads=threads)
+                                   precision=precision, threads=threads, artifacts=artifacts, convert=convert,
+                                   load=load)
 
         # GMACs are computed, not measured: nothing to cache.
         use_cache = cache is not None and backend != "macs"
@@ -171,4 +185,5 @@ def latency_fn(
         return stats.median_ms
 
     fn.cache = cache
+    fn.artifacts = artifacts
     return fn

@@ -1,28 +1,45 @@
-"""``measure_latency``: one timed forward pass per backend (tf, onnxruntime, tftrt, tensorrt, macs).
+"""``measure_latency``: one timed forward pass per backend (tf, onnxruntime, openvino, tftrt, tensorrt, macs).
+
+What is timed is the network the official LPS-Net latency script times: batch 1 (or the given N),
+a float32 input of the full image size, logits out at the head's resolution; no
+normalisation, no resize of the logits to the input size, no softmax and no argmax.
 
 Honest timing rules: warm-up runs (which include tracing, graph optimisation, engine building)
-are never timed; every timed iteration ends with the result copied to the host (``.numpy()``),
-which synchronises a GPU; the median is the reported figure.
+are never timed; every timed iteration ends with the result on the host (``.numpy()``, an
+onnxruntime/OpenVINO output array, or a stream synchronisation for TensorRT); the median is the
+reported figure.
+
+For every backend but ``tf`` the deploy network first becomes the backend's artefact
+(:mod:`.artifacts`: ONNX, OpenVINO IR, TF-TRT SavedModel, TensorRT engine), cached per (arch
+hash, backend, precision, input shape). The conversion step of ``tftrt``/``tensorrt`` and the
+step that loads an artefact into a timed call are arguments (``convert=``, ``load=``), so
+their orchestration is tested on machines that cannot run TensorRT.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Optional
+from typing import TYPE_CHECKING, Optional, Union
 
 import numpy as np
 
 from lps_keras.arch import Arch
+from lps_keras.latency import artifacts as art
+from lps_keras.latency.check import check_backend, check_precision
 from lps_keras.latency.stats import LatencyError, LatencyStats, device_name, library_versions, set_tf_threads
 
 if TYPE_CHECKING:
     from lps_keras.latency.cache import LatencyCache
 
-BACKENDS = ("tf", "onnxruntime", "tftrt", "tensorrt", "macs")
+BACKENDS = ("tf", "onnxruntime", "openvino", "tftrt", "tensorrt", "macs")
+
+#: ``load(artefact, input_shape, precision, threads) -> (run, thread_info)``: what the timing loop calls.
+Loader = Callable[[Path, tuple, str, Optional[int]], tuple]
 
 
 def _time_loop(run: Callable[[], object], warmup: int, iters: int) -> list[float]:
@@ -36,29 +53,36 @@ def _time_loop(run: Callable[[], object], warmup: int, iters: int) -> list[float
     return times
 
 
-def _as_keras_model(target, precision):
+def random_deploy_model(arch: Arch):
+    """The fused deploy model of ``arch`` with random weights, biases included.
+
+    Fresh biases are zero, and converters fold a zero bias away (tf2onnx drops the ``Add``),
+    which would time a cheaper graph than a trained network's.
+    """
     from lps_keras.model import build_model
 
-    if isinstance(target, Arch):
-        model = build_model(target, deploy=True)
-    else:
-        model = target
+    model = build_model(arch, deploy=True)
+    rng = np.random.default_rng(0)
+    for var in model.weights:
+        if var.path.endswith("bias"):
+            var.assign(rng.normal(0, 0.1, var.shape).astype(np.float32))
+    return model
+
+
+def _as_keras_model(target, precision="fp32"):
+    model = random_deploy_model(target) if isinstance(target, Arch) else target
     if precision == "bf16":
         from lps_keras.export.precision import bf16_model
 
         model = bf16_model(model)
-    elif precision != "fp32":
-        raise LatencyError(f"precision {precision!r} is not supported by this backend (fp32, bf16)")
     return model
 
 
-def _arch_hash(target) -> Optional[str]:
+def _arch_of(target) -> Optional[Arch]:
     if isinstance(target, Arch):
-        return target.hash
-    if isinstance(target, (str, os.PathLike)):
-        return None
-    arch = getattr(target, "arch", None)  # models from build_model carry their Arch
-    return arch.hash if isinstance(arch, Arch) else None
+        return target
+    arch = None if isinstance(target, (str, os.PathLike)) else getattr(target, "arch", None)
+    return arch if isinstance(arch, Arch) else None  # models from build_model carry their Arch
 
 
 def measure_latency(
@@ -70,20 +94,38 @@ def measure_latency(
     precision: str = "fp32",
     threads: Optional[int] = None,
     cache: Optional[LatencyCache] = None,
+    artifacts: Union[None, str, os.PathLike, art.ArtifactStore] = None,
+    convert: Optional[art.Converter] = None,
+    load: Optional[Loader] = None,
 ) -> LatencyStats:
-    """Time one forward pass of ``target`` at ``input_shape`` (NHWC).
+    """Time one forward pass of ``target`` at ``input_shape`` (NHWC, float32).
+
+    What is timed is the official LPS-Net latency script's network: batch 1, float input,
+    logits out (at the head's resolution); no pre-processing, argmax or softmax.
 
     Args:
-        target: an :class:`Arch` (deploy model with random weights: latency does not depend on
-            weights), a Keras model (float32 normalised input -> logits), a SavedModel directory
-            from :mod:`lps_keras.export` (its ``serving_default``: uint8 in, labels + outputs),
-            an ``.onnx`` file (onnxruntime / tensorrt) or a TensorRT ``.engine`` file.
+        target: an :class:`Arch` (its deploy model with random weights: latency does not depend
+            on weights), a Keras model (float32 normalised input -> logits), or a ready artefact:
+            a SavedModel directory (tf, tftrt, openvino), an ``.onnx`` file (onnxruntime, openvino,
+            tensorrt), an OpenVINO ``.xml`` or a TensorRT ``.engine``.
         backend: ``tf`` (TensorFlow on the current device), ``onnxruntime`` (CPU EP),
-            ``tftrt`` (TF-TRT SavedModel; TF 2.17 + GPU), ``tensorrt`` (TensorRT 10 + GPU),
-            ``macs`` (no timing: GMACs of the Arch, deterministic, for tests and dry runs).
-        precision: ``fp32``; ``bf16`` (tf) or ``fp16`` (tensorrt/tftrt).
-        threads: intra-op threads (TF: only if set before TF started; onnxruntime: per session).
+            ``openvino`` (CPU plugin), ``tftrt`` (TF-TRT; TF 2.17 + GPU), ``tensorrt``
+            (TensorRT 10 + GPU), ``macs`` (no timing: GMACs of the Arch, for tests and dry runs).
+        precision: ``fp32``; ``bf16`` (tf, openvino: only where the CPU supports it) or
+            ``fp16`` (tftrt, tensorrt). OpenVINO's hint is always set explicitly: its CPU
+            plugin defaults to bf16 on CPUs that have it.
+        threads: intra-op threads (TF: only if set before TF started; onnxruntime, openvino:
+            per session / compiled model). The values in force are recorded in the stats.
         cache: a :class:`LatencyCache`; hit -> no measurement, miss -> measured and stored.
+        artifacts: where converted artefacts of an :class:`Arch` are kept (a directory or an
+            :class:`~lps_keras.latency.artifacts.ArtifactStore`); default beside ``cache``, else
+            a temporary directory removed afterwards. Keras models and files always use a
+            temporary one.
+        convert: replaces the ``tftrt`` / ``tensorrt`` conversion step,
+            ``convert(source, out, precision, input_shape)``: ``source`` is the static-shape
+            SavedModel (tftrt) or ONNX file (tensorrt), ``out`` the path to write.
+        load: replaces the step that turns the artefact into the timed call,
+            ``load(artefact, input_shape, precision, threads) -> (run, thread_info)``.
     """
     if backend not in BACKENDS:
         raise ValueError(f"unknown latency backend {backend!r}; known: {', '.join(BACKENDS)}")
@@ -92,127 +134,156 @@ def measure_latency(
         raise ValueError(f"input_shape must be (N, H, W, 3), got {input_shape!r}")
     if iters < 1 or warmup < 0:
         raise ValueError(f"need iters >= 1 and warmup >= 0, got iters={iters!r}, warmup={warmup!r}")
+    check_precision(backend, precision)
     arch = target if isinstance(target, Arch) else None
     if cache is not None and arch is not None:
+        if artifacts is None and backend not in ("tf", "macs"):
+            artifacts = art.ArtifactStore.beside(cache.path)
         return cache.get_or_measure(arch, backend, precision, input_shape, lambda: measure_latency(
-            target, backend, input_shape, warmup=warmup, iters=iters, precision=precision, threads=threads))
+            target, backend, input_shape, warmup=warmup, iters=iters, precision=precision, threads=threads,
+            artifacts=artifacts, convert=convert, load=load))
 
     if backend == "macs":
-        arch = arch or getattr(target, "arch", None)
-        if not isinstance(arch, Arch):
+        arch = _arch_of(target)
+        if arch is None:
             raise LatencyError("the macs backend needs an Arch or an LPS-Net Keras model")
         gmacs = input_shape[0] * arch.macs(input_shape[1], input_shape[2]) / 1e9
-        stats = LatencyStats.from_times([gmacs], backend="macs", precision=precision, input_shape=input_shape,
-                                        device="analytic", versions=library_versions("macs"), threads={},
-                                        warmup=0, arch_hash=arch.hash)
-    else:
-        runner = {"tf": _tf_runner, "onnxruntime": _ort_runner, "tftrt": _tftrt_runner,
-                  "tensorrt": _tensorrt_runner}[backend]
-        run, thread_info = runner(target, input_shape, precision, threads)
+        return LatencyStats.from_times([gmacs], backend="macs", precision=precision, input_shape=input_shape,
+                                       device="analytic", versions=library_versions("macs"), threads={},
+                                       warmup=0, arch_hash=arch.hash)
+    if backend != "tftrt" and not isinstance(target, (str, os.PathLike)):
+        check_backend(backend, precision, converter=convert is None, runtime=load is None)
+    with _artifact_store(artifacts, target) as store:
+        job = _Job(target, backend, input_shape, precision, threads, store, convert, load)
+        run, thread_info = _RUNNERS[backend](job)
         times = _time_loop(run, warmup, iters)
-        stats = LatencyStats.from_times(times, backend=backend, precision=precision, input_shape=input_shape,
-                                        device=device_name(backend), versions=library_versions(backend),
-                                        threads=thread_info, warmup=warmup, arch_hash=_arch_hash(target))
-    return stats
+    arch = _arch_of(target)
+    return LatencyStats.from_times(times, backend=backend, precision=precision, input_shape=input_shape,
+                                   device=device_name(backend), versions=library_versions(backend),
+                                   threads=thread_info, warmup=warmup, arch_hash=arch.hash if arch else None)
 
 
-def _tf_runner(target, input_shape, precision, threads):
+@contextlib.contextmanager
+def _artifact_store(artifacts, target):
+    if artifacts is not None and isinstance(target, Arch):
+        yield artifacts if isinstance(artifacts, art.ArtifactStore) else art.ArtifactStore(artifacts)
+        return
+    with tempfile.TemporaryDirectory(prefix="lps_latency_") as tmp:
+        yield art.ArtifactStore(tmp)
+
+
+class _Job:
+    """One measurement: the target, its settings, and its artefacts (built on first use)."""
+
+    def __init__(self, target, backend, input_shape, precision, threads, store, convert, load):
+        self.target, self.backend, self.input_shape = target, backend, input_shape
+        self.precision, self.threads, self.store = precision, threads, store
+        self.convert, self.load = convert, load
+        arch = _arch_of(target)
+        self.is_path = isinstance(target, (str, os.PathLike))
+        self.ident = arch.hash if arch is not None else "target"
+        self.label = (f"{arch} ({arch.hash})" if arch is not None
+                      else str(target) if self.is_path else f"model {getattr(target, 'name', '?')}")
+        self._model = None
+
+    def model(self):
+        if self._model is None:
+            self._model = _as_keras_model(self.target)
+        return self._model
+
+    def artifact(self, kind: str, build: Callable[[Path], object], precision: str = "fp32") -> Path:
+        return self.store.get_or_build(self.ident, f"{self.label} for the {self.backend} backend", kind, precision,
+                                       self.input_shape, build, art.artifact_stamp(kind))
+
+    def savedmodel(self) -> Path:
+        return self.artifact("savedmodel", lambda out: art.write_static_savedmodel(self.model(), self.input_shape,
+                                                                                   out))
+
+    def onnx(self) -> Path:
+        if self.is_path and str(self.target).endswith(".onnx"):
+            return Path(self.target)
+        if self.is_path:  # an exported SavedModel directory: its serving_default
+            from lps_keras.export.onnx import export_onnx
+
+            return self.artifact("onnx", lambda out: export_onnx(str(self.target), out, verify=False))
+        return self.artifact("onnx", lambda out: art.write_onnx(self.model(), self.input_shape, out))
+
+    def loader(self, default: Loader) -> Loader:
+        return self.load or default
+
+
+def _random_input(dtype, input_shape):
+    rng = np.random.default_rng(0)
+    if np.dtype(dtype) == np.uint8:  # an exported serving graph takes raw images
+        return rng.integers(0, 256, input_shape, dtype=np.uint8)
+    return rng.normal(0, 1, input_shape).astype(np.float32)
+
+
+# --------------------------------------------------------------------------- loaders
+def load_savedmodel(path, input_shape, precision="fp32", threads=None):
+    """Time a SavedModel's ``serving_default`` (one input; uint8 or float32; outputs copied to host)."""
     thread_info = set_tf_threads(threads, None)
     import tensorflow as tf
 
-    if isinstance(target, (str, os.PathLike)):
-        if precision != "fp32":
-            raise LatencyError("an exported SavedModel runs at the precision it was exported with; "
-                               "pass precision='fp32' (export a bf16 variant to time bf16)")
-        fn = tf.saved_model.load(str(target)).signatures["serving_default"]
-        x = tf.constant(np.random.default_rng(0).integers(0, 256, input_shape, dtype=np.uint8))
+    fn = tf.saved_model.load(str(path)).signatures["serving_default"]
+    (name, spec), = fn.structured_input_signature[1].items()
+    x = tf.constant(_random_input(spec.dtype.as_numpy_dtype, input_shape))
 
-        def run():
-            out = fn(images=x)
-            return {k: v.numpy() for k, v in out.items()}
-    else:
-        model = _as_keras_model(target, precision)
-        x = tf.constant(np.random.default_rng(0).normal(0, 1, input_shape).astype(np.float32))
-
-        @tf.function(input_signature=[tf.TensorSpec(input_shape, tf.float32)])
-        def forward(image):
-            return model(image, training=False)
-
-        def run():
-            return forward(x).numpy()  # host copy = device synchronisation
+    def run():
+        return {k: v.numpy() for k, v in fn(**{name: x}).items()}
 
     return run, thread_info
 
 
-def _ort_runner(target, input_shape, precision, threads):
+def load_onnxruntime(path, input_shape, precision="fp32", threads=None):
     import onnxruntime as ort
 
-    if precision != "fp32":
-        raise LatencyError(f"the onnxruntime backend measures fp32 graphs, got precision={precision!r}")
-    tmpdir = None
-    if isinstance(target, (str, os.PathLike)) and str(target).endswith(".onnx"):
-        onnx_path = str(target)
-    else:
-        from lps_keras.export.onnx import export_onnx
-
-        tmpdir = tempfile.TemporaryDirectory(prefix="lps_latency_onnx_")
-        onnx_path = str(Path(tmpdir.name) / "model.onnx")
-        source = target if isinstance(target, (str, os.PathLike)) else _as_keras_model(target, "fp32")
-        export_onnx(source, onnx_path, input_shape=input_shape, verify=False)
     opts = ort.SessionOptions()
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     if threads:
         opts.intra_op_num_threads = int(threads)
-    sess = ort.InferenceSession(onnx_path, opts, providers=["CPUExecutionProvider"])
+    sess = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
     inp = sess.get_inputs()[0]
-    if "uint8" in inp.type:
-        x = np.random.default_rng(0).integers(0, 256, input_shape, dtype=np.uint8)
-    else:
-        x = np.random.default_rng(0).normal(0, 1, input_shape).astype(np.float32)
+    x = _random_input(np.uint8 if "uint8" in inp.type else np.float32, input_shape)
     thread_info = {"intra_op": opts.intra_op_num_threads, "inter_op": opts.inter_op_num_threads,
                    "cpu_count": os.cpu_count()}
 
     def run():
         return sess.run(None, {inp.name: x})
 
-    run._keepalive = tmpdir  # the ONNX file lives as long as the runner
     return run, thread_info
 
 
-def _tftrt_runner(target, input_shape, precision, threads):
-    """TF-TRT: ``target`` must be a SavedModel already converted by :func:`lps_keras.export.convert_tftrt`."""
-    from lps_keras.export.tensorrt import require_tftrt
+def load_openvino(path, input_shape, precision="fp32", threads=None):
+    """Compile for the CPU with the precision hint set explicitly (the plugin defaults to bf16 where it can)."""
+    import openvino as ov
 
-    try:
-        require_tftrt()
-    except RuntimeError as e:
-        raise LatencyError(str(e)) from None
-    if not isinstance(target, (str, os.PathLike)):
-        raise LatencyError("the tftrt backend times a TF-TRT SavedModel directory (export.py --tftrt)")
-    return _tf_runner(target, input_shape, "fp32", threads)
+    config = {"INFERENCE_PRECISION_HINT": {"fp32": "f32", "bf16": "bf16"}[precision], "PERFORMANCE_HINT": "LATENCY"}
+    if threads:
+        config["INFERENCE_NUM_THREADS"] = int(threads)
+    compiled = ov.Core().compile_model(str(path), "CPU", config)
+    request = compiled.create_infer_request()
+    port = compiled.input(0)
+    x = _random_input(np.uint8 if port.get_element_type() == ov.Type.u8 else np.float32, input_shape)
+    thread_info = {"intra_op": int(compiled.get_property("INFERENCE_NUM_THREADS")),
+                   "streams": int(compiled.get_property("NUM_STREAMS")),
+                   "precision_hint": compiled.get_property("INFERENCE_PRECISION_HINT").to_string(),
+                   "cpu_count": os.cpu_count()}
+
+    def run():
+        return request.infer({0: x})  # outputs copied into numpy arrays
+
+    run._keepalive = compiled
+    return run, thread_info
 
 
-def _tensorrt_runner(target, input_shape, precision, threads):
-    """TensorRT 10: deserialize (or build from ONNX) an engine and time ``execute_async_v3``.
+def load_tensorrt_engine(path, input_shape, precision="fp32", threads=None):
+    """Deserialize a TensorRT 10 engine and time ``execute_async_v3`` up to ``cudaStreamSynchronize``."""
+    from lps_keras.export.tensorrt import require_tensorrt
 
-    Device buffers come from ``cuda-python`` (``cuda.cudart``); the clock is read after
-    ``cudaStreamSynchronize``.
-    """
-    from lps_keras.export.tensorrt import build_tensorrt_engine, require_tensorrt
+    trt = require_tensorrt()
+    from cuda import cudart
 
-    try:
-        trt = require_tensorrt()
-        from cuda import cudart
-    except (RuntimeError, ImportError) as e:
-        raise LatencyError(f"tensorrt backend unavailable: {e} (needs an NVIDIA GPU, tensorrt 10.x and "
-                           f"cuda-python; see requirements-tensorrt.txt)") from None
-    path = str(target)
-    if path.endswith(".onnx"):
-        engine_path = path[:-5] + f"_{precision}.engine"
-        build_tensorrt_engine(path, engine_path, "fp16" if precision == "fp16" else "fp32")
-        path = engine_path
-    elif not path.endswith((".engine", ".plan")):
-        raise LatencyError("the tensorrt backend times an .onnx or .engine file")
     runtime = trt.Runtime(trt.Logger(trt.Logger.WARNING))
     engine = runtime.deserialize_cuda_engine(Path(path).read_bytes())
     context = engine.create_execution_context()
@@ -233,5 +304,77 @@ def _tensorrt_runner(target, input_shape, precision, threads):
         context.execute_async_v3(stream)
         cudart.cudaStreamSynchronize(stream)
 
-    run._keepalive = buffers
+    run._keepalive = (engine, buffers)
     return run, {"intra_op": None, "inter_op": None}
+
+
+# --------------------------------------------------------------------------- runners
+def _tf_runner(job: _Job):
+    if job.is_path:
+        if job.precision != "fp32":
+            raise LatencyError("an exported SavedModel runs at the precision it was exported with; "
+                               "pass precision='fp32' (export a bf16 variant to time bf16)")
+        return job.loader(load_savedmodel)(Path(job.target), job.input_shape, "fp32", job.threads)
+    thread_info = set_tf_threads(job.threads, None)
+    import tensorflow as tf
+
+    model = _as_keras_model(job.target, job.precision)
+    x = tf.constant(_random_input(np.float32, job.input_shape))
+
+    @tf.function(input_signature=[tf.TensorSpec(job.input_shape, tf.float32)])
+    def forward(image):
+        return model(image, training=False)
+
+    def run():
+        return forward(x).numpy()  # host copy = device synchronisation
+
+    return run, thread_info
+
+
+def _ort_runner(job: _Job):
+    return job.loader(load_onnxruntime)(job.onnx(), job.input_shape, "fp32", job.threads)
+
+
+def _openvino_runner(job: _Job):
+    if job.is_path and (str(job.target).endswith(".xml")):
+        ir = Path(job.target)
+    elif job.is_path and not str(job.target).endswith(".onnx"):  # a SavedModel directory
+        ir = job.artifact("openvino", lambda out: art.write_openvino_ir(job.target, out), job.precision)
+    else:
+        onnx = job.onnx()
+        ir = job.artifact("openvino", lambda out: art.write_openvino_ir(onnx, out), job.precision)
+    return job.loader(load_openvino)(ir, job.input_shape, job.precision, job.threads)
+
+
+def _tftrt_runner(job: _Job):
+    """TF-TRT: static-shape SavedModel -> ``convert`` (TrtGraphConverterV2) -> the converted SavedModel, timed."""
+    if job.is_path:  # an already converted SavedModel: needs TF-TRT to run its TRTEngineOps
+        if job.load is None:
+            check_backend("tftrt", job.precision)
+        return job.loader(load_savedmodel)(Path(job.target), job.input_shape, job.precision, job.threads)
+    check_backend("tftrt", job.precision, converter=job.convert is None, runtime=job.load is None)
+    convert = job.convert or art.convert_tftrt_default
+    source = job.savedmodel()
+    converted = job.artifact("tftrt", lambda out: convert(source, out, job.precision, job.input_shape),
+                             job.precision)
+    return job.loader(load_savedmodel)(converted, job.input_shape, job.precision, job.threads)
+
+
+def _tensorrt_runner(job: _Job):
+    """TensorRT 10: ONNX -> ``convert`` (engine builder) -> engine, timed with ``execute_async_v3``."""
+    check_backend("tensorrt", job.precision, converter=job.convert is None, runtime=job.load is None)
+    if job.is_path and str(job.target).endswith((".engine", ".plan")):
+        engine = Path(job.target)
+    elif job.is_path and not str(job.target).endswith(".onnx"):
+        raise LatencyError(f"the tensorrt backend times an Arch, a Keras model, an .onnx or an .engine file, "
+                           f"not {job.target}")
+    else:
+        convert = job.convert or art.build_tensorrt_default
+        onnx = job.onnx()
+        engine = job.artifact("tensorrt", lambda out: convert(onnx, out, job.precision, job.input_shape),
+                              job.precision)
+    return job.loader(load_tensorrt_engine)(engine, job.input_shape, job.precision, job.threads)
+
+
+_RUNNERS = {"tf": _tf_runner, "onnxruntime": _ort_runner, "openvino": _openvino_runner, "tftrt": _tftrt_runner,
+            "tensorrt": _tensorrt_runner}

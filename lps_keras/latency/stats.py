@@ -128,6 +128,10 @@ def library_versions(backend: str) -> dict:
         import onnxruntime
 
         versions["onnxruntime"] = onnxruntime.__version__
+    if backend == "openvino":
+        import openvino
+
+        versions["openvino"] = openvino.__version__
     if backend == "tensorrt":
         try:
             import tensorrt
@@ -138,7 +142,6 @@ def library_versions(backend: str) -> dict:
     if backend == "macs":
         versions["macs"] = "1"
     return versions
-
 
 
 def format_stats(stats: LatencyStats) -> str:
