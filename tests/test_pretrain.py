@@ -1,5 +1,6 @@
 """ImageNet pretraining on a tiny generated class-folder set: learning, files, resume, --init, bad input."""
 
+import dataclasses
 import json
 import math
 import os
@@ -101,6 +102,10 @@ def test_class_folders_and_crops(tmp_path):
     rgb = np.asarray(images).mean(axis=(1, 2)) * np.asarray(IMAGENET_STD) + np.asarray(IMAGENET_MEAN)
     np.testing.assert_allclose(rgb * 255, [COLOURS[n] for n in ("blue", "blue", "green", "green", "red", "red")],
                                atol=12)
+    # A subset is spread over the sorted files, so it keeps every class.
+    subset = dataclasses.replace(recipe, data=dataclasses.replace(recipe.data, val_subset=3))
+    _, labels = next(iter(build_classification_dataset(subset, "val", training=False, batch_size=6)[0]))
+    assert list(np.asarray(labels)) == [0, 1, 2]
     train, _ = build_classification_dataset(recipe, "train", training=True, batch_size=4)
     images, labels = next(iter(train))
     assert images.shape == (4, 32, 32, 3) and set(np.asarray(labels)) <= {0, 1, 2}
@@ -241,8 +246,6 @@ def test_cli_bad_input_exits_2_in_one_line(tmp_path):
 # --------------------------------------------------------------------------- shipped recipes
 @pytest.mark.parametrize("size", ["s", "m", "l"])
 def test_strong_recipes_are_the_paper_setting_on_their_pretrained_backbone(size, shared_data):
-    import dataclasses
-
     from lps_keras.recipe import load_recipe
     from lps_keras.train import resolve_run_dir
     from lps_keras.train.pretrain import BACKBONE_FILE

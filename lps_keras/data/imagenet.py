@@ -109,8 +109,18 @@ def center_crop(image, size, resize_to: int):
     return tf.image.resize_with_crop_or_pad(image, size[0], size[1])
 
 
+def _spread(n: int, subset: Optional[int]) -> list[int]:
+    """``subset`` indices of ``range(n)`` spread evenly (all of it without a subset).
+
+    The files are sorted by class, so the first N would be the first few classes only.
+    """
+    if not subset or subset >= n:
+        return list(range(n))
+    return sorted({int(round(i * (n - 1) / max(subset - 1, 1))) for i in range(subset)})
+
+
 def _tfds_split(root, split: str):
-    """(encoded image, label) examples of TFDS imagenet2012 and its class count."""
+    """(encoded image, label) examples of TFDS imagenet2012 and its class names."""
     import tensorflow_datasets as tfds
 
     if not Path(root).is_dir():
@@ -120,7 +130,7 @@ def _tfds_split(root, split: str):
     ds = builder.as_dataset(split="validation" if split == "val" else split, shuffle_files=False,
                             decoders={"image": tfds.decode.SkipDecoding()})
     ds = ds.map(lambda ex: (ex["image"], tf.cast(ex["label"], tf.int32)), num_parallel_calls=tf.data.AUTOTUNE)
-    return ds, int(builder.info.features["label"].num_classes)
+    return ds, tuple(builder.info.features["label"].names)  # the WordNet ids, in label order
 
 
 def build_classification_dataset(recipe: Recipe, split: str, training: bool, batch_size: Optional[int] = None,
@@ -128,7 +138,9 @@ def build_classification_dataset(recipe: Recipe, split: str, training: bool, bat
     """(batches of (normalised image, int32 label), class names) of ``split``.
 
     Training: shuffled, augmented, repeated forever, ``skip_examples`` in (see module doc).
-    Evaluation: one deterministic pass. Class names are the folder names (TFDS: ``"0"``, ``"1"``, ...).
+    Evaluation: one deterministic pass. Class names are the folder names (TFDS: the WordNet ids).
+    ``data.train_subset`` / ``val_subset`` take that many images spread over the sorted files (all
+    classes); with TFDS the first ones read.
     """
     cfg, pre = recipe.data, recipe.pretrain
     if batch_size is None:
@@ -138,8 +150,7 @@ def build_classification_dataset(recipe: Recipe, split: str, training: bool, bat
     autotune = tf.data.AUTOTUNE
     seeds = tf.data.Dataset.random(seed=seed).batch(2) if training else None
     if cfg.source == "tfds":
-        ds, n = _tfds_split(cfg.root, split)
-        names = tuple(str(i) for i in range(n))
+        ds, names = _tfds_split(cfg.root, split)
         if subset:
             ds = ds.take(subset)
         if training:
@@ -149,8 +160,9 @@ def build_classification_dataset(recipe: Recipe, split: str, training: bool, bat
     else:
         folders = list_class_folders(cfg.root, split)
         names = folders.class_names
-        paths = tf.constant(folders.paths[:subset] if subset else folders.paths)
-        labels = tf.constant(folders.labels[:subset] if subset else folders.labels, tf.int32)
+        keep = _spread(len(folders.paths), subset)
+        paths = tf.constant([folders.paths[i] for i in keep])
+        labels = tf.constant([folders.labels[i] for i in keep], tf.int32)
         ds = tf.data.Dataset.range(int(paths.shape[0]))
         if training:
             # Shuffle, repeat and skip indices before reading: skipping costs nothing.
