@@ -202,11 +202,14 @@ def test_init_loads_exactly_the_backbone(straight, capsys):
 
 def test_init_refuses_another_architecture(straight):
     from lps_keras.model import build_model
-    from lps_keras.weights import WeightsError, init_weights
+    from lps_keras.weights import WeightsError, init_weights, load_weights_file
 
     other = Arch.from_dict({**ARCH, "width": [4, 8, 8, 16, 16], "num_classes": 11})
     with pytest.raises(WeightsError, match=r"backbone\.keras: the pretrained backbone's architecture.*width"):
         init_weights(build_model(other), straight["run"] / "backbone.keras", verbose=False)
+    # Exporting or evaluating a classifier as a segmentation model is refused, naming what it is.
+    with pytest.raises(ValueError, match="an ImageNet classifier from pretrain.py, not a segmentation model"):
+        load_weights_file(straight["run"] / "backbone.keras", Arch.from_dict(ARCH))
 
 
 # --------------------------------------------------------------------------- bad input
