@@ -126,7 +126,12 @@ def _tfds_split(root, split: str):
     if not Path(root).is_dir():
         raise MissingDataError(f"data.root: TFDS manual-download directory {str(root)!r} does not exist")
     builder = tfds.builder("imagenet2012")
-    builder.download_and_prepare(download_config=tfds.download.DownloadConfig(manual_dir=str(root)))
+    try:
+        builder.download_and_prepare(download_config=tfds.download.DownloadConfig(manual_dir=str(root)))
+    except AssertionError as e:  # TFDS' "Manual directory ... does not exist or is empty" (+ instructions)
+        first = (str(e).strip().splitlines() or ["cannot build"])[0].split(". Create it")[0]
+        raise DataError(f"data.root: TFDS imagenet2012: {first} (it needs ILSVRC2012_img_train.tar and "
+                        "ILSVRC2012_img_val.tar)") from None
     ds = builder.as_dataset(split="validation" if split == "val" else split, shuffle_files=False,
                             decoders={"image": tfds.decode.SkipDecoding()})
     ds = ds.map(lambda ex: (ex["image"], tf.cast(ex["label"], tf.int32)), num_parallel_calls=tf.data.AUTOTUNE)
