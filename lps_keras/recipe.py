@@ -32,6 +32,7 @@ _DATASET_CLASSES = {
     "synthetic": 19,
     "camvid": 11,
     "camvid_original": 11,
+    "imagenet": 1000,  # classification, for pretrain.py only (class count: the data's class folders)
 }
 
 
@@ -161,6 +162,21 @@ class SearchConfig:
 
 
 @dataclasses.dataclass(frozen=True)
+class PretrainConfig:
+    """ImageNet classification pretraining of the backbone (``pretrain.py``; ``data.dataset`` "imagenet").
+
+    The optimizer, length and intervals come from ``train``; the images from ``data`` (``root``,
+    ``source``, splits). Training images get an Inception-style random resized crop and a flip.
+    """
+
+    image_size: tuple[int, int] = _field((224, 224), gt=0)  # training crop / eval centre crop (H, W)
+    crop_area: tuple[float, float] = _field((0.08, 1.0), gt=0)  # crop area as a fraction of the image's
+    crop_aspect: tuple[float, float] = _field((0.75, 4 / 3), gt=0)  # crop width / height
+    eval_resize: int = _field(256, gt=0)  # eval: shorter side resized to this, then the centre crop
+    schedule: str = _field("cosine", choices=("cosine", "poly"))  # poly uses train.poly_power
+
+
+@dataclasses.dataclass(frozen=True)
 class Recipe:
     name: str = "unnamed"
     description: str = ""
@@ -170,6 +186,7 @@ class Recipe:
     eval: EvalConfig = EvalConfig()
     export: ExportConfig = ExportConfig()
     search: SearchConfig = SearchConfig()
+    pretrain: PretrainConfig = PretrainConfig()
 
     # ------------------------------------------------------------- derived values
     def arch(self, num_classes: Optional[int] = None) -> Arch:
@@ -396,6 +413,10 @@ def _check(recipe: Recipe) -> None:
     lo, hi = recipe.data.augment.scale_range
     if not 0 < lo <= hi:
         raise RecipeError(f"data.augment.scale_range: need 0 < low <= high, got {[lo, hi]!r}")
+    pre = recipe.pretrain
+    for key, (lo, hi), top in (("crop_area", pre.crop_area, 1.0), ("crop_aspect", pre.crop_aspect, math.inf)):
+        if not lo <= hi <= top:
+            raise RecipeError(f"pretrain.{key}: need low <= high{' <= 1' if top == 1.0 else ''}, got {[lo, hi]!r}")
     if (recipe.model.preset is None) == (recipe.model.arch is None):
         raise RecipeError("model: give exactly one of model.preset and model.arch")
 

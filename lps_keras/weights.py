@@ -2,8 +2,9 @@
 
 - :func:`load_weights_file`: the model in a ``.keras`` file (training or deploy form) or official
   LPS-Net weights (``.pth`` / ``.pt`` / ``.npz``, see :mod:`lps_keras.official`) as an :class:`LPSNet`.
-- :func:`init_weights`: initialise a model from such a file by layer name, a deploy-form source
-  initialising a training-form model as the equivalent multi-branch block.
+- :func:`init_weights`: initialise a model from such a file, or from an ImageNet-pretrained
+  :class:`~lps_keras.classifier.LPSClassifier` (``pretrain.py``), by layer name, a deploy-form
+  source initialising a training-form model as the equivalent multi-branch block.
 - :func:`prepare_deploy_model`: the (reference, deploy) pair an export is made and verified from.
 """
 
@@ -15,6 +16,7 @@ import keras
 import numpy as np
 
 from lps_keras.arch import Arch
+from lps_keras.classifier import LPSClassifier
 from lps_keras.layers import RepConvBlock
 from lps_keras.model import LPSNet, build_model
 
@@ -31,9 +33,11 @@ def is_deploy(model) -> bool:
     return bool(blocks) and all(b.deploy for b in blocks)
 
 
-def load_weights_file(path, arch: Arch, input_shape=None) -> LPSNet:
+def load_weights_file(path, arch: Arch, input_shape=None, classifier: bool = False) -> LPSNet:
     """The model stored in a weights file: a ``.keras`` model as saved (training or deploy form),
     or official LPS-Net weights (``.pth`` / ``.pt`` / ``.npz``) loaded into a deploy model of ``arch``.
+    With ``classifier=True`` a ``.keras`` file holding a pretrained :class:`LPSClassifier` (or its
+    backbone) is returned as it is; otherwise such a file is refused naming what it is.
 
     Raises FileNotFoundError or ValueError naming the file; callers check the architecture.
     """
@@ -46,6 +50,11 @@ def load_weights_file(path, arch: Arch, input_shape=None) -> LPSNet:
             model = keras.saving.load_model(str(path), compile=False)
         except Exception as e:  # noqa: BLE001 - keras raises many types for a bad archive
             raise ValueError(f"{path}: not a loadable .keras model ({type(e).__name__}: {e})") from None
+        if isinstance(model, LPSClassifier):
+            if classifier:
+                return model
+            raise ValueError(f"{path}: an ImageNet classifier from pretrain.py, not a segmentation model; "
+                             "it can only initialise one (train.py --init)")
         return _as_lpsnet(model, arch, path)
     if suffix in (".pth", ".pt", ".npz"):
         from lps_keras.official import load_official_weights
@@ -103,19 +112,28 @@ def prepare_deploy_model(arch, weights=None, input_shape=(None, None, 3)):
 
 
 def init_weights(model: keras.Model, path, verbose: bool = True) -> dict:
-    """Initialise ``model`` from a ``.keras`` checkpoint or official LPS-Net weights (``.pth`` / ``.npz``).
+    """Initialise ``model`` from a ``.keras`` checkpoint, official LPS-Net weights (``.pth`` / ``.npz``)
+    or an ImageNet-pretrained classifier or backbone (``pretrain.py``'s ``backbone.keras`` / ``last.keras``).
 
-    Weights are matched by layer name (the names are shared by the training and deploy forms) and
-    shape; layers of other shapes (e.g. a head with another class count) are skipped and
-    reported. A deploy-form source block (one 3x3 conv with bias) initialises a training block as
-    the equivalent multi-branch block in inference mode: the kernel goes to the 3x3 conv, the
+    Weights are matched by layer name (the names are shared by the training and deploy forms and
+    by the classifier's backbone) and shape; layers of other shapes (e.g. a head with another class
+    count) and layers the source lacks (the segmentation head, from a classifier) are left as they
+    are and reported. A classifier must have the model's depth, width and path ratios.
+
+    A deploy-form source block (one 3x3 conv with bias) initialises a training block as the
+    equivalent multi-branch block in inference mode: the kernel goes to the 3x3 conv, the
     bias to that branch's BN beta with identity statistics (gamma 1, mean 0, var 1 - eps), the
     1x1 kernel is zeroed and the identity branch's BN gamma is 0.
     """
     try:
-        source = load_weights_file(path, model.arch)
+        source = load_weights_file(path, model.arch, classifier=True)
     except (OSError, ValueError, ImportError) as e:
         raise WeightsError(str(e)) from None
+    if isinstance(source, LPSClassifier):
+        backbone_arch = source.arch.with_num_classes(model.arch.num_classes)
+        if backbone_arch != model.arch:
+            raise WeightsError(f"{path}: the pretrained backbone's architecture does not match the model's: "
+                               f"{backbone_arch.differences(model.arch, ('pretrained', 'model'))}")
 
     loaded, skipped = [], []
     for layer in model.layers:
@@ -148,9 +166,13 @@ def init_weights(model: keras.Model, path, verbose: bool = True) -> dict:
         loaded.append(layer.name)
     if not loaded:
         raise WeightsError(f"no layer of {path} matches the model (skipped: {', '.join(skipped[:5])})")
+    names = {layer.name for layer in model.layers}
+    unused = [layer.name for layer in source.layers if layer.weights and layer.name not in names]
     if verbose:
-        print(f"init: {len(loaded)} layers from {path}" + (f"; skipped {', '.join(skipped)}" if skipped else ""))
-    return {"path": str(path), "loaded": loaded, "skipped": skipped}
+        print(f"init: {len(loaded)} layers from {path}: {', '.join(loaded)}"
+              + (f"; skipped (left as initialised): {', '.join(skipped)}" if skipped else "")
+              + (f"; not used from the file: {', '.join(unused)}" if unused else ""))
+    return {"path": str(path), "loaded": loaded, "skipped": skipped, "unused": unused}
 
 
 def _set_bn(bn, gamma, beta):

@@ -15,7 +15,8 @@ def test_shipped_recipes_load_and_round_trip(path):
     assert isinstance(r, Recipe)
     again = recipe_from_dict(json.loads(r.to_json()))
     assert again == r
-    assert r.arch().num_classes == (11 if r.data.dataset.startswith("camvid") else 19)
+    expected = 11 if r.data.dataset.startswith("camvid") else 1000 if r.data.dataset == "imagenet" else 19
+    assert r.arch().num_classes == expected
 
 
 def test_paper_settings():

@@ -9,9 +9,12 @@ the momentum) and keep ``lr`` inside the velocity, which differs once the learni
 
 Learning rate. :class:`PolyLR`: ``base_lr * (1 - step / iterations) ** 0.9`` with ``step`` the
 number of steps already taken (the first step uses ``base_lr``), optionally times a linear warmup.
+:class:`CosineLR` (ImageNet pretraining): the same conventions with a half-cosine decay.
 """
 
 from __future__ import annotations
+
+import math
 
 import keras
 from keras import ops
@@ -52,6 +55,33 @@ class PolyLR(keras.optimizers.schedules.LearningRateSchedule):
             "base_lr": self.base_lr, "total_steps": self.total_steps, "power": self.power,
             "warmup_steps": self.warmup_steps, "name": self.name,
         }
+
+
+@keras.saving.register_keras_serializable(package=_PACKAGE)
+class CosineLR(keras.optimizers.schedules.LearningRateSchedule):
+    """``base_lr * (1 + cos(pi * step / total_steps)) / 2``, times :class:`PolyLR`'s warmup factor.
+
+    Same step convention as :class:`PolyLR`: step 0 (the first update) uses ``base_lr``.
+    """
+
+    def __init__(self, base_lr, total_steps, warmup_steps=0, name="cosine_lr"):
+        PolyLR(base_lr, total_steps)  # same argument checks
+        self.base_lr = float(base_lr)
+        self.total_steps = int(total_steps)
+        self.warmup_steps = int(warmup_steps)
+        self.name = name
+
+    def __call__(self, step):
+        step = ops.cast(step, "float32")
+        frac = ops.clip(step / float(self.total_steps), 0.0, 1.0)
+        lr = self.base_lr * 0.5 * (1.0 + ops.cos(math.pi * frac))
+        if self.warmup_steps > 0:
+            lr = lr * ops.minimum(1.0, (step + 1.0) / float(self.warmup_steps))
+        return lr
+
+    def get_config(self):
+        return {"base_lr": self.base_lr, "total_steps": self.total_steps, "warmup_steps": self.warmup_steps,
+                "name": self.name}
 
 
 # --------------------------------------------------------------------------- optimizer

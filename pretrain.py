@@ -1,0 +1,82 @@
+"""Pretrain LPS-Net's paths on ImageNet: ``python pretrain.py --recipe recipes/imagenet_lps_s.json``.
+
+Trains the backbone as a classifier (global pooling and a dense head on each path's stage-5
+features) on ``data.root``: a folder of class subfolders per split (``train/<class>/*.JPEG``,
+``val/<class>/*.JPEG``) or, with ``--set data.source=tfds``, TFDS ``imagenet2012``'s manual-download
+directory. Writes the run directory (default ``runs/<recipe name>``) with ``last.keras`` /
+``best.keras`` (the classifier), ``backbone.keras`` and ``metrics.json``; then
+``python train.py --recipe recipes/lps_s_strong.json --init runs/imagenet_lps_s/backbone.keras``.
+Rerunning the same command after an interruption resumes from the last backup (``--no-resume`` starts over).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--recipe", required=True, help="recipe JSON file, e.g. recipes/imagenet_lps_s.json")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a recipe field, e.g. --set data.root=/data/imagenet (repeatable)")
+    p.add_argument("--run-dir", default=None, help="output directory (--set train.run_dir=...)")
+    p.add_argument("--data-root", default=None, help="class-folder root or TFDS manual directory (--set data.root=...)")
+    p.add_argument("--no-resume", dest="resume", action="store_false",
+                   help="discard an existing backup in the run directory and start from step 0")
+    p.add_argument("--iterations", type=int, default=None, help="--set train.iterations=...")
+    return p.parse_args(argv)
+
+
+def recipe_overrides(args) -> list[str]:
+    """The flags as ``--set`` overrides of the recipe (the one way configuration enters)."""
+    overrides = list(args.overrides)
+    for key, value in (("train.run_dir", args.run_dir), ("data.root", args.data_root),
+                       ("train.iterations", args.iterations)):
+        if value is not None:
+            overrides.append(f"{key}={json.dumps(value)}")
+    return overrides
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    from lps_keras.cli import guarded, quiet_tensorflow
+
+    quiet_tensorflow()
+    return guarded("pretrain.py", lambda: run(args))
+
+
+def run(args) -> int:
+    from lps_keras.recipe import RecipeError, load_recipe
+
+    try:
+        recipe = load_recipe(args.recipe, recipe_overrides(args))
+    except RecipeError as e:
+        print(f"pretrain.py: error: {e}", file=sys.stderr)
+        return 2
+
+    from lps_keras.data import DataError
+    from lps_keras.train import NonFiniteLossError, TrainingError, pretrain
+
+    try:
+        result = pretrain(recipe, resume=args.resume)
+    except NonFiniteLossError as e:
+        print(f"pretrain.py: training stopped: {e}", file=sys.stderr)
+        return 3
+    except (TrainingError, RecipeError, DataError) as e:
+        print(f"pretrain.py: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("pretrain.py: interrupted; rerun the same command to resume from the last backup", file=sys.stderr)
+        return 130
+    print(f"done: val top-1 {100 * result['top1']:.2f} top-5 {100 * result['top5']:.2f} (best top-1 "
+          f"{100 * (result['best_top1'] or 0):.2f} at step {result['best_step']}), {result['wall_seconds']:.0f} s; "
+          f"backbone {result['backbone']}")
+    return 0
+
+
+if __name__ == "__main__":
+    from lps_keras.cli import exit_process
+
+    exit_process(main())
