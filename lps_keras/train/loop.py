@@ -160,7 +160,7 @@ def train(
                     os.unlink(work_dir / name)
         arch_file = work_dir / "backup" / "arch.json"
         if backup.exists():
-            _check_backup_arch(arch_file, arch, work_dir)
+            check_backup_arch(arch_file, arch, work_dir)
             try:
                 start_step = backup.restore()
             except ValueError as e:
@@ -289,7 +289,8 @@ def train(
         keras.config.set_dtype_policy(previous_policy)
 
 
-def _check_backup_arch(arch_file: Path, arch, work_dir: Path) -> None:
+def check_backup_arch(arch_file: Path, arch, work_dir: Path) -> None:
+    """Raise TrainingError when the backup beside ``arch_file`` was written for another architecture."""
     from lps_keras.arch import Arch
 
     try:

@@ -37,7 +37,7 @@ from lps_keras.recipe import Recipe
 from lps_keras.train.callbacks import Backup, RunState, StepTracker, restore_state, truncate_log, write_state
 from lps_keras.train.distribute import environment_info, has_gpu, make_strategy, resolve_mixed_precision
 from lps_keras.train.errors import NonFiniteLossError, TrainingError
-from lps_keras.train.loop import _check_backup_arch, epoch_steps_of, resolve_run_dir
+from lps_keras.train.loop import check_backup_arch, epoch_steps_of, resolve_run_dir
 from lps_keras.train.optim import CosineLR, PolyLR, TorchSGD
 from lps_keras.train.summaries import summary_scalar
 
@@ -186,7 +186,7 @@ def pretrain(recipe: Recipe, resume: bool = True, callbacks: Sequence[keras.call
         start_step = 0
         arch_file = run_dir / "backup" / "arch.json"
         if backup.exists():
-            _check_backup_arch(arch_file, arch, run_dir)
+            check_backup_arch(arch_file, arch, run_dir)
             try:
                 start_step = backup.restore()
             except ValueError as e:
