@@ -101,6 +101,9 @@ def train(
     from lps_keras.weights import WeightsError, init_weights
 
     t_start = time.time()
+    if recipe.data.dataset == "imagenet":
+        raise TrainingError(f"{recipe.name}: data.dataset 'imagenet' is for classification pretraining; "
+                            "run it with pretrain.py, then start segmentation from it with train.init")
     recipe.check_classes_cover_dataset()
     cfg = recipe.train
     if verbose == "auto":
