@@ -665,3 +665,31 @@ def test_version_1_journal_resumes_and_gains_seeds(tmp_path):
     assert json.loads(path.read_text())["version"] == 2
     recorded = SearchJournal(path).recorded_step(1)  # old step records read with one score each
     assert recorded.scores == (recorded.score,) and recorded.decided is None
+
+
+def test_table_and_plot_show_seeds_margin_and_decision(tmp_path):
+    from lps_keras.search import format_table
+
+    steps = run_expansion(START, additive_latency, Noisy(sigma=1.0), steps=3, seeds=3, progress=quiet)
+    write_table(steps, tmp_path / "log.csv", tmp_path / "log.json")
+    with open(tmp_path / "log.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert [r["decision"] for r in rows] == [""] + ["decided" if s.decided else "undecided" for s in steps[1:]]
+    for r, s in zip(rows, steps):
+        assert float(r["mIoU"]) == pytest.approx(np.mean(s.scores))
+        assert float(r["mIoU_sd"]) == pytest.approx(np.std(s.scores, ddof=1)) and r["seeds"] == "3"
+    assert float(rows[1]["margin"]) == pytest.approx(steps[1].margin) and rows[1]["runner_up"] == steps[1].runner_up
+    doc = json.loads((tmp_path / "log.json").read_text())
+    assert doc["rows"][2]["scores"] == list(steps[2].scores)
+    text = format_table(steps)
+    lines = text.splitlines()
+    assert "mIoU (mean ± sd)" in lines[0] and "decision" in lines[0]
+    assert f"{100 * steps[1].score:.2f} ± {100 * steps[1].score_sd:.2f}" in lines[3]
+    assert ("| decided |" if steps[1].decided else "| undecided |") in lines[3]
+    # Single-seed runs: no sd, decision unknown.
+    one = run_expansion(START, additive_latency, concave_score, steps=1, progress=quiet)
+    # width_s4-5 slope 8/8 = 1 over width_s3-5 8.5/10 = 0.85 (see EXPECTED_TRAJECTORY): margin 0.15, no SE
+    assert format_table(one).splitlines()[3].endswith("| 1 | width (width_s4-5 x1) | 0.15 (vs width_s3-5) | unknown |")
+    png = tmp_path / "p.png"
+    plot_expansion(steps, None, png)
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
