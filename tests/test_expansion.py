@@ -185,3 +185,30 @@ def test_init_parent_starts_candidate_from_grown_parent_weights(tmp_path, monkey
     # The start network (no parent) and a scratch proxy train from scratch for the full proxy schedule.
     ProxyEvaluator(recipe, str(out), verbose=0)(parent_arch, EvalContext(step=0, key=parent_arch.hash))
     assert seen["recipe"].train.init is None and seen["recipe"].train.iterations == recipe.search.proxy.iterations
+
+
+def noisy_score(arch, ctx):
+    """concave_score plus seeded noise per (arch, seed): a picklable stand-in with seed-to-seed spread."""
+    import numpy as np
+
+    noise = np.random.default_rng([int(arch.hash[:8], 16), ctx.seed]).normal(0, 0.3)
+    return {"score": concave_score(arch, ctx)["score"] + float(noise)}
+
+
+def test_run_with_seeds_and_racing_records_margins(tmp_path):
+    import csv
+
+    recipe = load_recipe(REPO / "recipes/expand_synthetic.json", [
+        "search.steps=2", "search.max_k=2", "search.proxy.seeds=2", "search.proxy.racing.enabled=true",
+        "search.proxy.racing.max_seeds=4", "search.proxy.racing.budget=4"])
+    out = tmp_path / "o"
+    history = run(recipe, out, latency_fn=lambda a: a.macs(64, 128) / 1e6, evaluate_fn=noisy_score,
+                  recipes_dir=out / "recipes", progress=None)
+    journal = json.loads((out / "journal.json").read_text())
+    assert journal["version"] == 2
+    assert all(2 <= len(e["seeds"]) <= 4 for e in journal["evaluations"].values())
+    with open(out / "expansion.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert [r["decision"] for r in rows[1:]] == [("decided" if s.decided else "undecided") for s in history[1:]]
+    assert all(int(r["racing_evaluations"]) <= 4 for r in rows)
+    assert any(s.racing_evaluations for s in history)  # this seeded noise leaves step 2 open after 2 seeds
