@@ -136,9 +136,24 @@ class ExportConfig:
 
 
 @dataclasses.dataclass(frozen=True)
+class RacingSettings:
+    """Successive halving on an undecided step: extra seeds for its contenders (lps_keras.search.racing)."""
+
+    enabled: bool = False
+    max_seeds: int = _field(8, gt=1)  # seeds per candidate at most (must exceed search.proxy.seeds)
+    budget: int = _field(24, gt=0)  # extra (candidate, seed) trainings per step
+    eta: int = _field(2, gt=1)  # keep the best 1/eta of the contenders, multiply their seeds by eta
+
+
+@dataclasses.dataclass(frozen=True)
 class ProxyConfig:
     """Short training schedule used to score each candidate during expansion."""
 
+    seeds: int = _field(1, gt=0)  # trainings per candidate (train.seed + 0, 1, ...); P_d is their mean
+    decision_z: float = _field(2.0, gt=0)  # a step is decided when its margin exceeds this many SEs
+    racing: RacingSettings = RacingSettings()
+    init: str = _field("scratch", choices=("scratch", "parent"))  # parent: grown from the parent's weights
+    warm_iterations: Optional[int] = _field(None, gt=0)  # iterations of a warm-started candidate (init=parent)
     iterations: int = _field(2000, gt=0)
     batch_size: int = _field(8, gt=0)
     base_lr: float = _field(0.01, gt=0)
@@ -417,6 +432,13 @@ def _check(recipe: Recipe) -> None:
     for key, (lo, hi), top in (("crop_area", pre.crop_area, 1.0), ("crop_aspect", pre.crop_aspect, math.inf)):
         if not lo <= hi <= top:
             raise RecipeError(f"pretrain.{key}: need low <= high{' <= 1' if top == 1.0 else ''}, got {[lo, hi]!r}")
+    proxy = recipe.search.proxy
+    if proxy.racing.enabled and proxy.racing.max_seeds <= proxy.seeds:
+        raise RecipeError(f"search.proxy.racing.max_seeds: {proxy.racing.max_seeds} must exceed search.proxy.seeds "
+                          f"({proxy.seeds}) for racing to add any seed")
+    if proxy.warm_iterations is not None and proxy.init != "parent":
+        raise RecipeError(f"search.proxy.warm_iterations: {proxy.warm_iterations} is only used with "
+                          f"search.proxy.init=parent (init is {proxy.init!r})")
     if (recipe.model.preset is None) == (recipe.model.arch is None):
         raise RecipeError("model: give exactly one of model.preset and model.arch")
 

@@ -10,6 +10,7 @@ import pytest
 
 from lps_keras.arch import EXPANSION_OPS_BY_NAME, Arch
 from lps_keras.recipe import load_recipe
+from lps_keras.search import EvalContext, fingerprint
 from lps_keras.search.expansion import ProxyEvaluator, proxy_recipe, run
 
 REPO = Path(__file__).resolve().parents[1]
@@ -146,3 +147,106 @@ def test_cli_missing_backend_stops_before_anything_starts(tmp_path):
     errors = [line for line in res.stderr.splitlines() if "expand.py: error" in line]
     assert res.returncode != 0 and len(errors) == 1 and "requirements-tftrt.txt" in errors[0]
     assert "Traceback" not in res.stderr and not out.exists()
+
+
+def test_proxy_fields_rules_and_fingerprint_of_old_journals(tmp_path):
+    from lps_keras.recipe import RecipeError
+    from lps_keras.search.expansion import search_fingerprint
+
+    r = tiny_recipe(tmp_path)
+    p = r.search.proxy
+    assert (p.seeds, p.decision_z, p.init, p.warm_iterations, p.racing.enabled) == (1, 2.0, "scratch", None, False)
+    for bad, key in (("search.proxy.seeds=0", "search.proxy.seeds"), ("search.proxy.init=grown", "search.proxy.init"),
+                     ("search.proxy.warm_iterations=5", "search.proxy.warm_iterations"),
+                     ("search.proxy.racing.enabled=true", "search.proxy.racing.max_seeds"),
+                     ("search.proxy.racing.eta=1", "search.proxy.racing.eta")):
+        extra = ["search.proxy.seeds=8"] if "racing.enabled" in bad else []
+        with pytest.raises(RecipeError, match=key.replace(".", r"\.")):
+            load_recipe(REPO / "recipes/expand_synthetic.json", [bad, *extra])
+    # Seeds and racing change which (arch, seed) pairs are trained, not their scores: same fingerprint;
+    # a scratch proxy's fingerprint is the one journals written before these fields existed carry.
+    more = load_recipe(REPO / "recipes/expand_synthetic.json", ["search.proxy.seeds=3",
+                                                                 "search.proxy.racing.enabled=true"])
+    base = load_recipe(REPO / "recipes/expand_synthetic.json")
+    assert search_fingerprint(more, "tf") == search_fingerprint(base, "tf")
+    d = base.to_dict()
+    old_proxy = {k: d["search"]["proxy"][k] for k in ("iterations", "batch_size", "base_lr", "crop_size",
+                                                       "train_subset", "val_subset", "eval_size")}
+    old = fingerprint({"data": d["data"], "proxy": old_proxy, "latency": ["tf", d["search"]["latency_input_shape"]],
+                       "optimizer": {k: d["train"][k] for k in ("momentum", "weight_decay", "poly_power", "loss",
+                                                                  "seed")}})
+    assert search_fingerprint(base, "tf") == old
+    warm = load_recipe(REPO / "recipes/expand_synthetic.json", ["search.proxy.init=parent"])
+    assert search_fingerprint(warm, "tf") != old
+
+
+def test_init_parent_starts_candidate_from_grown_parent_weights(tmp_path, monkeypatch):
+    import numpy as np
+    from helpers import randomize_batchnorm
+
+    from lps_keras.fileio import atomic_save_model
+    from lps_keras.model import build_model
+    from lps_keras.weights import init_weights
+
+    recipe = load_recipe(REPO / "recipes/expand_synthetic.json", [
+        "search.proxy.init=parent", "search.proxy.warm_iterations=2", "search.proxy.seeds=2"])
+    out = tmp_path / "expand"
+    parent_arch = Arch((1, 1, 1, 1, 1), (4, 8, 16, 32, 32), (0.5, 0, 0), num_classes=19)
+    child_arch = parent_arch.expand(EXPANSION_OPS_BY_NAME["depth_s4-5"], 1)
+    parent = build_model(parent_arch)
+    randomize_batchnorm(parent, seed=3)  # trained-like statistics, so identity blocks are really tested
+    parent_dir = out / "candidates" / parent_arch.hash
+    atomic_save_model(parent, parent_dir / "last.keras")
+    x = np.random.default_rng(0).normal(size=(2, 64, 64, 3)).astype("float32")
+    seen = {}
+
+    def fake_train(r, resume, verbose):
+        # What train() does before its first step: build the arch, load train.init.
+        model = build_model(r.arch())
+        if r.train.init:
+            init_weights(model, r.train.init, verbose=False)
+        seen.update(recipe=r, logits=np.asarray(model(x, training=False)))
+        return {"miou": 0.5}
+
+    monkeypatch.setattr("lps_keras.train.train", fake_train)
+    ctx = EvalContext(step=1, key=child_arch.hash, op="depth_s4-5", dimension="depth", k=1, seed=1,
+                      parent_weights=str(parent_dir / "deploy.keras"))
+    result = ProxyEvaluator(recipe, str(out), verbose=0)(child_arch, ctx)
+    r = seen["recipe"]
+    assert r.arch() == child_arch and r.train.iterations == 2 and r.train.seed == recipe.train.seed + 1
+    assert r.train.run_dir == str(out / "candidates" / f"{child_arch.hash}-seed1")
+    assert r.train.init == str(out / "candidates" / "grown" / f"{child_arch.hash}-seed1.keras")
+    assert result["metrics"]["init"] == "parent" and result["score"] == 0.5
+    ref = np.asarray(parent(x, training=False))
+    assert ref.std() > 0.1  # a meaningful comparison
+    np.testing.assert_allclose(seen["logits"], ref, rtol=0, atol=1e-5)
+    # The start network (no parent) and a scratch proxy train from scratch for the full proxy schedule.
+    ProxyEvaluator(recipe, str(out), verbose=0)(parent_arch, EvalContext(step=0, key=parent_arch.hash))
+    assert seen["recipe"].train.init is None and seen["recipe"].train.iterations == recipe.search.proxy.iterations
+
+
+def noisy_score(arch, ctx):
+    """concave_score plus seeded noise per (arch, seed): a picklable stand-in with seed-to-seed spread."""
+    import numpy as np
+
+    noise = np.random.default_rng([int(arch.hash[:8], 16), ctx.seed]).normal(0, 0.3)
+    return {"score": concave_score(arch, ctx)["score"] + float(noise)}
+
+
+def test_run_with_seeds_and_racing_records_margins(tmp_path):
+    import csv
+
+    recipe = load_recipe(REPO / "recipes/expand_synthetic.json", [
+        "search.steps=2", "search.max_k=2", "search.proxy.seeds=2", "search.proxy.racing.enabled=true",
+        "search.proxy.racing.max_seeds=4", "search.proxy.racing.budget=4"])
+    out = tmp_path / "o"
+    history = run(recipe, out, latency_fn=lambda a: a.macs(64, 128) / 1e6, evaluate_fn=noisy_score,
+                  recipes_dir=out / "recipes", progress=None)
+    journal = json.loads((out / "journal.json").read_text())
+    assert journal["version"] == 2
+    assert all(2 <= len(e["seeds"]) <= 4 for e in journal["evaluations"].values())
+    with open(out / "expansion.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert [r["decision"] for r in rows[1:]] == [("decided" if s.decided else "undecided") for s in history[1:]]
+    assert all(int(r["racing_evaluations"]) <= 4 for r in rows)
+    assert any(s.racing_evaluations for s in history)  # this seeded noise leaves step 2 open after 2 seeds

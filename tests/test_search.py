@@ -20,6 +20,7 @@ with D = sum(depth), W = sum(width), r1 >= r2 >= r3 the path ratios.
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 import subprocess
 import sys
@@ -27,6 +28,7 @@ import threading
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from lps_keras.arch import EXPANSION_OPS, EXPANSION_OPS_BY_NAME, Arch, ExpansionOp
@@ -36,13 +38,18 @@ from lps_keras.search import (
     EvalContext,
     Evaluation,
     JournalError,
+    RacingConfig,
     SearchError,
     SearchJournal,
+    contenders,
+    decide,
     evaluate_candidates,
     find_k,
     fingerprint,
+    mean_sd_se,
     plot_expansion,
     propose_candidates,
+    racing_round,
     run_expansion,
     select_candidate,
     write_step_recipes,
@@ -353,7 +360,7 @@ def test_resume_after_interruption_does_not_reevaluate(tmp_path):
     assert [s.to_dict() for s in steps3] == [s.to_dict() for s in reference]
     doc = json.loads(path.read_text())
     assert [s["op"] for s in doc["steps"]] == [None, "width_s4-5", "depth_s2-5"]
-    ev = doc["evaluations"][steps[1].arch.hash]
+    ev = doc["evaluations"][steps[1].arch.hash]["seeds"]["0"]
     assert ev["weights"] == f"candidates/{steps[1].arch.hash}.keras" and ev["metrics"]["mIoU"] == 28.5
     assert not [p for p in tmp_path.iterdir() if p.name != "journal.json"]  # no temp files left
 
@@ -398,7 +405,7 @@ def test_replay_detects_inconsistent_journal(tmp_path):
     steps = run_expansion(START, additive_latency, concave_score, steps=1, journal=SearchJournal(path),
                           progress=quiet)
     doc = json.loads(path.read_text())
-    doc["evaluations"][steps[1].arch.hash]["score"] = 0.0  # the chosen candidate now looks useless
+    doc["evaluations"][steps[1].arch.hash]["seeds"]["0"]["score"] = 0.0  # the chosen candidate now looks useless
     path.write_text(json.dumps(doc))
     with pytest.raises(JournalError, match="replaying step 1"):
         run_expansion(START, additive_latency, concave_score, steps=1, journal=SearchJournal(path), progress=quiet)
@@ -468,3 +475,221 @@ def test_import_is_cheap():
            "'matplotlib' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True)
     assert out.stdout.split() == ["False", "False", "False"]
+
+
+# --------------------------------------------------------------------------- seeds, margins, racing
+class Noisy:
+    """Known true means (``concave_score``) plus seeded Gaussian noise per (arch, seed); counts every call."""
+
+    def __init__(self, sigma: float, fail_on: int | None = None):
+        self.sigma = sigma
+        self.calls: list[tuple[str, int]] = []
+        self.fail_on = fail_on
+
+    def __call__(self, arch: Arch, context: EvalContext):
+        self.calls.append((arch.hash, context.seed))
+        if self.fail_on is not None and len(self.calls) == self.fail_on:
+            raise RuntimeError("simulated interruption")
+        rng = np.random.default_rng([int(arch.hash[:8], 16), context.seed])
+        return {"score": concave_score(arch) + self.sigma * float(rng.normal()), "weights": f"w/{arch.hash}"}
+
+
+def hand_margin(parent_scores, best, other, parent_latency):
+    """The 2-SE rule written out with numpy: slopes of the means and the delta-method SE of their difference."""
+    p = np.asarray(parent_scores, float)
+    se_p = p.std(ddof=1) / np.sqrt(p.size)
+    (lb, sb), (lo, so) = best, other
+    sb, so = np.asarray(sb, float), np.asarray(so, float)
+    db, do = lb - parent_latency, lo - parent_latency
+    margin = (sb.mean() - p.mean()) / db - (so.mean() - p.mean()) / do
+    se_b, se_o = sb.std(ddof=1) / np.sqrt(sb.size), so.std(ddof=1) / np.sqrt(so.size)
+    se = np.sqrt((se_b / db) ** 2 + (se_o / do) ** 2 + (se_p * (1 / db - 1 / do)) ** 2)
+    return margin, se
+
+
+def seeded(op, latency, scores):
+    mean, sd, se = mean_sd_se(scores)
+    return Candidate(op=op, dimension="depth", k=1, arch=START, latency=latency, score=mean, scores=tuple(scores),
+                     score_sd=sd, score_se=se)
+
+
+def test_mean_sd_se_against_numpy():
+    x = [0.31, 0.27, 0.35, 0.22]
+    mean, sd, se = mean_sd_se(x)
+    assert mean == pytest.approx(np.mean(x)) and sd == pytest.approx(np.std(x, ddof=1))
+    assert se == pytest.approx(np.std(x, ddof=1) / 2)
+    assert mean_sd_se([0.5]) == (0.5, None, None)
+
+
+@pytest.mark.parametrize("b_scores, decided", [
+    # margin 2.5 - 2 = 0.5; SE^2 = (1/sqrt3)^2/4 + 1/16 + 1 * (1/2 - 1/4)^2 = 0.2083, 2 SE = 0.913: undecided
+    ([18, 20], False),
+    # b's mean 15: slope 1, margin 1.5 > 0.913: decided
+    ([14, 16], True),
+])
+def test_decide_two_se_rule_by_hand(b_scores, decided):
+    parent = ([10, 12], 10.0)  # P = 11, SE 1
+    a, b = seeded("a", 12.0, [15, 17, 16]), seeded("b", 14.0, b_scores)
+    best, ann = select_candidate([a, b], latency=10.0, score=11.0)
+    assert best == 0
+    d = decide(ann, best, 10.0, 1.0, 2.0)
+    margin, se = hand_margin(parent[0], (12.0, [15, 17, 16]), (14.0, b_scores), 10.0)
+    assert d.runner_up == 1 and d.margin == pytest.approx(margin) and d.margin_se == pytest.approx(se)
+    assert d.decided is decided is bool(margin > 2 * se)
+    # One seed: no SE, so the decision is unknown rather than decided.
+    one = [seeded("a", 12.0, [16]), seeded("b", 14.0, [19])]
+    best, ann = select_candidate(one, latency=10.0, score=11.0)
+    assert decide(ann, best, 10.0, None, 2.0).decided is None
+
+
+def test_racing_round_halves_contenders_within_budget():
+    # Slopes (P = 0 at L = 0, latency 1): a 10, b 9.8, c 9.7, d 9.5 within noise, e 2 far below.
+    cands = [seeded(op, 1.0, [m - 0.5, m + 0.5]) for op, m in
+             (("a", 10), ("b", 9.8), ("c", 9.7), ("d", 9.5), ("e", 2))]
+    best, ann = select_candidate(cands, latency=0.0, score=0.0)
+    assert contenders(ann, best, 0.0, 0.1, 2.0) == [0, 1, 2, 3]  # e is separated by far more than 2 SE
+    cfg = RacingConfig(enabled=True, max_seeds=8, budget=100, eta=2)
+    # Keep the best ceil(4 / 2) = 2, raise them to eta * 2 = 4 seeds.
+    assert racing_round(ann, best, [2] * 5, 0.0, 0.1, 2.0, cfg, 100) == {0: 4, 1: 4}
+    # A budget of 3 is handed out one seed at a time in rank order: a, b, a.
+    assert racing_round(ann, best, [2] * 5, 0.0, 0.1, 2.0, cfg, 3) == {0: 4, 1: 3}
+    # Capped by max_seeds; nothing left to add, or racing off, or no budget: stop.
+    assert racing_round(ann, best, [6, 6, 2, 2, 2], 0.0, 0.1, 2.0, cfg, 100) == {0: 8, 1: 8}
+    assert racing_round(ann, best, [8, 8, 2, 2, 2], 0.0, 0.1, 2.0, cfg, 100) == {}
+    assert racing_round(ann, best, [2] * 5, 0.0, 0.1, 2.0, RacingConfig(), 100) == {}
+    assert racing_round(ann, best, [2] * 5, 0.0, 0.1, 2.0, cfg, 0) == {}
+
+
+def journal_scores(path, arch):
+    seeds = json.loads(path.read_text())["evaluations"][arch.hash]["seeds"]
+    return [seeds[str(i)]["score"] for i in range(len(seeds))]
+
+
+def test_seeds_keep_every_score_and_steps_follow_the_two_se_rule(tmp_path):
+    path = tmp_path / "journal.json"
+    ev = Noisy(sigma=1.0)
+    steps = run_expansion(START, additive_latency, ev, steps=3, seeds=3, journal=SearchJournal(path), progress=quiet)
+    assert len(ev.calls) == len(set(ev.calls))
+    doc = json.loads(path.read_text())
+    assert doc["version"] == 2
+    assert all(sorted(e["seeds"]) == ["0", "1", "2"] for e in doc["evaluations"].values())
+    assert steps[0].scores == tuple(journal_scores(path, START))
+    assert steps[0].score == pytest.approx(np.mean(steps[0].scores))
+    verdicts = []
+    for prev, step in zip(steps, steps[1:]):
+        eligible = [c for c in step.candidates if c.rank == "slope"]
+        for c in step.candidates:
+            assert list(c.scores) == journal_scores(path, c.arch)
+            assert c.score == pytest.approx(np.mean(c.scores))
+            assert c.score_se == pytest.approx(np.std(c.scores, ddof=1) / np.sqrt(3))
+        ranked = sorted(eligible, key=lambda c: c.slope, reverse=True)
+        assert step.op == ranked[0].op and step.runner_up == ranked[1].op
+        margin, se = hand_margin(prev.scores, (ranked[0].latency, ranked[0].scores),
+                                 (ranked[1].latency, ranked[1].scores), prev.latency)
+        assert step.margin == pytest.approx(margin) and step.margin_se == pytest.approx(se)
+        assert step.decided is bool(margin > 2 * se)
+        verdicts.append(step.decided)
+    assert True in verdicts and False in verdicts  # sigma 1 makes both kinds of step (checked above by hand)
+    assert [s.to_dict() for s in Step_roundtrip(steps)] == [s.to_dict() for s in steps]
+
+
+def Step_roundtrip(steps):
+    from lps_keras.search import Step
+
+    return [Step.from_dict(json.loads(json.dumps(s.to_dict()))) for s in steps]
+
+
+def test_racing_spends_seeds_only_on_contenders_and_stops(tmp_path):
+    cfg = RacingConfig(enabled=True, max_seeds=8, budget=12, eta=2)
+    ev = Noisy(sigma=1.0)
+    steps = run_expansion(START, additive_latency, ev, steps=3, seeds=2, racing=cfg, progress=quiet)
+    raced = [t for t in range(1, 4) if steps[t].racing_evaluations]
+    assert raced
+    for t in range(1, 4):
+        step = steps[t]
+        extra = {c.op: len(c.scores) - 2 for c in step.candidates if len(c.scores) > 2}
+        assert sum(extra.values()) == step.racing_evaluations <= cfg.budget
+        if t not in raced:
+            continue
+        # Only contenders of the 2-seed round (not separated from its winner by 2 SE) got seeds.
+        first = [dataclasses.replace(c, **dict(zip(("score", "score_sd", "score_se"), mean_sd_se(c.scores[:2]))),
+                                     scores=c.scores[:2]) for c in step.candidates]
+        best, ann = select_candidate(first, steps[t - 1].latency, steps[t - 1].score)
+        assert not decide(ann, best, steps[t - 1].latency, steps[t - 1].score_se, 2.0).decided  # 2 seeds: open
+        pool = {ann[i].op for i in contenders(ann, best, steps[t - 1].latency, steps[t - 1].score_se, 2.0)}
+        assert set(extra) <= pool and len(pool) < len(step.candidates)
+        assert all(len(c.scores) <= cfg.max_seeds for c in step.candidates)
+        # Stopped because it was decided, or out of budget, or every survivor is at max_seeds.
+        assert step.decided or step.racing_evaluations == cfg.budget or all(
+            len(c.scores) == cfg.max_seeds for c in step.candidates if c.op in extra)
+
+
+def test_resume_during_racing_skips_finished_seeds(tmp_path):
+    cfg = RacingConfig(enabled=True, max_seeds=6, budget=8, eta=2)
+    reference = run_expansion(START, additive_latency, Noisy(sigma=1.0), steps=2, seeds=2, racing=cfg,
+                              progress=quiet)
+    n_total = sum(len(c.scores) for s in reference[1:] for c in s.candidates) + len(reference[0].scores)
+    path = tmp_path / "journal.json"
+    first = Noisy(sigma=1.0, fail_on=n_total - 3)  # killed late in step 2 (racing rounds or their seeds)
+    with pytest.raises(RuntimeError, match="simulated"):
+        run_expansion(START, additive_latency, first, steps=2, seeds=2, racing=cfg, journal=SearchJournal(path),
+                      progress=quiet)
+    second = Noisy(sigma=1.0)
+    steps = run_expansion(START, additive_latency, second, steps=2, seeds=2, racing=cfg, journal=SearchJournal(path),
+                          progress=quiet)
+    assert not set(first.calls[:-1]) & set(second.calls)  # no (arch, seed) pair trained twice
+    assert len(first.calls) - 1 + len(second.calls) == n_total
+    assert [s.to_dict() for s in steps] == [s.to_dict() for s in reference]
+
+
+def test_version_1_journal_resumes_and_gains_seeds(tmp_path):
+    path = tmp_path / "journal.json"
+    run_expansion(START, additive_latency, Noisy(sigma=1.0), steps=1, journal=SearchJournal(path), progress=quiet)
+    doc = json.loads(path.read_text())
+    # Rewrite it as the version-1 format: one evaluation per arch, fields at the top level.
+    doc["version"] = 1
+    doc["evaluations"] = {h: {"arch": e["arch"], **e["seeds"]["0"], "step": e["step"], "op": e["op"], "k": e["k"]}
+                          for h, e in doc["evaluations"].items()}
+    for s in doc["steps"]:
+        for key in ("scores", "score_sd", "score_se", "runner_up", "margin", "margin_se", "decided",
+                    "racing_evaluations"):
+            s.pop(key)
+        for c in s["candidates"]:
+            for key in ("scores", "score_sd", "score_se"):
+                c.pop(key)
+    path.write_text(json.dumps(doc))
+    ev = Noisy(sigma=0.0)  # a second seed that agrees with the first keeps the recorded choice
+    steps = run_expansion(START, additive_latency, ev, steps=1, seeds=2, journal=SearchJournal(path), progress=quiet)
+    assert ev.calls and {seed for _, seed in ev.calls} == {1}  # seed 0 came from the old journal
+    assert len(steps[1].candidates[0].scores) == 2
+    assert json.loads(path.read_text())["version"] == 2
+    recorded = SearchJournal(path).recorded_step(1)  # old step records read with one score each
+    assert recorded.scores == (recorded.score,) and recorded.decided is None
+
+
+def test_table_and_plot_show_seeds_margin_and_decision(tmp_path):
+    from lps_keras.search import format_table
+
+    steps = run_expansion(START, additive_latency, Noisy(sigma=1.0), steps=3, seeds=3, progress=quiet)
+    write_table(steps, tmp_path / "log.csv", tmp_path / "log.json")
+    with open(tmp_path / "log.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert [r["decision"] for r in rows] == [""] + ["decided" if s.decided else "undecided" for s in steps[1:]]
+    for r, s in zip(rows, steps):
+        assert float(r["mIoU"]) == pytest.approx(np.mean(s.scores))
+        assert float(r["mIoU_sd"]) == pytest.approx(np.std(s.scores, ddof=1)) and r["seeds"] == "3"
+    assert float(rows[1]["margin"]) == pytest.approx(steps[1].margin) and rows[1]["runner_up"] == steps[1].runner_up
+    doc = json.loads((tmp_path / "log.json").read_text())
+    assert doc["rows"][2]["scores"] == list(steps[2].scores)
+    text = format_table(steps)
+    lines = text.splitlines()
+    assert "mIoU (mean ± sd)" in lines[0] and "decision" in lines[0]
+    assert f"{100 * steps[1].score:.2f} ± {100 * steps[1].score_sd:.2f}" in lines[3]
+    assert ("| decided |" if steps[1].decided else "| undecided |") in lines[3]
+    # Single-seed runs: no sd, decision unknown.
+    one = run_expansion(START, additive_latency, concave_score, steps=1, progress=quiet)
+    # width_s4-5 slope 8/8 = 1 over width_s3-5 8.5/10 = 0.85 (see EXPECTED_TRAJECTORY): margin 0.15, no SE
+    assert format_table(one).splitlines()[3].endswith("| 1 | width (width_s4-5 x1) | 0.15 (vs width_s3-5) | unknown |")
+    png = tmp_path / "p.png"
+    plot_expansion(steps, None, png)
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -3,6 +3,7 @@
 - :mod:`~lps_keras.search.algorithm`: the steps of Algorithm 1 and ``run_expansion`` (pure: takes
   ``latency_fn`` and ``evaluate_fn``)
 - :mod:`~lps_keras.search.journal`: records and the resumable JSON journal
+- :mod:`~lps_keras.search.racing`: seeds' standard errors, the winner's margin, successive-halving racing
 - :mod:`~lps_keras.search.report`: tables, step recipes, plot
 - :mod:`~lps_keras.search.expansion`: the search wired to real latency and proxy training
 
@@ -29,6 +30,7 @@ from lps_keras.search.journal import (
     Step,
     fingerprint,
 )
+from lps_keras.search.racing import Decision, RacingConfig, contenders, decide, mean_sd_se, racing_round
 from lps_keras.search.report import (
     DIMENSION_COLORS,
     TABLE_COLUMNS,
@@ -43,5 +45,6 @@ __all__ = [
     "DIMENSIONS", "SearchError", "evaluate_candidates", "find_k", "propose_candidates", "run_expansion",
     "select_candidate", "JOURNAL_FORMAT", "JOURNAL_VERSION", "Candidate", "EvalContext", "Evaluation",
     "JournalError", "SearchJournal", "Step", "fingerprint", "DIMENSION_COLORS", "TABLE_COLUMNS", "format_table",
-    "plot_expansion", "table_rows", "write_step_recipes", "write_table",
+    "plot_expansion", "table_rows", "write_step_recipes", "write_table", "Decision", "RacingConfig", "contenders",
+    "decide", "mean_sd_se", "racing_round",
 ]

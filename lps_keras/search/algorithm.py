@@ -10,12 +10,14 @@ One step from the current network N (latency L, score P):
 2. for each op, ``k_d = argmin_{k >= 1} |Lat(N + k d) - L_T|`` (see :func:`find_k`);
 3. de-duplicate the candidates N + k_d d by arch hash (first op in the operation order wins,
    the others are recorded as aliases);
-4. evaluate every candidate -> P_d (sequentially, or on an ``Executor``);
+4. evaluate every candidate with ``seeds`` seeds -> P_d, the mean (sequentially, or on an ``Executor``);
 5. choose d* by the slope (P_d - P) / (L_d - L) (see :func:`select_candidate` for the guard
-   against L_d <= L and for ties);
-6. N <- N + k_d* d*, and record the step.
+   against L_d <= L and for ties), and judge whether d* beats the runner-up by ``decision_z``
+   standard errors of the slope difference; if not, and racing is on, add seeds to the contenders
+   by successive halving and choose again (:mod:`lps_keras.search.racing`);
+6. N <- N + k_d* d*, and record the step (means, standard errors, margin, decided or not).
 
-Every latency, every finished evaluation and every chosen step goes into a
+Every latency, every finished (architecture, seed) evaluation and every chosen step goes into a
 :class:`~lps_keras.search.journal.SearchJournal` (one JSON file, rewritten atomically after every
 event), so a killed search reruns without re-measuring or re-training anything it finished: completed steps are
 replayed from the cached values and checked against the recorded choices.
@@ -33,14 +35,13 @@ from typing import Any, Optional
 
 from lps_keras.arch import EXPANSION_OPS, Arch, ArchError, ExpansionOp
 from lps_keras.search.journal import Candidate, EvalContext, Evaluation, JournalError, SearchJournal, Step
+from lps_keras.search.racing import Decision, RacingConfig, decide, mean_sd_se, racing_round
 
 DIMENSIONS = ("depth", "width", "resolution")
 
 
 class SearchError(RuntimeError):
     """The search cannot go on (no valid op, bad latency or score value, no eligible candidate)."""
-
-
 
 
 
@@ -256,19 +257,31 @@ def run_expansion(
     executor: Optional[concurrent.futures.Executor] = None,
     progress: Optional[Callable[[str], None]] = print,
     fingerprint: Any = None,
+    seeds: int = 1,
+    decision_z: float = 2.0,
+    racing: Optional[RacingConfig] = None,
+    warm_start: bool = False,
 ) -> list[Step]:
     """Run ``steps`` expansion steps from ``start``; returns ``steps + 1`` records (step 0 = start).
 
-    ``journal`` (default: in memory) caches latencies and evaluations by arch hash; steps it
+    ``journal`` (default: in memory) caches latencies and evaluations by arch hash and seed; steps it
     already holds are replayed from those caches and must reproduce the recorded choices.
     ``fingerprint`` (any JSON value, e.g. :func:`fingerprint` of the recipe's data, proxy
     schedule and latency settings) is stored in the journal and checked on resume.
     ``progress`` receives one line per measurement/evaluation/step (None: silent).
+    ``seeds``: evaluations per architecture (``context.seed`` 0 .. seeds - 1); P is their mean and each
+    step records standard errors, the winner's margin and whether it is decided at ``decision_z``
+    standard errors (:mod:`lps_keras.search.racing`). ``racing`` adds seeds to the contenders of a
+    step that is not decided. ``warm_start``: the start network is evaluated before the first
+    candidates, so every candidate's ``context.parent_weights`` is known (``search.proxy.init = parent``).
     """
     if isinstance(steps, bool) or not isinstance(steps, int) or steps < 0:
         raise SearchError(f"steps must be an int >= 0, got {steps!r}")
     if isinstance(max_k, bool) or not isinstance(max_k, int) or max_k < 1:
         raise SearchError(f"max_k must be an int >= 1, got {max_k!r}")
+    if isinstance(seeds, bool) or not isinstance(seeds, int) or seeds < 1:
+        raise SearchError(f"seeds must be an int >= 1, got {seeds!r}")
+    racing = racing or RacingConfig()
     ops = tuple(ops)
     names = [op.name for op in ops]
     if len(set(names)) != len(names):
@@ -289,34 +302,32 @@ def run_expansion(
         say(f"  latency {arch} = {value:.6g}")
         return value
 
-    def scores(step: int, items: list[tuple[Arch, EvalContext]]) -> dict[str, Evaluation]:
-        """Evaluations of ``items`` by arch hash; only the ones missing from the journal are run."""
-        out: dict[str, Evaluation] = {}
+    def scores(step: int, requests: list[tuple[Arch, EvalContext, int]]) -> dict[str, list[Evaluation]]:
+        """Seeds 0 .. n - 1 of each (arch, context, n), by arch hash; only pairs missing from the journal run."""
         todo = []
-        for arch, ctx in items:
-            ev = journal.evaluation(arch)
-            if ev is not None:
-                out[arch.hash] = ev
-            else:
-                todo.append((arch, ctx))
-        if not todo:
-            return out
-        t0 = time.perf_counter()
-        done = [0]
-        say(f"step {step}: evaluating {len(todo)} architecture(s) ({len(items) - len(todo)} already in the journal)")
+        for arch, ctx, n in requests:
+            have = journal.evaluations_of(arch)
+            todo += [(arch, dataclasses.replace(ctx, seed=seed)) for seed in range(n) if seed not in have]
+        if todo:
+            t0 = time.perf_counter()
+            done = [0]
+            n_all = sum(n for _, _, n in requests)
+            say(f"step {step}: {len(todo)} evaluation(s) to run ({n_all - len(todo)} already in the journal)")
 
-        def on_result(i: int, ev: Evaluation) -> None:
-            arch, ctx = todo[i]
-            journal.record_evaluation(arch, ev, ctx)
-            out[arch.hash] = ev
-            done[0] += 1
-            elapsed = time.perf_counter() - t0
-            eta = elapsed / done[0] * (len(todo) - done[0])
-            label = ctx.op if ctx.op is None else f"{ctx.op} k={ctx.k}"
-            say(f"step {step}: [{done[0]}/{len(todo)}] {label or 'start'} {arch} score={ev.score:.4f} "
-                f"({ev.seconds:.1f}s, step ETA {eta:.0f}s)")
+            def on_result(i: int, ev: Evaluation) -> None:
+                arch, ctx = todo[i]
+                journal.record_evaluation(arch, ev, ctx)
+                done[0] += 1
+                eta = (time.perf_counter() - t0) / done[0] * (len(todo) - done[0])
+                label = "start" if ctx.op is None else f"{ctx.op} k={ctx.k}"
+                say(f"step {step}: [{done[0]}/{len(todo)}] {label} seed {ctx.seed} {arch} score={ev.score:.4f} "
+                    f"({ev.seconds:.1f}s, step ETA {eta:.0f}s)")
 
-        evaluate_candidates(todo, evaluate_fn, executor=executor, on_result=on_result)
+            evaluate_candidates(todo, evaluate_fn, executor=executor, on_result=on_result)
+        out = {}
+        for arch, _, n in requests:
+            have = journal.evaluations_of(arch)
+            out[arch.hash] = [have[seed] for seed in range(n)]
         return out
 
     def check_replay(step: Step) -> None:
@@ -330,48 +341,84 @@ def run_expansion(
                 f"recorded {recorded.op} -> {recorded.arch}; the journal is inconsistent with this setup"
             )
 
-    current = start
+    def start_step(evs: list[Evaluation]) -> Step:
+        values = tuple(e.score for e in evs)
+        mean, sd, se = mean_sd_se(values)
+        step = Step(index=0, arch=start, latency=cur_lat, score=mean, metrics=evs[0].metrics,
+                    weights=evs[0].weights, scores=values, score_sd=sd, score_se=se)
+        check_replay(step)
+        return step
+
     cur_lat = lat(start)
     start_ctx = EvalContext(step=0, key=start.hash)
-    cur_eval = journal.evaluation(start)
     history: list[Step] = []
-    if steps == 0 or cur_eval is not None:
-        cur_eval = scores(0, [(start, start_ctx)])[start.hash]
-        history.append(Step(index=0, arch=start, latency=cur_lat, score=cur_eval.score,
-                            metrics=cur_eval.metrics, weights=cur_eval.weights))
-        check_replay(history[0])
+    if steps == 0 or warm_start or journal.evaluations_of(start):
+        history.append(start_step(scores(0, [(start, start_ctx, seeds)])[start.hash]))
 
     for t in range(1, steps + 1):
+        current = history[-1] if history else None
         replay = journal.recorded_step(t) is not None
-        say(f"step {t}/{steps}{' (replayed from the journal)' if replay else ''}: from {current} "
-            f"(latency {cur_lat:.6g})")
-        target, cands = propose_candidates(current, ops, lat, max_k)
-        items = [
-            (c.arch, EvalContext(step=t, key=c.arch.hash, op=c.op, dimension=c.dimension, k=c.k, index=i,
-                                 total=len(cands)))
-            for i, c in enumerate(cands)
-        ]
-        if cur_eval is None:  # the start network is scored together with the first candidates
-            items.insert(0, (start, start_ctx))
-        evals = scores(t, items)
-        if cur_eval is None:
-            cur_eval = evals[start.hash]
-            history.append(Step(index=0, arch=start, latency=cur_lat, score=cur_eval.score,
-                                metrics=cur_eval.metrics, weights=cur_eval.weights))
-            check_replay(history[0])
-        cands = [
-            dataclasses.replace(c, score=evals[c.arch.hash].score, metrics=evals[c.arch.hash].metrics,
-                                weights=evals[c.arch.hash].weights)
-            for c in cands
-        ]
-        best, cands = select_candidate(cands, cur_lat, cur_eval.score)
+        say(f"step {t}/{steps}{' (replayed from the journal)' if replay else ''}: from "
+            f"{current.arch if current else start} (latency {cur_lat:.6g})")
+        target, cands = propose_candidates(current.arch if current else start, ops, lat, max_k)
+        ctxs = [EvalContext(step=t, key=c.arch.hash, op=c.op, dimension=c.dimension, k=c.k, index=i,
+                            total=len(cands), parent_weights=current.weights if current else None)
+                for i, c in enumerate(cands)]
+        n_seeds = [seeds] * len(cands)
+        requests = [(c.arch, ctx, seeds) for c, ctx in zip(cands, ctxs)]
+        if current is None:  # the start network is scored together with the first candidates
+            requests.insert(0, (start, start_ctx, seeds))
+        evals = scores(t, requests)
+        if current is None:
+            current = start_step(evals[start.hash])
+            history.append(current)
+        best, cands, decision = _choose(cands, evals, current, decision_z)
+        spent = 0
+        while decision.decided is not True:
+            plan = racing_round(cands, best, n_seeds, current.latency, current.score_se, decision_z, racing,
+                                racing.budget - spent)
+            if not plan:
+                break
+            say(f"step {t}/{steps}: undecided (margin {_pm(decision.margin, decision.margin_se)}); racing "
+                + ", ".join(f"{cands[i].op} to {n} seeds" for i, n in plan.items()))
+            evals.update(scores(t, [(cands[i].arch, ctxs[i], n) for i, n in plan.items()]))
+            for i, n in plan.items():
+                spent += n - n_seeds[i]
+                n_seeds[i] = n
+            best, cands, decision = _choose(cands, evals, current, decision_z)
         chosen = cands[best]
         step = Step(index=t, arch=chosen.arch, latency=chosen.latency, score=chosen.score, op=chosen.op,
                     dimension=chosen.dimension, k=chosen.k, target_latency=target, slope=chosen.slope,
-                    candidates=tuple(cands), metrics=chosen.metrics, weights=chosen.weights)
+                    candidates=tuple(cands), metrics=chosen.metrics, weights=chosen.weights, scores=chosen.scores,
+                    score_sd=chosen.score_sd, score_se=chosen.score_se,
+                    runner_up=None if decision.runner_up is None else cands[decision.runner_up].op,
+                    margin=decision.margin, margin_se=decision.margin_se, decided=decision.decided,
+                    racing_evaluations=spent)
         check_replay(step)
         history.append(step)
+        verdict = {True: "decided", False: "UNDECIDED", None: "decision unknown (one seed)"}[decision.decided]
         say(f"step {t}/{steps}: chose {chosen.op} x{chosen.k} ({chosen.dimension}) -> {chosen.arch} "
-            f"latency {chosen.latency:.6g} (target {target:.6g}) score {chosen.score:.4f}")
-        current, cur_lat, cur_eval = chosen.arch, chosen.latency, evals[chosen.arch.hash]
+            f"latency {chosen.latency:.6g} (target {target:.6g}) score {_pm(chosen.score, chosen.score_se)}; "
+            f"margin over {step.runner_up} {_pm(decision.margin, decision.margin_se)}: {verdict}")
+        cur_lat = chosen.latency
     return history
+
+
+def _pm(value: Optional[float], se: Optional[float]) -> str:
+    if value is None:
+        return "n/a"
+    return f"{value:.4g}" + ("" if se is None else f" +- {se:.2g}")
+
+
+def _choose(cands: Sequence[Candidate], evals: Mapping[str, list[Evaluation]], parent: Step,
+            z: float) -> tuple[int, list[Candidate], Decision]:
+    """Annotate ``cands`` with their seeds' mean, sd and SE, select d* (on the means) and judge the margin."""
+    scored = []
+    for c in cands:
+        evs = evals[c.arch.hash]
+        values = tuple(e.score for e in evs)
+        mean, sd, se = mean_sd_se(values)
+        scored.append(dataclasses.replace(c, score=mean, scores=values, score_sd=sd, score_se=se,
+                                          metrics=evs[0].metrics, weights=evs[0].weights))
+    best, annotated = select_candidate(scored, parent.latency, parent.score)
+    return best, annotated, decide(annotated, best, parent.latency, parent.score_se, z)

@@ -22,29 +22,35 @@ from lps_keras.arch import EXPANSION_OPS, Arch
 from lps_keras.recipe import Recipe, validate_recipe
 from lps_keras.search.algorithm import run_expansion
 from lps_keras.search.journal import EvalContext, SearchJournal, Step, fingerprint
+from lps_keras.search.racing import RacingConfig
 from lps_keras.search.report import format_table, plot_expansion, write_step_recipes, write_table
 
 
-def proxy_recipe(recipe: Recipe, arch: Arch, run_dir, name: Optional[str] = None) -> Recipe:
+def proxy_recipe(recipe: Recipe, arch: Arch, run_dir, name: Optional[str] = None, seed: int = 0,
+                 init: Optional[str] = None) -> Recipe:
     """``recipe`` with ``arch`` as the model, the proxy schedule as the training schedule and ``run_dir``.
 
     Validation runs once, at the end of the proxy schedule; backups every quarter of it so an
-    interrupted candidate resumes instead of restarting.
+    interrupted candidate resumes instead of restarting. ``seed`` (the proxy seed) is added to
+    ``train.seed``; ``init`` (a warm start's grown weights) trains ``search.proxy.warm_iterations``
+    (default: ``iterations``) from those weights.
     """
     proxy = recipe.search.proxy
+    iterations = (proxy.warm_iterations or proxy.iterations) if init else proxy.iterations
     arch_dict = arch.to_dict()
     arch_dict.pop("num_classes")  # the recipe's model.num_classes / dataset decides it, as for the start arch
     train = dataclasses.replace(
         recipe.train,
-        iterations=proxy.iterations,
+        iterations=iterations,
         batch_size=proxy.batch_size,
         base_lr=proxy.base_lr,
-        val_interval=proxy.iterations,
-        checkpoint_interval=max(1, proxy.iterations // 4),
-        log_interval=max(1, min(recipe.train.log_interval, proxy.iterations)),
+        val_interval=iterations,
+        checkpoint_interval=max(1, iterations // 4),
+        log_interval=max(1, min(recipe.train.log_interval, iterations)),
         image_summaries=0,
         distribute="none",
-        init=None,
+        seed=recipe.train.seed + seed,
+        init=None if init is None else str(init),
         run_dir=str(run_dir),
     )
     subsets = {key: getattr(proxy, key) for key in ("train_subset", "val_subset", "eval_size")
@@ -57,12 +63,18 @@ def proxy_recipe(recipe: Recipe, arch: Arch, run_dir, name: Optional[str] = None
     ), source=f"proxy recipe for {arch}")
 
 
+def candidate_dir(output_dir, key: str, seed: int = 0) -> Path:
+    """Run directory of one (candidate, seed): seed 0 keeps the single-seed layout, so old searches resume."""
+    return Path(output_dir) / "candidates" / (key if seed == 0 else f"{key}-seed{seed}")
+
+
 @dataclasses.dataclass(frozen=True)
 class ProxyEvaluator:
-    """``evaluate_fn`` for the search: proxy-train ``arch`` and return its validation mIoU.
+    """``evaluate_fn`` for the search: proxy-train ``arch`` with ``context.seed`` and return its validation mIoU.
 
-    Picklable (a recipe and a path), so it runs in worker processes too. Each candidate trains
-    in ``<output>/candidates/<arch hash>``, which ``train`` resumes if a previous run was killed.
+    Picklable (a recipe and a path), so it runs in worker processes too. Each (candidate, seed)
+    trains in :func:`candidate_dir`, which ``train`` resumes if a previous run was killed. With
+    ``search.proxy.init = parent`` a candidate starts from :meth:`warm_start`'s grown weights.
     """
 
     recipe: Recipe
@@ -72,15 +84,49 @@ class ProxyEvaluator:
     def __call__(self, arch: Arch, context: EvalContext) -> dict:
         from lps_keras.train import train
 
-        run_dir = Path(self.output_dir) / "candidates" / context.key
-        summary = train(proxy_recipe(self.recipe, arch, run_dir), resume=True, verbose=self.verbose)
+        run_dir = candidate_dir(self.output_dir, context.key, context.seed)
+        init, how = None, "scratch"
+        if self.recipe.search.proxy.init == "parent" and context.parent_weights:
+            init, how = self.warm_start(arch, context)
+        recipe = proxy_recipe(self.recipe, arch, run_dir, seed=context.seed, init=init)
+        summary = train(recipe, resume=True, verbose=self.verbose)
         keep = ("miou", "pixel_accuracy", "mean_class_accuracy", "final_step", "fit_seconds", "wall_seconds",
                 "deploy_parity_max_rel_error")
         return {
             "score": float(summary["miou"]),
-            "metrics": {k: summary.get(k) for k in keep},
+            "metrics": {**{k: summary.get(k) for k in keep}, "seed": recipe.train.seed, "init": how},
             "weights": str(run_dir / "deploy.keras"),
         }
+
+    def warm_start(self, arch: Arch, context: EvalContext) -> tuple[Optional[str], str]:
+        """Grow the parent's trained training-form weights into ``arch``; (path of the grown model, how).
+
+        The parent's weights are its seed-0 run's ``last.keras`` (beside the ``deploy.keras`` the journal
+        records). New layers draw their fresh weights from ``train.seed + context.seed``, so seeds differ
+        there too. The grown model is written once per (candidate, seed) and reused on resume. A child
+        that is no growth of the parent (:func:`lps_keras.grow.grow_model` refuses it) or a parent without
+        ``last.keras`` trains from scratch, and its metrics say so.
+        """
+        grown = Path(self.output_dir) / "candidates" / "grown" / f"{context.key}-seed{context.seed}.keras"
+        if grown.exists():
+            return str(grown), "parent"
+        parent_file = Path(context.parent_weights).with_name("last.keras")
+        if not parent_file.exists():
+            return None, f"scratch (no {parent_file})"
+        import keras
+
+        from lps_keras.fileio import atomic_save_model
+        from lps_keras.grow import grow_model
+        from lps_keras.weights import load_weights_file
+
+        parent = load_weights_file(parent_file, arch)
+        keras.utils.set_random_seed(self.recipe.train.seed + context.seed)
+        try:
+            child = grow_model(parent, arch.with_num_classes(parent.arch.num_classes))
+        except ValueError as e:
+            return None, f"scratch (cannot grow: {e})"
+        atomic_save_model(child, grown, include_optimizer=False)
+        return str(grown), "parent"
 
 
 def make_latency_fn(recipe: Recipe, output_dir, device_key=None, verbose=True) -> Callable[[Arch], float]:
@@ -103,9 +149,15 @@ def search_fingerprint(recipe: Recipe, backend: str) -> str:
     """What the journal's numbers depend on: data, proxy schedule, latency setup, optimiser."""
     d = recipe.to_dict()
     s = d["search"]
+    # How many seeds, the decision rule and racing change which (arch, seed) pairs are trained, not
+    # what any of them scores: left out, so a search can gain seeds on resume. A scratch proxy
+    # leaves out the warm-start keys too, which keeps the fingerprints of older journals valid.
+    proxy = {k: v for k, v in s["proxy"].items() if k not in ("seeds", "decision_z", "racing")}
+    if proxy["init"] == "scratch":
+        del proxy["init"], proxy["warm_iterations"]
     return fingerprint({
         "data": d["data"],
-        "proxy": s["proxy"],
+        "proxy": proxy,
         "latency": [backend, s["latency_input_shape"]],
         "optimizer": {k: d["train"][k] for k in ("momentum", "weight_decay", "poly_power", "loss", "seed")},
     })
@@ -172,10 +224,13 @@ def run(
     ev = evaluate_fn or ProxyEvaluator(recipe, str(output_dir))
     journal = SearchJournal(output_dir / "journal.json")
     executor = make_executor(workers, devices)
+    proxy = recipe.search.proxy
     try:
         history = run_expansion(
             start, lat, ev, steps, journal=journal, ops=EXPANSION_OPS, max_k=recipe.search.max_k,
             executor=executor, progress=progress, fingerprint=search_fingerprint(recipe, backend),
+            seeds=proxy.seeds, decision_z=proxy.decision_z, racing=RacingConfig(**dataclasses.asdict(proxy.racing)),
+            warm_start=proxy.init == "parent",
         )
     finally:
         if executor is not None:

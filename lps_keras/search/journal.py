@@ -21,7 +21,7 @@ from lps_keras.arch import Arch, ExpansionOp
 from lps_keras.fileio import atomic_write_text
 
 JOURNAL_FORMAT = "lps_keras.search_journal"
-JOURNAL_VERSION = 1
+JOURNAL_VERSION = 2  # 2: one evaluation per (arch, seed); version-1 journals (one per arch) are read as seed 0
 
 
 class JournalError(ValueError):
@@ -58,6 +58,8 @@ class EvalContext:
     k: int = 0
     index: int = 0  # position among this step's evaluations
     total: int = 1
+    seed: int = 0  # which proxy seed (0 .. search.proxy.seeds - 1, more when racing)
+    parent_weights: Optional[str] = None  # the parent's (seed 0) weights, for a warm start; None for step 0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -76,6 +78,9 @@ class Candidate:
     rank: Optional[str] = None  # "dominates" | "slope" | "excluded" (see select_candidate)
     metrics: Mapping[str, Any] = dataclasses.field(default_factory=dict)
     weights: Optional[str] = None
+    scores: tuple[float, ...] = ()  # one per seed, in seed order; ``score`` is their mean
+    score_sd: Optional[float] = None  # sample sd of ``scores`` (None with one seed)
+    score_se: Optional[float] = None  # standard error of the mean
 
     def to_dict(self) -> dict:
         return {
@@ -92,6 +97,9 @@ class Candidate:
             "rank": self.rank,
             "metrics": dict(self.metrics),
             "weights": self.weights,
+            "scores": list(self.scores),
+            "score_sd": self.score_sd,
+            "score_se": self.score_se,
         }
 
     @classmethod
@@ -100,6 +108,8 @@ class Candidate:
             op=d["op"], dimension=d["dimension"], k=d["k"], arch=Arch.from_dict(d["arch"]), latency=d["latency"],
             aliases=tuple(d.get("aliases", ())), capped=d.get("capped", False), score=d.get("score"),
             slope=d.get("slope"), rank=d.get("rank"), metrics=d.get("metrics", {}), weights=d.get("weights"),
+            scores=tuple(d.get("scores") or (() if d.get("score") is None else (d["score"],))),
+            score_sd=d.get("score_sd"), score_se=d.get("score_se"),
         )
 
 
@@ -119,6 +129,14 @@ class Step:
     candidates: tuple[Candidate, ...] = ()
     metrics: Mapping[str, Any] = dataclasses.field(default_factory=dict)
     weights: Optional[str] = None
+    scores: tuple[float, ...] = ()  # the chosen network's score per seed; ``score`` is their mean
+    score_sd: Optional[float] = None
+    score_se: Optional[float] = None
+    runner_up: Optional[str] = None  # op of the second-best candidate (see lps_keras.search.racing)
+    margin: Optional[float] = None  # winner's slope minus the runner-up's (P_d for dominating candidates)
+    margin_se: Optional[float] = None  # its standard error
+    decided: Optional[bool] = None  # margin > z * margin_se; None: not assessable (one seed)
+    racing_evaluations: int = 0  # extra (candidate, seed) trainings racing spent on this step
 
     def to_dict(self) -> dict:
         return {
@@ -134,6 +152,14 @@ class Step:
             "slope": self.slope,
             "metrics": dict(self.metrics),
             "weights": self.weights,
+            "scores": list(self.scores),
+            "score_sd": self.score_sd,
+            "score_se": self.score_se,
+            "runner_up": self.runner_up,
+            "margin": self.margin,
+            "margin_se": self.margin_se,
+            "decided": self.decided,
+            "racing_evaluations": self.racing_evaluations,
             "candidates": [c.to_dict() for c in self.candidates],
         }
 
@@ -144,6 +170,9 @@ class Step:
             dimension=d.get("dimension"), k=d.get("k", 0), target_latency=d.get("target_latency"),
             slope=d.get("slope"), candidates=tuple(Candidate.from_dict(c) for c in d.get("candidates", ())),
             metrics=d.get("metrics", {}), weights=d.get("weights"),
+            scores=tuple(d.get("scores") or (d["score"],)), score_sd=d.get("score_sd"), score_se=d.get("score_se"),
+            runner_up=d.get("runner_up"), margin=d.get("margin"), margin_se=d.get("margin_se"),
+            decided=d.get("decided"), racing_evaluations=d.get("racing_evaluations", 0),
         )
 
 
@@ -161,7 +190,7 @@ class SearchJournal:
     the search resumes from it; :meth:`bind` (called by :func:`run_expansion`) refuses a
     journal written by a different setup (start arch, op set, ``max_k`` or fingerprint).
     Latencies and evaluations are keyed by arch hash, so an architecture is measured and
-    trained at most once per journal, whichever step meets it.
+    trained at most once per (arch, seed) per journal, whichever step meets it.
     """
 
     def __init__(self, path: Union[str, Path, None] = None):
@@ -186,17 +215,22 @@ class SearchJournal:
             raise JournalError(f"{self.path}: search journal is not valid JSON: {e}") from None
         if not isinstance(raw, dict) or raw.get("format") != JOURNAL_FORMAT:
             raise JournalError(f"{self.path}: not a search journal (expected format {JOURNAL_FORMAT!r})")
-        if raw.get("version") != JOURNAL_VERSION:
+        version = raw.get("version")
+        if version not in (1, JOURNAL_VERSION):
             raise JournalError(
-                f"{self.path}: search journal version {raw.get('version')!r} is not supported "
-                f"(this code writes version {JOURNAL_VERSION})"
+                f"{self.path}: search journal version {version!r} is not supported "
+                f"(this code reads versions 1 and {JOURNAL_VERSION})"
             )
         try:
             self.setup = raw["setup"]
             self.latencies = dict(raw["latencies"])
             self.evaluations = dict(raw["evaluations"])
             self.steps = list(raw["steps"])
-        except (KeyError, TypeError) as e:
+            if version == 1:
+                # One score per arch, trained with the recipe's seed: that is seed 0 here (same run
+                # directory too), so an old search resumes, and gains seeds, without retraining.
+                self.evaluations = {h: _v1_entry(e) for h, e in self.evaluations.items()}
+        except (KeyError, TypeError, AttributeError) as e:
             raise JournalError(f"{self.path}: search journal is missing {e}") from None
 
     def _save(self) -> None:
@@ -247,26 +281,37 @@ class SearchJournal:
             self._save()
 
     # ------------------------------------------------------------- evaluations
-    def evaluation(self, arch: Arch) -> Optional[Evaluation]:
+    def evaluations_of(self, arch: Arch) -> dict[int, Evaluation]:
+        """Every finished evaluation of ``arch``, by seed."""
         with self._lock:
             e = self.evaluations.get(arch.hash)
             if e is None:
-                return None
-            return Evaluation(score=e["score"], metrics=e.get("metrics", {}), weights=e.get("weights"),
-                              seconds=e.get("seconds"))
+                return {}
+            return {int(seed): Evaluation(score=r["score"], metrics=r.get("metrics", {}), weights=r.get("weights"),
+                                          seconds=r.get("seconds"))
+                    for seed, r in e["seeds"].items()}
+
+    def evaluation(self, arch: Arch, seed: int = 0) -> Optional[Evaluation]:
+        """The evaluation of ``arch`` with ``seed``, or None if it has not finished."""
+        return self.evaluations_of(arch).get(seed)
 
     def record_evaluation(self, arch: Arch, evaluation: Evaluation, context: Optional[EvalContext] = None) -> None:
+        """Record one (arch, seed) evaluation (the seed is ``context.seed``, 0 without a context)."""
         with self._lock:
-            self.evaluations[arch.hash] = {
+            entry = self.evaluations.setdefault(arch.hash, {
                 "arch": arch.to_dict(),
+                "step": context.step if context else None,
+                "op": context.op if context else None,
+                "k": context.k if context else None,
+                "seeds": {},
+            })
+            entry["seeds"][str(context.seed if context else 0)] = {
                 "score": evaluation.score,
                 "metrics": dict(evaluation.metrics),
                 "weights": evaluation.weights,
                 "seconds": evaluation.seconds,
-                "step": context.step if context else None,
-                "op": context.op if context else None,
-                "k": context.k if context else None,
             }
+            entry["seeds"] = dict(sorted(entry["seeds"].items(), key=lambda kv: int(kv[0])))
             self._save()
 
     # ------------------------------------------------------------- steps
@@ -280,6 +325,14 @@ class SearchJournal:
                 raise JournalError(f"{self.where}: step {step.index} recorded out of order ({len(self.steps)} so far)")
             self.steps.append(step.to_dict())
             self._save()
+
+
+def _v1_entry(e: dict) -> dict:
+    return {
+        "arch": e["arch"], "step": e.get("step"), "op": e.get("op"), "k": e.get("k"),
+        "seeds": {"0": {"score": e["score"], "metrics": e.get("metrics", {}), "weights": e.get("weights"),
+                        "seconds": e.get("seconds")}},
+    }
 
 
 def _short_json(x: Any, limit: int = 300) -> str:

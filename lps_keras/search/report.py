@@ -22,11 +22,19 @@ def _ints_text(values) -> str:
     return "{" + ",".join(str(v) for v in values) + "}"
 
 
-TABLE_COLUMNS = ("step", "B", "C", "R", "latency", "mIoU", "dimension", "op", "k", "hash")
+TABLE_COLUMNS = ("step", "B", "C", "R", "latency", "mIoU", "mIoU_sd", "seeds", "dimension", "op", "k", "runner_up",
+                 "margin", "margin_se", "decision", "racing_evaluations", "hash")
+
+
+def decision_text(step: Step) -> str:
+    """``decided`` / ``undecided`` (margin within ``decision_z`` SEs) / ``unknown`` (one seed); empty for step 0."""
+    if step.op is None:
+        return ""
+    return {True: "decided", False: "undecided", None: "unknown"}[step.decided]
 
 
 def table_rows(steps: Sequence[Step]) -> list[dict]:
-    """Table-4-style rows (B, C, R in the paper's brace notation)."""
+    """Table-4-style rows (B, C, R in the paper's brace notation); mIoU is the mean over seeds."""
     return [
         {
             "step": s.index,
@@ -35,9 +43,16 @@ def table_rows(steps: Sequence[Step]) -> list[dict]:
             "R": _fraction_text(s.arch.resolution),
             "latency": s.latency,
             "mIoU": s.score,
+            "mIoU_sd": s.score_sd,
+            "seeds": len(s.scores) or 1,
             "dimension": s.dimension or "",
             "op": s.op or "",
             "k": s.k,
+            "runner_up": s.runner_up or "",
+            "margin": s.margin,
+            "margin_se": s.margin_se,
+            "decision": decision_text(s),
+            "racing_evaluations": s.racing_evaluations,
             "hash": s.arch.hash,
         }
         for s in steps
@@ -56,7 +71,8 @@ def write_table(steps: Sequence[Step], csv_path: Union[str, Path], json_path: Un
     doc = {
         "latency_unit": latency_unit,
         "columns": list(TABLE_COLUMNS),
-        "rows": [{**row, "arch": s.arch.to_dict(), "target_latency": s.target_latency, "slope": s.slope}
+        "rows": [{**row, "arch": s.arch.to_dict(), "target_latency": s.target_latency, "slope": s.slope,
+                  "scores": list(s.scores), "mIoU_se": s.score_se}
                  for row, s in zip(rows, steps)],
     }
     atomic_write_text(json_path, json.dumps(doc, indent=2, allow_nan=False) + "\n")
@@ -105,7 +121,9 @@ def plot_expansion(steps: Sequence[Step], candidates: Optional[Sequence[Candidat
     """mIoU against latency: each step's segment coloured by its dimension (like the paper's Fig. 7).
 
     ``candidates`` (default: every candidate held by ``steps``) are drawn as hollow points in
-    the colour of their dimension. Uses the Agg canvas directly: no pyplot, no global backend.
+    the colour of their dimension. With several seeds every point has an error bar of one sd of its
+    seeds' scores, and an undecided step's label is marked ``?``. Uses the Agg canvas directly: no
+    pyplot, no global backend.
     """
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
@@ -119,15 +137,20 @@ def plot_expansion(steps: Sequence[Step], candidates: Optional[Sequence[Candidat
     for c in candidates:
         if c.score is None:
             continue
-        ax.scatter([c.latency], [c.score], s=22, facecolors="none",
-                   edgecolors=DIMENSION_COLORS.get(c.dimension, "gray"), alpha=0.6, linewidths=1)
+        color = DIMENSION_COLORS.get(c.dimension, "gray")
+        ax.scatter([c.latency], [c.score], s=22, facecolors="none", edgecolors=color, alpha=0.6, linewidths=1)
+        if c.score_sd:
+            ax.errorbar([c.latency], [c.score], yerr=[c.score_sd], fmt="none", ecolor=color, alpha=0.4, lw=0.8)
     for prev, s in zip(steps, steps[1:]):
         ax.plot([prev.latency, s.latency], [prev.score, s.score], "-", lw=2.2,
                 color=DIMENSION_COLORS.get(s.dimension, "gray"))
     if steps:
         ax.scatter([s.latency for s in steps], [s.score for s in steps], s=30, color="black", zorder=3)
+        ax.errorbar([s.latency for s in steps], [s.score for s in steps], yerr=[s.score_sd or 0.0 for s in steps],
+                    fmt="none", ecolor="black", capsize=3, lw=1, zorder=3)
         for s in steps:
-            ax.annotate(str(s.index), (s.latency, s.score), textcoords="offset points", xytext=(4, -10), fontsize=8)
+            label = f"{s.index}?" if s.op is not None and s.decided is False else str(s.index)
+            ax.annotate(label, (s.latency, s.score), textcoords="offset points", xytext=(4, -10), fontsize=8)
     handles = [Line2D([0], [0], color=col, lw=2.2, label=dim) for dim, col in DIMENSION_COLORS.items()]
     handles.append(Line2D([0], [0], marker="o", ls="", mfc="none", mec="gray", label="candidates"))
     ax.legend(handles=handles, loc="lower right")
@@ -141,10 +164,21 @@ def plot_expansion(steps: Sequence[Step], candidates: Optional[Sequence[Candidat
 
 
 def format_table(history: Sequence[Step], unit: str = "ms") -> str:
-    """The expansion log as a Markdown table (README / terminal)."""
-    lines = [f"| step | B | C | R | latency ({unit}) | mIoU | dimension |", "|---|---|---|---|---|---|---|"]
+    """The expansion log as a Markdown table (README / terminal): mIoU as mean +- sd over seeds (in points),
+    the winner's slope margin over the runner-up +- its SE, and whether the step is decided."""
+    lines = [f"| step | B | C | R | latency ({unit}) | mIoU (mean ± sd) | seeds | dimension | margin ± SE | decision |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
     for s in history:
         b, c, r = s.arch.short().split(" ")
         dim = "-" if s.op is None else f"{s.dimension} ({s.op} x{s.k})"
-        lines.append(f"| {s.index} | {b} | {c} | {r} | {s.latency:.4g} | {100 * s.score:.2f} | {dim} |")
+        miou = f"{100 * s.score:.2f}" + ("" if s.score_sd is None else f" ± {100 * s.score_sd:.2f}")
+        margin = "-" if s.margin is None else f"{s.margin:.3g}" + ("" if s.margin_se is None else
+                                                                    f" ± {s.margin_se:.2g}")
+        if s.op is not None and s.runner_up:
+            margin += f" (vs {s.runner_up})"
+        decision = decision_text(s) or "-"
+        if s.racing_evaluations:
+            decision += f" (raced +{s.racing_evaluations})"
+        lines.append(f"| {s.index} | {b} | {c} | {r} | {s.latency:.4g} | {miou} | {len(s.scores) or 1} | {dim} "
+                     f"| {margin} | {decision} |")
     return "\n".join(lines)

@@ -1,0 +1,219 @@
+"""Proxy fidelity: how well a short proxy ranks the first expansion step's candidates (issue 13, item 4).
+
+For the candidates of the first step from the recipe's start network (N0 + k_d d for every op d,
+with k_d from the recipe's latency backend), each proxy below trains N0 and every candidate with
+several seeds, through the search's own code (``run_expansion`` with one step, so the numbers
+are exactly what the search would see, and a killed study resumes from its journals):
+
+- ``scratch``: the recipe's proxy (``search.proxy``), from scratch, ``--seeds`` seeds;
+- ``warm<W>``: ``search.proxy.init = parent`` with ``warm_iterations = W`` for each W of
+  ``--warm-iterations``: every candidate grown from N0's trained seed-0 weights (the scratch
+  proxy's own N0 runs, shared), ``--seeds`` seeds;
+- ``reference``: from scratch, ``--ref-factor`` times the proxy's iterations, ``--ref-seeds`` seeds.
+
+Reported per proxy: Kendall tau-b of its candidate ranking (by the search's slope
+(P_d - P) / (L_d - L), and by mean score P_d) against the reference ranking, whether it picks the
+reference's winner, the mean seed sd of the candidates' scores, whether its own step is decided
+(2-SE rule), and CPU minutes (process CPU time, all threads) per (candidate, seed) and per candidate
+(all its seeds). Writes ``<output>/fidelity.json`` and ``fidelity.md``.
+
+The real study (hours of CPU; not run yet):
+
+    nice python benchmarks/proxy_fidelity.py --recipe recipes/expand_camvid.json \\
+        --output runs/proxy_fidelity_camvid --seeds 3 --ref-seeds 3 --ref-factor 4 --warm-iterations 100,200,400
+
+Verified only on a tiny synthetic configuration (exercises the code, says nothing about fidelity;
+22 trainings, about 6 minutes on the shared 2-core CPU):
+
+    python benchmarks/proxy_fidelity.py --recipe recipes/expand_synthetic.json --output /tmp/fid \
+        --ops depth_s4-5,width_s4-5,res_path1 --seeds 2 --ref-seeds 2 --ref-factor 2 --warm-iterations 2 \
+        --latency macs --set data.root=/tmp/fid/synthetic \
+        --set 'data.synthetic={"num_train": 12, "num_val": 4, "height": 64, "width": 128, "seed": 0}' \
+        --set search.proxy.iterations=3 --set search.proxy.batch_size=2 --set 'search.proxy.crop_size=[64, 64]' \
+        --set search.proxy.train_subset=12 --set search.proxy.val_subset=4 \
+        --set 'search.latency_input_shape=[1, 64, 128, 3]' --set search.max_k=2
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+import sys
+import time
+from pathlib import Path
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--recipe", required=True, help="expansion recipe (start network = model, proxy = search.proxy)")
+    p.add_argument("--output", required=True, help="study directory (journals, candidate runs, fidelity.json/.md)")
+    p.add_argument("--seeds", type=int, default=3, help="seeds per candidate for the scratch and warm proxies")
+    p.add_argument("--ref-seeds", type=int, default=3, help="seeds per candidate for the reference")
+    p.add_argument("--ref-factor", type=int, default=4, help="reference schedule = this many times the proxy's")
+    p.add_argument("--warm-iterations", default="",
+                   help="comma-separated warm-start schedules to study (iterations after growing; empty: none)")
+    p.add_argument("--ops", default="", help="comma-separated op names (default: every expansion op)")
+    p.add_argument("--latency", default="recipe", choices=("recipe", "macs"),
+                   help="latency for k_d: the recipe's backend (cached in <output>) or GMACs at its input shape")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="recipe override")
+    return p.parse_args(argv)
+
+
+class CpuTimed:
+    """evaluate_fn wrapper adding the call's process CPU seconds (all threads) to the evaluation's metrics."""
+
+    def __init__(self, fn):
+        self.fn = fn
+
+    def __call__(self, arch, context):
+        t0 = time.process_time()
+        result = self.fn(arch, context)
+        result["metrics"]["cpu_seconds"] = round(time.process_time() - t0, 2)
+        return result
+
+
+class SharedStart:
+    """A warm proxy's evaluate_fn: the start network comes from the scratch proxy's runs (same schedule)."""
+
+    def __init__(self, start_fn, candidate_fn):
+        self.start_fn, self.candidate_fn = start_fn, candidate_fn
+
+    def __call__(self, arch, context):
+        return (self.start_fn if context.step == 0 else self.candidate_fn)(arch, context)
+
+
+def kendall_tau(x, y):
+    """Kendall's tau-b (scipy), None when undefined (fewer than two candidates, or a constant ranking)."""
+    import math
+
+    from scipy.stats import kendalltau
+
+    tau = float(kendalltau(x, y).statistic) if len(x) >= 2 else float("nan")
+    return None if math.isnan(tau) else tau
+
+
+def summarize(name, step, ref_step, seeds, journal) -> dict:
+    import numpy as np
+
+    cands = {c.arch.hash: c for c in step.candidates}
+    ref = {c.arch.hash: c for c in ref_step.candidates}
+    keys = [h for h in ref if h in cands]
+    slope = [(cands[h].slope, ref[h].slope) for h in keys if cands[h].slope is not None and ref[h].slope is not None]
+    # Every (candidate, seed) run's CPU time, from the journal (a run resumed after a kill counts only its
+    # last part: rerun such a study from scratch for timings).
+    cpu = [e.metrics.get("cpu_seconds") for c in step.candidates for e in journal.evaluations_of(c.arch).values()]
+    cpu = [x for x in cpu if x is not None]
+    sds = [c.score_sd for c in step.candidates if c.score_sd is not None]
+    cpu_pair = float(np.mean(cpu)) / 60 if cpu else None
+    return {
+        "proxy": name,
+        "seeds": seeds,
+        "tau_slope": kendall_tau(*zip(*slope)) if slope else None,
+        "tau_score": kendall_tau([cands[h].score for h in keys], [ref[h].score for h in keys]),
+        "picks_reference_winner": step.arch.hash == ref_step.arch.hash,
+        "winner": step.op,
+        "decision": {True: "decided", False: "undecided", None: "unknown"}[step.decided],
+        "mean_seed_sd": float(np.mean(sds)) if sds else None,
+        "cpu_minutes_per_candidate_seed": cpu_pair,
+        "cpu_minutes_per_candidate": None if cpu_pair is None else cpu_pair * seeds,
+        "candidates": [{"op": c.op, "k": c.k, "latency": c.latency, "score": c.score, "sd": c.score_sd,
+                        "slope": c.slope, "scores": list(c.scores)} for c in step.candidates],
+    }
+
+
+def markdown(rows) -> str:
+    def f(x, fmt):
+        return "-" if x is None else format(x, fmt)
+
+    lines = ["| proxy | seeds | tau (slope) | tau (mIoU) | reference winner | decision | mean seed sd | "
+             "CPU min / candidate |", "|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        lines.append(f"| {r['proxy']} | {r['seeds']} | {f(r['tau_slope'], '.2f')} | {f(r['tau_score'], '.2f')} | "
+                     f"{'yes' if r['picks_reference_winner'] else 'no'} ({r['winner']}) | {r['decision']} | "
+                     f"{f(None if r['mean_seed_sd'] is None else 100 * r['mean_seed_sd'], '.2f')} | "
+                     f"{f(r['cpu_minutes_per_candidate'], '.2f')} |")
+    return "\n".join(lines)
+
+
+def run(args) -> int:
+    from lps_keras.arch import EXPANSION_OPS, EXPANSION_OPS_BY_NAME
+    from lps_keras.fileio import atomic_write_json, atomic_write_text
+    from lps_keras.recipe import load_recipe, validate_recipe
+    from lps_keras.search import SearchJournal, run_expansion
+    from lps_keras.search.expansion import ProxyEvaluator, make_latency_fn, search_fingerprint
+
+    recipe = load_recipe(args.recipe, args.set)
+    for flag in ("seeds", "ref_seeds", "ref_factor"):
+        if getattr(args, flag) < 1:
+            raise ValueError(f"--{flag.replace('_', '-')} must be >= 1, got {getattr(args, flag)!r}")
+    try:
+        warm = [int(w) for w in args.warm_iterations.split(",") if w.strip()]
+    except ValueError:
+        raise ValueError(f"--warm-iterations must be comma-separated integers, got {args.warm_iterations!r}") from None
+    unknown = [n for n in args.ops.split(",") if n and n not in EXPANSION_OPS_BY_NAME]
+    if unknown:
+        raise ValueError(f"--ops: unknown op {unknown[0]!r}; known: {', '.join(EXPANSION_OPS_BY_NAME)}")
+    ops = [EXPANSION_OPS_BY_NAME[n] for n in args.ops.split(",") if n] or list(EXPANSION_OPS)
+    out = Path(args.output)
+    out.mkdir(parents=True, exist_ok=True)
+    if args.latency == "macs":
+        _, h, w, _ = recipe.search.latency_input_shape
+
+        def latency(arch):
+            return arch.macs(h, w) / 1e9
+    else:
+        latency = make_latency_fn(recipe, out)
+
+    def proxy_variant(**changes):
+        proxy = dataclasses.replace(recipe.search.proxy, **changes)
+        return validate_recipe(dataclasses.replace(recipe, search=dataclasses.replace(recipe.search, proxy=proxy)),
+                               source="proxy variant")
+
+    p = recipe.search.proxy
+    variants = [("scratch", proxy_variant(init="scratch", warm_iterations=None), args.seeds)]
+    variants += [(f"warm{w}", proxy_variant(init="parent", warm_iterations=w), args.seeds) for w in warm]
+    variants.append(("reference", proxy_variant(init="scratch", warm_iterations=None,
+                                                iterations=p.iterations * args.ref_factor), args.ref_seeds))
+    scratch_eval = CpuTimed(ProxyEvaluator(variants[0][1], str(out / "scratch")))
+    steps = {}
+    for name, r, seeds in variants:
+        print(f"== proxy {name}: {r.search.proxy.iterations} iterations"
+              + (f", warm start then {r.search.proxy.warm_iterations}" if r.search.proxy.init == "parent" else "")
+              + f", {seeds} seed(s)", flush=True)
+        evaluate = CpuTimed(ProxyEvaluator(r, str(out / name)))
+        if r.search.proxy.init == "parent":
+            evaluate = SharedStart(scratch_eval, evaluate)
+        history = run_expansion(
+            r.arch(), latency, evaluate, 1, journal=SearchJournal(out / name / "journal.json"), ops=ops,
+            max_k=r.search.max_k, fingerprint=search_fingerprint(r, args.latency), seeds=seeds,
+            decision_z=p.decision_z, warm_start=r.search.proxy.init == "parent",
+        )
+        steps[name] = (history[1], seeds)
+    ref_step = steps["reference"][0]
+    rows = [summarize(name, step, ref_step, seeds, SearchJournal(out / name / "journal.json"))
+            for name, (step, seeds) in steps.items()]
+    doc = {"recipe": str(args.recipe), "overrides": args.set, "latency": args.latency,
+           "ops": [op.name for op in ops], "proxies": rows}
+    atomic_write_json(out / "fidelity.json", doc)
+    table = markdown(rows)
+    atomic_write_text(out / "fidelity.md", table + "\n")
+    print(table)
+    return 0
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    from lps_keras.cli import guarded, quiet_tensorflow
+
+    quiet_tensorflow()
+    return guarded("proxy_fidelity.py", lambda: run(args))
+
+
+if __name__ == "__main__":
+    from lps_keras.cli import exit_process
+
+    exit_process(main())
