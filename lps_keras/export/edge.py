@@ -180,7 +180,8 @@ def openvino_predictor(path, threads: Optional[int] = None, precision: Optional[
         return np.array(request.infer([np.asarray(x, np.float32)])[0])
 
     predict.input_shape = tuple(int(d) for d in model.inputs[0].get_partial_shape().to_shape())
-    predict.hint = str(compiled.get_property("INFERENCE_PRECISION_HINT"))
+    actual = compiled.get_property("INFERENCE_PRECISION_HINT")  # an openvino.Type: "f32" / "bf16"
+    predict.hint = actual.get_type_name() if hasattr(actual, "get_type_name") else str(actual)
     predict._keepalive = (core, compiled)
     return predict
 

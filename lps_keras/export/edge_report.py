@@ -65,10 +65,8 @@ def edge_input_size(recipe: Recipe) -> tuple[int, int]:
                       f"no images found under data.root {recipe.data.root!r} to take it from")
 
 
-def calibration_images(recipe: Recipe, size, count: int = 100) -> np.ndarray:
-    """``count`` training images (evenly spaced over the split), resized and normalised: float32 [N,H,W,3]."""
-    from lps_keras.data.common import load_pair_numpy
-
+def check_calibration_split(recipe: Recipe, count: int = 100):
+    """The training split's files if it holds at least ``count`` images, else :class:`ExportError`."""
     if count < 1:
         raise ValueError(f"calibration image count must be >= 1, got {count!r}")
     split = recipe.data.train_split
@@ -79,6 +77,14 @@ def calibration_images(recipe: Recipe, size, count: int = 100) -> np.ndarray:
     if len(files) < count:
         raise ExportError(f"int8 calibration needs {count} images from data.train_split {split!r} under "
                           f"{recipe.data.root!r}; found {len(files)}")
+    return files
+
+
+def calibration_images(recipe: Recipe, size, count: int = 100) -> np.ndarray:
+    """``count`` training images (evenly spaced over the split), resized and normalised: float32 [N,H,W,3]."""
+    from lps_keras.data.common import load_pair_numpy
+
+    files = check_calibration_split(recipe, count)
     picks = np.unique(np.linspace(0, len(files) - 1, count).round().astype(int))
     return np.stack([normalise(_resize(load_pair_numpy(files, int(i))[0], size)) for i in picks])
 
