@@ -168,7 +168,7 @@ def format_report(name: str, report: dict) -> str:
             f"{report['label_agreement']:.2%}")
     if "miou" in report:
         text += (f", mIoU {report['miou']:.2f} vs {report['miou_reference']:.2f} "
-                 f"({report['miou_change_points']:+.2f} points)")
+                 f"({round(report['miou_change_points'], 2) + 0.0:+.2f} points)")
     return text + f" on {report['images_description']}"
 
 
