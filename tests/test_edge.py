@@ -194,8 +194,23 @@ def test_cli_writes_edge_artefacts_and_refuses_bad_input(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "needs 100 images from data.train_split 'train'" in err and "Traceback" not in err
     assert not (out / "2").exists() and not (out / "2_litert_int8.tflite").exists()
+    assert export.main(base + ["--version", "2", "--openvino", "fp32", "--edge-eval-images", "0"]) == 2
+    assert "--edge-eval-images must be >= 1, got 0" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         export.parse_args(["--recipe", str(recipe), "--litert", "int4"])
+
+
+def test_a_missing_package_is_named(monkeypatch):
+    import importlib.util
+
+    from lps_keras.export.common import BackendUnavailable
+    from lps_keras.export.edge import require_edge
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "nncf" else real(name, *a))
+    require_edge("openvino", "fp32")  # NNCF is only needed for int8
+    with pytest.raises(BackendUnavailable, match="--openvino int8 needs the 'nncf' package: pip install nncf"):
+        require_edge("openvino", "int8")
 
 
 @pytest.mark.needs_shared_data

@@ -82,6 +82,8 @@ def export_recipe(recipe: Recipe, options: ExportOptions = ExportOptions(),
 
         check_edge_requests(edge_requests)  # unknown precision or missing package: fail before exporting
         edge_input_size(recipe)
+        if args.edge_eval_images is not None and args.edge_eval_images < 1:
+            raise ValueError(f"--edge-eval-images must be >= 1, got {args.edge_eval_images!r}")
         if any(p == "int8" for _, p in edge_requests):
             check_calibration_split(recipe, args.calibration_images)
         for fmt, p in edge_requests:
