@@ -1,7 +1,8 @@
-"""Export a recipe's model: fused SavedModel for TF Serving (+ TF-TRT, ONNX, TensorRT, bf16).
+"""Export a recipe's model: fused SavedModel for TF Serving (+ TF-TRT, ONNX, TensorRT, bf16, LiteRT, OpenVINO).
 
     python export.py --recipe recipes/lps_s.json --weights runs/lps_s/best.keras \\
-        --output savedmodels/lps_s --version 1 [--input-size 1024x2048] [--onnx] [--precision bf16]
+        --output savedmodels/lps_s --version 1 [--input-size 1024x2048] [--onnx] [--precision bf16] \\
+        [--litert fp32 fp16 int8] [--openvino fp32 bf16 int8]
 
 This file only parses arguments (the flags map onto the recipe's ``export`` section and
 :class:`lps_keras.export.ExportOptions`) and calls :func:`lps_keras.export.export_recipe`.
@@ -28,6 +29,16 @@ def parse_args(argv=None):
     p.add_argument("--onnx", action="store_true", help="also write <output>/<version>.onnx (tf2onnx) and check parity")
     p.add_argument("--opset", type=int, default=17)
     p.add_argument("--tensorrt", choices=("fp32", "fp16"), help="also build a TensorRT 10 engine from the ONNX file")
+    p.add_argument("--litert", nargs="+", choices=("fp32", "fp16", "int8"), default=[], metavar="PRECISION",
+                   help="also write <output>/<version>_litert_<precision>.tflite (fp32, fp16, int8: full-integer "
+                   "calibrated on training images) with an accuracy report")
+    p.add_argument("--openvino", nargs="+", choices=("fp32", "bf16", "int8"), default=[], metavar="PRECISION",
+                   help="also write OpenVINO IR <output>/<version>_openvino_<precision>.xml/.bin (int8: NNCF) "
+                   "with an accuracy report")
+    p.add_argument("--calibration-images", type=int, default=100,
+                   help="int8: training images for calibration (default 100)")
+    p.add_argument("--edge-eval-images", type=int,
+                   help="LiteRT/OpenVINO accuracy report: first N validation images (default all)")
     p.add_argument("--parity-image", help="image for the bf16 parity report (default: a synthetic test image)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing version")
     p.add_argument("--no-verify", action="store_true", help="skip the fresh-process verification")
@@ -65,7 +76,9 @@ def run(args) -> int:
 
     options = ExportOptions(weights=args.weights, output=args.output, overwrite=args.overwrite,
                             verify=not args.no_verify, onnx=args.onnx, opset=args.opset, tensorrt=args.tensorrt,
-                            tftrt=args.tftrt, parity_image=args.parity_image)
+                            tftrt=args.tftrt, parity_image=args.parity_image, litert=tuple(args.litert),
+                            openvino=tuple(args.openvino), calibration_images=args.calibration_images,
+                            edge_eval_images=args.edge_eval_images)
     export_recipe(recipe, options, warn=lambda msg: print(msg, file=sys.stderr))
     return 0
 

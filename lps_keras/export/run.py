@@ -28,6 +28,20 @@ class ExportOptions:
     tensorrt: Optional[str] = None  # fp32 | fp16: also build a TensorRT 10 engine from the ONNX file
     tftrt: Optional[str] = None  # fp32 | fp16: also convert with TF-TRT (TF 2.17 line + GPU)
     parity_image: Optional[str] = None  # image for the bf16 parity report (default: a synthetic image)
+    # Edge / CPU formats beside the version: <version>_litert_<p>.tflite, <version>_openvino_<p>.xml (+ .bin),
+    # each with <stem>_accuracy.json (agreement and mIoU change against the fp32 SavedModel).
+    litert: tuple[str, ...] = ()  # any of fp32, fp16, int8 (a single string is accepted)
+    openvino: tuple[str, ...] = ()  # any of fp32, bf16, int8
+    calibration_images: int = 100  # int8: training images for the representative dataset / NNCF
+    edge_eval_images: Optional[int] = None  # accuracy report: first N validation images (None: all)
+
+    def __post_init__(self):
+        for name in ("litert", "openvino"):
+            value = getattr(self, name)
+            object.__setattr__(self, name, (value,) if isinstance(value, str) else tuple(value or ()))
+
+    def edge_requests(self) -> list[tuple[str, str]]:
+        return [("litert", p) for p in self.litert] + [("openvino", p) for p in self.openvino]
 
 
 def export_recipe(recipe: Recipe, options: ExportOptions = ExportOptions(),
@@ -61,6 +75,21 @@ def export_recipe(recipe: Recipe, options: ExportOptions = ExportOptions(),
         raise FileNotFoundError(f"--weights {args.weights!r} does not exist")
     if args.parity_image and not Path(args.parity_image).is_file():
         raise FileNotFoundError(f"--parity-image {args.parity_image!r} does not exist")
+    edge_requests = args.edge_requests()
+    if edge_requests:
+        from lps_keras.export.edge import artefact_path, check_edge_requests
+        from lps_keras.export.edge_report import check_calibration_split, edge_input_size
+
+        check_edge_requests(edge_requests)  # unknown precision or missing package: fail before exporting
+        edge_input_size(recipe)
+        if args.edge_eval_images is not None and args.edge_eval_images < 1:
+            raise ValueError(f"--edge-eval-images must be >= 1, got {args.edge_eval_images!r}")
+        if any(p == "int8" for _, p in edge_requests):
+            check_calibration_split(recipe, args.calibration_images)
+        for fmt, p in edge_requests:
+            if artefact_path(out_dir, version, fmt, p).exists() and not args.overwrite:
+                raise FileExistsError(f"{artefact_path(out_dir, version, fmt, p)} already exists; choose another "
+                                      "--version or pass --overwrite")
 
     if args.weights is None:
         warn("WARNING: no --weights given: exporting RANDOMLY INITIALISED weights (fine for latency, "
@@ -110,6 +139,13 @@ def export_recipe(recipe: Recipe, options: ExportOptions = ExportOptions(),
         log("TF-TRT: " + json.dumps(report))
         serving.write_models_config(trt_dir.parent, trt_dir.parent.name)
         written["tftrt"] = report
+
+    if edge_requests:
+        from lps_keras.export.edge import export_edge
+
+        written["edge"] = export_edge(recipe, deploy, out_dir, version, edge_requests,
+                                      calibration_count=args.calibration_images,
+                                      eval_images=args.edge_eval_images, overwrite=args.overwrite, log=log)
 
     log("")
     log(serving.format_serving_commands(out_dir, name))
