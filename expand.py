@@ -21,7 +21,8 @@ def main(argv=None) -> int:
     parser.add_argument("--recipe", required=True, help="recipe JSON with a search section (start arch = model)")
     parser.add_argument("--output", required=True, help="output directory (journal, table, plot, candidate runs)")
     parser.add_argument("--steps", type=int, help="expansion steps (--set search.steps=...)")
-    parser.add_argument("--latency-backend", choices=("tf", "tftrt", "tensorrt", "onnxruntime", "openvino", "macs"),
+    parser.add_argument("--latency-backend", choices=("tf", "tftrt", "tensorrt", "onnxruntime", "openvino", "litert",
+                                                      "macs"),
                         help="latency backend (default search.latency_backend); 'macs' ranks by GMACs")
     parser.add_argument("--latency-cache", help="latency cache JSON (default <output>/<search.latency_cache>)")
     parser.add_argument("--device-key", help="use latencies measured on another device (a table imported into "

@@ -92,8 +92,8 @@ def remove_stale_temps(directory: PathLike) -> list[Path]:
         if not name.startswith(".") or _TEMP_MARK not in name:
             continue
         pid_text = name.split(_TEMP_MARK, 1)[1].split("-", 1)[0]
-        if not pid_text.isdigit() or (int(pid_text) != os.getpid() and _pid_alive(int(pid_text))):
-            continue
+        if not pid_text.isdigit() or int(pid_text) == os.getpid() or _pid_alive(int(pid_text)):
+            continue  # a live writer's, possibly this process' own (nested builds)
         if entry.is_dir() and not entry.is_symlink():
             shutil.rmtree(entry, ignore_errors=True)
         else:

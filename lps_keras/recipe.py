@@ -166,7 +166,8 @@ class ProxyConfig:
 @dataclasses.dataclass(frozen=True)
 class SearchConfig:
     steps: int = _field(14, ge=0)
-    latency_backend: str = _field("tf", choices=("tf", "tftrt", "tensorrt", "onnxruntime", "openvino", "macs"))
+    latency_backend: str = _field("tf", choices=("tf", "tftrt", "tensorrt", "onnxruntime", "openvino", "litert",
+                                                 "macs"))
     latency_input_shape: tuple[int, int, int, int] = (1, 1024, 2048, 3)
     latency_warmup: int = _field(5, ge=0)
     latency_iters: int = _field(20, gt=0)

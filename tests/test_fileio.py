@@ -57,14 +57,14 @@ def test_remove_stale_temps_removes_only_dead_writers_leftovers(tmp_path):
     stale_file.write_bytes(b"")  # what a kill -9 during a checkpoint write leaves
     stale_dir = tmp_path / f".1.lpstmp-{dead}-x1y2z3"
     (stale_dir / "model").mkdir(parents=True)  # a killed export's staging directory
-    live = tmp_path / f"{temp_prefix('state.json')}zz.tmp"  # this process is alive
+    live = tmp_path / f"{temp_prefix('state.json')}zz.tmp"  # this process' own: in use
     other = os.getppid()  # a live process other than ours
     live_other = tmp_path / f".x.json.lpstmp-{other}-q.tmp"
-    keep = [tmp_path / ".hidden_user_file", tmp_path / "last.keras", live_other]
-    for p in [live, *keep]:
+    keep = [tmp_path / ".hidden_user_file", tmp_path / "last.keras", live_other, live]
+    for p in keep:
         p.write_bytes(b"x")
     removed = remove_stale_temps(tmp_path)
-    assert sorted(removed) == sorted([stale_file, stale_dir, live])  # our own pid: a previous call of ours
+    assert sorted(removed) == sorted([stale_file, stale_dir])
     assert all(p.exists() for p in keep)
     assert remove_stale_temps(tmp_path / "missing") == []
 

@@ -337,3 +337,22 @@ def test_keras_model_on_every_cpu_backend_uses_no_persistent_store(tmp_path):
         stats = lat.measure_latency(model, backend, SHAPE, warmup=1, iters=2, artifacts=tmp_path / "a")
         assert stats.arch_hash == TINY.hash and stats.backend == backend
     assert not (tmp_path / "a").exists()  # a model's weights/form are not keyed by its arch: temporary artefacts
+
+
+def test_litert_times_an_arch_and_the_file_it_built(tmp_path):
+    pytest.importorskip("ai_edge_litert")
+    cache = lat.LatencyCache(tmp_path / "cache.json")
+    sizes = {}
+    for precision in ("fp32", "int8"):
+        stats = lat.measure_latency(TINY, backend="litert", input_shape=SHAPE, warmup=1, iters=2,
+                                    precision=precision, cache=cache)
+        assert stats.backend == "litert" and stats.median_ms > 0 and "ai_edge_litert" in stats.versions
+        (entry,) = (tmp_path / "cache_artifacts").glob(f"{TINY.hash}-litert-{precision}-*")
+        sizes[precision] = (entry / "model.tflite").stat().st_size
+    # int8 stores one byte per weight where fp32 stores four (plus graph overhead).
+    assert sizes["int8"] < 0.6 * sizes["fp32"]
+    # The artefact itself can be timed, and another input size is refused, not resized.
+    tflite = next((tmp_path / "cache_artifacts").glob("*-litert-fp32-*")) / "model.tflite"
+    assert lat.measure_latency(str(tflite), backend="litert", input_shape=SHAPE, warmup=1, iters=2).median_ms > 0
+    with pytest.raises(lat.LatencyError, match="exported for input"):
+        lat.measure_latency(str(tflite), backend="litert", input_shape=(1, 32, 64, 3), warmup=1, iters=1)

@@ -34,7 +34,7 @@ from lps_keras.latency.stats import LatencyError
 
 #: The file or directory inside an entry that is the artefact proper.
 ARTIFACT_NAMES = {"savedmodel": "saved_model", "onnx": "model.onnx", "openvino": "model.xml",
-                  "tftrt": "saved_model", "tensorrt": "model.engine"}
+                  "litert": "model.tflite", "tftrt": "saved_model", "tensorrt": "model.engine"}
 
 #: ``convert(source, out, precision, input_shape)``: write the artefact ``out`` from ``source``.
 Converter = Callable[[Path, Path, str, tuple], object]
@@ -181,6 +181,8 @@ def artifact_stamp(kind: str) -> dict:
         return stamp
     if kind == "openvino":
         return library_versions("openvino")
+    if kind == "litert":
+        return library_versions("litert")
     if kind == "tftrt":
         return {**library_versions("tftrt"), "device": device_name("tftrt")}
     if kind == "tensorrt":

@@ -13,6 +13,7 @@ MAIN_REQUIREMENTS = "requirements.txt"
 
 #: Precisions each backend can time (``macs`` computes, it does not time).
 PRECISIONS = {"tf": ("fp32", "bf16"), "onnxruntime": ("fp32",), "openvino": ("fp32", "bf16"),
+              "litert": ("fp32", "fp16", "int8"),
               "tftrt": ("fp32", "fp16"), "tensorrt": ("fp32", "fp16"), "macs": ("fp32", "bf16", "fp16")}
 
 _passed: set[tuple] = set()
@@ -69,6 +70,8 @@ def check_backend(backend: str, precision: str = "fp32", converter: bool = True,
             if not ok:
                 raise LatencyError(f"openvino bf16 needs a CPU with bf16 support (AVX512-BF16 or AMX); this CPU's "
                                    f"OpenVINO capabilities are {caps}; time fp32 instead")
+    elif backend == "litert":
+        _need(backend, "ai_edge_litert.interpreter", "ai-edge-litert")
     elif backend == "tftrt" and converter:
         _check_tftrt()
     elif backend == "tensorrt" and (converter or runtime):

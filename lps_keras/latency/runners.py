@@ -36,7 +36,7 @@ from lps_keras.latency.stats import LatencyError, LatencyStats, device_name, lib
 if TYPE_CHECKING:
     from lps_keras.latency.cache import LatencyCache
 
-BACKENDS = ("tf", "onnxruntime", "openvino", "tftrt", "tensorrt", "macs")
+BACKENDS = ("tf", "onnxruntime", "openvino", "litert", "tftrt", "tensorrt", "macs")
 
 #: ``load(artefact, input_shape, precision, threads) -> (run, thread_info)``: what the timing loop calls.
 Loader = Callable[[Path, tuple, str, Optional[int]], tuple]
@@ -376,5 +376,30 @@ def _tensorrt_runner(job: _Job):
     return job.loader(load_tensorrt_engine)(engine, job.input_shape, job.precision, job.threads)
 
 
-_RUNNERS = {"tf": _tf_runner, "onnxruntime": _ort_runner, "openvino": _openvino_runner, "tftrt": _tftrt_runner,
-            "tensorrt": _tensorrt_runner}
+def _litert_runner(job: _Job):
+    """LiteRT (XNNPACK): a ``.tflite`` file, or an Arch's static SavedModel converted at ``precision``.
+
+    int8 is full-integer quantisation calibrated on random images: the graph, hence the time, is
+    the one a real calibration gives (the scales differ, the work does not).
+    """
+    from lps_keras.latency.edge import litert_runner
+
+    if job.is_path:
+        return litert_runner(job.target, job.input_shape, job.precision, job.threads)
+
+    source = job.savedmodel()
+
+    def build(out: Path):  # inside the store's staging directory, published whole
+        from lps_keras.export.edge import convert_litert
+
+        calibration = None
+        if job.precision == "int8":
+            calibration = np.random.default_rng(0).normal(0, 1, (8, *job.input_shape[1:])).astype(np.float32)
+        out.write_bytes(convert_litert(source, job.precision, calibration))
+
+    tflite = job.artifact("litert", build, job.precision)
+    return litert_runner(tflite, job.input_shape, job.precision, job.threads)
+
+
+_RUNNERS = {"tf": _tf_runner, "onnxruntime": _ort_runner, "openvino": _openvino_runner, "litert": _litert_runner,
+            "tftrt": _tftrt_runner, "tensorrt": _tensorrt_runner}

@@ -132,6 +132,16 @@ def library_versions(backend: str) -> dict:
         import openvino
 
         versions["openvino"] = openvino.__version__
+    if backend == "litert":
+        from importlib.metadata import PackageNotFoundError, version
+
+        try:
+            versions["ai_edge_litert"] = version("ai-edge-litert")
+        except PackageNotFoundError:
+            pass
+        import tensorflow as tf
+
+        versions["tensorflow"] = tf.__version__  # the converter
     if backend == "tensorrt":
         try:
             import tensorrt
