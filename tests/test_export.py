@@ -188,6 +188,27 @@ def test_onnx_resize_align_corners_and_parity(models, tmp_path):
         ex.export_onnx(deploy, tmp_path / "x.onnx", opset=11)
 
 
+def test_onnx_sizes_that_float32_scales_would_round_down(tmp_path):
+    """LPS-S-like paths (3/4, 1/4) at CamVid's 360x480: 12 -> 34 is scale 2.8333333, and floor(12 * s) = 33."""
+    import onnx
+
+    from lps_keras.arch import Arch
+    from lps_keras.model import build_model
+
+    arch = Arch((1, 1, 1, 1, 1), (4, 4, 8, 8, 8), (0.75, 0.25), num_classes=3)
+    deploy = build_model(arch, deploy=True)
+    report = ex.export_onnx(deploy, tmp_path / "m.onnx", opset=17, input_shape=(1, 360, 480, 3))
+    assert report["onnxruntime_max_rel_error"] <= 1e-4 and report["resizes_given_sizes"] >= 3
+    graph = onnx.load(str(tmp_path / "m.onnx")).graph
+    consts = {i.name: onnx.numpy_helper.to_array(i) for i in graph.initializer}
+    sizes = sorted(tuple(consts[n.input[3]][2:].tolist()) for n in graph.node
+                   if n.op_type == "Resize" and len(n.input) == 4)
+    # Path 1 input int(360 * 3/4) x int(480 * 3/4) = 270x360 -> 135x180 -> 68x90 -> 34x45 (stage 3) -> 17x23
+    # (stages 4, 5); path 2: 90x120 -> 45x60 -> 23x30 -> 12x15 (stage 3) -> 6x8. Interactions resize between
+    # 34x45 and 12x15, then 17x23 and 6x8; the concat brings 6x8 up to 17x23.
+    assert (34, 45) in sizes and (17, 23) in sizes and (270, 360) in sizes and (12, 15) in sizes
+
+
 def test_bf16_parity_report(models):
     _, deploy = models
     report = ex.bf16_parity(deploy, ex.sample_image(H, W))

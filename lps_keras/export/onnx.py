@@ -54,13 +54,66 @@ def export_onnx(target, path, opset: int = 17, input_shape=(1, None, None, 3), v
             core, sig = _core_function(target, input_shape)
             model_proto, _ = tf2onnx.convert.from_function(core, input_signature=sig, opset=opset,
                                                            output_path=str(tmp))
-        report = {"path": str(path), "opset": opset, "resize_modes": onnx_resize_modes(model_proto)}
+        fixed = resize_scales_to_sizes(model_proto)
+        if fixed:
+            import onnx
+
+            onnx.save(model_proto, str(tmp))
+        report = {"path": str(path), "opset": opset, "resize_modes": onnx_resize_modes(model_proto),
+                  "resizes_given_sizes": fixed}
         if verify and keras_model is not None:
             report.update(onnx_parity(tmp, keras_model, input_shape, rtol=rtol))
         os.replace(tmp, path)
     finally:
         Path(tmp).unlink(missing_ok=True)
     return report
+
+
+def resize_scales_to_sizes(model_proto) -> int:
+    """Give every constant-``scales`` ``Resize`` of a static-shape graph its output ``sizes`` instead; in place.
+
+    tf2onnx turns a ``ResizeBilinear`` to a constant size into ``Resize(scales=out/in)`` in float32.
+    ONNX computes the output size as ``floor(in * scale)``, so 12 -> 34 (scale 2.8333333) becomes 33
+    and onnxruntime refuses the graph ("Incompatible dimensions" at the interaction's Add): LPS-S at
+    360x480 hits it. With ``align_corners`` the sampling depends only on the sizes, so giving
+    ``round(in * scale)`` as ``sizes`` restores TensorFlow's graph exactly. Shapes are inferred again
+    after each pass because a fixed Resize makes the next one's input shape known. Returns the count.
+    """
+    import onnx
+    from onnx import numpy_helper
+
+    graph = model_proto.graph
+    consts = {init.name: numpy_helper.to_array(init) for init in graph.initializer}
+    fixed = 0
+    for _ in range(len(graph.node)):
+        inferred = onnx.shape_inference.infer_shapes(model_proto)
+        shapes = {}
+        for vi in [*inferred.graph.value_info, *inferred.graph.input, *inferred.graph.output]:
+            dims = vi.type.tensor_type.shape.dim
+            if dims and all(d.HasField("dim_value") for d in dims):
+                shapes[vi.name] = [d.dim_value for d in dims]
+        changed = False
+        for node in graph.node:
+            if node.op_type != "Resize" or len(node.input) != 3 or node.input[2] not in consts:
+                continue
+            modes = [a.s for a in node.attribute if a.name == "coordinate_transformation_mode"]
+            if modes != [b"align_corners"]:
+                continue  # elsewhere the scale itself enters the sampling
+            in_shape = shapes.get(node.input[0])
+            if in_shape is None:
+                continue
+            scales = consts[node.input[2]]
+            sizes = np.rint(np.asarray(in_shape, np.float64) * scales).astype(np.int64)
+            name = f"{node.name}__sizes"
+            graph.initializer.append(numpy_helper.from_array(sizes, name))
+            consts[name] = sizes
+            node.input[2] = ""
+            node.input.append(name)
+            fixed += 1
+            changed = True
+        if not changed:
+            break
+    return fixed
 
 
 def onnx_resize_modes(model_proto) -> list[str]:
