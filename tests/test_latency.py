@@ -356,3 +356,15 @@ def test_litert_times_an_arch_and_the_file_it_built(tmp_path):
     assert lat.measure_latency(str(tflite), backend="litert", input_shape=SHAPE, warmup=1, iters=2).median_ms > 0
     with pytest.raises(lat.LatencyError, match="exported for input"):
         lat.measure_latency(str(tflite), backend="litert", input_shape=(1, 32, 64, 3), warmup=1, iters=1)
+
+
+def test_openvino_int8_builds_a_quantised_ir(tmp_path):
+    pytest.importorskip("nncf")
+    store = tmp_path / "artifacts"
+    stats = lat.measure_latency(TINY, "openvino", SHAPE, warmup=1, iters=2, precision="int8", artifacts=store)
+    assert stats.precision == "int8" and stats.median_ms > 0
+    xml = (store / f"{TINY.hash}-openvino-int8-1x64x128x3" / "model.xml").read_text()
+    # NNCF inserts FakeQuantize nodes in front of the convolutions; the fp32 IR has none.
+    assert xml.count('type="FakeQuantize"') >= 5
+    lat.measure_latency(TINY, "openvino", SHAPE, warmup=1, iters=1, artifacts=store)
+    assert 'type="FakeQuantize"' not in (store / f"{TINY.hash}-openvino-fp32-1x64x128x3" / "model.xml").read_text()

@@ -29,6 +29,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Optional
 
+import numpy as np
+
 from lps_keras import fileio
 from lps_keras.latency.stats import LatencyError
 
@@ -144,11 +146,23 @@ def write_onnx(model, input_shape, out_path) -> None:
     export_onnx(model, out_path, input_shape=tuple(int(v) for v in input_shape), verify=False)
 
 
-def write_openvino_ir(onnx_path, xml_path) -> None:
-    """ONNX -> OpenVINO IR; weights kept in fp32 (``save_model`` would halve them by default)."""
+def write_openvino_ir(onnx_path, xml_path, precision: str = "fp32", input_shape=None) -> None:
+    """ONNX -> OpenVINO IR; weights kept in fp32 (``save_model`` would halve them by default).
+
+    ``precision="int8"``: NNCF post-training quantisation calibrated on random images of
+    ``input_shape``; for latency the graph is what matters (real calibration changes the scales,
+    not the work). ``export.py --openvino int8`` calibrates on real training images.
+    """
     import openvino as ov
 
-    ov.save_model(ov.convert_model(str(onnx_path)), str(xml_path), compress_to_fp16=False)
+    model = ov.convert_model(str(onnx_path))
+    if precision == "int8":
+        import nncf
+
+        rng = np.random.default_rng(0)
+        items = [rng.normal(0, 1, tuple(int(v) for v in input_shape)).astype(np.float32) for _ in range(8)]
+        model = nncf.quantize(model, nncf.Dataset(items), subset_size=len(items))
+    ov.save_model(model, str(xml_path), compress_to_fp16=False)
 
 
 def convert_tftrt_default(source, out, precision, input_shape) -> None:

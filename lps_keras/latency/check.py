@@ -12,7 +12,7 @@ from lps_keras.latency.stats import LatencyError
 MAIN_REQUIREMENTS = "requirements.txt"
 
 #: Precisions each backend can time (``macs`` computes, it does not time).
-PRECISIONS = {"tf": ("fp32", "bf16"), "onnxruntime": ("fp32",), "openvino": ("fp32", "bf16"),
+PRECISIONS = {"tf": ("fp32", "bf16"), "onnxruntime": ("fp32",), "openvino": ("fp32", "bf16", "int8"),
               "litert": ("fp32", "fp16", "int8"),
               "tftrt": ("fp32", "fp16"), "tensorrt": ("fp32", "fp16"), "macs": ("fp32", "bf16", "fp16")}
 
@@ -65,6 +65,8 @@ def check_backend(backend: str, precision: str = "fp32", converter: bool = True,
         _need(backend, "onnxruntime", "onnxruntime")
     elif backend == "openvino":
         _need(backend, "openvino", "openvino")
+        if precision == "int8":
+            _need(backend, "nncf", "nncf")
         if precision == "bf16":
             ok, caps = openvino_bf16_status()
             if not ok:

@@ -258,7 +258,9 @@ def load_openvino(path, input_shape, precision="fp32", threads=None):
     """Compile for the CPU with the precision hint set explicitly (the plugin defaults to bf16 where it can)."""
     import openvino as ov
 
-    config = {"INFERENCE_PRECISION_HINT": {"fp32": "f32", "bf16": "bf16"}[precision], "PERFORMANCE_HINT": "LATENCY"}
+    # int8: the quantised ops run in int8 whatever the hint; the rest in f32.
+    hint = {"fp32": "f32", "bf16": "bf16", "int8": "f32"}[precision]
+    config = {"INFERENCE_PRECISION_HINT": hint, "PERFORMANCE_HINT": "LATENCY"}
     if threads:
         config["INFERENCE_NUM_THREADS"] = int(threads)
     compiled = ov.Core().compile_model(str(path), "CPU", config)
@@ -336,13 +338,14 @@ def _ort_runner(job: _Job):
 
 
 def _openvino_runner(job: _Job):
+    # One fp32 IR serves fp32 and bf16 (the precision is a compile hint); int8 is its own graph.
+    ir_precision = "int8" if job.precision == "int8" else "fp32"
     if job.is_path and (str(job.target).endswith(".xml")):
         ir = Path(job.target)
-    elif job.is_path and not str(job.target).endswith(".onnx"):  # a SavedModel directory
-        ir = job.artifact("openvino", lambda out: art.write_openvino_ir(job.target, out), job.precision)
     else:
-        onnx = job.onnx()
-        ir = job.artifact("openvino", lambda out: art.write_openvino_ir(onnx, out), job.precision)
+        source = job.target if job.is_path and not str(job.target).endswith(".onnx") else job.onnx()  # SavedModel
+        ir = job.artifact("openvino", lambda out: art.write_openvino_ir(source, out, ir_precision, job.input_shape),
+                          ir_precision)
     return job.loader(load_openvino)(ir, job.input_shape, job.precision, job.threads)
 
 
