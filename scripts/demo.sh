@@ -21,4 +21,11 @@ $PY export.py --recipe recipes/demo.json --weights "$RUN/deploy.keras" --output 
 echo "== prediction with the exported SavedModel"
 IMAGES=$(find data/synthetic/leftImg8bit/val -name '*.png' | sort | head -n 2)
 $PY predict.py $IMAGES --model savedmodels/demo/1 --output "$RUN/predict"
+# The shipped LPS-S trained on real CamVid (savedmodels/camvid_lps_s/1) on a real street image, when the
+# shared CamVid copy is beside the checkout (the project itself does not need it).
+CAMVID_IMAGE=../shared/data/camvid_segnet/val/0016E5_07959.png
+if [ -f savedmodels/camvid_lps_s/1/saved_model.pb ] && [ -f "$CAMVID_IMAGE" ]; then
+  echo "== the shipped CamVid LPS-S on a real street image"
+  $PY predict.py "$CAMVID_IMAGE" --model savedmodels/camvid_lps_s/1 --output "$RUN/predict_camvid"
+fi
 echo "Demo done: see $RUN (TensorBoard: pip install tensorboard; tensorboard --logdir $RUN/tensorboard), savedmodels/demo/1, $RUN/predict"
