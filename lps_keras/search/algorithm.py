@@ -32,6 +32,7 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Optional
 
 from lps_keras.arch import EXPANSION_OPS, Arch, ArchError, ExpansionOp
+from lps_keras.search.executors import CandidateFailed
 from lps_keras.search.journal import Candidate, EvalContext, Evaluation, JournalError, SearchJournal, Step
 
 DIMENSIONS = ("depth", "width", "resolution")
@@ -142,6 +143,10 @@ def select_candidate(candidates: Sequence[Candidate], latency: float, score: flo
     annotated = []
     keys = []
     for i, c in enumerate(candidates):
+        if c.error is not None:  # its evaluation failed (see CandidateFailed): never chosen
+            annotated.append(dataclasses.replace(c, slope=None, rank="failed"))
+            keys.append(None)
+            continue
         if c.score is None:
             raise SearchError(f"candidate {c.op} (k={c.k}) has no score")
         d_lat, d_score = c.latency - latency, c.score - score
@@ -156,6 +161,8 @@ def select_candidate(candidates: Sequence[Candidate], latency: float, score: flo
             keys.append(None)
         annotated.append(c)
     eligible = [i for i, key in enumerate(keys) if key is not None]
+    if not eligible and all(c.error is not None for c in candidates):
+        raise SearchError("every candidate's evaluation failed: " + "; ".join(f"{c.op}: {c.error}" for c in candidates))
     if not eligible:
         raise SearchError(
             f"no candidate is slower or better than the current network (latency {latency}, score {score}); "
@@ -194,6 +201,7 @@ def evaluate_candidates(
     evaluate_fn: Callable[[Arch, EvalContext], Any],
     executor: Optional[concurrent.futures.Executor] = None,
     on_result: Optional[Callable[[int, Evaluation], None]] = None,
+    on_failure: Optional[Callable[[int, str], None]] = None,
 ) -> list[Evaluation]:
     """Evaluate ``(arch, context)`` pairs; results in input order.
 
@@ -202,7 +210,10 @@ def evaluate_candidates(
     once; ``evaluate_fn`` must then be picklable for a process pool. ``on_result(i, evaluation)``
     runs in the calling thread as each evaluation finishes, so the journal records it at once.
     If one fails, evaluations not yet started are cancelled, those in flight are still awaited
-    and reported, then the first failure (in input order) is raised.
+    and reported, then the first failure (in input order) is raised. Except a
+    :class:`~lps_keras.search.executors.CandidateFailed` (an executor's evaluation that failed
+    after its retries) when ``on_failure`` is given: ``on_failure(i, error)`` records it, its
+    result is None, and the others go on.
     """
     results: list[Optional[Evaluation]] = [None] * len(candidates)
 
@@ -226,6 +237,9 @@ def evaluate_candidates(
             if fut.cancelled():
                 continue
             exc = fut.exception()
+            if isinstance(exc, CandidateFailed) and on_failure is not None:
+                on_failure(i, str(exc))
+                continue
             if exc is None:
                 try:
                     finish(i, *fut.result())
@@ -289,14 +303,22 @@ def run_expansion(
         say(f"  latency {arch} = {value:.6g}")
         return value
 
+    failed: dict[str, str] = {}  # arch hash -> error of an evaluation that failed after its retries
+
     def scores(step: int, items: list[tuple[Arch, EvalContext]]) -> dict[str, Evaluation]:
-        """Evaluations of ``items`` by arch hash; only the ones missing from the journal are run."""
+        """Evaluations of ``items`` by arch hash; only the ones missing from the journal are run.
+
+        A failure recorded in the journal is replayed for a step the journal already holds (its
+        choice was made without that candidate) and retried otherwise.
+        """
         out: dict[str, Evaluation] = {}
         todo = []
         for arch, ctx in items:
             ev = journal.evaluation(arch)
             if ev is not None:
                 out[arch.hash] = ev
+            elif journal.recorded_step(step) is not None and journal.failure(arch) is not None:
+                failed[arch.hash] = journal.failure(arch)
             else:
                 todo.append((arch, ctx))
         if not todo:
@@ -316,7 +338,13 @@ def run_expansion(
             say(f"step {step}: [{done[0]}/{len(todo)}] {label or 'start'} {arch} score={ev.score:.4f} "
                 f"({ev.seconds:.1f}s, step ETA {eta:.0f}s)")
 
-        evaluate_candidates(todo, evaluate_fn, executor=executor, on_result=on_result)
+        def on_failure(i: int, error: str) -> None:
+            arch, ctx = todo[i]
+            journal.record_failure(arch, error, ctx)
+            failed[arch.hash] = error
+            say(f"step {step}: {ctx.op or 'start'} {arch} FAILED, going on without it: {error}")
+
+        evaluate_candidates(todo, evaluate_fn, executor=executor, on_result=on_result, on_failure=on_failure)
         return out
 
     def check_replay(step: Step) -> None:
@@ -330,13 +358,18 @@ def run_expansion(
                 f"recorded {recorded.op} -> {recorded.arch}; the journal is inconsistent with this setup"
             )
 
+    def start_evaluation(evals: dict[str, Evaluation]) -> Evaluation:
+        if start.hash in failed:
+            raise SearchError(f"the start network {start} could not be evaluated: {failed[start.hash]}")
+        return evals[start.hash]
+
     current = start
     cur_lat = lat(start)
     start_ctx = EvalContext(step=0, key=start.hash)
     cur_eval = journal.evaluation(start)
     history: list[Step] = []
     if steps == 0 or cur_eval is not None:
-        cur_eval = scores(0, [(start, start_ctx)])[start.hash]
+        cur_eval = start_evaluation(scores(0, [(start, start_ctx)]))
         history.append(Step(index=0, arch=start, latency=cur_lat, score=cur_eval.score,
                             metrics=cur_eval.metrics, weights=cur_eval.weights))
         check_replay(history[0])
@@ -355,11 +388,12 @@ def run_expansion(
             items.insert(0, (start, start_ctx))
         evals = scores(t, items)
         if cur_eval is None:
-            cur_eval = evals[start.hash]
+            cur_eval = start_evaluation(evals)
             history.append(Step(index=0, arch=start, latency=cur_lat, score=cur_eval.score,
                                 metrics=cur_eval.metrics, weights=cur_eval.weights))
             check_replay(history[0])
         cands = [
+            dataclasses.replace(c, error=failed[c.arch.hash]) if c.arch.hash not in evals else
             dataclasses.replace(c, score=evals[c.arch.hash].score, metrics=evals[c.arch.hash].metrics,
                                 weights=evals[c.arch.hash].weights)
             for c in cands

@@ -76,6 +76,7 @@ class Candidate:
     rank: Optional[str] = None  # "dominates" | "slope" | "excluded" (see select_candidate)
     metrics: Mapping[str, Any] = dataclasses.field(default_factory=dict)
     weights: Optional[str] = None
+    error: Optional[str] = None  # its evaluation failed after the executor's retries (rank "failed")
 
     def to_dict(self) -> dict:
         return {
@@ -92,6 +93,7 @@ class Candidate:
             "rank": self.rank,
             "metrics": dict(self.metrics),
             "weights": self.weights,
+            "error": self.error,
         }
 
     @classmethod
@@ -100,6 +102,7 @@ class Candidate:
             op=d["op"], dimension=d["dimension"], k=d["k"], arch=Arch.from_dict(d["arch"]), latency=d["latency"],
             aliases=tuple(d.get("aliases", ())), capped=d.get("capped", False), score=d.get("score"),
             slope=d.get("slope"), rank=d.get("rank"), metrics=d.get("metrics", {}), weights=d.get("weights"),
+            error=d.get("error"),
         )
 
 
@@ -170,6 +173,7 @@ class SearchJournal:
         self.setup: Optional[dict] = None
         self.latencies: dict[str, dict] = {}
         self.evaluations: dict[str, dict] = {}
+        self.failures: dict[str, dict] = {}  # evaluations that failed after their retries (optional key)
         self.steps: list[dict] = []
         if self.path is not None and self.path.exists():
             self._load()
@@ -196,6 +200,7 @@ class SearchJournal:
             self.latencies = dict(raw["latencies"])
             self.evaluations = dict(raw["evaluations"])
             self.steps = list(raw["steps"])
+            self.failures = dict(raw.get("failures", {}))
         except (KeyError, TypeError) as e:
             raise JournalError(f"{self.path}: search journal is missing {e}") from None
 
@@ -208,6 +213,7 @@ class SearchJournal:
             "setup": self.setup,
             "latencies": self.latencies,
             "evaluations": self.evaluations,
+            "failures": self.failures,
             "steps": self.steps,
         }
         atomic_write_text(self.path, json.dumps(data, indent=1, allow_nan=False) + "\n")
@@ -263,6 +269,25 @@ class SearchJournal:
                 "metrics": dict(evaluation.metrics),
                 "weights": evaluation.weights,
                 "seconds": evaluation.seconds,
+                "step": context.step if context else None,
+                "op": context.op if context else None,
+                "k": context.k if context else None,
+            }
+            self._save()
+
+    def failure(self, arch: Arch) -> Optional[str]:
+        """The error of ``arch``'s last failed evaluation, if it has no evaluation since."""
+        with self._lock:
+            if arch.hash in self.evaluations:
+                return None
+            entry = self.failures.get(arch.hash)
+            return None if entry is None else entry["error"]
+
+    def record_failure(self, arch: Arch, error: str, context: Optional[EvalContext] = None) -> None:
+        with self._lock:
+            self.failures[arch.hash] = {
+                "arch": arch.to_dict(),
+                "error": str(error),
                 "step": context.step if context else None,
                 "op": context.op if context else None,
                 "k": context.k if context else None,
