@@ -174,6 +174,9 @@ class RayExecutor(SearchExecutor):
         ray = import_ray()
         os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
         self.retries, self.latency_resource = retries, latency_resource
+        self._ray = ray
+        self._pending: dict[Any, concurrent.futures.Future] = {}
+        self._lock = threading.Lock()
         self._owns_ray = not ray.is_initialized()
         if self._owns_ray:
             kwargs = {"include_dashboard": False} if address is None else {}
@@ -193,15 +196,12 @@ class RayExecutor(SearchExecutor):
                                 f"start the device node with ray start --address=... "
                                 f"--resources='{{\"{latency_resource}\": 1}}'")
         call = ray.remote(_ray_call)
-        self._ray = ray
         self._task = call.options(num_cpus=cpus_per_task, num_gpus=gpus_per_task, max_retries=retries,
                                   retry_exceptions=True)
         # Measurements hold the device's one unit, need no CPU slot of their own, and are not retried
         # on an exception (a measurement error is the user's to see), only on a lost worker.
         self._on_device = None if latency_resource is None else \
             call.options(num_cpus=0, resources={latency_resource: 1}, retry_exceptions=False)
-        self._pending: dict[Any, concurrent.futures.Future] = {}
-        self._lock = threading.Lock()
 
     def submit(self, fn, /, *args, **kwargs):
         ref = self._task.remote(fn, *args, **kwargs)
