@@ -7,6 +7,7 @@ two runs can be compared exactly.
 """
 
 import dataclasses
+import importlib.util
 import json
 import os
 import signal
@@ -105,6 +106,27 @@ def test_sequential_executor_retries_once_then_reports_the_error(tmp_path):
     assert len(read_log(tmp_path / "log")) == 2  # the first attempt and its one retry
 
 
+class Kill(KeyboardInterrupt):
+    pass
+
+
+def test_sequential_executor_stops_at_an_interrupt_and_keeps_finished_results():
+    ran = []
+
+    def work(i):
+        ran.append(i)
+        if i == 1:
+            raise Kill()
+        return i
+
+    with SequentialExecutor() as ex:
+        futures = [ex.submit(work, i) for i in range(4)]
+        assert futures[0].result() == 0
+        with pytest.raises(Kill):
+            futures[1].result()
+        assert all(f.cancelled() for f in futures[2:]) and ran == [0, 1]  # an interrupt is not retried
+
+
 def _ctx(op):
     from lps_keras.search import EvalContext
 
@@ -147,6 +169,10 @@ def test_executor_setup_errors(monkeypatch):
         make_executor("dask")
     with pytest.raises(ExecutorError, match="--latency-resource need --executor ray"):
         make_executor("pool", latency_resource="jetson")
+    if importlib.util.find_spec("ray") is not None and not sys.modules["ray"].is_initialized() \
+            if "ray" in sys.modules else importlib.util.find_spec("ray") is not None:
+        with pytest.raises(ExecutorError, match="--ray-address 127.0.0.1:9: nothing answers there"):
+            make_executor("ray", address="127.0.0.1:9")
     monkeypatch.setitem(sys.modules, "ray", None)  # as if Ray were not installed
     with pytest.raises(ExecutorError, match=r"needs Ray, which is not installed: pip install -r requirements-ray.txt"):
         import_ray()

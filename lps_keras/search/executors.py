@@ -22,6 +22,8 @@ from __future__ import annotations
 import concurrent.futures
 import multiprocessing
 import os
+import queue
+import socket
 import threading
 from collections.abc import Callable
 from typing import Any, Optional
@@ -85,19 +87,73 @@ class SearchExecutor(concurrent.futures.Executor):
 
 
 class SequentialExecutor(SearchExecutor):
-    """One evaluation at a time, in this process (a single worker thread, so results still come back one by one)."""
+    """One evaluation at a time, in this process, in submission order.
+
+    The work runs in one daemon thread, so that the caller collects (and journals) each result as it
+    comes, as with the other executors. An interrupt (a ``BaseException`` that is not an
+    ``Exception``) raised by an evaluation cancels everything queued after it. ``shutdown`` with
+    ``cancel_futures`` does not wait for a running evaluation (TensorFlow cannot be interrupted in a
+    thread; Ctrl-C should not wait for a proxy training to end): it dies with the process.
+    """
 
     kind = "sequential"
 
     def __init__(self, retries: int = RETRIES):
         self.retries = retries
-        self._pool = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="lps-search")
+        self._queue: queue.SimpleQueue = queue.SimpleQueue()
+        self._thread: Optional[threading.Thread] = None
+        self._closed = False
+        self._halted = False  # an interrupt was raised: nothing more runs
 
     def submit(self, fn, /, *args, **kwargs):
-        return self._pool.submit(_Retrying(fn, self.retries), *args, **kwargs)
+        if self._closed:
+            raise RuntimeError("cannot submit to an executor after shutdown")
+        fut: concurrent.futures.Future = concurrent.futures.Future()
+        if self._halted:
+            fut.cancel()
+            return fut
+        self._queue.put((fut, _Retrying(fn, self.retries), args, kwargs))
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._work, name="lps-search", daemon=True)
+            self._thread.start()
+        return fut
+
+    def _work(self) -> None:
+        while True:
+            item = self._queue.get()
+            if item is None:
+                return
+            fut, fn, args, kwargs = item
+            if self._halted:
+                fut.cancel()
+            if not fut.set_running_or_notify_cancel():
+                continue
+            try:
+                fut.set_result(fn(*args, **kwargs))
+            except BaseException as e:  # noqa: BLE001 - handed to the caller through the future
+                if not isinstance(e, Exception):  # cancel the rest before the caller hears of it
+                    self._halted = True
+                    self._cancel_queued()
+                fut.set_exception(e)
+
+    def _cancel_queued(self) -> None:
+        while True:
+            try:
+                item = self._queue.get_nowait()
+            except queue.Empty:
+                return
+            if item is None:
+                self._queue.put(None)
+                return
+            item[0].cancel()
 
     def shutdown(self, wait=True, *, cancel_futures=False):
-        self._pool.shutdown(wait=wait, cancel_futures=cancel_futures)
+        self._closed = True
+        if cancel_futures:
+            self._cancel_queued()
+        self._queue.put(None)
+        if wait and not cancel_futures and self._thread is not None:
+            self._thread.join()
 
 
 def _init_worker(devices) -> None:
@@ -179,6 +235,7 @@ class RayExecutor(SearchExecutor):
         self._lock = threading.Lock()
         self._owns_ray = not ray.is_initialized()
         if self._owns_ray:
+            _check_reachable(address)
             kwargs = {"include_dashboard": False} if address is None else {}
             try:
                 ray.init(address=address, log_to_driver=True, **kwargs)
@@ -265,6 +322,18 @@ class RayExecutor(SearchExecutor):
             self._ray.wait(pending, num_returns=len(pending))
         if self._owns_ray and self._ray.is_initialized():
             self._ray.shutdown()
+
+
+def _check_reachable(address: Optional[str], timeout: float = 10.0) -> None:
+    # ray.init keeps retrying an address nobody answers on (minutes): fail in one line instead.
+    if not address or address == "auto" or "://" in address or ":" not in address:
+        return
+    host, _, port = address.rpartition(":")
+    try:
+        socket.create_connection((host, int(port)), timeout=timeout).close()
+    except (OSError, ValueError) as e:
+        raise ExecutorError(f"--ray-address {address}: nothing answers there ({e}); start the head node with "
+                            "ray start --head and pass the address it prints") from None
 
 
 class _RayFuture(concurrent.futures.Future):
