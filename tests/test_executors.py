@@ -169,8 +169,8 @@ def test_executor_setup_errors(monkeypatch):
         make_executor("dask")
     with pytest.raises(ExecutorError, match="--latency-resource need --executor ray"):
         make_executor("pool", latency_resource="jetson")
-    if importlib.util.find_spec("ray") is not None and not sys.modules["ray"].is_initialized() \
-            if "ray" in sys.modules else importlib.util.find_spec("ray") is not None:
+    joined = sys.modules.get("ray") is not None and sys.modules["ray"].is_initialized()
+    if importlib.util.find_spec("ray") is not None and not joined:  # (a joined Ray is reused, not re-checked)
         with pytest.raises(ExecutorError, match="--ray-address 127.0.0.1:9: nothing answers there"):
             make_executor("ray", address="127.0.0.1:9")
     monkeypatch.setitem(sys.modules, "ray", None)  # as if Ray were not installed
