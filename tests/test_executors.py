@@ -6,6 +6,7 @@ replace proxy training and latency measurement (pure functions of the arch), so 
 two runs can be compared exactly.
 """
 
+import concurrent.futures
 import dataclasses
 import importlib.util
 import json
@@ -125,6 +126,8 @@ def test_sequential_executor_stops_at_an_interrupt_and_keeps_finished_results():
         with pytest.raises(Kill):
             futures[1].result()
         assert all(f.cancelled() for f in futures[2:]) and ran == [0, 1]  # an interrupt is not retried
+        done = list(concurrent.futures.as_completed(futures, timeout=10))  # cancelled ones are reported too
+        assert len(done) == 4
 
 
 def _ctx(op):

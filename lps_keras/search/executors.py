@@ -110,7 +110,7 @@ class SequentialExecutor(SearchExecutor):
             raise RuntimeError("cannot submit to an executor after shutdown")
         fut: concurrent.futures.Future = concurrent.futures.Future()
         if self._halted:
-            fut.cancel()
+            _cancel(fut)
             return fut
         self._queue.put((fut, _Retrying(fn, self.retries), args, kwargs))
         if self._thread is None:
@@ -145,7 +145,7 @@ class SequentialExecutor(SearchExecutor):
             if item is None:
                 self._queue.put(None)
                 return
-            item[0].cancel()
+            _cancel(item[0])
 
     def shutdown(self, wait=True, *, cancel_futures=False):
         self._closed = True
@@ -154,6 +154,12 @@ class SequentialExecutor(SearchExecutor):
         self._queue.put(None)
         if wait and not cancel_futures and self._thread is not None:
             self._thread.join()
+
+
+def _cancel(fut: concurrent.futures.Future) -> None:
+    # Future.cancel alone does not wake as_completed(); set_running_or_notify_cancel does (as in the stdlib pools).
+    if fut.cancel():
+        fut.set_running_or_notify_cancel()
 
 
 def _init_worker(devices) -> None:
