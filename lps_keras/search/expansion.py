@@ -149,7 +149,8 @@ def run(
         lat = latency_fn or (make_latency_fn(recipe, output_dir, device_key) if executor.latency_resource is None
                              else executor.latency_fn(backend, s.latency_input_shape, s.latency_warmup,
                                                       s.latency_iters, output_dir / s.latency_cache, device_key))
-        ev = evaluate_fn or ProxyEvaluator(recipe, str(output_dir))
+        # A Ray task may run in another working directory (another node): give it an absolute output path.
+        ev = evaluate_fn or ProxyEvaluator(recipe, str(output_dir.resolve() if executor.kind == "ray" else output_dir))
         journal = SearchJournal(output_dir / "journal.json")
         history = run_expansion(
             start, lat, ev, steps, journal=journal, ops=EXPANSION_OPS, max_k=recipe.search.max_k,
