@@ -1,5 +1,6 @@
 # Two entry points for a fresh machine: `make demo` and `make test`. Both create (or reuse)
-# the virtual environment .venv and install requirements.txt into it.
+# the virtual environment .venv and install requirements.txt into it, with the test extras
+# (requirements-dev.txt) and the Ray extra (requirements-ray.txt, for the Ray executor tests).
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
 PY := $(VENV)/bin/python
@@ -10,10 +11,10 @@ PYTEST_ARGS ?=
 
 venv: $(STAMP)
 
-$(STAMP): requirements.txt requirements-dev.txt pyproject.toml
+$(STAMP): requirements.txt requirements-dev.txt requirements-ray.txt pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -r requirements.txt -r requirements-dev.txt
+	$(PY) -m pip install -q -r requirements.txt -r requirements-dev.txt -r requirements-ray.txt
 	$(PY) -m pip install -q --no-deps -e .
 	touch $(STAMP)
 

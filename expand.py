@@ -6,6 +6,10 @@ Example:
         --output runs/expand/camvid
 Rerunning the same command resumes from <output>/journal.json without re-measuring or
 re-training anything that finished.
+
+On a Ray cluster (see the README), with latencies measured on the node that offers resource "jetson":
+    python expand.py --recipe recipes/expand_camvid.json --output runs/expand/camvid \
+        --executor ray --ray-address HEAD_IP:6379 --gpus-per-task 1 --latency-resource jetson
 """
 
 from __future__ import annotations
@@ -29,6 +33,16 @@ def main(argv=None) -> int:
                                              "the cache); a cache miss is then an error instead of a measurement")
     parser.add_argument("--workers", type=int, help="candidates trained in parallel (default search.workers)")
     parser.add_argument("--devices", help="comma-separated GPU ids, one per worker (e.g. 0,1,2,3)")
+    parser.add_argument("--executor", choices=("pool", "ray"),
+                        help="where candidates train: a local process pool, or one Ray task each "
+                             "(default search.executor); Ray is the extra requirements-ray.txt")
+    parser.add_argument("--ray-address", help="Ray cluster to join (HEAD_IP:6379, as `ray start --head` prints; "
+                                              "default: a new local Ray instance)")
+    parser.add_argument("--gpus-per-task", type=float, help="GPUs per candidate's Ray task (default "
+                                                            "search.gpus_per_task, 0: CPU-only)")
+    parser.add_argument("--latency-resource", metavar="NAME",
+                        help="measure every latency as a Ray task needing custom resource NAME, i.e. on the "
+                             "device node started with ray start --resources='{\"NAME\": 1}'")
     parser.add_argument("--recipes-dir", help="where step recipes go (default recipes/expanded/<output name>)")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="recipe override")
     args = parser.parse_args(argv)
@@ -49,25 +63,38 @@ def run(args) -> int:
 
     from lps_keras.latency import LatencyCacheMiss, LatencyError, check_backend
     from lps_keras.search import JournalError, SearchError
+    from lps_keras.search.executors import ExecutorError, make_executor
     from lps_keras.search.expansion import run as run_expansion
 
+    s = recipe.search
+    devices = args.devices.split(",") if args.devices else None
     try:
-        if args.device_key is None:  # latencies are measured here: the backend must exist before anything starts
+        if args.device_key is None and args.latency_resource is None:
+            # Latencies are measured here: the backend must exist before anything starts (on a device
+            # node, the Ray executor's latency task checks it there).
             check_backend(recipe.search.latency_backend)
-        run_expansion(recipe, args.output, devices=args.devices.split(",") if args.devices else None,
-            device_key=args.device_key, recipes_dir=args.recipes_dir, print_table=True)
-    except (JournalError, SearchError, LatencyError, LatencyCacheMiss, RecipeError, FileNotFoundError) as e:
+        executor = make_executor(s.executor, s.workers, devices, address=args.ray_address,
+                                 gpus_per_task=s.gpus_per_task, latency_resource=args.latency_resource)
+        try:
+            run_expansion(recipe, args.output, devices=devices, device_key=args.device_key,
+                          recipes_dir=args.recipes_dir, print_table=True, executor=executor)
+        finally:
+            executor.shutdown(wait=True, cancel_futures=True)
+    except (JournalError, SearchError, LatencyError, LatencyCacheMiss, RecipeError, FileNotFoundError,
+            ExecutorError) as e:
         print(f"expand.py: error: {e}", file=sys.stderr)
         return 1
     return 0
 
 
 def recipe_overrides(args) -> list[str]:
-    """``--steps`` / ``--latency-backend`` / ``--latency-cache`` / ``--workers`` as ``--set search.*`` overrides."""
+    """``--steps`` / ``--latency-backend`` / ``--latency-cache`` / ``--workers`` / ``--executor`` /
+    ``--gpus-per-task`` as ``--set search.*`` overrides."""
     overrides = list(args.set)
     cache = None if args.latency_cache is None else str(Path(args.latency_cache).resolve())
     for key, value in (("steps", args.steps), ("latency_backend", args.latency_backend),
-                       ("latency_cache", cache), ("workers", args.workers)):
+                       ("latency_cache", cache), ("workers", args.workers), ("executor", args.executor),
+                       ("gpus_per_task", args.gpus_per_task)):
         if value is not None:
             overrides.append(f"search.{key}={json.dumps(value)}")
     return overrides

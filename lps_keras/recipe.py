@@ -175,6 +175,8 @@ class SearchConfig:
     max_k: int = _field(16, gt=0)  # bound on the step multiple k when searching |Lat(N + k d) - L_T|
     proxy: ProxyConfig = ProxyConfig()
     workers: int = _field(1, gt=0)
+    executor: str = _field("pool", choices=("pool", "ray"))  # where candidates train: process pool or Ray tasks
+    gpus_per_task: float = _field(0.0, ge=0)  # GPUs each Ray task needs (0: CPU-only)
 
 
 @dataclasses.dataclass(frozen=True)

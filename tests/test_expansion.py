@@ -36,8 +36,8 @@ def test_proxy_recipe_uses_proxy_schedule(tmp_path):
     assert p.data.augment.crop_size == (64, 64) and p.data.train_subset == 12
 
 
-class Interrupt(RuntimeError):
-    pass
+class Interrupt(KeyboardInterrupt):
+    """A kill, not a failure: an executor retries and journals an Exception, but stops on this."""
 
 
 @pytest.mark.slow

@@ -34,6 +34,7 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Optional
 
 from lps_keras.arch import EXPANSION_OPS, Arch, ArchError, ExpansionOp
+from lps_keras.search.executors import CandidateFailed
 from lps_keras.search.journal import Candidate, EvalContext, Evaluation, JournalError, SearchJournal, Step
 from lps_keras.search.racing import Decision, RacingConfig, decide, mean_sd_se, racing_round
 
@@ -143,6 +144,10 @@ def select_candidate(candidates: Sequence[Candidate], latency: float, score: flo
     annotated = []
     keys = []
     for i, c in enumerate(candidates):
+        if c.error is not None:  # its evaluation failed (see CandidateFailed): never chosen
+            annotated.append(dataclasses.replace(c, slope=None, rank="failed"))
+            keys.append(None)
+            continue
         if c.score is None:
             raise SearchError(f"candidate {c.op} (k={c.k}) has no score")
         d_lat, d_score = c.latency - latency, c.score - score
@@ -157,6 +162,8 @@ def select_candidate(candidates: Sequence[Candidate], latency: float, score: flo
             keys.append(None)
         annotated.append(c)
     eligible = [i for i, key in enumerate(keys) if key is not None]
+    if not eligible and all(c.error is not None for c in candidates):
+        raise SearchError("every candidate's evaluation failed: " + "; ".join(f"{c.op}: {c.error}" for c in candidates))
     if not eligible:
         raise SearchError(
             f"no candidate is slower or better than the current network (latency {latency}, score {score}); "
@@ -195,6 +202,7 @@ def evaluate_candidates(
     evaluate_fn: Callable[[Arch, EvalContext], Any],
     executor: Optional[concurrent.futures.Executor] = None,
     on_result: Optional[Callable[[int, Evaluation], None]] = None,
+    on_failure: Optional[Callable[[int, str], None]] = None,
 ) -> list[Evaluation]:
     """Evaluate ``(arch, context)`` pairs; results in input order.
 
@@ -203,7 +211,10 @@ def evaluate_candidates(
     once; ``evaluate_fn`` must then be picklable for a process pool. ``on_result(i, evaluation)``
     runs in the calling thread as each evaluation finishes, so the journal records it at once.
     If one fails, evaluations not yet started are cancelled, those in flight are still awaited
-    and reported, then the first failure (in input order) is raised.
+    and reported, then the first failure (in input order) is raised. Except a
+    :class:`~lps_keras.search.executors.CandidateFailed` (an executor's evaluation that failed
+    after its retries) when ``on_failure`` is given: ``on_failure(i, error)`` records it, its
+    result is None, and the others go on.
     """
     results: list[Optional[Evaluation]] = [None] * len(candidates)
 
@@ -227,6 +238,9 @@ def evaluate_candidates(
             if fut.cancelled():
                 continue
             exc = fut.exception()
+            if isinstance(exc, CandidateFailed) and on_failure is not None:
+                on_failure(i, str(exc))
+                continue
             if exc is None:
                 try:
                     finish(i, *fut.result())
@@ -302,12 +316,25 @@ def run_expansion(
         say(f"  latency {arch} = {value:.6g}")
         return value
 
+    failed: dict[str, str] = {}  # arch hash -> error of an evaluation that failed after its retries
+
     def scores(step: int, requests: list[tuple[Arch, EvalContext, int]]) -> dict[str, list[Evaluation]]:
-        """Seeds 0 .. n - 1 of each (arch, context, n), by arch hash; only pairs missing from the journal run."""
+        """Seeds 0 .. n - 1 of each (arch, context, n), by arch hash; only pairs missing from the journal run.
+
+        An arch whose evaluation failed (after the executor's retries) is left out of the result and
+        kept in ``failed``. A failure recorded in the journal is replayed for a step the journal
+        already holds (its choice was made without that candidate) and retried otherwise.
+        """
         todo = []
         for arch, ctx, n in requests:
+            if arch.hash in failed:
+                continue
             have = journal.evaluations_of(arch)
-            todo += [(arch, dataclasses.replace(ctx, seed=seed)) for seed in range(n) if seed not in have]
+            missing = [seed for seed in range(n) if seed not in have]
+            if missing and journal.recorded_step(step) is not None and journal.failure(arch) is not None:
+                failed[arch.hash] = journal.failure(arch)
+                continue
+            todo += [(arch, dataclasses.replace(ctx, seed=seed)) for seed in missing]
         if todo:
             t0 = time.perf_counter()
             done = [0]
@@ -323,9 +350,17 @@ def run_expansion(
                 say(f"step {step}: [{done[0]}/{len(todo)}] {label} seed {ctx.seed} {arch} score={ev.score:.4f} "
                     f"({ev.seconds:.1f}s, step ETA {eta:.0f}s)")
 
-            evaluate_candidates(todo, evaluate_fn, executor=executor, on_result=on_result)
+            def on_failure(i: int, error: str) -> None:
+                arch, ctx = todo[i]
+                journal.record_failure(arch, error, ctx)
+                failed[arch.hash] = error
+                say(f"step {step}: {ctx.op or 'start'} seed {ctx.seed} {arch} FAILED, going on without it: {error}")
+
+            evaluate_candidates(todo, evaluate_fn, executor=executor, on_result=on_result, on_failure=on_failure)
         out = {}
         for arch, _, n in requests:
+            if arch.hash in failed:
+                continue
             have = journal.evaluations_of(arch)
             out[arch.hash] = [have[seed] for seed in range(n)]
         return out
@@ -341,7 +376,10 @@ def run_expansion(
                 f"recorded {recorded.op} -> {recorded.arch}; the journal is inconsistent with this setup"
             )
 
-    def start_step(evs: list[Evaluation]) -> Step:
+    def start_step(evals: Mapping[str, list[Evaluation]]) -> Step:
+        if start.hash in failed:
+            raise SearchError(f"the start network {start} could not be evaluated: {failed[start.hash]}")
+        evs = evals[start.hash]
         values = tuple(e.score for e in evs)
         mean, sd, se = mean_sd_se(values)
         step = Step(index=0, arch=start, latency=cur_lat, score=mean, metrics=evs[0].metrics,
@@ -353,7 +391,7 @@ def run_expansion(
     start_ctx = EvalContext(step=0, key=start.hash)
     history: list[Step] = []
     if steps == 0 or warm_start or journal.evaluations_of(start):
-        history.append(start_step(scores(0, [(start, start_ctx, seeds)])[start.hash]))
+        history.append(start_step(scores(0, [(start, start_ctx, seeds)])))
 
     for t in range(1, steps + 1):
         current = history[-1] if history else None
@@ -370,9 +408,9 @@ def run_expansion(
             requests.insert(0, (start, start_ctx, seeds))
         evals = scores(t, requests)
         if current is None:
-            current = start_step(evals[start.hash])
+            current = start_step(evals)
             history.append(current)
-        best, cands, decision = _choose(cands, evals, current, decision_z)
+        best, cands, decision = _choose(cands, evals, failed, current, decision_z)
         spent = 0
         while decision.decided is not True:
             plan = racing_round(cands, best, n_seeds, current.latency, current.score_se, decision_z, racing,
@@ -385,7 +423,7 @@ def run_expansion(
             for i, n in plan.items():
                 spent += n - n_seeds[i]
                 n_seeds[i] = n
-            best, cands, decision = _choose(cands, evals, current, decision_z)
+            best, cands, decision = _choose(cands, evals, failed, current, decision_z)
         chosen = cands[best]
         step = Step(index=t, arch=chosen.arch, latency=chosen.latency, score=chosen.score, op=chosen.op,
                     dimension=chosen.dimension, k=chosen.k, target_latency=target, slope=chosen.slope,
@@ -410,11 +448,17 @@ def _pm(value: Optional[float], se: Optional[float]) -> str:
     return f"{value:.4g}" + ("" if se is None else f" +- {se:.2g}")
 
 
-def _choose(cands: Sequence[Candidate], evals: Mapping[str, list[Evaluation]], parent: Step,
-            z: float) -> tuple[int, list[Candidate], Decision]:
-    """Annotate ``cands`` with their seeds' mean, sd and SE, select d* (on the means) and judge the margin."""
+def _choose(cands: Sequence[Candidate], evals: Mapping[str, list[Evaluation]], failed: Mapping[str, str],
+            parent: Step, z: float) -> tuple[int, list[Candidate], Decision]:
+    """Annotate ``cands`` with their seeds' mean, sd and SE, select d* (on the means) and judge the margin.
+
+    A candidate whose evaluation failed carries its error and is never chosen (rank "failed").
+    """
     scored = []
     for c in cands:
+        if c.arch.hash not in evals:
+            scored.append(dataclasses.replace(c, error=failed.get(c.arch.hash, "no evaluation")))
+            continue
         evs = evals[c.arch.hash]
         values = tuple(e.score for e in evs)
         mean, sd, se = mean_sd_se(values)

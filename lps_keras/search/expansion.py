@@ -5,15 +5,13 @@ functions from a recipe: ``latency_fn`` (:mod:`lps_keras.latency`, through the p
 cache) and ``evaluate_fn`` (train the candidate with the recipe's proxy schedule via
 :func:`lps_keras.train.train` and return its validation mIoU). Everything the search depends on
 comes from the recipe's ``search`` section (``--set search.steps=3`` etc.). Candidates of a step can run
-in parallel, one worker process per device, the journal being the durable work list.
+in parallel on an executor (:mod:`lps_keras.search.executors`: a process pool, one worker process per
+device, or a Ray cluster), the journal in this process being the durable work list.
 """
 
 from __future__ import annotations
 
-import concurrent.futures
 import dataclasses
-import multiprocessing
-import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Optional
@@ -21,6 +19,7 @@ from typing import Any, Optional
 from lps_keras.arch import EXPANSION_OPS, Arch
 from lps_keras.recipe import Recipe, validate_recipe
 from lps_keras.search.algorithm import run_expansion
+from lps_keras.search.executors import SearchExecutor, make_executor
 from lps_keras.search.journal import EvalContext, SearchJournal, Step, fingerprint
 from lps_keras.search.racing import RacingConfig
 from lps_keras.search.report import format_table, plot_expansion, write_step_recipes, write_table
@@ -163,35 +162,6 @@ def search_fingerprint(recipe: Recipe, backend: str) -> str:
     })
 
 
-def _init_worker(devices) -> None:
-    # One accelerator per worker: claim a device id before TensorFlow is imported in this process.
-    from lps_keras.cli import quiet_tensorflow
-
-    try:
-        device = devices.get_nowait()
-    except Exception:  # noqa: BLE001 - no device left: run on what the process sees
-        device = None
-    if device is not None:
-        os.environ["CUDA_VISIBLE_DEVICES"] = str(device)
-    quiet_tensorflow()  # spawned workers import TensorFlow afresh: without its start-up noise
-
-
-def make_executor(workers: int, devices: Optional[list[str]] = None):
-    """A process pool of ``workers`` (``None`` for 1: sequential in this process).
-
-    ``devices`` (e.g. ``["0", "1"]``) pins one GPU per worker via ``CUDA_VISIBLE_DEVICES``.
-    Processes are spawned, not forked, because TensorFlow is not fork-safe.
-    """
-    if workers <= 1:
-        return None
-    ctx = multiprocessing.get_context("spawn")
-    queue = ctx.Manager().Queue()
-    for d in devices or []:
-        queue.put(d)
-    return concurrent.futures.ProcessPoolExecutor(max_workers=workers, mp_context=ctx,
-                                                  initializer=_init_worker, initargs=(queue,))
-
-
 def run(
     recipe: Recipe,
     output_dir,
@@ -202,6 +172,7 @@ def run(
     evaluate_fn: Optional[Callable[[Arch, EvalContext], Any]] = None,
     progress: Optional[Callable[[str], None]] = print,
     print_table: bool = False,
+    executor: Optional[SearchExecutor] = None,
 ) -> list[Step]:
     """Run (or resume) the expansion of ``recipe``'s model and write all outputs.
 
@@ -212,7 +183,9 @@ def run(
     ``recipes/expanded/<output name>``). ``devices`` pins one GPU per worker; ``device_key`` uses
     latencies measured on another device (a miss is then an error); ``latency_fn`` /
     ``evaluate_fn`` replace the real measurement / proxy training; ``print_table`` prints the
-    Markdown table at the end.
+    Markdown table at the end. ``executor`` (see :func:`~lps_keras.search.executors.make_executor`;
+    default: the recipe's ``search.executor``) runs the evaluations and says where latencies are
+    measured; one passed in is left running.
     """
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
@@ -220,12 +193,18 @@ def run(
     steps = recipe.search.steps
     workers = recipe.search.workers
     start = recipe.arch()
-    lat = latency_fn or make_latency_fn(recipe, output_dir, device_key)
-    ev = evaluate_fn or ProxyEvaluator(recipe, str(output_dir))
-    journal = SearchJournal(output_dir / "journal.json")
-    executor = make_executor(workers, devices)
     proxy = recipe.search.proxy
+    owned = executor is None
+    if owned:
+        executor = make_executor(recipe.search.executor, workers, devices, gpus_per_task=recipe.search.gpus_per_task)
     try:
+        s = recipe.search
+        lat = latency_fn or (make_latency_fn(recipe, output_dir, device_key) if executor.latency_resource is None
+                             else executor.latency_fn(backend, s.latency_input_shape, s.latency_warmup,
+                                                      s.latency_iters, output_dir / s.latency_cache, device_key))
+        # A Ray task may run in another working directory (another node): give it an absolute output path.
+        ev = evaluate_fn or ProxyEvaluator(recipe, str(output_dir.resolve() if executor.kind == "ray" else output_dir))
+        journal = SearchJournal(output_dir / "journal.json")
         history = run_expansion(
             start, lat, ev, steps, journal=journal, ops=EXPANSION_OPS, max_k=recipe.search.max_k,
             executor=executor, progress=progress, fingerprint=search_fingerprint(recipe, backend),
@@ -233,7 +212,7 @@ def run(
             warm_start=proxy.init == "parent",
         )
     finally:
-        if executor is not None:
+        if owned:
             executor.shutdown(wait=True, cancel_futures=True)
     unit = "GMACs" if backend == "macs" else "ms"
     write_table(history, output_dir / "expansion.csv", output_dir / "expansion.json", latency_unit=unit)

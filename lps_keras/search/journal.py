@@ -81,6 +81,7 @@ class Candidate:
     scores: tuple[float, ...] = ()  # one per seed, in seed order; ``score`` is their mean
     score_sd: Optional[float] = None  # sample sd of ``scores`` (None with one seed)
     score_se: Optional[float] = None  # standard error of the mean
+    error: Optional[str] = None  # its evaluation failed after the executor's retries (rank "failed")
 
     def to_dict(self) -> dict:
         return {
@@ -100,6 +101,7 @@ class Candidate:
             "scores": list(self.scores),
             "score_sd": self.score_sd,
             "score_se": self.score_se,
+            "error": self.error,
         }
 
     @classmethod
@@ -110,6 +112,7 @@ class Candidate:
             slope=d.get("slope"), rank=d.get("rank"), metrics=d.get("metrics", {}), weights=d.get("weights"),
             scores=tuple(d.get("scores") or (() if d.get("score") is None else (d["score"],))),
             score_sd=d.get("score_sd"), score_se=d.get("score_se"),
+            error=d.get("error"),
         )
 
 
@@ -199,6 +202,7 @@ class SearchJournal:
         self.setup: Optional[dict] = None
         self.latencies: dict[str, dict] = {}
         self.evaluations: dict[str, dict] = {}
+        self.failures: dict[str, dict] = {}  # evaluations that failed after their retries (optional key)
         self.steps: list[dict] = []
         if self.path is not None and self.path.exists():
             self._load()
@@ -226,6 +230,7 @@ class SearchJournal:
             self.latencies = dict(raw["latencies"])
             self.evaluations = dict(raw["evaluations"])
             self.steps = list(raw["steps"])
+            self.failures = dict(raw.get("failures", {}))  # optional: journals before it load
             if version == 1:
                 # One score per arch, trained with the recipe's seed: that is seed 0 here (same run
                 # directory too), so an old search resumes, and gains seeds, without retraining.
@@ -242,6 +247,7 @@ class SearchJournal:
             "setup": self.setup,
             "latencies": self.latencies,
             "evaluations": self.evaluations,
+            "failures": self.failures,
             "steps": self.steps,
         }
         atomic_write_text(self.path, json.dumps(data, indent=1, allow_nan=False) + "\n")
@@ -312,6 +318,25 @@ class SearchJournal:
                 "seconds": evaluation.seconds,
             }
             entry["seeds"] = dict(sorted(entry["seeds"].items(), key=lambda kv: int(kv[0])))
+            self._save()
+
+    def failure(self, arch: Arch) -> Optional[str]:
+        """The error of ``arch``'s last failed evaluation, if it has no evaluation since."""
+        with self._lock:
+            if arch.hash in self.evaluations:
+                return None
+            entry = self.failures.get(arch.hash)
+            return None if entry is None else entry["error"]
+
+    def record_failure(self, arch: Arch, error: str, context: Optional[EvalContext] = None) -> None:
+        with self._lock:
+            self.failures[arch.hash] = {
+                "arch": arch.to_dict(),
+                "error": str(error),
+                "step": context.step if context else None,
+                "op": context.op if context else None,
+                "k": context.k if context else None,
+            }
             self._save()
 
     # ------------------------------------------------------------- steps
