@@ -132,7 +132,7 @@ def user_errors() -> tuple[type[BaseException], ...]:
     errors: list[type[BaseException]] = [RecipeError, ArchError, OSError, ValueError, KeyError]
     for module, name in (("lps_keras.train.errors", "TrainingError"), ("lps_keras.evaluation", "EvaluationError"),
                          ("lps_keras.export.common", "ExportError"), ("lps_keras.search.journal", "JournalError"),
-                         ("lps_keras.search.algorithm", "SearchError"), ("lps_keras.latency.stats", "LatencyError")):
+                         ("lps_keras.search.candidates", "SearchError"), ("lps_keras.latency.stats", "LatencyError")):
         mod = sys.modules.get(module)  # only those already imported can have been raised
         if mod is not None and hasattr(mod, name):
             errors.append(getattr(mod, name))

@@ -2,7 +2,7 @@
 
 JSON is parsed into frozen dataclasses; unknown keys and wrong types are rejected with the
 dotted key path (``train.batch_size``) and the file name. Allowed values and ranges live on
-the fields themselves (``_field(..., choices=..., gt=...)``, kept in the field metadata).
+the fields themselves (``recipe_sections.field(..., choices=..., gt=...)``, kept in the field metadata).
 ``--set key.sub=value`` overrides are applied to the raw mapping before validation, so they are
 checked the same way; they are the one way configuration enters a run.
 """
@@ -18,180 +18,24 @@ from pathlib import Path
 from typing import Any, Optional, Union
 
 from lps_keras.arch import Arch, ArchError
+from lps_keras.recipe_sections import (  # noqa: F401 - the sections are part of this module's API
+    DATASET_CLASSES,
+    AugmentConfig,
+    DataConfig,
+    EvalConfig,
+    ExportConfig,
+    ModelConfig,
+    PretrainConfig,
+    ProxyConfig,
+    RacingSettings,
+    SearchConfig,
+    SyntheticConfig,
+    TrainConfig,
+)
 
 
 class RecipeError(ValueError):
     """A recipe (file or override) is invalid; the message names the file and key."""
-
-
-# --------------------------------------------------------------------------- field rules
-#: Class counts of the datasets this project reads (the data modules hold names/colours).
-_DATASET_CLASSES = {
-    "cityscapes": 19,
-    "bdd100k": 19,
-    "synthetic": 19,
-    "camvid": 11,
-    "camvid_original": 11,
-    "imagenet": 1000,  # classification, for pretrain.py only (class count: the data's class folders)
-}
-
-
-def _field(default, *, choices: tuple = (), gt=None, ge=None, lt=None):
-    """A dataclass field with its allowed values (``choices``) or range (``gt`` / ``ge`` / ``lt``).
-
-    Ranges apply to every element of a tuple value; ``None`` (an unset optional) is always allowed.
-    """
-    rules = {k: v for k, v in (("choices", choices), ("gt", gt), ("ge", ge), ("lt", lt)) if v not in ((), None)}
-    if isinstance(default, (dict, list)) or dataclasses.is_dataclass(default):
-        return dataclasses.field(default_factory=lambda: default, metadata=rules)
-    return dataclasses.field(default=default, metadata=rules)
-
-
-# --------------------------------------------------------------------------- sections
-@dataclasses.dataclass(frozen=True)
-class ModelConfig:
-    """Either ``preset`` (a name from ``lps_keras.presets``) or an explicit ``arch``."""
-
-    preset: Optional[str] = None
-    arch: Optional[dict] = None  # {"depth": [...], "width": [...], "resolution": [...]}
-    num_classes: Optional[int] = _field(None, gt=0)  # default: the dataset's class count
-    sync_batchnorm: bool = False  # synchronised BN across replicas under tf.distribute
-
-
-@dataclasses.dataclass(frozen=True)
-class AugmentConfig:
-    crop_size: tuple[int, int] = _field((768, 768), gt=0)  # (height, width)
-    scale_range: tuple[float, float] = _field((0.5, 2.0), gt=0)  # low <= high, checked in _check
-    hflip: bool = True
-    brightness: float = _field(0.4, ge=0)  # colour jitter strengths as in torchvision ColorJitter
-    contrast: float = _field(0.4, ge=0)
-    saturation: float = _field(0.4, ge=0)
-
-
-@dataclasses.dataclass(frozen=True)
-class SyntheticConfig:
-    """Size of the built-in procedurally drawn street set (generated on first use)."""
-
-    num_train: int = _field(300, gt=0)
-    num_val: int = _field(60, gt=0)
-    height: int = _field(192, gt=0)
-    width: int = _field(384, gt=0)
-    seed: int = 0
-
-
-@dataclasses.dataclass(frozen=True)
-class DataConfig:
-    dataset: str = _field("cityscapes", choices=tuple(_DATASET_CLASSES))
-    root: str = "data/cityscapes"  # dataset as downloaded (directory layout or TFDS manual dir)
-    source: str = _field("directory", choices=("directory", "tfds"))
-    train_split: str = "train"
-    val_split: str = "val"
-    augment: AugmentConfig = AugmentConfig()
-    synthetic: SyntheticConfig = SyntheticConfig()
-    train_subset: Optional[int] = _field(None, gt=0)  # first N training images (proxy schedules)
-    val_subset: Optional[int] = _field(None, gt=0)
-    eval_size: Optional[tuple[int, int]] = _field(None, gt=0)  # resize eval images (labels stay full size)
-    shuffle_buffer: int = _field(256, gt=0)
-    skip_bad_files: bool = False
-    deterministic: bool = False
-    cache: bool = False  # cache decoded images in memory (small datasets)
-
-
-@dataclasses.dataclass(frozen=True)
-class TrainConfig:
-    iterations: int = _field(90000, gt=0)
-    batch_size: int = _field(16, gt=0)
-    base_lr: float = _field(0.01, gt=0)
-    momentum: float = _field(0.9, ge=0, lt=1)
-    weight_decay: float = _field(5e-4, ge=0)
-    poly_power: float = 0.9
-    warmup_iterations: int = _field(0, ge=0)
-    loss: str = _field("ce", choices=("ce", "ohem"))
-    ohem_threshold: float = _field(0.7, gt=0, lt=1)
-    ohem_min_kept: int = _field(100000, ge=0)
-    mixed_precision: str = _field("none", choices=("none", "auto", "mixed_float16", "mixed_bfloat16"))
-    distribute: str = _field("none", choices=("none", "mirrored", "multi_worker"))
-    val_interval: int = _field(5000, gt=0)
-    checkpoint_interval: int = _field(1000, gt=0)
-    log_interval: int = _field(50, gt=0)
-    image_summaries: int = 2
-    seed: int = 0
-    init: Optional[str] = None  # .keras checkpoint or official weights (.pth / .npz)
-    run_dir: str = "runs/{name}"
-
-
-@dataclasses.dataclass(frozen=True)
-class EvalConfig:
-    batch_size: int = _field(1, gt=0)
-    split: str = "val"
-
-
-@dataclasses.dataclass(frozen=True)
-class ExportConfig:
-    name: Optional[str] = None  # default: the recipe name
-    version: int = _field(1, gt=0)
-    input_size: Optional[tuple[int, int]] = _field(None, gt=0)  # static (H, W) for TensorRT; None = dynamic
-    precision: str = _field("fp32", choices=("fp32", "bf16"))  # bf16: CPU deployment
-    outputs: str = _field("probabilities", choices=("probabilities", "logits"))
-
-
-@dataclasses.dataclass(frozen=True)
-class RacingSettings:
-    """Successive halving on an undecided step: extra seeds for its contenders (lps_keras.search.racing)."""
-
-    enabled: bool = False
-    max_seeds: int = _field(8, gt=1)  # seeds per candidate at most (must exceed search.proxy.seeds)
-    budget: int = _field(24, gt=0)  # extra (candidate, seed) trainings per step
-    eta: int = _field(2, gt=1)  # keep the best 1/eta of the contenders, multiply their seeds by eta
-
-
-@dataclasses.dataclass(frozen=True)
-class ProxyConfig:
-    """Short training schedule used to score each candidate during expansion."""
-
-    seeds: int = _field(1, gt=0)  # trainings per candidate (train.seed + 0, 1, ...); P_d is their mean
-    decision_z: float = _field(2.0, gt=0)  # a step is decided when its margin exceeds this many SEs
-    racing: RacingSettings = RacingSettings()
-    init: str = _field("scratch", choices=("scratch", "parent"))  # parent: grown from the parent's weights
-    warm_iterations: Optional[int] = _field(None, gt=0)  # iterations of a warm-started candidate (init=parent)
-    iterations: int = _field(2000, gt=0)
-    batch_size: int = _field(8, gt=0)
-    base_lr: float = _field(0.01, gt=0)
-    crop_size: tuple[int, int] = _field((512, 512), gt=0)
-    train_subset: Optional[int] = _field(None, gt=0)
-    val_subset: Optional[int] = _field(None, gt=0)
-    eval_size: Optional[tuple[int, int]] = _field(None, gt=0)
-
-
-@dataclasses.dataclass(frozen=True)
-class SearchConfig:
-    steps: int = _field(14, ge=0)
-    latency_backend: str = _field("tf", choices=("tf", "tftrt", "tensorrt", "onnxruntime", "openvino", "litert",
-                                                 "macs"))
-    latency_input_shape: tuple[int, int, int, int] = (1, 1024, 2048, 3)
-    latency_warmup: int = _field(5, ge=0)
-    latency_iters: int = _field(20, gt=0)
-    latency_cache: str = "latency_cache.json"  # relative to the search's output directory unless absolute
-    max_k: int = _field(16, gt=0)  # bound on the step multiple k when searching |Lat(N + k d) - L_T|
-    proxy: ProxyConfig = ProxyConfig()
-    workers: int = _field(1, gt=0)
-    executor: str = _field("pool", choices=("pool", "ray"))  # where candidates train: process pool or Ray tasks
-    gpus_per_task: float = _field(0.0, ge=0)  # GPUs each Ray task needs (0: CPU-only)
-
-
-@dataclasses.dataclass(frozen=True)
-class PretrainConfig:
-    """ImageNet classification pretraining of the backbone (``pretrain.py``; ``data.dataset`` "imagenet").
-
-    The optimizer, length and intervals come from ``train``; the images from ``data`` (``root``,
-    ``source``, splits). Training images get an Inception-style random resized crop and a flip.
-    """
-
-    image_size: tuple[int, int] = _field((224, 224), gt=0)  # training crop / eval centre crop (H, W)
-    crop_area: tuple[float, float] = _field((0.08, 1.0), gt=0)  # crop area as a fraction of the image's
-    crop_aspect: tuple[float, float] = _field((0.75, 4 / 3), gt=0)  # crop width / height
-    eval_resize: int = _field(256, gt=0)  # eval: shorter side resized to this, then the centre crop
-    schedule: str = _field("cosine", choices=("cosine", "poly"))  # poly uses train.poly_power
 
 
 @dataclasses.dataclass(frozen=True)
@@ -226,8 +70,8 @@ class Recipe:
         model's outputs and fail only at the first validation. (Exporting such a model is fine.)
         """
         n, dataset = self.model.num_classes, self.data.dataset
-        if n is not None and dataset in _DATASET_CLASSES and n < _DATASET_CLASSES[dataset]:
-            raise RecipeError(f"model.num_classes: {n} is fewer than the {_DATASET_CLASSES[dataset]} classes of "
+        if n is not None and dataset in DATASET_CLASSES and n < DATASET_CLASSES[dataset]:
+            raise RecipeError(f"model.num_classes: {n} is fewer than the {DATASET_CLASSES[dataset]} classes of "
                               f"data.dataset {dataset!r}; its labels would fall outside the model's outputs")
 
     def to_dict(self) -> dict:
@@ -238,9 +82,9 @@ class Recipe:
 
 
 def dataset_num_classes(dataset: str) -> int:
-    if dataset not in _DATASET_CLASSES:
-        raise RecipeError(f"data.dataset: unknown dataset {dataset!r}; known: {', '.join(sorted(_DATASET_CLASSES))}")
-    return _DATASET_CLASSES[dataset]
+    if dataset not in DATASET_CLASSES:
+        raise RecipeError(f"data.dataset: unknown dataset {dataset!r}; known: {', '.join(sorted(DATASET_CLASSES))}")
+    return DATASET_CLASSES[dataset]
 
 
 # --------------------------------------------------------------------------- loading

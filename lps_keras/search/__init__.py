@@ -1,7 +1,9 @@
 """Progressive expansion (Algorithm 1): pure search logic, its journal and reports, and the real wiring.
 
-- :mod:`~lps_keras.search.algorithm`: the steps of Algorithm 1 and ``run_expansion`` (pure: takes
-  ``latency_fn`` and ``evaluate_fn``)
+- :mod:`~lps_keras.search.algorithm`: ``run_expansion`` (pure: takes ``latency_fn`` and ``evaluate_fn``)
+- :mod:`~lps_keras.search.candidates`: one step's candidates (``find_k``, ``propose_candidates``) and the choice
+  (``select_candidate``)
+- :mod:`~lps_keras.search.executors`: where evaluations run (in process, process pool, Ray)
 - :mod:`~lps_keras.search.journal`: records and the resumable JSON journal
 - :mod:`~lps_keras.search.racing`: seeds' standard errors, the winner's margin, successive-halving racing
 - :mod:`~lps_keras.search.report`: tables, step recipes, plot
@@ -10,15 +12,8 @@
 Importing this package does not import TensorFlow or Keras.
 """
 
-from lps_keras.search.algorithm import (
-    DIMENSIONS,
-    SearchError,
-    evaluate_candidates,
-    find_k,
-    propose_candidates,
-    run_expansion,
-    select_candidate,
-)
+from lps_keras.search.algorithm import evaluate_candidates, run_expansion
+from lps_keras.search.candidates import DIMENSIONS, SearchError, find_k, propose_candidates, select_candidate
 from lps_keras.search.journal import (
     JOURNAL_FORMAT,
     JOURNAL_VERSION,
