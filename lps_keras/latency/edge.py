@@ -16,7 +16,7 @@ from typing import Optional
 
 import numpy as np
 
-from lps_keras.latency.stats import LatencyError, LatencyStats, device_name
+from lps_keras.latency.stats import LatencyError, LatencyStats, device_name, time_loop
 
 EDGE_BACKENDS = ("litert", "openvino_ir")
 
@@ -86,8 +86,6 @@ def _versions(backend) -> dict:
 def measure_edge_latency(path, backend: Optional[str] = None, input_shape=None, warmup: int = 5, iters: int = 20,
                          precision: Optional[str] = None, threads: Optional[int] = None) -> LatencyStats:
     """Time one forward pass of a LiteRT or OpenVINO artefact; ``backend`` defaults from the suffix."""
-    from lps_keras.latency.runners import _time_loop
-
     backend = backend or {".tflite": "litert", ".xml": "openvino_ir"}.get(Path(path).suffix)
     if backend not in EDGE_BACKENDS:
         raise LatencyError(f"{path}: not a .tflite or .xml artefact; edge backends: {', '.join(EDGE_BACKENDS)}")
@@ -95,7 +93,7 @@ def measure_edge_latency(path, backend: Optional[str] = None, input_shape=None, 
         raise ValueError(f"need iters >= 1 and warmup >= 0, got iters={iters!r}, warmup={warmup!r}")
     runner = litert_runner if backend == "litert" else openvino_ir_runner
     run, thread_info = runner(path, input_shape, precision, threads)
-    times = _time_loop(run, warmup, iters)
+    times = time_loop(run, warmup, iters)
     return LatencyStats.from_times(times, backend=backend, precision=precision or artefact_precision(path) or "stored",
                                    input_shape=run.input_shape, device=device_name(backend),
                                    versions=_versions(backend), threads=thread_info, warmup=warmup, arch_hash=None)

@@ -21,7 +21,6 @@ from __future__ import annotations
 import contextlib
 import os
 import tempfile
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Optional, Union
@@ -31,7 +30,14 @@ import numpy as np
 from lps_keras.arch import Arch
 from lps_keras.latency import artifacts as art
 from lps_keras.latency.check import check_backend, check_precision
-from lps_keras.latency.stats import LatencyError, LatencyStats, device_name, library_versions, set_tf_threads
+from lps_keras.latency.stats import (
+    LatencyError,
+    LatencyStats,
+    device_name,
+    library_versions,
+    set_tf_threads,
+    time_loop,
+)
 
 if TYPE_CHECKING:
     from lps_keras.latency.cache import LatencyCache
@@ -40,17 +46,6 @@ BACKENDS = ("tf", "onnxruntime", "openvino", "litert", "tftrt", "tensorrt", "mac
 
 #: ``load(artefact, input_shape, precision, threads) -> (run, thread_info)``: what the timing loop calls.
 Loader = Callable[[Path, tuple, str, Optional[int]], tuple]
-
-
-def _time_loop(run: Callable[[], object], warmup: int, iters: int) -> list[float]:
-    for _ in range(max(warmup, 1)):  # at least one: tracing/compilation is never timed
-        run()
-    times = []
-    for _ in range(iters):
-        t0 = time.perf_counter()
-        run()
-        times.append((time.perf_counter() - t0) * 1e3)
-    return times
 
 
 def random_deploy_model(arch: Arch):
@@ -156,7 +151,7 @@ def measure_latency(
     with _artifact_store(artifacts, target) as store:
         job = _Job(target, backend, input_shape, precision, threads, store, convert, load)
         run, thread_info = _RUNNERS[backend](job)
-        times = _time_loop(run, warmup, iters)
+        times = time_loop(run, warmup, iters)
     arch = _arch_of(target)
     return LatencyStats.from_times(times, backend=backend, precision=precision, input_shape=input_shape,
                                    device=device_name(backend), versions=library_versions(backend),

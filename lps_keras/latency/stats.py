@@ -158,3 +158,18 @@ def format_stats(stats: LatencyStats) -> str:
     return (f"{stats.backend}/{stats.precision} {'x'.join(map(str, stats.input_shape))} on {stats.device}: "
             f"median {stats.median_ms:.2f} ms (mean {stats.mean_ms:.2f}, p90 {stats.p90_ms:.2f}, "
             f"min {stats.min_ms:.2f}, max {stats.max_ms:.2f}, n={stats.iterations})")
+
+
+def time_loop(run, warmup: int, iters: int) -> list[float]:
+    """Milliseconds of ``iters`` calls of ``run()`` after ``warmup`` untimed ones (at least one:
+    tracing, graph optimisation and engine building are never timed)."""
+    import time
+
+    for _ in range(max(warmup, 1)):
+        run()
+    times = []
+    for _ in range(iters):
+        t0 = time.perf_counter()
+        run()
+        times.append((time.perf_counter() - t0) * 1e3)
+    return times
