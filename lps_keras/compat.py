@@ -10,6 +10,9 @@ upgrades knows which workaround to re-check (and to delete once upstream fixes i
   bookkeeping, to write backups atomically and to restore from the optimizer step.
 - :func:`tftrt_build_info` -- TensorFlow 2.17 (the last line shipping TF-TRT): whether this
   TensorFlow was built with TensorRT, and which version.
+- :func:`export_archive_single_copy` -- Keras 3.15: ``ExportArchive.track`` keeps the model's variables
+  in a ``variables`` list beside the ``_all_variables`` its endpoints use, and the SavedModel stores
+  every weight twice (a 13.5 MB LPS-S became 27 MB).
 """
 
 from __future__ import annotations
@@ -149,3 +152,21 @@ def tftrt_build_info() -> tuple[bool, str, tuple]:
         return False, f"TensorFlow {tf.__version__} was built without TensorRT", ()
     check_version("TensorFlow", tf.__version__, TF_TRT_WRITTEN_FOR, "the TF-TRT build probe")
     return True, "", tuple(trt_utils.get_linked_tensorrt_version())
+
+
+# --------------------------------------------------------------------------- SavedModel export
+def export_archive_single_copy(archive) -> None:
+    """After ``archive.track(model)``: drop the archive's own variable lists so each weight is saved once.
+
+    Keras 3.15's TF ``ExportArchive.track`` appends the model's variables to the archive's
+    ``variables`` / ``trainable_variables`` / ``non_trainable_variables``, and ``write_out`` also
+    records the variables its endpoints use under ``_all_variables``; the SavedModel then holds two
+    copies of every weight. The endpoints (``serving_default``, ``serve_bytes``) only need the
+    latter, so the lists are emptied; a loaded SavedModel then has no ``.variables`` attribute
+    list, which nothing here (TF Serving, the verification, the converters) reads.
+    """
+    check_version("keras", keras.__version__, KERAS_WRITTEN_FOR, "export_archive_single_copy")
+    trackable = archive._tf_trackable
+    trackable.variables = []
+    trackable.trainable_variables = []
+    trackable.non_trainable_variables = []

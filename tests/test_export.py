@@ -303,3 +303,13 @@ def test_bf16_export_verified(models, tmp_path):
     assert report["serve_bytes"]["max_rel_error"] <= 5e-2
     sigs = (result.path / "signatures.txt").read_text()
     assert "DT_FLOAT" in sigs  # outputs stay float32 for clients
+
+
+def test_savedmodel_stores_each_weight_once(exported):
+    import tensorflow as tf
+
+    base, _ = exported
+    reader = tf.train.load_checkpoint(str(base / "1" / "variables" / "variables"))
+    shapes = reader.get_variable_to_shape_map()
+    stored = sum(int(np.prod(s)) for k, s in shapes.items() if k != "_CHECKPOINTABLE_OBJECT_GRAPH")
+    assert stored == ARCH.num_params()  # Keras 3.15's ExportArchive alone would store 2x (see lps_keras.compat)

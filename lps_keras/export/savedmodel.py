@@ -27,7 +27,7 @@ from typing import Optional
 
 import numpy as np
 
-from lps_keras import fileio
+from lps_keras import compat, fileio
 from lps_keras.data.common import IMAGENET_MEAN, IMAGENET_STD
 from lps_keras.export.common import ExportError, check_choice, move_into_place, num_classes_of
 from lps_keras.export.precision import PRECISIONS, reference_outputs
@@ -97,6 +97,7 @@ def export_savedmodel(
     try:
         archive = keras.export.ExportArchive()
         archive.track(net)
+        compat.export_archive_single_copy(archive)  # else every weight is stored twice
         archive.add_endpoint("serving_default", serve_images, input_signature=[image_spec])
         archive.add_endpoint("serve_bytes", serve_bytes, input_signature=[bytes_spec])
         tmp_model = staging / "model"
