@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 
 
 def parse_args(argv=None):
@@ -48,32 +47,14 @@ def main(argv=None) -> int:
 
 
 def run(args) -> int:
-    from lps_keras.recipe import RecipeError, load_recipe
+    from lps_keras.cli import run_training_command
+    from lps_keras.train import pretrain
 
-    try:
-        recipe = load_recipe(args.recipe, recipe_overrides(args))
-    except RecipeError as e:
-        print(f"pretrain.py: error: {e}", file=sys.stderr)
-        return 2
-
-    from lps_keras.data import DataError
-    from lps_keras.train import NonFiniteLossError, TrainingError, pretrain
-
-    try:
-        result = pretrain(recipe, resume=args.resume)
-    except NonFiniteLossError as e:
-        print(f"pretrain.py: training stopped: {e}", file=sys.stderr)
-        return 3
-    except (TrainingError, RecipeError, DataError) as e:
-        print(f"pretrain.py: error: {e}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("pretrain.py: interrupted; rerun the same command to resume from the last backup", file=sys.stderr)
-        return 130
-    print(f"done: val top-1 {100 * result['top1']:.2f} top-5 {100 * result['top5']:.2f} (best top-1 "
-          f"{100 * (result['best_top1'] or 0):.2f} at step {result['best_step']}), {result['wall_seconds']:.0f} s; "
-          f"backbone {result['backbone']}")
-    return 0
+    return run_training_command(
+        "pretrain.py", args.recipe, recipe_overrides(args), lambda recipe: pretrain(recipe, resume=args.resume),
+        lambda r: (f"done: val top-1 {100 * r['top1']:.2f} top-5 {100 * r['top5']:.2f} (best top-1 "
+                   f"{100 * (r['best_top1'] or 0):.2f} at step {r['best_step']}), {r['wall_seconds']:.0f} s; "
+                   f"backbone {r['backbone']}"))
 
 
 if __name__ == "__main__":

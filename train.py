@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 
 
 def parse_args(argv=None):
@@ -45,31 +44,13 @@ def main(argv=None) -> int:
 
 
 def run(args) -> int:
-    from lps_keras.recipe import RecipeError, load_recipe
+    from lps_keras.cli import run_training_command
+    from lps_keras.train import train
 
-    try:
-        recipe = load_recipe(args.recipe, recipe_overrides(args))
-    except RecipeError as e:
-        print(f"train.py: error: {e}", file=sys.stderr)
-        return 2
-
-    from lps_keras.data import DataError
-    from lps_keras.train import NonFiniteLossError, TrainingError, train
-
-    try:
-        result = train(recipe, resume=args.resume)
-    except NonFiniteLossError as e:
-        print(f"train.py: training stopped: {e}", file=sys.stderr)
-        return 3
-    except (TrainingError, RecipeError, DataError) as e:
-        print(f"train.py: error: {e}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("train.py: interrupted; rerun the same command to resume from the last backup", file=sys.stderr)
-        return 130
-    print(f"done: val mIoU {100 * result['miou']:.2f} (best {100 * (result['best_miou'] or 0):.2f} at step "
-          f"{result['best_step']}), {result['wall_seconds']:.0f} s; run dir {result['run_dir']}")
-    return 0
+    return run_training_command(
+        "train.py", args.recipe, recipe_overrides(args), lambda recipe: train(recipe, resume=args.resume),
+        lambda r: (f"done: val mIoU {100 * r['miou']:.2f} (best {100 * (r['best_miou'] or 0):.2f} at step "
+                   f"{r['best_step']}), {r['wall_seconds']:.0f} s; run dir {r['run_dir']}"))
 
 
 if __name__ == "__main__":

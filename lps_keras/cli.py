@@ -124,6 +124,32 @@ def exit_process(code: int) -> None:
     sys.exit(code)
 
 
+def run_training_command(prog: str, recipe_path, overrides, train_fn: Callable, summary: Callable[[dict], str]) -> int:
+    """What ``train.py`` and ``pretrain.py`` share: load the recipe, run ``train_fn(recipe)``, map its exits.
+
+    Exit codes: 0 done (``summary(result)`` printed), 2 bad recipe / data / setup, 3 the loss went
+    non-finite (the last good checkpoint is kept), 130 interrupted (rerun to resume).
+    """
+    from lps_keras.data import DataError
+    from lps_keras.recipe import RecipeError, load_recipe
+    from lps_keras.train import NonFiniteLossError, TrainingError
+
+    try:
+        recipe = load_recipe(recipe_path, overrides)
+        result = train_fn(recipe)
+    except NonFiniteLossError as e:
+        print(f"{prog}: training stopped: {e}", file=sys.stderr)
+        return 3
+    except (TrainingError, RecipeError, DataError) as e:
+        print(f"{prog}: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"{prog}: interrupted; rerun the same command to resume from the last backup", file=sys.stderr)
+        return 130
+    print(summary(result))
+    return 0
+
+
 def user_errors() -> tuple[type[BaseException], ...]:
     """The exception types that mean "bad input": reported in one line, exit code 2."""
     from lps_keras.arch import ArchError
