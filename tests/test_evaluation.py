@@ -117,3 +117,16 @@ def test_evaluate_cli_bad_weights_suffix(tmp_path):
                        cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
     assert r.returncode == 2 and "weights.txt" in r.stderr and "Traceback" not in r.stderr
     keras.backend.clear_session()
+
+
+@pytest.mark.needs_shared_data
+def test_shipped_camvid_model_keeps_its_published_accuracy(shared_data):
+    """savedmodels/camvid_lps_s/1 on the first 20 CamVid val images: its per-image quality did not regress."""
+    from lps_keras.evaluation import evaluate
+
+    recipe = load_recipe(REPO / "recipes" / "camvid_lps_s_cpu.json", [
+        f"data.root={shared_data / 'camvid_segnet'}", "data.val_subset=20"])
+    result = evaluate(recipe, REPO / "savedmodels" / "camvid_lps_s" / "1")
+    # All 101 images give 55.3 (savedmodels/camvid_lps_s/metrics.json); a 20-image subset of this fixed
+    # model gives a fixed number too, so the bound is tight against a broken export, loose against noise.
+    assert result["miou"] > 0.45 and result["pixel_accuracy"] > 0.85, result
