@@ -26,7 +26,10 @@ def test_paper_settings():
     assert s.data.augment.crop_size == (768, 768) and s.data.augment.scale_range == (0.5, 2.0)
     c = load_recipe(RECIPES[0].parent / "camvid_lps_s.json")
     assert (c.train.iterations, c.train.batch_size, c.train.base_lr) == (40000, 12, 0.03)
-    assert c.data.augment.crop_size == (720, 960)
+    # The paper's 720x960 crop of the 960x720 originals, carried over to the 360x480 SegNet copy as the same
+    # field of view (issue 14, docs/camvid_ab.md), with the paper's CamVid OHEM 0.7.
+    assert c.data.augment.crop_size == (360, 480) and c.data.augment.scale_range == (0.5, 2.0)
+    assert (c.train.loss, c.train.ohem_threshold) == ("ohem", 0.7)
     b = load_recipe(RECIPES[0].parent / "bdd100k_lps_s.json")
     assert b.data.augment.crop_size == (720, 1280)
 
