@@ -63,6 +63,32 @@ def make_evaluate_fn(val_ds, num_classes: int, progress: bool):
     return evaluate_fn
 
 
+def run_settings(verbose, jit_compile) -> tuple:
+    """``verbose`` and ``jit_compile`` with ``"auto"`` resolved (what ``train`` and ``pretrain`` pass to Keras)."""
+    if verbose == "auto":
+        verbose = 1 if sys.stdout.isatty() else 2
+    if jit_compile == "auto" and not has_gpu():
+        # XLA on CPU makes the train step of these small convnets ~6x slower (measured, TF 2.21).
+        jit_compile = False
+    return verbose, jit_compile
+
+
+def open_run_dir(work_dir: Path) -> bool:
+    """Create ``work_dir`` and remove what killed writers left in it; True if this call created it.
+
+    A run that fails before its first backup removes a directory it created.
+    """
+    created = not work_dir.exists()
+    try:
+        work_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise TrainingError(f"run directory {work_dir}: cannot create it ({e})") from None
+    # Temporary files of a run that was killed while writing a checkpoint.
+    for d in (work_dir, work_dir / "backup"):
+        fileio.remove_stale_temps(d)
+    return created
+
+
 def epoch_steps_of(recipe: Recipe) -> int:
     t = recipe.train
     return max(1, min(math.gcd(t.val_interval, t.checkpoint_interval), t.iterations))
@@ -106,27 +132,15 @@ def train(
                             "run it with pretrain.py, then start segmentation from it with train.init")
     recipe.check_classes_cover_dataset()
     cfg = recipe.train
-    if verbose == "auto":
-        verbose = 1 if sys.stdout.isatty() else 2
+    verbose, jit_compile = run_settings(verbose, jit_compile)
     total = cfg.iterations
     epoch_steps = epoch_steps_of(recipe)
     epochs = math.ceil(total / epoch_steps)
-
-    if jit_compile == "auto" and not has_gpu():
-        # XLA on CPU makes the train step of these small convnets ~6x slower (measured, TF 2.21).
-        jit_compile = False
     strategy = make_strategy(cfg.distribute)
     is_chief, task_id = worker_info(strategy)
     out_dir = resolve_run_dir(recipe)
     work_dir = out_dir if is_chief else out_dir / "workers" / str(task_id)
-    created_dir = not work_dir.exists()  # a run that fails before its first backup removes what it made
-    try:
-        work_dir.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise TrainingError(f"run directory {work_dir}: cannot create it ({e})") from None
-    # Temporary files of a run that was killed while writing a checkpoint.
-    for d in (work_dir, work_dir / "backup"):
-        fileio.remove_stale_temps(d)
+    created_dir = open_run_dir(work_dir)
     files_dir = work_dir if is_chief else None
     log_path = work_dir / "train_log.jsonl"
 

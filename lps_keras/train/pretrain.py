@@ -20,7 +20,6 @@ written atomically.
 from __future__ import annotations
 
 import math
-import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -31,13 +30,12 @@ from keras import ops
 
 import lps_keras.classifier  # noqa: F401 - registers LPSClassifier, the class a checkpoint is rebuilt as
 import lps_keras.layers  # noqa: F401 - registers the layers
-from lps_keras import fileio
 from lps_keras.fileio import atomic_save_model, atomic_write_json, atomic_write_text
 from lps_keras.recipe import Recipe
 from lps_keras.train.callbacks import Backup, RunState, StepTracker, restore_state, truncate_log, write_state
-from lps_keras.train.distribute import environment_info, has_gpu, make_strategy, resolve_mixed_precision
+from lps_keras.train.distribute import environment_info, make_strategy, resolve_mixed_precision
 from lps_keras.train.errors import NonFiniteLossError, TrainingError
-from lps_keras.train.loop import check_backup_arch, epoch_steps_of, resolve_run_dir
+from lps_keras.train.loop import check_backup_arch, epoch_steps_of, open_run_dir, resolve_run_dir, run_settings
 from lps_keras.train.optim import CosineLR, PolyLR, TorchSGD
 from lps_keras.train.summaries import summary_scalar
 
@@ -135,22 +133,13 @@ def pretrain(recipe: Recipe, resume: bool = True, callbacks: Sequence[keras.call
         raise TrainingError(f"train.init: pretraining starts from random weights, got {cfg.init!r}")
     if cfg.distribute == "multi_worker":
         raise TrainingError("train.distribute: 'multi_worker' is not supported by pretrain.py; use 'mirrored'")
-    if verbose == "auto":
-        verbose = 1 if sys.stdout.isatty() else 2
+    verbose, jit_compile = run_settings(verbose, jit_compile)
     total = cfg.iterations
     epoch_steps = epoch_steps_of(recipe)
     epochs = math.ceil(total / epoch_steps)
-    if jit_compile == "auto" and not has_gpu():
-        jit_compile = False  # XLA on CPU is slower for these small convnets (see train.loop)
     strategy = make_strategy(cfg.distribute)
     run_dir = resolve_run_dir(recipe)
-    created_dir = not run_dir.exists()
-    try:
-        run_dir.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise TrainingError(f"run directory {run_dir}: cannot create it ({e})") from None
-    for d in (run_dir, run_dir / "backup"):
-        fileio.remove_stale_temps(d)
+    created_dir = open_run_dir(run_dir)
     log_path = run_dir / "train_log.jsonl"
 
     policy = resolve_mixed_precision(cfg.mixed_precision)
