@@ -74,7 +74,8 @@ def run(args) -> int:
             # node, the Ray executor's latency task checks it there).
             check_backend(recipe.search.latency_backend)
         executor = make_executor(s.executor, s.workers, devices, address=args.ray_address,
-                                 gpus_per_task=s.gpus_per_task, latency_resource=args.latency_resource)
+                                 gpus_per_task=s.gpus_per_task, latency_resource=args.latency_resource,
+                                 pin_cpus=s.pin_cpus)
         try:
             run_expansion(recipe, args.output, devices=devices, device_key=args.device_key,
                           recipes_dir=args.recipes_dir, print_table=True, executor=executor)

@@ -60,6 +60,10 @@ def parse_args(argv=None):
     p.add_argument("--latency", default="recipe", choices=("recipe", "macs"),
                    help="latency for k_d: the recipe's backend (cached in <output>) or GMACs at its input shape")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="recipe override")
+    p.add_argument("--proxies", default="",
+                   help="comma-separated proxies to train in this process (scratch, warm<W>, reference; default: "
+                        "all); runs sharing one --output can then go in parallel, and the report is written "
+                        "once every proxy's journal is complete")
     return p.parse_args(argv)
 
 
@@ -96,7 +100,36 @@ def kendall_tau(x, y):
     return None if math.isnan(tau) else tau
 
 
-def summarize(name, step, ref_step, seeds, journal) -> dict:
+def tau_by_seed_count(start, step, ref_step, seeds) -> dict:
+    """Slope tau against the reference when only ``s`` of the proxy's seeds are used, for s = 1 .. seeds.
+
+    For each subset of ``s`` seeds (the same subset for the start network, whose score P enters
+    every slope), P_d and P are the subset's means; reported: mean, min and max tau over the
+    subsets. This is the accuracy-for-CPU trade-off of a proxy with fewer seeds, from the same runs.
+    """
+    import itertools
+
+    import numpy as np
+
+    ref = {c.arch.hash: c.slope for c in ref_step.candidates if c.slope is not None}
+    cands = [c for c in step.candidates if c.arch.hash in ref and len(c.scores) >= seeds]
+    out = {}
+    for s in range(1, seeds + 1):
+        taus = []
+        for subset in itertools.combinations(range(seeds), s):
+            p = float(np.mean([start.scores[i] for i in subset]))
+            slopes = [(float(np.mean([c.scores[i] for i in subset])) - p) / (c.latency - start.latency)
+                      for c in cands]
+            tau = kendall_tau(slopes, [ref[c.arch.hash] for c in cands])
+            if tau is not None:
+                taus.append(tau)
+        if taus:
+            out[s] = {"mean": float(np.mean(taus)), "min": float(min(taus)), "max": float(max(taus)),
+                      "subsets": len(taus)}
+    return out
+
+
+def summarize(name, start, step, ref_step, seeds, journal) -> dict:
     import numpy as np
 
     cands = {c.arch.hash: c for c in step.candidates}
@@ -120,6 +153,8 @@ def summarize(name, step, ref_step, seeds, journal) -> dict:
         "mean_seed_sd": float(np.mean(sds)) if sds else None,
         "cpu_minutes_per_candidate_seed": cpu_pair,
         "cpu_minutes_per_candidate": None if cpu_pair is None else cpu_pair * seeds,
+        "tau_slope_by_seeds": tau_by_seed_count(start, step, ref_step, seeds),
+        "start_scores": list(start.scores),
         "candidates": [{"op": c.op, "k": c.k, "latency": c.latency, "score": c.score, "sd": c.score_sd,
                         "slope": c.slope, "scores": list(c.scores)} for c in step.candidates],
     }
@@ -136,6 +171,15 @@ def markdown(rows) -> str:
                      f"{'yes' if r['picks_reference_winner'] else 'no'} ({r['winner']}) | {r['decision']} | "
                      f"{f(None if r['mean_seed_sd'] is None else 100 * r['mean_seed_sd'], '.2f')} | "
                      f"{f(r['cpu_minutes_per_candidate'], '.2f')} |")
+    lines += ["", "Slope tau against the reference with fewer seeds (mean [min, max] over the seed subsets; "
+              "CPU minutes per candidate for that many seeds):", "",
+              "| proxy | seeds used | tau (slope) | CPU min / candidate |", "|---|---|---|---|"]
+    for r in rows:
+        if r["proxy"] == "reference":
+            continue
+        for s, t in r["tau_slope_by_seeds"].items():
+            cpu = None if r["cpu_minutes_per_candidate_seed"] is None else r["cpu_minutes_per_candidate_seed"] * int(s)
+            lines.append(f"| {r['proxy']} | {s} | {t['mean']:.2f} [{t['min']:.2f}, {t['max']:.2f}] | {f(cpu, '.2f')} |")
     return "\n".join(lines)
 
 
@@ -178,9 +222,18 @@ def run(args) -> int:
     variants += [(f"warm{w}", proxy_variant(init="parent", warm_iterations=w), args.seeds) for w in warm]
     variants.append(("reference", proxy_variant(init="scratch", warm_iterations=None,
                                                 iterations=p.iterations * args.ref_factor), args.ref_seeds))
+    chosen = [n for n in args.proxies.split(",") if n]
+    unknown = [n for n in chosen if n not in {name for name, _, _ in variants}]
+    if unknown:
+        raise ValueError(f"--proxies: unknown proxy {unknown[0]!r}; known: {', '.join(n for n, _, _ in variants)}")
+    if any(n.startswith("warm") for n in chosen) and "scratch" not in chosen \
+            and not (out / "scratch" / "journal.json").exists():
+        raise ValueError("--proxies: a warm proxy starts from the scratch proxy's trained N0: run scratch first")
     scratch_eval = CpuTimed(ProxyEvaluator(variants[0][1], str(out / "scratch")))
     steps = {}
     for name, r, seeds in variants:
+        if chosen and name not in chosen:
+            continue
         print(f"== proxy {name}: {r.search.proxy.iterations} iterations"
               + (f", warm start then {r.search.proxy.warm_iterations}" if r.search.proxy.init == "parent" else "")
               + f", {seeds} seed(s)", flush=True)
@@ -192,10 +245,13 @@ def run(args) -> int:
             max_k=r.search.max_k, fingerprint=search_fingerprint(r, args.latency), seeds=seeds,
             decision_z=p.decision_z, warm_start=r.search.proxy.init == "parent",
         )
-        steps[name] = (history[1], seeds)
-    ref_step = steps["reference"][0]
-    rows = [summarize(name, step, ref_step, seeds, SearchJournal(out / name / "journal.json"))
-            for name, (step, seeds) in steps.items()]
+        steps[name] = (history[0], history[1], seeds)
+    if chosen and set(chosen) != {n for n, _, _ in variants}:
+        print("trained: " + ", ".join(chosen) + "; rerun without --proxies (journals resume) for the report")
+        return 0
+    ref_step = steps["reference"][1]
+    rows = [summarize(name, start, step, ref_step, seeds, SearchJournal(out / name / "journal.json"))
+            for name, (start, step, seeds) in steps.items()]
     doc = {"recipe": str(args.recipe), "overrides": args.set, "latency": args.latency,
            "ops": [op.name for op in ops], "proxies": rows}
     atomic_write_json(out / "fidelity.json", doc)

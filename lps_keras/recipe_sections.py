@@ -160,6 +160,7 @@ class SearchConfig:
     max_k: int = field(16, gt=0)  # bound on the step multiple k when searching |Lat(N + k d) - L_T|
     proxy: ProxyConfig = ProxyConfig()
     workers: int = field(1, gt=0)
+    pin_cpus: bool = False  # pool workers each take a disjoint share of the CPU cores (CPU-only searches)
     executor: str = field("pool", choices=("pool", "ray"))  # where candidates train: process pool or Ray tasks
     gpus_per_task: float = field(0.0, ge=0)  # GPUs each Ray task needs (0: CPU-only)
 

@@ -31,6 +31,7 @@ from lps_keras.search.executors import (
     SequentialExecutor,
     import_ray,
     make_executor,
+    split_cpus,
 )
 from lps_keras.search.expansion import run
 
@@ -165,6 +166,32 @@ def test_pool_executor_matches_in_process_decisions(tmp_path):
     seq = run(tiny_recipe(tmp_path), tmp_path / "seq", latency_fn=macs_latency, evaluate_fn=concave_score,
               recipes_dir=tmp_path / "recipes_seq", progress=QUIET)
     assert decisions(hist) == decisions(seq) == decisions(reference(1)) and len(hist) == 2
+
+
+def worker_affinity(_):
+    """Module level (picklable): the CPU cores this pool worker may run on."""
+    time.sleep(0.3)  # keep this worker busy so the other submission lands on the other worker
+    return sorted(os.sched_getaffinity(0))
+
+
+def test_split_cpus_gives_disjoint_contiguous_shares():
+    assert split_cpus([3, 0, 2, 1], 2) == [[0, 1], [2, 3]]
+    assert split_cpus(range(5), 2) == [[0, 1, 2], [3, 4]]
+    assert split_cpus([7], 1) == [[7]]
+    with pytest.raises(ExecutorError, match="cannot split 2 CPU"):
+        split_cpus([0, 1], 3)
+
+
+@pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="needs 2 CPU cores")
+def test_pool_pins_each_worker_to_its_own_cores():
+    cpus = sorted(os.sched_getaffinity(0))
+    with PoolExecutor(2, pin_cpus=True) as ex:
+        got = sorted(ex.map(worker_affinity, range(2)))
+    assert got == split_cpus(cpus, 2)
+    with PoolExecutor(2) as ex:  # without pinning a worker keeps every core
+        assert list(ex.map(worker_affinity, range(1))) == [cpus]
+    with pytest.raises(ExecutorError, match="pool executor only"):
+        make_executor("ray", pin_cpus=True)
 
 
 def test_executor_setup_errors(monkeypatch):

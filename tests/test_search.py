@@ -693,3 +693,25 @@ def test_table_and_plot_show_seeds_margin_and_decision(tmp_path):
     png = tmp_path / "p.png"
     plot_expansion(steps, None, png)
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_table4_comparison_puts_each_step_beside_the_papers():
+    from lps_keras.presets import get_preset
+    from lps_keras.search import Step, table4_comparison
+
+    n0 = get_preset("table4_step00", 11)
+    s1 = get_preset("table4_step01", 11)  # the paper's step 1: depth_s4-5 x 7
+    s2 = s1.expand(EXPANSION_OPS_BY_NAME["width_s1-5"], 1)  # the paper widened stages 2-5 instead
+    history = [Step(index=0, arch=n0, latency=2.0, score=0.20),
+               Step(index=1, arch=s1, latency=3.0, score=0.25, op="depth_s4-5", dimension="depth", k=7, decided=True),
+               Step(index=2, arch=s2, latency=5.0, score=0.27, op="width_s1-5", dimension="width", k=1,
+                    decided=False)]
+    lines = table4_comparison(history).splitlines()
+    # Paper: N0 0.38 ms / 24.1; step 1 0.49 ms (x1.29) / 41.4 (+17.3); step 2 0.63 ms (x1.66) / 53.4 (+29.3).
+    assert lines[2] == ("| 1 | depth_s4-5 × 7 | 3 (×1.50) | 25.0 (+5.0) | decided | depth_s4-5 × 7 | 0.49 (×1.29) "
+                        "| 41.4 (+17.3) | yes |")
+    assert lines[3] == ("| 2 | width_s1-5 × 1 | 5 (×2.50) | 27.0 (+7.0) | undecided | width_s2-5 × 1 | 0.63 (×1.66) "
+                        "| 53.4 (+29.3) | same dimension |")
+    assert lines[-1] == "Same op as the paper in 1 of 2 steps."
+    other = Step(index=0, arch=get_preset("lps_s", 11), latency=1.0, score=0.3)
+    assert table4_comparison([other]) is None  # not a search from N0: nothing to compare step by step

@@ -22,7 +22,7 @@ from lps_keras.search.algorithm import run_expansion
 from lps_keras.search.executors import SearchExecutor, make_executor
 from lps_keras.search.journal import EvalContext, SearchJournal, Step, fingerprint
 from lps_keras.search.racing import RacingConfig
-from lps_keras.search.report import format_table, plot_expansion, write_step_recipes, write_table
+from lps_keras.search.report import format_table, plot_expansion, table4_comparison, write_step_recipes, write_table
 
 
 def proxy_recipe(recipe: Recipe, arch: Arch, run_dir, name: Optional[str] = None, seed: int = 0,
@@ -196,7 +196,8 @@ def run(
     proxy = recipe.search.proxy
     owned = executor is None
     if owned:
-        executor = make_executor(recipe.search.executor, workers, devices, gpus_per_task=recipe.search.gpus_per_task)
+        executor = make_executor(recipe.search.executor, workers, devices, gpus_per_task=recipe.search.gpus_per_task,
+                                 pin_cpus=recipe.search.pin_cpus)
     try:
         s = recipe.search
         lat = latency_fn or (make_latency_fn(recipe, output_dir, device_key) if executor.latency_resource is None
@@ -221,9 +222,15 @@ def run(
                    title=f"Progressive expansion: {recipe.name} ({backend}, {unit})")
     recipes_dir = Path(recipes_dir) if recipes_dir else Path("recipes") / "expanded" / output_dir.name
     write_step_recipes(recipe, history, recipes_dir)
+    comparison = table4_comparison(history, unit)
+    if comparison is not None:  # a search from N0: its steps next to the paper's (Table 4)
+        from lps_keras.fileio import atomic_write_text
+
+        atomic_write_text(output_dir / "table4_comparison.md", comparison + "\n")
     if progress:
-        progress(f"wrote {output_dir / 'expansion.csv'}, {output_dir / 'expansion.png'} and "
-                 f"{len(history)} recipes in {recipes_dir}")
+        progress(f"wrote {output_dir / 'expansion.csv'}, {output_dir / 'expansion.png'}"
+                 + (", table4_comparison.md" if comparison is not None else "")
+                 + f" and {len(history)} recipes in {recipes_dir}")
     if print_table:
         print(format_table(history, unit))
     return history

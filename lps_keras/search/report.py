@@ -182,3 +182,42 @@ def format_table(history: Sequence[Step], unit: str = "ms") -> str:
         lines.append(f"| {s.index} | {b} | {c} | {r} | {s.latency:.4g} | {miou} | {len(s.scores) or 1} | {dim} "
                      f"| {margin} | {decision} |")
     return "\n".join(lines)
+
+
+def table4_comparison(history: Sequence[Step], unit: str = "ms") -> Optional[str]:
+    """Each step next to the same step of the paper's Table 4, as Markdown; None unless the search starts at N⁰.
+
+    Absolute latencies and mIoU are not comparable across devices and datasets, so both sides are
+    also given relative to their own N⁰: latency as a multiple of N⁰'s, mIoU as points gained over N⁰.
+    """
+    from lps_keras.presets import PRESETS, TABLE4
+
+    rows = list(TABLE4.items())
+    if not history or not rows:
+        return None
+    n0 = PRESETS[rows[0][0]]
+    start = history[0]
+    if (start.arch.depth, start.arch.width, start.arch.resolution) != (n0.depth, n0.width, n0.resolution):
+        return None
+    paper0 = rows[0][1]
+    lines = [f"| step | ours: op × k | ours: latency ({unit}, × N⁰) | ours: mIoU (+ over N⁰) | decision "
+             "| paper: op × k | paper: latency (ms, × N⁰) | paper: mIoU (+ over N⁰) | same op |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    same = 0
+    for s in history[1:]:
+        if s.index >= len(rows):
+            break
+        name, p = rows[s.index]
+        ours = f"{s.op} × {s.k}"
+        paper = f"{p.op} × {p.k}" + (f" ({p.name})" if p.name else "")
+        match = "yes" if s.op == p.op and s.k == p.k else ("same op" if s.op == p.op else
+                                                         ("same dimension" if s.op.split("_")[0] ==
+                                                          p.op.split("_")[0] else "no"))
+        same += s.op == p.op
+        lines.append(
+            f"| {s.index} | {ours} | {s.latency:.3g} (×{s.latency / start.latency:.2f}) | "
+            f"{100 * s.score:.1f} (+{100 * (s.score - start.score):.1f}) | {decision_text(s)} | {paper} | "
+            f"{p.latency_ms:.3g} (×{p.latency_ms / paper0.latency_ms:.2f}) | {p.miou:.1f} "
+            f"(+{p.miou - paper0.miou:.1f}) | {match} |")
+    lines.append(f"\nSame op as the paper in {same} of {len(lines) - 2} steps.")
+    return "\n".join(lines)
