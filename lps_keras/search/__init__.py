@@ -41,6 +41,6 @@ __all__ = [
     "DIMENSIONS", "SearchError", "evaluate_candidates", "find_k", "propose_candidates", "run_expansion",
     "select_candidate", "JOURNAL_FORMAT", "JOURNAL_VERSION", "Candidate", "EvalContext", "Evaluation",
     "JournalError", "SearchJournal", "Step", "fingerprint", "DIMENSION_COLORS", "TABLE_COLUMNS", "format_table",
-    "plot_expansion", "table4_comparison", "table_rows", "write_step_recipes", "write_table", "Decision", "RacingConfig", "contenders",
-    "decide", "mean_sd_se", "racing_round",
+    "plot_expansion", "table4_comparison", "table_rows", "write_step_recipes", "write_table", "Decision",
+    "RacingConfig", "contenders", "decide", "mean_sd_se", "racing_round",
 ]
