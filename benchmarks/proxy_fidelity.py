@@ -138,7 +138,10 @@ def summarize(name, start, step, ref_step, seeds, journal) -> dict:
     slope = [(cands[h].slope, ref[h].slope) for h in keys if cands[h].slope is not None and ref[h].slope is not None]
     # Every (candidate, seed) run's CPU time, from the journal (a run resumed after a kill counts only its
     # last part: rerun such a study from scratch for timings).
-    cpu = [e.metrics.get("cpu_seconds") for c in step.candidates for e in journal.evaluations_of(c.arch).values()]
+    # A run found already finished (fit_seconds 0: trained by another process into the same directory) is
+    # left out of the timing.
+    cpu = [e.metrics.get("cpu_seconds") for c in step.candidates for e in journal.evaluations_of(c.arch).values()
+           if e.metrics.get("fit_seconds") != 0]
     cpu = [x for x in cpu if x is not None]
     sds = [c.score_sd for c in step.candidates if c.score_sd is not None]
     cpu_pair = float(np.mean(cpu)) / 60 if cpu else None
