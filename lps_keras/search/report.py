@@ -216,8 +216,8 @@ def table4_comparison(history: Sequence[Step], unit: str = "ms") -> Optional[str
         same += s.op == p.op
         lines.append(
             f"| {s.index} | {ours} | {s.latency:.3g} (×{s.latency / start.latency:.2f}) | "
-            f"{100 * s.score:.1f} (+{100 * (s.score - start.score):.1f}) | {decision_text(s)} | {paper} | "
+            f"{100 * s.score:.1f} ({100 * (s.score - start.score):+.1f}) | {decision_text(s)} | {paper} | "
             f"{p.latency_ms:.3g} (×{p.latency_ms / paper0.latency_ms:.2f}) | {p.miou:.1f} "
-            f"(+{p.miou - paper0.miou:.1f}) | {match} |")
+            f"({p.miou - paper0.miou:+.1f}) | {match} |")
     lines.append(f"\nSame op as the paper in {same} of {len(lines) - 2} steps.")
     return "\n".join(lines)
