@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 
 
 def parse_args(argv=None):
@@ -33,21 +32,11 @@ def main(argv=None) -> int:
 
 
 def run(args) -> int:
-    from lps_keras.recipe import RecipeError, load_recipe
+    from lps_keras.evaluation import evaluate
+    from lps_keras.recipe import load_recipe
 
-    try:
-        recipe = load_recipe(args.recipe, args.overrides)
-    except RecipeError as e:
-        print(f"evaluate.py: error: {e}", file=sys.stderr)
-        return 2
-
-    from lps_keras.data import DataError
-    from lps_keras.evaluation import EvaluationError, evaluate
-    try:
-        result = evaluate(recipe, args.weights, split=args.split, save_predictions=args.save_predictions)
-    except (EvaluationError, RecipeError, DataError, OSError) as e:
-        print(f"evaluate.py: error: {e}", file=sys.stderr)
-        return 2
+    recipe = load_recipe(args.recipe, args.overrides)
+    result = evaluate(recipe, args.weights, split=args.split, save_predictions=args.save_predictions)
     if args.json:
         print(json.dumps({k: v for k, v in result.items() if k != "per_class"}, indent=2))
     miou = result["miou"]

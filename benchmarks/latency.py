@@ -27,6 +27,8 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from lps_keras.errors import UsageError  # noqa: E402 - after the path set-up above
+
 PRESET_NAMES = ("lps_tiny", "lps_s", "lps_m", "lps_l")
 COLUMNS = (("tf", "fp32"), ("tf", "bf16"), ("onnxruntime", "fp32"), ("openvino", "fp32"), ("openvino", "bf16"),
            ("openvino", "int8"), ("litert", "fp32"), ("litert", "int8"))
@@ -57,7 +59,7 @@ def main(argv=None) -> int:
     try:
         h, w = parse_size(args.input_size)
         if args.runs < 1 or args.iters < 1:
-            raise ValueError(f"--runs and --iters must be >= 1, got {args.runs} and {args.iters}")
+            raise UsageError(f"--runs and --iters must be >= 1, got {args.runs} and {args.iters}")
     except ValueError as e:
         print(f"benchmarks/latency.py: error: {e}", file=sys.stderr)
         return 2

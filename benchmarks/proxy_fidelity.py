@@ -46,6 +46,8 @@ from pathlib import Path
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from lps_keras.errors import UsageError  # noqa: E402 - after the path set-up above
+
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -196,14 +198,14 @@ def run(args) -> int:
     recipe = load_recipe(args.recipe, args.set)
     for flag in ("seeds", "ref_seeds", "ref_factor"):
         if getattr(args, flag) < 1:
-            raise ValueError(f"--{flag.replace('_', '-')} must be >= 1, got {getattr(args, flag)!r}")
+            raise UsageError(f"--{flag.replace('_', '-')} must be >= 1, got {getattr(args, flag)!r}")
     try:
         warm = [int(w) for w in args.warm_iterations.split(",") if w.strip()]
     except ValueError:
-        raise ValueError(f"--warm-iterations must be comma-separated integers, got {args.warm_iterations!r}") from None
+        raise UsageError(f"--warm-iterations must be comma-separated integers, got {args.warm_iterations!r}") from None
     unknown = [n for n in args.ops.split(",") if n and n not in EXPANSION_OPS_BY_NAME]
     if unknown:
-        raise ValueError(f"--ops: unknown op {unknown[0]!r}; known: {', '.join(EXPANSION_OPS_BY_NAME)}")
+        raise UsageError(f"--ops: unknown op {unknown[0]!r}; known: {', '.join(EXPANSION_OPS_BY_NAME)}")
     ops = [EXPANSION_OPS_BY_NAME[n] for n in args.ops.split(",") if n] or list(EXPANSION_OPS)
     out = Path(args.output)
     out.mkdir(parents=True, exist_ok=True)
@@ -228,10 +230,10 @@ def run(args) -> int:
     chosen = [n for n in args.proxies.split(",") if n]
     unknown = [n for n in chosen if n not in {name for name, _, _ in variants}]
     if unknown:
-        raise ValueError(f"--proxies: unknown proxy {unknown[0]!r}; known: {', '.join(n for n, _, _ in variants)}")
+        raise UsageError(f"--proxies: unknown proxy {unknown[0]!r}; known: {', '.join(n for n, _, _ in variants)}")
     if any(n.startswith("warm") for n in chosen) and "scratch" not in chosen \
             and not (out / "scratch" / "journal.json").exists():
-        raise ValueError("--proxies: a warm proxy starts from the scratch proxy's trained N0: run scratch first")
+        raise UsageError("--proxies: a warm proxy starts from the scratch proxy's trained N0: run scratch first")
     scratch_eval = CpuTimed(ProxyEvaluator(variants[0][1], str(out / "scratch")))
     steps = {}
     for name, r, seeds in variants:

@@ -14,12 +14,14 @@ import math
 from collections.abc import Iterable, Sequence
 from fractions import Fraction
 
+from lps_keras.errors import LPSError
+
 NUM_STAGES = 5
 MAX_PATHS = 3
 STAGE_STRIDES = (2, 2, 2, 2, 1)
 
 
-class ArchError(ValueError):
+class ArchError(LPSError, ValueError):
     """An architecture description is invalid; the message names the field."""
 
 

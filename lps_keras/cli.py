@@ -26,6 +26,8 @@ import sys
 import tempfile
 from collections.abc import Callable
 
+from lps_keras.errors import EXIT_BAD_INPUT, EXIT_INTERRUPTED, EXIT_NON_FINITE, LPSError, is_disk_full
+
 #: Lines TensorFlow prints on every start of a machine without a usable GPU; nothing to act on.
 _NOISE = re.compile(
     r"All log messages before absl::InitializeLog\(\) is called are written to STDERR"
@@ -128,78 +130,71 @@ def run_training_command(prog: str, recipe_path, overrides, train_fn: Callable, 
     """What ``train.py`` and ``pretrain.py`` share: load the recipe, run ``train_fn(recipe)``, map its exits.
 
     Exit codes: 0 done (``summary(result)`` printed), 2 bad recipe / data / setup, 3 the loss went
-    non-finite (the last good checkpoint is kept), 130 interrupted (rerun to resume).
+    non-finite (the last good checkpoint is kept), 130 interrupted (rerun to resume). Errors are
+    reported by :func:`guarded` (this function runs inside it).
     """
-    from lps_keras.data import DataError
-    from lps_keras.recipe import RecipeError, load_recipe
-    from lps_keras.train import NonFiniteLossError, TrainingError
+    from lps_keras.recipe import load_recipe
 
     try:
         recipe = load_recipe(recipe_path, overrides)
         result = train_fn(recipe)
-    except NonFiniteLossError as e:
-        print(f"{prog}: training stopped: {e}", file=sys.stderr)
-        return 3
-    except (TrainingError, RecipeError, DataError) as e:
-        print(f"{prog}: error: {e}", file=sys.stderr)
-        return 2
     except KeyboardInterrupt:
         print(f"{prog}: interrupted; rerun the same command to resume from the last backup", file=sys.stderr)
-        return 130
+        return EXIT_INTERRUPTED
     print(summary(result))
     return 0
 
 
-def user_errors() -> tuple[type[BaseException], ...]:
-    """The exception types that mean "bad input": reported in one line, exit code 2."""
-    from lps_keras.arch import ArchError
-    from lps_keras.recipe import RecipeError
-
-    errors: list[type[BaseException]] = [RecipeError, ArchError, OSError, ValueError, KeyError]
-    for module, name in (("lps_keras.train.errors", "TrainingError"), ("lps_keras.evaluation", "EvaluationError"),
-                         ("lps_keras.export.common", "ExportError"), ("lps_keras.search.journal", "JournalError"),
-                         ("lps_keras.search.candidates", "SearchError"), ("lps_keras.latency.stats", "LatencyError")):
-        mod = sys.modules.get(module)  # only those already imported can have been raised
-        if mod is not None and hasattr(mod, name):
-            errors.append(getattr(mod, name))
-    return tuple(errors)
-
-
 def guarded(prog: str, fn: Callable[[], int]) -> int:
-    """Run ``fn()``; bad input and interrupts become one line on stderr and an exit code.
+    """Run ``fn()``; user-facing errors and interrupts become one line on stderr and an exit code.
 
-    Returns ``fn()``'s exit code, 2 for bad input (:func:`user_errors`, or a data error raised
-    inside ``tf.data``) and 130 for Ctrl-C.
+    Returns ``fn()``'s exit code; for an :class:`~lps_keras.errors.LPSError` its ``exit_code`` (2 for
+    bad input, 3 for a non-finite loss); 2 for a missing or unreadable file, a full disk or memory
+    running out; 130 for Ctrl-C. Anything else is a defect of ours and keeps its traceback.
     """
     try:
         return fn()
     except KeyboardInterrupt:
         print(f"{prog}: interrupted", file=sys.stderr)
-        return 130
+        return EXIT_INTERRUPTED
     except Exception as e:  # noqa: BLE001 - sorted into user errors and bugs below
-        message = _user_message(e)
-        if message is None:
+        described = describe_error(e)
+        if described is None:
             raise
-        print(f"{prog}: error: {message}", file=sys.stderr)
-        return 2
+        message, code = described
+        label = "training stopped" if code == EXIT_NON_FINITE else "error"
+        print(f"{prog}: {label}: {message}", file=sys.stderr)
+        return code
 
 
-def _user_message(e: BaseException) -> str | None:
+def describe_error(e: BaseException) -> tuple[str, int] | None:
+    """``(one-line message, exit code)`` for an error the user can fix, ``None`` for a defect of ours."""
     data_pipeline = sys.modules.get("lps_keras.data.pipeline")
     if data_pipeline is not None:
         data_error = data_pipeline.unwrap_data_error(e)
         if data_error is not None:
-            return str(data_error)
-    if "tensorflow" in sys.modules:
-        import tensorflow as tf
-
-        if isinstance(e, tf.errors.OpError):
-            return None  # a TensorFlow failure that is not about the user's files: show it in full
-    if isinstance(e, user_errors()):
-        text = str(e)
-        if isinstance(e, KeyError) and len(e.args) == 1:
-            text = str(e.args[0])
-        if isinstance(e, OSError) and e.filename and e.strerror:
-            text = f"{e.filename}: {e.strerror}"  # not "[Errno 2] No such file or directory: 'x'"
-        return text.strip() or type(e).__name__
+            return _one_line(data_error), data_error.exit_code
+    if isinstance(e, LPSError):
+        return _one_line(e), e.exit_code
+    if is_disk_full(e):
+        path = getattr(e, "filename", None) or _path_in(str(e)) or "the output"
+        return f"{path}: the disk is full (no space left on device); nothing half-written was kept", EXIT_BAD_INPUT
+    if isinstance(e, MemoryError) or type(e).__name__ == "ResourceExhaustedError":
+        detail = str(e).strip().splitlines()[0] if str(e).strip() else "MemoryError"
+        return (f"out of memory ({detail[:200]}); use a smaller batch or input size, or a machine with more memory",
+                EXIT_BAD_INPUT)
+    if isinstance(e, OSError) and e.filename and e.strerror:
+        return f"{e.filename}: {e.strerror}", EXIT_BAD_INPUT  # not "[Errno 2] No such file or directory: 'x'"
     return None
+
+
+def _one_line(e: BaseException) -> str:
+    text = str(e)
+    if isinstance(e, KeyError) and len(e.args) == 1:
+        text = str(e.args[0])
+    return text.strip() or type(e).__name__
+
+
+def _path_in(text: str) -> str | None:
+    match = re.search(r"(?:name|file|path)\s*=\s*'([^']+)'", text) or re.search(r"'(/[^']+)'", text)
+    return match.group(1) if match else None

@@ -14,6 +14,7 @@ import json
 import sys
 from pathlib import Path
 
+from lps_keras.errors import UsageError
 from lps_keras.fileio import atomic_path
 
 
@@ -26,7 +27,7 @@ def read_curve(run_dir) -> dict:
     run_dir = Path(run_dir)
     log_path, state_path = run_dir / "train_log.jsonl", run_dir / "state.json"
     if not log_path.is_file():
-        raise FileNotFoundError(f"{log_path}: no training log (is {run_dir} a run directory?)")
+        raise UsageError(f"{log_path}: no training log (is {run_dir} a run directory?)")
     records = [json.loads(line) for line in log_path.read_text().splitlines() if line.strip()]
     records.sort(key=lambda r: r["step"])
     steps = [int(r["step"]) for r in records]

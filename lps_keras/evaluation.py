@@ -23,12 +23,13 @@ from typing import Optional
 
 import numpy as np
 
+from lps_keras.errors import LPSError
 from lps_keras.recipe import Recipe
 
 __all__ = ["EvaluationError", "evaluate", "load_for_eval"]
 
 
-class EvaluationError(ValueError):
+class EvaluationError(LPSError, ValueError):
     """Bad weights / split / output directory; the message names it."""
 
 

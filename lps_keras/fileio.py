@@ -155,3 +155,72 @@ def atomic_keras_write(path: PathLike, write: Callable[[str], None]) -> Path:
 def atomic_save_model(model, path: PathLike, include_optimizer: bool = True) -> Path:
     """``model.save`` to a ``.keras`` file atomically."""
     return atomic_keras_write(path, lambda tmp: model.save(tmp, include_optimizer=include_optimizer))
+
+
+#: The lock file a process holds while it owns a directory (see :class:`DirectoryLock`).
+LOCK_NAME = ".lps.lock"
+
+
+class DirectoryLock:
+    """One process at a time owns a directory (a run directory, an expansion output, an export version).
+
+    An advisory ``fcntl.flock`` on ``<directory>/.lps.lock``, which also holds the owner's pid for
+    the message a second process gets. The kernel drops the lock when its holder dies, ``kill -9``
+    included, so a lock left by a dead process is simply taken over; the file itself stays (removing
+    it would race with a process that has just opened it). The descriptor is not inherited by
+    child processes started with ``subprocess`` (Python opens files non-inheritable).
+
+    Use as a context manager or call :meth:`acquire` / :meth:`release`. ``what`` names the place in
+    the error (``"run directory"``, ``"expansion output directory"``, ...).
+    """
+
+    def __init__(self, directory: PathLike, what: str = "directory"):
+        self.directory = Path(directory)
+        self.what = what
+        self._fd: int | None = None
+
+    @property
+    def path(self) -> Path:
+        return self.directory / LOCK_NAME
+
+    def acquire(self) -> DirectoryLock:
+        import fcntl
+
+        from lps_keras.errors import BusyError, DiskFullError, is_disk_full
+
+        if self._fd is not None:
+            return self
+        self.directory.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 64, 0).decode("ascii", "replace").strip() or "unknown"
+            os.close(fd)
+            raise BusyError(f"{self.directory}: this {self.what} is in use by process {holder} (another run "
+                            f"writes to it); wait for that process to end, or use another {self.what}") from None
+        try:
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, f"{os.getpid()}\n".encode("ascii"), 0)
+        except OSError as e:
+            os.close(fd)
+            if is_disk_full(e):
+                raise DiskFullError(self.path) from None
+            raise
+        self._fd = fd
+        return self
+
+    def release(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)  # closing the only descriptor drops the flock
+            self._fd = None
+
+    @property
+    def held(self) -> bool:
+        return self._fd is not None
+
+    def __enter__(self) -> DirectoryLock:
+        return self.acquire()
+
+    def __exit__(self, *exc) -> None:
+        self.release()

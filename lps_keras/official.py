@@ -29,6 +29,7 @@ from pathlib import Path
 import keras
 import numpy as np
 
+from lps_keras.errors import LPSError
 from lps_keras.fileio import atomic_path
 from lps_keras.layers import RepConvBlock
 
@@ -43,7 +44,7 @@ _OFFICIAL_BLOCK = re.compile(r"^(net|netH|netL|net1|net2|net3)\.stages\.(\d+)\.(
 _WRAPPER_KEYS = ("state_dict", "model", "net_state_dict", "model_state_dict")
 
 
-class OfficialWeightsError(ValueError):
+class OfficialWeightsError(LPSError, ValueError):
     """An official state dict does not fit the model; the message names the key."""
 
 
@@ -149,7 +150,7 @@ def read_state_dict(source) -> dict[str, np.ndarray]:
 
 def _read_file(path: Path) -> dict:
     if not path.is_file():
-        raise FileNotFoundError(f"official weights file not found: {str(path)!r}")
+        raise OfficialWeightsError(f"official weights file not found: {str(path)!r}")
     suffix = "".join(path.suffixes[-2:]) if path.name.endswith(".pth.tar") else path.suffix
     if suffix == ".npz":
         with np.load(path, allow_pickle=False) as data:
@@ -322,7 +323,7 @@ def save_official_npz(model: keras.Model, path) -> Path:
     """Write :func:`export_official_state_dict` to ``path`` (``.npz``) atomically."""
     path = Path(path)
     if path.suffix != ".npz":
-        raise ValueError(f"official weights are saved as .npz, got {str(path)!r}")
+        raise OfficialWeightsError(f"official weights are saved as .npz, got {str(path)!r}")
     state = export_official_state_dict(model)
     with atomic_path(path, suffix=".npz") as tmp:
         np.savez(tmp, **state)

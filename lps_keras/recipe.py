@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any, Optional, Union
 
 from lps_keras.arch import Arch, ArchError
+from lps_keras.errors import LPSError, UsageError
 from lps_keras.recipe_sections import (  # noqa: F401 - the sections are part of this module's API
     DATASET_CLASSES,
     AugmentConfig,
@@ -34,7 +35,7 @@ from lps_keras.recipe_sections import (  # noqa: F401 - the sections are part of
 )
 
 
-class RecipeError(ValueError):
+class RecipeError(LPSError, ValueError):
     """A recipe (file or override) is invalid; the message names the file and key."""
 
 
@@ -296,9 +297,9 @@ def parse_size(text: str) -> tuple[int, int]:
     try:
         h, w = (int(p) for p in parts)
     except ValueError:
-        raise ValueError(f"input size must look like HEIGHTxWIDTH (e.g. 1024x2048), got {text!r}") from None
+        raise UsageError(f"input size must look like HEIGHTxWIDTH (e.g. 1024x2048), got {text!r}") from None
     if h <= 0 or w <= 0:
-        raise ValueError(f"input size must be positive, got {text!r}")
+        raise UsageError(f"input size must be positive, got {text!r}")
     return h, w
 
 

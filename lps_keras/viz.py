@@ -9,6 +9,7 @@ from typing import Optional, Union
 import numpy as np
 
 from lps_keras.data import camvid, cityscapes
+from lps_keras.errors import UsageError
 from lps_keras.fileio import atomic_path
 
 __all__ = [
@@ -100,7 +101,7 @@ def overlay(image_uint8, label_map, palette, alpha: float = 0.5, ignore_index: i
     if labels.shape != image.shape[:2]:
         raise ValueError(f"label_map shape {labels.shape} does not match image size {image.shape[:2]}")
     if not 0.0 <= alpha <= 1.0:
-        raise ValueError(f"alpha must be in [0, 1], got {alpha!r}")
+        raise UsageError(f"alpha must be in [0, 1], got {alpha!r}")
     colours = colorize(labels, palette, ignore_index).astype(np.float32)
     blended = (1.0 - alpha) * image.astype(np.float32) + alpha * colours
     out = np.where((labels == ignore_index)[..., None], image.astype(np.float32), blended)
@@ -121,7 +122,7 @@ def read_rgb(path: Union[str, os.PathLike], max_pixels: Optional[int] = None) ->
         with Image.open(path) as im:
             w, h = im.size
             if max_pixels is not None and w * h > max_pixels:
-                raise ValueError(f"{path}: {w}x{h} is {w * h / 1e6:.1f} megapixels, above the limit of "
+                raise UsageError(f"{path}: {w}x{h} is {w * h / 1e6:.1f} megapixels, above the limit of "
                                  f"{max_pixels / 1e6:g}; downscale it first (or raise the limit)")
             if im.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
                 raw = np.asarray(im).astype(np.float64)
@@ -130,9 +131,9 @@ def read_rgb(path: Union[str, os.PathLike], max_pixels: Optional[int] = None) ->
                 return np.repeat(grey[..., None], 3, axis=-1)
             return np.asarray(im.convert("RGB"))
     except UnidentifiedImageError:
-        raise ValueError(f"{path}: not a readable image") from None
+        raise UsageError(f"{path}: not a readable image") from None
     except (OSError, SyntaxError) as e:
-        raise ValueError(f"{path}: cannot read image: {e}") from None
+        raise UsageError(f"{path}: cannot read image: {e}") from None
 
 
 def save_png(path: Union[str, os.PathLike], array) -> Path:
@@ -144,7 +145,7 @@ def save_png(path: Union[str, os.PathLike], array) -> Path:
         array.dtype == np.uint16 and array.ndim == 2
     )
     if not ok:
-        raise ValueError(f"{path}: cannot write a {array.dtype} array of shape {array.shape} as PNG")
+        raise UsageError(f"{path}: cannot write a {array.dtype} array of shape {array.shape} as PNG")
     path = Path(path)
     with atomic_path(path) as tmp:
         Image.fromarray(array).save(tmp, format="PNG")
@@ -155,12 +156,12 @@ def write_cityscapes_labelids(path: Union[str, os.PathLike], train_id_map) -> Pa
     """Save a trainId prediction as an official labelId PNG (for csEvalPixelLevelSemanticLabeling)."""
     ids = np.asarray(train_id_map)
     if ids.ndim != 2 or not np.issubdtype(ids.dtype, np.integer):
-        raise ValueError(f"{path}: train_id_map must be an integer [H, W] array, got {ids.dtype} {ids.shape}")
+        raise UsageError(f"{path}: train_id_map must be an integer [H, W] array, got {ids.dtype} {ids.shape}")
     ids = ids.astype(np.int64)
     ignored = ids == 255
     bad = ~ignored & ((ids < 0) | (ids >= len(TRAIN_ID_TO_LABEL_ID)))
     if bad.any():
-        raise ValueError(f"{path}: trainIds must be 0..18 or 255, got {np.unique(ids[bad])[:10].tolist()}")
+        raise UsageError(f"{path}: trainIds must be 0..18 or 255, got {np.unique(ids[bad])[:10].tolist()}")
     label_ids = TRAIN_ID_TO_LABEL_ID[np.where(ignored, 0, ids)]
     label_ids[ignored] = 0
     return save_png(path, label_ids)

@@ -17,13 +17,14 @@ import numpy as np
 
 from lps_keras.arch import Arch
 from lps_keras.classifier import LPSClassifier
+from lps_keras.errors import LPSError
 from lps_keras.layers import RepConvBlock
 from lps_keras.model import LPSNet, build_model
 
 __all__ = ["WeightsError", "init_weights", "is_deploy", "load_weights_file", "prepare_deploy_model"]
 
 
-class WeightsError(ValueError):
+class WeightsError(LPSError, ValueError):
     """A weights file cannot initialise a model; the message names the file."""
 
 
@@ -43,17 +44,17 @@ def load_weights_file(path, arch: Arch, input_shape=None, classifier: bool = Fal
     """
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"weights file {str(path)!r} does not exist")
+        raise WeightsError(f"weights file {str(path)!r} does not exist")
     suffix = path.suffix.lower()
     if suffix == ".keras":
         try:
             model = keras.saving.load_model(str(path), compile=False)
         except Exception as e:  # noqa: BLE001 - keras raises many types for a bad archive
-            raise ValueError(f"{path}: not a loadable .keras model ({type(e).__name__}: {e})") from None
+            raise WeightsError(f"{path}: not a loadable .keras model ({type(e).__name__}: {e})") from None
         if isinstance(model, LPSClassifier):
             if classifier:
                 return model
-            raise ValueError(f"{path}: an ImageNet classifier from pretrain.py, not a segmentation model; "
+            raise WeightsError(f"{path}: an ImageNet classifier from pretrain.py, not a segmentation model; "
                              "it can only initialise one (train.py --init)")
         return _as_lpsnet(model, arch, path)
     if suffix in (".pth", ".pt", ".npz"):
@@ -62,7 +63,7 @@ def load_weights_file(path, arch: Arch, input_shape=None, classifier: bool = Fal
         deploy = build_model(arch, deploy=True, input_shape=input_shape or (None, None, 3))
         load_official_weights(deploy, str(path))
         return deploy
-    raise ValueError(f"{path}: unknown weights format {suffix!r}; expected .keras, .pth or .npz")
+    raise WeightsError(f"{path}: unknown weights format {suffix!r}; expected .keras, .pth or .npz")
 
 
 def _as_lpsnet(model: keras.Model, arch: Arch, path) -> LPSNet:
@@ -80,11 +81,11 @@ def _as_lpsnet(model: keras.Model, arch: Arch, path) -> LPSNet:
     target = {layer.name: layer for layer in rebuilt.layers if layer.weights}
     mismatch = f"{path}: the model's architecture does not match the recipe's {arch}"
     if set(source) != set(target):
-        raise ValueError(mismatch)
+        raise WeightsError(mismatch)
     for name, layer in target.items():
         weights = source[name].get_weights()
         if [w.shape for w in weights] != [tuple(v.shape) for v in layer.weights]:
-            raise ValueError(f"{mismatch} (layer {name})")
+            raise WeightsError(f"{mismatch} (layer {name})")
         layer.set_weights(weights)
     return rebuilt
 
@@ -106,7 +107,7 @@ def prepare_deploy_model(arch, weights=None, input_shape=(None, None, 3)):
         return model, reparameterize(model)
     model = load_weights_file(weights, arch, input_shape)
     if model.arch != arch:
-        raise ValueError(f"{weights}: the weights' architecture does not match the recipe's: "
+        raise WeightsError(f"{weights}: the weights' architecture does not match the recipe's: "
                          f"{model.arch.differences(arch, ('weights', 'recipe'))}")
     return model, (model if is_deploy(model) else reparameterize(model))
 

@@ -82,3 +82,46 @@ def test_atomic_path_names_its_temporary_file_for_cleanup(tmp_path):
     assert not os.path.exists(seen[0])  # cleaned on the way out when the process survives
     assert f".w.weights.h5.lpstmp-{os.getpid()}-" in seen[0] and seen[0].endswith(".weights.h5")
     assert remove_stale_temps(tmp_path) == []
+
+
+# --------------------------------------------------------------------------- DirectoryLock
+_HOLD = """
+import sys, time
+from lps_keras.fileio import DirectoryLock
+DirectoryLock(sys.argv[1], "run directory").acquire()
+print("held", flush=True)
+time.sleep(60)
+"""
+
+
+def _try_lock(directory):
+    import subprocess
+    import sys
+
+    code = "import sys\nfrom lps_keras.fileio import DirectoryLock\nDirectoryLock(sys.argv[1], 'run directory').acquire()"
+    return subprocess.run([sys.executable, "-c", code, str(directory)], capture_output=True, text=True, timeout=60)
+
+
+def test_a_second_process_cannot_take_a_held_directory_and_a_killed_holders_lock_is_taken_over(tmp_path):
+    import signal
+    import subprocess
+    import sys
+
+    from lps_keras.errors import BusyError
+
+    holder = subprocess.Popen([sys.executable, "-c", _HOLD, str(tmp_path)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        r = _try_lock(tmp_path)
+        assert r.returncode != 0 and "BusyError" in r.stderr and f"in use by process {holder.pid}" in r.stderr
+    finally:
+        holder.send_signal(signal.SIGKILL)  # no clean-up runs: the kernel drops the lock
+        holder.wait()
+    assert _try_lock(tmp_path).returncode == 0
+    from lps_keras.fileio import DirectoryLock
+
+    with DirectoryLock(tmp_path) as lock:
+        assert lock.held and (tmp_path / ".lps.lock").read_text().strip() == str(os.getpid())
+        with pytest.raises(BusyError, match="in use by process"):
+            DirectoryLock(tmp_path).acquire()  # a second open file description in one process is refused too
+    assert not lock.held

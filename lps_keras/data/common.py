@@ -8,6 +8,7 @@ because touching every pixel of Cityscapes before training would take minutes.
 
 from __future__ import annotations
 
+from lps_keras.errors import LPSError
 import dataclasses
 import os
 from collections.abc import Callable, Iterable, Sequence
@@ -25,7 +26,7 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 
 
-class DataError(ValueError):
+class DataError(LPSError, ValueError):
     """A dataset on disk is missing, incomplete or malformed; the message names the path."""
 
 

@@ -6,10 +6,11 @@ import os
 import shutil
 from pathlib import Path
 
+from lps_keras.errors import LPSError, UsageError
 from lps_keras.fileio import publish_tree
 
 
-class ExportError(RuntimeError):
+class ExportError(LPSError, RuntimeError):
     """An export step could not be done; the message says which and why."""
 
 
@@ -19,7 +20,7 @@ class BackendUnavailable(ExportError):
 
 def check_choice(name, value, choices):
     if value not in choices:
-        raise ValueError(f"{name} must be one of {', '.join(choices)}, got {value!r}")
+        raise UsageError(f"{name} must be one of {', '.join(choices)}, got {value!r}")
 
 
 def num_classes_of(model) -> int:

@@ -29,6 +29,7 @@ from typing import Optional
 import numpy as np
 
 from lps_keras import fileio
+from lps_keras.errors import UsageError
 from lps_keras.export.common import BackendUnavailable, ExportError, check_choice
 
 LITERT_PRECISIONS = ("fp32", "fp16", "int8")
@@ -215,7 +216,7 @@ def export_edge_artefact(saved_model_dir, out_dir, version: int, fmt: str, preci
     elif fmt == "openvino":
         write_openvino(convert_openvino(saved_model_dir, precision, calibration), target, precision)
     else:
-        raise ValueError(f"edge format must be litert or openvino, got {fmt!r}")
+        raise UsageError(f"edge format must be litert or openvino, got {fmt!r}")
     return target
 
 
@@ -235,7 +236,7 @@ def check_edge_requests(requests) -> list[tuple[str, str]]:
     for fmt, precision in requests:
         choices = {"litert": LITERT_PRECISIONS, "openvino": OPENVINO_PRECISIONS}.get(fmt)
         if choices is None:
-            raise ValueError(f"edge format must be litert or openvino, got {fmt!r}")
+            raise UsageError(f"edge format must be litert or openvino, got {fmt!r}")
         check_choice(f"--{fmt}", precision, choices)
         require_edge(fmt, precision)
     return requests

@@ -20,6 +20,7 @@ import numpy as np
 
 from lps_keras import fileio
 from lps_keras.data.common import IMAGENET_MEAN, IMAGENET_STD, DataError
+from lps_keras.errors import UsageError
 from lps_keras.export.common import ExportError
 from lps_keras.export.precision import resize_bilinear_np
 from lps_keras.recipe import Recipe
@@ -68,7 +69,7 @@ def edge_input_size(recipe: Recipe) -> tuple[int, int]:
 def check_calibration_split(recipe: Recipe, count: int = 100):
     """The training split's files if it holds at least ``count`` images, else :class:`ExportError`."""
     if count < 1:
-        raise ValueError(f"calibration image count must be >= 1, got {count!r}")
+        raise UsageError(f"calibration image count must be >= 1, got {count!r}")
     split = recipe.data.train_split
     try:
         files = _files(recipe, split)

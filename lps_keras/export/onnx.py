@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from lps_keras import fileio
+from lps_keras.errors import UsageError
 from lps_keras.export.common import ExportError
 
 
@@ -35,7 +36,7 @@ def export_onnx(target, path, opset: int = 17, input_shape=(1, None, None, 3), v
     import tensorflow as tf
     import tf2onnx
     if opset < 13:
-        raise ValueError(f"opset must be >= 13 (Resize with align_corners), got {opset!r}")
+        raise UsageError(f"opset must be >= 13 (Resize with align_corners), got {opset!r}")
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fileio.remove_stale_temps(path.parent)

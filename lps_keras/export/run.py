@@ -14,6 +14,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Optional
 
+from lps_keras.errors import UsageError
 from lps_keras.recipe import Recipe
 
 
@@ -66,15 +67,15 @@ def export_recipe(recipe: Recipe, options: ExportOptions = ExportOptions(),
     if target.exists() and not args.overwrite:
         raise FileExistsError(f"{target} already exists; choose another --version or pass --overwrite")
     if args.tftrt and input_size is None:
-        raise ValueError("--tftrt needs a static --input-size (e.g. 1024x2048)")
+        raise UsageError("--tftrt needs a static --input-size (e.g. 1024x2048)")
     if args.tftrt:
         tensorrt.require_tftrt()  # fail before spending minutes on the export
     if args.tensorrt:
         tensorrt.require_tensorrt()
     if args.weights and not Path(args.weights).is_file():
-        raise FileNotFoundError(f"--weights {args.weights!r} does not exist")
+        raise UsageError(f"--weights {args.weights!r} does not exist")
     if args.parity_image and not Path(args.parity_image).is_file():
-        raise FileNotFoundError(f"--parity-image {args.parity_image!r} does not exist")
+        raise UsageError(f"--parity-image {args.parity_image!r} does not exist")
     edge_requests = args.edge_requests()
     if edge_requests:
         from lps_keras.export.edge import artefact_path, check_edge_requests
@@ -83,7 +84,7 @@ def export_recipe(recipe: Recipe, options: ExportOptions = ExportOptions(),
         check_edge_requests(edge_requests)  # unknown precision or missing package: fail before exporting
         edge_input_size(recipe)
         if args.edge_eval_images is not None and args.edge_eval_images < 1:
-            raise ValueError(f"--edge-eval-images must be >= 1, got {args.edge_eval_images!r}")
+            raise UsageError(f"--edge-eval-images must be >= 1, got {args.edge_eval_images!r}")
         if any(p == "int8" for _, p in edge_requests):
             check_calibration_split(recipe, args.calibration_images)
         for fmt, p in edge_requests:
@@ -128,7 +129,7 @@ def export_recipe(recipe: Recipe, options: ExportOptions = ExportOptions(),
         written["onnx"] = report
     if args.tensorrt:
         if input_size is None:
-            raise ValueError("--tensorrt needs a static --input-size (e.g. 1024x2048)")
+            raise UsageError("--tensorrt needs a static --input-size (e.g. 1024x2048)")
         engine = out_dir / f"{version}_{args.tensorrt}.engine"
         written["tensorrt"] = tensorrt.build_tensorrt_engine(onnx_path, engine, args.tensorrt)
         log("TensorRT: " + json.dumps(written["tensorrt"]))

@@ -29,6 +29,7 @@ import numpy as np
 
 from lps_keras import compat, fileio
 from lps_keras.data.common import IMAGENET_MEAN, IMAGENET_STD
+from lps_keras.errors import UsageError
 from lps_keras.export.common import ExportError, check_choice, move_into_place, num_classes_of
 from lps_keras.export.precision import PRECISIONS, reference_outputs
 from lps_keras.export.serving import OUTPUT_KINDS, serving_functions
@@ -79,9 +80,9 @@ def export_savedmodel(
     check_choice("outputs", outputs, OUTPUT_KINDS)
     check_choice("precision", precision, PRECISIONS)
     if isinstance(version, bool) or not isinstance(version, int) or version < 1:
-        raise ValueError(f"version must be an integer >= 1, got {version!r}")
+        raise UsageError(f"version must be an integer >= 1, got {version!r}")
     if num_classes is not None and num_classes != num_classes_of(deploy_model):
-        raise ValueError(f"num_classes={num_classes!r} but the model outputs {num_classes_of(deploy_model)} classes")
+        raise UsageError(f"num_classes={num_classes!r} but the model outputs {num_classes_of(deploy_model)} classes")
     if input_size is not None:
         input_size = tuple(int(v) for v in input_size)
     out_dir = Path(out_dir)

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Optional
 
 from lps_keras.data.common import IMAGENET_MEAN, IMAGENET_STD
+from lps_keras.errors import UsageError
 from lps_keras.export.common import check_choice
 from lps_keras.export.precision import PRECISIONS, bf16_model
 from lps_keras.fileio import atomic_write_text
@@ -118,17 +119,17 @@ def predict_images(model_dir, images, output, palette: str = "auto", alpha: floa
     """
     model_dir = Path(model_dir)
     if not (model_dir / "saved_model.pb").is_file():
-        raise FileNotFoundError(f"--model {str(model_dir)!r} is not a SavedModel directory (no saved_model.pb)")
+        raise UsageError(f"--model {str(model_dir)!r} is not a SavedModel directory (no saved_model.pb)")
     paths = [Path(p) for p in images]
     missing = [str(p) for p in paths if not p.is_file()]
     if missing:
-        raise FileNotFoundError(f"image file(s) not found: {', '.join(map(repr, missing))}")
+        raise UsageError(f"image file(s) not found: {', '.join(map(repr, missing))}")
     if not 0.0 <= alpha <= 1.0:
-        raise ValueError(f"--alpha must be in [0, 1], got {alpha!r}")
+        raise UsageError(f"--alpha must be in [0, 1], got {alpha!r}")
     if palette not in ("auto", "cityscapes", "camvid"):
-        raise ValueError(f"palette must be auto, cityscapes or camvid, got {palette!r}")
+        raise UsageError(f"palette must be auto, cityscapes or camvid, got {palette!r}")
     if not max_megapixels > 0:
-        raise ValueError(f"--max-megapixels must be > 0, got {max_megapixels!r}")
+        raise UsageError(f"--max-megapixels must be > 0, got {max_megapixels!r}")
     from lps_keras.viz import read_rgb
 
     decoded = [read_rgb(p, max_pixels=int(max_megapixels * 1e6)) for p in paths]  # all decodable before anything runs

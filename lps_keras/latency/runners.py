@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Optional, Union
 import numpy as np
 
 from lps_keras.arch import Arch
+from lps_keras.errors import UsageError
 from lps_keras.latency import artifacts as art
 from lps_keras.latency.check import check_backend, check_precision
 from lps_keras.latency.stats import (
@@ -123,7 +124,7 @@ def measure_latency(
             ``load(artefact, input_shape, precision, threads) -> (run, thread_info)``.
     """
     if backend not in BACKENDS:
-        raise ValueError(f"unknown latency backend {backend!r}; known: {', '.join(BACKENDS)}")
+        raise UsageError(f"unknown latency backend {backend!r}; known: {', '.join(BACKENDS)}")
     input_shape = tuple(int(v) for v in input_shape)
     if len(input_shape) != 4 or input_shape[-1] != 3:
         raise ValueError(f"input_shape must be (N, H, W, 3), got {input_shape!r}")

@@ -17,12 +17,14 @@ from typing import Optional
 
 import numpy as np
 
+from lps_keras.errors import LPSError
 
-class LatencyError(RuntimeError):
+
+class LatencyError(LPSError, RuntimeError):
     """A latency backend cannot run here (missing library, GPU, or bad target)."""
 
 
-class LatencyCacheMiss(KeyError):
+class LatencyCacheMiss(LPSError, KeyError):
     """No cached latency and measuring here would not answer the question (foreign device key)."""
 
 

@@ -10,12 +10,13 @@ from collections.abc import Callable, Sequence
 from typing import Optional
 
 from lps_keras.arch import Arch, ArchError, ExpansionOp
+from lps_keras.errors import LPSError
 from lps_keras.search.journal import Candidate
 
 DIMENSIONS = ("depth", "width", "resolution")
 
 
-class SearchError(RuntimeError):
+class SearchError(LPSError, RuntimeError):
     """The search cannot go on (no valid op, bad latency or score value, no eligible candidate)."""
 
 

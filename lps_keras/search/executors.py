@@ -28,11 +28,13 @@ import threading
 from collections.abc import Callable
 from typing import Any, Optional
 
+from lps_keras.errors import LPSError
+
 RETRIES = 1
 RAY_EXTRA = "pip install -r requirements-ray.txt (or pip install 'lps-keras[ray]')"
 
 
-class ExecutorError(RuntimeError):
+class ExecutorError(LPSError, RuntimeError):
     """An executor cannot be set up (Ray missing, cluster unreachable, a resource nobody offers)."""
 
 

@@ -18,13 +18,14 @@ from pathlib import Path
 from typing import Any, Optional, Union
 
 from lps_keras.arch import Arch, ExpansionOp
+from lps_keras.errors import LPSError
 from lps_keras.fileio import atomic_write_text
 
 JOURNAL_FORMAT = "lps_keras.search_journal"
 JOURNAL_VERSION = 2  # 2: one evaluation per (arch, seed); version-1 journals (one per arch) are read as seed 0
 
 
-class JournalError(ValueError):
+class JournalError(LPSError, ValueError):
     """A journal file is unreadable or belongs to a different search; the message names the file."""
 
 

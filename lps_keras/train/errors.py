@@ -1,9 +1,13 @@
-"""Errors raised by training (imported by the CLI to map them to exit codes)."""
+"""Errors raised by training (user-facing: they derive from :class:`lps_keras.errors.LPSError`)."""
+
+from lps_keras.errors import EXIT_NON_FINITE, LPSError
 
 
-class TrainingError(RuntimeError):
+class TrainingError(LPSError, RuntimeError):
     """Training could not run or did not finish; the message says why and what was kept."""
 
 
 class NonFiniteLossError(TrainingError):
-    """The loss became NaN or infinite; the last good checkpoint is left untouched."""
+    """The loss became NaN or infinite; the last good checkpoint is left untouched (exit code 3)."""
+
+    exit_code = EXIT_NON_FINITE
