@@ -47,7 +47,7 @@ def main(argv=None) -> int:
     set_tf_threads(args.threads, None)
     import tensorflow as tf
 
-    from lps_keras.latency.edge import litert_runner, openvino_ir_runner
+    from lps_keras.latency.edge import edge_runner
     from lps_keras.recipe import load_recipe
     from lps_keras.weights import prepare_deploy_model
 
@@ -60,8 +60,7 @@ def main(argv=None) -> int:
         return 2
     runs = {}
     for path in artefacts:
-        runner = litert_runner if path.suffix == ".tflite" else openvino_ir_runner
-        runs[path.stem] = runner(path, None, None, args.threads)[0]
+        runs[path.stem] = edge_runner(path, None, None, args.threads)[1]
     shape = next(iter(runs.values())).input_shape
     _, deploy = prepare_deploy_model(load_recipe(args.recipe).arch(), args.weights)
     x = tf.constant(np.random.default_rng(0).normal(0, 1, shape).astype(np.float32))

@@ -9,6 +9,8 @@ from __future__ import annotations
 import dataclasses
 from typing import Optional
 
+from lps_keras.latency.backends import BACKEND_NAMES
+
 # --------------------------------------------------------------------------- field rules
 #: Class counts of the datasets this project reads (the data modules hold names/colours).
 DATASET_CLASSES = {
@@ -151,8 +153,7 @@ class ProxyConfig:
 @dataclasses.dataclass(frozen=True)
 class SearchConfig:
     steps: int = field(14, ge=0)
-    latency_backend: str = field("tf", choices=("tf", "tftrt", "tensorrt", "onnxruntime", "openvino", "litert",
-                                                 "macs"))
+    latency_backend: str = field("tf", choices=BACKEND_NAMES)  # the latency backend table's names
     latency_input_shape: tuple[int, int, int, int] = (1, 1024, 2048, 3)
     latency_warmup: int = field(5, ge=0)
     latency_iters: int = field(20, gt=0)

@@ -268,7 +268,7 @@ def test_openvino_fp32_matches_onnx_and_sets_the_hint(tmp_path):
 
 
 def test_openvino_bf16_where_the_cpu_supports_it(tmp_path):
-    from lps_keras.latency.check import openvino_bf16_status
+    from lps_keras.latency.backends import openvino_bf16_status
 
     supported, _ = openvino_bf16_status()
     if not supported:
@@ -281,9 +281,9 @@ def test_openvino_bf16_where_the_cpu_supports_it(tmp_path):
 
 def test_backend_check_is_one_line_naming_the_requirements(monkeypatch):
     from lps_keras.export import tftrt_status
-    from lps_keras.latency import check
+    from lps_keras.latency import backends
 
-    monkeypatch.setattr(check, "_passed", set())
+    monkeypatch.setattr(backends, "_passed", set())
     if not tftrt_status()[0]:
         with pytest.raises(lat.LatencyError, match="requirements-tftrt.txt") as info:
             lat.check_backend("tftrt")

@@ -164,25 +164,38 @@ def write_openvino(model, xml_path, precision: str) -> Path:
 
 
 def openvino_predictor(path, threads: Optional[int] = None, precision: Optional[str] = None):
-    """``predict(x) -> logits`` on OpenVINO's CPU plugin at the IR's stored precision (or ``precision``)."""
+    """``predict(x) -> logits`` on OpenVINO's CPU plugin at the IR's stored precision (or ``precision``).
+
+    The one place an OpenVINO model is compiled for this project: the export's accuracy reports,
+    the ``openvino`` latency backend and the edge benchmark all use it. The precision hint is always
+    set explicitly (the CPU plugin defaults to bf16 where the CPU has it) and the performance hint
+    is ``LATENCY`` (batch 1, one stream). ``predict.info`` holds the settings in force.
+    """
     require_edge("openvino", "fp32")
     import openvino as ov
 
     core = ov.Core()
     model = core.read_model(str(path))
     hint = _OV_HINTS[precision] if precision else _stored_hint(model)
-    config = {"INFERENCE_PRECISION_HINT": hint}
+    config = {"INFERENCE_PRECISION_HINT": hint, "PERFORMANCE_HINT": "LATENCY"}
     if threads:
         config["INFERENCE_NUM_THREADS"] = int(threads)
     compiled = core.compile_model(model, "CPU", config)
     request = compiled.create_infer_request()
+    port = compiled.input(0)
+    input_dtype = np.uint8 if port.get_element_type() == ov.Type.u8 else np.float32  # a serving graph takes uint8
 
     def predict(x):
-        return np.array(request.infer([np.asarray(x, np.float32)])[0])
+        return np.array(request.infer([np.asarray(x, input_dtype)])[0])
 
-    predict.input_shape = tuple(int(d) for d in model.inputs[0].get_partial_shape().to_shape())
+    shape = model.inputs[0].get_partial_shape()
+    predict.input_shape = tuple(int(d) for d in shape.to_shape()) if shape.is_static else None
+    predict.input_dtype = input_dtype
     actual = compiled.get_property("INFERENCE_PRECISION_HINT")  # an openvino.Type: "f32" / "bf16"
     predict.hint = actual.get_type_name() if hasattr(actual, "get_type_name") else str(actual)
+    predict.info = {"intra_op": int(compiled.get_property("INFERENCE_NUM_THREADS")),
+                    "streams": int(compiled.get_property("NUM_STREAMS")), "precision_hint": predict.hint,
+                    "cpu_count": os.cpu_count()}
     predict._keepalive = (core, compiled)
     return predict
 

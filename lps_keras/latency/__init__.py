@@ -1,27 +1,36 @@
-"""Latency: honest measurement (:mod:`.runners`), records (:mod:`.stats`), the one cache (:mod:`.cache`),
-converted artefacts (:mod:`.artifacts`) and the start-up backend check (:mod:`.check`)."""
+"""Latency: the backend table (:mod:`.backends`), runners (:mod:`.runners`), timing (:mod:`.measure`:
+``measure_latency``, ``measure_set``, ``latency_fn``), records (:mod:`.stats`), the one cache
+(:mod:`.cache`) and converted artefacts (:mod:`.artifacts`)."""
 
 from lps_keras.latency.artifacts import ArtifactStore
-from lps_keras.latency.cache import LatencyCache, latency_fn
-from lps_keras.latency.check import check_backend
-from lps_keras.latency.runners import (
-    BACKENDS,
-    load_onnxruntime,
-    load_openvino,
-    load_savedmodel,
-    load_tensorrt_engine,
-    measure_latency,
+from lps_keras.latency.backends import (
+    BACKEND_NAMES,
+    Backend,
+    check_backend,
+    describe_backends,
+    get_backend,
+    register_backend,
 )
+from lps_keras.latency.cache import LatencyCache
+from lps_keras.latency.measure import SetMeasurement, latency_fn, measure_latency, measure_set
+from lps_keras.latency.runners import load_onnxruntime, load_openvino, load_savedmodel, load_tensorrt_engine
 from lps_keras.latency.stats import (
     LatencyCacheMiss,
     LatencyError,
     LatencyStats,
+    cpu_flags,
+    cpu_flags_text,
     device_name,
     format_stats,
     library_versions,
     set_tf_threads,
 )
 
-__all__ = ["ArtifactStore", "BACKENDS", "LatencyCache", "LatencyCacheMiss", "LatencyError", "LatencyStats",
-           "check_backend", "device_name", "format_stats", "latency_fn", "library_versions", "load_onnxruntime",
-           "load_openvino", "load_savedmodel", "load_tensorrt_engine", "measure_latency", "set_tf_threads"]
+#: Kept for callers of the old name: the backend names, in table order.
+BACKENDS = BACKEND_NAMES
+
+__all__ = ["ArtifactStore", "BACKENDS", "BACKEND_NAMES", "Backend", "LatencyCache", "LatencyCacheMiss",
+           "LatencyError", "LatencyStats", "SetMeasurement", "check_backend", "cpu_flags", "cpu_flags_text",
+           "describe_backends", "device_name", "format_stats", "get_backend", "latency_fn", "library_versions",
+           "load_onnxruntime", "load_openvino", "load_savedmodel", "load_tensorrt_engine", "measure_latency",
+           "measure_set", "register_backend", "set_tf_threads"]

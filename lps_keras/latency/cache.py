@@ -1,7 +1,8 @@
-"""The one latency cache (:class:`LatencyCache`, a JSON file) and ``latency_fn``, the search's ``arch -> ms``.
+"""The one latency cache (:class:`LatencyCache`, a JSON file): it only caches.
 
 Every cached measurement goes through :meth:`LatencyCache.get_or_measure`, whether it comes from
-:func:`~lps_keras.latency.measure_latency` (``cache=``) or from :func:`latency_fn`.
+:func:`~lps_keras.latency.measure_latency` (``cache=``) or from :func:`~lps_keras.latency.latency_fn`;
+what to do on a miss is the caller's function argument, so this module imports no runner.
 """
 
 from __future__ import annotations
@@ -16,10 +17,7 @@ from typing import Optional, Union
 
 from lps_keras.arch import Arch
 from lps_keras.fileio import atomic_write_text
-from lps_keras.latency.artifacts import ArtifactStore
-from lps_keras.latency.check import check_backend
-from lps_keras.latency.runners import measure_latency
-from lps_keras.latency.stats import LatencyCacheMiss, LatencyStats, device_name, library_versions
+from lps_keras.latency.stats import LatencyStats, device_name, library_versions
 
 
 class LatencyCache:
@@ -125,65 +123,3 @@ class LatencyCache:
         self.entries.update(other.entries)
         self.save()
         return len(other.entries)
-
-
-def latency_fn(
-    backend: str = "tf",
-    input_shape=(1, 1024, 2048, 3),
-    warmup: int = 5,
-    iters: int = 20,
-    precision: str = "fp32",
-    threads: Optional[int] = None,
-    cache: Union[None, str, os.PathLike, LatencyCache] = None,
-    device_key: Optional[str] = None,
-    match_device: bool = True,
-    measure: Optional[Callable] = None,
-    verbose: bool = False,
-    artifacts: Union[None, str, os.PathLike, ArtifactStore] = None,
-    convert: Optional[Callable] = None,
-    load: Optional[Callable] = None,
-) -> Callable[[Arch], float]:
-    """``arch -> latency`` (median ms; GMACs for ``backend="macs"``) through the cache.
-
-    The backend is checked here, once (:func:`~lps_keras.latency.check_backend`): a machine
-    without it gets one :class:`LatencyError` naming what is missing before the search starts.
-    Converted artefacts (ONNX, OpenVINO IR, engines) go to ``artifacts``, by default
-    ``<cache stem>_artifacts/`` beside the cache file, so a resumed search does not rebuild them.
-    With ``device_key`` naming another machine (a table imported from it) a cache miss raises
-    :class:`LatencyCacheMiss`, since measuring here would mix devices. ``measure`` replaces
-    :func:`measure_latency` (tests); ``convert`` / ``load`` are passed to it.
-    """
-    if isinstance(cache, (str, os.PathLike)):
-        cache = LatencyCache(cache, device_key=device_key, match_device=match_device)
-    elif cache is not None and device_key is not None:
-        cache.device_key = device_key
-    input_shape = tuple(input_shape)
-    if artifacts is None and cache is not None:
-        artifacts = ArtifactStore.beside(cache.path)
-    if measure is None and (device_key is None or device_key == device_name(backend)):
-        check_backend(backend, precision, converter=convert is None, runtime=load is None)
-
-    def fn(arch: Arch) -> float:
-        def measure_here() -> LatencyStats:
-            if cache is not None and device_key is not None and device_key != device_name(backend):
-                raise LatencyCacheMiss(
-                    f"{arch} ({arch.hash}) is not in latency table {cache.path} for device {device_key!r}, "
-                    f"{backend}/{precision} {'x'.join(map(str, input_shape))}; measure it on that device")
-            if measure is not None:
-                return measure(arch, backend=backend, input_shape=input_shape, warmup=warmup, iters=iters,
-                               precision=precision, threads=threads)
-            return measure_latency(arch, backend=backend, input_shape=input_shape, warmup=warmup, iters=iters,
-                                   precision=precision, threads=threads, artifacts=artifacts, convert=convert,
-                                   load=load)
-
-        # GMACs are computed, not measured: nothing to cache.
-        use_cache = cache is not None and backend != "macs"
-        stats = cache.get_or_measure(arch, backend, precision, input_shape, measure_here) if use_cache \
-            else measure_here()
-        if verbose and backend != "macs":
-            print(f"latency {arch}: {stats.median_ms:.2f} ms ({backend}, {stats.device})", flush=True)
-        return stats.median_ms
-
-    fn.cache = cache
-    fn.artifacts = artifacts
-    return fn

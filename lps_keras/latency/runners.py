@@ -1,19 +1,19 @@
-"""``measure_latency``: one timed forward pass per backend (tf, onnxruntime, openvino, tftrt, tensorrt, macs).
+"""How each backend loads a network or artefact into a timed call: ``runner(job) -> (run, thread_info)``.
+
+Runners only prepare what is timed; :mod:`lps_keras.latency.measure` times it, the table in
+:mod:`lps_keras.latency.backends` says which runner a backend uses, the cache only caches.
 
 What is timed is the network the official LPS-Net latency script times: batch 1 (or the given N),
-a float32 input of the full image size, logits out at the head's resolution; no
-normalisation, no resize of the logits to the input size, no softmax and no argmax.
-
-Honest timing rules: warm-up runs (which include tracing, graph optimisation, engine building)
-are never timed; every timed iteration ends with the result on the host (``.numpy()``, an
-onnxruntime/OpenVINO output array, or a stream synchronisation for TensorRT); the median is the
-reported figure.
+a float32 input of the full image size, logits out at the head's resolution; no normalisation, no
+resize of the logits to the input size, no softmax and no argmax. Every ``run()`` ends with the
+result on the host (``.numpy()``, a runtime's output array, or a stream synchronisation for
+TensorRT).
 
 For every backend but ``tf`` the deploy network first becomes the backend's artefact
-(:mod:`.artifacts`: ONNX, OpenVINO IR, TF-TRT SavedModel, TensorRT engine), cached per (arch
-hash, backend, precision, input shape). The conversion step of ``tftrt``/``tensorrt`` and the
-step that loads an artefact into a timed call are arguments (``convert=``, ``load=``), so
-their orchestration is tested on machines that cannot run TensorRT.
+(:mod:`.artifacts`: ONNX, OpenVINO IR, TF-TRT SavedModel, TensorRT engine, .tflite), cached per
+(arch hash, backend, precision, input shape). The conversion step of ``tftrt``/``tensorrt`` and the
+step that loads an artefact into a timed call are arguments of :class:`Job` (``convert``,
+``load``), so their orchestration is tested on machines that cannot run TensorRT.
 """
 
 from __future__ import annotations
@@ -23,27 +23,14 @@ import os
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Optional, Union
+from typing import Optional
 
 import numpy as np
 
 from lps_keras.arch import Arch
-from lps_keras.errors import UsageError
 from lps_keras.latency import artifacts as art
-from lps_keras.latency.check import check_backend, check_precision
-from lps_keras.latency.stats import (
-    LatencyError,
-    LatencyStats,
-    device_name,
-    library_versions,
-    set_tf_threads,
-    time_loop,
-)
-
-if TYPE_CHECKING:
-    from lps_keras.latency.cache import LatencyCache
-
-BACKENDS = ("tf", "onnxruntime", "openvino", "litert", "tftrt", "tensorrt", "macs")
+from lps_keras.latency.backends import check_backend
+from lps_keras.latency.stats import LatencyError, set_tf_threads
 
 #: ``load(artefact, input_shape, precision, threads) -> (run, thread_info)``: what the timing loop calls.
 Loader = Callable[[Path, tuple, str, Optional[int]], tuple]
@@ -74,93 +61,16 @@ def _as_keras_model(target, precision="fp32"):
     return model
 
 
-def _arch_of(target) -> Optional[Arch]:
+def arch_of(target) -> Optional[Arch]:
     if isinstance(target, Arch):
         return target
     arch = None if isinstance(target, (str, os.PathLike)) else getattr(target, "arch", None)
     return arch if isinstance(arch, Arch) else None  # models from build_model carry their Arch
 
 
-def measure_latency(
-    target,
-    backend: str = "tf",
-    input_shape=(1, 1024, 2048, 3),
-    warmup: int = 5,
-    iters: int = 20,
-    precision: str = "fp32",
-    threads: Optional[int] = None,
-    cache: Optional[LatencyCache] = None,
-    artifacts: Union[None, str, os.PathLike, art.ArtifactStore] = None,
-    convert: Optional[art.Converter] = None,
-    load: Optional[Loader] = None,
-) -> LatencyStats:
-    """Time one forward pass of ``target`` at ``input_shape`` (NHWC, float32).
-
-    What is timed is the official LPS-Net latency script's network: batch 1, float input,
-    logits out (at the head's resolution); no pre-processing, argmax or softmax.
-
-    Args:
-        target: an :class:`Arch` (its deploy model with random weights: latency does not depend
-            on weights), a Keras model (float32 normalised input -> logits), or a ready artefact:
-            a SavedModel directory (tf, tftrt, openvino), an ``.onnx`` file (onnxruntime, openvino,
-            tensorrt), an OpenVINO ``.xml`` or a TensorRT ``.engine``.
-        backend: ``tf`` (TensorFlow on the current device), ``onnxruntime`` (CPU EP),
-            ``openvino`` (CPU plugin), ``tftrt`` (TF-TRT; TF 2.17 + GPU), ``tensorrt``
-            (TensorRT 10 + GPU), ``macs`` (no timing: GMACs of the Arch, for tests and dry runs).
-        precision: ``fp32``; ``bf16`` (tf, openvino: only where the CPU supports it) or
-            ``fp16`` (tftrt, tensorrt). OpenVINO's hint is always set explicitly: its CPU
-            plugin defaults to bf16 on CPUs that have it.
-        threads: intra-op threads (TF: only if set before TF started; onnxruntime, openvino:
-            per session / compiled model). The values in force are recorded in the stats.
-        cache: a :class:`LatencyCache`; hit -> no measurement, miss -> measured and stored.
-        artifacts: where converted artefacts of an :class:`Arch` are kept (a directory or an
-            :class:`~lps_keras.latency.artifacts.ArtifactStore`); default beside ``cache``, else
-            a temporary directory removed afterwards. Keras models and files always use a
-            temporary one.
-        convert: replaces the ``tftrt`` / ``tensorrt`` conversion step,
-            ``convert(source, out, precision, input_shape)``: ``source`` is the static-shape
-            SavedModel (tftrt) or ONNX file (tensorrt), ``out`` the path to write.
-        load: replaces the step that turns the artefact into the timed call,
-            ``load(artefact, input_shape, precision, threads) -> (run, thread_info)``.
-    """
-    if backend not in BACKENDS:
-        raise UsageError(f"unknown latency backend {backend!r}; known: {', '.join(BACKENDS)}")
-    input_shape = tuple(int(v) for v in input_shape)
-    if len(input_shape) != 4 or input_shape[-1] != 3:
-        raise ValueError(f"input_shape must be (N, H, W, 3), got {input_shape!r}")
-    if iters < 1 or warmup < 0:
-        raise ValueError(f"need iters >= 1 and warmup >= 0, got iters={iters!r}, warmup={warmup!r}")
-    check_precision(backend, precision)
-    arch = target if isinstance(target, Arch) else None
-    if cache is not None and arch is not None:
-        if artifacts is None and backend not in ("tf", "macs"):
-            artifacts = art.ArtifactStore.beside(cache.path)
-        return cache.get_or_measure(arch, backend, precision, input_shape, lambda: measure_latency(
-            target, backend, input_shape, warmup=warmup, iters=iters, precision=precision, threads=threads,
-            artifacts=artifacts, convert=convert, load=load))
-
-    if backend == "macs":
-        arch = _arch_of(target)
-        if arch is None:
-            raise LatencyError("the macs backend needs an Arch or an LPS-Net Keras model")
-        gmacs = input_shape[0] * arch.macs(input_shape[1], input_shape[2]) / 1e9
-        return LatencyStats.from_times([gmacs], backend="macs", precision=precision, input_shape=input_shape,
-                                       device="analytic", versions=library_versions("macs"), threads={},
-                                       warmup=0, arch_hash=arch.hash)
-    if backend != "tftrt" and not isinstance(target, (str, os.PathLike)):
-        check_backend(backend, precision, converter=convert is None, runtime=load is None)
-    with _artifact_store(artifacts, target) as store:
-        job = _Job(target, backend, input_shape, precision, threads, store, convert, load)
-        run, thread_info = _RUNNERS[backend](job)
-        times = time_loop(run, warmup, iters)
-    arch = _arch_of(target)
-    return LatencyStats.from_times(times, backend=backend, precision=precision, input_shape=input_shape,
-                                   device=device_name(backend), versions=library_versions(backend),
-                                   threads=thread_info, warmup=warmup, arch_hash=arch.hash if arch else None)
-
-
 @contextlib.contextmanager
-def _artifact_store(artifacts, target):
+def artifact_store(artifacts, target):
+    """The store an Arch's artefacts go to (``artifacts``), or a temporary one removed afterwards."""
     if artifacts is not None and isinstance(target, Arch):
         yield artifacts if isinstance(artifacts, art.ArtifactStore) else art.ArtifactStore(artifacts)
         return
@@ -168,14 +78,14 @@ def _artifact_store(artifacts, target):
         yield art.ArtifactStore(tmp)
 
 
-class _Job:
+class Job:
     """One measurement: the target, its settings, and its artefacts (built on first use)."""
 
     def __init__(self, target, backend, input_shape, precision, threads, store, convert, load):
         self.target, self.backend, self.input_shape = target, backend, input_shape
         self.precision, self.threads, self.store = precision, threads, store
         self.convert, self.load = convert, load
-        arch = _arch_of(target)
+        arch = arch_of(target)
         self.is_path = isinstance(target, (str, os.PathLike))
         self.ident = arch.hash if arch is not None else "target"
         self.label = (f"{arch} ({arch.hash})" if arch is not None
@@ -251,28 +161,46 @@ def load_onnxruntime(path, input_shape, precision="fp32", threads=None):
 
 
 def load_openvino(path, input_shape, precision="fp32", threads=None):
-    """Compile for the CPU with the precision hint set explicitly (the plugin defaults to bf16 where it can)."""
-    import openvino as ov
+    """An OpenVINO IR compiled for the CPU by :func:`lps_keras.export.edge.openvino_predictor` (the one
+    OpenVINO path), with ``precision``'s hint (``None``: the IR's stored precision)."""
+    from lps_keras.export.edge import openvino_predictor
 
-    # int8: the quantised ops run in int8 whatever the hint; the rest in f32.
-    hint = {"fp32": "f32", "bf16": "bf16", "int8": "f32"}[precision]
-    config = {"INFERENCE_PRECISION_HINT": hint, "PERFORMANCE_HINT": "LATENCY"}
-    if threads:
-        config["INFERENCE_NUM_THREADS"] = int(threads)
-    compiled = ov.Core().compile_model(str(path), "CPU", config)
-    request = compiled.create_infer_request()
-    port = compiled.input(0)
-    x = _random_input(np.uint8 if port.get_element_type() == ov.Type.u8 else np.float32, input_shape)
-    thread_info = {"intra_op": int(compiled.get_property("INFERENCE_NUM_THREADS")),
-                   "streams": int(compiled.get_property("NUM_STREAMS")),
-                   "precision_hint": compiled.get_property("INFERENCE_PRECISION_HINT").to_string(),
-                   "cpu_count": os.cpu_count()}
+    predict = openvino_predictor(path, threads, precision)
+    x = _random_input(predict.input_dtype, input_shape if input_shape is not None else predict.input_shape)
 
     def run():
-        return request.infer({0: x})  # outputs copied into numpy arrays
+        return predict(x)  # the output is copied into a numpy array
 
-    run._keepalive = compiled
-    return run, thread_info
+    run._keepalive = predict
+    return run, dict(predict.info)
+
+
+def load_litert(path, input_shape, precision=None, threads=None):
+    """A ``.tflite`` file in ai-edge-litert's Interpreter (XNNPACK); it runs at its stored precision.
+
+    The file has a static input size (the one it was converted at); another ``input_shape`` is an
+    error, not a silent resize.
+    """
+    from lps_keras.export.edge import litert_predictor
+
+    path = Path(path)
+    if path.suffix != ".tflite" or not path.is_file():
+        raise LatencyError(f"the litert backend times a .tflite file (export.py --litert), got {str(path)!r}")
+    predict = litert_predictor(path, threads)
+    check_static_shape(path, predict.input_shape, input_shape)
+    x = np.random.default_rng(0).normal(0, 1, predict.input_shape).astype(np.float32)
+
+    def run():
+        return predict(x)  # the predictor copies the output to a numpy array
+
+    run._keepalive = predict
+    return run, {"intra_op": threads, "inter_op": None, "cpu_count": os.cpu_count()}
+
+
+def check_static_shape(path, stored_shape, input_shape) -> None:
+    if input_shape is not None and tuple(input_shape) != tuple(stored_shape):
+        raise LatencyError(f"{path} was exported for input {list(stored_shape)}, asked to time "
+                           f"{list(input_shape)}; export it at that size (export.py --input-size)")
 
 
 def load_tensorrt_engine(path, input_shape, precision="fp32", threads=None):
@@ -307,7 +235,7 @@ def load_tensorrt_engine(path, input_shape, precision="fp32", threads=None):
 
 
 # --------------------------------------------------------------------------- runners
-def _tf_runner(job: _Job):
+def tf_runner(job: Job):
     if job.is_path:
         if job.precision != "fp32":
             raise LatencyError("an exported SavedModel runs at the precision it was exported with; "
@@ -329,11 +257,11 @@ def _tf_runner(job: _Job):
     return run, thread_info
 
 
-def _ort_runner(job: _Job):
+def onnxruntime_runner(job: Job):
     return job.loader(load_onnxruntime)(job.onnx(), job.input_shape, "fp32", job.threads)
 
 
-def _openvino_runner(job: _Job):
+def openvino_runner(job: Job):
     # One fp32 IR serves fp32 and bf16 (the precision is a compile hint); int8 is its own graph.
     ir_precision = "int8" if job.precision == "int8" else "fp32"
     if job.is_path and (str(job.target).endswith(".xml")):
@@ -345,7 +273,7 @@ def _openvino_runner(job: _Job):
     return job.loader(load_openvino)(ir, job.input_shape, job.precision, job.threads)
 
 
-def _tftrt_runner(job: _Job):
+def tftrt_runner(job: Job):
     """TF-TRT: static-shape SavedModel -> ``convert`` (TrtGraphConverterV2) -> the converted SavedModel, timed."""
     if job.is_path:  # an already converted SavedModel: needs TF-TRT to run its TRTEngineOps
         if job.load is None:
@@ -359,7 +287,7 @@ def _tftrt_runner(job: _Job):
     return job.loader(load_savedmodel)(converted, job.input_shape, job.precision, job.threads)
 
 
-def _tensorrt_runner(job: _Job):
+def tensorrt_runner(job: Job):
     """TensorRT 10: ONNX -> ``convert`` (engine builder) -> engine, timed with ``execute_async_v3``."""
     check_backend("tensorrt", job.precision, converter=job.convert is None, runtime=job.load is None)
     if job.is_path and str(job.target).endswith((".engine", ".plan")):
@@ -375,16 +303,14 @@ def _tensorrt_runner(job: _Job):
     return job.loader(load_tensorrt_engine)(engine, job.input_shape, job.precision, job.threads)
 
 
-def _litert_runner(job: _Job):
+def litert_runner(job: Job):
     """LiteRT (XNNPACK): a ``.tflite`` file, or an Arch's static SavedModel converted at ``precision``.
 
     int8 is full-integer quantisation calibrated on random images: the graph, hence the time, is
     the one a real calibration gives (the scales differ, the work does not).
     """
-    from lps_keras.latency.edge import litert_runner
-
     if job.is_path:
-        return litert_runner(job.target, job.input_shape, job.precision, job.threads)
+        return job.loader(load_litert)(job.target, job.input_shape, job.precision, job.threads)
 
     source = job.savedmodel()
 
@@ -397,8 +323,4 @@ def _litert_runner(job: _Job):
         out.write_bytes(convert_litert(source, job.precision, calibration))
 
     tflite = job.artifact("litert", build, job.precision)
-    return litert_runner(tflite, job.input_shape, job.precision, job.threads)
-
-
-_RUNNERS = {"tf": _tf_runner, "onnxruntime": _ort_runner, "openvino": _openvino_runner, "litert": _litert_runner,
-            "tftrt": _tftrt_runner, "tensorrt": _tensorrt_runner}
+    return job.loader(load_litert)(tflite, job.input_shape, job.precision, job.threads)

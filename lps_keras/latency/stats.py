@@ -88,25 +88,14 @@ def set_tf_threads(intra_op: Optional[int], inter_op: Optional[int] = None) -> d
 
 
 def device_name(backend: str = "tf") -> str:
-    """GPU model name for GPU backends / TF with a GPU, else the CPU model and core count."""
-    if backend in ("tf", "tftrt"):
-        try:
-            import tensorflow as tf
+    """The device a backend times on: the GPU's model name for GPU backends (and TF with a GPU), else the CPU's."""
+    from lps_keras.latency.backends import get_backend
 
-            gpus = tf.config.list_physical_devices("GPU")
-            if gpus:
-                details = tf.config.experimental.get_device_details(gpus[0])
-                return f"GPU:{details.get('device_name', gpus[0].name)}"
-        except Exception:  # device query is best effort
-            pass
-    if backend == "tensorrt":
-        try:
-            from cuda import cudart
+    return get_backend(backend).device()
 
-            _, props = cudart.cudaGetDeviceProperties(0)
-            return f"GPU:{props.name.decode()}"
-        except Exception:
-            return "GPU:unknown"
+
+def cpu_device() -> str:
+    """``CPU:<model name> x<cores>``."""
     return f"CPU:{_cpu_model()} x{os.cpu_count()}"
 
 
@@ -120,40 +109,45 @@ def _cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
+#: The instruction-set extensions that decide which precisions are fast on a CPU.
+_CPU_FLAGS = ("avx2", "fma", "avx512f", "avx512_bf16", "avx512_vnni", "amx_bf16", "amx_int8", "amx_tile")
+
+
+def cpu_flags() -> dict:
+    """Which of AVX2, FMA, AVX-512, AVX512-BF16, VNNI and AMX this CPU has (from /proc/cpuinfo)."""
+    flags: set = set()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("flags"):
+                flags = set(line.split(":", 1)[1].split())
+                break
+    except OSError:
+        pass
+    return {f: f in flags for f in _CPU_FLAGS}
+
+
+def cpu_flags_text() -> str:
+    """``CPU: AMD EPYC x2; avx2 fma (no avx512f avx512_bf16 ...)``: printed beside every benchmark table."""
+    have = [f for f, v in cpu_flags().items() if v]
+    lacks = [f for f, v in cpu_flags().items() if not v]
+    return f"{cpu_device()}; has {' '.join(have) or 'none of them'}" + (f" (no {' '.join(lacks)})" if lacks else "")
+
+
+def package_versions(package: str, key: Optional[str] = None) -> dict:
+    """``{key or package: version}`` of an installed distribution, ``{}`` if it is not installed."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return {key or package: version(package)}
+    except PackageNotFoundError:
+        return {}
+
+
 def library_versions(backend: str) -> dict:
-    versions = {}
-    if backend in ("tf", "tftrt"):
-        import tensorflow as tf
+    """The library versions a measurement with ``backend`` depends on (part of the cache key)."""
+    from lps_keras.latency.backends import get_backend
 
-        versions["tensorflow"] = tf.__version__
-    if backend == "onnxruntime":
-        import onnxruntime
-
-        versions["onnxruntime"] = onnxruntime.__version__
-    if backend == "openvino":
-        import openvino
-
-        versions["openvino"] = openvino.__version__
-    if backend == "litert":
-        from importlib.metadata import PackageNotFoundError, version
-
-        try:
-            versions["ai_edge_litert"] = version("ai-edge-litert")
-        except PackageNotFoundError:
-            pass
-        import tensorflow as tf
-
-        versions["tensorflow"] = tf.__version__  # the converter
-    if backend == "tensorrt":
-        try:
-            import tensorrt
-
-            versions["tensorrt"] = tensorrt.__version__
-        except ImportError:
-            pass
-    if backend == "macs":
-        versions["macs"] = "1"
-    return versions
+    return get_backend(backend).versions()
 
 
 def format_stats(stats: LatencyStats) -> str:

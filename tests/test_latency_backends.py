@@ -1,0 +1,76 @@
+"""The latency backend table: every entry complete, names shared with the recipe and CLI, one-entry extension."""
+
+import dataclasses
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from lps_keras import latency as lat
+from lps_keras.latency import backends
+from lps_keras.recipe_sections import SearchConfig
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.mark.parametrize("name", backends.BACKEND_NAMES)
+def test_every_entry_is_complete(name):
+    entry = backends.get_backend(name)
+    assert entry.name == name and entry.precisions and entry.summary
+    assert entry.precisions[0] == "fp32"  # every backend times fp32; the default precision
+    assert callable(entry.device) and callable(entry.versions)
+    assert entry.timed == (entry.runner is not None)
+    assert entry.requirements.startswith("requirements") and entry.requirements.endswith(".txt")
+    assert (REPO / entry.requirements).is_file()
+    if entry.artifact is not None:
+        assert entry.artifact in lat.artifacts.ARTIFACT_NAMES
+
+
+def test_the_recipe_and_the_cli_offer_the_tables_names():
+    rule = next(f for f in dataclasses.fields(SearchConfig) if f.name == "latency_backend").metadata
+    assert tuple(rule["choices"]) == backends.BACKEND_NAMES
+    help_text = subprocess.run([sys.executable, str(REPO / "expand.py"), "--help"], capture_output=True, text=True,
+                               cwd=REPO, timeout=120).stdout
+    assert "{" + ",".join(backends.BACKEND_NAMES) + "}" in help_text.replace("\n", "").replace(" ", "")
+
+
+def test_an_unknown_backend_is_refused_naming_the_known_ones():
+    with pytest.raises(lat.LatencyError, match=r"unknown latency backend 'nope'; known: tf, onnxruntime"):
+        backends.get_backend("nope")
+    with pytest.raises(ValueError):  # a bad value, as before the table
+        lat.measure_latency(None, backend="nope")
+    with pytest.raises(lat.LatencyError, match="fp16"):
+        backends.check_backend("onnxruntime", "fp16")
+
+
+def test_a_missing_package_names_the_requirements_file(monkeypatch):
+    monkeypatch.setattr(backends, "_passed", set())
+    monkeypatch.setitem(sys.modules, "onnxruntime", None)  # as if not installed
+    with pytest.raises(lat.LatencyError, match=r"'onnxruntime' needs the onnxruntime package.*requirements\.txt"):
+        backends.check_backend("onnxruntime")
+
+
+def test_adding_a_backend_is_one_entry(monkeypatch, tmp_path):
+    """A new runtime registered once is timed by measure_latency and measure_set like the built-in ones."""
+    calls = []
+
+    def runner(job):
+        calls.append(job.backend)
+        return (lambda: None), {"intra_op": 1}
+
+    entry = backends.Backend("fake", ("fp32",), "a stand-in runtime", device=lambda: "CPU:fake", versions=lambda: {
+        "fake": "1.0"}, runner=runner)
+    monkeypatch.setitem(backends._TABLE, "fake", entry)
+    from lps_keras.presets import get_preset
+
+    stats = lat.measure_latency(get_preset("lps_tiny"), backend="fake", input_shape=(1, 32, 64, 3), warmup=0, iters=3)
+    assert stats.backend == "fake" and stats.device == "CPU:fake" and stats.versions == {"fake": "1.0"}
+    assert stats.iterations == 3 and calls == ["fake"]
+    with pytest.raises(ValueError, match="incomplete"):
+        backends.register_backend(dataclasses.replace(entry, name="broken", runner=None))
+
+
+def test_describe_backends_lists_every_entry():
+    text = backends.describe_backends()
+    assert [line.split()[0] for line in text.splitlines()] == list(backends.BACKEND_NAMES)
