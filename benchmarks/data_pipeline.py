@@ -38,6 +38,7 @@ def main(argv=None) -> int:
     from lps_keras.data import build_dataset
     from lps_keras.data.cityscapes import train_ids_to_label_ids
     from lps_keras.data.synthetic import draw_scene
+    from lps_keras.latency.stats import cpu_flags, cpu_flags_text
     from lps_keras.recipe import recipe_from_dict
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -75,8 +76,10 @@ def main(argv=None) -> int:
         "batch": args.batch,
         "timed_images": args.batches * args.batch,
         "cpu_count": os.cpu_count(),
+        "cpu_flags": cpu_flags(),
         "tensorflow": tf.__version__,
     }
+    print(cpu_flags_text())
     print(f"data pipeline: {ips:.1f} images/s ({h}x{w} PNG decode + scale/crop {args.crop}/flip/jitter, "
           f"batch {args.batch}, {os.cpu_count()} CPUs)")
     out = Path(args.output)

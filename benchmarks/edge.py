@@ -48,6 +48,7 @@ def main(argv=None) -> int:
     import tensorflow as tf
 
     from lps_keras.latency.edge import edge_runner
+    from lps_keras.latency.stats import cpu_flags, cpu_flags_text
     from lps_keras.recipe import load_recipe
     from lps_keras.weights import prepare_deploy_model
 
@@ -92,6 +93,7 @@ def main(argv=None) -> int:
                 row.update({k: acc.get(k) for k in ("label_agreement", "miou_change_points", "miou", "miou_reference")})
         rows.append(row)
     print()
+    print(cpu_flags_text())
     print(f"input {list(shape)}, {args.threads} threads, {args.rounds} rounds x {args.per_round} runs, interleaved")
     print(f"{'format':22} {'ms':>8} {'vs tf':>6} {'MB':>6} {'agree':>8} {'dmIoU':>7}")
     for r in rows:
@@ -104,7 +106,8 @@ def main(argv=None) -> int:
     from lps_keras.fileio import atomic_write_text
 
     atomic_write_text(out, json.dumps({"input_shape": list(shape), "threads": args.threads, "rounds": args.rounds,
-                                       "per_round": args.per_round, "rows": rows}, indent=2) + "\n")
+                                       "per_round": args.per_round, "cpu_flags": cpu_flags(), "rows": rows},
+                                      indent=2) + "\n")
     print(f"wrote {out}")
     return 0
 

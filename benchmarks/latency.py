@@ -64,7 +64,7 @@ def main(argv=None) -> int:
         print(f"benchmarks/latency.py: error: {e}", file=sys.stderr)
         return 2
     threads = set_tf_threads(args.threads, args.inter_op)  # before any TF op runs, so it applies
-    from lps_keras.latency import device_name, library_versions, measure_latency
+    from lps_keras.latency import cpu_flags, cpu_flags_text, device_name, library_versions, measure_latency
     from lps_keras.presets import get_preset
 
     shape = (args.batch, h, w, 3)
@@ -106,8 +106,10 @@ def main(argv=None) -> int:
         except ImportError:
             pass
     result = {"input_shape": list(shape), "iters": args.iters, "warmup": args.warmup, "runs": args.runs,
-              "device": device_name("tf"), "threads": threads, "versions": versions, "rows": rows}
+              "device": device_name("tf"), "cpu_flags": cpu_flags(), "threads": threads, "versions": versions,
+              "rows": rows}
     print()
+    print(cpu_flags_text())
     print(format_table(result))
     out = Path(args.output)
     out.parent.mkdir(parents=True, exist_ok=True)

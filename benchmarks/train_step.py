@@ -44,6 +44,7 @@ def main(argv=None) -> int:
 
     from lps_keras.export import parse_size
     from lps_keras.fileio import atomic_write_json
+    from lps_keras.latency.stats import cpu_flags, cpu_flags_text
     from lps_keras.losses import SegmentationCrossEntropy
     from lps_keras.model import build_model
     from lps_keras.presets import get_preset
@@ -82,8 +83,9 @@ def main(argv=None) -> int:
         "dtype_policy": policy, "jit_compile": str(jit), "steps": args.steps,
         "train_step_seconds": train_s, "train_images_per_second": args.batch / train_s,
         "forward_seconds": fwd_s, "forward_images_per_second": args.batch / fwd_s,
-        "environment": environment_info(policy=policy),
+        "environment": environment_info(policy=policy), "cpu_flags": cpu_flags(),
     }
+    print(cpu_flags_text())
     print(f"train: {result['train_images_per_second']:.2f} images/s ({1000 * train_s:.0f} ms/step); "
           f"forward: {result['forward_images_per_second']:.2f} images/s ({1000 * fwd_s:.0f} ms/batch)")
     if args.output:

@@ -2,6 +2,7 @@
 cached artefacts, the start-up backend check, macs pseudo-backend, cache hit/miss, corrupt cache, foreign tables."""
 
 import json
+import os
 import shutil
 import sys
 import warnings
@@ -368,3 +369,13 @@ def test_openvino_int8_builds_a_quantised_ir(tmp_path):
     assert xml.count('type="FakeQuantize"') >= 5
     lat.measure_latency(TINY, "openvino", SHAPE, warmup=1, iters=1, artifacts=store)
     assert 'type="FakeQuantize"' not in (store / f"{TINY.hash}-openvino-fp32-1x64x128x3" / "model.xml").read_text()
+
+
+def test_cpu_flags_follow_proc_cpuinfo():
+    text = open("/proc/cpuinfo").read() if os.path.exists("/proc/cpuinfo") else ""
+    flags = lat.cpu_flags()
+    assert set(flags) >= {"avx2", "avx512f", "avx512_bf16", "amx_bf16"}
+    for name, present in flags.items():
+        assert present == (f" {name} " in text.replace("\n", " ") or f" {name}\n" in text)
+    line = lat.cpu_flags_text()
+    assert line.startswith("CPU:") and ("avx2" in line)

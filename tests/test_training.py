@@ -513,7 +513,11 @@ def test_setup_errors_are_clear(tmp_path, monkeypatch):
     with pytest.raises(TrainingError, match="TF_CONFIG"):
         make_strategy("multi_worker")
     assert resolve_mixed_precision("none") == "float32"
-    assert resolve_mixed_precision("auto") in ("mixed_float16", "mixed_bfloat16")
+    assert resolve_mixed_precision("auto") in ("mixed_float16", "mixed_bfloat16", "float32")
+    # auto never picks emulated bf16: an AVX2-only CPU trains in float32
+    assert resolve_mixed_precision("auto", gpu=False, bf16=False) == "float32"
+    assert resolve_mixed_precision("auto", gpu=False, bf16=True) == "mixed_bfloat16"
+    assert resolve_mixed_precision("auto", gpu=True, bf16=False) == "mixed_float16"
     model = build_model(load_recipe(REPO / "recipes" / "demo.json").arch())
     with pytest.raises(WeightsError, match="missing.keras"):
         init_weights(model, tmp_path / "missing.keras")
