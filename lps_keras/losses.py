@@ -1,4 +1,4 @@
-"""Segmentation losses: pixel-averaged softmax cross-entropy and its OHEM variant.
+"""Segmentation losses: pixel-averaged softmax cross-entropy and its OHEM variant, optionally class-weighted.
 
 Both take logits ``[B, h, w, C]`` and integer labels ``[B, H, W]`` (or ``[B, H, W, 1]``) with
 ``ignore_index`` for unlabelled pixels. Logits smaller than the labels are bilinearly upsampled
@@ -12,6 +12,9 @@ divided by one) and still applies Keras' ``1 / num_replicas`` scaling under ``tf
 which a 0-d value would skip (gradients would be summed over replicas unscaled). Under a
 distribution strategy each replica averages its own valid pixels, the usual data-parallel
 approximation (PyTorch DDP does the same).
+
+With ``class_weights`` (one per class; :mod:`lps_keras.class_balance`) the value is
+``sum_i w(y_i) nll_i / sum_i w(y_i)`` over the kept pixels, PyTorch's ``CrossEntropyLoss(weight=...)``.
 
 Computation is in float32 whatever the logits' dtype (mixed precision). Label values outside
 ``[0, C)`` are treated like ``ignore_index``; the data pipeline rejects such labels earlier.
@@ -30,10 +33,17 @@ __all__ = ["SegmentationCrossEntropy", "OHEMCrossEntropy", "build_loss"]
 class _PixelLoss(keras.losses.Loss):
     """Shared input handling: float32 logits at label size, int labels, valid-pixel mask."""
 
-    def __init__(self, ignore_index=255, upsample=True, name=None, reduction="sum_over_batch_size", dtype=None):
+    def __init__(self, ignore_index=255, upsample=True, class_weights=None, name=None,
+                 reduction="sum_over_batch_size", dtype=None):
         super().__init__(name=name, reduction=reduction, dtype=dtype or "float32")
         self.ignore_index = int(ignore_index)
         self.upsample = bool(upsample)
+        if class_weights is not None:
+            class_weights = [float(w) for w in class_weights]
+            if not class_weights or not all(w > 0 and w < float("inf") for w in class_weights):
+                raise ValueError(f"{type(self).__name__}: class_weights must be positive and finite, "
+                                 f"got {class_weights!r}")
+        self.class_weights = class_weights
 
     def _prepare(self, y_true, y_pred):
         logits = ops.cast(y_pred, "float32")
@@ -63,11 +73,19 @@ class _PixelLoss(keras.losses.Loss):
         safe_labels = ops.where(valid, labels, 0)
         log_probs = ops.log_softmax(logits, axis=-1)
         true_log_prob = ops.squeeze(ops.take_along_axis(log_probs, safe_labels[..., None], axis=-1), axis=-1)
-        return -true_log_prob, valid
+        weights = None
+        if self.class_weights is not None:
+            if len(self.class_weights) != num_classes:
+                raise ValueError(f"{type(self).__name__}: {len(self.class_weights)} class weights for "
+                                 f"{num_classes} classes")
+            weights = ops.take(ops.convert_to_tensor(self.class_weights, "float32"), safe_labels)
+        return -true_log_prob, valid, weights
 
     @staticmethod
-    def _masked_mean(nll, keep):
+    def _masked_mean(nll, keep, weights=None):
         w = ops.cast(keep, "float32")
+        if weights is not None:
+            w = w * weights  # sum w(y) nll / sum w(y) over the kept pixels: PyTorch's weighted mean
         # divide_no_nan: a batch with no valid pixel contributes 0, not NaN.
         return ops.reshape(ops.divide_no_nan(ops.sum(nll * w), ops.sum(w)), (1,))
 
@@ -83,7 +101,8 @@ class _PixelLoss(keras.losses.Loss):
 
     def get_config(self):
         config = super().get_config()
-        config.update({"ignore_index": self.ignore_index, "upsample": self.upsample})
+        config.update({"ignore_index": self.ignore_index, "upsample": self.upsample,
+                       "class_weights": self.class_weights})
         return config
 
 
@@ -91,12 +110,14 @@ class _PixelLoss(keras.losses.Loss):
 class SegmentationCrossEntropy(_PixelLoss):
     """Softmax cross-entropy averaged over the non-ignored pixels of the batch (0 if none)."""
 
-    def __init__(self, ignore_index=255, upsample=True, name="segmentation_cross_entropy", **kwargs):
-        super().__init__(ignore_index=ignore_index, upsample=upsample, name=name, **kwargs)
+    def __init__(self, ignore_index=255, upsample=True, class_weights=None, name="segmentation_cross_entropy",
+                 **kwargs):
+        super().__init__(ignore_index=ignore_index, upsample=upsample, class_weights=class_weights, name=name,
+                         **kwargs)
 
     def _compute(self, y_true, y_pred):
-        nll, valid = self._prepare(y_true, y_pred)
-        return self._masked_mean(nll, valid)
+        nll, valid, weights = self._prepare(y_true, y_pred)
+        return self._masked_mean(nll, valid, weights)
 
 
 @keras.saving.register_keras_serializable(package="lps_keras")
@@ -112,9 +133,11 @@ class OHEMCrossEntropy(_PixelLoss):
     """
 
     def __init__(
-        self, ignore_index=255, threshold=0.7, min_kept=100000, upsample=True, name="ohem_cross_entropy", **kwargs
+        self, ignore_index=255, threshold=0.7, min_kept=100000, upsample=True, class_weights=None,
+        name="ohem_cross_entropy", **kwargs
     ):
-        super().__init__(ignore_index=ignore_index, upsample=upsample, name=name, **kwargs)
+        super().__init__(ignore_index=ignore_index, upsample=upsample, class_weights=class_weights, name=name,
+                         **kwargs)
         if not 0.0 < float(threshold) <= 1.0:
             raise ValueError(f"OHEMCrossEntropy: threshold must be in (0, 1], got {threshold!r}")
         if int(min_kept) < 0:
@@ -123,8 +146,8 @@ class OHEMCrossEntropy(_PixelLoss):
         self.min_kept = int(min_kept)
 
     def _compute(self, y_true, y_pred):
-        nll, valid = self._prepare(y_true, y_pred)
-        prob = ops.stop_gradient(ops.exp(-nll))
+        nll, valid, weights = self._prepare(y_true, y_pred)
+        prob = ops.stop_gradient(ops.exp(-nll))  # hard pixels are chosen unweighted, then weighted
         kept = ops.logical_and(valid, prob < self.threshold)
         if self.min_kept > 0:
             # Invalid pixels get probability 2 (> any real one) so they never rank among the hardest.
@@ -137,7 +160,7 @@ class OHEMCrossEntropy(_PixelLoss):
             hardest = ops.top_k(-flat, k, sorted=False)[0]
             kth_smallest = -ops.min(hardest)
             kept = ops.logical_or(kept, ops.logical_and(valid, prob <= kth_smallest))
-        return self._masked_mean(nll, kept)
+        return self._masked_mean(nll, kept, weights)
 
     def get_config(self):
         config = super().get_config()
@@ -145,11 +168,14 @@ class OHEMCrossEntropy(_PixelLoss):
         return config
 
 
-def build_loss(train_config) -> keras.losses.Loss:
-    """The loss named by a recipe's ``train`` section (``loss``: ``"ce"`` or ``"ohem"``)."""
+def build_loss(train_config, class_weights=None) -> keras.losses.Loss:
+    """The loss named by a recipe's ``train`` section (``loss``: ``"ce"`` or ``"ohem"``), with per-class
+    weights (:func:`lps_keras.class_balance.class_weights`) if given."""
     name = getattr(train_config, "loss", None)
+    weights = None if class_weights is None else [float(w) for w in class_weights]
     if name == "ce":
-        return SegmentationCrossEntropy()
+        return SegmentationCrossEntropy(class_weights=weights)
     if name == "ohem":
-        return OHEMCrossEntropy(threshold=train_config.ohem_threshold, min_kept=train_config.ohem_min_kept)
+        return OHEMCrossEntropy(threshold=train_config.ohem_threshold, min_kept=train_config.ohem_min_kept,
+                                class_weights=weights)
     raise ValueError(f"train.loss: unknown loss {name!r}; expected 'ce' or 'ohem'")

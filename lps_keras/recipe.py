@@ -287,6 +287,18 @@ def _check(recipe: Recipe) -> None:
     if proxy.warm_iterations is not None and proxy.init != "parent":
         raise RecipeError(f"search.proxy.warm_iterations: {proxy.warm_iterations} is only used with "
                           f"search.proxy.init=parent (init is {proxy.init!r})")
+    t = recipe.train
+    if t.class_balance == "explicit" and t.class_weights is None:
+        raise RecipeError("train.class_weights: class_balance 'explicit' needs one weight per class")
+    if t.class_weights is not None:
+        if t.class_balance != "explicit":
+            raise RecipeError(f"train.class_weights: given, but train.class_balance is {t.class_balance!r}; set it "
+                              "to 'explicit' to use them")
+        n = recipe.model.num_classes or DATASET_CLASSES.get(recipe.data.dataset)
+        if n is not None and len(t.class_weights) != n:
+            raise RecipeError(f"train.class_weights: {len(t.class_weights)} weights for {n} classes")
+    if any(not part for part in recipe.data.train_split.split("+")):
+        raise RecipeError(f"data.train_split: {recipe.data.train_split!r} has an empty split name ('a+b' joins two)")
     if (recipe.model.preset is None) == (recipe.model.arch is None):
         raise RecipeError("model: give exactly one of model.preset and model.arch")
 

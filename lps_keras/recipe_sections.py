@@ -71,7 +71,7 @@ class DataConfig:
     dataset: str = field("cityscapes", choices=tuple(DATASET_CLASSES))
     root: str = "data/cityscapes"  # dataset as downloaded (directory layout or TFDS manual dir)
     source: str = field("directory", choices=("directory", "tfds"))
-    train_split: str = "train"
+    train_split: str = "train"  # "train+val" trains on both (the paper's CamVid protocol)
     val_split: str = "val"
     augment: AugmentConfig = AugmentConfig()
     synthetic: SyntheticConfig = SyntheticConfig()
@@ -96,6 +96,11 @@ class TrainConfig:
     loss: str = field("ce", choices=("ce", "ohem"))
     ohem_threshold: float = field(0.7, gt=0, lt=1)
     ohem_min_kept: int = field(100000, ge=0)
+    # Class balance in the loss (lps_keras.class_balance): weights from the training labels' frequencies
+    # (SegNet's median frequency, ENet's 1/ln(c + p)) or explicit; combines with OHEM.
+    class_balance: str = field("none", choices=("none", "median_frequency", "enet", "explicit"))
+    class_weights: Optional[tuple[float, ...]] = field(None, gt=0)  # one per class, with class_balance=explicit
+    enet_c: float = field(1.02, gt=1)
     mixed_precision: str = field("none", choices=("none", "auto", "mixed_float16", "mixed_bfloat16"))
     distribute: str = field("none", choices=("none", "mirrored", "multi_worker"))
     val_interval: int = field(5000, gt=0)

@@ -108,6 +108,49 @@ def overlay(image_uint8, label_map, palette, alpha: float = 0.5, ignore_index: i
     return np.clip(np.rint(out), 0, 255).astype(np.uint8)
 
 
+def with_legend(image_uint8, label_map, palette, class_names, ignore_index: int = 255) -> np.ndarray:
+    """``image_uint8`` with a legend strip below it: a colour swatch and the name of every class present.
+
+    Only the classes that occur in ``label_map`` are listed (in class order), so the legend stays
+    short; entries wrap into as many rows as the image width needs. Drawn with Pillow's built-in
+    font, so it needs no font files.
+    """
+    from PIL import Image, ImageDraw, ImageFont
+
+    image = np.asarray(image_uint8)
+    labels = np.asarray(label_map)
+    palette = np.asarray(palette, np.uint8)
+    present = [int(c) for c in np.unique(labels) if c != ignore_index and 0 <= c < len(palette)]
+    width = image.shape[1]
+    font = ImageFont.load_default()
+    pad, box = 4, 12
+    probe = ImageDraw.Draw(Image.new("RGB", (1, 1)))
+    entries = []
+    for c in present:
+        name = class_names[c] if c < len(class_names) else str(c)
+        text_w = int(probe.textlength(name, font=font))
+        entries.append((c, name, box + pad + text_w + 3 * pad))
+    rows, row, used = [], [], pad
+    for entry in entries:
+        if row and used + entry[2] > width:
+            rows.append(row)
+            row, used = [], pad
+        row.append(entry)
+        used += entry[2]
+    if row:
+        rows.append(row)
+    row_h = box + 2 * pad
+    strip = Image.new("RGB", (width, max(1, len(rows)) * row_h + pad), (255, 255, 255))
+    draw = ImageDraw.Draw(strip)
+    for r, entries_in_row in enumerate(rows):
+        x, y = pad, pad + r * row_h
+        for c, name, w in entries_in_row:
+            draw.rectangle([x, y, x + box, y + box], fill=tuple(int(v) for v in palette[c]), outline=(0, 0, 0))
+            draw.text((x + box + pad, y), name, fill=(0, 0, 0), font=font)
+            x += w
+    return np.concatenate([image, np.asarray(strip)], axis=0)
+
+
 def read_rgb(path: Union[str, os.PathLike], max_pixels: Optional[int] = None) -> np.ndarray:
     """An image file as uint8 RGB ``[H, W, 3]``.
 

@@ -182,3 +182,44 @@ def test_distribution_scaling_under_mirrored_strategy():
     )
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+
+
+# --------------------------------------------------------------------------- class weights
+def test_class_weighted_cross_entropy_equals_numpy_reference():
+    labels, logits = _data(classes=4, seed=3)
+    w = np.array([0.5, 2.0, 1.0, 8.0])
+    nll, valid = _nll(logits, labels)
+    pw = np.where(valid, w[np.where(valid, labels, 0)], 0.0)
+    expected = (pw * nll).sum() / pw.sum()  # PyTorch CrossEntropyLoss(weight=w, ignore_index=255)
+    assert abs(expected - _ce_ref(logits, labels)) > 1e-2  # the weights matter on this fixture
+    value = SegmentationCrossEntropy(class_weights=w)(labels, logits)
+    np.testing.assert_allclose(float(value), expected, rtol=1e-5)
+    # equal weights are the unweighted loss
+    np.testing.assert_allclose(float(SegmentationCrossEntropy(class_weights=[3.0] * 4)(labels, logits)),
+                               _ce_ref(logits, labels), rtol=1e-5)
+
+
+def test_class_weights_combine_with_ohem():
+    """Hard pixels are chosen on the unweighted probabilities, then the kept ones are weighted."""
+    logits, labels, probs = _ohem_fixture()  # every valid pixel is class 1
+    labels = labels.copy()
+    labels[0, 0, 0] = 0  # pixel 0 becomes class 0: its true-class probability is 1 - 0.1 = 0.9
+    w = np.array([5.0, 2.0])
+    value = float(OHEMCrossEntropy(threshold=0.7, min_kept=0, class_weights=w)(labels, logits))
+    # kept (p < 0.7): class-1 pixels with p 0.3, 0.5 (pixel 0 now has p 0.9 and is easy)
+    kept = np.array([0.3, 0.5])
+    expected = float((2.0 * -np.log(kept)).sum() / (2.0 * len(kept)))
+    np.testing.assert_allclose(value, expected, rtol=1e-5)
+
+
+def test_class_weights_are_checked_and_serialised():
+    with pytest.raises(ValueError, match="positive"):
+        SegmentationCrossEntropy(class_weights=[1.0, 0.0])
+    labels, logits = _data(classes=4)
+    with pytest.raises(ValueError, match="3 class weights for 4 classes"):
+        SegmentationCrossEntropy(class_weights=[1.0, 1.0, 1.0])(labels, logits)
+    loss = OHEMCrossEntropy(class_weights=[1.0, 2.0])
+    again = OHEMCrossEntropy.from_config(loss.get_config())
+    assert again.class_weights == [1.0, 2.0]
+    t = TrainConfig(loss="ce", class_balance="explicit", class_weights=(1.0, 2.0))
+    assert build_loss(t, [1.0, 2.0]).class_weights == [1.0, 2.0]

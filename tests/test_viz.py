@@ -104,3 +104,22 @@ def test_read_rgb_scales_16_bit_greyscale_and_refuses_huge_images(tmp_path):
     (tmp_path / "text.png").write_text("hello")
     with pytest.raises(ValueError, match=r"text\.png: not a readable image"):
         read_rgb(tmp_path / "text.png")
+
+
+def test_legend_lists_the_classes_present_with_their_colours():
+    from lps_keras.viz import with_legend
+
+    palette = np.array([[255, 0, 0], [0, 255, 0], [0, 0, 255]], np.uint8)
+    image = np.full((20, 200, 3), 128, np.uint8)
+    labels = np.zeros((20, 200), np.int32)
+    labels[:, 100:] = 2  # classes 0 and 2 present, 1 absent
+    labels[0, 0] = 255
+    out = with_legend(image, labels, palette, ["sky", "road", "car"])
+    assert out.shape[1] == 200 and out.shape[0] > 20 and (out[:20] == image).all()
+    strip = out[20:].reshape(-1, 3)
+    colours = {tuple(int(v) for v in px) for px in strip}
+    assert (255, 0, 0) in colours and (0, 0, 255) in colours and (0, 255, 0) not in colours
+    # many classes wrap into more rows on a narrow image
+    many = with_legend(np.zeros((4, 60, 3), np.uint8), np.arange(3).repeat(80).reshape(4, 60), palette,
+                       ["first class", "second class", "third class"])
+    assert many.shape[0] - 4 > out.shape[0] - 20

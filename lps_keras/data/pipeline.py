@@ -14,6 +14,8 @@ examples, each reported and counted in :data:`SKIPPED`.
 
 from __future__ import annotations
 
+import dataclasses
+
 import collections
 import re
 import sys
@@ -105,6 +107,10 @@ def list_split(recipe_or_data: Union[Recipe, DataConfig], split: str) -> FileLis
     cfg = _data_config(recipe_or_data)
     if cfg.source == "tfds":
         raise DataError("data.source='tfds' yields examples, not files: use build_dataset, which reads TFDS")
+    if "+" in split:  # "train+val": the splits' files one after the other (TFDS reads the same syntax itself)
+        parts = [list_split(cfg, part) for part in split.split("+")]
+        return dataclasses.replace(parts[0], split=split, images=sum((p.images for p in parts), ()),
+                                   labels=sum((p.labels for p in parts), ()))
     root = Path(cfg.root)
     if cfg.dataset == "synthetic":
         synthetic.generate(root, cfg.synthetic)

@@ -119,6 +119,7 @@ def train(
     """
     import tensorflow as tf
 
+    from lps_keras.class_balance import class_weights, format_weights
     from lps_keras.data import build_dataset, check_split, class_names, unwrap_data_error
     from lps_keras.losses import build_loss
     from lps_keras.model import build_model
@@ -156,10 +157,14 @@ def train(
         num_classes = arch.num_classes
         sync_bn = recipe.model.sync_batchnorm or strategy.num_replicas_in_sync > 1
         schedule = PolyLR(cfg.base_lr, total, cfg.poly_power, cfg.warmup_iterations)
+        weights = class_weights(recipe)
+        if weights is not None:
+            print(f"class balance ({cfg.class_balance}): "
+                  f"{format_weights(weights, class_names(recipe.data.dataset, num_classes))}", flush=True)
         with strategy.scope():
             model = build_model(arch, sync_batchnorm=sync_bn, name=f"lpsnet_{recipe.name}")
             optimizer = TorchSGD(learning_rate=schedule, momentum=cfg.momentum, l2=cfg.weight_decay)
-            model.compile(optimizer=optimizer, loss=build_loss(cfg), jit_compile=jit_compile)
+            model.compile(optimizer=optimizer, loss=build_loss(cfg, weights), jit_compile=jit_compile)
             model.optimizer.build(model.trainable_variables)
         if isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
             stack.enter_context(compat.multi_worker_fit(model, strategy, recipe.data.augment.crop_size))
