@@ -1,0 +1,141 @@
+"""The step verdict (search/decision.py) on hand-made steps, one per defect of the plain argmax."""
+
+import math
+
+import numpy as np
+import pytest
+
+from lps_keras.search.candidates import select_candidate
+from lps_keras.search.decision import (
+    Arm,
+    DecisionConfig,
+    judge,
+    pooled_sd,
+    race_plan,
+    student_t_quantile,
+)
+from lps_keras.search.journal import Candidate
+
+
+def _scores(mean, spread=0.002, n=2):
+    """n scores with the given mean and sample sd ``spread`` (symmetric around the mean)."""
+    if n == 1:
+        return (mean,)
+    offs = np.linspace(-1, 1, n)
+    offs = offs / offs.std(ddof=1)
+    return tuple(float(mean + spread * o) for o in offs)
+
+
+PARENT = Arm("N", _scores(0.300), latency=1.0)
+
+
+@pytest.mark.parametrize("p, df, expected", [(0.975, 1, 12.7062), (0.975, 3, 3.1824), (0.975, 5, 2.5706),
+                                             (0.975, 30, 2.0423), (0.9875, 3, 4.1765), (0.95, 10, 1.8125)])
+def test_student_t_quantiles_match_the_table(p, df, expected):
+    assert student_t_quantile(p, df) == pytest.approx(expected, abs=2e-4)
+
+
+def test_pooled_sd_by_hand():
+    sd, df, het = pooled_sd([(1.0, 3.0), (2.0, 2.0, 5.0), (7.0,)])
+    # variances 2 (df 1) and 3 (df 2): pooled (2 + 6) / 3
+    assert df == 3 and sd == pytest.approx(math.sqrt(8 / 3)) and het == pytest.approx(3 / (8 / 3))
+
+
+def test_negative_gains_are_no_gain_not_an_argmax():
+    """-1 point for +0.5 ms would beat -0.5 points for +0.1 ms under the plain argmax of slopes."""
+    a = Arm("costly_loss", _scores(0.290), latency=1.5)
+    b = Arm("cheap_loss", _scores(0.295), latency=1.1)
+    old_best, _ = select_candidate([Candidate(op="a", dimension="depth", k=1, arch=None, latency=1.5, score=0.290),
+                                    Candidate(op="b", dimension="depth", k=1, arch=None, latency=1.1, score=0.295)],
+                                   latency=1.0, score=0.300)
+    assert old_best == 0  # the defect: the bigger loss at the bigger cost wins
+    v = judge(PARENT, [a, b])
+    assert v.kind == "no gain" and v.chosen is None and "improves" in v.reason
+    assert [r.status for r in v.arms[:2]] == ["no gain", "no gain"]
+
+
+def test_a_candidate_worse_on_both_axes_is_never_chosen():
+    good = Arm("good", _scores(0.320), latency=1.4)
+    worse = Arm("worse", _scores(0.280), latency=2.0)
+    v = judge(PARENT, [worse, good])
+    assert v.chosen == 1 and v.arms[0].status == "no gain"
+
+
+def test_latency_noise_is_not_dominance():
+    """A candidate within 2 SE of the parent's latency wins only with a significant gain."""
+    noisy = Arm("noisy", _scores(0.302), latency=1.01, latency_se=0.05)  # +0.2 points, dL 0.01 +- 0.05 ms
+    regular = Arm("regular", _scores(0.320), latency=1.5, latency_se=0.05)
+    v = judge(PARENT, [noisy, regular])
+    assert v.arms[0].status == "same latency" and v.chosen == 1
+    # under the plain rule the noise flip (dL ~ 0) has slope 0.2 / 0.01 = 20 points per ms and wins
+    old_best, _ = select_candidate([Candidate(op="n", dimension="depth", k=1, arch=None, latency=1.01, score=0.302),
+                                    Candidate(op="r", dimension="depth", k=1, arch=None, latency=1.5, score=0.320)],
+                                   latency=1.0, score=0.300)
+    assert old_best == 0
+    # a large, significant gain at the same latency does dominate
+    strong = Arm("strong", _scores(0.340), latency=0.99, latency_se=0.05)
+    v2 = judge(PARENT, [strong, regular])
+    assert v2.arms[0].status == "dominates" and v2.chosen == 0 and v2.kind == "decided"
+
+
+def test_pooled_noise_and_student_t_threshold():
+    a = Arm("a", _scores(0.330, 0.004), latency=1.5)
+    b = Arm("b", _scores(0.310, 0.004), latency=1.5)
+    v = judge(PARENT, [a, b], DecisionConfig(alpha=0.05))
+    # three networks x 2 seeds: df 3; sds 0.002, 0.004, 0.004 pooled
+    assert v.df == 3 and v.quantile == pytest.approx(3.1824, abs=1e-3)
+    assert v.pooled_sd == pytest.approx(math.sqrt((0.002 ** 2 + 2 * 0.004 ** 2) / 3))
+    # margin by hand: slopes (0.03 - 0.01) / 0.5; SE: own means sd^2/2 each over dL^2 (the parent cancels: same dL)
+    sd = v.pooled_sd
+    assert v.margin == pytest.approx(0.04)
+    assert v.margin_se == pytest.approx(math.sqrt(2 * (sd ** 2 / 2) / 0.25))
+    assert v.kind == ("decided" if v.margin > v.quantile * v.margin_se else "undecided")
+    # more looks at the same data need more evidence
+    v2 = judge(PARENT, [a, b], DecisionConfig(alpha=0.05, looks=2))
+    assert v2.quantile == pytest.approx(4.1765, abs=1e-3)
+
+
+def test_latency_uncertainty_widens_the_margin_by_the_delta_method():
+    a = Arm("a", _scores(0.330, 0.004), latency=1.5, latency_se=0.0)
+    b = Arm("b", _scores(0.320, 0.004), latency=1.4, latency_se=0.0)
+    exact = judge(PARENT, [a, b])
+    a2, b2 = Arm("a", a.scores, 1.5, 0.1), Arm("b", b.scores, 1.4, 0.1)
+    noisy = judge(PARENT, [a2, b2])
+    assert noisy.margin == pytest.approx(exact.margin)
+    extra = (0.03 * 0.1 / 0.5 ** 2) ** 2 + (0.02 * 0.1 / 0.4 ** 2) ** 2
+    assert noisy.margin_se == pytest.approx(math.sqrt(exact.margin_se ** 2 + extra))
+
+
+def test_near_twins_are_equivalent_and_the_cheaper_is_taken():
+    """Two candidates whose slopes differ by noise, each costing well under epsilon to get wrong."""
+    twin_a = Arm("width_s3-5", _scores(0.3100, 0.0005, n=3), latency=1.20, latency_se=0.005)
+    twin_b = Arm("width_s4-5", _scores(0.3112, 0.0005, n=3), latency=1.22, latency_se=0.005)  # slope 0.0509
+    parent = Arm("N", _scores(0.300, 0.0005, n=3), latency=1.0)
+    v = judge(parent, [twin_a, twin_b], DecisionConfig(epsilon=0.005))
+    assert v.kind == "equivalent" and set(v.contenders) == {0, 1}
+    assert v.winner == 1 and v.chosen == 0 and "width_s3-5, the cheapest" in v.reason
+    assert v.regret_ucb < 0.005
+    # with a tight epsilon the same step stays undecided
+    assert judge(parent, [twin_a, twin_b], DecisionConfig(epsilon=1e-5)).kind == "undecided"
+
+
+def test_one_seed_is_unknown_and_failures_are_left_out():
+    one = Arm("N", (0.3,), 1.0)
+    v = judge(one, [Arm("a", (0.32,), 1.5), Arm("b", (0.31,), 1.5), Arm("dead", (), 1.2)])
+    assert v.kind == "unknown" and v.chosen == 0 and v.arms[2].status == "failed"
+    v2 = judge(one, [Arm("dead", (), 1.2)])
+    assert v2.kind == "no gain" and "failed" in v2.reason
+
+
+def test_race_plan_grows_the_contenders_and_the_parent():
+    twin_a = Arm("a", _scores(0.320, 0.01), latency=1.5)
+    twin_b = Arm("b", _scores(0.319, 0.01), latency=1.5)
+    far = Arm("c", _scores(0.301, 0.01), latency=3.0)
+    v = judge(Arm("N", _scores(0.3, 0.01), 1.0), [twin_a, twin_b, far], DecisionConfig(epsilon=1e-6))
+    assert v.kind == "undecided"
+    plan, parent = race_plan(v, seeds=[2, 2, 2], parent_seeds=2, max_seeds=8, budget=10)
+    assert set(plan) <= set(v.contenders) and all(n == 4 for n in plan.values()) and parent == 4
+    plan, parent = race_plan(v, seeds=[2, 2, 2], parent_seeds=2, max_seeds=8, budget=1)
+    assert sum(n - 2 for n in plan.values()) + (parent - 2) == 1
+    decided = judge(PARENT, [Arm("a", _scores(0.4), 1.5)])
+    assert race_plan(decided, [2], 2, 8, 10) == ({}, 2)
