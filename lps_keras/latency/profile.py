@@ -1,0 +1,319 @@
+"""A latency model per device and backend: ``predict_latency(arch, profile)``, pure numpy.
+
+A profile is a JSON file that says where and with what it was made (backend, precision, input shape,
+device, CPU flags, library versions, or "fitted to published numbers") and holds a linear model of
+whole-network latency over features computed from the architecture alone (:func:`arch_features`):
+
+``const``            fixed cost of a forward pass (runtime overhead, input and output copies)
+``gmacs_s1`` .. ``gmacs_s5``
+                     3x3-conv multiply-accumulates of each stage, summed over the paths (GMACs). Per
+                     stage, because a stage's resolution and width decide how well its convolutions
+                     use the machine: early high-resolution, narrow stages are memory-bound, late
+                     low-resolution ones overhead-bound.
+``act_mb``           activation traffic: every conv's input and output tensors, fp32 (MB)
+``layers``           conv layers (per-layer launch / dispatch overhead and fusion boundaries)
+``resize_mpix``      pixels written by the bilinear resizes (path inputs, interactions, concat)
+``head_gmacs``       the 1x1 head
+
+The coefficients are fitted by non-negative least squares on networks measured on the device
+(:mod:`lps_keras.latency.profile_build`, ``python -m lps_keras.latency.profile``), weighted by
+1 / latency so the fit minimises *relative* error; the profile stores its validation on held-out
+networks (share within +-10 %, Kendall tau) and the relative residual sd used as sigma_L by a
+search that runs on the profile. A profile made on one machine works on any other: it is refused
+only when the backend or input size asked for differs from the one it describes.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Optional, Union
+
+import numpy as np
+
+from lps_keras.arch import NUM_STAGES, STAGE_STRIDES, Arch
+from lps_keras.latency.stats import LatencyError
+
+PROFILE_FORMAT = "lps_keras.latency_profile"
+PROFILE_VERSION = 1
+FEATURES = ("const", *(f"gmacs_s{s}" for s in range(1, NUM_STAGES + 1)), "act_mb", "layers", "resize_mpix",
+            "head_gmacs")
+
+
+class ProfileError(LatencyError):
+    """A profile file is unreadable, or does not describe the backend / input size asked for."""
+
+
+def arch_features(arch: Arch, height: int, width: int) -> np.ndarray:
+    """The feature vector of ``arch`` at ``height`` x ``width`` (order: :data:`FEATURES`)."""
+    stage_macs = np.zeros(NUM_STAGES)
+    act = 0.0
+    layers = 0
+    resize = 0.0
+    for p in range(arch.num_paths):
+        h, w = arch.path_input_size(height, width, p)
+        if arch.ratios[p] != 1.0:
+            resize += h * w * 3  # the path's input resize
+        c_in = 3
+        for s, (stride, d, c) in enumerate(zip(STAGE_STRIDES, arch.depth, arch.width)):
+            for b in range(d):
+                st = stride if b == 0 else 1
+                ho, wo = -(-h // st), -(-w // st)
+                stage_macs[s] += ho * wo * 9 * c_in * c
+                act += (h * w * c_in + ho * wo * c) * 4
+                layers += 1
+                h, w, c_in = ho, wo, c
+    if arch.num_paths > 1:
+        sizes = [arch.feature_sizes(height, width, p) for p in range(arch.num_paths)]
+        for s in (2, 3):  # Bilateral-B after stages 3 and 4: each path adds every other, resized
+            for p in range(arch.num_paths):
+                h, w = sizes[p][s]
+                resize += h * w * arch.width[s] * (arch.num_paths - 1)
+        h, w = sizes[0][-1]
+        resize += h * w * arch.width[-1] * (arch.num_paths - 1)  # lower paths upsampled for the concat
+    oh, ow = arch.output_size(height, width)
+    head = oh * ow * arch.width[-1] * arch.num_paths * arch.num_classes
+    return np.array([1.0, *(stage_macs / 1e9), act / 1e6, layers, resize / 1e6, head / 1e9])
+
+
+# --------------------------------------------------------------------------- the fitted model
+def fit_linear(x: np.ndarray, y: np.ndarray, weights: Optional[np.ndarray] = None) -> np.ndarray:
+    """Non-negative least squares ``y ~ x @ coef`` (coefficients >= 0: no feature makes a network faster).
+
+    Lawson-Hanson active set, small and exact enough for a dozen features; ``weights`` scale the rows.
+    """
+    x = np.asarray(x, np.float64)
+    y = np.asarray(y, np.float64)
+    if weights is not None:
+        x = x * weights[:, None]
+        y = y * weights
+    scale = np.maximum(np.abs(x).max(axis=0), 1e-12)  # columns on one scale: conditioning
+    a = x / scale
+    n = a.shape[1]
+    passive = np.zeros(n, bool)
+    coef = np.zeros(n)
+    for _ in range(3 * n + 10):
+        grad = a.T @ (y - a @ coef)
+        candidates = np.where(~passive & (grad > 1e-12 * max(1.0, np.abs(grad).max())))[0]
+        if candidates.size == 0:
+            break
+        passive[candidates[np.argmax(grad[candidates])]] = True
+        while True:
+            trial = np.zeros(n)
+            trial[passive] = np.linalg.lstsq(a[:, passive], y, rcond=None)[0]
+            if (trial[passive] > 0).all():
+                coef = trial
+                break
+            neg = passive & (trial <= 0)
+            alpha = np.min(coef[neg] / np.maximum(coef[neg] - trial[neg], 1e-300))
+            coef = coef + alpha * (trial - coef)
+            passive &= coef > 1e-15
+            coef[~passive] = 0.0
+    return coef / scale
+
+
+def kendall_tau(a: Sequence[float], b: Sequence[float]) -> float:
+    """Kendall's tau-b of two sequences (pure numpy; O(n^2), fine for the tens of networks validated)."""
+    a, b = np.asarray(a, float), np.asarray(b, float)
+    da = np.sign(a[:, None] - a[None, :])
+    db = np.sign(b[:, None] - b[None, :])
+    iu = np.triu_indices(len(a), 1)
+    s = (da * db)[iu].sum()
+    na, nb = (da[iu] != 0).sum(), (db[iu] != 0).sum()
+    return float(s / math.sqrt(na * nb)) if na and nb else float("nan")
+
+
+def accuracy_figures(predicted: Sequence[float], measured: Sequence[float]) -> dict:
+    """Share within +-10 % and +-5 %, median and worst relative error, Kendall tau."""
+    p, m = np.asarray(predicted, float), np.asarray(measured, float)
+    rel = (p - m) / m
+    return {"n": int(len(m)), "within_10pct": float(np.mean(np.abs(rel) <= 0.10)),
+            "within_5pct": float(np.mean(np.abs(rel) <= 0.05)), "median_abs_rel_error": float(np.median(np.abs(rel))),
+            "max_abs_rel_error": float(np.max(np.abs(rel))), "kendall_tau": kendall_tau(p, m)}
+
+
+# --------------------------------------------------------------------------- files
+def make_profile(coef: np.ndarray, backend: str, precision: str, input_shape, *, device: str, measured: bool,
+                 source: str, residual_sd_rel: float, **extra) -> dict:
+    """A profile dict (the JSON file's content)."""
+    return {"format": PROFILE_FORMAT, "version": PROFILE_VERSION, "backend": backend, "precision": precision,
+            "input_shape": [int(v) for v in input_shape], "device": device, "measured": bool(measured),
+            "source": source, "model": {"kind": "linear", "features": list(FEATURES),
+                                        "coef": [float(c) for c in coef]},
+            "residual_sd_rel": float(residual_sd_rel), **extra}
+
+
+def load_profile(profile: Union[str, os.PathLike, Mapping]) -> dict:
+    """A profile from its file (or an already loaded dict), checked; :class:`ProfileError` names the file."""
+    where = "profile" if isinstance(profile, Mapping) else str(profile)
+    if isinstance(profile, Mapping):
+        data = dict(profile)
+    else:
+        try:
+            data = json.loads(Path(profile).read_text())
+        except FileNotFoundError:
+            raise ProfileError(f"{where}: latency profile not found") from None
+        except (OSError, UnicodeDecodeError, ValueError) as e:
+            raise ProfileError(f"{where}: not a readable latency profile ({type(e).__name__}: {e})") from None
+    if not isinstance(data, dict) or data.get("format") != PROFILE_FORMAT:
+        raise ProfileError(f"{where}: not a latency profile (expected format {PROFILE_FORMAT!r})")
+    if data.get("version") != PROFILE_VERSION:
+        raise ProfileError(f"{where}: latency profile version {data.get('version')!r}; this code reads "
+                           f"{PROFILE_VERSION}")
+    try:
+        model = data["model"]
+        if model["kind"] != "linear" or list(model["features"]) != list(FEATURES):
+            raise ProfileError(f"{where}: model {model['kind']!r} over {model['features']} is not this code's "
+                               f"linear model over {list(FEATURES)}")
+        coef = [float(c) for c in model["coef"]]
+        shape = [int(v) for v in data["input_shape"]]
+        str(data["backend"])
+    except (KeyError, TypeError, ValueError) as e:
+        raise ProfileError(f"{where}: latency profile is missing or has a bad {e}") from None
+    if len(coef) != len(FEATURES) or not all(math.isfinite(c) for c in coef) or len(shape) != 4:
+        raise ProfileError(f"{where}: latency profile has a bad model or input shape")
+    data["_where"] = where
+    return data
+
+
+def check_profile(profile: Mapping, backend: Optional[str] = None, input_shape=None,
+                  precision: Optional[str] = None) -> None:
+    """Refuse a profile made for another backend, precision or input size (one line naming both)."""
+    where = profile.get("_where", "profile")
+    if backend is not None and profile["backend"] != backend:
+        raise ProfileError(f"{where}: the profile describes the {profile['backend']!r} backend, the search asks for "
+                           f"{backend!r} (search.latency_backend); make a profile for {backend!r}")
+    if precision is not None and profile.get("precision", "fp32") != precision:
+        raise ProfileError(f"{where}: the profile describes precision {profile.get('precision')!r}, asked for "
+                           f"{precision!r}")
+    if input_shape is not None and [int(v) for v in input_shape] != list(profile["input_shape"]):
+        raise ProfileError(f"{where}: the profile was made at input {profile['input_shape']}, the search times "
+                           f"{[int(v) for v in input_shape]} (search.latency_input_shape); make one at that size")
+
+
+def predict_latency(arch: Arch, profile: Union[str, os.PathLike, Mapping]) -> float:
+    """Predicted median latency (ms) of ``arch`` on the profile's device, backend and input size."""
+    prof = profile if isinstance(profile, Mapping) and "_where" in profile else load_profile(profile)
+    n, h, w, _ = prof["input_shape"]
+    return float(n * arch_features(arch, h, w) @ np.asarray(prof["model"]["coef"]))
+
+
+def profile_latency_fn(profile: Union[str, os.PathLike, Mapping], backend: str, input_shape,
+                       precision: str = "fp32"):
+    """``arch -> ms`` from a profile checked against the search's backend and input size; deterministic.
+
+    ``fn.sigma_rel`` is the profile's relative residual sd (sigma_L = sigma_rel * latency).
+    """
+    prof = load_profile(profile)
+    check_profile(prof, backend, input_shape, precision)
+
+    def fn(arch: Arch) -> float:
+        return predict_latency(arch, prof)
+
+    fn.profile = prof
+    fn.sigma_rel = float(prof.get("residual_sd_rel", 0.0))
+    return fn
+
+
+# --------------------------------------------------------------------------- command line
+def main(argv=None) -> int:
+    """``python -m lps_keras.latency.profile``: measure and fit a profile of this device (see the module doc)."""
+    import argparse
+
+    from lps_keras.latency.backends import BACKEND_NAMES
+
+    p = argparse.ArgumentParser(prog="python -m lps_keras.latency.profile", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--backend", required=True, choices=[b for b in BACKEND_NAMES if b != "macs"])
+    p.add_argument("--input-size", default="360x480", help="HEIGHTxWIDTH timed (batch 1), default 360x480")
+    p.add_argument("--precision", default="fp32")
+    p.add_argument("--out", required=True, help="profile JSON to write (e.g. profiles/<device>_<backend>.json)")
+    p.add_argument("--num-classes", type=int, default=11, help="classes of the head (default 11: CamVid)")
+    p.add_argument("--train", type=int, default=40, help="networks the model is fitted on (default 40)")
+    p.add_argument("--held-out", type=int, default=30, help="random-walk networks it is validated on, besides "
+                                                           "the 15 Table 4 rows (default 30)")
+    p.add_argument("--max-gmacs", type=float, default=None,
+                   help="skip walks past this many GMACs at the input size (bounds the time; default: none)")
+    p.add_argument("--rounds", type=int, default=5, help="paired rounds per set (default 5)")
+    p.add_argument("--iters", type=int, default=3, help="timed runs per network and round (default 3)")
+    p.add_argument("--set-size", type=int, default=8, help="networks per paired set, N0 included (default 8)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--table4", default=str(Path(__file__).resolve().parents[2].parent / "shared" / "paper"
+                                           / "table4.json"), help="the paper's Table 4 JSON (its 15 rows are "
+                                                                  "validated too; skipped if absent)")
+    args = p.parse_args(argv)
+    from lps_keras.cli import guarded, quiet_tensorflow
+
+    quiet_tensorflow()
+    return guarded("profile", lambda: _run_profile(args))
+
+
+def _run_profile(args) -> int:
+    import time
+
+    from lps_keras.fileio import atomic_write_json
+    from lps_keras.latency import backends, measure_set
+    from lps_keras.latency.profile_build import fit_profile, measure_archs, random_walks, table4_archs
+    from lps_keras.latency.stats import cpu_flags, device_name, library_versions
+    from lps_keras.presets import get_preset
+    from lps_keras.recipe import parse_size
+
+    t0 = time.time()
+    if args.backend == "tf":
+        import tensorflow as tf
+
+        tf.get_logger().setLevel("ERROR")  # one tf.function per network is the point here, not a retracing bug
+    h, w = parse_size(args.input_size)
+    shape = (1, h, w, 3)
+    backends.check_backend(args.backend, args.precision)
+    n0 = get_preset("lps_tiny", num_classes=args.num_classes)
+    accept = None if args.max_gmacs is None else (lambda a: a.macs(h, w) / 1e9 <= args.max_gmacs)
+    train = random_walks(args.train, args.seed, n0, accept=accept)
+    held = random_walks(args.held_out, args.seed + 1, n0, accept=accept, exclude=[a.hash for a in train])
+    table4 = []
+    if Path(args.table4).is_file():
+        table4 = [a for a in table4_archs(args.table4, args.num_classes)[0] if accept is None or accept(a)]
+    again = held[: min(8, len(held))]  # measured in a second set: the measurement's own repeatability
+    store = Path(args.out).with_name(Path(args.out).stem + "_artifacts")
+
+    def paired(archs):
+        return measure_set(archs, args.backend, shape, rounds=args.rounds, iters_per_round=args.iters,
+                           warmup=2, precision=args.precision, artifacts=store if args.backend != "tf" else None)
+
+    print(f"profile {args.backend}/{args.precision} at {h}x{w}: {len(train)} training, {len(held)} held-out "
+          f"and {len(table4)} Table 4 networks, in paired sets of {args.set_size}", flush=True)
+    ms = measure_archs([*train, *held, *table4], n0, paired, args.set_size)
+    repeat = measure_archs(list(reversed(again)), n0, paired, args.set_size)
+    coef, sd = fit_profile([n0, *train], [ms[n0.hash], *[ms[a.hash] for a in train]], shape)
+    prof = make_profile(coef, args.backend, args.precision, shape, device=device_name(args.backend), measured=True,
+                        source=f"measured with python -m lps_keras.latency.profile on {time.strftime('%Y-%m-%d')}",
+                        residual_sd_rel=sd, cpu_flags=cpu_flags(), versions=library_versions(args.backend),
+                        num_classes=args.num_classes, minutes=round((time.time() - t0) / 60, 1))
+    prof["_where"] = args.out
+    rows = []
+    for kind, archs in (("held-out walk", held), ("table4", table4)):
+        for a in archs:
+            rows.append({"kind": kind, "arch": a.to_dict(), "name": str(a), "measured_ms": round(ms[a.hash], 4),
+                         "predicted_ms": round(predict_latency(a, prof), 4)})
+    prof.pop("_where")
+    prof["validation"] = accuracy_figures([r["predicted_ms"] for r in rows], [r["measured_ms"] for r in rows])
+    prof["validation_rows"] = rows
+    prof["repeatability"] = accuracy_figures([repeat[a.hash] for a in again], [ms[a.hash] for a in again])
+    prof["training_rows"] = [{"arch": a.to_dict(), "measured_ms": round(ms[a.hash], 4)} for a in [n0, *train]]
+    atomic_write_json(args.out, prof)
+    v, r = prof["validation"], prof["repeatability"]
+    print(f"wrote {args.out}: held-out {v['n']} networks, {100 * v['within_10pct']:.0f}% within +-10% "
+          f"(median error {100 * v['median_abs_rel_error']:.1f}%, worst {100 * v['max_abs_rel_error']:.0f}%), "
+          f"Kendall tau {v['kendall_tau']:.3f}; repeatability of the measurement itself: "
+          f"{100 * r['within_10pct']:.0f}% within +-10%, median {100 * r['median_abs_rel_error']:.1f}%; "
+          f"{prof['minutes']} min", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    from lps_keras.cli import exit_process
+
+    exit_process(main())

@@ -1,0 +1,117 @@
+"""Latency profiles: features, the fit on synthetic timings with a known answer, files, mismatches, the paper's."""
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from lps_keras.arch import Arch
+from lps_keras.latency.profile import (
+    FEATURES,
+    ProfileError,
+    accuracy_figures,
+    arch_features,
+    fit_linear,
+    kendall_tau,
+    load_profile,
+    make_profile,
+    predict_latency,
+    profile_latency_fn,
+)
+from lps_keras.latency.profile_build import fit_profile, leave_one_out, random_walks, table4_archs
+from lps_keras.presets import get_preset
+
+REPO = Path(__file__).resolve().parents[1]
+N0 = get_preset("lps_tiny", num_classes=11)
+SHAPE = (1, 64, 96, 3)
+
+
+def test_features_by_hand_for_a_one_path_network():
+    a = Arch((1, 1, 1, 1, 1), (2, 2, 2, 2, 2), (1.0,), num_classes=3)
+    f = dict(zip(FEATURES, arch_features(a, 32, 32)))
+    # stage 1: 16x16 out, 9 * 3 * 2 MACs per pixel; stage 2: 8x8, 9 * 2 * 2; ... stage 5 stride 1 at 2x2
+    assert f["gmacs_s1"] == pytest.approx(16 * 16 * 9 * 3 * 2 / 1e9)
+    assert f["gmacs_s2"] == pytest.approx(8 * 8 * 9 * 2 * 2 / 1e9)
+    assert f["gmacs_s5"] == pytest.approx(2 * 2 * 9 * 2 * 2 / 1e9)
+    assert f["layers"] == 5 and f["resize_mpix"] == 0 and f["const"] == 1
+    assert f["head_gmacs"] == pytest.approx(2 * 2 * 2 * 3 / 1e9)
+    assert f["act_mb"] == pytest.approx(4 * (32 * 32 * 3 + 16 * 16 * 2 + 16 * 16 * 2 + 8 * 8 * 2 + 8 * 8 * 2
+                                             + 4 * 4 * 2 + 4 * 4 * 2 + 2 * 2 * 2 + 2 * 2 * 2 + 2 * 2 * 2) / 1e6)
+    # the total over stages is the Arch's own MAC count
+    assert sum(f[k] for k in FEATURES if "gmacs" in k) == pytest.approx(a.macs(32, 32) / 1e9)
+
+
+def test_nnls_recovers_a_known_nonnegative_model():
+    rng = np.random.default_rng(0)
+    x = np.column_stack([np.ones(40), rng.uniform(0, 5, (40, 3))])
+    true = np.array([0.5, 2.0, 0.0, 0.3])
+    np.testing.assert_allclose(fit_linear(x, x @ true), true, atol=1e-9)
+    y = x @ np.array([1.0, -1.0, 2.0, 0.0])  # a negative truth: the fit stays >= 0
+    assert (fit_linear(x, y) >= 0).all()
+
+
+def test_profile_fit_and_prediction_on_synthetic_timings():
+    """Timings made by a known linear model over the features: the fit finds it, predictions match."""
+    true = np.zeros(len(FEATURES))
+    true[FEATURES.index("const")] = 0.3
+    true[FEATURES.index("gmacs_s1")] = 40.0
+    true[FEATURES.index("gmacs_s4")] = 90.0
+    true[FEATURES.index("layers")] = 0.02
+    train = random_walks(40, 0, N0)
+    held = random_walks(20, 1, N0, exclude=[a.hash for a in train])
+
+    def timing(a):
+        return float(arch_features(a, 64, 96) @ true)
+
+    coef, sd = fit_profile(train, [timing(a) for a in train], SHAPE)
+    assert sd < 1e-6
+    prof = make_profile(coef, "openvino", "fp32", SHAPE, device="CPU:test", measured=True, source="synthetic",
+                        residual_sd_rel=sd)
+    predicted = [predict_latency(a, prof) for a in held]
+    figures = accuracy_figures(predicted, [timing(a) for a in held])
+    assert figures["within_10pct"] == 1.0 and figures["kendall_tau"] == pytest.approx(1.0)
+
+
+def test_profile_file_round_trip_and_mismatches_refused(tmp_path):
+    coef = np.zeros(len(FEATURES))
+    coef[0] = 1.0
+    path = tmp_path / "p.json"
+    path.write_text(json.dumps(make_profile(coef, "openvino", "fp32", (1, 360, 480, 3), device="CPU:x",
+                                            measured=True, source="test", residual_sd_rel=0.05)))
+    fn = profile_latency_fn(path, "openvino", (1, 360, 480, 3))
+    assert fn(N0) == pytest.approx(1.0) and fn.sigma_rel == 0.05
+    with pytest.raises(ProfileError, match=r"p.json: the profile describes the 'openvino' backend.*'tf'"):
+        profile_latency_fn(path, "tf", (1, 360, 480, 3))
+    with pytest.raises(ProfileError, match=r"made at input \[1, 360, 480, 3\].*\[1, 1024, 2048, 3\]"):
+        profile_latency_fn(path, "openvino", (1, 1024, 2048, 3))
+    (tmp_path / "bad.json").write_text("{not json")
+    with pytest.raises(ProfileError, match="bad.json: not a readable latency profile"):
+        load_profile(tmp_path / "bad.json")
+    (tmp_path / "other.json").write_text(json.dumps({"format": "something"}))
+    with pytest.raises(ProfileError, match="not a latency profile"):
+        load_profile(tmp_path / "other.json")
+    with pytest.raises(ProfileError, match="not found"):
+        load_profile(tmp_path / "missing.json")
+
+
+def test_kendall_tau_by_hand():
+    assert kendall_tau([1, 2, 3], [1, 2, 3]) == 1.0
+    assert kendall_tau([1, 2, 3], [3, 2, 1]) == -1.0
+    assert kendall_tau([1, 2, 3, 4], [1, 3, 2, 4]) == pytest.approx(4 / 6)
+
+
+def test_the_shipped_paper_profile_is_fitted_to_table4_and_says_so():
+    table4 = REPO.parent / "shared" / "paper" / "table4.json"
+    prof = load_profile(REPO / "profiles" / "gtx1070ti_tensorrt_fp32_paper.json")
+    assert prof["measured"] is False and "NOT MEASURED" in prof["source"]
+    assert prof["backend"] == "tensorrt" and prof["input_shape"] == [1, 1024, 2048, 3]
+    assert prof["leave_one_out"]["n"] == 15
+    if not table4.is_file():
+        pytest.skip("shared/paper/table4.json not found")
+    archs, ms, _ = table4_archs(table4)
+    fitted = [predict_latency(a, prof) for a in archs]
+    assert kendall_tau(fitted, ms) == pytest.approx(1.0)  # the paper's order is kept
+    loo = leave_one_out(archs, ms, (1, 1024, 2048, 3), ("const", "gmacs", "act_mb"))
+    assert accuracy_figures(loo, ms)["median_abs_rel_error"] == pytest.approx(
+        prof["leave_one_out"]["median_abs_rel_error"])
