@@ -299,6 +299,9 @@ def _check(recipe: Recipe) -> None:
             raise RecipeError(f"train.class_weights: {len(t.class_weights)} weights for {n} classes")
     if any(not part for part in recipe.data.train_split.split("+")):
         raise RecipeError(f"data.train_split: {recipe.data.train_split!r} has an empty split name ('a+b' joins two)")
+    source = recipe.search.latency.source
+    if source != "measured" and not (source.startswith("profile:") and source[len("profile:"):].strip()):
+        raise RecipeError(f"search.latency.source: {source!r} is neither 'measured' nor 'profile:<file>'")
     if (recipe.model.preset is None) == (recipe.model.arch is None):
         raise RecipeError("model: give exactly one of model.preset and model.arch")
 

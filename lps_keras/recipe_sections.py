@@ -156,6 +156,15 @@ class ProxyConfig:
 
 
 @dataclasses.dataclass(frozen=True)
+class SearchLatencyConfig:
+    """Where the search's latencies come from: ``measured`` here (latency_backend, latency_input_shape,
+    through the cache), or ``profile:<file>``, predicted by a latency profile of the target device
+    (``python -m lps_keras.latency.profile``), which must describe the same backend and input size."""
+
+    source: str = "measured"
+
+
+@dataclasses.dataclass(frozen=True)
 class SearchConfig:
     steps: int = field(14, ge=0)
     latency_backend: str = field("tf", choices=BACKEND_NAMES)  # the latency backend table's names
@@ -163,6 +172,7 @@ class SearchConfig:
     latency_warmup: int = field(5, ge=0)
     latency_iters: int = field(20, gt=0)
     latency_cache: str = "latency_cache.json"  # relative to the search's output directory unless absolute
+    latency: SearchLatencyConfig = SearchLatencyConfig()
     max_k: int = field(16, gt=0)  # bound on the step multiple k when searching |Lat(N + k d) - L_T|
     proxy: ProxyConfig = ProxyConfig()
     workers: int = field(1, gt=0)

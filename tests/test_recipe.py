@@ -115,3 +115,13 @@ def test_momentum_range_and_class_count_below_the_dataset(tmp_path):
     with pytest.raises(RecipeError, match=r"model\.num_classes: 5 is fewer than the 19 classes of data\.dataset"):
         load_recipe(p, ["model.num_classes=5"]).check_classes_cover_dataset()
     load_recipe(p, ["model.num_classes=21"]).check_classes_cover_dataset()  # more outputs than classes is fine
+
+
+def test_search_latency_source_is_measured_or_a_profile():
+    base = Path(__file__).resolve().parents[1] / "recipes" / "expand_camvid.json"
+    assert load_recipe(base).search.latency.source == "measured"
+    r = load_recipe(base, ["search.latency.source=profile:profiles/x.json"])
+    assert r.search.latency.source == "profile:profiles/x.json"
+    for bad in ("profile:", "guess"):
+        with pytest.raises(RecipeError, match="search.latency.source"):
+            load_recipe(base, [f"search.latency.source={bad}"])
