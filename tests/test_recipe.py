@@ -115,3 +115,15 @@ def test_momentum_range_and_class_count_below_the_dataset(tmp_path):
     with pytest.raises(RecipeError, match=r"model\.num_classes: 5 is fewer than the 19 classes of data\.dataset"):
         load_recipe(p, ["model.num_classes=5"]).check_classes_cover_dataset()
     load_recipe(p, ["model.num_classes=21"]).check_classes_cover_dataset()  # more outputs than classes is fine
+
+
+# ----------------------------------------------------------------------------- [faults]: export.name
+@pytest.mark.parametrize("name", ["../../../x", "a/b", "..", ".hidden", "", "x\ny"])
+def test_export_name_must_be_a_plain_name(tmp_path, name):
+    # export.name becomes savedmodels/<name>: "../" would write outside savedmodels/.
+    path = tmp_path / "r.json"
+    path.write_text(json.dumps({"model": {"preset": "lps_tiny"}}))
+    with pytest.raises(RecipeError, match=r"r\.json: export\.name: .* name") as info:
+        load_recipe(path, [f"export.name={json.dumps(name)}"])
+    assert repr(name) in str(info.value)
+    assert load_recipe(path, ['export.name="lps_s-v2"']).export.name == "lps_s-v2"
