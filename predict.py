@@ -34,7 +34,7 @@ def main(argv=None) -> int:
 
 
 def run(args) -> int:
-    from lps_keras.export.serving import predict_images
+    from lps_keras.export.predict import predict_images
 
     predict_images(args.model, args.images, args.output, palette=args.palette, alpha=args.alpha,
                    max_megapixels=args.max_megapixels, log=lambda msg: print(msg, flush=True))
