@@ -264,3 +264,64 @@ def test_strip_startup_noise_keeps_everything_else():
         "something the user must see",
     ])
     assert strip_startup_noise(text) == "something the user must see"
+
+
+# --------------------------------------------------------------------------- [faults]: export / predict side
+def test_export_name_with_dotdot_is_refused_in_one_line(tmp_path):
+    r = _run("export.py", "--recipe", "recipes/lps_tiny.json", "--set", 'export.name="../../../x"',
+             "--output", tmp_path / "m")
+    _assert_one_line_error(r, "export.name", "'../../../x'", "not a plain name")
+    assert not (tmp_path / "m").exists()
+
+
+def test_export_refuses_an_input_size_beyond_memory_before_writing(tmp_path):
+    r = _run("export.py", "--recipe", "recipes/lps_tiny.json", "--input-size", "20000x20000",
+             "--output", tmp_path / "m")
+    _assert_one_line_error(r, "20000x20000", "GB of memory, but only", "--input-size")
+    assert not (tmp_path / "m").exists()
+
+
+def test_a_second_export_into_a_held_model_directory_names_the_holder(tmp_path):
+    import signal
+
+    out = tmp_path / "m"
+    holder = subprocess.Popen([PY, "-c", "import sys, time\nfrom lps_keras.fileio import DirectoryLock\n"
+                               "DirectoryLock(sys.argv[1]).acquire()\nprint('held', flush=True)\ntime.sleep(120)",
+                               str(out)], stdout=subprocess.PIPE, text=True, cwd=REPO, env=_env())
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        r = _run("export.py", "--recipe", "recipes/lps_tiny.json", "--set", "export.input_size=null",
+                 "--no-verify", "--output", out)
+        _assert_one_line_error(r, str(out), f"in use by process {holder.pid}")
+        assert not (out / "1").exists()
+    finally:
+        holder.send_signal(signal.SIGKILL)
+        holder.wait()
+
+
+def test_export_with_official_weights_of_another_architecture_names_the_file(tmp_path):
+    weights = tmp_path / "other_arch.npz"
+    np.savez(weights, **{"netH.stages.0.0.0.weight": np.zeros((4, 3, 3, 3), np.float32)})
+    r = _run("export.py", "--recipe", "recipes/lps_tiny.json", "--weights", weights, "--output", tmp_path / "m")
+    _assert_one_line_error(r, "other_arch.npz", "does not match")
+    assert not (tmp_path / "m").exists()
+
+
+def test_predict_decompression_bomb_and_image_less_directory_in_one_line(tmp_path):
+    import struct
+    import zlib
+
+    bomb = tmp_path / "bomb.png"
+    Image.new("RGB", (1, 1)).save(bomb)
+    data = bytearray(bomb.read_bytes())
+    data[16:24] = struct.pack(">II", 30000, 30000)  # IHDR width, height: 900 megapixels declared
+    data[29:33] = struct.pack(">I", zlib.crc32(bytes(data[12:29])))
+    bomb.write_bytes(bytes(data))
+    (tmp_path / "model").mkdir()
+    (tmp_path / "model" / "saved_model.pb").write_bytes(b"")  # never loaded: the inputs are refused first
+    r = _run("predict.py", bomb, "--model", tmp_path / "model")
+    _assert_one_line_error(r, "bomb.png", "900.0 megapixels", "limit of 50")
+    (tmp_path / "texts").mkdir()
+    (tmp_path / "texts" / "a.txt").write_text("x")
+    r = _run("predict.py", tmp_path / "texts", "--model", tmp_path / "model")
+    _assert_one_line_error(r, "texts: a directory without image files")
