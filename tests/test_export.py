@@ -89,7 +89,7 @@ def test_fresh_process_without_project_imports(exported, models, tmp_path):
                           cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
     lines = proc.stdout.strip().splitlines()
-    assert json.loads(lines[-2]) == ["serve_bytes", "serving_default"]
+    assert json.loads(lines[-2]) == ["network_logits", "serve_bytes", "serving_default"]  # + predict.py's
     assert json.loads(lines[-1]) is False
     out = np.load(tmp_path / "out.npz")
     # Independent reference: numpy normalisation, Keras training-form model, numpy resize and softmax.

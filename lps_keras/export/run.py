@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Optional
 
 from lps_keras.errors import UsageError, check_path_name
+from lps_keras.export.common import OutputExistsError
 from lps_keras.recipe import Recipe
 
 
@@ -65,7 +66,7 @@ def export_recipe(recipe: Recipe, options: ExportOptions = ExportOptions(),
     precision = cfg.precision
     target = out_dir / str(version)
     if target.exists() and not args.overwrite:
-        raise FileExistsError(f"{target} already exists; choose another --version or pass --overwrite")
+        raise OutputExistsError(f"{target} already exists; choose another --version or pass --overwrite")
     if args.tftrt and input_size is None:
         raise UsageError("--tftrt needs a static --input-size (e.g. 1024x2048)")
     if args.tftrt:
@@ -89,7 +90,7 @@ def export_recipe(recipe: Recipe, options: ExportOptions = ExportOptions(),
             check_calibration_split(recipe, args.calibration_images)
         for fmt, p in edge_requests:
             if artefact_path(out_dir, version, fmt, p).exists() and not args.overwrite:
-                raise FileExistsError(f"{artefact_path(out_dir, version, fmt, p)} already exists; choose another "
+                raise OutputExistsError(f"{artefact_path(out_dir, version, fmt, p)} already exists; choose another "
                                       "--version or pass --overwrite")
 
     if input_size is not None and (args.verify or precision == "bf16" or args.onnx or args.tensorrt):
@@ -109,7 +110,7 @@ def export_recipe(recipe: Recipe, options: ExportOptions = ExportOptions(),
     lock = DirectoryLock(out_dir, "model directory").acquire()
     try:
         if target.exists() and not args.overwrite:  # written by a run that ended while this one started
-            raise FileExistsError(f"{target} already exists; choose another --version or pass --overwrite")
+            raise OutputExistsError(f"{target} already exists; choose another --version or pass --overwrite")
         return _export_locked(recipe, args, arch, name, out_dir, target, log, warn, edge_requests)
     finally:
         lock.release()

@@ -32,7 +32,7 @@ import numpy as np
 from lps_keras import compat, fileio
 from lps_keras.data.common import IMAGENET_MEAN, IMAGENET_STD
 from lps_keras.errors import DiskFullError, UsageError, is_disk_full
-from lps_keras.export.common import ExportError, check_choice, move_into_place, num_classes_of
+from lps_keras.export.common import ExportError, OutputExistsError, check_choice, move_into_place, num_classes_of
 from lps_keras.export.precision import PRECISIONS, reference_outputs
 from lps_keras.export.serving import (
     NETWORK_LOGITS_SIGNATURE,
@@ -95,7 +95,7 @@ def export_savedmodel(
     out_dir = Path(out_dir)
     target = out_dir / str(version)
     if target.exists() and not overwrite:
-        raise FileExistsError(f"{target} already exists; choose another --version or pass overwrite=True")
+        raise OutputExistsError(f"{target} already exists; choose another --version or pass overwrite=True")
     out_dir.mkdir(parents=True, exist_ok=True)
 
     net, (serve_images, image_spec), (serve_bytes, bytes_spec) = serving_functions(
