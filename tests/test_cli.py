@@ -325,3 +325,30 @@ def test_predict_decompression_bomb_and_image_less_directory_in_one_line(tmp_pat
     (tmp_path / "texts" / "a.txt").write_text("x")
     r = _run("predict.py", tmp_path / "texts", "--model", tmp_path / "model")
     _assert_one_line_error(r, "texts: a directory without image files")
+
+
+@pytest.fixture
+def tiny_disk(tmp_path):
+    """A 100 kB tmpfs (a really full disk); skipped where mounting is not allowed (not root, CI containers)."""
+    mnt = tmp_path / "disk"
+    mnt.mkdir()
+    r = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=100k", "tmpfs", str(mnt)], capture_output=True)
+    if r.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {r.stderr.decode(errors='replace').strip()}")
+    yield mnt
+    subprocess.run(["umount", str(mnt)], check=True)
+
+
+def test_export_and_predict_onto_a_full_disk_in_one_line_leaving_nothing(tmp_path, tiny_disk):
+    tiny = ["--recipe", "recipes/lps_tiny.json", "--set", "export.input_size=null", "--no-verify"]
+    r = _run("export.py", *tiny, "--output", tiny_disk / "m")
+    # Random weights (no --weights): the one warning line about them is expected before the error.
+    r.stderr = "\n".join(ln for ln in r.stderr.splitlines() if "RANDOMLY INITIALISED" not in ln)
+    _assert_one_line_error(r, f"{tiny_disk / 'm'}: the disk is full", "version 1 was removed")
+    assert list(tiny_disk.iterdir()) == []  # no version folder, no staging, no lock-only model directory
+    assert _run("export.py", *tiny, "--output", tmp_path / "m").returncode == 0
+    image = tmp_path / "street.png"
+    Image.fromarray(np.random.default_rng(0).integers(0, 256, (300, 400, 3), dtype=np.uint8)).save(image)
+    r = _run("predict.py", image, "--model", tmp_path / "m" / "1", "--output", tiny_disk / "pred")
+    _assert_one_line_error(r, f"{tiny_disk / 'pred'}: the disk is full", "0 of 1 images")
+    assert [p.name for p in (tiny_disk / "pred").iterdir()] in ([], ["street_mask.png"])  # only whole files

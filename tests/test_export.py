@@ -543,3 +543,20 @@ def test_a_second_export_of_a_model_directory_stops_naming_the_holder(tmp_path):
     finally:
         holder.send_signal(signal.SIGKILL)
         holder.wait()
+
+
+def test_an_unforeseen_memory_error_leaves_no_empty_model_directory(tmp_path, monkeypatch):
+    # cli.guarded makes the MemoryError one line; the export must not leave savedmodels/<name>/ behind.
+    from lps_keras.export import savedmodel
+    from lps_keras.recipe import load_recipe
+
+    def out_of_memory(*args, **kwargs):
+        raise MemoryError()
+
+    monkeypatch.setattr(savedmodel, "export_savedmodel", out_of_memory)
+    recipe = load_recipe(REPO / "recipes/lps_tiny.json", ["export.input_size=null"])
+    out = tmp_path / "m"
+    with pytest.raises(MemoryError):
+        ex.export_recipe(recipe, ex.ExportOptions(output=str(out), verify=False), log=lambda m: None,
+                         warn=lambda m: None)
+    assert not out.exists()
