@@ -46,8 +46,9 @@ def load_for_eval(recipe: Recipe, weights):
         raise EvaluationError(f"--weights: {path} does not exist")
     if _is_savedmodel(path):
         from lps_keras.data.common import IMAGENET_MEAN, IMAGENET_STD
+        from lps_keras.export.serving import load_savedmodel
 
-        loaded = tf.saved_model.load(str(path))
+        loaded = load_savedmodel(path, "--weights")  # a truncated variables file: one line naming the model
         if "serving_default" not in loaded.signatures:
             raise EvaluationError(f"--weights: SavedModel {path} has no serving_default signature")
         fn = loaded.signatures["serving_default"]

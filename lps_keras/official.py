@@ -216,7 +216,18 @@ def load_official_weights(model: keras.Model, state_dict_or_path, strict: bool =
         OfficialWeightsError: training-form model, missing/unexpected keys (strict), shape mismatch.
     """
     _require_deploy(model, "load_official_weights")
-    sd = read_state_dict(state_dict_or_path)
+    if isinstance(state_dict_or_path, (str, os.PathLike)):
+        # A file's errors name the file: "does not match model 'lpsnet'" alone does not say which
+        # --weights was wrong. (Errors of reading it name it already.)
+        sd = read_state_dict(state_dict_or_path)
+        try:
+            return _load_state_dict(model, sd, strict)
+        except OfficialWeightsError as e:
+            raise OfficialWeightsError(f"{os.fspath(state_dict_or_path)}: {e}") from None
+    return _load_state_dict(model, read_state_dict(state_dict_or_path), strict)
+
+
+def _load_state_dict(model, sd: dict, strict: bool) -> LoadResult:
     form = detect_form(sd)
     expected = official_key_map(model, form)
     ignorable = {k for k in sd if k.endswith(".num_batches_tracked") and _OFFICIAL_BLOCK.match(k)}

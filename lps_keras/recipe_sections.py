@@ -126,6 +126,20 @@ class ExportConfig:
     precision: str = field("fp32", choices=("fp32", "bf16"))  # bf16: CPU deployment
     outputs: str = field("probabilities", choices=("probabilities", "logits"))
 
+    def __post_init__(self):
+        # export.name becomes a directory (savedmodels/<name>), TF Serving's model name in
+        # models.config and a URL path in the printed curl: "../x" would write outside savedmodels/.
+        # Checked here, where the section is built (recipe.py's field rules cover values and ranges).
+        if self.name is not None:
+            from lps_keras.errors import PathNameError, check_path_name
+
+            try:
+                check_path_name("export.name", self.name)
+            except PathNameError as e:
+                from lps_keras.recipe import RecipeError  # recipe.py imports this module
+
+                raise RecipeError(str(e)) from None
+
 
 @dataclasses.dataclass(frozen=True)
 class RacingSettings:

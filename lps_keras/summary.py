@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import os
 import re
 import sys
 from pathlib import Path
@@ -287,7 +286,11 @@ def main(argv=None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     if not args.no_build:
-        os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")  # hide C++ start-up noise (no-GPU notices)
+        # TensorFlow's start-up lines (no-GPU notices) are printed before its log level applies: filter them
+        # as every entry point does (a TF_CPP_MIN_LOG_LEVEL set here would turn that filter off).
+        from lps_keras.cli import quiet_tensorflow
+
+        quiet_tensorflow()
     s = summarize(arch, h, w, build=not args.no_build)
     if name != "custom":
         s = with_table4(s, name)

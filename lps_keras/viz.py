@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 from typing import Optional, Union
 
@@ -173,6 +174,14 @@ def read_rgb(path: Union[str, os.PathLike], max_pixels: Optional[int] = None) ->
                 grey = np.clip(np.rint(raw * (255.0 / top)), 0, 255).astype(np.uint8)
                 return np.repeat(grey[..., None], 3, axis=-1)
             return np.asarray(im.convert("RGB"))
+    except Image.DecompressionBombError as e:
+        # Pillow refuses to open a header declaring over ~179 megapixels (a "decompression bomb") before
+        # max_pixels is looked at: report it like the max_pixels limit, naming the file.
+        match = re.search(r"\((\d+) pixels\) exceeds limit of (\d+)", str(e))
+        size = f"{int(match.group(1)) / 1e6:.1f} megapixels" if match else "too many pixels"
+        limit = max_pixels if max_pixels is not None else (int(match.group(2)) if match else Image.MAX_IMAGE_PIXELS * 2)
+        raise UsageError(f"{path}: its header declares {size}, above the limit of {limit / 1e6:g} (a decompression "
+                         "bomb or a huge image); downscale it first") from None
     except UnidentifiedImageError:
         raise UsageError(f"{path}: not a readable image") from None
     except (OSError, SyntaxError) as e:

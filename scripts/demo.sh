@@ -28,4 +28,4 @@ if [ -f savedmodels/camvid_lps_s/1/saved_model.pb ] && [ -f "$CAMVID_IMAGE" ]; t
   echo "== the shipped CamVid LPS-S on a real street image"
   $PY predict.py "$CAMVID_IMAGE" --model savedmodels/camvid_lps_s/1 --output "$RUN/predict_camvid"
 fi
-echo "Demo done: see $RUN (TensorBoard: pip install tensorboard; tensorboard --logdir $RUN/tensorboard), savedmodels/demo/1, $RUN/predict"
+echo "Demo done: see $RUN (TensorBoard: $(dirname "$PY")/tensorboard --logdir $RUN/tensorboard), savedmodels/demo/1, $RUN/predict"

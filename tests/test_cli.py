@@ -264,3 +264,91 @@ def test_strip_startup_noise_keeps_everything_else():
         "something the user must see",
     ])
     assert strip_startup_noise(text) == "something the user must see"
+
+
+# --------------------------------------------------------------------------- [faults]: export / predict side
+def test_export_name_with_dotdot_is_refused_in_one_line(tmp_path):
+    r = _run("export.py", "--recipe", "recipes/lps_tiny.json", "--set", 'export.name="../../../x"',
+             "--output", tmp_path / "m")
+    _assert_one_line_error(r, "export.name", "'../../../x'", "not a plain name")
+    assert not (tmp_path / "m").exists()
+
+
+def test_export_refuses_an_input_size_beyond_memory_before_writing(tmp_path):
+    r = _run("export.py", "--recipe", "recipes/lps_tiny.json", "--input-size", "20000x20000",
+             "--output", tmp_path / "m")
+    _assert_one_line_error(r, "20000x20000", "GB of memory, but only", "--input-size")
+    assert not (tmp_path / "m").exists()
+
+
+def test_a_second_export_into_a_held_model_directory_names_the_holder(tmp_path):
+    import signal
+
+    out = tmp_path / "m"
+    holder = subprocess.Popen([PY, "-c", "import sys, time\nfrom lps_keras.fileio import DirectoryLock\n"
+                               "DirectoryLock(sys.argv[1]).acquire()\nprint('held', flush=True)\ntime.sleep(120)",
+                               str(out)], stdout=subprocess.PIPE, text=True, cwd=REPO, env=_env())
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        r = _run("export.py", "--recipe", "recipes/lps_tiny.json", "--set", "export.input_size=null",
+                 "--no-verify", "--output", out)
+        _assert_one_line_error(r, str(out), f"in use by process {holder.pid}")
+        assert not (out / "1").exists()
+    finally:
+        holder.send_signal(signal.SIGKILL)
+        holder.wait()
+
+
+def test_export_with_official_weights_of_another_architecture_names_the_file(tmp_path):
+    weights = tmp_path / "other_arch.npz"
+    np.savez(weights, **{"netH.stages.0.0.0.weight": np.zeros((4, 3, 3, 3), np.float32)})
+    r = _run("export.py", "--recipe", "recipes/lps_tiny.json", "--weights", weights, "--output", tmp_path / "m")
+    _assert_one_line_error(r, "other_arch.npz", "does not match")
+    assert not (tmp_path / "m").exists()
+
+
+def test_predict_decompression_bomb_and_image_less_directory_in_one_line(tmp_path):
+    import struct
+    import zlib
+
+    bomb = tmp_path / "bomb.png"
+    Image.new("RGB", (1, 1)).save(bomb)
+    data = bytearray(bomb.read_bytes())
+    data[16:24] = struct.pack(">II", 30000, 30000)  # IHDR width, height: 900 megapixels declared
+    data[29:33] = struct.pack(">I", zlib.crc32(bytes(data[12:29])))
+    bomb.write_bytes(bytes(data))
+    (tmp_path / "model").mkdir()
+    (tmp_path / "model" / "saved_model.pb").write_bytes(b"")  # never loaded: the inputs are refused first
+    r = _run("predict.py", bomb, "--model", tmp_path / "model")
+    _assert_one_line_error(r, "bomb.png", "900.0 megapixels", "limit of 50")
+    (tmp_path / "texts").mkdir()
+    (tmp_path / "texts" / "a.txt").write_text("x")
+    r = _run("predict.py", tmp_path / "texts", "--model", tmp_path / "model")
+    _assert_one_line_error(r, "texts: a directory without image files")
+
+
+@pytest.fixture
+def tiny_disk(tmp_path):
+    """A 100 kB tmpfs (a really full disk); skipped where mounting is not allowed (not root, CI containers)."""
+    mnt = tmp_path / "disk"
+    mnt.mkdir()
+    r = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=100k", "tmpfs", str(mnt)], capture_output=True)
+    if r.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {r.stderr.decode(errors='replace').strip()}")
+    yield mnt
+    subprocess.run(["umount", str(mnt)], check=True)
+
+
+def test_export_and_predict_onto_a_full_disk_in_one_line_leaving_nothing(tmp_path, tiny_disk):
+    tiny = ["--recipe", "recipes/lps_tiny.json", "--set", "export.input_size=null", "--no-verify"]
+    r = _run("export.py", *tiny, "--output", tiny_disk / "m")
+    # Random weights (no --weights): the one warning line about them is expected before the error.
+    r.stderr = "\n".join(ln for ln in r.stderr.splitlines() if "RANDOMLY INITIALISED" not in ln)
+    _assert_one_line_error(r, f"{tiny_disk / 'm'}: the disk is full", "version 1 was removed")
+    assert list(tiny_disk.iterdir()) == []  # no version folder, no staging, no lock-only model directory
+    assert _run("export.py", *tiny, "--output", tmp_path / "m").returncode == 0
+    image = tmp_path / "street.png"
+    Image.fromarray(np.random.default_rng(0).integers(0, 256, (300, 400, 3), dtype=np.uint8)).save(image)
+    r = _run("predict.py", image, "--model", tmp_path / "m" / "1", "--output", tiny_disk / "pred")
+    _assert_one_line_error(r, f"{tiny_disk / 'pred'}: the disk is full", "0 of 1 images")
+    assert [p.name for p in (tiny_disk / "pred").iterdir()] in ([], ["street_mask.png"])  # only whole files

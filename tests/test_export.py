@@ -89,7 +89,7 @@ def test_fresh_process_without_project_imports(exported, models, tmp_path):
                           cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
     lines = proc.stdout.strip().splitlines()
-    assert json.loads(lines[-2]) == ["serve_bytes", "serving_default"]
+    assert json.loads(lines[-2]) == ["network_logits", "serve_bytes", "serving_default"]  # + predict.py's
     assert json.loads(lines[-1]) is False
     out = np.load(tmp_path / "out.npz")
     # Independent reference: numpy normalisation, Keras training-form model, numpy resize and softmax.
@@ -313,3 +313,250 @@ def test_savedmodel_stores_each_weight_once(exported):
     shapes = reader.get_variable_to_shape_map()
     stored = sum(int(np.prod(s)) for k, s in shapes.items() if k != "_CHECKPOINTABLE_OBJECT_GRAPH")
     assert stored == ARCH.num_params()  # Keras 3.15's ExportArchive alone would store 2x (see lps_keras.compat)
+
+
+# ----------------------------------------------------------------------------- [faults]: export / predict side
+def test_predict_labels_from_network_logits_equal_serving_default(exported, tmp_path):
+    # predict.py's bounded-memory path (network logits upsampled and argmaxed in row bands) gives the
+    # labels serving_default (full-size softmax) gives, on sizes that do and do not divide evenly.
+    import tensorflow as tf
+
+    from lps_keras.export.predict import labels_from_logits
+
+    base, _ = exported
+    loaded = tf.saved_model.load(str(base / "1"))
+    for h, w, band in ((40, 72, 64), (37, 61, 5), (H, W, 1)):
+        image = ex.sample_image(h, w, seed=h)[None]
+        want = loaded.signatures["serving_default"](images=tf.constant(image))["labels"][0].numpy()
+        logits = loaded.signatures["network_logits"](images=tf.constant(image))["logits"][0].numpy()
+        assert logits.shape[:2] != (h, w)  # really the low-resolution logits
+        np.testing.assert_array_equal(labels_from_logits(logits, h, w, band_rows=band), want)
+
+
+def test_predict_same_stem_in_two_directories_and_a_directory_input(exported, tmp_path):
+    from lps_keras.errors import UsageError
+    from lps_keras.export.predict import output_names, predict_images
+
+    base, _ = exported
+    for i, sub in enumerate(("a", "b")):
+        (tmp_path / sub).mkdir()
+        Image.fromarray(ex.sample_image(24, 40, seed=i)).save(tmp_path / sub / "x.png")
+    out = tmp_path / "out"
+    written = predict_images(base / "1", [tmp_path / "a" / "x.png", tmp_path / "b" / "x.png"], out, log=lambda m: None)
+    assert sorted(p.name for p in written) == ["a_x_mask.png", "a_x_overlay.png", "b_x_mask.png", "b_x_overlay.png"]
+    assert sorted(p.name for p in out.iterdir()) == sorted(p.name for p in written)  # nothing replaced
+    assert output_names([Path("d/x.png"), Path("d/x.jpg"), Path("y.png")]) == ["x_png", "x_jpg", "y"]
+    # A directory: its image files by name (not the text file); a file given twice is predicted once.
+    (tmp_path / "a" / "notes.txt").write_text("not an image")
+    Image.fromarray(ex.sample_image(24, 40, seed=5)).save(tmp_path / "a" / "w.png")
+    written = predict_images(base / "1", [tmp_path / "a", tmp_path / "a" / "x.png"], tmp_path / "dir",
+                             log=lambda m: None)
+    assert [p.name for p in written] == ["w_mask.png", "w_overlay.png", "x_mask.png", "x_overlay.png"]
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(UsageError, match=r"empty: a directory without image files"):
+        predict_images(base / "1", [tmp_path / "empty"], tmp_path / "o2")
+
+
+def _truncated_copy(exported, tmp_path):
+    import shutil
+
+    base, _ = exported
+    model = tmp_path / "damaged" / "1"
+    shutil.copytree(base / "1", model)
+    data = next((model / "variables").glob("variables.data-*"))
+    with open(data, "r+b") as f:
+        f.truncate(data.stat().st_size // 2)
+    return model
+
+
+def test_truncated_variables_are_one_line_naming_the_savedmodel(exported, tmp_path):
+    from lps_keras.evaluation import load_for_eval
+    from lps_keras.export.predict import predict_images
+    from lps_keras.export.serving import SavedModelError
+    from lps_keras.recipe import Recipe
+
+    model = _truncated_copy(exported, tmp_path)
+    img = tmp_path / "street.png"
+    Image.fromarray(ex.sample_image(24, 40)).save(img)
+    with pytest.raises(SavedModelError, match=rf"{model}: the SavedModel cannot be loaded: its variables"):
+        predict_images(model, [img], tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+    with pytest.raises(SavedModelError, match=rf"{model}: .*variables .*damaged or truncated"):
+        load_for_eval(Recipe(), model)
+    proc = _cli(["predict.py", str(img), "--model", str(model), "--output", str(tmp_path / "out")])
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert [ln for ln in _own_lines(proc.stderr)] == [ln for ln in _own_lines(proc.stderr) if str(model) in ln]
+    assert len(_own_lines(proc.stderr)) == 1, proc.stderr
+
+
+def _enospc(*args, **kwargs):
+    import errno
+
+    raise OSError(errno.ENOSPC, "No space left on device")
+
+
+@pytest.mark.parametrize("flavour", ["oserror", "tensorflow"])
+def test_export_onto_a_full_disk_leaves_nothing(models, tmp_path, monkeypatch, flavour):
+    import keras
+    import tensorflow as tf
+
+    from lps_keras.errors import DiskFullError
+
+    def write_out(self, filepath, **kwargs):
+        Path(filepath).mkdir(parents=True)
+        (Path(filepath) / "saved_model.pb").write_bytes(b"partial")  # some bytes made it before the disk filled
+        if flavour == "oserror":
+            _enospc()
+        # What the SavedModel writer raises: a 51-line ResourceExhaustedError naming errno 28.
+        raise tf.errors.ResourceExhaustedError(None, None, "tmp/model/variables: Write failed; errno = 28")
+
+    # ExportArchive() returns a backend subclass: patch the class that really writes.
+    monkeypatch.setattr(type(keras.export.ExportArchive()), "write_out", write_out)
+    base = tmp_path / "full"
+    with pytest.raises(DiskFullError, match=rf"{base}: the disk is full .*version 1 was removed"):
+        ex.export_savedmodel(models[1], base, 1, verify=False)
+    assert list(base.iterdir()) == []  # no version folder, no staging
+
+
+def test_predict_onto_a_full_disk_leaves_no_partial_png(exported, tmp_path, monkeypatch):
+    from lps_keras.errors import DiskFullError
+    from lps_keras.export.predict import predict_images
+
+    base, _ = exported
+    img = tmp_path / "street.png"
+    Image.fromarray(ex.sample_image(24, 40)).save(img)
+    out = tmp_path / "out"
+    def capped_writer(im, fp, filename, *args):  # a disk that fills after a few bytes
+        fp.write(b"\x89PNG\r\n")
+        _enospc()
+
+    monkeypatch.setitem(Image.SAVE, "PNG", capped_writer)  # Pillow's PNG writer, looked up by format
+    with pytest.raises(DiskFullError, match=rf"{out}: the disk is full .*0 of 1 images"):
+        predict_images(base / "1", [img], out, log=lambda m: None)
+    assert list(out.iterdir()) == []
+
+
+def test_verification_child_dies_with_its_parent(tmp_path):
+    # export.py killed with -9 during verification: its child must not run on (the child's first lines).
+    import signal
+    import time
+
+    from lps_keras.export.savedmodel import DIE_WITH_PARENT
+
+    child = DIE_WITH_PARENT + "\nimport time\nprint('ready', flush=True)\ntime.sleep(60)\n"
+    parent = textwrap.dedent(f"""
+        import os, subprocess, sys
+        env = dict(os.environ, LPS_PARENT_PID=str(os.getpid()))
+        p = subprocess.Popen([sys.executable, "-c", {child!r}], stdout=subprocess.PIPE, env=env)
+        assert p.stdout.readline().strip() == b"ready"
+        print(p.pid, flush=True)
+        import time; time.sleep(60)
+    """)
+    proc = subprocess.Popen([sys.executable, "-c", parent], stdout=subprocess.PIPE, text=True)
+    try:
+        child_pid = int(proc.stdout.readline())
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(10)
+        for _ in range(50):
+            try:
+                os.kill(child_pid, 0)
+            except ProcessLookupError:
+                break
+            with open(f"/proc/{child_pid}/stat") as f:  # a zombie awaiting its reaper counts as dead
+                if f.read().split(")")[-1].split()[0] == "Z":
+                    break
+            time.sleep(0.1)
+        else:
+            os.kill(child_pid, signal.SIGKILL)
+            pytest.fail("the verification child outlived its parent")
+    finally:
+        proc.kill()
+
+
+def test_stale_verification_dirs_of_dead_exports_are_removed(tmp_path):
+    # A killed export leaves its verification dir (named with its pid); the next export's clean-up
+    # removes it, and leaves a live export's alone.
+    from lps_keras import fileio
+
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    dead_pid = int(dead.stdout)
+    stale = tmp_path / fileio.temp_prefix("lps_verify").replace(str(os.getpid()), str(dead_pid), 1)
+    live = tmp_path / (fileio.temp_prefix("lps_verify").replace(str(os.getpid()), str(os.getppid()), 1) + "x")
+    for d in (stale, live):
+        d.mkdir()
+        (d / "image.npy").write_bytes(b"12 MB in real life")
+    assert fileio.remove_stale_temps(tmp_path) == [stale]
+    assert live.is_dir() and not stale.exists()
+
+
+def test_verification_files_live_in_the_staging_directory(models, tmp_path, monkeypatch):
+    # ... beside the export (staging is named with the pid), not in a /tmp/lps_verify_* no one removes.
+    from lps_keras.export import savedmodel
+
+    seen = {}
+
+    def spy(path, *args, work_dir=None, **kwargs):
+        seen["work_dir"] = work_dir
+        raise ex.ExportError("stop here")
+
+    monkeypatch.setattr(savedmodel, "verify_savedmodel", spy)
+    with pytest.raises(ex.ExportError, match="stop here"):
+        ex.export_savedmodel(models[1], tmp_path / "m", 1)
+    assert seen["work_dir"].parent == tmp_path / "m" and f"lpstmp-{os.getpid()}-" in seen["work_dir"].name
+    assert list((tmp_path / "m").iterdir()) == []
+
+
+def test_export_refuses_an_input_size_that_does_not_fit_memory(tmp_path):
+    from lps_keras.errors import ResourceError
+    from lps_keras.export.savedmodel import export_memory_estimate
+    from lps_keras.memory import check_memory
+    from lps_keras.recipe import load_recipe
+
+    assert export_memory_estimate(ARCH, (20000, 20000)) > 100 * 1024**3
+    assert export_memory_estimate(ARCH, (H, W)) < 50 * 1024**2
+    with pytest.raises(ResourceError, match=r"needs about 2\.0 GB of memory, but only 1\.0 GB is available"):
+        check_memory(2 * 1024**3, "x", "y", available=1024**3)
+    recipe = load_recipe(REPO / "recipes/lps_tiny.json", ["export.input_size=[20000, 20000]"])
+    out = tmp_path / "m"
+    with pytest.raises(ResourceError, match=r"input size 20000x20000 .* GB of memory, but only .*--input-size"):
+        ex.export_recipe(recipe, ex.ExportOptions(output=str(out)), log=lambda m: None, warn=lambda m: None)
+    assert not out.exists()
+
+
+def test_a_second_export_of_a_model_directory_stops_naming_the_holder(tmp_path):
+    import signal
+
+    from lps_keras.errors import BusyError
+    from lps_keras.recipe import load_recipe
+
+    out = tmp_path / "m"
+    holder = subprocess.Popen([sys.executable, "-c", "import sys, time\nfrom lps_keras.fileio import DirectoryLock\n"
+                               "DirectoryLock(sys.argv[1]).acquire()\nprint('held', flush=True)\ntime.sleep(60)",
+                               str(out)], stdout=subprocess.PIPE, text=True, cwd=REPO)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        recipe = load_recipe(REPO / "recipes/lps_tiny.json", ["model.num_classes=4"])
+        with pytest.raises(BusyError, match=rf"{out}: this model directory is in use by process {holder.pid}"):
+            ex.export_recipe(recipe, ex.ExportOptions(output=str(out), verify=False), log=lambda m: None,
+                             warn=lambda m: None)
+        assert not (out / "1").exists()
+    finally:
+        holder.send_signal(signal.SIGKILL)
+        holder.wait()
+
+
+def test_an_unforeseen_memory_error_leaves_no_empty_model_directory(tmp_path, monkeypatch):
+    # cli.guarded makes the MemoryError one line; the export must not leave savedmodels/<name>/ behind.
+    from lps_keras.export import savedmodel
+    from lps_keras.recipe import load_recipe
+
+    def out_of_memory(*args, **kwargs):
+        raise MemoryError()
+
+    monkeypatch.setattr(savedmodel, "export_savedmodel", out_of_memory)
+    recipe = load_recipe(REPO / "recipes/lps_tiny.json", ["export.input_size=null"])
+    out = tmp_path / "m"
+    with pytest.raises(MemoryError):
+        ex.export_recipe(recipe, ex.ExportOptions(output=str(out), verify=False), log=lambda m: None,
+                         warn=lambda m: None)
+    assert not out.exists()

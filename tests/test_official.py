@@ -274,7 +274,7 @@ def test_pth_without_torch_names_pip_install(deploy_models, tmp_path, monkeypatc
 
 
 def test_file_errors(deploy_models, tmp_path):
-    with pytest.raises(FileNotFoundError, match="nope.npz"):
+    with pytest.raises(OfficialWeightsError, match="nope.npz"):  # an LPSError since errors.py (one line, exit 2)
         load_official_weights(deploy_models["1path"], tmp_path / "nope.npz")
     bad = tmp_path / "w.h5"
     bad.write_bytes(b"")
@@ -342,3 +342,13 @@ def test_mixed_forms_rejected(deploy_models):
     sd["net.stages.0.0.0.bias"] = np.zeros(4, np.float32)
     with pytest.raises(OfficialWeightsError, match="mixes the training form"):
         load_official_weights(deploy_models["1path"], sd)
+
+
+# ----------------------------------------------------------------------------- [faults]: errors name the file
+def test_other_architecture_npz_names_the_file(deploy_models, tmp_path):
+    # An official .npz of another architecture: the message must say which file is wrong.
+    path = tmp_path / "other_arch.npz"
+    np.savez(path, **sd_for("1path", "deploy"))
+    with pytest.raises(OfficialWeightsError, match=r"other_arch\.npz: official deploy-form state dict does not "
+                       r"match model"):
+        load_official_weights(deploy_models["2path"], path)

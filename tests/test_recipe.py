@@ -125,3 +125,15 @@ def test_search_latency_source_is_measured_or_a_profile():
     for bad in ("profile:", "guess"):
         with pytest.raises(RecipeError, match="search.latency.source"):
             load_recipe(base, [f"search.latency.source={bad}"])
+
+
+# ----------------------------------------------------------------------------- [faults]: export.name
+@pytest.mark.parametrize("name", ["../../../x", "a/b", "..", ".hidden", "", "x\ny"])
+def test_export_name_must_be_a_plain_name(tmp_path, name):
+    # export.name becomes savedmodels/<name>: "../" would write outside savedmodels/.
+    path = tmp_path / "r.json"
+    path.write_text(json.dumps({"model": {"preset": "lps_tiny"}}))
+    with pytest.raises(RecipeError, match=r"r\.json: export\.name: .* name") as info:
+        load_recipe(path, [f"export.name={json.dumps(name)}"])
+    assert repr(name) in str(info.value)
+    assert load_recipe(path, ['export.name="lps_s-v2"']).export.name == "lps_s-v2"

@@ -123,3 +123,29 @@ def test_legend_lists_the_classes_present_with_their_colours():
     many = with_legend(np.zeros((4, 60, 3), np.uint8), np.arange(3).repeat(80).reshape(4, 60), palette,
                        ["first class", "second class", "third class"])
     assert many.shape[0] - 4 > out.shape[0] - 20
+
+
+# ----------------------------------------------------------------------------- [faults]: decompression bomb
+def _png_declaring(path, width, height):
+    """A tiny PNG whose IHDR declares ``width`` x ``height`` (the pixel data stays 1x1)."""
+    import struct
+    import zlib
+
+    Image.new("RGB", (1, 1)).save(path)
+    data = bytearray(path.read_bytes())
+    assert data[12:16] == b"IHDR"
+    data[16:24] = struct.pack(">II", width, height)
+    data[29:33] = struct.pack(">I", zlib.crc32(bytes(data[12:29])))  # the chunk's CRC over type + data
+    path.write_bytes(bytes(data))
+    return path
+
+
+def test_read_rgb_decompression_bomb_names_the_file(tmp_path):
+    from lps_keras.errors import UsageError
+    from lps_keras.viz import read_rgb
+
+    bomb = _png_declaring(tmp_path / "bomb.png", 30000, 30000)
+    with pytest.raises(UsageError, match=r"bomb\.png: its header declares 900\.0 megapixels, above the limit of 50"):
+        read_rgb(bomb, max_pixels=50_000_000)
+    with pytest.raises(UsageError, match=r"bomb\.png: .*900\.0 megapixels"):
+        read_rgb(bomb)  # no limit of ours: Pillow's own

@@ -1,7 +1,8 @@
 """Deployment: fused SavedModels for TF Serving, verification, TF-TRT, ONNX, TensorRT and bf16.
 
 - :mod:`~lps_keras.export.savedmodel`: ``export_savedmodel``, ``verify_savedmodel`` (fresh process)
-- :mod:`~lps_keras.export.serving`: signatures, TF Serving config and commands, ``predict_images``
+- :mod:`~lps_keras.export.serving`: signatures, TF Serving config and commands
+- :mod:`~lps_keras.export.predict`: ``predict_images`` (predict.py, bounded memory)
 - :mod:`~lps_keras.export.precision`: bf16 variant and parity, the numpy reference outputs
 - :mod:`~lps_keras.export.onnx`: tf2onnx conversion and onnxruntime parity
 - :mod:`~lps_keras.export.tensorrt`: TF-TRT and TensorRT 10 engines, ``require_tftrt`` / ``require_tensorrt``
@@ -14,6 +15,7 @@ from lps_keras.data.common import IMAGENET_MEAN, IMAGENET_STD
 from lps_keras.export.common import BackendUnavailable, ExportError
 from lps_keras.export.onnx import export_onnx, onnx_parity, onnx_resize_modes
 from lps_keras.export.precision import PRECISIONS, bf16_model, bf16_parity, reference_outputs, resize_bilinear_np
+from lps_keras.export.predict import predict_images
 from lps_keras.export.run import ExportOptions, export_recipe
 from lps_keras.export.savedmodel import (
     ExportResult,
@@ -25,7 +27,6 @@ from lps_keras.export.savedmodel import (
 from lps_keras.export.serving import (
     OUTPUT_KINDS,
     format_serving_commands,
-    predict_images,
     serving_commands,
     serving_functions,
     write_models_config,

@@ -14,6 +14,14 @@ class ExportError(LPSError, RuntimeError):
     """An export step could not be done; the message says which and why."""
 
 
+class OutputExistsError(LPSError, FileExistsError):
+    """The version (or artefact) to write exists and ``--overwrite`` was not given: one line, exit 2.
+
+    Still a ``FileExistsError`` for callers that catch that; a plain one (no ``filename``) would reach
+    the user as a traceback.
+    """
+
+
 class BackendUnavailable(ExportError):
     """A conversion backend (TF-TRT, TensorRT, GPU) is missing on this machine."""
 
@@ -31,7 +39,7 @@ def move_into_place(src: Path, target: Path, overwrite: bool):
     publish_tree(src)
     if target.exists():
         if not overwrite:
-            raise FileExistsError(f"{target} already exists")
+            raise OutputExistsError(f"{target} already exists")
         old = target.with_name(f".{target.name}.old-{os.getpid()}")
         os.replace(target, old)
         os.replace(src, target)

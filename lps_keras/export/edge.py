@@ -30,7 +30,7 @@ import numpy as np
 
 from lps_keras import fileio
 from lps_keras.errors import UsageError
-from lps_keras.export.common import BackendUnavailable, ExportError, check_choice
+from lps_keras.export.common import BackendUnavailable, ExportError, OutputExistsError, check_choice
 
 LITERT_PRECISIONS = ("fp32", "fp16", "int8")
 OPENVINO_PRECISIONS = ("fp32", "bf16", "int8")
@@ -223,7 +223,7 @@ def export_edge_artefact(saved_model_dir, out_dir, version: int, fmt: str, preci
     """Convert and write one artefact beside the SavedModel version; returns its path."""
     target = artefact_path(out_dir, version, fmt, precision)
     if target.exists() and not overwrite:
-        raise FileExistsError(f"{target} already exists; choose another --version or pass --overwrite")
+        raise OutputExistsError(f"{target} already exists; choose another --version or pass --overwrite")
     if fmt == "litert":
         fileio.atomic_write_bytes(target, convert_litert(saved_model_dir, precision, calibration))
     elif fmt == "openvino":
@@ -274,7 +274,7 @@ def export_edge(recipe, deploy_model, out_dir, version: int, requests, calibrati
     for fmt, precision in requests:  # refuse before converting anything
         target = artefact_path(out_dir, version, fmt, precision)
         if target.exists() and not overwrite:
-            raise FileExistsError(f"{target} already exists; choose another --version or pass --overwrite")
+            raise OutputExistsError(f"{target} already exists; choose another --version or pass --overwrite")
     calibration = None
     if any(p == "int8" for _, p in requests):
         calibration = er.calibration_images(recipe, size, calibration_count)

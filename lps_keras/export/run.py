@@ -14,7 +14,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Optional
 
-from lps_keras.errors import UsageError
+from lps_keras.errors import UsageError, check_path_name
+from lps_keras.export.common import OutputExistsError
 from lps_keras.recipe import Recipe
 
 
@@ -48,24 +49,24 @@ class ExportOptions:
 def export_recipe(recipe: Recipe, options: ExportOptions = ExportOptions(),
                   log: Callable[[str], None] = print, warn: Callable[[str], None] = print) -> dict:
     """Export ``recipe``'s model as configured; returns what was written. Checks everything it can
-    (existing version, static size for TF-TRT/TensorRT, backends, input files) before exporting."""
-    from lps_keras.export import precision as prec
-    from lps_keras.export import savedmodel, serving, tensorrt
-    from lps_keras.export.onnx import export_onnx
-    from lps_keras.weights import prepare_deploy_model
+    (existing version, static size for TF-TRT/TensorRT, backends, input files, memory) before exporting,
+    and holds the model directory's lock while it writes (a second export of it stops at once)."""
+    from lps_keras.export import savedmodel, tensorrt
 
     args = options
     arch = recipe.arch()
     cfg = recipe.export
-    name = cfg.name or recipe.name
+    # The name becomes savedmodels/<name>, TF Serving's model name and a URL path: no "../" (export.name is
+    # checked with the recipe; the recipe's own name, its default, is checked here).
+    name = check_path_name("export.name" if cfg.name else "recipe name (the default export.name)",
+                           cfg.name or recipe.name)
     out_dir = Path(args.output or f"savedmodels/{name}")
     version = cfg.version
     input_size = cfg.input_size
     precision = cfg.precision
-    outputs = cfg.outputs
     target = out_dir / str(version)
     if target.exists() and not args.overwrite:
-        raise FileExistsError(f"{target} already exists; choose another --version or pass --overwrite")
+        raise OutputExistsError(f"{target} already exists; choose another --version or pass --overwrite")
     if args.tftrt and input_size is None:
         raise UsageError("--tftrt needs a static --input-size (e.g. 1024x2048)")
     if args.tftrt:
@@ -89,9 +90,54 @@ def export_recipe(recipe: Recipe, options: ExportOptions = ExportOptions(),
             check_calibration_split(recipe, args.calibration_images)
         for fmt, p in edge_requests:
             if artefact_path(out_dir, version, fmt, p).exists() and not args.overwrite:
-                raise FileExistsError(f"{artefact_path(out_dir, version, fmt, p)} already exists; choose another "
+                raise OutputExistsError(f"{artefact_path(out_dir, version, fmt, p)} already exists; choose another "
                                       "--version or pass --overwrite")
 
+    if input_size is not None and (args.verify or precision == "bf16" or args.onnx or args.tensorrt):
+        # Verification (and the parity reports) run the network on an image of this size in this process
+        # and a child: refuse before anything is written rather than die of a MemoryError half way.
+        from lps_keras.memory import check_memory
+
+        check_memory(savedmodel.export_memory_estimate(arch, input_size),
+                     f"exporting with input size {input_size[0]}x{input_size[1]} (verification runs the network at it)",
+                     "use a smaller --input-size, 'dynamic', or --no-verify")
+
+    # One export.py at a time writes into a model directory: a second one writing the same version would
+    # race for the rename. The lock file stays in <out_dir>, beside (never inside) the published versions.
+    from lps_keras.fileio import DirectoryLock
+
+    created = not out_dir.exists()
+    lock = DirectoryLock(out_dir, "model directory").acquire()
+    try:
+        if target.exists() and not args.overwrite:  # written by a run that ended while this one started
+            raise OutputExistsError(f"{target} already exists; choose another --version or pass --overwrite")
+        return _export_locked(recipe, args, arch, name, out_dir, target, log, warn, edge_requests)
+    finally:
+        lock.release()
+        if created:
+            _remove_if_only_lock(out_dir)
+
+
+def _remove_if_only_lock(out_dir: Path) -> None:
+    """A failed first export leaves no ``savedmodels/<name>`` holding nothing but the lock file."""
+    from lps_keras.fileio import LOCK_NAME
+
+    try:
+        if {p.name for p in out_dir.iterdir()} <= {LOCK_NAME}:
+            (out_dir / LOCK_NAME).unlink(missing_ok=True)
+            out_dir.rmdir()
+    except OSError:
+        pass  # another process has just started using it: leave it
+
+
+def _export_locked(recipe, args, arch, name, out_dir, target, log, warn, edge_requests) -> dict:
+    from lps_keras.export import precision as prec
+    from lps_keras.export import savedmodel, serving, tensorrt
+    from lps_keras.export.onnx import export_onnx
+    from lps_keras.weights import prepare_deploy_model
+
+    cfg = recipe.export
+    version, input_size, precision, outputs = cfg.version, cfg.input_size, cfg.precision, cfg.outputs
     if args.weights is None:
         warn("WARNING: no --weights given: exporting RANDOMLY INITIALISED weights (fine for latency, "
              "useless for predictions)")

@@ -3,7 +3,9 @@
 The SavedModel written by :func:`export_savedmodel` is self-contained: it takes raw ``uint8``
 images (or encoded JPEG/PNG bytes), normalises them with the ImageNet mean/std, runs the fused
 deploy network, upsamples the logits to the input resolution (align-corners bilinear, like
-training) and returns ``labels`` plus ``probabilities`` (softmax) or ``logits``. Nothing from
+training) and returns ``labels`` plus ``probabilities`` (softmax) or ``logits``; a third signature,
+``network_logits``, returns the network's logits before the upsampling (predict.py's bounded-memory
+labels). Nothing from
 this project is needed to load it: :func:`verify_savedmodel` proves that in a fresh process.
 
 Every writer stages into a temporary directory beside the target and renames it into place, so
@@ -29,10 +31,15 @@ import numpy as np
 
 from lps_keras import compat, fileio
 from lps_keras.data.common import IMAGENET_MEAN, IMAGENET_STD
-from lps_keras.errors import UsageError
-from lps_keras.export.common import ExportError, check_choice, move_into_place, num_classes_of
+from lps_keras.errors import DiskFullError, UsageError, is_disk_full
+from lps_keras.export.common import ExportError, OutputExistsError, check_choice, move_into_place, num_classes_of
 from lps_keras.export.precision import PRECISIONS, reference_outputs
-from lps_keras.export.serving import OUTPUT_KINDS, serving_functions
+from lps_keras.export.serving import (
+    NETWORK_LOGITS_SIGNATURE,
+    OUTPUT_KINDS,
+    network_logits_function,
+    serving_functions,
+)
 
 
 # --------------------------------------------------------------------------- SavedModel
@@ -88,19 +95,28 @@ def export_savedmodel(
     out_dir = Path(out_dir)
     target = out_dir / str(version)
     if target.exists() and not overwrite:
-        raise FileExistsError(f"{target} already exists; choose another --version or pass overwrite=True")
+        raise OutputExistsError(f"{target} already exists; choose another --version or pass overwrite=True")
     out_dir.mkdir(parents=True, exist_ok=True)
 
     net, (serve_images, image_spec), (serve_bytes, bytes_spec) = serving_functions(
         deploy_model, input_size, outputs, precision)
-    fileio.remove_stale_temps(out_dir)  # staging directories of an export that was killed
-    staging = Path(tempfile.mkdtemp(prefix=fileio.temp_prefix(str(version)), dir=out_dir))
+    fileio.remove_stale_temps(out_dir)  # staging directories (and verification files) of a killed export
+    fileio.remove_stale_temps(tempfile.gettempdir())  # verification dirs of standalone verify_savedmodel calls
+    try:
+        staging = Path(tempfile.mkdtemp(prefix=fileio.temp_prefix(str(version)), dir=out_dir))
+    except OSError as e:
+        if is_disk_full(e):
+            raise DiskFullError(out_dir, "nothing was written") from None
+        raise
     try:
         archive = keras.export.ExportArchive()
         archive.track(net)
         compat.export_archive_single_copy(archive)  # else every weight is stored twice
         archive.add_endpoint("serving_default", serve_images, input_signature=[image_spec])
         archive.add_endpoint("serve_bytes", serve_bytes, input_signature=[bytes_spec])
+        # The network's own logits (before the upsampling), for predict.py's bounded-memory labels.
+        logits_fn, logits_spec = network_logits_function(net, input_size)
+        archive.add_endpoint(NETWORK_LOGITS_SIGNATURE, logits_fn, input_signature=[logits_spec])
         tmp_model = staging / "model"
         archive.write_out(str(tmp_model), verbose=False)
         meta = {
@@ -117,13 +133,32 @@ def export_savedmodel(
         report = None
         if verify:
             report = verify_savedmodel(tmp_model, reference_model or deploy_model, image=verify_image,
-                                       outputs=outputs, precision=precision)
+                                       outputs=outputs, precision=precision, work_dir=staging)
             report["path"] = str(target)
         _write_signatures_txt(tmp_model)
         move_into_place(tmp_model, target, overwrite)
+    except Exception as e:
+        # A full disk surfaces as OSError(ENOSPC) or as a TensorFlow ResourceExhaustedError / "errno = 28"
+        # from the SavedModel writer; the staging (all that was written) goes in the finally below.
+        if is_disk_full(e):
+            raise DiskFullError(out_dir, f"the export of version {version} was removed") from None
+        raise
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return ExportResult(target, version, outputs, precision, input_size, report)
+
+
+def export_memory_estimate(arch, input_size) -> int:
+    """Rough bytes an export at ``input_size`` needs: verification runs the network at that size here and in
+    a child process and compares full-resolution outputs (logits, probabilities, labels of both signatures).
+
+    A lower bound by design (so that no export that fits is refused): about 8 float32 copies of the
+    per-pixel class scores, the test image and its float copies, and each path's first-stage activations.
+    """
+    pixels = int(input_size[0]) * int(input_size[1])
+    per_pixel = 8 * 4 * arch.num_classes + 100
+    per_pixel += sum(r * r * (12 + 2 * 4 * arch.width[0] / 4) for r in arch.resolution if r > 0)
+    return int(pixels * per_pixel)
 
 
 def saved_model_cli() -> str:
@@ -152,7 +187,19 @@ def sample_image(height=64, width=128, seed=0) -> np.ndarray:
     return np.clip(img, 0, 255).astype(np.uint8)
 
 
-_VERIFY_SCRIPT = textwrap.dedent("""
+#: First lines of every verification child: it dies with its parent (``kill -9`` of export.py included)
+#: instead of running on for minutes. Linux: prctl(PR_SET_PDEATHSIG, SIGKILL); the parent pid in argv
+#: catches a parent that died before the prctl call. Elsewhere the child simply runs to its end.
+DIE_WITH_PARENT = textwrap.dedent("""
+    import os, signal, sys
+    if sys.platform.startswith("linux"):
+        import ctypes
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL, 0, 0, 0)  # 1 = PR_SET_PDEATHSIG
+    if os.getppid() != int(os.environ.get("LPS_PARENT_PID", os.getppid())):
+        sys.exit(1)  # the parent is already gone
+""")
+
+_VERIFY_SCRIPT = DIE_WITH_PARENT + textwrap.dedent("""
     import json, sys
     import numpy as np
     import tensorflow as tf
@@ -174,7 +221,8 @@ _VERIFY_SCRIPT = textwrap.dedent("""
 """)
 
 
-def verify_savedmodel(path, keras_model, image=None, outputs=None, precision=None, rtol=1e-4, timeout=600) -> dict:
+def verify_savedmodel(path, keras_model, image=None, outputs=None, precision=None, rtol=1e-4, timeout=600,
+                      work_dir=None) -> dict:
     """Load ``path`` in a fresh interpreter that imports only TensorFlow and compare to ``keras_model``.
 
     The child runs with ``python -I`` from a scratch directory and reports whether any
@@ -184,6 +232,11 @@ def verify_savedmodel(path, keras_model, image=None, outputs=None, precision=Non
     (or probabilities) must be within ``rtol`` of the largest reference magnitude.
     For a bf16 export the reference is the Keras model run eagerly in bf16, with tolerance 5e-2
     and ties defined at that scale. Raises :class:`ExportError` on any mismatch; returns a report dict.
+
+    The child's files go to a directory in ``work_dir`` (default the system temp directory) named with
+    this process' id (:func:`lps_keras.fileio.temp_prefix`), so a run killed mid-verification leaves
+    something the next export's :func:`~lps_keras.fileio.remove_stale_temps` recognises and removes;
+    the child dies with this process.
     """
     from PIL import Image
 
@@ -199,7 +252,7 @@ def verify_savedmodel(path, keras_model, image=None, outputs=None, precision=Non
     if image.ndim != 3 or image.shape[-1] != 3 or image.dtype != np.uint8:
         raise ValueError(f"verify image must be uint8 (H, W, 3), got {image.dtype} {image.shape}")
     batch = image[None]
-    with tempfile.TemporaryDirectory(prefix="lps_verify_") as tmp:
+    with tempfile.TemporaryDirectory(prefix=fileio.temp_prefix("lps_verify"), dir=work_dir) as tmp:
         tmp = Path(tmp)
         np.save(tmp / "image.npy", batch)
         buf = io.BytesIO()
@@ -209,6 +262,7 @@ def verify_savedmodel(path, keras_model, image=None, outputs=None, precision=Non
         from lps_keras.cli import quiet_env, strip_startup_noise
 
         env = quiet_env({k: v for k, v in os.environ.items() if k != "PYTHONPATH"})
+        env["LPS_PARENT_PID"] = str(os.getpid())
         proc = subprocess.run(
             [sys.executable, "-I", str(tmp / "verify.py"), str(path.resolve()), str(tmp / "image.npy"),
              str(tmp / "image.png"), str(tmp / "out.npz")],

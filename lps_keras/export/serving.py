@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Optional
 
 from lps_keras.data.common import IMAGENET_MEAN, IMAGENET_STD
-from lps_keras.errors import UsageError
+from lps_keras.errors import LPSError, UsageError
 from lps_keras.export.common import check_choice
 from lps_keras.export.precision import PRECISIONS, bf16_model
 from lps_keras.fileio import atomic_write_text
@@ -56,6 +56,59 @@ def serving_functions(deploy_model, input_size=None, outputs="probabilities", pr
         return heads(images)
 
     return net, (serve_images, image_spec), (serve_bytes, bytes_spec)
+
+
+#: Signature with the network's own logits, before the upsampling to the input size: predict.py takes
+#: argmax of their upsampling in row bands, so a 48 MP photo never needs its full-size float scores.
+NETWORK_LOGITS_SIGNATURE = "network_logits"
+
+
+def network_logits_function(net, input_size=None):
+    """The ``network_logits`` ``tf.function`` (uint8 images -> float32 logits at the network's output size).
+
+    ``net``: the network :func:`serving_functions` returned (the bf16 copy for bf16), so the
+    SavedModel stores its weights once.
+    """
+    import tensorflow as tf
+
+    h, w = (None, None) if input_size is None else (int(input_size[0]), int(input_size[1]))
+    mean = tf.constant(IMAGENET_MEAN, tf.float32)
+    std = tf.constant(IMAGENET_STD, tf.float32)
+
+    def network_logits(images):
+        x = (tf.cast(images, tf.float32) / 255.0 - mean) / std  # as in serving_functions' heads
+        return {"logits": tf.cast(net(x, training=False), tf.float32)}
+
+    return network_logits, tf.TensorSpec([None, h, w, 3], tf.uint8, name="images")
+
+
+class SavedModelError(LPSError):
+    """A SavedModel directory that cannot be loaded (damaged or truncated files)."""
+
+
+def load_savedmodel(model_dir, flag: str = "--model"):
+    """``tf.saved_model.load(model_dir)``; a damaged SavedModel is one line naming the directory.
+
+    TensorFlow reports a truncated ``variables.data-*`` file as ``IndexError: Read less bytes than
+    requested`` from deep inside the loader, which says neither which model nor what is wrong.
+    """
+    model_dir = Path(model_dir)
+    if not (model_dir / "saved_model.pb").is_file():
+        raise UsageError(f"{flag} {str(model_dir)!r} is not a SavedModel directory (no saved_model.pb)")
+    import tensorflow as tf
+
+    try:
+        return tf.saved_model.load(str(model_dir))
+    except MemoryError:
+        raise
+    except Exception as e:  # noqa: BLE001 - the loader raises IndexError, DataLossError, DecodeError, ...
+        detail = (str(e).strip().splitlines() or [""])[0][:200]
+        in_variables = (type(e).__name__ in ("IndexError", "DataLossError", "OutOfRangeError", "NotFoundError")
+                        or "variables" in str(e).lower())
+        what = "its variables (variables/) are damaged or truncated" if in_variables else \
+            "saved_model.pb or its variables are damaged"
+        raise SavedModelError(f"{model_dir}: the SavedModel cannot be loaded: {what} ({type(e).__name__}: "
+                              f"{detail}); export it again") from None
 
 
 def write_models_config(base_dir, name: str, base_path: Optional[str] = None) -> Path:
@@ -107,53 +160,8 @@ def format_serving_commands(base_dir, name: str) -> str:
     ])
 
 
-def predict_images(model_dir, images, output, palette: str = "auto", alpha: float = 0.5, max_megapixels: float = 50.0,
-                   log=print) -> list[Path]:
-    """Segment image files with an exported SavedModel; write ``<stem>_mask.png`` and ``<stem>_overlay.png``.
+def predict_images(*args, **kwargs):
+    """Moved to :func:`lps_keras.export.predict.predict_images` (kept here for existing imports)."""
+    from lps_keras.export.predict import predict_images as predict
 
-    Only TensorFlow runs the model (its ``serving_default``), so any model written by
-    :func:`~lps_keras.export.export_savedmodel` works. ``palette``: ``cityscapes``, ``camvid`` or
-    ``auto`` (by class count: 19 -> cityscapes, 11 -> camvid, else generic colours). Every input is
-    checked and decoded before anything runs; images over ``max_megapixels`` are refused from their
-    header (a 50 MP image takes about 1 GB decoded), 16-bit ones scaled to 8 bits. Returns the written files.
-    """
-    model_dir = Path(model_dir)
-    if not (model_dir / "saved_model.pb").is_file():
-        raise UsageError(f"--model {str(model_dir)!r} is not a SavedModel directory (no saved_model.pb)")
-    paths = [Path(p) for p in images]
-    missing = [str(p) for p in paths if not p.is_file()]
-    if missing:
-        raise UsageError(f"image file(s) not found: {', '.join(map(repr, missing))}")
-    if not 0.0 <= alpha <= 1.0:
-        raise UsageError(f"--alpha must be in [0, 1], got {alpha!r}")
-    if palette not in ("auto", "cityscapes", "camvid"):
-        raise UsageError(f"palette must be auto, cityscapes or camvid, got {palette!r}")
-    if not max_megapixels > 0:
-        raise UsageError(f"--max-megapixels must be > 0, got {max_megapixels!r}")
-    from lps_keras.viz import read_rgb
-
-    decoded = [read_rgb(p, max_pixels=int(max_megapixels * 1e6)) for p in paths]  # all decodable before anything runs
-
-    import tensorflow as tf
-
-    from lps_keras import viz
-
-    fn = tf.saved_model.load(str(model_dir)).signatures["serving_default"]
-    expected = fn.structured_input_signature[1]["images"].shape
-    out_dir = Path(output)
-    written = []
-    for i, (path, image) in enumerate(zip(paths, decoded), start=1):
-        if expected[1] is not None and tuple(image.shape[:2]) != (expected[1], expected[2]):
-            image = tf.image.resize(image, (expected[1], expected[2]), antialias=True)
-            image = tf.cast(tf.clip_by_value(tf.round(image), 0, 255), tf.uint8).numpy()
-            log(f"  {path}: resized to the model's static size {expected[1]}x{expected[2]}")
-        out = fn(images=tf.constant(image[None]))
-        labels = out["labels"][0].numpy()
-        num_classes = int(out["probabilities" if "probabilities" in out else "logits"].shape[-1])
-        dataset = {19: "cityscapes", 11: "camvid"}.get(num_classes) if palette == "auto" else palette
-        colours = viz.get_palette(dataset, num_classes)  # generic colours if the named one has the wrong size
-        mask = viz.save_png(out_dir / f"{path.stem}_mask.png", viz.colorize(labels, colours))
-        over = viz.save_png(out_dir / f"{path.stem}_overlay.png", viz.overlay(image, labels, colours, alpha))
-        log(f"[{i}/{len(paths)}] {path} -> {mask}, {over}")
-        written += [mask, over]
-    return written
+    return predict(*args, **kwargs)

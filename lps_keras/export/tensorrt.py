@@ -12,7 +12,7 @@ import tempfile
 from pathlib import Path
 
 from lps_keras import fileio
-from lps_keras.export.common import BackendUnavailable, ExportError, check_choice, move_into_place
+from lps_keras.export.common import BackendUnavailable, ExportError, OutputExistsError, check_choice, move_into_place
 
 TFTRT_REQUIREMENTS = "requirements-tftrt.txt"
 TENSORRT_REQUIREMENTS = "requirements-tensorrt.txt"
@@ -61,7 +61,7 @@ def convert_tftrt(saved_model_dir, out_dir, precision="fp16", input_shape=(1, 10
 
     out_dir = Path(out_dir)
     if out_dir.exists() and not overwrite:
-        raise FileExistsError(f"{out_dir} already exists; pass overwrite=True to replace it")
+        raise OutputExistsError(f"{out_dir} already exists; pass overwrite=True to replace it")
     converter = trt.TrtGraphConverterV2(
         input_saved_model_dir=str(saved_model_dir),
         input_saved_model_signature_key=signature,
