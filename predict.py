@@ -29,6 +29,8 @@ def parse_args(argv=None):
     p.add_argument("--palette", choices=("cityscapes", "camvid", "auto"), default="auto",
                    help="colours (default: by class count, 19 -> cityscapes, 11 -> camvid)")
     p.add_argument("--alpha", type=float, default=0.5, help="overlay opacity in [0, 1]")
+    p.add_argument("--no-legend", dest="legend", action="store_false",
+                   help="leave out the legend strip (colour and name of each class present) below the overlay")
     p.add_argument("--max-megapixels", type=float, default=50.0,
                    help="refuse larger images from their header (default 50). Decoding costs only 3 bytes a "
                    "pixel (150 MB at 50 MP); running the network costs more (its float input alone is 12 bytes a "
@@ -47,7 +49,7 @@ def main(argv=None) -> int:
 def run(args) -> int:
     from lps_keras.export.predict import predict_images
 
-    predict_images(args.model, args.images, args.output, palette=args.palette, alpha=args.alpha,
+    predict_images(args.model, args.images, args.output, palette=args.palette, alpha=args.alpha, legend=args.legend,
                    max_megapixels=args.max_megapixels, log=lambda msg: print(msg, flush=True))
     return 0
 

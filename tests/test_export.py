@@ -282,7 +282,13 @@ def test_predict_cli(exported, tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     mask = np.asarray(Image.open(tmp_path / "pred" / "street_mask.png"))
     over = np.asarray(Image.open(tmp_path / "pred" / "street_overlay.png"))
-    assert mask.shape == over.shape == (40, 72, 3)
+    assert mask.shape == (40, 72, 3)
+    # the overlay has the legend strip below the image; --no-legend leaves it out
+    assert over.shape[0] > 40 and over.shape[1:] == (72, 3)
+    plain = _cli(["predict.py", str(img), "--model", str(base / "1"), "--output", str(tmp_path / "plain"),
+                  "--no-legend"])
+    assert plain.returncode == 0 and np.asarray(Image.open(tmp_path / "plain" / "street_overlay.png")).shape == (
+        40, 72, 3)
     # 5 classes -> generic palette: every mask colour is a palette colour.
     from lps_keras.viz import get_palette
 

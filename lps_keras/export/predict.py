@@ -20,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
+from lps_keras.data.pipeline import class_names
 from lps_keras.errors import DiskFullError, UsageError, is_disk_full
 from lps_keras.export.serving import NETWORK_LOGITS_SIGNATURE, load_savedmodel
 
@@ -120,13 +121,15 @@ def _overlay_in_bands(image, labels, colours, alpha, band_rows=256):
 
 
 def predict_images(model_dir, images, output, palette: str = "auto", alpha: float = 0.5, max_megapixels: float = 50.0,
-                   log=print) -> list[Path]:
+                   log=print, legend: bool = True) -> list[Path]:
     """Segment image files (or directories of them) with an exported SavedModel; returns the written files.
 
     Writes ``<name>_mask.png`` (class colours) and ``<name>_overlay.png`` (see the module doc for
-    ``<name>``). ``palette``: ``cityscapes``, ``camvid`` or ``auto`` (by class count: 19 -> cityscapes,
-    11 -> camvid, else generic colours). Every input is checked and decoded before anything runs;
-    images over ``max_megapixels`` are refused from their header, 16-bit ones scaled to 8 bits.
+    ``<name>``); the overlay carries a legend strip below the image (colour and name of every class
+    present; ``legend=False`` leaves it out). ``palette``: ``cityscapes``, ``camvid`` or ``auto`` (by
+    class count: 19 -> cityscapes, 11 -> camvid, else generic colours). Every input is checked and decoded
+    before anything runs; images over ``max_megapixels`` are refused from their header, 16-bit ones scaled
+    to 8 bits.
     """
     paths = expand_inputs(images)
     if not 0.0 <= alpha <= 1.0:
@@ -172,7 +175,10 @@ def predict_images(model_dir, images, output, palette: str = "auto", alpha: floa
         colours = viz.get_palette(dataset, num_classes)  # generic colours if the named one has the wrong size
         try:
             mask = viz.save_png(out_dir / f"{name}_mask.png", viz.colorize(labels, colours))
-            over = viz.save_png(out_dir / f"{name}_overlay.png", _overlay_in_bands(image, labels, colours, alpha))
+            blended = _overlay_in_bands(image, labels, colours, alpha)
+            if legend:
+                blended = viz.with_legend(blended, labels, colours, class_names(dataset or "", num_classes))
+            over = viz.save_png(out_dir / f"{name}_overlay.png", blended)
         except OSError as e:
             if is_disk_full(e):  # save_png wrote to a temporary file, removed again: no partial PNG
                 raise DiskFullError(out_dir, f"{len(written) // 2} of {len(paths)} images' PNGs were written") \
