@@ -264,3 +264,13 @@ def test_strip_startup_noise_keeps_everything_else():
         "something the user must see",
     ])
     assert strip_startup_noise(text) == "something the user must see"
+
+
+def test_recipe_with_deeply_nested_arrays_is_one_line(tmp_path):
+    recipe = tmp_path / "deep.json"
+    recipe.write_text('{"train": {"iterations": %s}}' % ("[" * 5000 + "]" * 5000))
+    r = _run("train.py", "--recipe", recipe, "--set", "model.arch.depth=" + "[" * 5000 + "]" * 5000)
+    _assert_one_line_error(r, "deep.json", "nested more than 32")
+    r = _run("train.py", "--recipe", _recipe(tmp_path, "camvid", tmp_path), "--set",
+             "model.arch.depth=" + "[" * 5000 + "]" * 5000)
+    _assert_one_line_error(r, "--set model.arch.depth", "nested more than 32")

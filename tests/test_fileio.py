@@ -98,7 +98,8 @@ def _try_lock(directory):
     import subprocess
     import sys
 
-    code = "import sys\nfrom lps_keras.fileio import DirectoryLock\nDirectoryLock(sys.argv[1], 'run directory').acquire()"
+    code = ("import sys\nfrom lps_keras.fileio import DirectoryLock\n"
+            "DirectoryLock(sys.argv[1], 'run directory').acquire()")
     return subprocess.run([sys.executable, "-c", code, str(directory)], capture_output=True, text=True, timeout=60)
 
 

@@ -115,3 +115,20 @@ def test_momentum_range_and_class_count_below_the_dataset(tmp_path):
     with pytest.raises(RecipeError, match=r"model\.num_classes: 5 is fewer than the 19 classes of data\.dataset"):
         load_recipe(p, ["model.num_classes=5"]).check_classes_cover_dataset()
     load_recipe(p, ["model.num_classes=21"]).check_classes_cover_dataset()  # more outputs than classes is fine
+
+
+@pytest.mark.parametrize("depth", [40, 5000])
+def test_deeply_nested_arrays_are_one_recipe_error_naming_file_and_field(tmp_path, depth):
+    # 5000 levels made json raise RecursionError (a traceback); 40 is valid JSON no field accepts.
+    deep = "[" * depth + "1" + "]" * depth
+    path = tmp_path / "deep.json"
+    arch = {"depth": "DEEP", "width": [4, 8, 16, 32, 32], "resolution": [1, 0, 0]}
+    path.write_text(json.dumps({"model": {"arch": arch}}).replace('"DEEP"', deep))
+    with pytest.raises(RecipeError, match=r"deep\.json.*nested more than 32") as info:
+        load_recipe(path)
+    if depth == 40:
+        assert "model.arch.depth" in str(info.value)
+    plain = tmp_path / "plain.json"
+    plain.write_text("{}")
+    with pytest.raises(RecipeError, match=r"--set model\.arch\.depth.*more than 32"):
+        load_recipe(plain, [f"model.arch.depth={deep}"])
