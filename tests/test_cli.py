@@ -274,3 +274,40 @@ def test_recipe_with_deeply_nested_arrays_is_one_line(tmp_path):
     r = _run("train.py", "--recipe", _recipe(tmp_path, "camvid", tmp_path), "--set",
              "model.arch.depth=" + "[" * 5000 + "]" * 5000)
     _assert_one_line_error(r, "--set model.arch.depth", "nested more than 32")
+
+
+def _wait_for(predicate, proc, timeout=120):
+    import time
+
+    t0 = time.time()
+    while not predicate():
+        assert proc.poll() is None, f"exited {proc.returncode} before it was ready"
+        assert time.time() - t0 < timeout, "timed out"
+        time.sleep(0.2)
+
+
+def test_second_train_on_a_run_directory_in_use_exits_2_naming_the_holder(tmp_path):
+    # Two real processes: before the lock, the second resumed from the first's live backup and both
+    # wrote deploy.keras / metrics.json / train_log.jsonl.
+    root = _camvid(tmp_path / "data")
+    recipe = _recipe(tmp_path, "camvid", root)
+    run_dir = tmp_path / "run"
+    out = tmp_path / "first.out"
+    long_run = ["--set", "train.iterations=400", "--set", "train.val_interval=400", "--set",
+                "train.checkpoint_interval=100", "--set", "train.log_interval=10"]
+    with open(out, "w") as f:
+        first = subprocess.Popen([PY, "train.py", "--recipe", str(recipe), "--run-dir", str(run_dir), *long_run],
+                                 cwd=REPO, env=_env(), stdout=f, stderr=subprocess.STDOUT, text=True)
+    try:
+        _wait_for(lambda: "training lpsnet_" in out.read_text(), first)  # it holds the lock by then
+        second = _run("train.py", "--recipe", recipe, "--run-dir", run_dir, *long_run)
+        assert first.poll() is None, "the first run ended before the second tried: make it longer"
+        _assert_one_line_error(second, str(run_dir), f"in use by process {first.pid}")
+        assert first.wait(timeout=300) == 0, out.read_text()[-3000:]
+    finally:
+        if first.poll() is None:
+            first.kill()
+    steps = [json.loads(line)["step"] for line in (run_dir / "train_log.jsonl").read_text().splitlines()]
+    assert steps == sorted(set(steps)) and steps[-1] == 400  # each step once: nobody else wrote the log
+    assert json.loads((run_dir / "metrics.json").read_text())["final_step"] == 400
+    assert (run_dir / "deploy.keras").is_file()

@@ -35,7 +35,14 @@ from lps_keras.recipe import Recipe
 from lps_keras.train.callbacks import Backup, RunState, StepTracker, restore_state, truncate_log, write_state
 from lps_keras.train.distribute import environment_info, make_strategy, resolve_mixed_precision
 from lps_keras.train.errors import NonFiniteLossError, TrainingError
-from lps_keras.train.loop import check_backup_arch, epoch_steps_of, open_run_dir, resolve_run_dir, run_settings
+from lps_keras.train.loop import (
+    check_backup_arch,
+    epoch_steps_of,
+    open_run_dir,
+    remove_unfinished_run_dir,
+    resolve_run_dir,
+    run_settings,
+)
 from lps_keras.train.optim import CosineLR, PolyLR, TorchSGD
 from lps_keras.train.summaries import summary_scalar
 
@@ -139,10 +146,10 @@ def pretrain(recipe: Recipe, resume: bool = True, callbacks: Sequence[keras.call
     epochs = math.ceil(total / epoch_steps)
     strategy = make_strategy(cfg.distribute)
     run_dir = resolve_run_dir(recipe)
-    created_dir = open_run_dir(run_dir)
+    policy = resolve_mixed_precision(cfg.mixed_precision)
+    created_dir, run_lock = open_run_dir(run_dir)
     log_path = run_dir / "train_log.jsonl"
 
-    policy = resolve_mixed_precision(cfg.mixed_precision)
     previous_policy = keras.config.dtype_policy()
     keras.config.set_dtype_policy(policy)
     writers, backup = [], None
@@ -249,10 +256,7 @@ def pretrain(recipe: Recipe, resume: bool = True, callbacks: Sequence[keras.call
         atomic_write_json(run_dir / "metrics.json", summary)
         return summary
     except BaseException as e:
-        if created_dir and (backup is None or not backup.exists()):
-            import shutil
-
-            shutil.rmtree(run_dir, ignore_errors=True)  # nothing to resume from: no half-made run directory
+        remove_unfinished_run_dir(run_dir, created_dir, backup)  # nothing to resume from: no half-made directory
         data_error = unwrap_data_error(e) if isinstance(e, Exception) else None
         if data_error is not None and data_error is not e:
             raise data_error from None
@@ -261,4 +265,5 @@ def pretrain(recipe: Recipe, resume: bool = True, callbacks: Sequence[keras.call
         for w in writers:
             w.close()
         keras.config.set_dtype_policy(previous_policy)
+        run_lock.release()
 
