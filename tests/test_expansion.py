@@ -4,6 +4,7 @@ import dataclasses
 import json
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -250,3 +251,52 @@ def test_run_with_seeds_and_racing_records_margins(tmp_path):
     assert [r["decision"] for r in rows[1:]] == [("decided" if s.decided else "undecided") for s in history[1:]]
     assert all(int(r["racing_evaluations"]) <= 4 for r in rows)
     assert any(s.racing_evaluations for s in history)  # this seeded noise leaves step 2 open after 2 seeds
+
+
+HELD_SEARCH = """
+import sys, time
+from pathlib import Path
+from lps_keras.recipe import load_recipe
+from lps_keras.search.expansion import run
+
+out, go = Path(sys.argv[1]), Path(sys.argv[2])
+
+def evaluate(arch, ctx):
+    # Holds the search (and its output directory) until the test lets it go.
+    while not go.exists():
+        time.sleep(0.05)
+    return {"score": sum(arch.width) / 100}
+
+recipe = load_recipe("recipes/expand_synthetic.json", ["search.steps=1", "search.max_k=1", "search.workers=1"])
+print("searching", flush=True)
+run(recipe, out, latency_fn=lambda a: a.macs(64, 128) / 1e6, evaluate_fn=evaluate, recipes_dir=out / "recipes",
+    progress=None)
+"""
+
+
+def test_second_expand_on_an_output_directory_in_use_exits_2_naming_the_holder(tmp_path):
+    # Two real processes: before the lock, the second retrained finished candidates and rewrote the
+    # journal under the first. The first's evaluations wait for a file, so the timing is ours.
+    out, go = tmp_path / "expand", tmp_path / "go"
+    first = subprocess.Popen([sys.executable, "-c", HELD_SEARCH, str(out), str(go)], cwd=REPO, text=True,
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        assert first.stdout.readline().strip() == "searching"
+        deadline = time.time() + 60
+        while not (out / "journal.json").exists():  # written after the lock is taken
+            assert first.poll() is None and time.time() < deadline, first.stderr.read()[-3000:]
+            time.sleep(0.1)
+        second = subprocess.run([sys.executable, "expand.py", "--recipe", "recipes/expand_synthetic.json",
+                                 "--output", str(out), "--latency-backend", "macs", "--steps", "1"],
+                                cwd=REPO, capture_output=True, text=True, timeout=120)
+        lines = [ln for ln in second.stderr.splitlines() if ln.strip()]
+        assert second.returncode == 2 and len(lines) == 1, (second.returncode, second.stderr[-3000:])
+        assert lines[0].startswith("expand.py: error: ") and str(out) in lines[0]
+        assert f"in use by process {first.pid}" in lines[0]
+        go.touch()
+        assert first.wait(timeout=120) == 0, first.stderr.read()[-3000:]
+    finally:
+        if first.poll() is None:
+            first.kill()
+    journal = json.loads((out / "journal.json").read_text())
+    assert len(journal["steps"]) == 2 and (out / "expansion.json").exists()

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 from lps_keras.arch import EXPANSION_OPS, Arch
+from lps_keras.fileio import DirectoryLock
 from lps_keras.recipe import Recipe, validate_recipe
 from lps_keras.search.algorithm import run_expansion
 from lps_keras.search.executors import SearchExecutor, make_executor
@@ -189,6 +190,16 @@ def run(
     """
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
+    # One search per output directory, for the whole run: a second one would retrain finished
+    # candidates and rewrite the journal under the first. The candidates' train() calls (here or in
+    # workers) lock their own run directories below it, so the workers are not blocked by this.
+    with DirectoryLock(output_dir, "expansion output directory"):
+        return _run(recipe, output_dir, devices, device_key, recipes_dir, latency_fn, evaluate_fn, progress,
+                    print_table, executor)
+
+
+def _run(recipe, output_dir: Path, devices, device_key, recipes_dir, latency_fn, evaluate_fn, progress, print_table,
+         executor) -> list[Step]:
     backend = recipe.search.latency_backend
     steps = recipe.search.steps
     workers = recipe.search.workers
