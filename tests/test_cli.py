@@ -311,3 +311,36 @@ def test_second_train_on_a_run_directory_in_use_exits_2_naming_the_holder(tmp_pa
     assert steps == sorted(set(steps)) and steps[-1] == 400  # each step once: nobody else wrote the log
     assert json.loads((run_dir / "metrics.json").read_text())["final_step"] == 400
     assert (run_dir / "deploy.keras").is_file()
+
+
+@pytest.fixture
+def small_tmpfs(tmp_path):
+    """A 600 KiB tmpfs: room for the first checkpoint of the tiny recipe, not for the second (needs root)."""
+    mount = tmp_path / "small"
+    mount.mkdir()
+    r = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=600k", "tmpfs", str(mount)], capture_output=True,
+                       text=True)
+    if r.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {r.stderr.strip()}")
+    try:
+        yield mount
+    finally:
+        subprocess.run(["umount", "-l", str(mount)], capture_output=True)
+
+
+def test_train_onto_a_real_full_disk_is_one_line_every_time_and_resumes_once_there_is_room(tmp_path, small_tmpfs):
+    # Before: h5py tracebacks, then a segfault (rc 139) on every rerun (a half-closed HDF5 file).
+    root = _camvid(tmp_path / "data")
+    recipe = _recipe(tmp_path, "camvid", root)
+    run_dir = small_tmpfs / "run"
+    args = ["train.py", "--recipe", recipe, "--run-dir", run_dir, "--set", "train.iterations=6", "--set",
+            "train.val_interval=6", "--set", "train.checkpoint_interval=2"]
+    for _ in range(2):  # the first run and a rerun on the still-full disk
+        r = _run(*args)
+        _assert_one_line_error(r, str(run_dir / "backup" / "latest.weights.h5"), "the disk is full")
+        assert not [p for p in run_dir.rglob("*") if ".lpstmp-" in p.name]
+        assert json.loads((run_dir / "state.json").read_text())["step"] == 2  # the first checkpoint is kept
+    subprocess.run(["mount", "-o", "remount,size=64m", str(small_tmpfs)], check=True)
+    r = _run(*args)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "resuming from" in r.stdout and json.loads((run_dir / "metrics.json").read_text())["final_step"] == 6

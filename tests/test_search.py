@@ -763,3 +763,23 @@ def test_table4_comparison_puts_each_step_beside_the_papers():
     assert lines[-1] == "Same op as the paper in 1 of 2 steps."
     other = Step(index=0, arch=get_preset("lps_s", 11), latency=1.0, score=0.3)
     assert table4_comparison([other]) is None  # not a search from N0: nothing to compare step by step
+
+
+def test_full_disk_at_a_journal_write_is_one_line_and_keeps_the_journal(tmp_path, monkeypatch, capsys):
+    from fake_disk import CappedDisk
+
+    from lps_keras.cli import guarded
+    from lps_keras.errors import DiskFullError
+
+    path = tmp_path / "journal.json"
+    run_expansion(START, additive_latency, concave_score, steps=1, journal=SearchJournal(path), progress=quiet)
+    before = path.read_bytes()
+    CappedDisk(free=100).install(monkeypatch)  # less than one journal
+    with pytest.raises(DiskFullError, match="journal.json: the disk is full"):
+        run_expansion(START, additive_latency, concave_score, steps=2, journal=SearchJournal(path), progress=quiet)
+    code = guarded("expand.py", lambda: run_expansion(START, additive_latency, concave_score, steps=2,
+                                                      journal=SearchJournal(path), progress=quiet))
+    lines = [ln for ln in capsys.readouterr().err.splitlines() if ln.strip()]
+    assert code == 2 and lines == [f"expand.py: error: {path}: the disk is full (no space left on device); "
+                                   "nothing half-written was kept"]
+    assert path.read_bytes() == before and sorted(p.name for p in tmp_path.iterdir()) == ["journal.json"]

@@ -533,3 +533,36 @@ def test_mixed_bfloat16_run(tmp_path, stub_data):
     env = json.loads((tmp_path / "run" / "environment.json").read_text())
     assert env["dtype_policy"] == "mixed_bfloat16"
     assert np.isfinite(out["miou"]) and out["deploy_parity_max_rel_error"] < 0.05  # bf16 activations
+
+
+# --------------------------------------------------------------------------- full disk
+def test_full_disk_at_a_checkpoint_is_one_line_keeps_the_last_backup_and_resumes(tmp_path, stub_data, monkeypatch,
+                                                                                   capsys):
+    from fake_disk import CappedDisk
+
+    from lps_keras.cli import guarded
+    from lps_keras.train import train
+
+    disk = CappedDisk(free=2000, armed=False).install(monkeypatch)  # json files fit, a checkpoint does not
+    kept = {}
+    run = tmp_path / "run"
+
+    class FillTheDiskAfterStep5(keras.callbacks.Callback):
+        def on_train_batch_begin(self, batch, logs=None):
+            if int(self.model.optimizer.iterations) == 6 and not disk.armed:
+                kept.update({p: p.read_bytes() for p in (run / "backup" / "latest.weights.h5", run / "last.keras")})
+                disk.armed = True
+
+    recipe = _stub_recipe(tmp_path, "train.iterations=20", "train.val_interval=20", "train.checkpoint_interval=5",
+                          "train.image_summaries=0")
+    code = guarded("train.py", lambda: train(recipe, callbacks=[FillTheDiskAfterStep5()], verbose=0))
+    lines = [ln for ln in capsys.readouterr().err.splitlines() if ln.strip()]
+    assert code == 2 and len(lines) == 1, lines
+    assert lines[0].startswith("train.py: error: ") and "the disk is full" in lines[0]
+    assert str(run / "backup" / "latest.weights.h5") in lines[0] and disk.failed  # the step-10 backup
+    assert all(p.read_bytes() == data for p, data in kept.items())  # the step-5 checkpoint, byte for byte
+    assert not [p for p in run.rglob("*") if ".lpstmp-" in p.name]  # no partial file left
+
+    disk.armed = False  # space freed: the rerun resumes from the kept backup
+    out = train(recipe, verbose=0)
+    assert (out["resumed_from_step"], out["final_step"]) == (5, 20)
