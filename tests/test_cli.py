@@ -117,12 +117,19 @@ BROKEN_TRAIN = {
 
 @pytest.mark.parametrize("case", sorted(BROKEN_TRAIN))
 def test_train_on_a_broken_training_file_fails_fast_in_one_line(tmp_path, case):
+    # Was flaky ("truncated png" sometimes exited 0 after its 4 steps): the 4 steps draw 8 of the 6
+    # files, and seed 0's shuffle puts f1 6th. Training decodes with deterministic=False, where
+    # tf.data hands out a failed element's error only once it is first in order while later, decoded
+    # examples overtake it; when an earlier example decoded slowly (a busy CPU), examples 7-9 filled
+    # the 4 batches and the run ended before the error came out. Now train() checks every training
+    # file before the first step (headers, labels, PNG completeness), so each case fails there.
     dataset, breaker, needles = BROKEN_TRAIN[case]
     root = (_camvid if dataset == "camvid" else _cityscapes)(tmp_path / "data")
     breaker(root)
     run_dir = tmp_path / "run"
     r = _run("train.py", "--recipe", _recipe(tmp_path, dataset, root), "--run-dir", run_dir)
     _assert_one_line_error(r, *needles)
+    assert "Epoch" not in r.stdout and "training lpsnet_" not in r.stdout  # found before the first step
     assert not run_dir.exists()  # failed before its first backup: no half-made run directory
 
 

@@ -232,12 +232,15 @@ def train(
                                  skip_examples=start_step * cfg.batch_size)
         val_ds = build_dataset(recipe, recipe.data.val_split, training=False, batch_size=recipe.eval.batch_size)
         if start_step < total:
-            # A bad validation file would otherwise surface only at the first validation, hours in.
-            t_check = time.time()
-            n_checked = check_split(recipe, recipe.data.val_split)
-            if n_checked:
-                print(f"checked the {n_checked} {recipe.data.val_split} files ({time.time() - t_check:.1f} s)",
-                      flush=True)
+            # A bad validation file would otherwise surface only at the first validation, hours in;
+            # a bad training file only when the shuffled stream reaches it, and tf.data's unordered
+            # (deterministic=False) parallel decoding lets later examples overtake one whose decode
+            # failed, so a short run could end without ever reporting it.
+            for split, training in ((recipe.data.train_split, True), (recipe.data.val_split, False)):
+                t_check = time.time()
+                n_checked = check_split(recipe, split, training=training)
+                if n_checked:
+                    print(f"checked the {n_checked} {split} files ({time.time() - t_check:.1f} s)", flush=True)
         image_batch = next(iter(val_ds.take(1))) if cfg.image_summaries > 0 else None
 
         tb_dir = work_dir / "tensorboard"
