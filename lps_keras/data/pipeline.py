@@ -78,6 +78,12 @@ def unwrap_data_error(error: BaseException) -> Optional[DataError]:
     return None
 
 
+def record_data_error(error: DataError) -> DataError:
+    """Remember ``error``, about to be raised inside a ``tf.data`` function, for :func:`unwrap_data_error`."""
+    _RAISED[str(error)] = error
+    return error
+
+
 def data_errors_raised() -> bool:
     """Whether a ``tf.data`` decoder of this process has raised a DataError (see ``cli.exit_process``)."""
     return bool(_RAISED)
