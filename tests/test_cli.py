@@ -351,3 +351,21 @@ def test_train_onto_a_real_full_disk_is_one_line_every_time_and_resumes_once_the
     r = _run(*args)
     assert r.returncode == 0, r.stderr[-3000:]
     assert "resuming from" in r.stdout and json.loads((run_dir / "metrics.json").read_text())["final_step"] == 6
+
+
+def test_expand_on_an_unreachable_or_non_ray_address_is_one_line(tmp_path):
+    pytest.importorskip("ray")
+    import socket
+
+    base = ["expand.py", "--recipe", "recipes/expand_synthetic.json", "--output", tmp_path / "o",
+            "--latency-backend", "macs", "--executor", "ray", "--ray-address"]
+    r = _run(*base, "127.0.0.1:1", timeout=60)
+    _assert_one_line_error(r, "--ray-address 127.0.0.1:1", "nothing answers there")
+    # A port where something listens but no Ray head: ray.init retried forever, logging as it went.
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(8)
+        address = f"127.0.0.1:{listener.getsockname()[1]}"
+        r = _run(*base, address, timeout=90)
+    _assert_one_line_error(r, f"--ray-address {address}", "no Ray head node")
+    assert not (tmp_path / "o").exists()
