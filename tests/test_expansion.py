@@ -300,3 +300,13 @@ def test_second_expand_on_an_output_directory_in_use_exits_2_naming_the_holder(t
             first.kill()
     journal = json.loads((out / "journal.json").read_text())
     assert len(journal["steps"]) == 2 and (out / "expansion.json").exists()
+
+
+def test_candidate_keys_are_plain_names(tmp_path):
+    from lps_keras.errors import PathNameError
+    from lps_keras.search.expansion import candidate_dir
+
+    assert candidate_dir(tmp_path, "0123abcd4567", 2) == tmp_path / "candidates" / "0123abcd4567-seed2"
+    for key in ("../escape", "a/b", ""):
+        with pytest.raises(PathNameError, match="candidate key"):
+            candidate_dir(tmp_path, key)

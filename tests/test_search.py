@@ -783,3 +783,11 @@ def test_full_disk_at_a_journal_write_is_one_line_and_keeps_the_journal(tmp_path
     assert code == 2 and lines == [f"expand.py: error: {path}: the disk is full (no space left on device); "
                                    "nothing half-written was kept"]
     assert path.read_bytes() == before and sorted(p.name for p in tmp_path.iterdir()) == ["journal.json"]
+
+
+def test_op_names_must_be_plain_names(tmp_path):
+    from lps_keras.errors import PathNameError
+
+    bad = ExpansionOp(name="../d1", dimension="depth", depth=(1, 0, 0, 0, 0))
+    with pytest.raises(PathNameError, match=r"expansion op name: '\.\./d1' is not a plain name"):
+        run_expansion(START, additive_latency, concave_score, steps=1, ops=[bad], progress=quiet)

@@ -566,3 +566,18 @@ def test_full_disk_at_a_checkpoint_is_one_line_keeps_the_last_backup_and_resumes
     disk.armed = False  # space freed: the rerun resumes from the kept backup
     out = train(recipe, verbose=0)
     assert (out["resumed_from_step"], out["final_step"]) == (5, 20)
+
+
+def test_run_name_in_run_dir_must_be_a_plain_name(tmp_path):
+    import dataclasses
+
+    from lps_keras.errors import PathNameError
+    from lps_keras.train.loop import resolve_run_dir
+
+    recipe = load_recipe(REPO / "recipes" / "demo.json", ["train.run_dir=runs/{name}"])
+    assert resolve_run_dir(recipe) == Path("runs/demo")
+    for name in ("../../etc", "a/b", ".hidden", "x\n"):
+        with pytest.raises(PathNameError, match=r"recipe\.name: .* is not a plain name"):
+            resolve_run_dir(dataclasses.replace(recipe, name=name))
+    literal = dataclasses.replace(recipe, name="a/b", train=dataclasses.replace(recipe.train, run_dir=str(tmp_path)))
+    assert resolve_run_dir(literal) == tmp_path  # the name is not part of this path

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 from lps_keras.arch import EXPANSION_OPS, Arch
+from lps_keras.errors import check_path_name
 from lps_keras.fileio import DirectoryLock
 from lps_keras.recipe import Recipe, validate_recipe
 from lps_keras.search.algorithm import run_expansion
@@ -64,7 +65,11 @@ def proxy_recipe(recipe: Recipe, arch: Arch, run_dir, name: Optional[str] = None
 
 
 def candidate_dir(output_dir, key: str, seed: int = 0) -> Path:
-    """Run directory of one (candidate, seed): seed 0 keeps the single-seed layout, so old searches resume."""
+    """Run directory of one (candidate, seed): seed 0 keeps the single-seed layout, so old searches resume.
+
+    ``key`` is the candidate's arch hash; checked all the same, since it becomes a directory name.
+    """
+    check_path_name("candidate key", key)
     return Path(output_dir) / "candidates" / (key if seed == 0 else f"{key}-seed{seed}")
 
 
@@ -107,6 +112,7 @@ class ProxyEvaluator:
         that is no growth of the parent (:func:`lps_keras.grow.grow_model` refuses it) or a parent without
         ``last.keras`` trains from scratch, and its metrics say so.
         """
+        check_path_name("candidate key", context.key)
         grown = Path(self.output_dir) / "candidates" / "grown" / f"{context.key}-seed{context.seed}.keras"
         if grown.exists():
             return str(grown), "parent"
