@@ -369,3 +369,15 @@ def test_expand_on_an_unreachable_or_non_ray_address_is_one_line(tmp_path):
         r = _run(*base, address, timeout=90)
     _assert_one_line_error(r, f"--ray-address {address}", "no Ray head node")
     assert not (tmp_path / "o").exists()
+
+
+def test_train_with_a_batch_that_cannot_fit_in_memory_is_refused_at_once(tmp_path):
+    import time
+
+    root = _camvid(tmp_path / "data")
+    t0 = time.time()
+    # batch 2048 of 512x1024 crops: about 0.5 TB by the estimate; it used to end in std::bad_alloc.
+    r = _run("train.py", "--recipe", _recipe(tmp_path, "camvid", root), "--run-dir", tmp_path / "run",
+             "--set", "train.batch_size=2048", "--set", "data.augment.crop_size=[512,1024]")
+    _assert_one_line_error(r, "train.batch_size", "GiB of memory (batch 2048 of 512x1024", "is available")
+    assert time.time() - t0 < 60 and not (tmp_path / "run").exists()

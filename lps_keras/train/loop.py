@@ -40,6 +40,7 @@ from lps_keras.recipe import Recipe
 from lps_keras.train.callbacks import Backup, RunState, StepTracker, Validator, restore_state, truncate_log, write_state
 from lps_keras.train.distribute import environment_info, has_gpu, make_strategy, resolve_mixed_precision, worker_info
 from lps_keras.train.errors import NonFiniteLossError, TrainingError
+from lps_keras.train.memory import check_training_memory
 from lps_keras.train.optim import PolyLR, TorchSGD
 
 
@@ -152,6 +153,11 @@ def train(
                             "run it with pretrain.py, then start segmentation from it with train.init")
     recipe.check_classes_cover_dataset()
     cfg = recipe.train
+    if not has_gpu():
+        # Refused here, before anything is created: past the memory, TF aborts (std::bad_alloc).
+        arch = recipe.arch()
+        check_training_memory(arch, cfg.batch_size, recipe.data.augment.crop_size, arch.num_classes,
+                              "train.batch_size / data.augment.crop_size")
     verbose, jit_compile = run_settings(verbose, jit_compile)
     total = cfg.iterations
     epoch_steps = epoch_steps_of(recipe)

@@ -33,7 +33,7 @@ import lps_keras.layers  # noqa: F401 - registers the layers
 from lps_keras.fileio import atomic_save_model, atomic_write_json, atomic_write_text
 from lps_keras.recipe import Recipe
 from lps_keras.train.callbacks import Backup, RunState, StepTracker, restore_state, truncate_log, write_state
-from lps_keras.train.distribute import environment_info, make_strategy, resolve_mixed_precision
+from lps_keras.train.distribute import environment_info, has_gpu, make_strategy, resolve_mixed_precision
 from lps_keras.train.errors import NonFiniteLossError, TrainingError
 from lps_keras.train.loop import (
     check_backup_arch,
@@ -43,6 +43,7 @@ from lps_keras.train.loop import (
     resolve_run_dir,
     run_settings,
 )
+from lps_keras.train.memory import check_training_memory
 from lps_keras.train.optim import CosineLR, PolyLR, TorchSGD
 from lps_keras.train.summaries import summary_scalar
 
@@ -160,6 +161,9 @@ def pretrain(recipe: Recipe, resume: bool = True, callbacks: Sequence[keras.call
         if n != len(names):
             raise TrainingError(f"model.num_classes: {n}, but the data has {len(names)} classes")
         arch = recipe.arch(num_classes=n)
+        if not has_gpu():  # before the first step: past the memory, TF aborts (std::bad_alloc)
+            check_training_memory(arch, cfg.batch_size, recipe.pretrain.image_size, 0,
+                                  "train.batch_size / pretrain.image_size")
         schedule = (CosineLR(cfg.base_lr, total, cfg.warmup_iterations) if recipe.pretrain.schedule == "cosine"
                     else PolyLR(cfg.base_lr, total, cfg.poly_power, cfg.warmup_iterations))
         sync_bn = recipe.model.sync_batchnorm or strategy.num_replicas_in_sync > 1
