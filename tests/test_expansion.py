@@ -1,6 +1,7 @@
 """End to end: real proxy training on the synthetic set and real tf CPU latency, two steps, resumable."""
 
 import dataclasses
+import functools
 import json
 import subprocess
 import sys
@@ -310,3 +311,24 @@ def test_candidate_keys_are_plain_names(tmp_path):
     for key in ("../escape", "a/b", ""):
         with pytest.raises(PathNameError, match="candidate key"):
             candidate_dir(tmp_path, key)
+
+
+
+def _locking_score_in(output_dir, arch, ctx):
+    """Holds the candidate's run-directory lock as train() does, in a pool worker (module level: picklable)."""
+    from lps_keras.fileio import DirectoryLock
+    from lps_keras.search.expansion import candidate_dir
+
+    with DirectoryLock(candidate_dir(output_dir, ctx.key, ctx.seed), "run directory"):
+        return concave_score(arch, ctx)
+
+
+def test_the_drivers_lock_does_not_block_its_workers_run_directories(tmp_path):
+    recipe = tiny_recipe(tmp_path)
+    out = tmp_path / "w2"
+    recipe = dataclasses.replace(recipe, search=dataclasses.replace(recipe.search, workers=2, steps=1))
+    evaluate = functools.partial(_locking_score_in, str(out))
+    history = run(recipe, out, latency_fn=lambda a: a.macs(64, 128) / 1e6, evaluate_fn=evaluate,
+                  recipes_dir=out / "recipes", progress=None)
+    assert len(history) == 2
+    assert (out / "candidates" / recipe.arch().hash / ".lps.lock").exists()  # taken by a worker process
