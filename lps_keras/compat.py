@@ -25,7 +25,7 @@ import keras
 import numpy as np
 from keras import ops
 
-from lps_keras.fileio import atomic_keras_write, atomic_write_json
+from lps_keras.fileio import atomic_write_bytes, atomic_write_json
 
 KERAS_WRITTEN_FOR = "3.15"
 TF_TRT_WRITTEN_FOR = "2.17"
@@ -128,11 +128,33 @@ class EpochBackup(keras.callbacks.BackupAndRestore):
     def save_backup(self) -> None:
         """Write the weights and Keras' metadata file, each atomically (temp file + rename)."""
         os.makedirs(self.backup_dir, exist_ok=True)
-        atomic_keras_write(self._weights_path, lambda tmp: self.model.save_weights(tmp, overwrite=True))
+        # Built in memory, then written with plain file I/O (see weights_h5_bytes).
+        atomic_write_bytes(self._weights_path, weights_h5_bytes(self.model))
         atomic_write_json(self._training_metadata_path, {"epoch": self._current_epoch, "batch": 0})
 
     def _save_model(self):  # Keras' own save hook: route it through the atomic writer
         self.save_backup()
+
+
+def weights_h5_bytes(model) -> bytes:
+    """What ``model.save_weights("x.weights.h5")`` writes, built in memory (Keras 3.15's saving_lib).
+
+    h5py writing straight to a file on a full disk fails part-way and leaves HDF5 objects whose
+    deferred writes fail again at garbage collection; the next save in the process segfaulted (rc
+    139). Built in memory, the bytes reach the disk through plain file I/O, where a full disk is one
+    clean ``OSError``. (Keras' own ``.keras`` saving buffers its weights in memory the same way.)
+    """
+    import io
+
+    from keras.src.saving import saving_lib
+
+    buf = io.BytesIO()
+    store = saving_lib.H5IOStore(buf, mode="w")
+    try:
+        saving_lib._save_state(model, weights_store=store, assets_store=None, inner_path="", visited_saveables=set())
+    finally:
+        store.close()
+    return buf.getvalue()
 
 
 # --------------------------------------------------------------------------- TF-TRT

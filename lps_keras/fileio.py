@@ -41,18 +41,32 @@ def atomic_path(path: PathLike, suffix: str = ".tmp"):
     """Yield a temporary path beside ``path``; on success it replaces ``path``, else it is removed.
 
     ``suffix`` lets writers that dispatch on the extension (Keras, numpy, Pillow) see the right one.
+    A full disk (ENOSPC, also as h5py's or TensorFlow's text) becomes
+    :class:`~lps_keras.errors.DiskFullError` naming ``path``; ``path`` itself is left as it was.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=temp_prefix(path.name), suffix=suffix, dir=path.parent)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=temp_prefix(path.name), suffix=suffix, dir=path.parent)
+    except OSError as e:
+        _raise_disk_full(e, path)
+        raise
     os.close(fd)
     try:
         yield tmp
         os.chmod(tmp, file_mode())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         Path(tmp).unlink(missing_ok=True)
+        _raise_disk_full(e, path)
         raise
+
+
+def _raise_disk_full(e: BaseException, path) -> None:
+    from lps_keras.errors import DiskFullError, is_disk_full
+
+    if isinstance(e, Exception) and not isinstance(e, DiskFullError) and is_disk_full(e):
+        raise DiskFullError(path, "nothing half-written was kept") from None
 
 
 #: Marks the temporary files and staging directories of this module (and of the exporters), with the
@@ -148,7 +162,16 @@ def atomic_keras_write(path: PathLike, write: Callable[[str], None]) -> Path:
     path = Path(path)
     suffix = "".join(path.suffixes[-2:]) if path.name.endswith(".weights.h5") else path.suffix
     with atomic_path(path, suffix=suffix) as tmp:
-        write(tmp)
+        try:
+            write(tmp)
+        except BaseException:
+            # A failed h5py write can leave objects that still hold ``tmp`` open and write to it when
+            # they are garbage-collected; the next h5py save in the process then segfaulted (rc 139,
+            # seen on a full tmpfs). Collect them now, before the file is unlinked.
+            import gc
+
+            gc.collect()
+            raise
     return path
 
 

@@ -98,10 +98,35 @@ def load_recipe(path: str | Path, overrides: Optional[list[str]] = None) -> Reci
         raise RecipeError(f"{path}: recipe file not found") from None
     except json.JSONDecodeError as e:
         raise RecipeError(f"{path}: not valid JSON: {e}") from None
+    except RecursionError:
+        raise RecipeError(f"{path}: nested more than {MAX_NESTING} levels deep; no recipe field "
+                          "nests like that") from None
     if not isinstance(raw, dict):
         raise RecipeError(f"{path}: a recipe must be a JSON object")
+    _check_nesting(raw, "", str(path))
     raw.setdefault("name", path.stem)
     return recipe_from_dict(raw, overrides=overrides, source=str(path))
+
+
+#: No recipe field nests deeper than a few levels (model.arch.depth is a list in an object in an
+#: object). Deeper values are refused with the field's name before anything recurses into them:
+#: a few thousand levels made json, the schema walk and repr() raise RecursionError tracebacks.
+MAX_NESTING = 32
+
+
+def _check_nesting(value, key: str, source: str) -> None:
+    """RecipeError naming the field (``key`` + the path inside ``value``) that nests beyond MAX_NESTING."""
+    stack = [(value, key, 0)]
+    while stack:  # iterative: the check itself must not recurse
+        node, where, depth = stack.pop()
+        if depth > MAX_NESTING:
+            sep = " " if source == "--set" else ": "
+            raise RecipeError(f"{source}{sep}{where or 'recipe'}: nested more than {MAX_NESTING} levels deep; "
+                              "no recipe field nests like that")
+        if isinstance(node, dict):
+            stack.extend((v, f"{where}.{k}" if where else str(k), depth + 1) for k, v in node.items())
+        elif isinstance(node, list):
+            stack.extend((v, where, depth + 1) for v in node)
 
 
 def recipe_from_dict(raw: dict, overrides: Optional[list[str]] = None, source: str = "recipe") -> Recipe:
@@ -140,6 +165,10 @@ def apply_override(raw: dict, item: str, source: str = "recipe") -> None:
         value = json.loads(text)
     except json.JSONDecodeError:
         value = text  # bare strings need no quotes: --set data.root=/data/cs
+    except RecursionError:
+        raise RecipeError(f"--set {key}: nested more than {MAX_NESTING} levels deep; no recipe field "
+                          "nests like that") from None
+    _check_nesting(value, key, "--set")
     # Walk the dataclass schema so a typo is caught here with the override's own key.
     cls: Any = Recipe
     node = raw

@@ -326,3 +326,17 @@ def test_cityscapes_through_tfds_builder_on_fixture_zips(tmp_path):
     assert img.shape == (1024, 2048, 3) and int(img[0, 0, 1]) == 90
     lab = lab.numpy()
     assert (lab[:512, 16:] == 0).all() and (lab[512:, 16:] == 13).all() and (lab[:, :16] == 255).all()
+
+
+def test_a_truncated_png_is_found_without_decoding_it(tmp_path):
+    from lps_keras.data.common import DataError, check_png_complete
+
+    path = tmp_path / "a.png"
+    Image.fromarray(np.random.default_rng(0).integers(0, 256, (40, 50, 3), dtype=np.uint8)).save(path)
+    check_png_complete(path)
+    data = path.read_bytes()
+    path.write_bytes(data + b"trailing bytes Pillow ignores")
+    check_png_complete(path)
+    path.write_bytes(data[:300])  # its header still reads: only the end is missing
+    with pytest.raises(DataError, match=r"a\.png: cannot read image: truncated PNG file \(300 bytes"):
+        check_png_complete(path)

@@ -15,8 +15,7 @@ from lps_keras.errors import (
 
 def _every_error_class():
     from lps_keras.arch import ArchError
-    from lps_keras.data import DataError
-    from lps_keras.data.common import MissingDataError
+    from lps_keras.data.common import DataError, MissingDataError
     from lps_keras.evaluation import EvaluationError
     from lps_keras.export.common import BackendUnavailable, ExportError
     from lps_keras.latency import LatencyCacheMiss, LatencyError

@@ -216,7 +216,7 @@ def test_cli_without_ray_gives_one_line_naming_the_extra(tmp_path):
     res = subprocess.run([sys.executable, "expand.py", "--recipe", "recipes/expand_synthetic.json", "--output",
                           str(tmp_path / "o"), "--executor", "ray"], cwd=REPO, env=env, capture_output=True,
                          text=True, timeout=120)
-    assert res.returncode == 1 and "Traceback" not in res.stderr
+    assert res.returncode == 2 and "Traceback" not in res.stderr
     assert "expand.py: error: --executor ray needs Ray, which is not installed: pip install -r " \
            "requirements-ray.txt" in res.stderr
     assert not (tmp_path / "o" / "journal.json").exists()

@@ -1,9 +1,11 @@
 """End to end: real proxy training on the synthetic set and real tf CPU latency, two steps, resumable."""
 
 import dataclasses
+import functools
 import json
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -250,3 +252,83 @@ def test_run_with_seeds_and_racing_records_margins(tmp_path):
     assert [r["decision"] for r in rows[1:]] == [("decided" if s.decided else "undecided") for s in history[1:]]
     assert all(int(r["racing_evaluations"]) <= 4 for r in rows)
     assert any(s.racing_evaluations for s in history)  # this seeded noise leaves step 2 open after 2 seeds
+
+
+HELD_SEARCH = """
+import sys, time
+from pathlib import Path
+from lps_keras.recipe import load_recipe
+from lps_keras.search.expansion import run
+
+out, go = Path(sys.argv[1]), Path(sys.argv[2])
+
+def evaluate(arch, ctx):
+    # Holds the search (and its output directory) until the test lets it go.
+    while not go.exists():
+        time.sleep(0.05)
+    return {"score": sum(arch.width) / 100}
+
+recipe = load_recipe("recipes/expand_synthetic.json", ["search.steps=1", "search.max_k=1", "search.workers=1"])
+print("searching", flush=True)
+run(recipe, out, latency_fn=lambda a: a.macs(64, 128) / 1e6, evaluate_fn=evaluate, recipes_dir=out / "recipes",
+    progress=None)
+"""
+
+
+def test_second_expand_on_an_output_directory_in_use_exits_2_naming_the_holder(tmp_path):
+    # Two real processes: before the lock, the second retrained finished candidates and rewrote the
+    # journal under the first. The first's evaluations wait for a file, so the timing is ours.
+    out, go = tmp_path / "expand", tmp_path / "go"
+    first = subprocess.Popen([sys.executable, "-c", HELD_SEARCH, str(out), str(go)], cwd=REPO, text=True,
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        assert first.stdout.readline().strip() == "searching"
+        deadline = time.time() + 60
+        while not (out / "journal.json").exists():  # written after the lock is taken
+            assert first.poll() is None and time.time() < deadline, first.stderr.read()[-3000:]
+            time.sleep(0.1)
+        second = subprocess.run([sys.executable, "expand.py", "--recipe", "recipes/expand_synthetic.json",
+                                 "--output", str(out), "--latency-backend", "macs", "--steps", "1"],
+                                cwd=REPO, capture_output=True, text=True, timeout=120)
+        lines = [ln for ln in second.stderr.splitlines() if ln.strip()]
+        assert second.returncode == 2 and len(lines) == 1, (second.returncode, second.stderr[-3000:])
+        assert lines[0].startswith("expand.py: error: ") and str(out) in lines[0]
+        assert f"in use by process {first.pid}" in lines[0]
+        go.touch()
+        assert first.wait(timeout=120) == 0, first.stderr.read()[-3000:]
+    finally:
+        if first.poll() is None:
+            first.kill()
+    journal = json.loads((out / "journal.json").read_text())
+    assert len(journal["steps"]) == 2 and (out / "expansion.json").exists()
+
+
+def test_candidate_keys_are_plain_names(tmp_path):
+    from lps_keras.errors import PathNameError
+    from lps_keras.search.expansion import candidate_dir
+
+    assert candidate_dir(tmp_path, "0123abcd4567", 2) == tmp_path / "candidates" / "0123abcd4567-seed2"
+    for key in ("../escape", "a/b", ""):
+        with pytest.raises(PathNameError, match="candidate key"):
+            candidate_dir(tmp_path, key)
+
+
+
+def _locking_score_in(output_dir, arch, ctx):
+    """Holds the candidate's run-directory lock as train() does, in a pool worker (module level: picklable)."""
+    from lps_keras.fileio import DirectoryLock
+    from lps_keras.search.expansion import candidate_dir
+
+    with DirectoryLock(candidate_dir(output_dir, ctx.key, ctx.seed), "run directory"):
+        return concave_score(arch, ctx)
+
+
+def test_the_drivers_lock_does_not_block_its_workers_run_directories(tmp_path):
+    recipe = tiny_recipe(tmp_path)
+    out = tmp_path / "w2"
+    recipe = dataclasses.replace(recipe, search=dataclasses.replace(recipe.search, workers=2, steps=1))
+    evaluate = functools.partial(_locking_score_in, str(out))
+    history = run(recipe, out, latency_fn=lambda a: a.macs(64, 128) / 1e6, evaluate_fn=evaluate,
+                  recipes_dir=out / "recipes", progress=None)
+    assert len(history) == 2
+    assert (out / "candidates" / recipe.arch().hash / ".lps.lock").exists()  # taken by a worker process

@@ -268,3 +268,20 @@ def test_strong_recipes_are_the_paper_setting_on_their_pretrained_backbone(size,
     undo = dataclasses.replace(strong.train, iterations=base.train.iterations, loss=base.train.loss, init=None)
     assert undo == base.train and strong.model == base.model and strong.export == base.export
     assert dataclasses.replace(strong.data.augment, crop_size=base.data.augment.crop_size) == base.data.augment
+
+
+def test_cli_on_a_non_image_jpg_names_the_file_in_one_line(tmp_path):
+    # Decoded in the graph, this was a 35-line InvalidArgumentError that named no file.
+    root = make_class_folders(tmp_path / "data", per_class=(1, 1))
+    bad = root / "train" / "red" / "notes.jpg"
+    bad.write_text("not an image\n")
+    recipe = tmp_path / "tiny.json"
+    # deterministic: the bad file is decoded within the first epoch (2 steps of 2), so the run cannot end first.
+    recipe.write_text(tiny_recipe(root, tmp_path / "run", batch_size=2, iterations=40).to_json())
+    env = {k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"}  # the CLI quiets TF itself
+    r = subprocess.run([sys.executable, str(REPO / "pretrain.py"), "--recipe", str(recipe)],
+                       capture_output=True, text=True, timeout=300, cwd=tmp_path, env=env)
+    assert r.returncode == 2, r.stderr[-3000:]
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"pretrain.py: error: {bad}: cannot read image: "), lines
+    assert not (tmp_path / "run").exists()  # failed before its first backup

@@ -137,3 +137,20 @@ def test_export_name_must_be_a_plain_name(tmp_path, name):
         load_recipe(path, [f"export.name={json.dumps(name)}"])
     assert repr(name) in str(info.value)
     assert load_recipe(path, ['export.name="lps_s-v2"']).export.name == "lps_s-v2"
+
+
+@pytest.mark.parametrize("depth", [40, 5000])
+def test_deeply_nested_arrays_are_one_recipe_error_naming_file_and_field(tmp_path, depth):
+    # 5000 levels made json raise RecursionError (a traceback); 40 is valid JSON no field accepts.
+    deep = "[" * depth + "1" + "]" * depth
+    path = tmp_path / "deep.json"
+    arch = {"depth": "DEEP", "width": [4, 8, 16, 32, 32], "resolution": [1, 0, 0]}
+    path.write_text(json.dumps({"model": {"arch": arch}}).replace('"DEEP"', deep))
+    with pytest.raises(RecipeError, match=r"deep\.json.*nested more than 32") as info:
+        load_recipe(path)
+    if depth == 40:
+        assert "model.arch.depth" in str(info.value)
+    plain = tmp_path / "plain.json"
+    plain.write_text("{}")
+    with pytest.raises(RecipeError, match=r"--set model\.arch\.depth.*more than 32"):
+        load_recipe(plain, [f"model.arch.depth={deep}"])

@@ -400,6 +400,54 @@ def test_journal_mismatch_errors(tmp_path):
         SearchJournal(bad)
 
 
+def _damaged_journals(tmp_path) -> dict:
+    """A real journal, then three ways it can be damaged on disk: {case: (path, words the error must say)}."""
+    good = tmp_path / "good.json"
+    run_expansion(START, additive_latency, concave_score, steps=1, journal=SearchJournal(good), progress=quiet)
+    text = good.read_text()
+    cases = {}
+    truncated = tmp_path / "truncated.json"
+    truncated.write_text(text[: len(text) // 2])  # what a full disk or a copy cut short leaves
+    cases["truncated"] = (truncated, "not valid JSON")
+    binary = tmp_path / "binary.json"
+    binary.write_bytes(b"\x89PNG\r\n\x1a\n\xff\xfe" + bytes(range(256)))
+    cases["binary"] = (binary, "not UTF-8 text")
+    d = json.loads(text)
+    key = next(iter(d["evaluations"]))
+    d["evaluations"][key] = [0.5]  # valid JSON, wrong shape: used to be an AttributeError traceback later
+    wrong = tmp_path / "wrong.json"
+    wrong.write_text(json.dumps(d))
+    cases["wrong structure"] = (wrong, f"evaluations['{key}']")
+    d = json.loads(text)
+    d["steps"] = [{"step": 0}]
+    steps = tmp_path / "steps.json"
+    steps.write_text(json.dumps(d))
+    cases["step without arch"] = (steps, "steps[0]")
+    return cases
+
+
+def test_damaged_journal_is_one_error_naming_the_file(tmp_path):
+    for case, (path, words) in _damaged_journals(tmp_path).items():
+        with pytest.raises(JournalError) as info:
+            SearchJournal(path)
+        message = str(info.value)
+        assert str(path) in message and words in message, (case, message)
+        assert "\n" not in message, case
+
+
+def test_expand_cli_on_a_damaged_journal_exits_2_in_one_line(tmp_path):
+    path, words = _damaged_journals(tmp_path)["binary"]
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "journal.json").write_bytes(path.read_bytes())
+    r = subprocess.run([sys.executable, "expand.py", "--recipe", "recipes/expand_synthetic.json", "--output", str(out),
+                        "--latency-backend", "macs", "--set", f"data.root={tmp_path / 'syn'}"],
+                       cwd=REPO, capture_output=True, text=True, timeout=120)
+    lines = [ln for ln in r.stderr.splitlines() if ln.strip()]
+    assert r.returncode == 2 and len(lines) == 1, (r.returncode, r.stderr[-2000:])
+    assert lines[0].startswith("expand.py: error: ") and str(out / "journal.json") in lines[0] and words in lines[0]
+
+
 def test_replay_detects_inconsistent_journal(tmp_path):
     path = tmp_path / "journal.json"
     steps = run_expansion(START, additive_latency, concave_score, steps=1, journal=SearchJournal(path),
@@ -715,3 +763,31 @@ def test_table4_comparison_puts_each_step_beside_the_papers():
     assert lines[-1] == "Same op as the paper in 1 of 2 steps."
     other = Step(index=0, arch=get_preset("lps_s", 11), latency=1.0, score=0.3)
     assert table4_comparison([other]) is None  # not a search from N0: nothing to compare step by step
+
+
+def test_full_disk_at_a_journal_write_is_one_line_and_keeps_the_journal(tmp_path, monkeypatch, capsys):
+    from fake_disk import CappedDisk
+
+    from lps_keras.cli import guarded
+    from lps_keras.errors import DiskFullError
+
+    path = tmp_path / "journal.json"
+    run_expansion(START, additive_latency, concave_score, steps=1, journal=SearchJournal(path), progress=quiet)
+    before = path.read_bytes()
+    CappedDisk(free=100).install(monkeypatch)  # less than one journal
+    with pytest.raises(DiskFullError, match="journal.json: the disk is full"):
+        run_expansion(START, additive_latency, concave_score, steps=2, journal=SearchJournal(path), progress=quiet)
+    code = guarded("expand.py", lambda: run_expansion(START, additive_latency, concave_score, steps=2,
+                                                      journal=SearchJournal(path), progress=quiet))
+    lines = [ln for ln in capsys.readouterr().err.splitlines() if ln.strip()]
+    assert code == 2 and lines == [f"expand.py: error: {path}: the disk is full (no space left on device); "
+                                   "nothing half-written was kept"]
+    assert path.read_bytes() == before and sorted(p.name for p in tmp_path.iterdir()) == ["journal.json"]
+
+
+def test_op_names_must_be_plain_names(tmp_path):
+    from lps_keras.errors import PathNameError
+
+    bad = ExpansionOp(name="../d1", dimension="depth", depth=(1, 0, 0, 0, 0))
+    with pytest.raises(PathNameError, match=r"expansion op name: '\.\./d1' is not a plain name"):
+        run_expansion(START, additive_latency, concave_score, steps=1, ops=[bad], progress=quiet)

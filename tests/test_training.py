@@ -537,3 +537,101 @@ def test_mixed_bfloat16_run(tmp_path, stub_data):
     env = json.loads((tmp_path / "run" / "environment.json").read_text())
     assert env["dtype_policy"] == "mixed_bfloat16"
     assert np.isfinite(out["miou"]) and out["deploy_parity_max_rel_error"] < 0.05  # bf16 activations
+
+
+# --------------------------------------------------------------------------- full disk
+def test_full_disk_at_a_checkpoint_is_one_line_keeps_the_last_backup_and_resumes(tmp_path, stub_data, monkeypatch,
+                                                                                   capsys):
+    from fake_disk import CappedDisk
+
+    from lps_keras.cli import guarded
+    from lps_keras.train import train
+
+    disk = CappedDisk(free=2000, armed=False).install(monkeypatch)  # json files fit, a checkpoint does not
+    kept = {}
+    run = tmp_path / "run"
+
+    class FillTheDiskAfterStep5(keras.callbacks.Callback):
+        def on_train_batch_begin(self, batch, logs=None):
+            if int(self.model.optimizer.iterations) == 6 and not disk.armed:
+                kept.update({p: p.read_bytes() for p in (run / "backup" / "latest.weights.h5", run / "last.keras")})
+                disk.armed = True
+
+    recipe = _stub_recipe(tmp_path, "train.iterations=20", "train.val_interval=20", "train.checkpoint_interval=5",
+                          "train.image_summaries=0")
+    code = guarded("train.py", lambda: train(recipe, callbacks=[FillTheDiskAfterStep5()], verbose=0))
+    lines = [ln for ln in capsys.readouterr().err.splitlines() if ln.strip()]
+    assert code == 2 and len(lines) == 1, lines
+    assert lines[0].startswith("train.py: error: ") and "the disk is full" in lines[0]
+    assert str(run / "backup" / "latest.weights.h5") in lines[0] and disk.failed  # the step-10 backup
+    assert all(p.read_bytes() == data for p, data in kept.items())  # the step-5 checkpoint, byte for byte
+    assert not [p for p in run.rglob("*") if ".lpstmp-" in p.name]  # no partial file left
+
+    disk.armed = False  # space freed: the rerun resumes from the kept backup
+    out = train(recipe, verbose=0)
+    assert (out["resumed_from_step"], out["final_step"]) == (5, 20)
+
+
+def test_run_name_in_run_dir_must_be_a_plain_name(tmp_path):
+    import dataclasses
+
+    from lps_keras.errors import PathNameError
+    from lps_keras.train.loop import resolve_run_dir
+
+    recipe = load_recipe(REPO / "recipes" / "demo.json", ["train.run_dir=runs/{name}"])
+    assert resolve_run_dir(recipe) == Path("runs/demo")
+    for name in ("../../etc", "a/b", ".hidden", "x\n"):
+        with pytest.raises(PathNameError, match=r"recipe\.name: .* is not a plain name"):
+            resolve_run_dir(dataclasses.replace(recipe, name=name))
+    literal = dataclasses.replace(recipe, name="a/b", train=dataclasses.replace(recipe.train, run_dir=str(tmp_path)))
+    assert resolve_run_dir(literal) == tmp_path  # the name is not part of this path
+
+
+# --------------------------------------------------------------------------- memory
+def test_memory_estimate_errs_high_of_the_calibration_runs():
+    from lps_keras.arch import Arch
+    from lps_keras.train.memory import estimate_training_bytes
+
+    # Peak RSS added by train() on the demo set at 192x192 (see lps_keras/train/memory.py).
+    for width, batch, measured_mb in (((8, 16, 32, 64, 64), 2, 177), ((8, 16, 32, 64, 64), 8, 298),
+                                      ((32, 64, 128, 256, 256), 2, 246), ((32, 64, 128, 256, 256), 8, 461)):
+        arch = Arch((1, 1, 2, 2, 2), width, (1, 0, 0), num_classes=19)
+        estimate_mb = estimate_training_bytes(arch, batch, 192, 192, 19) / 2**20
+        assert measured_mb < estimate_mb < 2.2 * measured_mb, (width, batch, estimate_mb)
+
+
+def test_a_run_that_cannot_fit_in_memory_is_refused_before_it_starts(tmp_path, stub_data, monkeypatch):
+    import lps_keras.train.memory as memory
+    from lps_keras.errors import ResourceError
+    from lps_keras.train import train
+
+    monkeypatch.setattr(memory, "available_memory", lambda: (300 * 2**20, "MemAvailable in /proc/meminfo"))
+    recipe = _stub_recipe(tmp_path, "train.iterations=2", "train.batch_size=64")
+    with pytest.raises(ResourceError, match=r"train\.batch_size / data\.augment\.crop_size: training would need "
+                                            r"about [\d.]+ GiB of memory \(batch 64 of 192x192.*but 0\.3 GiB is "
+                                            r"available \(MemAvailable in /proc/meminfo\); a batch of at most about "
+                                            r"\d+ fits"):
+        train(recipe, verbose=0)
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("oom", ["MemoryError", "ResourceExhaustedError"])
+def test_running_out_of_memory_during_training_is_one_line_and_removes_the_new_run_dir(tmp_path, stub_data, capsys,
+                                                                                      oom):
+    import tensorflow as tf
+
+    from lps_keras.cli import guarded
+    from lps_keras.train import train
+
+    class RunOutOfMemory(keras.callbacks.Callback):
+        def on_train_batch_begin(self, batch, logs=None):
+            if int(self.model.optimizer.iterations) == 2:
+                if oom == "MemoryError":
+                    raise MemoryError()
+                raise tf.errors.ResourceExhaustedError(None, None, "OOM when allocating tensor with shape[64,8,96,96]")
+
+    recipe = _stub_recipe(tmp_path, "train.iterations=10", "train.val_interval=10", "train.checkpoint_interval=5")
+    code = guarded("train.py", lambda: train(recipe, callbacks=[RunOutOfMemory()], verbose=0))
+    lines = [ln for ln in capsys.readouterr().err.splitlines() if ln.strip()]
+    assert code == 2 and len(lines) == 1 and lines[0].startswith("train.py: error: out of memory"), lines
+    assert not (tmp_path / "run").exists()  # before its first backup: nothing to resume, nothing left

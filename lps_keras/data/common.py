@@ -180,9 +180,29 @@ def check_pair(files: FileList, index: int) -> None:
     try:
         with Image.open(image_path) as im:
             width, height = im.size
+            png = im.format == "PNG"
+        if png:
+            check_png_complete(image_path)
     except (OSError, SyntaxError) as e:
         raise DataError(f"{image_path}: cannot read image: {e}") from None
     read_label(files, index, (height, width))
+
+
+#: A PNG file ends with its IEND chunk: length 0, type, CRC.
+_PNG_END = b"\x00\x00\x00\x00IEND\xaeB`\x82"
+
+
+def check_png_complete(path) -> None:
+    """DataError if the PNG file ``path`` was cut short: its header reads fine, its IEND chunk is missing.
+
+    Cheap (reads the file's last 64 KiB), so a truncated image is found without decoding it. Data
+    after IEND (which Pillow ignores) is allowed.
+    """
+    with open(path, "rb") as f:
+        size = f.seek(0, os.SEEK_END)
+        f.seek(max(0, size - 65536))
+        if _PNG_END not in f.read():
+            raise DataError(f"{path}: cannot read image: truncated PNG file ({size} bytes, no IEND chunk at its end)")
 
 
 def read_label(files: FileList, index: int, image_hw: tuple[int, int]) -> np.ndarray:

@@ -84,6 +84,32 @@ def _decode(data):
     return tf.io.decode_image(data, channels=3, expand_animations=False)
 
 
+def _checked_decoder(paths: list[str]):
+    """``decode(index)``: file ``paths[index]`` decoded as :func:`_decode` does, in ``tf.data``.
+
+    TensorFlow's own decoder (the same pixels as before), run eagerly per file so that a file it
+    cannot decode (not an image, truncated) raises a DataError naming it, which
+    :func:`lps_keras.data.unwrap_data_error` recovers from the error ``fit`` sees, as the
+    segmentation readers' errors are; decoded in the graph, the error named no file.
+    """
+    from lps_keras.data.pipeline import record_data_error
+
+    def decode(index):
+        path = paths[int(index)]
+        try:
+            return _decode(tf.io.read_file(path))
+        except (tf.errors.InvalidArgumentError, tf.errors.NotFoundError, tf.errors.DataLossError) as e:
+            detail = (e.message or type(e).__name__).strip().splitlines()[0].split(" [Op:")[0]
+            raise record_data_error(DataError(f"{path}: cannot read image: {detail}")) from None
+
+    def tf_decode(index):
+        image = tf.py_function(decode, [index], tf.uint8)
+        image.set_shape([None, None, 3])
+        return image
+
+    return tf_decode
+
+
 def random_resized_crop(image, seed, size, area_range, aspect_range):
     """A random crop of ``area_range`` of the image's area and aspect (w/h) in ``aspect_range``,
     resized to ``size``, flipped left-right with probability 1/2; float in [0, 1].
@@ -174,21 +200,23 @@ def build_classification_dataset(recipe: Recipe, split: str, training: bool, bat
             ds = ds.shuffle(int(paths.shape[0]), seed=seed, reshuffle_each_iteration=True).repeat()
             ds = tf.data.Dataset.zip((ds, seeds)).skip(skip_examples)
 
+        decode_file = _checked_decoder([folders.paths[i] for i in keep])
+
         def load(index):
-            return tf.io.read_file(paths[index]), labels[index]
+            return decode_file(index), labels[index]
 
     size = tuple(pre.image_size)
     if training:
         def train_map(example, pair_seed):
-            data, label = load(example) if load is not None else example
-            image = random_resized_crop(_decode(data), pair_seed, size, pre.crop_area, pre.crop_aspect)
+            image, label = load(example) if load is not None else (_decode(example[0]), example[1])
+            image = random_resized_crop(image, pair_seed, size, pre.crop_area, pre.crop_aspect)
             return _normalise(image), label
 
         ds = ds.map(train_map, num_parallel_calls=autotune)
     else:
         def eval_map(*example):
-            data, label = load(example[0]) if load is not None else example
-            return _normalise(center_crop(_decode(data), size, pre.eval_resize)), label
+            image, label = load(example[0]) if load is not None else (_decode(example[0]), example[1])
+            return _normalise(center_crop(image, size, pre.eval_resize)), label
 
         ds = ds.map(eval_map, num_parallel_calls=autotune, deterministic=True)
     if cfg.skip_bad_files:

@@ -34,6 +34,7 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Optional
 
 from lps_keras.arch import EXPANSION_OPS, Arch, ExpansionOp
+from lps_keras.errors import check_path_name
 from lps_keras.search.candidates import (  # noqa: F401 - re-exported
     DIMENSIONS,
     SearchError,
@@ -173,6 +174,10 @@ def run_expansion(
     names = [op.name for op in ops]
     if len(set(names)) != len(names):
         raise SearchError(f"expansion op names must be unique, got {names!r}")
+    for name in names:
+        # Op names name candidates in the journal, the tables and the step recipes' descriptions;
+        # kept to plain names so that none can become a path anywhere a candidate is written.
+        check_path_name("expansion op name", name)
     journal = journal if journal is not None else SearchJournal(None)
     journal.bind(start, ops, max_k, fingerprint)
     say = progress or (lambda _msg: None)

@@ -23,19 +23,14 @@ import concurrent.futures
 import multiprocessing
 import os
 import queue
-import socket
 import threading
 from collections.abc import Callable
 from typing import Any, Optional
 
-from lps_keras.errors import LPSError
+from lps_keras.search.ray_join import ExecutorError, join_ray
 
 RETRIES = 1
 RAY_EXTRA = "pip install -r requirements-ray.txt (or pip install 'lps-keras[ray]')"
-
-
-class ExecutorError(LPSError, RuntimeError):
-    """An executor cannot be set up (Ray missing, cluster unreachable, a resource nobody offers)."""
 
 
 class CandidateFailed(RuntimeError):
@@ -274,13 +269,8 @@ class RayExecutor(SearchExecutor):
         self._lock = threading.Lock()
         self._owns_ray = not ray.is_initialized()
         if self._owns_ray:
-            _check_reachable(address)
             kwargs = {"include_dashboard": False} if address is None else {}
-            try:
-                ray.init(address=address, log_to_driver=True, **kwargs)
-            except Exception as e:  # noqa: BLE001 - unreachable address, bad token: one line, not a traceback
-                raise ExecutorError(f"cannot join the Ray cluster at {address or 'a new local instance'}: "
-                                    f"{describe_error(e, 300)}") from None
+            join_ray(ray, address, describe_error, **kwargs)  # one line on failure, Ray's own log dropped
         resources = ray.cluster_resources()
         if gpus_per_task > 0 and resources.get("GPU", 0) < gpus_per_task:
             self.shutdown()
@@ -361,18 +351,6 @@ class RayExecutor(SearchExecutor):
             self._ray.wait(pending, num_returns=len(pending))
         if self._owns_ray and self._ray.is_initialized():
             self._ray.shutdown()
-
-
-def _check_reachable(address: Optional[str], timeout: float = 10.0) -> None:
-    # ray.init keeps retrying an address nobody answers on (minutes): fail in one line instead.
-    if not address or address == "auto" or "://" in address or ":" not in address:
-        return
-    host, _, port = address.rpartition(":")
-    try:
-        socket.create_connection((host, int(port)), timeout=timeout).close()
-    except (OSError, ValueError) as e:
-        raise ExecutorError(f"--ray-address {address}: nothing answers there ({e}); start the head node with "
-                            "ray start --head and pass the address it prints") from None
 
 
 class _RayFuture(concurrent.futures.Future):

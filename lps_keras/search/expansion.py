@@ -17,6 +17,8 @@ from pathlib import Path
 from typing import Any, Optional
 
 from lps_keras.arch import EXPANSION_OPS, Arch
+from lps_keras.errors import check_path_name
+from lps_keras.fileio import DirectoryLock
 from lps_keras.recipe import Recipe, validate_recipe
 from lps_keras.search.algorithm import run_expansion
 from lps_keras.search.executors import SearchExecutor, make_executor
@@ -63,7 +65,11 @@ def proxy_recipe(recipe: Recipe, arch: Arch, run_dir, name: Optional[str] = None
 
 
 def candidate_dir(output_dir, key: str, seed: int = 0) -> Path:
-    """Run directory of one (candidate, seed): seed 0 keeps the single-seed layout, so old searches resume."""
+    """Run directory of one (candidate, seed): seed 0 keeps the single-seed layout, so old searches resume.
+
+    ``key`` is the candidate's arch hash; checked all the same, since it becomes a directory name.
+    """
+    check_path_name("candidate key", key)
     return Path(output_dir) / "candidates" / (key if seed == 0 else f"{key}-seed{seed}")
 
 
@@ -106,6 +112,7 @@ class ProxyEvaluator:
         that is no growth of the parent (:func:`lps_keras.grow.grow_model` refuses it) or a parent without
         ``last.keras`` trains from scratch, and its metrics say so.
         """
+        check_path_name("candidate key", context.key)
         grown = Path(self.output_dir) / "candidates" / "grown" / f"{context.key}-seed{context.seed}.keras"
         if grown.exists():
             return str(grown), "parent"
@@ -189,6 +196,16 @@ def run(
     """
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
+    # One search per output directory, for the whole run: a second one would retrain finished
+    # candidates and rewrite the journal under the first. The candidates' train() calls (here or in
+    # workers) lock their own run directories below it, so the workers are not blocked by this.
+    with DirectoryLock(output_dir, "expansion output directory"):
+        return _run(recipe, output_dir, devices, device_key, recipes_dir, latency_fn, evaluate_fn, progress,
+                    print_table, executor)
+
+
+def _run(recipe, output_dir: Path, devices, device_key, recipes_dir, latency_fn, evaluate_fn, progress, print_table,
+         executor) -> list[Step]:
     backend = recipe.search.latency_backend
     steps = recipe.search.steps
     workers = recipe.search.workers

@@ -215,9 +215,16 @@ class SearchJournal:
 
     def _load(self) -> None:
         try:
-            raw = json.loads(self.path.read_text())
+            raw = json.loads(self.path.read_bytes().decode("utf-8"))
+        except UnicodeDecodeError as e:
+            # A binary file: json would say neither which file nor that it is not text.
+            raise JournalError(f"{self.path}: search journal is not UTF-8 text (byte {e.start}): "
+                               "not a journal this code wrote; move it away to start over") from None
         except json.JSONDecodeError as e:
-            raise JournalError(f"{self.path}: search journal is not valid JSON: {e}") from None
+            raise JournalError(f"{self.path}: search journal is not valid JSON (truncated or damaged?): {e}; "
+                               "move it away to start over") from None
+        except RecursionError:
+            raise JournalError(f"{self.path}: search journal nests too deeply to be one this code wrote") from None
         if not isinstance(raw, dict) or raw.get("format") != JOURNAL_FORMAT:
             raise JournalError(f"{self.path}: not a search journal (expected format {JOURNAL_FORMAT!r})")
         version = raw.get("version")
@@ -236,8 +243,15 @@ class SearchJournal:
                 # One score per arch, trained with the recipe's seed: that is seed 0 here (same run
                 # directory too), so an old search resumes, and gains seeds, without retraining.
                 self.evaluations = {h: _v1_entry(e) for h, e in self.evaluations.items()}
-        except (KeyError, TypeError, AttributeError) as e:
+        except KeyError as e:
             raise JournalError(f"{self.path}: search journal is missing {e}") from None
+        except (TypeError, ValueError, AttributeError) as e:
+            raise JournalError(f"{self.path}: search journal has the wrong structure ({e})") from None
+        problem = _structure_problem(self.setup, self.latencies, self.evaluations, self.failures, self.steps)
+        if problem:
+            # Checked here, not where an entry is used: a wrong shape would otherwise surface as an
+            # AttributeError traceback deep in the search, maybe hours in.
+            raise JournalError(f"{self.path}: search journal has the wrong structure: {problem}")
 
     def _save(self) -> None:
         if self.path is None:
@@ -351,6 +365,35 @@ class SearchJournal:
                 raise JournalError(f"{self.where}: step {step.index} recorded out of order ({len(self.steps)} so far)")
             self.steps.append(step.to_dict())
             self._save()
+
+
+def _structure_problem(setup, latencies: dict, evaluations: dict, failures: dict, steps: list) -> Optional[str]:
+    """What is wrong with a loaded journal's shape (the fields the search reads), or None."""
+    if setup is not None and not isinstance(setup, dict):
+        return f"'setup' is {_short_json(setup, 60)}, not an object"
+    for key, entry in latencies.items():
+        if not isinstance(entry, dict) or not _is_number(entry.get("latency")):
+            return f"latencies[{key!r}] is {_short_json(entry, 60)}, not an object with a numeric 'latency'"
+    for key, entry in evaluations.items():
+        if not isinstance(entry, dict) or not isinstance(entry.get("seeds"), dict):
+            return f"evaluations[{key!r}] is {_short_json(entry, 60)}, not an object with 'seeds'"
+        for seed, r in entry["seeds"].items():
+            if not str(seed).isdigit() or not isinstance(r, dict) or not _is_number(r.get("score")) \
+                    or not isinstance(r.get("metrics", {}), dict):
+                return f"evaluations[{key!r}].seeds[{seed!r}] is {_short_json(r, 60)}, not an object with a 'score'"
+    for key, entry in failures.items():
+        if not isinstance(entry, dict) or "error" not in entry:
+            return f"failures[{key!r}] is {_short_json(entry, 60)}, not an object with an 'error'"
+    for i, d in enumerate(steps):
+        try:
+            Step.from_dict(d)
+        except (KeyError, TypeError, ValueError, AttributeError) as e:
+            return f"steps[{i}] is not a step ({type(e).__name__}: {e})"
+    return None
+
+
+def _is_number(x) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool)
 
 
 def _v1_entry(e: dict) -> dict:

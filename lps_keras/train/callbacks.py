@@ -20,6 +20,7 @@ import numpy as np
 from keras import ops
 
 from lps_keras.compat import EpochBackup
+from lps_keras.errors import DiskFullError, is_disk_full
 from lps_keras.fileio import atomic_save_model, atomic_write_json, atomic_write_text
 from lps_keras.train.optim import PolyLR
 from lps_keras.train.summaries import summary_images, summary_scalar
@@ -141,10 +142,20 @@ class StepTracker(keras.callbacks.Callback):
                     summary_scalar("learning_rate", lr, step)
                     summary_scalar("steps_per_second", rate, step)
             if self.log_path is not None:
-                with open(self.log_path, "a") as f:
-                    f.write(json.dumps(record) + "\n")
+                append_log(self.log_path, record)
         if step >= self.state.total_steps:
             self.model.stop_training = True
+
+
+def append_log(path: Path, record: dict) -> None:
+    """One JSON line appended to ``path``; a full disk is a DiskFullError naming it (a resume truncates the log)."""
+    try:
+        with open(path, "a") as f:
+            f.write(json.dumps(record) + "\n")
+    except OSError as e:
+        if is_disk_full(e):
+            raise DiskFullError(path) from None
+        raise
 
 
 class Validator(keras.callbacks.Callback):

@@ -34,17 +34,22 @@ import lps_keras.layers  # noqa: F401 - registers the layers, so importing this 
 import lps_keras.losses  # noqa: F401 - the training checkpoints' compile config names the loss
 import lps_keras.model  # noqa: F401 - registers LPSNet, the class a checkpoint is rebuilt as
 from lps_keras import compat, fileio
-from lps_keras.fileio import atomic_save_model, atomic_write_json, atomic_write_text
+from lps_keras.errors import check_path_name
+from lps_keras.fileio import DirectoryLock, atomic_save_model, atomic_write_json, atomic_write_text
 from lps_keras.recipe import Recipe
 from lps_keras.train.callbacks import Backup, RunState, StepTracker, Validator, restore_state, truncate_log, write_state
 from lps_keras.train.distribute import environment_info, has_gpu, make_strategy, resolve_mixed_precision, worker_info
 from lps_keras.train.errors import NonFiniteLossError, TrainingError
+from lps_keras.train.memory import check_training_memory
 from lps_keras.train.optim import PolyLR, TorchSGD
 
 
 def resolve_run_dir(recipe: Recipe) -> Path:
-    """``train.run_dir`` with ``{name}`` filled in."""
+    """``train.run_dir`` with ``{name}`` filled in (the name must be a plain file name)."""
     template = recipe.train.run_dir
+    if "{name}" in str(template):
+        # recipe.name becomes a directory name: "../x" or "a/b" would put the run somewhere else.
+        check_path_name("recipe.name", recipe.name)
     try:
         return Path(str(template).format(name=recipe.name))
     except (KeyError, IndexError, ValueError) as e:
@@ -73,20 +78,36 @@ def run_settings(verbose, jit_compile) -> tuple:
     return verbose, jit_compile
 
 
-def open_run_dir(work_dir: Path) -> bool:
-    """Create ``work_dir`` and remove what killed writers left in it; True if this call created it.
+def open_run_dir(work_dir: Path) -> tuple[bool, DirectoryLock]:
+    """Create ``work_dir``, lock it for this process and remove what killed writers left in it.
 
-    A run that fails before its first backup removes a directory it created.
+    Returns (whether this call created it, the held lock). The lock is taken before any backup
+    is read: a second process on the same directory would otherwise resume from the first's live
+    backup and both would write the same files. The caller releases it at the end of the run, and a
+    run that fails before its first backup removes a directory it created while still holding it.
     """
     created = not work_dir.exists()
     try:
         work_dir.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise TrainingError(f"run directory {work_dir}: cannot create it ({e})") from None
+    lock = DirectoryLock(work_dir, "run directory").acquire()  # BusyError naming the holder's pid
     # Temporary files of a run that was killed while writing a checkpoint.
     for d in (work_dir, work_dir / "backup"):
         fileio.remove_stale_temps(d)
-    return created
+    return created, lock
+
+
+def remove_unfinished_run_dir(work_dir: Path, created: bool, backup) -> None:
+    """After a failure: remove ``work_dir`` if this run created it and left no backup to resume from.
+
+    Called while the run still holds the directory's lock; the lock file goes with the directory
+    (the held descriptor keeps no path alive), so "nothing left behind" stays true.
+    """
+    if created and (backup is None or not backup.exists()):
+        import shutil
+
+        shutil.rmtree(work_dir, ignore_errors=True)
 
 
 def epoch_steps_of(recipe: Recipe) -> int:
@@ -133,6 +154,11 @@ def train(
                             "run it with pretrain.py, then start segmentation from it with train.init")
     recipe.check_classes_cover_dataset()
     cfg = recipe.train
+    if not has_gpu():
+        # Refused here, before anything is created: past the memory, TF aborts (std::bad_alloc).
+        arch = recipe.arch()
+        check_training_memory(arch, cfg.batch_size, recipe.data.augment.crop_size, arch.num_classes,
+                              "train.batch_size / data.augment.crop_size")
     verbose, jit_compile = run_settings(verbose, jit_compile)
     total = cfg.iterations
     epoch_steps = epoch_steps_of(recipe)
@@ -141,11 +167,11 @@ def train(
     is_chief, task_id = worker_info(strategy)
     out_dir = resolve_run_dir(recipe)
     work_dir = out_dir if is_chief else out_dir / "workers" / str(task_id)
-    created_dir = open_run_dir(work_dir)
+    policy = resolve_mixed_precision(cfg.mixed_precision)
+    created_dir, run_lock = open_run_dir(work_dir)
     files_dir = work_dir if is_chief else None
     log_path = work_dir / "train_log.jsonl"
 
-    policy = resolve_mixed_precision(cfg.mixed_precision)
     previous_policy = keras.config.dtype_policy()
     keras.config.set_dtype_policy(policy)
     writers = []
@@ -217,12 +243,15 @@ def train(
                                  skip_examples=start_step * cfg.batch_size)
         val_ds = build_dataset(recipe, recipe.data.val_split, training=False, batch_size=recipe.eval.batch_size)
         if start_step < total:
-            # A bad validation file would otherwise surface only at the first validation, hours in.
-            t_check = time.time()
-            n_checked = check_split(recipe, recipe.data.val_split)
-            if n_checked:
-                print(f"checked the {n_checked} {recipe.data.val_split} files ({time.time() - t_check:.1f} s)",
-                      flush=True)
+            # A bad validation file would otherwise surface only at the first validation, hours in;
+            # a bad training file only when the shuffled stream reaches it, and tf.data's unordered
+            # (deterministic=False) parallel decoding lets later examples overtake one whose decode
+            # failed, so a short run could end without ever reporting it.
+            for split, training in ((recipe.data.train_split, True), (recipe.data.val_split, False)):
+                t_check = time.time()
+                n_checked = check_split(recipe, split, training=training)
+                if n_checked:
+                    print(f"checked the {n_checked} {split} files ({time.time() - t_check:.1f} s)", flush=True)
         image_batch = next(iter(val_ds.take(1))) if cfg.image_summaries > 0 else None
 
         tb_dir = work_dir / "tensorboard"
@@ -294,11 +323,7 @@ def train(
             print(result.table(names), flush=True)
         return summary
     except BaseException as e:
-        if created_dir and (backup is None or not backup.exists()):
-            # Nothing to resume from: leave no half-made run directory behind.
-            import shutil
-
-            shutil.rmtree(work_dir, ignore_errors=True)
+        remove_unfinished_run_dir(work_dir, created_dir, backup)  # nothing to resume from: no half-made directory
         data_error = unwrap_data_error(e) if isinstance(e, Exception) else None
         if data_error is not None and data_error is not e:
             # tf.data wraps it in an InvalidArgumentError carrying a 45-line traceback.
@@ -309,6 +334,7 @@ def train(
         for w in writers:
             w.close()
         keras.config.set_dtype_policy(previous_policy)
+        run_lock.release()
 
 
 def check_backup_arch(arch_file: Path, arch, work_dir: Path) -> None:

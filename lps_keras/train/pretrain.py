@@ -33,9 +33,17 @@ import lps_keras.layers  # noqa: F401 - registers the layers
 from lps_keras.fileio import atomic_save_model, atomic_write_json, atomic_write_text
 from lps_keras.recipe import Recipe
 from lps_keras.train.callbacks import Backup, RunState, StepTracker, restore_state, truncate_log, write_state
-from lps_keras.train.distribute import environment_info, make_strategy, resolve_mixed_precision
+from lps_keras.train.distribute import environment_info, has_gpu, make_strategy, resolve_mixed_precision
 from lps_keras.train.errors import NonFiniteLossError, TrainingError
-from lps_keras.train.loop import check_backup_arch, epoch_steps_of, open_run_dir, resolve_run_dir, run_settings
+from lps_keras.train.loop import (
+    check_backup_arch,
+    epoch_steps_of,
+    open_run_dir,
+    remove_unfinished_run_dir,
+    resolve_run_dir,
+    run_settings,
+)
+from lps_keras.train.memory import check_training_memory
 from lps_keras.train.optim import CosineLR, PolyLR, TorchSGD
 from lps_keras.train.summaries import summary_scalar
 
@@ -139,10 +147,10 @@ def pretrain(recipe: Recipe, resume: bool = True, callbacks: Sequence[keras.call
     epochs = math.ceil(total / epoch_steps)
     strategy = make_strategy(cfg.distribute)
     run_dir = resolve_run_dir(recipe)
-    created_dir = open_run_dir(run_dir)
+    policy = resolve_mixed_precision(cfg.mixed_precision)
+    created_dir, run_lock = open_run_dir(run_dir)
     log_path = run_dir / "train_log.jsonl"
 
-    policy = resolve_mixed_precision(cfg.mixed_precision)
     previous_policy = keras.config.dtype_policy()
     keras.config.set_dtype_policy(policy)
     writers, backup = [], None
@@ -153,6 +161,9 @@ def pretrain(recipe: Recipe, resume: bool = True, callbacks: Sequence[keras.call
         if n != len(names):
             raise TrainingError(f"model.num_classes: {n}, but the data has {len(names)} classes")
         arch = recipe.arch(num_classes=n)
+        if not has_gpu():  # before the first step: past the memory, TF aborts (std::bad_alloc)
+            check_training_memory(arch, cfg.batch_size, recipe.pretrain.image_size, 0,
+                                  "train.batch_size / pretrain.image_size")
         schedule = (CosineLR(cfg.base_lr, total, cfg.warmup_iterations) if recipe.pretrain.schedule == "cosine"
                     else PolyLR(cfg.base_lr, total, cfg.poly_power, cfg.warmup_iterations))
         sync_bn = recipe.model.sync_batchnorm or strategy.num_replicas_in_sync > 1
@@ -249,10 +260,7 @@ def pretrain(recipe: Recipe, resume: bool = True, callbacks: Sequence[keras.call
         atomic_write_json(run_dir / "metrics.json", summary)
         return summary
     except BaseException as e:
-        if created_dir and (backup is None or not backup.exists()):
-            import shutil
-
-            shutil.rmtree(run_dir, ignore_errors=True)  # nothing to resume from: no half-made run directory
+        remove_unfinished_run_dir(run_dir, created_dir, backup)  # nothing to resume from: no half-made directory
         data_error = unwrap_data_error(e) if isinstance(e, Exception) else None
         if data_error is not None and data_error is not e:
             raise data_error from None
@@ -261,4 +269,5 @@ def pretrain(recipe: Recipe, resume: bool = True, callbacks: Sequence[keras.call
         for w in writers:
             w.close()
         keras.config.set_dtype_policy(previous_policy)
+        run_lock.release()
 
