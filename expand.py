@@ -61,7 +61,7 @@ def run(args) -> int:
     recipe = load_recipe(args.recipe, recipe_overrides(args))
     s = recipe.search
     devices = args.devices.split(",") if args.devices else None
-    if args.device_key is None and args.latency_resource is None:
+    if args.device_key is None and args.latency_resource is None and recipe.search.latency.source == "measured":
         # Latencies are measured here: the backend must exist before anything starts (on a device
         # node, the Ray executor's latency task checks it there).
         check_backend(recipe.search.latency_backend)

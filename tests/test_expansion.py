@@ -332,3 +332,33 @@ def test_the_drivers_lock_does_not_block_its_workers_run_directories(tmp_path):
                   recipes_dir=out / "recipes", progress=None)
     assert len(history) == 2
     assert (out / "candidates" / recipe.arch().hash / ".lps.lock").exists()  # taken by a worker process
+
+
+def test_a_search_on_a_latency_profile_needs_no_device_and_records_the_profile(tmp_path):
+    import numpy as np
+
+    from lps_keras.latency.profile import FEATURES, ProfileError, make_profile, predict_latency
+
+    coef = np.zeros(len(FEATURES))
+    coef[FEATURES.index("const")] = 0.5
+    coef[FEATURES.index("gmacs_s4")] = 300.0
+    coef[FEATURES.index("gmacs_s5")] = 200.0
+    coef[FEATURES.index("layers")] = 0.01
+    profile = tmp_path / "cpu_tf.json"
+    profile.write_text(json.dumps(make_profile(coef, "tf", "fp32", (1, 64, 128, 3), device="CPU:elsewhere",
+                                               measured=True, source="test", residual_sd_rel=0.03)))
+    recipe = load_recipe(REPO / "recipes/expand_synthetic.json", [
+        f"data.root={tmp_path / 'synthetic'}", "search.latency_input_shape=[1, 64, 128, 3]", "search.max_k=2",
+        "search.steps=1", f"search.latency.source=profile:{profile}"])
+    out = tmp_path / "out"
+    history = run(recipe, out, evaluate_fn=concave_score, recipes_dir=out / "recipes", progress=None)
+    journal = json.loads((out / "journal.json").read_text())
+    fp = journal["setup"]["fingerprint"]
+    assert fp["latency_source"] == f"profile:{profile}" and fp["profile"]["device"] == "CPU:elsewhere"
+    for step in history:  # deterministic: exactly the profile's predictions
+        assert step.latency == predict_latency(step.arch, profile)
+    wrong = load_recipe(REPO / "recipes/expand_synthetic.json", [
+        f"data.root={tmp_path / 'synthetic'}", "search.latency_input_shape=[1, 128, 256, 3]",
+        f"search.latency.source=profile:{profile}"])
+    with pytest.raises(ProfileError, match=r"made at input \[1, 64, 128, 3\]"):
+        run(wrong, tmp_path / "out2", evaluate_fn=concave_score, recipes_dir=tmp_path / "r2", progress=None)

@@ -138,17 +138,52 @@ class ProxyEvaluator:
 def make_latency_fn(recipe: Recipe, output_dir, device_key=None, verbose=True) -> Callable[[Arch], float]:
     """Median latency (ms; GMACs for the ``macs`` backend) of the deploy model, via the cache.
 
-    The cache is ``search.latency_cache``, relative to ``output_dir`` unless absolute.
+    The cache is ``search.latency_cache``, relative to ``output_dir`` unless absolute. With
+    ``search.latency.source = profile:<file>`` the latencies are predicted by that profile instead
+    (deterministic, no device needed); a profile of another backend or input size is refused.
     """
     from lps_keras.latency import latency_fn
 
     s = recipe.search
+    profile = profile_path(recipe)
+    if profile is not None:
+        from lps_keras.latency.profile import profile_latency_fn
+
+        return profile_latency_fn(profile, s.latency_backend, tuple(s.latency_input_shape))
     cache = Path(output_dir) / s.latency_cache
     return latency_fn(
         backend=s.latency_backend, input_shape=tuple(s.latency_input_shape), warmup=s.latency_warmup,
         iters=s.latency_iters, cache=str(cache), device_key=device_key, match_device=device_key is None,
         verbose=verbose,
     )
+
+
+def profile_path(recipe: Recipe) -> Optional[Path]:
+    """The latency profile of ``search.latency.source = profile:<file>``, or None for measured latencies."""
+    source = recipe.search.latency.source
+    return Path(source[len("profile:"):].strip()) if source.startswith("profile:") else None
+
+
+def journal_fingerprint(recipe: Recipe, backend: str):
+    """:func:`search_fingerprint`, plus which latency profile the search runs on when it runs on one.
+
+    The journal stores it as its setup's fingerprint, so it records the profile (path, sha256, device),
+    and a search resumed with another profile is refused. Measured latencies keep the bare fingerprint,
+    so older journals still resume.
+    """
+    fp = search_fingerprint(recipe, backend)
+    profile = profile_path(recipe)
+    if profile is None:
+        return fp
+    import hashlib
+
+    from lps_keras.latency.profile import load_profile
+
+    data = load_profile(profile)
+    return {"recipe": fp, "latency_source": recipe.search.latency.source,
+            "profile": {"sha256": hashlib.sha256(profile.read_bytes()).hexdigest()[:16], "device": data["device"],
+                        "backend": data["backend"], "input_shape": data["input_shape"],
+                        "measured": data.get("measured", True)}}
 
 
 def search_fingerprint(recipe: Recipe, backend: str) -> str:
@@ -166,6 +201,9 @@ def search_fingerprint(recipe: Recipe, backend: str) -> str:
         "proxy": proxy,
         "latency": [backend, s["latency_input_shape"]],
         "optimizer": {k: d["train"][k] for k in ("momentum", "weight_decay", "poly_power", "loss", "seed")},
+        # class balance changes every score; only when it is on, so older journals keep their fingerprint
+        **({"class_balance": [d["train"][k] for k in ("class_balance", "class_weights", "enet_c")]}
+           if d["train"]["class_balance"] != "none" else {}),
     })
 
 
@@ -217,7 +255,9 @@ def _run(recipe, output_dir: Path, devices, device_key, recipes_dir, latency_fn,
                                  pin_cpus=recipe.search.pin_cpus)
     try:
         s = recipe.search
-        lat = latency_fn or (make_latency_fn(recipe, output_dir, device_key) if executor.latency_resource is None
+        on_profile = profile_path(recipe) is not None  # predicted here: no device, no latency resource
+        lat = latency_fn or (make_latency_fn(recipe, output_dir, device_key)
+                             if executor.latency_resource is None or on_profile
                              else executor.latency_fn(backend, s.latency_input_shape, s.latency_warmup,
                                                       s.latency_iters, output_dir / s.latency_cache, device_key))
         # A Ray task may run in another working directory (another node): give it an absolute output path.
@@ -225,7 +265,7 @@ def _run(recipe, output_dir: Path, devices, device_key, recipes_dir, latency_fn,
         journal = SearchJournal(output_dir / "journal.json")
         history = run_expansion(
             start, lat, ev, steps, journal=journal, ops=EXPANSION_OPS, max_k=recipe.search.max_k,
-            executor=executor, progress=progress, fingerprint=search_fingerprint(recipe, backend),
+            executor=executor, progress=progress, fingerprint=journal_fingerprint(recipe, backend),
             seeds=proxy.seeds, decision_z=proxy.decision_z, racing=RacingConfig(**dataclasses.asdict(proxy.racing)),
             warm_start=proxy.init == "parent",
         )
