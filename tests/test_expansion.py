@@ -121,7 +121,7 @@ TINY_CLI = ["--set", 'data.synthetic={"num_train": 12, "num_val": 4, "height": 6
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("backend", ["openvino"])  # the CPU deploy runtime; onnxruntime's runner is timed in test_latency
+@pytest.mark.parametrize("backend", ["openvino"])  # the CPU deploy runtime; onnxruntime: see test_latency
 def test_cli_one_step_timed_by_a_cpu_runtime(tmp_path, backend):
     out = tmp_path / "expand"
     res = subprocess.run([sys.executable, "expand.py", "--recipe", "recipes/expand_synthetic.json", "--output",
