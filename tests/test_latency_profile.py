@@ -115,3 +115,13 @@ def test_the_shipped_paper_profile_is_fitted_to_table4_and_says_so():
     loo = leave_one_out(archs, ms, (1, 1024, 2048, 3), ("const", "gmacs", "act_mb"))
     assert accuracy_figures(loo, ms)["median_abs_rel_error"] == pytest.approx(
         prof["leave_one_out"]["median_abs_rel_error"])
+
+
+def test_the_shipped_cpu_profile_drives_a_search_on_a_fresh_clone():
+    path = REPO / "profiles" / "epyc_avx2_2core_openvino_fp32_360x480.json"
+    fn = profile_latency_fn(path, "openvino", (1, 360, 480, 3))
+    prof = fn.profile
+    assert prof["measured"] is True and prof["validation"]["n"] >= 30 and "avx2" in prof["cpu_flags"]
+    assert 0 < fn(N0) < fn(get_preset("lps_s", num_classes=11)) < fn(get_preset("lps_l", num_classes=11))
+    with pytest.raises(ProfileError, match="'tf'"):
+        profile_latency_fn(path, "tf", (1, 360, 480, 3))
