@@ -25,29 +25,32 @@ def _meminfo_available() -> Optional[int]:
     return None
 
 
-def _cgroup_available() -> Optional[int]:
-    """The container's memory limit minus its usage (cgroup v2, else v1); None when unlimited."""
+def available_memory() -> tuple[Optional[int], str]:
+    """(bytes this process may still allocate, where that number comes from); (None, "") if unknown.
+
+    The smaller of MemAvailable and the cgroup's limit minus its usage (v2, else v1; "max" or v1's
+    huge "unlimited" number mean no limit). The one reader for training's and export's refusals.
+    """
+    candidates = []
+    meminfo = _meminfo_available()
+    if meminfo is not None:
+        candidates.append((meminfo, "MemAvailable in /proc/meminfo"))
     for limit_file, usage_file in (("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory.current"),
                                    ("/sys/fs/cgroup/memory/memory.limit_in_bytes",
                                     "/sys/fs/cgroup/memory/memory.usage_in_bytes")):
-        try:
-            text = Path(limit_file).read_text().strip()
-        except OSError:
-            continue
-        if text == "max" or not text.isdigit() or int(text) >= 1 << 60:  # v1 "unlimited" is a huge number
-            return None
-        try:
-            usage = int(Path(usage_file).read_text().strip())
-        except (OSError, ValueError):
-            usage = 0
-        return max(int(text) - usage, 0)
-    return None
+        limit, usage = _read_int(limit_file), _read_int(usage_file)
+        if limit is not None and limit < 2**60:
+            candidates.append((max(0, limit - (usage or 0)),
+                               f"the cgroup limit {limit / _GB:.1f} GiB minus its usage"))
+            break
+    return min(candidates) if candidates else (None, "")
 
 
-def available_memory() -> Optional[int]:
-    """Bytes this process can still allocate: the smaller of MemAvailable and the cgroup's room."""
-    values = [v for v in (_meminfo_available(), _cgroup_available()) if v is not None]
-    return min(values) if values else None
+def _read_int(path: str) -> Optional[int]:
+    try:
+        return int(Path(path).read_text().strip())
+    except (OSError, ValueError):  # absent, or "max"
+        return None
 
 
 def check_memory(estimate_bytes: int, what: str, hint: str, available: Optional[int] = None) -> None:
@@ -56,7 +59,9 @@ def check_memory(estimate_bytes: int, what: str, hint: str, available: Optional[
     ``what`` names the work (``"exporting at 20000x20000"``), ``hint`` what to do instead. Nothing
     is refused when the limit cannot be read (not Linux).
     """
-    available = available_memory() if available is None else available
+    source = "MemAvailable / cgroup limit"
+    if available is None:
+        available, source = available_memory()
     if available is not None and estimate_bytes > available:
         raise ResourceError(f"{what} needs about {estimate_bytes / _GB:.1f} GB of memory, but only "
-                            f"{available / _GB:.1f} GB is available (MemAvailable / cgroup limit); {hint}")
+                            f"{available / _GB:.1f} GB is available ({source}); {hint}")

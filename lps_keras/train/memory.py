@@ -26,10 +26,10 @@ per-image part errs high by about 10% at these sizes, the whole estimate by 30-5
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Optional
 
 from lps_keras.errors import ResourceError
+from lps_keras.memory import available_memory
 
 BLOCK_BYTES = 8 * 4  # per element of a block output, training form (branches, BN, ReLU, gradients)
 PIXEL_BYTES = 5 * 4  # per input pixel and per (class + 3): logits, softmax, gradient, input copies
@@ -52,22 +52,6 @@ def estimate_training_bytes(arch, batch: int, height: int, width: int, dense_cla
     return FIXED_BYTES + PARAM_BYTES * arch.num_params() + batch * per_image
 
 
-def available_memory() -> tuple[Optional[int], str]:
-    """(bytes this process may still allocate, where that number comes from); (None, "") if unknown."""
-    candidates = []
-    meminfo = _meminfo_available()
-    if meminfo is not None:
-        candidates.append((meminfo, "MemAvailable in /proc/meminfo"))
-    for limit_file, usage_file in (("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory.current"),
-                                   ("/sys/fs/cgroup/memory/memory.limit_in_bytes",
-                                    "/sys/fs/cgroup/memory/memory.usage_in_bytes")):
-        limit, usage = _read_int(limit_file), _read_int(usage_file)
-        if limit is not None and usage is not None and limit < 2**60:  # "max" / a huge number: no limit
-            candidates.append((max(0, limit - usage), f"the cgroup limit {_gib(limit)} minus its usage"))
-            break
-    return min(candidates) if candidates else (None, "")
-
-
 def check_training_memory(arch, batch: int, crop: tuple[int, int], dense_classes: int, what: str) -> Optional[int]:
     """ResourceError if the run's estimated memory exceeds what is available; returns the estimate.
 
@@ -84,23 +68,6 @@ def check_training_memory(arch, batch: int, crop: tuple[int, int], dense_classes
             + (f"a batch of at most about {fits} fits" if fits >= 1 else "use a smaller crop or architecture")
             + ", or use a machine with more memory")
     return need
-
-
-def _meminfo_available() -> Optional[int]:
-    try:
-        for line in Path("/proc/meminfo").read_text().splitlines():
-            if line.startswith("MemAvailable:"):
-                return int(line.split()[1]) * 1024
-    except (OSError, ValueError, IndexError):
-        pass
-    return None
-
-
-def _read_int(path: str) -> Optional[int]:
-    try:
-        return int(Path(path).read_text().strip())
-    except (OSError, ValueError):  # absent, or "max"
-        return None
 
 
 def _gib(n: int) -> str:
