@@ -75,19 +75,31 @@ def quiet_tensorflow() -> None:
         tf.config.list_physical_devices("GPU")  # cuInit happens here on the first call
 
 
-class _filtered_stderr:
-    """Redirect file descriptor 2 to a temporary file; on exit, replay it without the known noise."""
+class CapturedStderr:
+    """File descriptor 2 into a temporary file while the block runs; replayed on exit through
+    ``transform`` (default: as it was), or dropped after :meth:`discard`.
+
+    At the descriptor level, so the output of C++ libraries (TensorFlow's start-up, Ray's connection
+    attempts) is caught too, not only Python's ``sys.stderr``.
+    """
+
+    def __init__(self, transform: Callable[[str], str] = lambda text: text):
+        self.transform = transform
+        self._keep = True
 
     def __enter__(self):
         sys.stderr.flush()
         try:
             self._saved = os.dup(2)
-        except OSError:  # no fd 2 (embedded interpreter): nothing to filter
+        except OSError:  # no fd 2 (embedded interpreter): nothing to capture
             self._saved = None
             return self
         self._tmp = tempfile.TemporaryFile(mode="w+b")
         os.dup2(self._tmp.fileno(), 2)
         return self
+
+    def discard(self) -> None:
+        self._keep = False
 
     def __exit__(self, *exc):
         if self._saved is None:
@@ -98,10 +110,15 @@ class _filtered_stderr:
         self._tmp.seek(0)
         text = self._tmp.read().decode("utf-8", errors="replace")
         self._tmp.close()
-        kept = strip_startup_noise(text)
+        kept = self.transform(text) if self._keep else ""
         if kept:
-            print(kept, file=sys.stderr, flush=True)
+            print(kept, file=sys.stderr, end="" if kept.endswith("\n") else "\n", flush=True)
         return False
+
+
+def _filtered_stderr() -> CapturedStderr:
+    """Standard error with TensorFlow's start-up noise removed (see the module doc)."""
+    return CapturedStderr(strip_startup_noise)
 
 
 def strip_startup_noise(text: str) -> str:

@@ -12,10 +12,9 @@ from __future__ import annotations
 
 import os
 import socket
-import sys
-import tempfile
 from typing import Optional
 
+from lps_keras.cli import CapturedStderr
 from lps_keras.errors import LPSError
 
 
@@ -29,7 +28,7 @@ def join_ray(ray, address: Optional[str], describe, timeout: float = 10.0, **kwa
     ``describe(error, limit)`` shortens Ray's error for the message.
     """
     check_ray_address(address, timeout)
-    with _CapturedStderr() as captured:
+    with CapturedStderr() as captured:
         try:
             ray.init(address=address, log_to_driver=True, **kwargs)
         except Exception as e:  # noqa: BLE001 - unreachable address, bad token: one line, not a traceback
@@ -61,36 +60,3 @@ def check_ray_address(address: Optional[str], timeout: float = 10.0) -> None:
                             f"handshake within {timeout:g} s); pass the address ray start --head prints") from None
     finally:
         channel.close()
-
-
-class _CapturedStderr:
-    """File descriptor 2 into a temporary file; replayed on exit unless :meth:`discard` was called."""
-
-    def __enter__(self):
-        sys.stderr.flush()
-        self._keep = True
-        try:
-            self._saved = os.dup(2)
-        except OSError:  # no fd 2 (embedded interpreter): nothing to capture
-            self._saved = None
-            return self
-        self._tmp = tempfile.TemporaryFile(mode="w+b")
-        os.dup2(self._tmp.fileno(), 2)
-        return self
-
-    def discard(self) -> None:
-        self._keep = False
-
-    def __exit__(self, *exc):
-        if self._saved is None:
-            return False
-        sys.stderr.flush()
-        os.dup2(self._saved, 2)
-        os.close(self._saved)
-        self._tmp.seek(0)
-        text = self._tmp.read().decode("utf-8", errors="replace")
-        self._tmp.close()
-        if self._keep and text:
-            sys.stderr.write(text)
-            sys.stderr.flush()
-        return False
