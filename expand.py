@@ -55,24 +55,16 @@ def main(argv=None) -> int:
 def run(args) -> int:
     from lps_keras.latency import check_backend
     from lps_keras.recipe import load_recipe
-    from lps_keras.search.executors import make_executor
     from lps_keras.search.expansion import run as run_expansion
 
     recipe = load_recipe(args.recipe, recipe_overrides(args))
-    s = recipe.search
     devices = args.devices.split(",") if args.devices else None
     if args.device_key is None and args.latency_resource is None and recipe.search.latency.source == "measured":
         # Latencies are measured here: the backend must exist before anything starts (on a device
         # node, the Ray executor's latency task checks it there).
         check_backend(recipe.search.latency_backend)
-    executor = make_executor(s.executor, s.workers, devices, address=args.ray_address,
-                             gpus_per_task=s.gpus_per_task, latency_resource=args.latency_resource,
-                             pin_cpus=s.pin_cpus)
-    try:
-        run_expansion(recipe, args.output, devices=devices, device_key=args.device_key,
-                      recipes_dir=args.recipes_dir, print_table=True, executor=executor)
-    finally:
-        executor.shutdown(wait=True, cancel_futures=True)
+    run_expansion(recipe, args.output, devices=devices, device_key=args.device_key, recipes_dir=args.recipes_dir,
+                  print_table=True, ray_address=args.ray_address, latency_resource=args.latency_resource)
     return 0
 
 

@@ -154,7 +154,7 @@ def summarize(name, start, step, ref_step, seeds, journal) -> dict:
         "tau_score": kendall_tau([cands[h].score for h in keys], [ref[h].score for h in keys]),
         "picks_reference_winner": step.arch.hash == ref_step.arch.hash,
         "winner": step.op,
-        "decision": {True: "decided", False: "undecided", None: "unknown"}[step.decided],
+        "decision": step.verdict,
         "mean_seed_sd": float(np.mean(sds)) if sds else None,
         "cpu_minutes_per_candidate_seed": cpu_pair,
         "cpu_minutes_per_candidate": None if cpu_pair is None else cpu_pair * seeds,
@@ -248,7 +248,7 @@ def run(args) -> int:
         history = run_expansion(
             r.arch(), latency, evaluate, 1, journal=SearchJournal(out / name / "journal.json"), ops=ops,
             max_k=r.search.max_k, fingerprint=search_fingerprint(r, args.latency), seeds=seeds,
-            decision_z=p.decision_z, warm_start=r.search.proxy.init == "parent",
+            warm_start=r.search.proxy.init == "parent",
         )
         steps[name] = (history[0], history[1], seeds)
     if chosen and set(chosen) != {n for n, _, _ in variants}:

@@ -212,12 +212,23 @@ def _unwrap_optional(t):
     return t
 
 
+# Keys that used to exist, with what replaced them: a clearer message than "unknown key".
+REMOVED_KEYS = {
+    "search.proxy.decision_z": "removed; a step is now judged by search.decision (alpha: Student-t test over the "
+                               "pooled seeds, epsilon: the indifference zone in mIoU points, latency_z); delete "
+                               "the key (see the README, 'How a step is decided')",
+}
+
+
 def _build(cls, raw, prefix):
     if not isinstance(raw, dict):
         raise RecipeError(f"{prefix or 'recipe'}: expected an object, got {raw!r}")
     hints = typing.get_type_hints(cls)
     names = {f.name for f in dataclasses.fields(cls)}
     unknown = [k for k in raw if k not in names and not k.startswith("_")]
+    for key in unknown:
+        if prefix + key in REMOVED_KEYS:
+            raise RecipeError(f"{prefix + key}: {REMOVED_KEYS[prefix + key]}")
     if unknown:
         more = f" (and {unknown[1:]!r})" if len(unknown) > 1 else ""
         raise RecipeError(f"unknown key {prefix + unknown[0]!r}{more}")

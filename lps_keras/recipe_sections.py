@@ -156,7 +156,6 @@ class ProxyConfig:
     """Short training schedule used to score each candidate during expansion."""
 
     seeds: int = field(1, gt=0)  # trainings per candidate (train.seed + 0, 1, ...); P_d is their mean
-    decision_z: float = field(2.0, gt=0)  # a step is decided when its margin exceeds this many SEs
     racing: RacingSettings = RacingSettings()
     init: str = field("scratch", choices=("scratch", "parent"))  # parent: grown from the parent's weights
     warm_iterations: Optional[int] = field(None, gt=0)  # iterations of a warm-started candidate (init=parent)
@@ -176,6 +175,22 @@ class SearchLatencyConfig:
     (``python -m lps_keras.latency.profile``), which must describe the same backend and input size."""
 
     source: str = "measured"
+    # Paired measurement of each step's parent and candidates (lps_keras.latency.measure.measure_set): rounds
+    # of iters_per_round calls each, in a shuffled order; 0 rounds = one measurement per network, no SE.
+    rounds: int = field(10, ge=0)
+    iters_per_round: int = field(5, gt=0)
+
+
+@dataclasses.dataclass(frozen=True)
+class DecisionSettings:
+    """How a step is judged (lps_keras.search.decision): ``alpha`` the error rate of "decided" (split over
+    racing's looks), ``epsilon`` the indifference zone in mIoU points (two contenders whose regret is
+    surely below it are "equivalent", and the cheaper is taken), ``latency_z`` the SEs of a latency
+    difference within which a candidate counts as "the same latency" as its parent."""
+
+    alpha: float = field(0.05, gt=0, lt=1)
+    epsilon: float = field(0.5, ge=0)
+    latency_z: float = field(2.0, ge=0)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -189,6 +204,7 @@ class SearchConfig:
     latency: SearchLatencyConfig = SearchLatencyConfig()
     max_k: int = field(16, gt=0)  # bound on the step multiple k when searching |Lat(N + k d) - L_T|
     proxy: ProxyConfig = ProxyConfig()
+    decision: DecisionSettings = DecisionSettings()
     workers: int = field(1, gt=0)
     pin_cpus: bool = False  # pool workers each take a disjoint share of the CPU cores (CPU-only searches)
     executor: str = field("pool", choices=("pool", "ray"))  # where candidates train: process pool or Ray tasks

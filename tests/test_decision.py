@@ -5,7 +5,6 @@ import math
 import numpy as np
 import pytest
 
-from lps_keras.search.candidates import select_candidate
 from lps_keras.search.decision import (
     Arm,
     DecisionConfig,
@@ -14,7 +13,6 @@ from lps_keras.search.decision import (
     race_plan,
     student_t_quantile,
 )
-from lps_keras.search.journal import Candidate
 
 
 def _scores(mean, spread=0.002, n=2):
@@ -45,10 +43,8 @@ def test_negative_gains_are_no_gain_not_an_argmax():
     """-1 point for +0.5 ms would beat -0.5 points for +0.1 ms under the plain argmax of slopes."""
     a = Arm("costly_loss", _scores(0.290), latency=1.5)
     b = Arm("cheap_loss", _scores(0.295), latency=1.1)
-    old_best, _ = select_candidate([Candidate(op="a", dimension="depth", k=1, arch=None, latency=1.5, score=0.290),
-                                    Candidate(op="b", dimension="depth", k=1, arch=None, latency=1.1, score=0.295)],
-                                   latency=1.0, score=0.300)
-    assert old_best == 0  # the defect: the bigger loss at the bigger cost wins
+    slopes = [(0.290 - 0.300) / 0.5, (0.295 - 0.300) / 0.1]
+    assert int(np.argmax(slopes)) == 0  # the defect of the plain argmax: the bigger loss at the bigger cost wins
     v = judge(PARENT, [a, b])
     assert v.kind == "no gain" and v.chosen is None and "improves" in v.reason
     assert [r.status for r in v.arms[:2]] == ["no gain", "no gain"]
@@ -68,10 +64,7 @@ def test_latency_noise_is_not_dominance():
     v = judge(PARENT, [noisy, regular])
     assert v.arms[0].status == "same latency" and v.chosen == 1
     # under the plain rule the noise flip (dL ~ 0) has slope 0.2 / 0.01 = 20 points per ms and wins
-    old_best, _ = select_candidate([Candidate(op="n", dimension="depth", k=1, arch=None, latency=1.01, score=0.302),
-                                    Candidate(op="r", dimension="depth", k=1, arch=None, latency=1.5, score=0.320)],
-                                   latency=1.0, score=0.300)
-    assert old_best == 0
+    assert (0.302 - 0.300) / 0.01 > (0.320 - 0.300) / 0.5
     # a large, significant gain at the same latency does dominate
     strong = Arm("strong", _scores(0.340), latency=0.99, latency_se=0.05)
     v2 = judge(PARENT, [strong, regular])
@@ -139,3 +132,57 @@ def test_race_plan_grows_the_contenders_and_the_parent():
     assert sum(n - 2 for n in plan.values()) + (parent - 2) == 1
     decided = judge(PARENT, [Arm("a", _scores(0.4), 1.5)])
     assert race_plan(decided, [2], 2, 8, 10) == ({}, 2)
+
+
+# --------------------------------------------------------------------------- the ranking (one seed: "unknown")
+def one(name, latency, score):
+    return Arm(name, (score,), latency)
+
+
+def test_rank_by_slope_with_one_seed():
+    parent = one("N", 10, 9)
+    arms = [one("a", 12, 11), one("b", 14, 12), one("c", 11, 10.5)]  # slopes 2/2, 3/4, 1.5/1
+    v = judge(parent, arms)
+    assert v.kind == "unknown" and v.chosen == 2
+    assert [r.slope for r in v.arms[:3]] == [1.0, 0.75, 1.5] and [r.status for r in v.arms[:3]] == ["slope"] * 3
+    assert judge(parent, arms[:2]).chosen == 0  # a: slope 1 beats b: 0.75 although b has the higher P
+
+
+def test_rank_tie_breaks():
+    parent = one("N", 10, 9)
+    assert judge(parent, [one("a", 11, 10), one("b", 12, 11)]).chosen == 1  # equal slopes: the higher P
+    assert judge(parent, [one("a", 12, 11), one("b", 12, 11)]).chosen == 0  # identical: the earlier op
+    # Better at no latency cost (dominating): the higher P; equal P: the lower latency, then the earlier op.
+    assert judge(parent, [one("a", 10, 11), one("b", 9.5, 11), one("c", 9.5, 11)]).chosen == 1
+
+
+def test_rank_guard_not_slower():
+    parent = one("N", 10, 9)
+    arms = [one("slope", 20, 29), one("dom_low", 10, 9.5), one("dom_high", 9, 9.75), one("faster_worse", 8, 9)]
+    v = judge(parent, arms)
+    assert v.chosen == 2
+    assert [r.status for r in v.arms[:4]] == ["slope", "dominates", "dominates", "same latency"]
+    assert [r.slope for r in v.arms[:4]] == [2.0, None, None, None]
+    assert judge(parent, [arms[0], arms[3]]).chosen == 0
+    v = judge(parent, [arms[3], one("same", 10, 9)])
+    assert v.kind == "no gain" and v.chosen is None
+
+
+def test_mean_sd_se_against_numpy():
+    from lps_keras.search.decision import mean_sd_se
+
+    x = [0.31, 0.27, 0.35, 0.22]
+    mean, sd, se = mean_sd_se(x)
+    assert mean == pytest.approx(np.mean(x)) and sd == pytest.approx(np.std(x, ddof=1))
+    assert se == pytest.approx(np.std(x, ddof=1) / 2)
+    assert mean_sd_se([0.5]) == (0.5, None, None)
+
+
+def test_racing_rounds_are_fixed_in_advance():
+    from lps_keras.search.decision import RacingConfig, racing_rounds
+
+    assert racing_rounds(2, RacingConfig()) == 0  # racing off: one look
+    # 2 -> 4 -> 8 seeds is two rounds, plus one for late contenders
+    assert racing_rounds(2, RacingConfig(enabled=True, max_seeds=8, eta=2)) == 3
+    assert racing_rounds(3, RacingConfig(enabled=True, max_seeds=8, eta=2)) == 3  # 3 -> 6 -> 8
+    assert racing_rounds(8, RacingConfig(enabled=True, max_seeds=8)) == 0

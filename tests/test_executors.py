@@ -8,6 +8,7 @@ two runs can be compared exactly.
 
 import concurrent.futures
 import dataclasses
+import functools
 import importlib.util
 import json
 import os
@@ -349,26 +350,55 @@ def stub_measure(log):
     return measure
 
 
+def stub_measure_set(log):
+    """A ``measure_set`` stand-in that records the Ray node it ran on; each network "runs" for its
+    ``macs_latency`` on a fake clock, so the paired latencies equal the single ones."""
+
+    def measure_set_there(targets, artifacts=None, **kw):
+        import ray
+
+        from lps_keras.latency.measure import measure_set
+
+        with open(log, "a") as f:
+            f.write(json.dumps({"set": len(targets), "node": ray.get_runtime_context().get_node_id()}) + "\n")
+        tick = [0.0]
+
+        def run_for(ms):
+            tick[0] += ms / 1000
+
+        runs = [functools.partial(run_for, macs_latency(t)) for t in targets]
+        return measure_set(targets, runs=runs, clock=lambda: tick[0], **kw)
+
+    return measure_set_there
+
+
 def test_latency_tasks_run_only_on_the_node_with_the_resource(cluster, tmp_path):
+    from lps_keras.search.latencies import latency_functions
+
     c, device = cluster
     log, cache = tmp_path / "nodes", tmp_path / "latency_cache.json"
     with make_executor("ray", latency_resource="lpsdev") as ex:
-        lat = ex.latency_fn("onnxruntime", (1, 64, 128, 3), 0, 1, cache, verbose=False,
-                            measure=stub_measure(str(log)))
-        hist = run_expansion(START, lat, concave_score, 1, max_k=2, executor=ex, progress=QUIET)
+        lat, lat_set = latency_functions("onnxruntime", (1, 64, 128, 3), warmup=0, iters=1, cache=cache, executor=ex,
+                                         rounds=2, iters_per_round=1, verbose=False, measure=stub_measure(str(log)),
+                                         measure_set=stub_measure_set(str(log)))
+        hist = run_expansion(START, lat, concave_score, 1, max_k=2, executor=ex, latency_set_fn=lat_set,
+                             progress=QUIET)
         remote_device = ex.on_device(device_name, "onnxruntime")
-    measured = read_log(log)
-    assert len(measured) >= 10 and {m["node"] for m in measured} == {device.node_id}
+    logged = read_log(log)
+    sets = [m for m in logged if "set" in m]
+    measured = [m for m in logged if "hash" in m]
+    assert len(sets) == 1 and sets[0]["set"] == len(hist[1].candidates) + 1  # the step's paired set, once
+    assert len(measured) >= 10 and {m["node"] for m in logged} == {device.node_id}
     assert device.node_id != c.head_node.node_id
     assert decisions(hist) == decisions(reference(1))
     entries = json.loads(cache.read_text())["entries"].values()
     assert len(entries) == len(measured) and {e["device"] for e in entries} == {remote_device}
     # The cache (with the driver) answers a rerun: nothing is measured again.
     with make_executor("ray", latency_resource="lpsdev") as ex:
-        lat = ex.latency_fn("onnxruntime", (1, 64, 128, 3), 0, 1, cache, verbose=False,
-                            measure=stub_measure(str(log)))
-        assert lat(START) == pytest.approx(macs_latency(START))
-    assert len(read_log(log)) == len(measured)
+        lat, _ = latency_functions("onnxruntime", (1, 64, 128, 3), warmup=0, iters=1, cache=cache, executor=ex,
+                                   verbose=False, measure=stub_measure(str(log)))
+        assert lat(hist[1].arch) == pytest.approx(macs_latency(hist[1].arch))
+    assert len(read_log(log)) == len(logged)
 
 
 def test_ray_setup_errors_are_one_line(cluster):

@@ -157,18 +157,32 @@ def test_proxy_fields_rules_and_fingerprint_of_old_journals(tmp_path):
 
     r = tiny_recipe(tmp_path)
     p = r.search.proxy
-    assert (p.seeds, p.decision_z, p.init, p.warm_iterations, p.racing.enabled) == (1, 2.0, "scratch", None, False)
+    assert (p.seeds, p.init, p.warm_iterations, p.racing.enabled) == (1, "scratch", None, False)
+    d = r.search.decision
+    assert (d.alpha, d.epsilon, d.latency_z) == (0.05, 0.5, 2.0)
+    assert (r.search.latency.rounds, r.search.latency.iters_per_round) == (10, 5)
     for bad, key in (("search.proxy.seeds=0", "search.proxy.seeds"), ("search.proxy.init=grown", "search.proxy.init"),
                      ("search.proxy.warm_iterations=5", "search.proxy.warm_iterations"),
                      ("search.proxy.racing.enabled=true", "search.proxy.racing.max_seeds"),
-                     ("search.proxy.racing.eta=1", "search.proxy.racing.eta")):
+                     ("search.proxy.racing.eta=1", "search.proxy.racing.eta"),
+                     ("search.decision.alpha=1", "search.decision.alpha"),
+                     ("search.decision.epsilon=-1", "search.decision.epsilon"),
+                     ("search.latency.rounds=-1", "search.latency.rounds")):
         extra = ["search.proxy.seeds=8"] if "racing.enabled" in bad else []
         with pytest.raises(RecipeError, match=key.replace(".", r"\.")):
             load_recipe(REPO / "recipes/expand_synthetic.json", [bad, *extra])
-    # Seeds and racing change which (arch, seed) pairs are trained, not their scores: same fingerprint;
+    # The removed key gets a message saying what replaced it.
+    raw = json.loads((REPO / "recipes/expand_synthetic.json").read_text())
+    raw["search"]["proxy"]["decision_z"] = 2.0
+    (tmp_path / "old.json").write_text(json.dumps(raw))
+    with pytest.raises(RecipeError, match=r"search\.proxy\.decision_z: removed; .*search\.decision"):
+        load_recipe(tmp_path / "old.json")
+    # Seeds, racing and the decision rule change which (arch, seed) pairs are trained, not their scores:
+    # same fingerprint;
     # a scratch proxy's fingerprint is the one journals written before these fields existed carry.
     more = load_recipe(REPO / "recipes/expand_synthetic.json", ["search.proxy.seeds=3",
-                                                                 "search.proxy.racing.enabled=true"])
+                                                                 "search.proxy.racing.enabled=true",
+                                                                 "search.decision.epsilon=1"])
     base = load_recipe(REPO / "recipes/expand_synthetic.json")
     assert search_fingerprint(more, "tf") == search_fingerprint(base, "tf")
     d = base.to_dict()
@@ -245,11 +259,14 @@ def test_run_with_seeds_and_racing_records_margins(tmp_path):
     history = run(recipe, out, latency_fn=lambda a: a.macs(64, 128) / 1e6, evaluate_fn=noisy_score,
                   recipes_dir=out / "recipes", progress=None)
     journal = json.loads((out / "journal.json").read_text())
-    assert journal["version"] == 2
-    assert all(2 <= len(e["seeds"]) <= 4 for e in journal["evaluations"].values())
+    assert journal["version"] == 3
+    per_step = [[s for s in map(int, e["seeds"]) if s // 1000 == t] for e in journal["evaluations"].values()
+                for t in (1, 2)]
+    assert all(2 <= len(seeds) <= 4 for seeds in per_step if seeds)
     with open(out / "expansion.csv", newline="") as f:
         rows = list(csv.DictReader(f))
-    assert [r["decision"] for r in rows[1:]] == [("decided" if s.decided else "undecided") for s in history[1:]]
+    assert [r["decision"] for r in rows[1:]] == [s.verdict for s in history[1:]]
+    assert all(r["decision"] in ("decided", "equivalent", "no gain", "undecided") for r in rows[1:])
     assert all(int(r["racing_evaluations"]) <= 4 for r in rows)
     assert any(s.racing_evaluations for s in history)  # this seeded noise leaves step 2 open after 2 seeds
 
@@ -331,7 +348,7 @@ def test_the_drivers_lock_does_not_block_its_workers_run_directories(tmp_path):
     history = run(recipe, out, latency_fn=lambda a: a.macs(64, 128) / 1e6, evaluate_fn=evaluate,
                   recipes_dir=out / "recipes", progress=None)
     assert len(history) == 2
-    assert (out / "candidates" / recipe.arch().hash / ".lps.lock").exists()  # taken by a worker process
+    assert (out / "candidates" / f"{recipe.arch().hash}-seed1000" / ".lps.lock").exists()  # taken by a worker
 
 
 def test_a_search_on_a_latency_profile_needs_no_device_and_records_the_profile(tmp_path):

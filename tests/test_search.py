@@ -20,7 +20,6 @@ with D = sum(depth), W = sum(width), r1 >= r2 >= r3 the path ratios.
 from __future__ import annotations
 
 import csv
-import dataclasses
 import json
 import subprocess
 import sys
@@ -34,24 +33,21 @@ import pytest
 from lps_keras.arch import EXPANSION_OPS, EXPANSION_OPS_BY_NAME, Arch, ExpansionOp
 from lps_keras.recipe import load_recipe
 from lps_keras.search import (
-    Candidate,
     EvalContext,
     Evaluation,
+    Expansion,
     JournalError,
     RacingConfig,
     SearchError,
     SearchJournal,
-    contenders,
-    decide,
     evaluate_candidates,
     find_k,
     fingerprint,
-    mean_sd_se,
     plot_expansion,
     propose_candidates,
-    racing_round,
     run_expansion,
-    select_candidate,
+    step_seed,
+    student_t_quantile,
     write_step_recipes,
     write_table,
 )
@@ -197,55 +193,6 @@ def test_propose_candidates_stops_at_invalid_k():
     assert [(c.op, c.k, c.capped) for c in cands] == [("shrink", 1, True), ("width_s4-5", 1, False)]
 
 
-# --------------------------------------------------------------------------- selection
-def cand(op, latency, score, dim="depth"):
-    return Candidate(op=op, dimension=dim, k=1, arch=START, latency=latency, score=score)
-
-
-def test_select_by_slope():
-    cands = [cand("a", 12, 11), cand("b", 14, 12), cand("c", 11, 10.5)]  # slopes 2/2, 3/4, 1.5/1
-    best, ann = select_candidate(cands, latency=10, score=9)
-    assert best == 2
-    assert [c.slope for c in ann] == [1.0, 0.75, 1.5]
-    assert [c.rank for c in ann] == ["slope"] * 3
-    best, _ = select_candidate(cands[:2], latency=10, score=9)
-    assert best == 0  # a: slope 1 beats b: 0.75 although b has the higher P
-
-
-def test_select_tie_breaks():
-    # Equal slopes (1): the higher P wins.
-    best, _ = select_candidate([cand("a", 11, 10), cand("b", 12, 11)], latency=10, score=9)
-    assert best == 1
-    # Identical candidates: the earlier op.
-    best, _ = select_candidate([cand("a", 12, 11), cand("b", 12, 11)], latency=10, score=9)
-    assert best == 0
-    # Dominating candidates with equal P: the lower latency, then the earlier op.
-    best, _ = select_candidate([cand("a", 10, 11), cand("b", 9.5, 11), cand("c", 9.5, 11)], latency=10, score=9)
-    assert best == 1
-
-
-def test_select_guard_not_slower():
-    cands = [
-        cand("slope", 20, 29),  # slope (29 - 9) / (20 - 10) = 2, the best regular candidate
-        cand("dom_low", 10, 9.5),  # L_d == L and better: dominates
-        cand("dom_high", 9, 9.75),  # faster and better: dominates with the higher P
-        cand("excluded", 8, 9),  # faster but not better: never chosen
-    ]
-    best, ann = select_candidate(cands, latency=10, score=9)
-    assert best == 2
-    assert [c.rank for c in ann] == ["slope", "dominates", "dominates", "excluded"]
-    assert [c.slope for c in ann] == [2.0, None, None, None]
-    best, _ = select_candidate([cands[0], cands[3]], latency=10, score=9)
-    assert best == 0
-    with pytest.raises(SearchError, match="no candidate"):
-        select_candidate([cands[3], cand("same", 10, 9)], latency=10, score=9)
-
-
-def test_select_all_worse_takes_least_harmful():
-    best, ann = select_candidate([cand("a", 11, 8), cand("b", 14, 8)], latency=10, score=9)
-    assert best == 1 and ann[1].slope == -0.25
-
-
 # --------------------------------------------------------------------------- full runs
 EXPECTED_TRAJECTORY = [
     # step, op, k, depth, width, resolution, latency, score, L_T
@@ -289,10 +236,14 @@ def test_run_expansion_measures_each_latency_once_and_scores_start():
 
     ev = Counter()
     journal = SearchJournal(None)
-    run_expansion(START, lat, ev, steps=3, journal=journal, progress=quiet)
+    steps = run_expansion(START, lat, ev, steps=3, journal=journal, progress=quiet)
     assert len(lat_calls) == len(set(lat_calls)) == len(journal.latencies)
-    assert len(ev.calls) == len(set(ev.calls)) == len(journal.evaluations)
+    assert len(ev.calls) == sum(len(e["seeds"]) for e in journal.evaluations.values())
     assert ev.calls[0] == START.hash  # the start's P is scored (with the first step's candidates)
+    # Every step scores its parent again, at its own seeds: the chosen network of step t is trained
+    # again as the parent of step t + 1 (seed 1000 * (t + 1)), never reused with its selected score.
+    for t in (1, 2, 3):
+        assert set(journal.evaluations_of(steps[t - 1].arch)) >= {step_seed(t, 0)}
 
 
 def test_run_expansion_zero_steps():
@@ -360,7 +311,7 @@ def test_resume_after_interruption_does_not_reevaluate(tmp_path):
     assert [s.to_dict() for s in steps3] == [s.to_dict() for s in reference]
     doc = json.loads(path.read_text())
     assert [s["op"] for s in doc["steps"]] == [None, "width_s4-5", "depth_s2-5"]
-    ev = doc["evaluations"][steps[1].arch.hash]["seeds"]["0"]
+    ev = doc["evaluations"][steps[1].arch.hash]["seeds"]["1000"]
     assert ev["weights"] == f"candidates/{steps[1].arch.hash}.keras" and ev["metrics"]["mIoU"] == 28.5
     assert not [p for p in tmp_path.iterdir() if p.name != "journal.json"]  # no temp files left
 
@@ -371,7 +322,8 @@ def test_resume_extends_a_finished_search(tmp_path):
     ev = Counter()
     steps = run_expansion(START, additive_latency, ev, steps=4, journal=SearchJournal(path), progress=quiet)
     assert trajectory(steps) == EXPECTED_TRAJECTORY[:5]
-    assert len(ev.calls) == 9 + 9  # only steps 3 and 4 (9 candidates each, res_path3 an alias) are trained
+    # only steps 3 and 4 are trained: 9 candidates each (res_path3 an alias at step 4) and the parent
+    assert len(ev.calls) == 10 + 10
 
 
 def test_journal_mismatch_errors(tmp_path):
@@ -453,7 +405,7 @@ def test_replay_detects_inconsistent_journal(tmp_path):
     steps = run_expansion(START, additive_latency, concave_score, steps=1, journal=SearchJournal(path),
                           progress=quiet)
     doc = json.loads(path.read_text())
-    doc["evaluations"][steps[1].arch.hash]["seeds"]["0"]["score"] = 0.0  # the chosen candidate now looks useless
+    doc["evaluations"][steps[1].arch.hash]["seeds"]["1000"]["score"] = 0.0  # the chosen candidate now looks useless
     path.write_text(json.dumps(doc))
     with pytest.raises(JournalError, match="replaying step 1"):
         run_expansion(START, additive_latency, concave_score, steps=1, journal=SearchJournal(path), progress=quiet)
@@ -542,102 +494,60 @@ class Noisy:
         return {"score": concave_score(arch) + self.sigma * float(rng.normal()), "weights": f"w/{arch.hash}"}
 
 
-def hand_margin(parent_scores, best, other, parent_latency):
-    """The 2-SE rule written out with numpy: slopes of the means and the delta-method SE of their difference."""
+def hand_margin(parent_scores, best, other, parent_latency, pooled_sd):
+    """The margin of two slopes and its SE written out with numpy: pooled seed noise, the parent's P shared."""
     p = np.asarray(parent_scores, float)
-    se_p = p.std(ddof=1) / np.sqrt(p.size)
     (lb, sb), (lo, so) = best, other
     sb, so = np.asarray(sb, float), np.asarray(so, float)
     db, do = lb - parent_latency, lo - parent_latency
     margin = (sb.mean() - p.mean()) / db - (so.mean() - p.mean()) / do
-    se_b, se_o = sb.std(ddof=1) / np.sqrt(sb.size), so.std(ddof=1) / np.sqrt(so.size)
-    se = np.sqrt((se_b / db) ** 2 + (se_o / do) ** 2 + (se_p * (1 / db - 1 / do)) ** 2)
-    return margin, se
+    var = (pooled_sd ** 2 * (1 / sb.size / db ** 2 + 1 / so.size / do ** 2)
+           + pooled_sd ** 2 / p.size * (1 / db - 1 / do) ** 2)
+    return margin, np.sqrt(var)
 
 
-def seeded(op, latency, scores):
-    mean, sd, se = mean_sd_se(scores)
-    return Candidate(op=op, dimension="depth", k=1, arch=START, latency=latency, score=mean, scores=tuple(scores),
-                     score_sd=sd, score_se=se)
-
-
-def test_mean_sd_se_against_numpy():
-    x = [0.31, 0.27, 0.35, 0.22]
-    mean, sd, se = mean_sd_se(x)
-    assert mean == pytest.approx(np.mean(x)) and sd == pytest.approx(np.std(x, ddof=1))
-    assert se == pytest.approx(np.std(x, ddof=1) / 2)
-    assert mean_sd_se([0.5]) == (0.5, None, None)
-
-
-@pytest.mark.parametrize("b_scores, decided", [
-    # margin 2.5 - 2 = 0.5; SE^2 = (1/sqrt3)^2/4 + 1/16 + 1 * (1/2 - 1/4)^2 = 0.2083, 2 SE = 0.913: undecided
-    ([18, 20], False),
-    # b's mean 15: slope 1, margin 1.5 > 0.913: decided
-    ([14, 16], True),
-])
-def test_decide_two_se_rule_by_hand(b_scores, decided):
-    parent = ([10, 12], 10.0)  # P = 11, SE 1
-    a, b = seeded("a", 12.0, [15, 17, 16]), seeded("b", 14.0, b_scores)
-    best, ann = select_candidate([a, b], latency=10.0, score=11.0)
-    assert best == 0
-    d = decide(ann, best, 10.0, 1.0, 2.0)
-    margin, se = hand_margin(parent[0], (12.0, [15, 17, 16]), (14.0, b_scores), 10.0)
-    assert d.runner_up == 1 and d.margin == pytest.approx(margin) and d.margin_se == pytest.approx(se)
-    assert d.decided is decided is bool(margin > 2 * se)
-    # One seed: no SE, so the decision is unknown rather than decided.
-    one = [seeded("a", 12.0, [16]), seeded("b", 14.0, [19])]
-    best, ann = select_candidate(one, latency=10.0, score=11.0)
-    assert decide(ann, best, 10.0, None, 2.0).decided is None
-
-
-def test_racing_round_halves_contenders_within_budget():
-    # Slopes (P = 0 at L = 0, latency 1): a 10, b 9.8, c 9.7, d 9.5 within noise, e 2 far below.
-    cands = [seeded(op, 1.0, [m - 0.5, m + 0.5]) for op, m in
-             (("a", 10), ("b", 9.8), ("c", 9.7), ("d", 9.5), ("e", 2))]
-    best, ann = select_candidate(cands, latency=0.0, score=0.0)
-    assert contenders(ann, best, 0.0, 0.1, 2.0) == [0, 1, 2, 3]  # e is separated by far more than 2 SE
-    cfg = RacingConfig(enabled=True, max_seeds=8, budget=100, eta=2)
-    # Keep the best ceil(4 / 2) = 2, raise them to eta * 2 = 4 seeds.
-    assert racing_round(ann, best, [2] * 5, 0.0, 0.1, 2.0, cfg, 100) == {0: 4, 1: 4}
-    # A budget of 3 is handed out one seed at a time in rank order: a, b, a.
-    assert racing_round(ann, best, [2] * 5, 0.0, 0.1, 2.0, cfg, 3) == {0: 4, 1: 3}
-    # Capped by max_seeds; nothing left to add, or racing off, or no budget: stop.
-    assert racing_round(ann, best, [6, 6, 2, 2, 2], 0.0, 0.1, 2.0, cfg, 100) == {0: 8, 1: 8}
-    assert racing_round(ann, best, [8, 8, 2, 2, 2], 0.0, 0.1, 2.0, cfg, 100) == {}
-    assert racing_round(ann, best, [2] * 5, 0.0, 0.1, 2.0, RacingConfig(), 100) == {}
-    assert racing_round(ann, best, [2] * 5, 0.0, 0.1, 2.0, cfg, 0) == {}
-
-
-def journal_scores(path, arch):
+def journal_scores(path, arch, step):
     seeds = json.loads(path.read_text())["evaluations"][arch.hash]["seeds"]
-    return [seeds[str(i)]["score"] for i in range(len(seeds))]
+    return [seeds[str(s)]["score"] for s in sorted(map(int, seeds)) if s // 1000 == step]
 
 
-def test_seeds_keep_every_score_and_steps_follow_the_two_se_rule(tmp_path):
+def test_seeds_are_fresh_per_step_and_steps_follow_the_t_rule(tmp_path):
     path = tmp_path / "journal.json"
     ev = Noisy(sigma=1.0)
     steps = run_expansion(START, additive_latency, ev, steps=3, seeds=3, journal=SearchJournal(path), progress=quiet)
     assert len(ev.calls) == len(set(ev.calls))
     doc = json.loads(path.read_text())
-    assert doc["version"] == 2
-    assert all(sorted(e["seeds"]) == ["0", "1", "2"] for e in doc["evaluations"].values())
-    assert steps[0].scores == tuple(journal_scores(path, START))
-    assert steps[0].score == pytest.approx(np.mean(steps[0].scores))
+    assert doc["version"] == 3
+    assert steps[0].scores == tuple(journal_scores(path, START, 1))  # the start's record: step 1's parent
     verdicts = []
-    for prev, step in zip(steps, steps[1:]):
-        eligible = [c for c in step.candidates if c.rank == "slope"]
+    for t, (prev, step) in enumerate(zip(steps, steps[1:]), 1):
+        # The parent is scored again at this step's seeds (1000 t + 0, 1, 2), not carried over.
+        assert list(step.parent_scores) == journal_scores(path, prev.arch, t)
+        if t > 1:
+            assert set(step.parent_scores).isdisjoint(prev.scores)
         for c in step.candidates:
-            assert list(c.scores) == journal_scores(path, c.arch)
-            assert c.score == pytest.approx(np.mean(c.scores))
-            assert c.score_se == pytest.approx(np.std(c.scores, ddof=1) / np.sqrt(3))
-        ranked = sorted(eligible, key=lambda c: c.slope, reverse=True)
-        assert step.op == ranked[0].op and step.runner_up == ranked[1].op
-        margin, se = hand_margin(prev.scores, (ranked[0].latency, ranked[0].scores),
-                                 (ranked[1].latency, ranked[1].scores), prev.latency)
+            assert list(c.scores) == journal_scores(path, c.arch, t)
+        samples = [step.parent_scores] + [c.scores for c in step.candidates]
+        df = sum(len(x) - 1 for x in samples)
+        pooled = np.sqrt(sum((len(x) - 1) * np.var(x, ddof=1) for x in samples) / df)
+        assert step.df == df == 3 * 2 * (len(step.candidates) + 1) // 3 and step.pooled_sd == pytest.approx(pooled)
+        p = np.mean(step.parent_scores)
+        gains = {c.op: np.mean(c.scores) - p for c in step.candidates}
+        eligible = sorted((c for c in step.candidates if gains[c.op] > 0 and c.latency > prev.latency),
+                          key=lambda c: gains[c.op] / (c.latency - prev.latency), reverse=True)
+        assert [c.op for c in step.candidates if c.rank == "slope"] == [c.op for c in step.candidates
+                                                                        if c in eligible]
+        assert step.runner_up == eligible[1].op
+        margin, se = hand_margin(step.parent_scores, (eligible[0].latency, eligible[0].scores),
+                                 (eligible[1].latency, eligible[1].scores), prev.latency, pooled)
         assert step.margin == pytest.approx(margin) and step.margin_se == pytest.approx(se)
-        assert step.decided is bool(margin > 2 * se)
-        verdicts.append(step.decided)
-    assert True in verdicts and False in verdicts  # sigma 1 makes both kinds of step (checked above by hand)
+        assert step.quantile == pytest.approx(student_t_quantile(0.975, df))
+        if margin > step.quantile * se:
+            assert step.verdict == "decided" and step.op == eligible[0].op
+        else:
+            assert step.verdict in ("equivalent", "undecided")
+        verdicts.append(step.verdict)
+    assert "decided" in verdicts and set(verdicts) - {"decided"}  # sigma 1 makes both kinds of step
     assert [s.to_dict() for s in Step_roundtrip(steps)] == [s.to_dict() for s in steps]
 
 
@@ -647,36 +557,87 @@ def Step_roundtrip(steps):
     return [Step.from_dict(json.loads(json.dumps(s.to_dict()))) for s in steps]
 
 
-def test_racing_spends_seeds_only_on_contenders_and_stops(tmp_path):
+def test_the_parent_is_rescored_so_a_lucky_winner_does_not_bias_the_next_step():
+    """Winner's curse: a network chosen because its seeds were lucky must not lend that luck to P next step."""
+    lucky = {}
+
+    def evaluate(arch, ctx):
+        # Step 1: width_s4-5 gets a +5 lucky draw at its step-1 seeds only.
+        bonus = 5.0 if ctx.step == 1 and ctx.op == "width_s4-5" else 0.0
+        lucky.setdefault(ctx.step, []).append((ctx.op, ctx.seed))
+        return concave_score(arch) + bonus + 0.01 * (ctx.seed % 1000)
+
+    steps = run_expansion(START, additive_latency, evaluate, steps=2, seeds=2, progress=quiet)
+    assert steps[1].op == "width_s4-5" and steps[1].score == pytest.approx(concave_score(steps[1].arch) + 5.005)
+    # Step 2 measures its gains from the parent's fresh scores (no bonus), not from 5 points too high.
+    assert np.mean(steps[2].parent_scores) == pytest.approx(concave_score(steps[1].arch) + 0.005)
+    assert (None, step_seed(2, 0)) in lucky[2] and (None, step_seed(2, 1)) in lucky[2]
+
+
+def test_no_gain_stops_the_expansion_with_that_verdict(tmp_path):
+    def worse(arch, ctx):  # every expansion loses accuracy
+        return 10.0 - 0.1 * (additive_latency(arch) - additive_latency(START)) + 0.01 * (ctx.seed % 1000)
+
+    path = tmp_path / "journal.json"
+    steps = run_expansion(START, additive_latency, worse, steps=3, seeds=2, journal=SearchJournal(path),
+                          progress=quiet)
+    assert len(steps) == 2 and steps[1].verdict == "no gain" and steps[1].op is None
+    assert steps[1].arch == START and all(c.rank == "no gain" for c in steps[1].candidates)
+    write_table(steps, tmp_path / "t.csv", tmp_path / "t.json")
+    assert json.loads((tmp_path / "t.json").read_text())["rows"][1]["decision"] == "no gain"
+    assert [p.name for p in write_step_recipes(json.loads((REPO / "recipes" / "demo.json").read_text()), steps,
+                                               tmp_path / "r")] == ["step_00.json"]
+
+
+def test_paired_latencies_enter_the_verdict_and_the_journal(tmp_path):
+    calls = []
+
+    def latency_set(parent, archs):
+        calls.append(len(archs))
+        base = additive_latency(parent)
+        return {parent.hash: (base, 0.0), **{a.hash: (additive_latency(a), 0.25) for a in archs}}
+
+    path = tmp_path / "journal.json"
+    steps = run_expansion(START, additive_latency, Noisy(sigma=0.5), steps=1, seeds=2, latency_set_fn=latency_set,
+                          journal=SearchJournal(path), progress=quiet)
+    assert calls == [len(steps[1].candidates)]
+    assert all(c.latency_se == 0.25 for c in steps[1].candidates)
+    assert json.loads(path.read_text())["latency_sets"]["1"][steps[1].arch.hash] == [steps[1].latency, 0.25]
+    # A replay takes the recorded set: nothing is measured again.
+    again = run_expansion(START, additive_latency, Noisy(sigma=0.5), steps=1, seeds=2,
+                          latency_set_fn=lambda p, a: pytest.fail("re-measured"), journal=SearchJournal(path),
+                          progress=quiet)
+    assert [s.to_dict() for s in again] == [s.to_dict() for s in steps]
+
+
+def test_racing_spends_seeds_only_on_contenders_and_the_parent():
     cfg = RacingConfig(enabled=True, max_seeds=8, budget=12, eta=2)
     ev = Noisy(sigma=1.0)
-    steps = run_expansion(START, additive_latency, ev, steps=3, seeds=2, racing=cfg, progress=quiet)
+    search = Expansion(START, additive_latency, ev, seeds=2, racing=cfg, progress=quiet)
+    steps = search.run(3)
+    assert search.max_rounds == 3 and search.decision.looks == 4  # alpha split over 1 + 3 looks
     raced = [t for t in range(1, 4) if steps[t].racing_evaluations]
     assert raced
     for t in range(1, 4):
         step = steps[t]
         extra = {c.op: len(c.scores) - 2 for c in step.candidates if len(c.scores) > 2}
-        assert sum(extra.values()) == step.racing_evaluations <= cfg.budget
-        if t not in raced:
-            continue
-        # Only contenders of the 2-seed round (not separated from its winner by 2 SE) got seeds.
-        first = [dataclasses.replace(c, **dict(zip(("score", "score_sd", "score_se"), mean_sd_se(c.scores[:2]))),
-                                     scores=c.scores[:2]) for c in step.candidates]
-        best, ann = select_candidate(first, steps[t - 1].latency, steps[t - 1].score)
-        assert not decide(ann, best, steps[t - 1].latency, steps[t - 1].score_se, 2.0).decided  # 2 seeds: open
-        pool = {ann[i].op for i in contenders(ann, best, steps[t - 1].latency, steps[t - 1].score_se, 2.0)}
-        assert set(extra) <= pool and len(pool) < len(step.candidates)
+        parent_extra = len(step.parent_scores) - 2
+        assert sum(extra.values()) + parent_extra == step.racing_evaluations <= cfg.budget
         assert all(len(c.scores) <= cfg.max_seeds for c in step.candidates)
-        # Stopped because it was decided, or out of budget, or every survivor is at max_seeds.
-        assert step.decided or step.racing_evaluations == cfg.budget or all(
-            len(c.scores) == cfg.max_seeds for c in step.candidates if c.op in extra)
+        if t in raced:
+            assert parent_extra > 0  # the parent is raced too
+            # only candidates with a positive gain (eligible) got seeds; the others are no contenders
+            assert all(c.rank in ("slope", "dominates") for c in step.candidates if c.op in extra)
+            assert step.verdict in ("decided", "equivalent") or step.racing_evaluations == cfg.budget or \
+                len(step.parent_scores) == cfg.max_seeds or step.verdict == "undecided"
 
 
 def test_resume_during_racing_skips_finished_seeds(tmp_path):
     cfg = RacingConfig(enabled=True, max_seeds=6, budget=8, eta=2)
     reference = run_expansion(START, additive_latency, Noisy(sigma=1.0), steps=2, seeds=2, racing=cfg,
                               progress=quiet)
-    n_total = sum(len(c.scores) for s in reference[1:] for c in s.candidates) + len(reference[0].scores)
+    n_total = sum(len(c.scores) for s in reference[1:] for c in s.candidates) + sum(
+        len(s.parent_scores) for s in reference[1:])
     path = tmp_path / "journal.json"
     first = Noisy(sigma=1.0, fail_on=n_total - 3)  # killed late in step 2 (racing rounds or their seeds)
     with pytest.raises(RuntimeError, match="simulated"):
@@ -690,29 +651,17 @@ def test_resume_during_racing_skips_finished_seeds(tmp_path):
     assert [s.to_dict() for s in steps] == [s.to_dict() for s in reference]
 
 
-def test_version_1_journal_resumes_and_gains_seeds(tmp_path):
+@pytest.mark.parametrize("version", [1, 2])
+def test_older_journals_are_refused_with_a_message(tmp_path, version):
     path = tmp_path / "journal.json"
-    run_expansion(START, additive_latency, Noisy(sigma=1.0), steps=1, journal=SearchJournal(path), progress=quiet)
+    run_expansion(START, additive_latency, concave_score, steps=1, journal=SearchJournal(path), progress=quiet)
     doc = json.loads(path.read_text())
-    # Rewrite it as the version-1 format: one evaluation per arch, fields at the top level.
-    doc["version"] = 1
-    doc["evaluations"] = {h: {"arch": e["arch"], **e["seeds"]["0"], "step": e["step"], "op": e["op"], "k": e["k"]}
-                          for h, e in doc["evaluations"].items()}
-    for s in doc["steps"]:
-        for key in ("scores", "score_sd", "score_se", "runner_up", "margin", "margin_se", "decided",
-                    "racing_evaluations"):
-            s.pop(key)
-        for c in s["candidates"]:
-            for key in ("scores", "score_sd", "score_se"):
-                c.pop(key)
+    doc["version"] = version
     path.write_text(json.dumps(doc))
-    ev = Noisy(sigma=0.0)  # a second seed that agrees with the first keeps the recorded choice
-    steps = run_expansion(START, additive_latency, ev, steps=1, seeds=2, journal=SearchJournal(path), progress=quiet)
-    assert ev.calls and {seed for _, seed in ev.calls} == {1}  # seed 0 came from the old journal
-    assert len(steps[1].candidates[0].scores) == 2
-    assert json.loads(path.read_text())["version"] == 2
-    recorded = SearchJournal(path).recorded_step(1)  # old step records read with one score each
-    assert recorded.scores == (recorded.score,) and recorded.decided is None
+    with pytest.raises(JournalError) as info:
+        SearchJournal(path)
+    message = str(info.value)
+    assert str(path) in message and f"version {version}" in message and "new one (--output)" in message
 
 
 def test_table_and_plot_show_seeds_margin_and_decision(tmp_path):
@@ -722,7 +671,7 @@ def test_table_and_plot_show_seeds_margin_and_decision(tmp_path):
     write_table(steps, tmp_path / "log.csv", tmp_path / "log.json")
     with open(tmp_path / "log.csv", newline="") as f:
         rows = list(csv.DictReader(f))
-    assert [r["decision"] for r in rows] == [""] + ["decided" if s.decided else "undecided" for s in steps[1:]]
+    assert [r["decision"] for r in rows] == [""] + [s.verdict for s in steps[1:]]
     for r, s in zip(rows, steps):
         assert float(r["mIoU"]) == pytest.approx(np.mean(s.scores))
         assert float(r["mIoU_sd"]) == pytest.approx(np.std(s.scores, ddof=1)) and r["seeds"] == "3"
@@ -733,11 +682,12 @@ def test_table_and_plot_show_seeds_margin_and_decision(tmp_path):
     lines = text.splitlines()
     assert "mIoU (mean ± sd)" in lines[0] and "decision" in lines[0]
     assert f"{100 * steps[1].score:.2f} ± {100 * steps[1].score_sd:.2f}" in lines[3]
-    assert ("| decided |" if steps[1].decided else "| undecided |") in lines[3]
+    assert f"| {steps[1].verdict}" in lines[3]
     # Single-seed runs: no sd, decision unknown.
     one = run_expansion(START, additive_latency, concave_score, steps=1, progress=quiet)
     # width_s4-5 slope 8/8 = 1 over width_s3-5 8.5/10 = 0.85 (see EXPECTED_TRAJECTORY): margin 0.15, no SE
-    assert format_table(one).splitlines()[3].endswith("| 1 | width (width_s4-5 x1) | 0.15 (vs width_s3-5) | unknown |")
+    assert format_table(one).splitlines()[3].endswith("| 1 | 2050.00 | width (width_s4-5 x1) | 0.15 (vs width_s3-5) "
+                                                      "| unknown |")
     png = tmp_path / "p.png"
     plot_expansion(steps, None, png)
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
@@ -751,9 +701,10 @@ def test_table4_comparison_puts_each_step_beside_the_papers():
     s1 = get_preset("table4_step01", 11)  # the paper's step 1: depth_s4-5 x 7
     s2 = s1.expand(EXPANSION_OPS_BY_NAME["width_s1-5"], 1)  # the paper widened stages 2-5 instead
     history = [Step(index=0, arch=n0, latency=2.0, score=0.20),
-               Step(index=1, arch=s1, latency=3.0, score=0.25, op="depth_s4-5", dimension="depth", k=7, decided=True),
+               Step(index=1, arch=s1, latency=3.0, score=0.25, op="depth_s4-5", dimension="depth", k=7,
+                    verdict="decided"),
                Step(index=2, arch=s2, latency=5.0, score=0.27, op="width_s1-5", dimension="width", k=1,
-                    decided=False)]
+                    verdict="undecided")]
     lines = table4_comparison(history).splitlines()
     # Paper: N0 0.38 ms / 24.1; step 1 0.49 ms (x1.29) / 41.4 (+17.3); step 2 0.63 ms (x1.66) / 53.4 (+29.3).
     assert lines[2] == ("| 1 | depth_s4-5 × 7 | 3 (×1.50) | 25.0 (+5.0) | decided | depth_s4-5 × 7 | 0.49 (×1.29) "

@@ -1,33 +1,34 @@
-"""Progressive expansion (Algorithm 1 of the LPS-Net paper) as pure, resumable search logic.
+"""Progressive expansion (Algorithm 1 of the LPS-Net paper) as one object of pure, resumable search logic.
 
-Nothing here trains or times a network: the caller passes ``latency_fn(arch) -> float`` and
-``evaluate_fn(arch, context) -> score`` (the proxy mIoU), so the algorithm is unit-testable
+Nothing here trains or times a network: the caller passes ``latency_fn(arch) -> float``,
+``evaluate_fn(arch, context) -> score`` (the proxy mIoU), optionally ``latency_set_fn(parent, archs)`` (paired
+measurement of a step's set) and the executor the evaluations run on, so the algorithm is unit-testable
 with synthetic functions and importable without TensorFlow.
 
-One step from the current network N (latency L, score P):
+One step t from the current network N:
 
-1. measure Lat(N + d) for every op d of the operation set; the target L_T is the maximum;
-2. for each op, ``k_d = argmin_{k >= 1} |Lat(N + k d) - L_T|`` (see :func:`find_k`);
-3. de-duplicate the candidates N + k_d d by arch hash (first op in the operation order wins,
-   the others are recorded as aliases);
-4. evaluate every candidate with ``seeds`` seeds -> P_d, the mean (sequentially, or on an ``Executor``);
-5. choose d* by the slope (P_d - P) / (L_d - L) (see :func:`select_candidate` for the guard
-   against L_d <= L and for ties), and judge whether d* beats the runner-up by ``decision_z``
-   standard errors of the slope difference; if not, and racing is on, add seeds to the contenders
-   by successive halving and choose again (:mod:`lps_keras.search.racing`);
-6. N <- N + k_d* d*, and record the step (means, standard errors, margin, decided or not).
+1. measure Lat(N + d) for every op d; the target L_T is the maximum;
+2. for each op, ``k_d = argmin_{k >= 1} |Lat(N + k d) - L_T|`` (:func:`~lps_keras.search.candidates.find_k`),
+   candidates de-duplicated by arch hash;
+3. measure the parent and the candidates together (``latency_set_fn``: interleaved rounds, so every
+   candidate's latency difference to the parent carries its standard error);
+4. score the parent *and* every candidate with this step's seeds ``t * 1000 + i`` (the parent is one more
+   arm with d = 0: its P is never the previous step's selected maximum, which is biased upwards);
+5. judge (:func:`lps_keras.search.decision.judge`): decided / equivalent / no gain / undecided / unknown;
+   while undecided (or unknown) and racing is on, add seeds to the contenders and the parent
+   (:func:`~lps_keras.search.decision.race_plan`) for at most :func:`~lps_keras.search.decision.racing_rounds`
+   rounds, alpha being split over those looks;
+6. N <- the chosen candidate; a ``no gain`` step keeps N and ends the expansion.
 
-Every latency, every finished (architecture, seed) evaluation and every chosen step goes into a
-:class:`~lps_keras.search.journal.SearchJournal` (one JSON file, rewritten atomically after every
-event), so a killed search reruns without re-measuring or re-training anything it finished: completed steps are
-replayed from the cached values and checked against the recorded choices.
+Every latency, paired set, finished (architecture, seed) evaluation and step goes into a
+:class:`~lps_keras.search.journal.SearchJournal`, so a killed search reruns without re-measuring or
+re-training anything it finished: recorded steps are replayed from the journal and checked against it.
 """
 
 from __future__ import annotations
 
 import concurrent.futures
 import dataclasses
-import json
 import math
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -35,312 +36,299 @@ from typing import Any, Optional
 
 from lps_keras.arch import EXPANSION_OPS, Arch, ExpansionOp
 from lps_keras.errors import check_path_name
-from lps_keras.search.candidates import (  # noqa: F401 - re-exported
-    DIMENSIONS,
-    SearchError,
-    find_k,
-    propose_candidates,
-    select_candidate,
-)
-from lps_keras.search.executors import CandidateFailed
-from lps_keras.search.journal import Candidate, EvalContext, Evaluation, JournalError, SearchJournal, Step
-from lps_keras.search.racing import Decision, RacingConfig, decide, mean_sd_se, racing_round
+from lps_keras.search.candidates import SearchError, propose_candidates
+from lps_keras.search.decision import Arm, DecisionConfig, RacingConfig, judge, mean_sd_se, race_plan, racing_rounds
+from lps_keras.search.evaluations import evaluate_candidates
+from lps_keras.search.journal import JournalError, SearchJournal
+from lps_keras.search.records import Candidate, EvalContext, Evaluation, Step
+
+SEED_STRIDE = 1000  # step t's seeds are t * SEED_STRIDE + i: fresh at every step, never reused across steps
 
 
-def _as_evaluation(result: Any, arch: Arch) -> Evaluation:
-    if isinstance(result, Evaluation):
-        ev = result
-    elif isinstance(result, Mapping):
-        if "score" not in result:
-            raise SearchError(f"evaluate_fn returned a mapping without 'score' for {arch}: {result!r}")
-        ev = Evaluation(score=result["score"], metrics=result.get("metrics", {}), weights=result.get("weights"))
-    else:
-        ev = Evaluation(score=result)
-    score = ev.score
-    if isinstance(score, bool) or not isinstance(score, (int, float)) or not math.isfinite(score):
-        raise SearchError(f"evaluate_fn must return a finite score for {arch}, got {score!r}")
-    metrics = json.loads(json.dumps(dict(ev.metrics), default=float))
-    weights = None if ev.weights is None else str(ev.weights)
-    return dataclasses.replace(ev, score=float(score), metrics=metrics, weights=weights)
+def step_seed(step: int, i: int) -> int:
+    """The i-th proxy seed of step ``step`` (step 0: the start network before the first step)."""
+    if not 0 <= i < SEED_STRIDE:
+        raise SearchError(f"seed index {i} out of range (at most {SEED_STRIDE} seeds per step)")
+    return step * SEED_STRIDE + i
 
 
-def _timed_call(fn: Callable, arch: Arch, context: EvalContext) -> tuple[Any, float]:
-    # Module level so that ProcessPoolExecutor can pickle it; timing in the worker excludes queueing.
-    t0 = time.perf_counter()
-    result = fn(arch, context)
-    return result, time.perf_counter() - t0
+LatencySetFn = Callable[[Arch, Sequence[Arch]], Mapping[str, tuple[float, float]]]
 
 
-def evaluate_candidates(
-    candidates: Sequence[tuple[Arch, EvalContext]],
-    evaluate_fn: Callable[[Arch, EvalContext], Any],
-    executor: Optional[concurrent.futures.Executor] = None,
-    on_result: Optional[Callable[[int, Evaluation], None]] = None,
-    on_failure: Optional[Callable[[int, str], None]] = None,
-) -> list[Evaluation]:
-    """Evaluate ``(arch, context)`` pairs; results in input order.
+class Expansion:
+    """The expansion from ``start``: :meth:`latency`, :meth:`paired`, :meth:`scores`, :meth:`step`,
+    :meth:`race` and :meth:`run`. See the module docstring; arguments as for :func:`run_expansion`."""
 
-    Sequential by default. With an ``executor`` (thread or process pool, or any
-    ``concurrent.futures.Executor`` front-end of a work-list runner) all pairs are submitted at
-    once; ``evaluate_fn`` must then be picklable for a process pool. ``on_result(i, evaluation)``
-    runs in the calling thread as each evaluation finishes, so the journal records it at once.
-    If one fails, evaluations not yet started are cancelled, those in flight are still awaited
-    and reported, then the first failure (in input order) is raised. Except a
-    :class:`~lps_keras.search.executors.CandidateFailed` (an executor's evaluation that failed
-    after its retries) when ``on_failure`` is given: ``on_failure(i, error)`` records it, its
-    result is None, and the others go on.
-    """
-    results: list[Optional[Evaluation]] = [None] * len(candidates)
+    def __init__(self, start: Arch, latency_fn: Callable[[Arch], float],
+                 evaluate_fn: Callable[[Arch, EvalContext], Any], *, latency_set_fn: Optional[LatencySetFn] = None,
+                 journal: Optional[SearchJournal] = None, ops: Sequence[ExpansionOp] = EXPANSION_OPS,
+                 max_k: int = 16, executor: Optional[concurrent.futures.Executor] = None,
+                 progress: Optional[Callable[[str], None]] = print, fingerprint: Any = None, seeds: int = 1,
+                 decision: Optional[DecisionConfig] = None, racing: Optional[RacingConfig] = None,
+                 warm_start: bool = False):
+        if isinstance(max_k, bool) or not isinstance(max_k, int) or max_k < 1:
+            raise SearchError(f"max_k must be an int >= 1, got {max_k!r}")
+        if isinstance(seeds, bool) or not isinstance(seeds, int) or not 1 <= seeds < SEED_STRIDE:
+            raise SearchError(f"seeds must be an int in [1, {SEED_STRIDE}), got {seeds!r}")
+        self.ops = tuple(ops)
+        names = [op.name for op in self.ops]
+        if len(set(names)) != len(names):
+            raise SearchError(f"expansion op names must be unique, got {names!r}")
+        for name in names:
+            # Op names name candidates in the journal, the tables and the step recipes' descriptions;
+            # kept to plain names so that none can become a path anywhere a candidate is written.
+            check_path_name("expansion op name", name)
+        self.start, self.latency_fn, self.evaluate_fn = start, latency_fn, evaluate_fn
+        self.latency_set_fn, self.executor, self.max_k = latency_set_fn, executor, max_k
+        self.seeds, self.warm_start = seeds, warm_start
+        self.racing = racing or RacingConfig()
+        self.max_rounds = racing_rounds(seeds, self.racing)
+        self.decision = dataclasses.replace(decision or DecisionConfig(), looks=1 + self.max_rounds)
+        self.journal = journal if journal is not None else SearchJournal(None)
+        self.journal.bind(start, self.ops, max_k, fingerprint)
+        self.say = progress or (lambda _msg: None)
+        self.failed: dict[str, str] = {}  # arch hash -> error of an evaluation that failed after its retries
+        self.history: list[Step] = []
+        self.total: Optional[int] = None  # steps asked of run(), for progress lines
 
-    def finish(i: int, raw: Any, seconds: float) -> None:
-        ev = dataclasses.replace(_as_evaluation(raw, candidates[i][0]), seconds=seconds)
-        results[i] = ev
-        if on_result is not None:
-            on_result(i, ev)
-
-    if executor is None:
-        for i, (arch, ctx) in enumerate(candidates):
-            raw, seconds = _timed_call(evaluate_fn, arch, ctx)
-            finish(i, raw, seconds)
-        return results  # type: ignore[return-value]
-
-    futures = {executor.submit(_timed_call, evaluate_fn, arch, ctx): i for i, (arch, ctx) in enumerate(candidates)}
-    errors: dict[int, BaseException] = {}
-    try:
-        for fut in concurrent.futures.as_completed(futures):
-            i = futures[fut]
-            if fut.cancelled():
-                continue
-            exc = fut.exception()
-            if isinstance(exc, CandidateFailed) and on_failure is not None:
-                on_failure(i, str(exc))
-                continue
-            if exc is None:
-                try:
-                    finish(i, *fut.result())
-                except Exception as e:  # a bad return value counts as that candidate's failure
-                    exc = e
-            if exc is not None:
-                errors[i] = exc
-                for other in futures:
-                    other.cancel()
-    except BaseException:
-        for other in futures:
-            other.cancel()
-        raise
-    if errors:
-        raise errors[min(errors)]
-    return results  # type: ignore[return-value]
-
-
-# --------------------------------------------------------------------------- the search
-def run_expansion(
-    start: Arch,
-    latency_fn: Callable[[Arch], float],
-    evaluate_fn: Callable[[Arch, EvalContext], Any],
-    steps: int,
-    journal: Optional[SearchJournal] = None,
-    ops: Sequence[ExpansionOp] = EXPANSION_OPS,
-    max_k: int = 16,
-    executor: Optional[concurrent.futures.Executor] = None,
-    progress: Optional[Callable[[str], None]] = print,
-    fingerprint: Any = None,
-    seeds: int = 1,
-    decision_z: float = 2.0,
-    racing: Optional[RacingConfig] = None,
-    warm_start: bool = False,
-) -> list[Step]:
-    """Run ``steps`` expansion steps from ``start``; returns ``steps + 1`` records (step 0 = start).
-
-    ``journal`` (default: in memory) caches latencies and evaluations by arch hash and seed; steps it
-    already holds are replayed from those caches and must reproduce the recorded choices.
-    ``fingerprint`` (any JSON value, e.g. :func:`fingerprint` of the recipe's data, proxy
-    schedule and latency settings) is stored in the journal and checked on resume.
-    ``progress`` receives one line per measurement/evaluation/step (None: silent).
-    ``seeds``: evaluations per architecture (``context.seed`` 0 .. seeds - 1); P is their mean and each
-    step records standard errors, the winner's margin and whether it is decided at ``decision_z``
-    standard errors (:mod:`lps_keras.search.racing`). ``racing`` adds seeds to the contenders of a
-    step that is not decided. ``warm_start``: the start network is evaluated before the first
-    candidates, so every candidate's ``context.parent_weights`` is known (``search.proxy.init = parent``).
-    """
-    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 0:
-        raise SearchError(f"steps must be an int >= 0, got {steps!r}")
-    if isinstance(max_k, bool) or not isinstance(max_k, int) or max_k < 1:
-        raise SearchError(f"max_k must be an int >= 1, got {max_k!r}")
-    if isinstance(seeds, bool) or not isinstance(seeds, int) or seeds < 1:
-        raise SearchError(f"seeds must be an int >= 1, got {seeds!r}")
-    racing = racing or RacingConfig()
-    ops = tuple(ops)
-    names = [op.name for op in ops]
-    if len(set(names)) != len(names):
-        raise SearchError(f"expansion op names must be unique, got {names!r}")
-    for name in names:
-        # Op names name candidates in the journal, the tables and the step recipes' descriptions;
-        # kept to plain names so that none can become a path anywhere a candidate is written.
-        check_path_name("expansion op name", name)
-    journal = journal if journal is not None else SearchJournal(None)
-    journal.bind(start, ops, max_k, fingerprint)
-    say = progress or (lambda _msg: None)
-
-    def lat(arch: Arch) -> float:
-        cached = journal.latency(arch)
+    # ------------------------------------------------------------------ measurements
+    def latency(self, arch: Arch) -> float:
+        """One network's latency (journal first): what picks k and the target."""
+        cached = self.journal.latency(arch)
         if cached is not None:
             return cached
-        value = latency_fn(arch)
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-            raise SearchError(f"latency_fn must return a finite number for {arch}, got {value!r}")
-        value = float(value)
-        journal.record_latency(arch, value)
-        say(f"  latency {arch} = {value:.6g}")
+        value = _finite(self.latency_fn(arch), f"latency_fn must return a finite number for {arch}")
+        self.journal.record_latency(arch, value)
+        self.say(f"  latency {arch} = {value:.6g}")
         return value
 
-    failed: dict[str, str] = {}  # arch hash -> error of an evaluation that failed after its retries
+    def paired(self, t: int, parent: Arch, cands: Sequence[Candidate]) -> dict[str, tuple[float, float]]:
+        """{hash: (latency, SE of its difference to the parent)} for the parent and the candidates of step ``t``.
 
-    def scores(step: int, requests: list[tuple[Arch, EvalContext, int]]) -> dict[str, list[Evaluation]]:
-        """Seeds 0 .. n - 1 of each (arch, context, n), by arch hash; only pairs missing from the journal run.
+        From ``latency_set_fn`` (recorded in the journal, so a replay does not re-measure), else the single
+        latencies with SE 0.
+        """
+        wanted = [parent.hash] + [c.arch.hash for c in cands]
+        if self.latency_set_fn is None:
+            return {parent.hash: (self.latency(parent), 0.0), **{c.arch.hash: (c.latency, 0.0) for c in cands}}
+        recorded = self.journal.latency_set(t)
+        if all(h in recorded for h in wanted):
+            return recorded
+        self.say(f"{self._label(t)}: measuring the parent and {len(cands)} candidates together (paired rounds)")
+        values = dict(self.latency_set_fn(parent, [c.arch for c in cands]))
+        out = {}
+        for h in wanted:
+            if h not in values:
+                raise SearchError(f"latency_set_fn returned no latency for {h}")
+            lat, se = values[h]
+            out[h] = (_finite(lat, "latency_set_fn latency"), _finite(se, "latency_set_fn SE"))
+        self.journal.record_latency_set(t, out)
+        return out
 
-        An arch whose evaluation failed (after the executor's retries) is left out of the result and
-        kept in ``failed``. A failure recorded in the journal is replayed for a step the journal
-        already holds (its choice was made without that candidate) and retried otherwise.
+    def scores(self, t: int, requests: Sequence[tuple[Arch, EvalContext, int]]) -> dict[str, list[Evaluation]]:
+        """Seeds ``step_seed(t, 0 .. n - 1)`` of each (arch, context, n), by arch hash; only missing pairs run.
+
+        An arch whose evaluation failed (after the executor's retries) is left out and kept in ``failed``.
+        A failure recorded in the journal is replayed for a step the journal holds, retried otherwise.
         """
         todo = []
         for arch, ctx, n in requests:
-            if arch.hash in failed:
+            if arch.hash in self.failed:
                 continue
-            have = journal.evaluations_of(arch)
-            missing = [seed for seed in range(n) if seed not in have]
-            if missing and journal.recorded_step(step) is not None and journal.failure(arch) is not None:
-                failed[arch.hash] = journal.failure(arch)
+            have = self.journal.evaluations_of(arch)
+            missing = [s for s in (step_seed(t, i) for i in range(n)) if s not in have]
+            if missing and self.journal.recorded_step(t) is not None and self.journal.failure(arch) is not None:
+                self.failed[arch.hash] = self.journal.failure(arch)
                 continue
-            todo += [(arch, dataclasses.replace(ctx, seed=seed)) for seed in missing]
+            todo += [(arch, dataclasses.replace(ctx, seed=s)) for s in missing]
         if todo:
-            t0 = time.perf_counter()
-            done = [0]
-            n_all = sum(n for _, _, n in requests)
-            say(f"step {step}: {len(todo)} evaluation(s) to run ({n_all - len(todo)} already in the journal)")
-
-            def on_result(i: int, ev: Evaluation) -> None:
-                arch, ctx = todo[i]
-                journal.record_evaluation(arch, ev, ctx)
-                done[0] += 1
-                eta = (time.perf_counter() - t0) / done[0] * (len(todo) - done[0])
-                label = "start" if ctx.op is None else f"{ctx.op} k={ctx.k}"
-                say(f"step {step}: [{done[0]}/{len(todo)}] {label} seed {ctx.seed} {arch} score={ev.score:.4f} "
-                    f"({ev.seconds:.1f}s, step ETA {eta:.0f}s)")
-
-            def on_failure(i: int, error: str) -> None:
-                arch, ctx = todo[i]
-                journal.record_failure(arch, error, ctx)
-                failed[arch.hash] = error
-                say(f"step {step}: {ctx.op or 'start'} seed {ctx.seed} {arch} FAILED, going on without it: {error}")
-
-            evaluate_candidates(todo, evaluate_fn, executor=executor, on_result=on_result, on_failure=on_failure)
+            self._evaluate(t, todo, sum(n for _, _, n in requests))
         out = {}
         for arch, _, n in requests:
-            if arch.hash in failed:
-                continue
-            have = journal.evaluations_of(arch)
-            out[arch.hash] = [have[seed] for seed in range(n)]
+            if arch.hash not in self.failed:
+                have = self.journal.evaluations_of(arch)
+                out[arch.hash] = [have[step_seed(t, i)] for i in range(n)]
         return out
 
-    def check_replay(step: Step) -> None:
-        recorded = journal.recorded_step(step.index)
-        if recorded is None:
-            journal.record_step(step)
-            return
-        if recorded.arch.hash != step.arch.hash or recorded.op != step.op:
-            raise JournalError(
-                f"{journal.where}: replaying step {step.index} chose {step.op} -> {step.arch}, but the journal "
-                f"recorded {recorded.op} -> {recorded.arch}; the journal is inconsistent with this setup"
-            )
+    def _evaluate(self, t: int, todo: list[tuple[Arch, EvalContext]], n_all: int) -> None:
+        t0, done = time.perf_counter(), [0]
+        self.say(f"{self._label(t)}: {len(todo)} evaluation(s) to run ({n_all - len(todo)} already in the journal)")
 
-    def start_step(evals: Mapping[str, list[Evaluation]]) -> Step:
-        if start.hash in failed:
-            raise SearchError(f"the start network {start} could not be evaluated: {failed[start.hash]}")
-        evs = evals[start.hash]
-        values = tuple(e.score for e in evs)
-        mean, sd, se = mean_sd_se(values)
-        step = Step(index=0, arch=start, latency=cur_lat, score=mean, metrics=evs[0].metrics,
-                    weights=evs[0].weights, scores=values, score_sd=sd, score_se=se)
-        check_replay(step)
+        def on_result(i: int, ev: Evaluation) -> None:
+            arch, ctx = todo[i]
+            self.journal.record_evaluation(arch, ev, ctx)
+            done[0] += 1
+            eta = (time.perf_counter() - t0) / done[0] * (len(todo) - done[0])
+            label = "parent" if ctx.op is None else f"{ctx.op} k={ctx.k}"
+            self.say(f"{self._label(t)}: [{done[0]}/{len(todo)}] {label} seed {ctx.seed} {arch} score={ev.score:.4f} "
+                     f"({ev.seconds:.1f}s, step ETA {eta:.0f}s)")
+
+        def on_failure(i: int, error: str) -> None:
+            arch, ctx = todo[i]
+            self.journal.record_failure(arch, error, ctx)
+            self.failed[arch.hash] = error
+            self.say(f"{self._label(t)}: {ctx.op or 'parent'} seed {ctx.seed} {arch} FAILED, going on without it: "
+                     f"{error}")
+
+        evaluate_candidates(todo, self.evaluate_fn, executor=self.executor, on_result=on_result,
+                            on_failure=on_failure)
+
+    # ------------------------------------------------------------------ steps
+    def run(self, steps: int) -> list[Step]:
+        """Run ``steps`` steps (fewer if a step finds no gain); returns the records, step 0 = the start."""
+        if isinstance(steps, bool) or not isinstance(steps, int) or steps < 0:
+            raise SearchError(f"steps must be an int >= 0, got {steps!r}")
+        self.history, self.total = [], steps
+        if steps == 0 or self.warm_start:
+            # Scored on its own only when no step will score it (or its weights seed a warm start).
+            ctx = EvalContext(step=0, key=self.start.hash)
+            evs = self.scores(0, [(self.start, ctx, self.seeds)])
+            if self.start.hash not in evs:
+                raise SearchError(f"the start network {self.start} could not be evaluated: "
+                                  f"{self.failed[self.start.hash]}")
+            self._record(self._plain_step(0, self.start, self.latency(self.start), evs[self.start.hash]))
+        for t in range(1, steps + 1):
+            step = self.step(t)
+            if step.verdict == "no gain":
+                self.say(f"step {t}/{steps}: no candidate gains on {step.arch}; the expansion stops here")
+                break
+        return self.history
+
+    def _label(self, t: int) -> str:
+        return f"step {t}" + ("" if self.total is None else f"/{self.total}")
+
+    def step(self, t: int) -> Step:
+        """Step ``t`` from the last network of :attr:`history` (or the start); recorded and returned."""
+        parent = self.history[-1] if self.history else None
+        parent_arch = parent.arch if parent else self.start
+        replay = self.journal.recorded_step(t) is not None
+        self.say(f"{self._label(t)}: from {parent_arch}{' (replayed from the journal)' if replay else ''}")
+        target, cands = propose_candidates(parent_arch, self.ops, self.latency, self.max_k)
+        lats = self.paired(t, parent_arch, cands)
+        cands = [dataclasses.replace(c, latency=lats[c.arch.hash][0], latency_se=lats[c.arch.hash][1]) for c in cands]
+        weights = parent.weights if parent else None
+        ctxs = [EvalContext(step=t, key=c.arch.hash, op=c.op, dimension=c.dimension, k=c.k, index=i + 1,
+                            total=len(cands) + 1, parent_weights=weights) for i, c in enumerate(cands)]
+        parent_ctx = EvalContext(step=t, key=parent_arch.hash, index=0, total=len(cands) + 1, parent_weights=weights)
+        n = [self.seeds] * len(cands)
+        evals = self.scores(t, [(parent_arch, parent_ctx, self.seeds)] + [(c.arch, x, self.seeds)
+                                                                          for c, x in zip(cands, ctxs)])
+        if parent_arch.hash not in evals:
+            raise SearchError(f"the parent {parent_arch} could not be evaluated at step {t}: "
+                              f"{self.failed[parent_arch.hash]}")
+        if parent is None:  # the start's record: its scores at step 1's seeds
+            parent = self._plain_step(0, parent_arch, lats[parent_arch.hash][0], evals[parent_arch.hash])
+            self._record(parent)
+        verdict = self._judge(parent_arch, lats, cands, evals)
+        verdict, spent = self.race(t, verdict, parent_arch, parent_ctx, cands, ctxs, n, lats, evals)
+        step = self._step_record(t, target, parent_arch, lats[parent_arch.hash][0], cands, evals, verdict, spent)
+        self._record(step)
+        mark = f" ({verdict.reason})" if verdict.kind != "decided" else ""
+        self.say(f"{self._label(t)}: {verdict.kind}{mark}: " + (
+            f"chose {step.op} x{step.k} ({step.dimension}) -> {step.arch} latency {step.latency:.6g} "
+            f"(target {target:.6g}) score {_pm(step.score, step.score_se)}; margin over {step.runner_up} "
+            f"{_pm(step.margin, step.margin_se)}" if step.op else f"kept {step.arch}"))
         return step
 
-    cur_lat = lat(start)
-    start_ctx = EvalContext(step=0, key=start.hash)
-    history: list[Step] = []
-    if steps == 0 or warm_start or journal.evaluations_of(start):
-        history.append(start_step(scores(0, [(start, start_ctx, seeds)])))
-
-    for t in range(1, steps + 1):
-        current = history[-1] if history else None
-        replay = journal.recorded_step(t) is not None
-        say(f"step {t}/{steps}{' (replayed from the journal)' if replay else ''}: from "
-            f"{current.arch if current else start} (latency {cur_lat:.6g})")
-        target, cands = propose_candidates(current.arch if current else start, ops, lat, max_k)
-        ctxs = [EvalContext(step=t, key=c.arch.hash, op=c.op, dimension=c.dimension, k=c.k, index=i,
-                            total=len(cands), parent_weights=current.weights if current else None)
-                for i, c in enumerate(cands)]
-        n_seeds = [seeds] * len(cands)
-        requests = [(c.arch, ctx, seeds) for c, ctx in zip(cands, ctxs)]
-        if current is None:  # the start network is scored together with the first candidates
-            requests.insert(0, (start, start_ctx, seeds))
-        evals = scores(t, requests)
-        if current is None:
-            current = start_step(evals)
-            history.append(current)
-        best, cands, decision = _choose(cands, evals, failed, current, decision_z)
-        spent = 0
-        while decision.decided is not True:
-            plan = racing_round(cands, best, n_seeds, current.latency, current.score_se, decision_z, racing,
-                                racing.budget - spent)
-            if not plan:
+    def race(self, t, verdict, parent_arch, parent_ctx, cands, ctxs, n, lats, evals):
+        """Add seeds to an undecided step's contenders and its parent until decided, or budget/rounds run out."""
+        spent, n_parent = 0, self.seeds
+        for _ in range(self.max_rounds):
+            plan, new_parent = race_plan(verdict, n, n_parent, self.racing.max_seeds, self.racing.budget - spent,
+                                         self.racing.eta)
+            if not plan and new_parent == n_parent:
                 break
-            say(f"step {t}/{steps}: undecided (margin {_pm(decision.margin, decision.margin_se)}); racing "
-                + ", ".join(f"{cands[i].op} to {n} seeds" for i, n in plan.items()))
-            evals.update(scores(t, [(cands[i].arch, ctxs[i], n) for i, n in plan.items()]))
-            for i, n in plan.items():
-                spent += n - n_seeds[i]
-                n_seeds[i] = n
-            best, cands, decision = _choose(cands, evals, failed, current, decision_z)
-        chosen = cands[best]
-        step = Step(index=t, arch=chosen.arch, latency=chosen.latency, score=chosen.score, op=chosen.op,
-                    dimension=chosen.dimension, k=chosen.k, target_latency=target, slope=chosen.slope,
-                    candidates=tuple(cands), metrics=chosen.metrics, weights=chosen.weights, scores=chosen.scores,
-                    score_sd=chosen.score_sd, score_se=chosen.score_se,
-                    runner_up=None if decision.runner_up is None else cands[decision.runner_up].op,
-                    margin=decision.margin, margin_se=decision.margin_se, decided=decision.decided,
-                    racing_evaluations=spent)
-        check_replay(step)
-        history.append(step)
-        verdict = {True: "decided", False: "UNDECIDED", None: "decision unknown (one seed)"}[decision.decided]
-        say(f"step {t}/{steps}: chose {chosen.op} x{chosen.k} ({chosen.dimension}) -> {chosen.arch} "
-            f"latency {chosen.latency:.6g} (target {target:.6g}) score {_pm(chosen.score, chosen.score_se)}; "
-            f"margin over {step.runner_up} {_pm(decision.margin, decision.margin_se)}: {verdict}")
-        cur_lat = chosen.latency
-    return history
+            self.say(f"{self._label(t)}: {verdict.kind}; racing " + ", ".join(
+                [f"{cands[i].op} to {k} seeds" for i, k in plan.items()] + [f"the parent to {new_parent} seeds"]))
+            evals.update(self.scores(t, [(parent_arch, parent_ctx, new_parent)]
+                                     + [(cands[i].arch, ctxs[i], k) for i, k in plan.items()]))
+            spent += new_parent - n_parent + sum(k - n[i] for i, k in plan.items())
+            n_parent = new_parent
+            for i, k in plan.items():
+                n[i] = k
+            verdict = self._judge(parent_arch, lats, cands, evals)
+        return verdict, spent
+
+    # ------------------------------------------------------------------ helpers
+    def _judge(self, parent_arch, lats, cands, evals):
+        parent = Arm("parent", tuple(e.score for e in evals[parent_arch.hash]), lats[parent_arch.hash][0])
+        arms = [Arm(c.op, tuple(e.score for e in evals.get(c.arch.hash, ())), c.latency, c.latency_se)
+                for c in cands]
+        return judge(parent, arms, self.decision)
+
+    def _step_record(self, t, target, parent_arch, parent_lat, cands, evals, verdict, spent) -> Step:
+        parent_scores = tuple(e.score for e in evals[parent_arch.hash])
+        annotated = []
+        for c, r in zip(cands, verdict.arms):
+            evs = evals.get(c.arch.hash)
+            if evs is None:
+                annotated.append(dataclasses.replace(c, rank="failed",
+                                                     error=self.failed.get(c.arch.hash, "no evaluation")))
+                continue
+            mean, sd, se = mean_sd_se([e.score for e in evs])
+            annotated.append(dataclasses.replace(
+                c, score=mean, scores=tuple(e.score for e in evs), score_sd=sd, score_se=se, rank=r.status,
+                slope=r.slope, slope_se=r.slope_se, gain=r.gain, gain_se=r.gain_se, metrics=evs[0].metrics,
+                weights=evs[0].weights))
+        common = dict(index=t, target_latency=target, candidates=tuple(annotated), verdict=verdict.kind,
+                      racing_evaluations=spent, parent_scores=parent_scores, parent_latency=parent_lat,
+                      runner_up=None if verdict.runner_up is None else cands[verdict.runner_up].op,
+                      margin=verdict.margin, margin_se=verdict.margin_se, quantile=verdict.quantile, df=verdict.df,
+                      pooled_sd=verdict.pooled_sd, regret_ucb=verdict.regret_ucb, reason=verdict.reason)
+        if verdict.chosen is None:  # no gain: the parent stays
+            evs = evals[parent_arch.hash]
+            mean, sd, se = mean_sd_se(parent_scores)
+            return Step(arch=parent_arch, latency=parent_lat, score=mean, scores=parent_scores, score_sd=sd,
+                        score_se=se, metrics=evs[0].metrics, weights=evs[0].weights, **common)
+        c = annotated[verdict.chosen]
+        winner = None if verdict.winner == verdict.chosen else cands[verdict.winner].op
+        return Step(arch=c.arch, latency=c.latency, score=c.score, op=c.op, dimension=c.dimension, k=c.k,
+                    slope=c.slope, metrics=c.metrics, weights=c.weights, scores=c.scores, score_sd=c.score_sd,
+                    score_se=c.score_se, winner=winner, **common)
+
+    def _plain_step(self, index: int, arch: Arch, latency: float, evs: Sequence[Evaluation]) -> Step:
+        values = tuple(e.score for e in evs)
+        mean, sd, se = mean_sd_se(values)
+        return Step(index=index, arch=arch, latency=latency, score=mean, metrics=evs[0].metrics,
+                    weights=evs[0].weights, scores=values, score_sd=sd, score_se=se, parent_scores=values)
+
+    def _record(self, step: Step) -> None:
+        """Append to the history; record it in the journal, or check it against the journal's record."""
+        recorded = self.journal.recorded_step(step.index)
+        if recorded is None:
+            self.journal.record_step(step)
+        elif recorded.arch.hash != step.arch.hash or recorded.op != step.op or recorded.verdict != step.verdict:
+            raise JournalError(
+                f"{self.journal.where}: replaying step {step.index} gave {step.verdict}: {step.op} -> {step.arch}, "
+                f"but the journal recorded {recorded.verdict}: {recorded.op} -> {recorded.arch}; the journal is "
+                "inconsistent with this setup"
+            )
+        self.history.append(step)
+
+
+def run_expansion(start: Arch, latency_fn: Callable[[Arch], float], evaluate_fn: Callable[[Arch, EvalContext], Any],
+                  steps: int, **options) -> list[Step]:
+    """Run ``steps`` expansion steps from ``start``; returns the records (step 0 = the start).
+
+    Options (all keyword): ``latency_set_fn(parent, archs) -> {hash: (latency, SE of dL)}`` (paired
+    measurement of a step's set; default: single latencies, SE 0), ``journal`` (default in memory;
+    steps it holds are replayed and must reproduce its records), ``ops``, ``max_k``, ``executor`` (a
+    ``concurrent.futures.Executor``; default: in this thread), ``progress`` (one line per event; None:
+    silent), ``fingerprint`` (any JSON value the journal checks on resume), ``seeds`` (first-round seeds
+    per network and step), ``decision`` (:class:`~lps_keras.search.decision.DecisionConfig`), ``racing``
+    (:class:`~lps_keras.search.decision.RacingConfig`), ``warm_start`` (the start is scored first so its
+    weights seed step 1: ``search.proxy.init = parent``).
+    """
+    return Expansion(start, latency_fn, evaluate_fn, **options).run(steps)
+
+
+def _finite(value, what: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise SearchError(f"{what}, got {value!r}")
+    return float(value)
 
 
 def _pm(value: Optional[float], se: Optional[float]) -> str:
     if value is None:
         return "n/a"
     return f"{value:.4g}" + ("" if se is None else f" +- {se:.2g}")
-
-
-def _choose(cands: Sequence[Candidate], evals: Mapping[str, list[Evaluation]], failed: Mapping[str, str],
-            parent: Step, z: float) -> tuple[int, list[Candidate], Decision]:
-    """Annotate ``cands`` with their seeds' mean, sd and SE, select d* (on the means) and judge the margin.
-
-    A candidate whose evaluation failed carries its error and is never chosen (rank "failed").
-    """
-    scored = []
-    for c in cands:
-        if c.arch.hash not in evals:
-            scored.append(dataclasses.replace(c, error=failed.get(c.arch.hash, "no evaluation")))
-            continue
-        evs = evals[c.arch.hash]
-        values = tuple(e.score for e in evs)
-        mean, sd, se = mean_sd_se(values)
-        scored.append(dataclasses.replace(c, score=mean, scores=values, score_sd=sd, score_se=se,
-                                          metrics=evs[0].metrics, weights=evs[0].weights))
-    best, annotated = select_candidate(scored, parent.latency, parent.score)
-    return best, annotated, decide(annotated, best, parent.latency, parent.score_se, z)

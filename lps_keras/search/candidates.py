@@ -1,6 +1,6 @@
-"""One step's candidates: k for each op (``find_k``), the candidate set (``propose_candidates``) and the
-choice of d* by slope with its guard and ties (``select_candidate``). Pure logic, no TensorFlow; used by
-:func:`lps_keras.search.algorithm.run_expansion`.
+"""One step's candidates: k for each op (``find_k``) and the candidate set (``propose_candidates``). Pure logic,
+no TensorFlow; used by :class:`lps_keras.search.algorithm.Expansion`. The choice among them is
+:func:`lps_keras.search.decision.judge`.
 """
 
 from __future__ import annotations
@@ -11,15 +11,13 @@ from typing import Optional
 
 from lps_keras.arch import Arch, ArchError, ExpansionOp
 from lps_keras.errors import LPSError
-from lps_keras.search.journal import Candidate
+from lps_keras.search.records import Candidate
 
 DIMENSIONS = ("depth", "width", "resolution")
 
 
 class SearchError(LPSError, RuntimeError):
-    """The search cannot go on (no valid op, bad latency or score value, no eligible candidate)."""
-
-
+    """The search cannot go on (no valid op, bad latency or score value, the start network failing)."""
 
 # --------------------------------------------------------------------------- step pieces
 def find_k(lat_of_k: Callable[[int], Optional[float]], target: float, max_k: int) -> tuple[int, float, bool]:
@@ -97,52 +95,3 @@ def propose_candidates(
         candidates.append(Candidate(op=op.name, dimension=op.dimension, k=k, arch=cand_arch, latency=lat,
                                     capped=capped))
     return target, candidates
-
-
-def select_candidate(candidates: Sequence[Candidate], latency: float, score: float) -> tuple[int, list[Candidate]]:
-    """Step 5: pick d* = argmax (P_d - P) / (L_d - L) over scored candidates.
-
-    The slope is undefined or misleading when a candidate is not slower than N (L_d <= L,
-    which only measurement noise or an odd op set produces). Guard:
-
-    * L_d <= L and P_d > P: the candidate *dominates* N (better at no latency cost). Any
-      dominating candidate is preferred to every regular one; among them the higher P_d wins.
-    * L_d <= L and P_d <= P: no gain, so it is *excluded* and never chosen.
-    * L_d > L: ranked by its slope (possibly negative: if every candidate lowers the score, the
-      least harmful per unit of latency is taken, as the plain argmax of Algorithm 1 would).
-
-    Ties (equal slope, or equal P_d between dominating candidates) are broken by higher P_d,
-    then lower L_d, then the earlier op in the operation order. Returns the index of the choice
-    and the candidates annotated with ``slope`` and ``rank``. Raises :class:`SearchError` when
-    every candidate is excluded.
-    """
-    annotated = []
-    keys = []
-    for i, c in enumerate(candidates):
-        if c.error is not None:  # its evaluation failed (see CandidateFailed): never chosen
-            annotated.append(dataclasses.replace(c, slope=None, rank="failed"))
-            keys.append(None)
-            continue
-        if c.score is None:
-            raise SearchError(f"candidate {c.op} (k={c.k}) has no score")
-        d_lat, d_score = c.latency - latency, c.score - score
-        if d_lat > 0:
-            c = dataclasses.replace(c, slope=d_score / d_lat, rank="slope")
-            keys.append((1, c.slope, c.score, -c.latency, -i))
-        elif d_score > 0:
-            c = dataclasses.replace(c, slope=None, rank="dominates")
-            keys.append((2, c.score, c.score, -c.latency, -i))
-        else:
-            c = dataclasses.replace(c, slope=None, rank="excluded")
-            keys.append(None)
-        annotated.append(c)
-    eligible = [i for i, key in enumerate(keys) if key is not None]
-    if not eligible and all(c.error is not None for c in candidates):
-        raise SearchError("every candidate's evaluation failed: " + "; ".join(f"{c.op}: {c.error}" for c in candidates))
-    if not eligible:
-        raise SearchError(
-            f"no candidate is slower or better than the current network (latency {latency}, score {score}); "
-            "the latency measurements are probably too noisy to drive the search"
-        )
-    best = max(eligible, key=lambda i: keys[i])
-    return best, annotated

@@ -37,11 +37,43 @@ Rules, each against a defect of the plain argmax (P_d - P) / (L_d - L):
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 from collections.abc import Sequence
 from typing import Optional
 
 VERDICTS = ("decided", "equivalent", "no gain", "undecided", "unknown")
+
+
+@dataclasses.dataclass(frozen=True)
+class RacingConfig:
+    """Successive-halving settings (mirrors ``search.proxy.racing`` of the recipe): see :func:`race_plan`."""
+
+    enabled: bool = False
+    max_seeds: int = 8  # no network gets more seeds than this
+    budget: int = 24  # extra (network, seed) trainings per step, on top of the first round (the parent's count)
+    eta: int = 2  # keep the best 1/eta of the contenders, multiply their seeds by eta
+
+
+def racing_rounds(seeds: int, racing: RacingConfig) -> int:
+    """The most racing rounds one step may take: enough for the parent to reach ``max_seeds`` (each round
+    multiplies the largest count by ``eta``) plus one for contenders that join late. Fixed in advance, so
+    that alpha can be split over the looks (Bonferroni); the search stops racing there."""
+    if not racing.enabled or racing.max_seeds <= seeds:
+        return 0
+    return math.ceil(math.log(racing.max_seeds / seeds) / math.log(racing.eta) - 1e-9) + 1
+
+
+def mean_sd_se(scores: Sequence[float]) -> tuple[float, Optional[float], Optional[float]]:
+    """Mean, sample sd (ddof 1) and standard error of the mean; sd and se are None for one score."""
+    n = len(scores)
+    if n == 0:
+        raise ValueError("mean_sd_se needs at least one score")
+    mean = math.fsum(scores) / n
+    if n == 1:
+        return mean, None, None
+    sd = math.sqrt(math.fsum((x - mean) ** 2 for x in scores) / (n - 1))
+    return mean, sd, sd / math.sqrt(n)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -131,6 +163,7 @@ def student_t_cdf(x: float, df: float) -> float:
     return 0.5 + total * h / 3
 
 
+@functools.lru_cache(maxsize=256)  # a search asks the same few (p, df) at every step and racing round
 def student_t_quantile(p: float, df: float) -> float:
     """The ``p``-quantile of Student's t (bisection on :func:`student_t_cdf`)."""
     if not 0.5 <= p < 1:
@@ -274,14 +307,17 @@ def _margin(b: ArmReport, o: ArmReport, se_p: Optional[float]) -> tuple[Optional
 
 def race_plan(verdict: Verdict, seeds: Sequence[int], parent_seeds: int, max_seeds: int, budget: int,
               eta: int = 2) -> tuple[dict, int]:
-    """Successive halving over the contenders of an undecided step, with the parent raced too.
+    """Successive halving over the contenders of an undecided (or, one seed each, unknown) step, parent too.
 
     Returns ``({candidate index: new seed count}, new parent seed count)``; an empty plan means stop.
     The best ceil(n / eta) contenders (at least two) and the parent grow to eta times the largest
     count so far (capped by ``max_seeds``), one seed at a time in rank order while ``budget`` lasts.
     """
-    if verdict.kind != "undecided" or budget <= 0 or len(verdict.contenders) < 2:
+    if verdict.kind not in ("undecided", "unknown") or budget <= 0 or len(verdict.contenders) < 2:
         return {}, parent_seeds
+    # Successive halving as in Hyperband (Li et al., 2018), extra seeds as the resource. Hand-rolled: Ray
+    # Tune's and Optuna's schedulers prune trials reporting intermediate values of one long run and own the
+    # trial loop; here fixed networks gain independent seeds through the search's own resumable journal.
     survivors = list(verdict.contenders[: max(2, math.ceil(len(verdict.contenders) / eta))])
     target = min(max_seeds, eta * max(max(seeds[i] for i in survivors), parent_seeds))
     want = {i: seeds[i] for i in survivors}

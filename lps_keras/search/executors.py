@@ -8,9 +8,9 @@ journals each one as it comes back. Every :class:`SearchExecutor` keeps the same
   future raises :class:`CandidateFailed` with the error, which the search records in the journal
   as that candidate's failure before going on with the rest of the step. Anything else (a broken
   pool, Ctrl-C) stops the search as before;
-- :meth:`SearchExecutor.latency_fn` gives the ``arch -> ms`` function measured where the executor
-  says latencies come from: here, or (Ray with a ``latency_resource``) on the node that offers
-  that custom resource, the deployment device.
+- :meth:`SearchExecutor.on_device` runs a function where latencies are measured: here, or (Ray with a
+  ``latency_resource``) on the node that offers that custom resource, the deployment device
+  (:mod:`lps_keras.search.latencies` builds the search's latency functions on it).
 
 Implementations: :class:`SequentialExecutor` (one at a time, in this process), :class:`PoolExecutor`
 (spawned processes, one GPU each) and :class:`RayExecutor` (one Ray task per candidate). Ray is an
@@ -73,14 +73,10 @@ class SearchExecutor(concurrent.futures.Executor):
     def submit(self, fn, /, *args, **kwargs) -> concurrent.futures.Future:
         raise NotImplementedError
 
-    def latency_fn(self, backend: str, input_shape, warmup: int, iters: int, cache, device_key=None,
-                   verbose: bool = True, measure: Optional[Callable] = None) -> Callable:
-        """``arch -> median ms`` through the latency cache file ``cache``, measured in this process."""
-        from lps_keras.latency import latency_fn
-
-        return latency_fn(backend=backend, input_shape=tuple(input_shape), warmup=warmup, iters=iters,
-                          cache=str(cache), device_key=device_key, match_device=device_key is None,
-                          measure=measure, verbose=verbose)
+    def on_device(self, fn: Callable, *args, **kwargs):
+        """``fn(*args, **kwargs)`` where latencies are measured: here (a Ray executor with a
+        ``latency_resource`` runs it on that node). :mod:`lps_keras.search.latencies` uses it."""
+        return fn(*args, **kwargs)
 
 
 class SequentialExecutor(SearchExecutor):
@@ -318,28 +314,6 @@ class RayExecutor(SearchExecutor):
         if self._on_device is None:
             return fn(*args, **kwargs)
         return self._ray.get(self._on_device.remote(fn, *args, **kwargs))
-
-    def latency_fn(self, backend: str, input_shape, warmup: int, iters: int, cache, device_key=None,
-                   verbose: bool = True, measure: Optional[Callable] = None) -> Callable:
-        """As the base class, but with a ``latency_resource`` each measurement is a task on that node.
-
-        The cache stays with the driver, keyed by the device node's name (asked once), so a rerun
-        reuses it and another device's numbers are never mixed in.
-        """
-        if self._on_device is None:
-            return super().latency_fn(backend, input_shape, warmup, iters, cache, device_key, verbose, measure)
-        if device_key is not None:
-            raise ExecutorError("--device-key and --latency-resource both say where latencies come from; use one")
-        from lps_keras.latency import LatencyCache, device_name, latency_fn, measure_latency
-
-        device = self.on_device(device_name, backend)
-        measure = measure or measure_latency
-
-        def measure_there(arch, **kw):
-            return self.on_device(measure, arch, **kw)
-
-        return latency_fn(backend=backend, input_shape=tuple(input_shape), warmup=warmup, iters=iters,
-                          cache=LatencyCache(cache, device_key=device), measure=measure_there, verbose=verbose)
 
     def shutdown(self, wait=True, *, cancel_futures=False):
         with self._lock:

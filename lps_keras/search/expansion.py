@@ -21,9 +21,9 @@ from lps_keras.errors import check_path_name
 from lps_keras.fileio import DirectoryLock
 from lps_keras.recipe import Recipe, validate_recipe
 from lps_keras.search.algorithm import run_expansion
+from lps_keras.search.decision import DecisionConfig, RacingConfig
 from lps_keras.search.executors import SearchExecutor, make_executor
 from lps_keras.search.journal import EvalContext, SearchJournal, Step, fingerprint
-from lps_keras.search.racing import RacingConfig
 from lps_keras.search.report import format_table, plot_expansion, table4_comparison, write_step_recipes, write_table
 
 
@@ -135,27 +135,26 @@ class ProxyEvaluator:
         return str(grown), "parent"
 
 
-def make_latency_fn(recipe: Recipe, output_dir, device_key=None, verbose=True) -> Callable[[Arch], float]:
-    """Median latency (ms; GMACs for the ``macs`` backend) of the deploy model, via the cache.
+def make_latency_fns(recipe: Recipe, output_dir, executor=None, device_key=None, verbose=True):
+    """``(latency_fn, latency_set_fn or None)`` of the recipe (:func:`lps_keras.search.latencies.latency_functions`).
 
     The cache is ``search.latency_cache``, relative to ``output_dir`` unless absolute. With
     ``search.latency.source = profile:<file>`` the latencies are predicted by that profile instead
     (deterministic, no device needed); a profile of another backend or input size is refused.
     """
-    from lps_keras.latency import latency_fn
+    from lps_keras.search.latencies import latency_functions
 
     s = recipe.search
-    profile = profile_path(recipe)
-    if profile is not None:
-        from lps_keras.latency.profile import profile_latency_fn
+    return latency_functions(s.latency_backend, s.latency_input_shape, warmup=s.latency_warmup,
+                             iters=s.latency_iters, cache=Path(output_dir) / s.latency_cache, executor=executor,
+                             device_key=device_key, rounds=s.latency.rounds,
+                             iters_per_round=s.latency.iters_per_round, profile=profile_path(recipe),
+                             verbose=verbose)
 
-        return profile_latency_fn(profile, s.latency_backend, tuple(s.latency_input_shape))
-    cache = Path(output_dir) / s.latency_cache
-    return latency_fn(
-        backend=s.latency_backend, input_shape=tuple(s.latency_input_shape), warmup=s.latency_warmup,
-        iters=s.latency_iters, cache=str(cache), device_key=device_key, match_device=device_key is None,
-        verbose=verbose,
-    )
+
+def make_latency_fn(recipe: Recipe, output_dir, device_key=None, verbose=True) -> Callable[[Arch], float]:
+    """The single-network latency function of :func:`make_latency_fns` (measured here)."""
+    return make_latency_fns(recipe, output_dir, device_key=device_key, verbose=verbose)[0]
 
 
 def profile_path(recipe: Recipe) -> Optional[Path]:
@@ -190,10 +189,10 @@ def search_fingerprint(recipe: Recipe, backend: str) -> str:
     """What the journal's numbers depend on: data, proxy schedule, latency setup, optimiser."""
     d = recipe.to_dict()
     s = d["search"]
-    # How many seeds, the decision rule and racing change which (arch, seed) pairs are trained, not
-    # what any of them scores: left out, so a search can gain seeds on resume. A scratch proxy
-    # leaves out the warm-start keys too, which keeps the fingerprints of older journals valid.
-    proxy = {k: v for k, v in s["proxy"].items() if k not in ("seeds", "decision_z", "racing")}
+    # How many seeds, the decision rule (search.decision) and racing change which (arch, seed) pairs are
+    # trained, not what any of them scores: left out, so a search can gain seeds on resume. A scratch
+    # proxy leaves out the warm-start keys.
+    proxy = {k: v for k, v in s["proxy"].items() if k not in ("seeds", "racing")}
     if proxy["init"] == "scratch":
         del proxy["init"], proxy["warm_iterations"]
     return fingerprint({
@@ -218,6 +217,8 @@ def run(
     progress: Optional[Callable[[str], None]] = print,
     print_table: bool = False,
     executor: Optional[SearchExecutor] = None,
+    ray_address: Optional[str] = None,
+    latency_resource: Optional[str] = None,
 ) -> list[Step]:
     """Run (or resume) the expansion of ``recipe``'s model and write all outputs.
 
@@ -229,8 +230,9 @@ def run(
     latencies measured on another device (a miss is then an error); ``latency_fn`` /
     ``evaluate_fn`` replace the real measurement / proxy training; ``print_table`` prints the
     Markdown table at the end. ``executor`` (see :func:`~lps_keras.search.executors.make_executor`;
-    default: the recipe's ``search.executor``) runs the evaluations and says where latencies are
-    measured; one passed in is left running.
+    default: made here from the recipe's ``search`` section, ``devices``, ``ray_address`` and
+    ``latency_resource``) runs the evaluations and says where latencies are measured; one passed in is
+    left running.
     """
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
@@ -238,40 +240,38 @@ def run(
     # candidates and rewrite the journal under the first. The candidates' train() calls (here or in
     # workers) lock their own run directories below it, so the workers are not blocked by this.
     with DirectoryLock(output_dir, "expansion output directory"):
-        return _run(recipe, output_dir, devices, device_key, recipes_dir, latency_fn, evaluate_fn, progress,
-                    print_table, executor)
+        owned = executor is None
+        if owned:
+            s = recipe.search
+            executor = make_executor(s.executor, s.workers, devices, address=ray_address,
+                                     gpus_per_task=s.gpus_per_task, latency_resource=latency_resource,
+                                     pin_cpus=s.pin_cpus)
+        try:
+            return _run(recipe, output_dir, device_key, recipes_dir, latency_fn, evaluate_fn, progress,
+                        print_table, executor)
+        finally:
+            if owned:
+                executor.shutdown(wait=True, cancel_futures=True)
 
 
-def _run(recipe, output_dir: Path, devices, device_key, recipes_dir, latency_fn, evaluate_fn, progress, print_table,
+def _run(recipe, output_dir: Path, device_key, recipes_dir, latency_fn, evaluate_fn, progress, print_table,
          executor) -> list[Step]:
     backend = recipe.search.latency_backend
-    steps = recipe.search.steps
-    workers = recipe.search.workers
-    start = recipe.arch()
-    proxy = recipe.search.proxy
-    owned = executor is None
-    if owned:
-        executor = make_executor(recipe.search.executor, workers, devices, gpus_per_task=recipe.search.gpus_per_task,
-                                 pin_cpus=recipe.search.pin_cpus)
-    try:
-        s = recipe.search
-        on_profile = profile_path(recipe) is not None  # predicted here: no device, no latency resource
-        lat = latency_fn or (make_latency_fn(recipe, output_dir, device_key)
-                             if executor.latency_resource is None or on_profile
-                             else executor.latency_fn(backend, s.latency_input_shape, s.latency_warmup,
-                                                      s.latency_iters, output_dir / s.latency_cache, device_key))
-        # A Ray task may run in another working directory (another node): give it an absolute output path.
-        ev = evaluate_fn or ProxyEvaluator(recipe, str(output_dir.resolve() if executor.kind == "ray" else output_dir))
-        journal = SearchJournal(output_dir / "journal.json")
-        history = run_expansion(
-            start, lat, ev, steps, journal=journal, ops=EXPANSION_OPS, max_k=recipe.search.max_k,
-            executor=executor, progress=progress, fingerprint=journal_fingerprint(recipe, backend),
-            seeds=proxy.seeds, decision_z=proxy.decision_z, racing=RacingConfig(**dataclasses.asdict(proxy.racing)),
-            warm_start=proxy.init == "parent",
-        )
-    finally:
-        if owned:
-            executor.shutdown(wait=True, cancel_futures=True)
+    s = recipe.search
+    if latency_fn is not None:  # given (tests, a precomputed table): no paired measurement
+        lat, lat_set = latency_fn, None
+    else:
+        lat, lat_set = make_latency_fns(recipe, output_dir, executor, device_key)
+    # A Ray task may run in another working directory (another node): give it an absolute output path.
+    ev = evaluate_fn or ProxyEvaluator(recipe, str(output_dir.resolve() if executor.kind == "ray" else output_dir))
+    d = s.decision
+    history = run_expansion(
+        recipe.arch(), lat, ev, s.steps, latency_set_fn=lat_set, journal=SearchJournal(output_dir / "journal.json"),
+        ops=EXPANSION_OPS, max_k=s.max_k, executor=executor, progress=progress,
+        fingerprint=journal_fingerprint(recipe, backend), seeds=s.proxy.seeds,
+        decision=DecisionConfig(alpha=d.alpha, epsilon=d.epsilon / 100.0, latency_z=d.latency_z),
+        racing=RacingConfig(**dataclasses.asdict(s.proxy.racing)), warm_start=s.proxy.init == "parent",
+    )
     unit = "GMACs" if backend == "macs" else "ms"
     write_table(history, output_dir / "expansion.csv", output_dir / "expansion.json", latency_unit=unit)
     candidates = [c for s in history for c in s.candidates]

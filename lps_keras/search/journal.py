@@ -9,7 +9,6 @@ from, replayed on resume), not a measurement cache; measurements are cached by
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import json
 import threading
@@ -20,164 +19,17 @@ from typing import Any, Optional, Union
 from lps_keras.arch import Arch, ExpansionOp
 from lps_keras.errors import LPSError
 from lps_keras.fileio import atomic_write_text
+from lps_keras.search.records import Candidate, EvalContext, Evaluation, Step  # noqa: F401 - re-exported
 
 JOURNAL_FORMAT = "lps_keras.search_journal"
-JOURNAL_VERSION = 2  # 2: one evaluation per (arch, seed); version-1 journals (one per arch) are read as seed 0
+# 3: the parent is scored again at every step with that step's seeds (step * 1000 + i), steps carry the verdict of
+# lps_keras.search.decision and the step's paired latencies. Versions 1 and 2 (seeds 0.. at every step, a fixed-z
+# rule) are refused with a message: their steps cannot be replayed by this rule.
+JOURNAL_VERSION = 3
 
 
 class JournalError(LPSError, ValueError):
     """A journal file is unreadable or belongs to a different search; the message names the file."""
-
-
-# --------------------------------------------------------------------------- records
-@dataclasses.dataclass(frozen=True)
-class Evaluation:
-    """What ``evaluate_fn`` reports for one architecture.
-
-    ``evaluate_fn`` may also return a bare number (the score) or a mapping with ``score`` and
-    optional ``metrics`` / ``weights`` keys.
-    """
-
-    score: float
-    metrics: Mapping[str, Any] = dataclasses.field(default_factory=dict)
-    weights: Optional[str] = None
-    seconds: Optional[float] = None  # wall time of the evaluation, filled in by the search
-
-
-@dataclasses.dataclass(frozen=True)
-class EvalContext:
-    """Passed to ``evaluate_fn`` with the architecture: where this evaluation sits in the search.
-
-    ``key`` (the arch hash) is unique per architecture and is meant for naming the
-    candidate's run directory / weights file. Picklable, so it can cross process boundaries.
-    """
-
-    step: int  # 0: the start network; t >= 1: a candidate of step t
-    key: str
-    op: Optional[str] = None
-    dimension: Optional[str] = None
-    k: int = 0
-    index: int = 0  # position among this step's evaluations
-    total: int = 1
-    seed: int = 0  # which proxy seed (0 .. search.proxy.seeds - 1, more when racing)
-    parent_weights: Optional[str] = None  # the parent's (seed 0) weights, for a warm start; None for step 0
-
-
-@dataclasses.dataclass(frozen=True)
-class Candidate:
-    """N + k * op for one op (plus the ops that gave the same architecture, ``aliases``)."""
-
-    op: str
-    dimension: str
-    k: int
-    arch: Arch
-    latency: float
-    aliases: tuple[str, ...] = ()
-    capped: bool = False  # k stopped at max_k (or at an invalid arch) before reaching L_T
-    score: Optional[float] = None
-    slope: Optional[float] = None  # (P_d - P) / (L_d - L); None when L_d <= L
-    rank: Optional[str] = None  # "dominates" | "slope" | "excluded" (see select_candidate)
-    metrics: Mapping[str, Any] = dataclasses.field(default_factory=dict)
-    weights: Optional[str] = None
-    scores: tuple[float, ...] = ()  # one per seed, in seed order; ``score`` is their mean
-    score_sd: Optional[float] = None  # sample sd of ``scores`` (None with one seed)
-    score_se: Optional[float] = None  # standard error of the mean
-    error: Optional[str] = None  # its evaluation failed after the executor's retries (rank "failed")
-
-    def to_dict(self) -> dict:
-        return {
-            "op": self.op,
-            "dimension": self.dimension,
-            "k": self.k,
-            "hash": self.arch.hash,
-            "arch": self.arch.to_dict(),
-            "latency": self.latency,
-            "aliases": list(self.aliases),
-            "capped": self.capped,
-            "score": self.score,
-            "slope": self.slope,
-            "rank": self.rank,
-            "metrics": dict(self.metrics),
-            "weights": self.weights,
-            "scores": list(self.scores),
-            "score_sd": self.score_sd,
-            "score_se": self.score_se,
-            "error": self.error,
-        }
-
-    @classmethod
-    def from_dict(cls, d: dict) -> Candidate:
-        return cls(
-            op=d["op"], dimension=d["dimension"], k=d["k"], arch=Arch.from_dict(d["arch"]), latency=d["latency"],
-            aliases=tuple(d.get("aliases", ())), capped=d.get("capped", False), score=d.get("score"),
-            slope=d.get("slope"), rank=d.get("rank"), metrics=d.get("metrics", {}), weights=d.get("weights"),
-            scores=tuple(d.get("scores") or (() if d.get("score") is None else (d["score"],))),
-            score_sd=d.get("score_sd"), score_se=d.get("score_se"),
-            error=d.get("error"),
-        )
-
-
-@dataclasses.dataclass(frozen=True)
-class Step:
-    """One row of the expansion log. Step 0 is the start network (``op`` is None)."""
-
-    index: int
-    arch: Arch
-    latency: float
-    score: float
-    op: Optional[str] = None
-    dimension: Optional[str] = None
-    k: int = 0
-    target_latency: Optional[float] = None
-    slope: Optional[float] = None
-    candidates: tuple[Candidate, ...] = ()
-    metrics: Mapping[str, Any] = dataclasses.field(default_factory=dict)
-    weights: Optional[str] = None
-    scores: tuple[float, ...] = ()  # the chosen network's score per seed; ``score`` is their mean
-    score_sd: Optional[float] = None
-    score_se: Optional[float] = None
-    runner_up: Optional[str] = None  # op of the second-best candidate (see lps_keras.search.racing)
-    margin: Optional[float] = None  # winner's slope minus the runner-up's (P_d for dominating candidates)
-    margin_se: Optional[float] = None  # its standard error
-    decided: Optional[bool] = None  # margin > z * margin_se; None: not assessable (one seed)
-    racing_evaluations: int = 0  # extra (candidate, seed) trainings racing spent on this step
-
-    def to_dict(self) -> dict:
-        return {
-            "step": self.index,
-            "hash": self.arch.hash,
-            "arch": self.arch.to_dict(),
-            "latency": self.latency,
-            "score": self.score,
-            "op": self.op,
-            "dimension": self.dimension,
-            "k": self.k,
-            "target_latency": self.target_latency,
-            "slope": self.slope,
-            "metrics": dict(self.metrics),
-            "weights": self.weights,
-            "scores": list(self.scores),
-            "score_sd": self.score_sd,
-            "score_se": self.score_se,
-            "runner_up": self.runner_up,
-            "margin": self.margin,
-            "margin_se": self.margin_se,
-            "decided": self.decided,
-            "racing_evaluations": self.racing_evaluations,
-            "candidates": [c.to_dict() for c in self.candidates],
-        }
-
-    @classmethod
-    def from_dict(cls, d: dict) -> Step:
-        return cls(
-            index=d["step"], arch=Arch.from_dict(d["arch"]), latency=d["latency"], score=d["score"], op=d.get("op"),
-            dimension=d.get("dimension"), k=d.get("k", 0), target_latency=d.get("target_latency"),
-            slope=d.get("slope"), candidates=tuple(Candidate.from_dict(c) for c in d.get("candidates", ())),
-            metrics=d.get("metrics", {}), weights=d.get("weights"),
-            scores=tuple(d.get("scores") or (d["score"],)), score_sd=d.get("score_sd"), score_se=d.get("score_se"),
-            runner_up=d.get("runner_up"), margin=d.get("margin"), margin_se=d.get("margin_se"),
-            decided=d.get("decided"), racing_evaluations=d.get("racing_evaluations", 0),
-        )
 
 
 # --------------------------------------------------------------------------- journal
@@ -205,6 +57,7 @@ class SearchJournal:
         self.evaluations: dict[str, dict] = {}
         self.failures: dict[str, dict] = {}  # evaluations that failed after their retries (optional key)
         self.steps: list[dict] = []
+        self.latency_sets: dict[str, dict] = {}  # step -> {arch hash: [latency, SE of its difference to the parent]}
         if self.path is not None and self.path.exists():
             self._load()
 
@@ -228,26 +81,31 @@ class SearchJournal:
         if not isinstance(raw, dict) or raw.get("format") != JOURNAL_FORMAT:
             raise JournalError(f"{self.path}: not a search journal (expected format {JOURNAL_FORMAT!r})")
         version = raw.get("version")
-        if version not in (1, JOURNAL_VERSION):
+        if version in (1, 2):
             raise JournalError(
-                f"{self.path}: search journal version {version!r} is not supported "
-                f"(this code reads versions 1 and {JOURNAL_VERSION})"
+                f"{self.path}: search journal version {version} was written by an earlier search (the same seeds "
+                "at every step, the parent's score carried over from the step before, a fixed 2-SE rule); this "
+                "version re-scores the parent at every step with fresh seeds and decides by "
+                "lps_keras.search.decision, so it cannot replay those steps. Keep the old output directory for its "
+                "results and run the search into a new one (--output)")
+        if version != JOURNAL_VERSION:
+            raise JournalError(
+                f"{self.path}: search journal version {version!r} is not supported (this code reads version "
+                f"{JOURNAL_VERSION})"
             )
         try:
             self.setup = raw["setup"]
             self.latencies = dict(raw["latencies"])
             self.evaluations = dict(raw["evaluations"])
             self.steps = list(raw["steps"])
-            self.failures = dict(raw.get("failures", {}))  # optional: journals before it load
-            if version == 1:
-                # One score per arch, trained with the recipe's seed: that is seed 0 here (same run
-                # directory too), so an old search resumes, and gains seeds, without retraining.
-                self.evaluations = {h: _v1_entry(e) for h, e in self.evaluations.items()}
+            self.failures = dict(raw.get("failures", {}))
+            self.latency_sets = dict(raw.get("latency_sets", {}))
         except KeyError as e:
             raise JournalError(f"{self.path}: search journal is missing {e}") from None
         except (TypeError, ValueError, AttributeError) as e:
             raise JournalError(f"{self.path}: search journal has the wrong structure ({e})") from None
-        problem = _structure_problem(self.setup, self.latencies, self.evaluations, self.failures, self.steps)
+        problem = _structure_problem(self.setup, self.latencies, self.evaluations, self.failures, self.steps) \
+            or _latency_sets_problem(self.latency_sets)
         if problem:
             # Checked here, not where an entry is used: a wrong shape would otherwise surface as an
             # AttributeError traceback deep in the search, maybe hours in.
@@ -263,6 +121,7 @@ class SearchJournal:
             "latencies": self.latencies,
             "evaluations": self.evaluations,
             "failures": self.failures,
+            "latency_sets": self.latency_sets,
             "steps": self.steps,
         }
         atomic_write_text(self.path, json.dumps(data, indent=1, allow_nan=False) + "\n")
@@ -299,6 +158,16 @@ class SearchJournal:
     def record_latency(self, arch: Arch, latency: float) -> None:
         with self._lock:
             self.latencies[arch.hash] = {"arch": arch.to_dict(), "latency": latency}
+            self._save()
+
+    def latency_set(self, step: int) -> dict[str, tuple[float, float]]:
+        """The paired latencies recorded for ``step``: {arch hash: (latency, SE of the difference to the parent)}."""
+        with self._lock:
+            return {h: (float(v[0]), float(v[1])) for h, v in self.latency_sets.get(str(step), {}).items()}
+
+    def record_latency_set(self, step: int, values: Mapping[str, tuple[float, float]]) -> None:
+        with self._lock:
+            self.latency_sets[str(step)] = {h: [float(v[0]), float(v[1])] for h, v in values.items()}
             self._save()
 
     # ------------------------------------------------------------- evaluations
@@ -392,16 +261,17 @@ def _structure_problem(setup, latencies: dict, evaluations: dict, failures: dict
     return None
 
 
+def _latency_sets_problem(sets: dict) -> Optional[str]:
+    for step, entry in sets.items():
+        ok = isinstance(entry, dict) and all(isinstance(v, list) and len(v) == 2 and all(map(_is_number, v))
+                                             for v in entry.values())
+        if not ok:
+            return f"latency_sets[{step!r}] is {_short_json(entry, 60)}, not {{hash: [latency, se]}}"
+    return None
+
+
 def _is_number(x) -> bool:
     return isinstance(x, (int, float)) and not isinstance(x, bool)
-
-
-def _v1_entry(e: dict) -> dict:
-    return {
-        "arch": e["arch"], "step": e.get("step"), "op": e.get("op"), "k": e.get("k"),
-        "seeds": {"0": {"score": e["score"], "metrics": e.get("metrics", {}), "weights": e.get("weights"),
-                        "seconds": e.get("seconds")}},
-    }
 
 
 def _short_json(x: Any, limit: int = 300) -> str:

@@ -22,15 +22,30 @@ def _ints_text(values) -> str:
     return "{" + ",".join(str(v) for v in values) + "}"
 
 
-TABLE_COLUMNS = ("step", "B", "C", "R", "latency", "mIoU", "mIoU_sd", "seeds", "dimension", "op", "k", "runner_up",
-                 "margin", "margin_se", "decision", "racing_evaluations", "hash")
+TABLE_COLUMNS = ("step", "B", "C", "R", "latency", "latency_se", "mIoU", "mIoU_sd", "seeds", "parent_mIoU",
+                 "dimension", "op", "k", "runner_up", "margin", "margin_se", "margin_lo", "margin_hi", "decision",
+                 "winner", "racing_evaluations", "hash")
 
 
 def decision_text(step: Step) -> str:
-    """``decided`` / ``undecided`` (margin within ``decision_z`` SEs) / ``unknown`` (one seed); empty for step 0."""
-    if step.op is None:
-        return ""
-    return {True: "decided", False: "undecided", None: "unknown"}[step.decided]
+    """The step's verdict (:data:`lps_keras.search.decision.VERDICTS`: decided, equivalent, no gain, undecided,
+    unknown = one seed, no noise estimate); empty for step 0."""
+    return "" if step.index == 0 else (step.verdict or "unknown")
+
+
+def chosen_latency_se(step: Step) -> Optional[float]:
+    """SE of the chosen candidate's latency difference to its parent (paired measurement; None for step 0)."""
+    if step.index == 0 or step.op is None:
+        return None
+    return next((c.latency_se for c in step.candidates if c.op == step.op), None)
+
+
+def margin_interval(step: Step) -> tuple[Optional[float], Optional[float]]:
+    """The margin's confidence interval: margin -+ t quantile x SE (the quantile the verdict used)."""
+    if step.margin is None or step.margin_se is None or step.quantile is None:
+        return None, None
+    half = step.quantile * step.margin_se
+    return step.margin - half, step.margin + half
 
 
 def table_rows(steps: Sequence[Step]) -> list[dict]:
@@ -42,16 +57,21 @@ def table_rows(steps: Sequence[Step]) -> list[dict]:
             "C": _ints_text(s.arch.width),
             "R": _fraction_text(s.arch.resolution),
             "latency": s.latency,
+            "latency_se": chosen_latency_se(s),
             "mIoU": s.score,
             "mIoU_sd": s.score_sd,
             "seeds": len(s.scores) or 1,
+            "parent_mIoU": (sum(s.parent_scores) / len(s.parent_scores)) if s.index and s.parent_scores else None,
             "dimension": s.dimension or "",
             "op": s.op or "",
             "k": s.k,
             "runner_up": s.runner_up or "",
             "margin": s.margin,
             "margin_se": s.margin_se,
+            "margin_lo": margin_interval(s)[0],
+            "margin_hi": margin_interval(s)[1],
             "decision": decision_text(s),
+            "winner": s.winner or "",
             "racing_evaluations": s.racing_evaluations,
             "hash": s.arch.hash,
         }
@@ -94,6 +114,8 @@ def write_step_recipes(
     out_dir = Path(out_dir)
     paths = []
     for s in steps:
+        if s.index and s.op is None:
+            continue  # a "no gain" step keeps its parent: no new network, no recipe
         arch = s.arch.to_dict()
         arch.pop("num_classes")  # the recipe's model.num_classes / dataset decides the class count
         model = {k: v for k, v in dict(base.get("model", {})).items() if k != "preset"}
@@ -122,8 +144,8 @@ def plot_expansion(steps: Sequence[Step], candidates: Optional[Sequence[Candidat
 
     ``candidates`` (default: every candidate held by ``steps``) are drawn as hollow points in
     the colour of their dimension. With several seeds every point has an error bar of one sd of its
-    seeds' scores, and an undecided step's label is marked ``?``. Uses the Agg canvas directly: no
-    pyplot, no global backend.
+    seeds' scores; a step's label is marked ``?`` (undecided or unknown), ``~`` (equivalent) or ``=``
+    (no gain). Uses the Agg canvas directly: no pyplot, no global backend.
     """
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
@@ -149,7 +171,8 @@ def plot_expansion(steps: Sequence[Step], candidates: Optional[Sequence[Candidat
         ax.errorbar([s.latency for s in steps], [s.score for s in steps], yerr=[s.score_sd or 0.0 for s in steps],
                     fmt="none", ecolor="black", capsize=3, lw=1, zorder=3)
         for s in steps:
-            label = f"{s.index}?" if s.op is not None and s.decided is False else str(s.index)
+            mark = {"undecided": "?", "unknown": "?", "equivalent": "~", "no gain": "="}.get(decision_text(s), "")
+            label = f"{s.index}{mark}"
             ax.annotate(label, (s.latency, s.score), textcoords="offset points", xytext=(4, -10), fontsize=8)
     handles = [Line2D([0], [0], color=col, lw=2.2, label=dim) for dim, col in DIMENSION_COLORS.items()]
     handles.append(Line2D([0], [0], marker="o", ls="", mfc="none", mec="gray", label="candidates"))
@@ -164,22 +187,33 @@ def plot_expansion(steps: Sequence[Step], candidates: Optional[Sequence[Candidat
 
 
 def format_table(history: Sequence[Step], unit: str = "ms") -> str:
-    """The expansion log as a Markdown table (README / terminal): mIoU as mean +- sd over seeds (in points),
-    the winner's slope margin over the runner-up +- its SE, and whether the step is decided."""
-    lines = [f"| step | B | C | R | latency ({unit}) | mIoU (mean ± sd) | seeds | dimension | margin ± SE | decision |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
+    """The expansion log as a Markdown table (README / terminal): latency ± the SE of its difference to the
+    parent, mIoU as mean ± sd over seeds (in points) beside the parent's at the same seeds, the winner's
+    margin over the runner-up ± its SE with its confidence interval, and the verdict."""
+    lines = [f"| step | B | C | R | latency ({unit}) ± σ_ΔL | mIoU (mean ± sd) | seeds | parent mIoU | dimension "
+             "| margin ± SE [interval] | decision |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
     for s in history:
         b, c, r = s.arch.short().split(" ")
         dim = "-" if s.op is None else f"{s.dimension} ({s.op} x{s.k})"
         miou = f"{100 * s.score:.2f}" + ("" if s.score_sd is None else f" ± {100 * s.score_sd:.2f}")
         margin = "-" if s.margin is None else f"{s.margin:.3g}" + ("" if s.margin_se is None else
                                                                     f" ± {s.margin_se:.2g}")
+        lo, hi = margin_interval(s)
+        if lo is not None:
+            margin += f" [{lo:.3g}, {hi:.3g}]"
         if s.op is not None and s.runner_up:
             margin += f" (vs {s.runner_up})"
         decision = decision_text(s) or "-"
+        if s.winner:
+            decision += f" (best by the ranking: {s.winner})"
         if s.racing_evaluations:
             decision += f" (raced +{s.racing_evaluations})"
-        lines.append(f"| {s.index} | {b} | {c} | {r} | {s.latency:.4g} | {miou} | {len(s.scores) or 1} | {dim} "
+        se_l = chosen_latency_se(s)
+        lat = f"{s.latency:.4g}" + ("" if not se_l else f" ± {se_l:.2g}")
+        row = table_rows([s])[0]
+        parent = "-" if row["parent_mIoU"] is None else f"{100 * row['parent_mIoU']:.2f}"
+        lines.append(f"| {s.index} | {b} | {c} | {r} | {lat} | {miou} | {len(s.scores) or 1} | {parent} | {dim} "
                      f"| {margin} | {decision} |")
     return "\n".join(lines)
 
@@ -208,6 +242,10 @@ def table4_comparison(history: Sequence[Step], unit: str = "ms") -> Optional[str
         if s.index >= len(rows):
             break
         name, p = rows[s.index]
+        if s.op is None:  # no gain: the search kept its parent and stopped
+            lines.append(f"| {s.index} | kept (no gain) | {s.latency:.3g} | {100 * s.score:.1f} | no gain | "
+                         f"{p.op} × {p.k} | {p.latency_ms:.3g} | {p.miou:.1f} | no |")
+            continue
         ours = f"{s.op} × {s.k}"
         paper = f"{p.op} × {p.k}" + (f" ({p.name})" if p.name else "")
         match = "yes" if s.op == p.op and s.k == p.k else ("same op" if s.op == p.op else

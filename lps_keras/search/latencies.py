@@ -1,0 +1,71 @@
+"""Where the search's latencies come from: the one place that wires measurement, profiles and executors.
+
+:func:`latency_functions` gives the two functions :class:`lps_keras.search.algorithm.Expansion` takes:
+
+- ``latency_fn(arch) -> ms`` (GMACs for ``macs``): one network, through the persistent latency cache; it
+  picks k and the target of a step;
+- ``latency_set_fn(parent, archs) -> {hash: (latency, SE of the difference to the parent)}``: the parent
+  and a step's candidates timed together in interleaved rounds (:func:`lps_keras.latency.measure.measure_set`),
+  so slow drift of the machine cancels in the differences the verdict uses, and each difference carries
+  its standard error. None when latencies are not timed (``macs``), predicted (a profile: deterministic,
+  its model error is stated in the profile, not a per-step noise) or when ``rounds`` is 0.
+
+Measurements run where the executor says: here, or (a Ray executor with a ``latency_resource``) as tasks on
+the node offering that resource, the cache staying with the driver keyed by that node's device name.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Optional
+
+from lps_keras.arch import Arch
+from lps_keras.search.executors import ExecutorError
+
+
+def latency_functions(backend: str, input_shape, *, warmup: int = 5, iters: int = 20, cache=None, executor=None,
+                      device_key: Optional[str] = None, rounds: int = 0, iters_per_round: int = 5,
+                      profile=None, verbose: bool = True, measure: Optional[Callable] = None,
+                      measure_set: Optional[Callable] = None):
+    """``(latency_fn, latency_set_fn or None)``; see the module docstring. ``measure`` / ``measure_set``
+    replace :func:`~lps_keras.latency.measure_latency` / :func:`~lps_keras.latency.measure.measure_set` (tests)."""
+    input_shape = tuple(input_shape)
+    if profile is not None:
+        from lps_keras.latency.profile import profile_latency_fn
+
+        return profile_latency_fn(profile, backend, input_shape), None
+    from lps_keras.latency import LatencyCache, device_name, latency_fn, measure_latency
+    from lps_keras.latency import measure as measuring
+
+    remote = getattr(executor, "latency_resource", None) is not None
+    on_device = executor.on_device if remote else (lambda fn, *a, **k: fn(*a, **k))
+    if remote and device_key is not None:
+        raise ExecutorError("--device-key and --latency-resource both say where latencies come from; use one")
+    if remote:
+        # The cache stays here, keyed by the device node's name (asked once): a rerun reuses it and another
+        # device's numbers are never mixed in.
+        cache = LatencyCache(cache, device_key=on_device(device_name, backend))
+        single = latency_fn(backend=backend, input_shape=input_shape, warmup=warmup, iters=iters, cache=cache,
+                            measure=lambda arch, **kw: on_device(measure or measure_latency, arch, **kw),
+                            verbose=verbose)
+    else:
+        single = latency_fn(backend=backend, input_shape=input_shape, warmup=warmup, iters=iters,
+                            cache=None if cache is None else str(cache), device_key=device_key,
+                            match_device=device_key is None, measure=measure, verbose=verbose)
+    if backend == "macs" or rounds == 0 or device_key is not None:
+        return single, None  # computed, or taken from another device's table: nothing to time here
+    measure_set = measure_set or measuring.measure_set
+    artifacts = None if remote else getattr(single, "artifacts", None)  # where latency_fn keeps converted models
+
+    def paired(parent: Arch, archs: Sequence[Arch]) -> dict:
+        m = on_device(measure_set, [parent, *archs], backend=backend, input_shape=input_shape, rounds=rounds,
+                      iters_per_round=iters_per_round, warmup=warmup, artifacts=artifacts)
+        base = float(m.median_ms[m.parent])
+        out = {parent.hash: (base, 0.0)}
+        for i, arch in enumerate(archs, 1):
+            out[arch.hash] = (base + float(m.delta_ms[i]), float(m.delta_se_ms[i]))
+        if verbose:
+            print(m.table(), flush=True)
+        return out
+
+    return single, paired
