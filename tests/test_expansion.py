@@ -25,7 +25,7 @@ def tiny_recipe(tmp_path):
         "search.proxy.iterations=3", "search.proxy.batch_size=2", "search.proxy.crop_size=[64, 64]",
         "search.proxy.train_subset=12", "search.proxy.val_subset=4",
         "search.latency_input_shape=[1, 64, 128, 3]", "search.latency_warmup=1", "search.latency_iters=3",
-        "search.max_k=2", "search.steps=2",
+        "search.max_k=2", "search.steps=2", "search.latency.rounds=2", "search.latency.iters_per_round=1",
     ])
 
 
@@ -52,7 +52,7 @@ def test_two_steps_end_to_end_and_resume_without_retraining(tmp_path):
 
     def flaky(arch, ctx):
         calls.append(arch.hash)
-        if armed[0] and ctx.step == 1 and ctx.index == 2:
+        if armed[0] and ctx.step == 1 and ctx.index == 3:  # index 0 is the parent, then the candidates
             armed[0] = False
             raise Interrupt("simulated kill in the middle of step 1")
         return real(arch, ctx)
@@ -61,7 +61,8 @@ def test_two_steps_end_to_end_and_resume_without_retraining(tmp_path):
         run(recipe, out, evaluate_fn=flaky, recipes_dir=tmp_path / "recipes", progress=None)
     journal = json.loads((out / "journal.json").read_text())
     finished = set(journal["evaluations"])
-    assert len(finished) == 3  # start network + two candidates of step 1
+    assert len(finished) == 3  # start network (step 1's parent) + two candidates of step 1
+    assert set(journal["latency_sets"]["1"]) >= finished  # the step's set was timed together first
 
     calls.clear()
     history = run(recipe, out, evaluate_fn=flaky, recipes_dir=tmp_path / "recipes", progress=None)
@@ -78,8 +79,10 @@ def test_two_steps_end_to_end_and_resume_without_retraining(tmp_path):
     step_recipes = sorted((tmp_path / "recipes").glob("step_*.json"))
     assert len(step_recipes) == 3
     assert load_recipe(step_recipes[-1]).arch() == history[-1].arch
-    # Each candidate trained in its own run directory with a fused deploy model.
-    assert all((out / "candidates" / h / "deploy.keras").exists() for h in finished)
+    # Each (network, seed) trained in its own run directory with a fused deploy model; step 1's seed is 1000.
+    assert all((out / "candidates" / f"{h}-seed1000" / "deploy.keras").exists() for h in finished)
+    assert all(c.latency_se >= 0 for s in history[1:] for c in s.candidates)
+    assert len(history[2].parent_scores) == 1 and history[2].parent_scores != history[1].scores
 
 
 def test_cli_errors(tmp_path):
@@ -117,7 +120,8 @@ TINY_CLI = ["--set", 'data.synthetic={"num_train": 12, "num_val": 4, "height": 6
             "--set", "search.proxy.iterations=3", "--set", "search.proxy.batch_size=2",
             "--set", "search.proxy.crop_size=[64, 64]", "--set", "search.proxy.train_subset=12",
             "--set", "search.proxy.val_subset=4", "--set", "search.latency_input_shape=[1, 64, 128, 3]",
-            "--set", "search.latency_warmup=1", "--set", "search.latency_iters=3", "--set", "search.max_k=2"]
+            "--set", "search.latency_warmup=1", "--set", "search.latency_iters=3", "--set", "search.max_k=2",
+            "--set", "search.latency.rounds=2", "--set", "search.latency.iters_per_round=1"]
 
 
 @pytest.mark.slow
