@@ -11,13 +11,15 @@ are exactly what the search would see, and a killed study resumes from its journ
   proxy's own N0 runs, shared), ``--seeds`` seeds;
 - ``reference``: from scratch, ``--ref-factor`` times the proxy's iterations, ``--ref-seeds`` seeds.
 
-Reported per proxy: Kendall tau-b of its candidate ranking (by the search's slope
-(P_d - P) / (L_d - L), and by mean score P_d) against the reference ranking, whether it picks the
-reference's winner, the mean seed sd of the candidates' scores, whether its own step is decided
-(2-SE rule), and CPU minutes (process CPU time, all threads) per (candidate, seed) and per candidate
-(all its seeds). Writes ``<output>/fidelity.json`` and ``fidelity.md``.
+Reported per proxy: the regret of its choice against the reference (``regret.md`` / ``regret.json``: the
+search's verdict replayed on every subset of its seeds, :mod:`lps_keras.search.regret`; the figure to judge a
+proxy by), and as secondary columns Kendall tau-b of its ranking (by slope and by mean score) against the
+reference's, whether it picks the reference's winner, the mean seed sd, its step's verdict, and CPU minutes
+(process CPU time, all threads) per (candidate, seed) and per candidate. Writes ``<output>/fidelity.json``,
+``fidelity.md``, ``regret.json`` and ``regret.md``; ``--from-json`` recomputes the regret report of a finished
+study without training anything.
 
-The real study (hours of CPU; not run yet):
+The CamVid study (docs/proxy_fidelity_camvid.md; hours of CPU):
 
     nice python benchmarks/proxy_fidelity.py --recipe recipes/expand_camvid.json \\
         --output runs/proxy_fidelity_camvid --seeds 3 --ref-seeds 3 --ref-factor 4 --warm-iterations 100,200,400
@@ -51,7 +53,7 @@ from lps_keras.errors import UsageError  # noqa: E402 - after the path set-up ab
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--recipe", required=True, help="expansion recipe (start network = model, proxy = search.proxy)")
+    p.add_argument("--recipe", help="expansion recipe (start network = model, proxy = search.proxy)")
     p.add_argument("--output", required=True, help="study directory (journals, candidate runs, fidelity.json/.md)")
     p.add_argument("--seeds", type=int, default=3, help="seeds per candidate for the scratch and warm proxies")
     p.add_argument("--ref-seeds", type=int, default=3, help="seeds per candidate for the reference")
@@ -62,6 +64,9 @@ def parse_args(argv=None):
     p.add_argument("--latency", default="recipe", choices=("recipe", "macs"),
                    help="latency for k_d: the recipe's backend (cached in <output>) or GMACs at its input shape")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="recipe override")
+    p.add_argument("--from-json", metavar="FIDELITY_JSON",
+                   help="train nothing: recompute the regret report of a finished study's fidelity.json into "
+                        "<output>/regret.json and regret.md")
     p.add_argument("--proxies", default="",
                    help="comma-separated proxies to train in this process (scratch, warm<W>, reference; default: "
                         "all); runs sharing one --output can then go in parallel, and the report is written "
@@ -159,10 +164,77 @@ def summarize(name, start, step, ref_step, seeds, journal) -> dict:
         "cpu_minutes_per_candidate_seed": cpu_pair,
         "cpu_minutes_per_candidate": None if cpu_pair is None else cpu_pair * seeds,
         "tau_slope_by_seeds": tau_by_seed_count(start, step, ref_step, seeds),
-        "start_scores": list(start.scores),
+        "start_scores": list(step.parent_scores or start.scores),  # the parent at this step's seeds
+        "parent_latency": step.parent_latency if step.parent_latency is not None else start.latency,
         "candidates": [{"op": c.op, "k": c.k, "latency": c.latency, "score": c.score, "sd": c.score_sd,
                         "slope": c.slope, "scores": list(c.scores)} for c in step.candidates],
     }
+
+
+def scored_step(row: dict, parent_latency: float):
+    """A fidelity row as (parent, candidates) of :class:`lps_keras.search.regret.Scored`."""
+    from lps_keras.search.regret import Scored
+
+    parent = Scored("N", parent_latency, tuple(row["start_scores"]))
+    return parent, [Scored(c["op"], c["latency"], tuple(c["scores"])) for c in row["candidates"]]
+
+
+def parent_latency_of(doc: dict) -> float:
+    """The parent's latency of a study; studies written before it was stored: recovered from the reference's
+    recorded slopes (L = L_d - (P_d - P) / s_d, the same for every candidate)."""
+    import numpy as np
+
+    ref = next(r for r in doc["proxies"] if r["proxy"] == "reference")
+    if ref.get("parent_latency") is not None:
+        return ref["parent_latency"]
+    p = float(np.mean(ref["start_scores"]))
+    values = [c["latency"] - (float(np.mean(c["scores"])) - p) / c["slope"] for c in ref["candidates"] if c["slope"]]
+    return float(np.median(values))
+
+
+def regret_report(doc: dict) -> dict:
+    """Per proxy and seed count: the search's verdict replayed on every seed subset, its regret against the
+    reference (mean and worst), the verdicts' shares; the random pick's regret and the reference's own
+    reproducibility (each of its seeds alone judged by the others)."""
+    from lps_keras.search.regret import random_pick_regret, self_regret, slopes, subset_regrets, summary
+
+    lat = parent_latency_of(doc)
+    ref_row = next(r for r in doc["proxies"] if r["proxy"] == "reference")
+    ref_parent, ref_cands = scored_step(ref_row, lat)
+    reference = slopes(ref_parent, ref_cands)
+    own = self_regret(ref_parent, ref_cands)
+    rows = []
+    for row in doc["proxies"]:
+        if row["proxy"] == "reference":
+            continue
+        parent, cands = scored_step(row, lat)
+        for n in range(1, row["seeds"] + 1):
+            s = summary(subset_regrets(parent, cands, reference, n))
+            cpu = row.get("cpu_minutes_per_candidate_seed")
+            rows.append({"proxy": row["proxy"], "seeds": n, **s, "cpu_minutes_per_candidate": None if cpu is None
+                         else cpu * n})
+    best = max(reference, key=reference.get)
+    return {"parent_latency": lat, "reference_best": best, "reference_slopes": reference,
+            "random_pick_regret": random_pick_regret(reference),
+            "reference_self_regret": {"mean": sum(own) / len(own), "worst": max(own), "per_seed": own},
+            "rows": rows}
+
+
+def regret_markdown(report: dict) -> str:
+    def f(x, fmt=".0%"):
+        return "-" if x is None else format(x, fmt)
+
+    lines = ["| proxy | seeds | regret mean | regret worst | verdicts | choices | CPU min / candidate |",
+             "|---|---|---|---|---|---|---|"]
+    for r in report["rows"]:
+        verdicts = ", ".join(f"{k} {v:.0%}" for k, v in r["verdicts"].items())
+        lines.append(f"| {r['proxy']} | {r['seeds']} | {f(r['regret_mean'])} | {f(r['regret_worst'])} | {verdicts} "
+                     f"| {', '.join(r['choices'])} | {f(r['cpu_minutes_per_candidate'], '.2f')} |")
+    own = report["reference_self_regret"]
+    lines += ["", f"Reference's best: {report['reference_best']}. A random pick: regret "
+              f"{report['random_pick_regret']:.0%}. The reference's own reproducibility (each of its seeds alone, "
+              f"judged by the others): regret {own['mean']:.0%} mean, {own['worst']:.0%} worst."]
+    return "\n".join(lines)
 
 
 def markdown(rows) -> str:
@@ -188,13 +260,35 @@ def markdown(rows) -> str:
     return "\n".join(lines)
 
 
+def write_regret(doc: dict, out: Path) -> None:
+    from lps_keras.fileio import atomic_write_json, atomic_write_text
+
+    report = regret_report(doc)
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(out / "regret.json", report)
+    text = regret_markdown(report)
+    atomic_write_text(out / "regret.md", text + "\n")
+    print(text)
+
+
 def run(args) -> int:
+    import json
+
     from lps_keras.arch import EXPANSION_OPS, EXPANSION_OPS_BY_NAME
     from lps_keras.fileio import atomic_write_json, atomic_write_text
     from lps_keras.recipe import load_recipe, validate_recipe
     from lps_keras.search import SearchJournal, run_expansion
     from lps_keras.search.expansion import ProxyEvaluator, make_latency_fn, search_fingerprint
 
+    if args.from_json:
+        try:
+            doc = json.loads(Path(args.from_json).read_text())
+        except (OSError, ValueError) as e:
+            raise UsageError(f"--from-json {args.from_json}: {e}") from None
+        write_regret(doc, Path(args.output))
+        return 0
+    if not args.recipe:
+        raise UsageError("--recipe is needed to run a study (or --from-json to report one)")
     recipe = load_recipe(args.recipe, args.set)
     for flag in ("seeds", "ref_seeds", "ref_factor"):
         if getattr(args, flag) < 1:
@@ -263,6 +357,7 @@ def run(args) -> int:
     table = markdown(rows)
     atomic_write_text(out / "fidelity.md", table + "\n")
     print(table)
+    write_regret(doc, out)
     return 0
 
 
