@@ -60,6 +60,11 @@ def parse_args(argv=None):
     p.add_argument("--ref-factor", type=int, default=4, help="reference schedule = this many times the proxy's")
     p.add_argument("--warm-iterations", default="",
                    help="comma-separated warm-start schedules to study (iterations after growing; empty: none)")
+    p.add_argument("--variant", action="append", default=[], metavar="NAME:KEY=VALUE[;KEY=VALUE...]",
+                   help="one more proxy to study: search.proxy fields changed from the recipe's, values as JSON, "
+                        "e.g. 'crop128:crop_size=[128,128];iterations=1600' (fewer pixels, more iterations), "
+                        "'stride4:label_stride=4' (the loss at 1/4 of the label resolution), "
+                        "'pixacc:score=\"pixel_accuracy\"' (repeatable)")
     p.add_argument("--ops", default="", help="comma-separated op names (default: every expansion op)")
     p.add_argument("--latency", default="recipe", choices=("recipe", "macs"),
                    help="latency for k_d: the recipe's backend (cached in <output>) or GMACs at its input shape")
@@ -260,6 +265,36 @@ def markdown(rows) -> str:
     return "\n".join(lines)
 
 
+def parse_variants(items) -> list[tuple[str, dict]]:
+    """``NAME:KEY=VALUE;KEY=VALUE`` -> (name, {key: JSON value}); one clear error per bad item."""
+    import json
+
+    from lps_keras.errors import check_path_name
+    from lps_keras.recipe_sections import ProxyConfig
+
+    fields = {f.name for f in dataclasses.fields(ProxyConfig)}
+    out = []
+    for item in items:
+        name, sep, body = item.partition(":")
+        if not sep or not body:
+            raise UsageError(f"--variant {item!r}: expected NAME:KEY=VALUE[;KEY=VALUE...]")
+        check_path_name("--variant name", name)
+        changes = {}
+        for part in body.split(";"):
+            key, eq, value = part.partition("=")
+            key = key.strip()
+            if not eq or key not in fields:
+                raise UsageError(f"--variant {item!r}: {key!r} is not a search.proxy field "
+                                 f"({', '.join(sorted(fields))})")
+            try:
+                value = json.loads(value)
+            except ValueError:
+                value = value.strip()  # a bare string
+            changes[key] = tuple(value) if isinstance(value, list) else value
+        out.append((name, changes))
+    return out
+
+
 def write_regret(doc: dict, out: Path) -> None:
     from lps_keras.fileio import atomic_write_json, atomic_write_text
 
@@ -319,6 +354,7 @@ def run(args) -> int:
     p = recipe.search.proxy
     variants = [("scratch", proxy_variant(init="scratch", warm_iterations=None), args.seeds)]
     variants += [(f"warm{w}", proxy_variant(init="parent", warm_iterations=w), args.seeds) for w in warm]
+    variants += [(name, proxy_variant(**changes), args.seeds) for name, changes in parse_variants(args.variant)]
     variants.append(("reference", proxy_variant(init="scratch", warm_iterations=None,
                                                 iterations=p.iterations * args.ref_factor), args.ref_seeds))
     chosen = [n for n in args.proxies.split(",") if n]

@@ -94,6 +94,7 @@ class TrainConfig:
     poly_power: float = 0.9
     warmup_iterations: int = field(0, ge=0)
     loss: str = field("ce", choices=("ce", "ohem"))
+    loss_label_stride: int = field(1, gt=0)  # the loss at 1/s of the label resolution (every s-th label pixel)
     ohem_threshold: float = field(0.7, gt=0, lt=1)
     ohem_min_kept: int = field(100000, ge=0)
     # Class balance in the loss (lps_keras.class_balance): weights from the training labels' frequencies
@@ -155,7 +156,9 @@ class RacingSettings:
 class ProxyConfig:
     """Short training schedule used to score each candidate during expansion."""
 
-    seeds: int = field(1, gt=0)  # trainings per candidate (train.seed + 0, 1, ...); P_d is their mean
+    seeds: int = field(1, gt=0)  # trainings per network and step (seeds 1000 t + 0, 1, ...); P_d is their mean
+    score: str = field("miou", choices=("miou", "pixel_accuracy"))  # what a proxy run reports as its score
+    label_stride: Optional[int] = field(None, gt=0)  # the proxy's train.loss_label_stride (None: the recipe's)
     racing: RacingSettings = RacingSettings()
     init: str = field("scratch", choices=("scratch", "parent"))  # parent: grown from the parent's weights
     warm_iterations: Optional[int] = field(None, gt=0)  # iterations of a warm-started candidate (init=parent)

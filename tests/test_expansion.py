@@ -12,7 +12,7 @@ import pytest
 
 from lps_keras.arch import EXPANSION_OPS_BY_NAME, Arch
 from lps_keras.recipe import load_recipe
-from lps_keras.search import EvalContext, fingerprint
+from lps_keras.search import EvalContext
 from lps_keras.search.expansion import ProxyEvaluator, proxy_recipe, run
 
 REPO = Path(__file__).resolve().parents[1]
@@ -155,7 +155,7 @@ def test_cli_missing_backend_stops_before_anything_starts(tmp_path):
     assert "Traceback" not in res.stderr and not out.exists()
 
 
-def test_proxy_fields_rules_and_fingerprint_of_old_journals(tmp_path):
+def test_proxy_fields_rules_and_fingerprint(tmp_path):
     from lps_keras.recipe import RecipeError
     from lps_keras.search.expansion import search_fingerprint
 
@@ -164,7 +164,8 @@ def test_proxy_fields_rules_and_fingerprint_of_old_journals(tmp_path):
     assert (p.seeds, p.init, p.warm_iterations, p.racing.enabled) == (1, "scratch", None, False)
     d = r.search.decision
     assert (d.alpha, d.epsilon, d.latency_z) == (0.05, 0.5, 2.0)
-    assert (r.search.latency.rounds, r.search.latency.iters_per_round) == (10, 5)
+    plain = load_recipe(REPO / "recipes/expand_synthetic.json").search.latency
+    assert (plain.rounds, plain.iters_per_round) == (10, 5)
     for bad, key in (("search.proxy.seeds=0", "search.proxy.seeds"), ("search.proxy.init=grown", "search.proxy.init"),
                      ("search.proxy.warm_iterations=5", "search.proxy.warm_iterations"),
                      ("search.proxy.racing.enabled=true", "search.proxy.racing.max_seeds"),
@@ -189,13 +190,14 @@ def test_proxy_fields_rules_and_fingerprint_of_old_journals(tmp_path):
                                                                  "search.decision.epsilon=1"])
     base = load_recipe(REPO / "recipes/expand_synthetic.json")
     assert search_fingerprint(more, "tf") == search_fingerprint(base, "tf")
-    d = base.to_dict()
-    old_proxy = {k: d["search"]["proxy"][k] for k in ("iterations", "batch_size", "base_lr", "crop_size",
-                                                       "train_subset", "val_subset", "eval_size")}
-    old = fingerprint({"data": d["data"], "proxy": old_proxy, "latency": ["tf", d["search"]["latency_input_shape"]],
-                       "optimizer": {k: d["train"][k] for k in ("momentum", "weight_decay", "poly_power", "loss",
-                                                                  "seed")}})
-    assert search_fingerprint(base, "tf") == old
+    # What a proxy run scores, and how, does change every score: another fingerprint.
+    for change in ("search.proxy.score=pixel_accuracy", "search.proxy.label_stride=4"):
+        other = load_recipe(REPO / "recipes/expand_synthetic.json", [change])
+        assert search_fingerprint(other, "tf") != search_fingerprint(base, "tf"), change
+    stride = proxy_recipe(load_recipe(REPO / "recipes/expand_synthetic.json", ["search.proxy.label_stride=4"]),
+                          base.arch(), tmp_path / "run")
+    assert stride.train.loss_label_stride == 4 and base.train.loss_label_stride == 1
+    old = search_fingerprint(base, "tf")
     warm = load_recipe(REPO / "recipes/expand_synthetic.json", ["search.proxy.init=parent"])
     assert search_fingerprint(warm, "tf") != old
 

@@ -223,3 +223,19 @@ def test_class_weights_are_checked_and_serialised():
     assert again.class_weights == [1.0, 2.0]
     t = TrainConfig(loss="ce", class_balance="explicit", class_weights=(1.0, 2.0))
     assert build_loss(t, [1.0, 2.0]).class_weights == [1.0, 2.0]
+
+
+@pytest.mark.parametrize("stride", [2, 4])
+def test_label_stride_takes_every_sth_label_and_upsamples_the_logits_only_that_far(stride):
+    labels, logits = _data(shape=(2, 16, 20), classes=3, seed=4, logit_hw=(4, 5))
+    sub = labels[:, stride // 2::stride, stride // 2::stride]  # nearest, centred: pixels s/2, s/2 + s, ...
+    h, w = sub.shape[1:]
+    expected = _ce_ref(resize_align_corners(logits.astype(np.float64), h, w), sub)
+    np.testing.assert_allclose(float(SegmentationCrossEntropy(label_stride=stride)(labels, logits)), expected,
+                               rtol=1e-5)
+    with pytest.raises(ValueError, match="label_stride must be an int >= 1, got 0"):
+        SegmentationCrossEntropy(label_stride=0)
+    # build_loss reads train.loss_label_stride; OHEM's min_kept counts pixels at that resolution.
+    ohem = build_loss(TrainConfig(loss="ohem", loss_label_stride=stride, ohem_min_kept=1000))
+    assert ohem.label_stride == stride and ohem.min_kept == 1000 // stride ** 2
+    assert OHEMCrossEntropy.from_config(ohem.get_config()).label_stride == stride

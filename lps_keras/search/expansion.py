@@ -51,6 +51,7 @@ def proxy_recipe(recipe: Recipe, arch: Arch, run_dir, name: Optional[str] = None
         image_summaries=0,
         distribute="none",
         seed=recipe.train.seed + seed,
+        loss_label_stride=proxy.label_stride or recipe.train.loss_label_stride,
         init=None if init is None else str(init),
         run_dir=str(run_dir),
     )
@@ -98,7 +99,7 @@ class ProxyEvaluator:
         keep = ("miou", "pixel_accuracy", "mean_class_accuracy", "final_step", "fit_seconds", "wall_seconds",
                 "deploy_parity_max_rel_error")
         return {
-            "score": float(summary["miou"]),
+            "score": float(summary[self.recipe.search.proxy.score]),
             "metrics": {**{k: summary.get(k) for k in keep}, "seed": recipe.train.seed, "init": how},
             "weights": str(run_dir / "deploy.keras"),
         }
