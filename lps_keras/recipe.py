@@ -339,6 +339,14 @@ def _check(recipe: Recipe) -> None:
             raise RecipeError(f"train.class_weights: {len(t.class_weights)} weights for {n} classes")
     if any(not part for part in recipe.data.train_split.split("+")):
         raise RecipeError(f"data.train_split: {recipe.data.train_split!r} has an empty split name ('a+b' joins two)")
+    ops = recipe.search.ops
+    if ops is not None:
+        from lps_keras.arch import EXPANSION_OPS_BY_NAME
+
+        unknown = [n for n in ops if n not in EXPANSION_OPS_BY_NAME]
+        if unknown or not ops or len(set(ops)) != len(ops):
+            raise RecipeError(f"search.ops: {list(ops)!r} must be distinct names among "
+                              f"{', '.join(EXPANSION_OPS_BY_NAME)}" + (f" ({unknown[0]!r} is not)" if unknown else ""))
     source = recipe.search.latency.source
     if source != "measured" and not (source.startswith("profile:") and source[len("profile:"):].strip()):
         raise RecipeError(f"search.latency.source: {source!r} is neither 'measured' nor 'profile:<file>'")

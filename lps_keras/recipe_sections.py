@@ -206,6 +206,7 @@ class SearchConfig:
     latency_cache: str = "latency_cache.json"  # relative to the search's output directory unless absolute
     latency: SearchLatencyConfig = SearchLatencyConfig()
     max_k: int = field(16, gt=0)  # bound on the step multiple k when searching |Lat(N + k d) - L_T|
+    ops: Optional[tuple[str, ...]] = None  # the operation set by name (lps_keras.arch.EXPANSION_OPS); None: all 10
     proxy: ProxyConfig = ProxyConfig()
     decision: DecisionSettings = DecisionSettings()
     workers: int = field(1, gt=0)

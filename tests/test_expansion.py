@@ -18,8 +18,8 @@ from lps_keras.search.expansion import ProxyEvaluator, proxy_recipe, run
 REPO = Path(__file__).resolve().parents[1]
 
 
-def tiny_recipe(tmp_path):
-    return load_recipe(REPO / "recipes/expand_synthetic.json", [
+def tiny_recipe(tmp_path, *extra):
+    return load_recipe(REPO / "recipes/expand_synthetic.json", [*extra,
         f"data.root={tmp_path / 'synthetic'}",
         'data.synthetic={"num_train": 12, "num_val": 4, "height": 64, "width": 128, "seed": 0}',
         "search.proxy.iterations=3", "search.proxy.batch_size=2", "search.proxy.crop_size=[64, 64]",
@@ -44,7 +44,8 @@ class Interrupt(KeyboardInterrupt):
 
 @pytest.mark.slow
 def test_two_steps_end_to_end_and_resume_without_retraining(tmp_path):
-    recipe = tiny_recipe(tmp_path)
+    # One op per dimension (search.ops): the real trainings, timings and resume of the full set, at a third the cost.
+    recipe = tiny_recipe(tmp_path, 'search.ops=["depth_s4-5", "width_s3-5", "res_path1"]')
     out = tmp_path / "expand"
     real = ProxyEvaluator(recipe, str(out), verbose=0)
     calls = []
@@ -82,6 +83,7 @@ def test_two_steps_end_to_end_and_resume_without_retraining(tmp_path):
     # Each (network, seed) trained in its own run directory with a fused deploy model; step 1's seed is 1000.
     assert all((out / "candidates" / f"{h}-seed1000" / "deploy.keras").exists() for h in finished)
     assert all(c.latency_se >= 0 for s in history[1:] for c in s.candidates)
+    assert {c.op for s in history[1:] for c in s.candidates} <= {"depth_s4-5", "width_s3-5", "res_path1"}
     assert len(history[2].parent_scores) == 1 and history[2].parent_scores != history[1].scores
 
 
@@ -121,7 +123,8 @@ TINY_CLI = ["--set", 'data.synthetic={"num_train": 12, "num_val": 4, "height": 6
             "--set", "search.proxy.crop_size=[64, 64]", "--set", "search.proxy.train_subset=12",
             "--set", "search.proxy.val_subset=4", "--set", "search.latency_input_shape=[1, 64, 128, 3]",
             "--set", "search.latency_warmup=1", "--set", "search.latency_iters=3", "--set", "search.max_k=2",
-            "--set", "search.latency.rounds=2", "--set", "search.latency.iters_per_round=1"]
+            "--set", "search.latency.rounds=2", "--set", "search.latency.iters_per_round=1",
+            "--set", 'search.ops=["depth_s4-5", "width_s3-5", "res_path1"]']
 
 
 @pytest.mark.slow
@@ -172,7 +175,8 @@ def test_proxy_fields_rules_and_fingerprint(tmp_path):
                      ("search.proxy.racing.eta=1", "search.proxy.racing.eta"),
                      ("search.decision.alpha=1", "search.decision.alpha"),
                      ("search.decision.epsilon=-1", "search.decision.epsilon"),
-                     ("search.latency.rounds=-1", "search.latency.rounds")):
+                     ("search.latency.rounds=-1", "search.latency.rounds"),
+                     ('search.ops=["depth_s4-5", "nope"]', "search.ops")):
         extra = ["search.proxy.seeds=8"] if "racing.enabled" in bad else []
         with pytest.raises(RecipeError, match=key.replace(".", r"\.")):
             load_recipe(REPO / "recipes/expand_synthetic.json", [bad, *extra])

@@ -158,6 +158,12 @@ def make_latency_fn(recipe: Recipe, output_dir, device_key=None, verbose=True) -
     return make_latency_fns(recipe, output_dir, device_key=device_key, verbose=verbose)[0]
 
 
+def search_ops(recipe: Recipe) -> tuple:
+    """The recipe's operation set (``search.ops`` by name, in the table's order; default all of EXPANSION_OPS)."""
+    names = recipe.search.ops
+    return tuple(EXPANSION_OPS) if names is None else tuple(op for op in EXPANSION_OPS if op.name in names)
+
+
 def profile_path(recipe: Recipe) -> Optional[Path]:
     """The latency profile of ``search.latency.source = profile:<file>``, or None for measured latencies."""
     source = recipe.search.latency.source
@@ -236,23 +242,22 @@ def run(
     left running.
     """
     output_dir = Path(output_dir)
-    output_dir.mkdir(parents=True, exist_ok=True)
-    # One search per output directory, for the whole run: a second one would retrain finished
-    # candidates and rewrite the journal under the first. The candidates' train() calls (here or in
-    # workers) lock their own run directories below it, so the workers are not blocked by this.
-    with DirectoryLock(output_dir, "expansion output directory"):
-        owned = executor is None
-        if owned:
-            s = recipe.search
-            executor = make_executor(s.executor, s.workers, devices, address=ray_address,
-                                     gpus_per_task=s.gpus_per_task, latency_resource=latency_resource,
-                                     pin_cpus=s.pin_cpus)
-        try:
+    owned = executor is None
+    if owned:  # made first: a cluster that cannot be reached stops the command before anything is written
+        s = recipe.search
+        executor = make_executor(s.executor, s.workers, devices, address=ray_address, gpus_per_task=s.gpus_per_task,
+                                 latency_resource=latency_resource, pin_cpus=s.pin_cpus)
+    try:
+        output_dir.mkdir(parents=True, exist_ok=True)
+        # One search per output directory, for the whole run: a second one would retrain finished
+        # candidates and rewrite the journal under the first. The candidates' train() calls (here or in
+        # workers) lock their own run directories below it, so the workers are not blocked by this.
+        with DirectoryLock(output_dir, "expansion output directory"):
             return _run(recipe, output_dir, device_key, recipes_dir, latency_fn, evaluate_fn, progress,
                         print_table, executor)
-        finally:
-            if owned:
-                executor.shutdown(wait=True, cancel_futures=True)
+    finally:
+        if owned:
+            executor.shutdown(wait=True, cancel_futures=True)
 
 
 def _run(recipe, output_dir: Path, device_key, recipes_dir, latency_fn, evaluate_fn, progress, print_table,
@@ -268,7 +273,7 @@ def _run(recipe, output_dir: Path, device_key, recipes_dir, latency_fn, evaluate
     d = s.decision
     history = run_expansion(
         recipe.arch(), lat, ev, s.steps, latency_set_fn=lat_set, journal=SearchJournal(output_dir / "journal.json"),
-        ops=EXPANSION_OPS, max_k=s.max_k, executor=executor, progress=progress,
+        ops=search_ops(recipe), max_k=s.max_k, executor=executor, progress=progress,
         fingerprint=journal_fingerprint(recipe, backend), seeds=s.proxy.seeds,
         decision=DecisionConfig(alpha=d.alpha, epsilon=d.epsilon / 100.0, latency_z=d.latency_z),
         racing=RacingConfig(**dataclasses.asdict(s.proxy.racing)), warm_start=s.proxy.init == "parent",
