@@ -83,7 +83,7 @@ def summarise(root: Path, arms: list[str], seeds: list[int], iterations: int) ->
 
 
 def markdown(report: dict) -> str:
-    lines = [f"{report['iterations']} iterations per run; CPU: {report['cpu']} ({report['cpu_flags']})", "",
+    lines = [f"{report['iterations']} iterations per run; {report['cpu_flags']}", "",
              "| arm | seeds | val mIoU | pixel acc | " + " | ".join(f"{c} IoU" for c in THIN) + " | images/s |",
              "|---|---|---|---|" + "---|" * len(THIN) + "---|"]
     for row in report["rows"]:
