@@ -144,7 +144,8 @@ class ExportConfig:
 
 @dataclasses.dataclass(frozen=True)
 class RacingSettings:
-    """Successive halving on an undecided step: extra seeds for its contenders (lps_keras.search.racing)."""
+    """Successive halving on an undecided step: extra seeds for its contenders and the parent
+    (lps_keras.search.decision.race_plan)."""
 
     enabled: bool = False
     max_seeds: int = field(8, gt=1)  # seeds per candidate at most (must exceed search.proxy.seeds)
