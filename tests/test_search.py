@@ -628,8 +628,9 @@ def test_racing_spends_seeds_only_on_contenders_and_the_parent():
             assert parent_extra > 0  # the parent is raced too
             # only candidates with a positive gain (eligible) got seeds; the others are no contenders
             assert all(c.rank in ("slope", "dominates") for c in step.candidates if c.op in extra)
-            assert step.verdict in ("decided", "equivalent") or step.racing_evaluations == cfg.budget or \
-                len(step.parent_scores) == cfg.max_seeds or step.verdict == "undecided"
+            # A race that ends undecided stopped for want of budget or of seeds to give (the parent at max_seeds).
+            if step.verdict == "undecided":
+                assert step.racing_evaluations == cfg.budget or len(step.parent_scores) == cfg.max_seeds
 
 
 def test_resume_during_racing_skips_finished_seeds(tmp_path):

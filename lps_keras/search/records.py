@@ -130,13 +130,6 @@ class Step:
     regret_ucb: Optional[float] = None  # upper confidence bound of the regret among the contenders
     reason: str = ""
 
-    @property
-    def decided(self) -> Optional[bool]:
-        """True/False for decided/undecided-like verdicts; None when not assessable (one seed) or step 0."""
-        if self.verdict in (None, "unknown"):
-            return None
-        return self.verdict in ("decided", "equivalent")
-
     def to_dict(self) -> dict:
         d = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
         del d["index"]
