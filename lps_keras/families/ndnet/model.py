@@ -1,0 +1,149 @@
+"""``build_ndnet``: an :class:`~lps_keras.families.ndnet.config.NDNetConfig` as a flat functional Keras model.
+
+The architecture, and where it follows or departs from the authors' code, is described in
+:mod:`lps_keras.families.ndnet.config`. The graph is flat (every layer with weights is a top-level
+layer) so :func:`~lps_keras.families.layers.fuse_into` can fold BN by name. Layer names (stage and
+block indices 1-based), shared by the training and deploy forms:
+
+- ``stem``: :class:`ConvBN` 3x3 stride 2 + ReLU; ``stem_pool_pad`` + ``stem_pool``: 3x3 max-pool stride 2
+- ``stage{s}_block{b}_{conv}_pad`` + ``stage{s}_block{b}_{conv}_dw``: the depthwise 3x3 (no bias in
+  either form: no BN follows it directly) and ``stage{s}_block{b}_{conv}``: the 1x1 :class:`ConvBN`,
+  for ``conv`` in ``conv1`` (ReLU), ``conv2`` and, in block 1, ``shortcut`` (no ReLU)
+- ``stage{s}_block{b}_add``, ``stage{s}_block{b}_relu``: ``relu(residual + shortcut)``
+- ende only: ``decoder_upsample`` (stage 3 at stage 1's size), ``decoder_concat``, ``fusion`` (1x1 ConvBN)
+- ``head_pad`` + ``head_dw``, ``head_pw`` (1x1 ConvBN + ReLU), ``head_score`` (1x1 conv with bias)
+- ``logits_upsample``: only with ``upsample_logits=True``, logits at the input size
+
+Max-pooling pads with zeros where PyTorch pads with -inf: its input is a ReLU output (>= 0) and
+every window holds at least one real pixel, so the maxima are the same.
+"""
+
+from __future__ import annotations
+
+import keras
+
+from lps_keras.families.family import FamilyError
+from lps_keras.families.layers import ConvBN, fuse_into
+from lps_keras.families.ndnet.config import NDNetConfig
+from lps_keras.layers import BilinearResize
+
+
+@keras.saving.register_keras_serializable(package="lps_keras")
+class NDNet(keras.Model):
+    """NDNet for ``config`` as a functional model; ``model.family_config`` and ``get_config()`` hold it.
+
+    Args:
+        config: an :class:`NDNetConfig`.
+        deploy: every ConvBN as one conv with bias (BN folded) instead of conv + BN.
+        upsample_logits: return logits bilinearly (align-corners) resized to the input size.
+        input_shape: (H, W, 3); ``None`` sizes make a model that takes any size.
+        dtype: the Keras dtype policy to build the layers with (default: the global policy).
+    The authors' weights expect RGB inputs scaled to [-1, 1] (``(x / 255 - 0.5) * 2``).
+    """
+
+    family = "ndnet"
+
+    def __init__(self, config, deploy: bool = False, upsample_logits: bool = False, input_shape=(None, None, 3),
+                 name: str | None = None, dtype=None, **kwargs):
+        if not isinstance(config, NDNetConfig):
+            raise TypeError(f"build_ndnet expects an NDNetConfig, got {type(config).__name__}: {config!r}")
+        input_shape = tuple(input_shape)
+        if len(input_shape) != 3 or input_shape[-1] != 3:
+            raise ValueError(f"input_shape must be (H, W, 3), got {input_shape!r}")
+        previous = keras.config.dtype_policy()
+        if dtype is not None:
+            keras.config.set_dtype_policy(dtype)
+        try:
+            policy = keras.config.dtype_policy().name
+            image, logits = _graph(config, bool(deploy), bool(upsample_logits), input_shape)
+        finally:
+            keras.config.set_dtype_policy(previous)
+        default_name = f"ndnet_{config.head}{'_deploy' if deploy else ''}"
+        super().__init__(image, logits, name=name or default_name, **kwargs)
+        self.family_config = config
+        self.deploy = bool(deploy)
+        self.upsample_logits = bool(upsample_logits)
+        self.image_shape = input_shape
+        self.policy_name = policy
+
+    def get_config(self):
+        return {
+            "name": self.name, "trainable": self.trainable, "config": self.family_config.to_dict(),
+            "deploy": self.deploy, "upsample_logits": self.upsample_logits, "input_shape": list(self.image_shape),
+            "dtype": self.policy_name,
+        }
+
+    @classmethod
+    def from_config(cls, config, custom_objects=None):
+        config = dict(config)
+        config["config"] = NDNetConfig.from_dict(config["config"])
+        return cls(**config)
+
+
+def build_ndnet(config: NDNetConfig, deploy: bool = False, upsample_logits: bool = False,
+                input_shape=(None, None, 3), name: str | None = None, dtype=None) -> NDNet:
+    """Build NDNet for ``config``: an :class:`NDNet` (arguments as there)."""
+    return NDNet(config, deploy=deploy, upsample_logits=upsample_logits, input_shape=input_shape, name=name,
+                 dtype=dtype)
+
+
+def fuse_ndnet(model: NDNet) -> NDNet:
+    """The deploy form of ``model`` (same config, input shape and dtype), each BN folded into its conv."""
+    if not isinstance(model, NDNet):
+        raise FamilyError(f"fuse_ndnet expects an NDNet model, got {type(model).__name__}")
+    if model.deploy:
+        return model
+    deploy = build_ndnet(model.family_config, deploy=True, upsample_logits=model.upsample_logits,
+                         input_shape=model.image_shape, name=f"{model.name}_deploy", dtype=model.policy_name)
+    return fuse_into(model, deploy)
+
+
+# --------------------------------------------------------------------------- graph
+def _depthwise(x, stride: int, dilation: int, name: str):
+    """Depthwise 3x3 without bias, padded ``dilation`` on every side as PyTorch's ``padding=dilation``."""
+    x = keras.layers.ZeroPadding2D(dilation, name=f"{name}_pad")(x)
+    return keras.layers.DepthwiseConv2D(3, strides=stride, dilation_rate=dilation, padding="valid",
+                                        use_bias=False, depthwise_initializer="he_normal", name=f"{name}_dw")(x)
+
+
+def _separable(x, filters: int, stride: int, dilation: int, activation, deploy: bool, name: str):
+    """The authors' ``SepConvBR``: depthwise 3x3 -> 1x1 -> BN (-> ReLU)."""
+    x = _depthwise(x, stride, dilation, name)
+    return ConvBN(filters, kernel_size=1, activation=activation, deploy=deploy, name=name)(x)
+
+
+def _bottleneck(x, mid: int, out: int, stride: int, dilation: int, project: bool, deploy: bool, name: str):
+    residual = _separable(x, mid, stride, dilation, "relu", deploy, f"{name}_conv1")
+    residual = _separable(residual, out, 1, dilation, None, deploy, f"{name}_conv2")
+    shortcut = _separable(x, out, stride, dilation, None, deploy, f"{name}_shortcut") if project else x
+    y = keras.layers.Add(name=f"{name}_add")([residual, shortcut])
+    return keras.layers.ReLU(name=f"{name}_relu")(y)
+
+
+def _graph(config: NDNetConfig, deploy: bool, upsample_logits: bool, input_shape):
+    """The functional graph's (input, output) tensors."""
+    image = keras.Input(shape=input_shape, name="image")
+    x = ConvBN(config.stem_channels, kernel_size=3, strides=2, deploy=deploy, name="stem")(image)
+    x = keras.layers.ZeroPadding2D(1, name="stem_pool_pad")(x)
+    x = keras.layers.MaxPooling2D(3, strides=2, padding="valid", name="stem_pool")(x)
+
+    stages = []
+    for s, (mid, depth, stride, dilation, out) in enumerate(
+            zip(config.channels, config.depths, config.stage_strides, config.stage_dilations,
+                config.stage_out_channels), start=1):
+        for b in range(1, depth + 1):
+            first = b == 1
+            x = _bottleneck(x, mid, out, stride if first else 1, dilation, project=first, deploy=deploy,
+                            name=f"stage{s}_block{b}")
+        stages.append(x)
+
+    if config.head == "ende":
+        last = BilinearResize(name="decoder_upsample")([stages[2], stages[0]])
+        x = keras.layers.Concatenate(axis=-1, name="decoder_concat")([last, stages[0]])
+        x = ConvBN(config.fusion_channels, kernel_size=1, deploy=deploy, name="fusion")(x)
+    x = _depthwise(x, 1, 1, "head")
+    x = ConvBN(config.head_channels, kernel_size=1, deploy=deploy, name="head_pw")(x)
+    logits = keras.layers.Conv2D(config.num_classes, 1, use_bias=True, name="head_score")(x)
+    if upsample_logits:
+        logits = BilinearResize(name="logits_upsample")([logits, image])
+    return image, logits
