@@ -1,0 +1,133 @@
+"""``build_mrms`` / ``fuse_mrms``: MRMS as a flat functional Keras model that carries its config.
+
+Layer names (shared by the training and deploy forms, which :func:`fuse_into` keys on):
+
+- ``stage1_stem``: 3x3 stride-2 ConvBN (ReLU6)
+- ``stage{s}_block{b}_expand`` / ``_dw`` / ``_project`` / ``_add``: MobileNetV2 inverted-residual
+  blocks (1-based; ``_expand`` absent for t = 1, ``_add`` only for the identity shortcut)
+- ``lcf_c5``, ``lcf_pool``, ``lcf_pool_conv``, ``lcf_add5``: the LCF upper branch, C5 plus the
+  global-average-pooled C5
+- ``lge_pool``, ``lge_reduce``, ``lge_expand``, ``lge_scale``: Lightweight Global Enhancement
+- ``lcf_c{l}``, ``lcf_up{l}``, ``lcf_add{l}``, ``lcf_fuse{l}_dw``, ``lcf_fuse{l}_pw`` (l = 4, 3):
+  lateral, upsampled upper branch, sum, depthwise-separable fusion
+- ``classifier``: 1x1 conv with bias to logits at 1/8; ``logits_upsample`` with ``upsample_logits``
+"""
+
+from __future__ import annotations
+
+import keras
+
+from lps_keras.families.layers import ConvBN, fuse_into
+from lps_keras.families.mrms.config import MRMSConfig, backbone_blocks, stem_channels
+from lps_keras.layers import BilinearResize
+
+
+@keras.saving.register_keras_serializable(package="lps_keras")
+class MRMS(keras.Model):
+    """MRMS / TinyMRMS for ``config``; ``model.family_config`` and ``get_config()`` hold the config.
+
+    Args:
+        config: an :class:`MRMSConfig`.
+        deploy: every ConvBN as one conv with bias (BN folded), as :func:`fuse_mrms` makes it.
+        upsample_logits: return logits bilinearly upsampled to the input size.
+        input_shape: (H, W, 3); ``None`` sizes make a model that takes any size.
+        dtype: the Keras dtype policy to build the layers with (default: the global policy).
+    Inputs are float NHWC images already normalised with the ImageNet mean and std.
+    """
+
+    family = "mrms"
+
+    def __init__(self, config, deploy: bool = False, upsample_logits: bool = False, input_shape=(None, None, 3),
+                 name: str | None = None, dtype=None, **kwargs):
+        if not isinstance(config, MRMSConfig):
+            raise TypeError(f"build_mrms expects an MRMSConfig, got {type(config).__name__}: {config!r}")
+        input_shape = tuple(input_shape)
+        if len(input_shape) != 3 or input_shape[-1] != 3:
+            raise ValueError(f"input_shape must be (H, W, 3), got {input_shape!r}")
+        previous = keras.config.dtype_policy()
+        if dtype is not None:
+            keras.config.set_dtype_policy(dtype)
+        try:
+            policy = keras.config.dtype_policy().name
+            image, logits = _graph(config, bool(deploy), bool(upsample_logits), input_shape)
+        finally:
+            keras.config.set_dtype_policy(previous)
+        default = f"mrms_w{config.width_multiplier:g}{'_deploy' if deploy else ''}"
+        super().__init__(image, logits, name=name or default, **kwargs)
+        self.family_config = config
+        self.deploy = bool(deploy)
+        self.upsample_logits = bool(upsample_logits)
+        self.image_shape = input_shape
+        self.policy_name = policy
+
+    def get_config(self):
+        return {
+            "name": self.name, "trainable": self.trainable, "config": self.family_config.to_dict(),
+            "deploy": self.deploy, "upsample_logits": self.upsample_logits, "input_shape": list(self.image_shape),
+            "dtype": self.policy_name,
+        }
+
+    @classmethod
+    def from_config(cls, config, custom_objects=None):
+        config = dict(config)
+        config["config"] = MRMSConfig.from_dict(config["config"])
+        return cls(**config)
+
+
+def build_mrms(config: MRMSConfig, deploy: bool = False, upsample_logits: bool = False,
+               input_shape=(None, None, 3), name: str | None = None, dtype=None) -> MRMS:
+    """Build MRMS for ``config``: an :class:`MRMS` (arguments as there)."""
+    return MRMS(config, deploy=deploy, upsample_logits=upsample_logits, input_shape=input_shape, name=name,
+                dtype=dtype)
+
+
+def fuse_mrms(model: MRMS) -> MRMS:
+    """The deploy form of ``model``: the same config built with ``deploy=True``, BN folded in."""
+    if not isinstance(model, MRMS):
+        raise TypeError(f"fuse_mrms expects an MRMS model, got {type(model).__name__}")
+    deploy = build_mrms(model.family_config, deploy=True, upsample_logits=model.upsample_logits,
+                        input_shape=model.image_shape, dtype=model.policy_name)
+    return fuse_into(model, deploy)
+
+
+def _graph(config: MRMSConfig, deploy: bool, upsample_logits: bool, input_shape):
+    """The functional graph's (input, output) tensors."""
+    image = keras.Input(shape=input_shape, name="image")
+    x = ConvBN(stem_channels(config), 3, strides=2, activation="relu6", deploy=deploy, name="stage1_stem")(image)
+    stages = {}
+    for blk in backbone_blocks(config):
+        shortcut = x
+        if blk.expand:
+            x = ConvBN(blk.hidden, 1, activation="relu6", deploy=deploy, name=f"{blk.prefix}_expand")(x)
+        x = ConvBN(kernel_size=3, strides=blk.stride, depthwise=True, activation="relu6", deploy=deploy,
+                   name=f"{blk.prefix}_dw")(x)
+        # Linear bottleneck: no activation after the projection (MobileNetV2).
+        x = ConvBN(blk.cout, 1, activation=None, deploy=deploy, name=f"{blk.prefix}_project")(x)
+        if blk.residual:
+            x = keras.layers.Add(name=f"{blk.prefix}_add")([shortcut, x])
+        stages[blk.stage] = x
+
+    d = config.head_channels
+    # LCF upper branch: C5 plus the pooled C5 (global context), broadcast over C5's grid. The
+    # pooled branch has a bias and no BN: BN over a 1x1 map would normalise over the batch
+    # alone, degenerate at batch size 1.
+    top = ConvBN(d, 1, activation=None, deploy=deploy, name="lcf_c5")(stages[5])
+    pooled = keras.layers.GlobalAveragePooling2D(keepdims=True, name="lcf_pool")(stages[5])
+    pooled = keras.layers.Conv2D(d, 1, activation="relu", name="lcf_pool_conv")(pooled)
+    top = keras.layers.Add(name="lcf_add5")([top, pooled])
+    if config.lge:  # channel attention on the upper branch before it is spread to higher resolutions
+        att = keras.layers.GlobalAveragePooling2D(keepdims=True, name="lge_pool")(top)
+        att = keras.layers.Conv2D(config.lge_channels, 1, activation="relu", name="lge_reduce")(att)
+        att = keras.layers.Conv2D(d, 1, activation="sigmoid", name="lge_expand")(att)
+        top = keras.layers.Multiply(name="lge_scale")([top, att])
+    for level in (4, 3):
+        lateral = ConvBN(d, 1, activation=None, deploy=deploy, name=f"lcf_c{level}")(stages[level])
+        up = BilinearResize(name=f"lcf_up{level}")([top, lateral])
+        top = keras.layers.Add(name=f"lcf_add{level}")([lateral, up])
+        top = ConvBN(kernel_size=3, depthwise=True, activation="relu", deploy=deploy,
+                     name=f"lcf_fuse{level}_dw")(top)
+        top = ConvBN(d, 1, activation="relu", deploy=deploy, name=f"lcf_fuse{level}_pw")(top)
+    logits = keras.layers.Conv2D(config.num_classes, 1, name="classifier")(top)
+    if upsample_logits:
+        logits = BilinearResize(name="logits_upsample")([logits, image])
+    return image, logits
