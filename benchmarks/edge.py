@@ -63,7 +63,7 @@ def main(argv=None) -> int:
     for path in artefacts:
         runs[path.stem] = edge_runner(path, None, None, args.threads)[1]
     shape = next(iter(runs.values())).input_shape
-    _, deploy = prepare_deploy_model(load_recipe(args.recipe).arch(), args.weights)
+    _, deploy = prepare_deploy_model(load_recipe(args.recipe).model_config(), args.weights)
     x = tf.constant(np.random.default_rng(0).normal(0, 1, shape).astype(np.float32))
     forward = tf.function(lambda t: deploy(t, training=False))
     runs = {"tf_fp32": lambda: forward(x).numpy(), **runs}

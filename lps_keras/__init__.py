@@ -19,7 +19,9 @@ def load_model(path, **kwargs):
     import lps_keras.losses  # noqa: F401
     import lps_keras.model  # noqa: F401
     import lps_keras.train  # noqa: F401
+    from lps_keras.families import register_models
 
+    register_models()  # NDNet, MRMS, ... classes
     return keras.models.load_model(path, **kwargs)
 
 

@@ -141,7 +141,7 @@ def class_weights(recipe, files: Optional[FileList] = None, cache: Optional[Path
     Counted on ``files``, by default the recipe's training split(s) as training reads them.
     """
     t = recipe.train
-    num_classes = recipe.arch().num_classes
+    num_classes = recipe.model_config().num_classes
     if t.class_balance == "none":
         return None
     if t.class_balance == "explicit":

@@ -84,9 +84,9 @@ def load_for_eval(recipe: Recipe, weights):
 
     name = path.name.lower()
     if name.endswith(".weights.h5"):
-        from lps_keras.model import build_model
+        from lps_keras.families import build
 
-        model = build_model(recipe.arch())
+        model = build(recipe.model_config())
         try:
             model.load_weights(path)
         except Exception as e:  # noqa: BLE001
@@ -97,7 +97,7 @@ def load_for_eval(recipe: Recipe, weights):
 
         try:
             # The training form when the file has one, else the deploy form (official weights).
-            model, _ = prepare_deploy_model(recipe.arch(), path)
+            model, _ = prepare_deploy_model(recipe.model_config(), path)
         except (ValueError, OSError, ImportError) as e:
             raise EvaluationError(f"--weights: {e}") from None
         desc = f"{'Keras model' if name.endswith('.keras') else 'official weights'} {path}"
@@ -166,7 +166,7 @@ def evaluate(
     """
     t0 = time.time()
     recipe.check_classes_cover_dataset()
-    num_classes = recipe.arch().num_classes
+    num_classes = recipe.model_config().num_classes
     model_fn, desc = load_for_eval(recipe, weights)
 
     from lps_keras.data import build_dataset, class_names

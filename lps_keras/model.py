@@ -46,6 +46,9 @@ class LPSNet(keras.Model):
     Inputs are float NHWC images already normalised with the ImageNet mean and std.
     """
 
+    #: The model family (:mod:`lps_keras.families`) every tool dispatches on.
+    family = "lps"
+
     def __init__(self, arch, deploy: bool = False, upsample_logits: bool = False, input_shape=(None, None, 3),
                  sync_batchnorm: bool = False, name: str | None = None, dtype=None, **kwargs):
         if not isinstance(arch, Arch):
@@ -68,6 +71,10 @@ class LPSNet(keras.Model):
         self.image_shape = input_shape
         self.sync_batchnorm = bool(sync_batchnorm)
         self.policy_name = policy
+
+    @property
+    def family_config(self) -> Arch:
+        return self.arch
 
     def get_config(self):
         return {

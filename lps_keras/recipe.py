@@ -52,17 +52,41 @@ class Recipe:
     pretrain: PretrainConfig = PretrainConfig()
 
     # ------------------------------------------------------------- derived values
-    def arch(self, num_classes: Optional[int] = None) -> Arch:
-        """The model architecture, with the class count from the model or the dataset."""
+    def family(self):
+        """The recipe's model family (:class:`lps_keras.families.Family`)."""
+        from lps_keras.families import get_family
+
+        return get_family(self.model.family)
+
+    def model_config(self, num_classes: Optional[int] = None):
+        """The model's config in its family (an :class:`Arch` for LPS-Net), with the class count from
+        the model or the dataset."""
+        from lps_keras.families import FamilyError, family_of_preset
         from lps_keras.presets import get_preset
 
         n = num_classes or self.model.num_classes or dataset_num_classes(self.data.dataset)
+        family = self.family()
         try:
             if self.model.arch is not None:
                 return Arch.from_dict({**self.model.arch, "num_classes": n})
-            return get_preset(self.model.preset, num_classes=n)
-        except ArchError as e:
+            if self.model.config is not None:
+                return family.config(config=self.model.config, num_classes=n)
+            if self.model.preset not in family.presets:
+                owner = family_of_preset(self.model.preset)  # FamilyError listing every preset if none has it
+                raise RecipeError(f"model.preset: {self.model.preset!r} is a preset of family {owner.name!r}; "
+                                  f"set model.family to {owner.name!r}")
+            if family.name == "lps":
+                return get_preset(self.model.preset, num_classes=n)
+            return family.config(preset=self.model.preset, num_classes=n)
+        except (ArchError, FamilyError) as e:
             raise RecipeError(f"model: {e}") from None
+
+    def arch(self, num_classes: Optional[int] = None) -> Arch:
+        """The LPS-Net architecture (LPS-only: another family's recipe is refused naming the field)."""
+        if self.model.family != "lps":
+            raise RecipeError(f"model.family: {self.model.family!r}; this needs an LPS-Net architecture "
+                              "(expansion, Table 4, re-parameterisation and pretraining are LPS-Net only)")
+        return self.model_config(num_classes)
 
     def check_classes_cover_dataset(self) -> None:
         """Raise RecipeError if the model has fewer outputs than the dataset has classes.
@@ -136,7 +160,7 @@ def recipe_from_dict(raw: dict, overrides: Optional[list[str]] = None, source: s
     try:
         recipe = _build(Recipe, raw, "")
         _check(recipe)
-        recipe.arch()  # validates model.preset / model.arch
+        recipe.model_config()  # validates model.preset / model.arch / model.config
     except RecipeError as e:
         raise RecipeError(f"{source}: {e}") from None
     return recipe
@@ -146,7 +170,7 @@ def validate_recipe(recipe: Recipe, source: str = "recipe") -> Recipe:
     """Check a recipe built in code (e.g. with ``dataclasses.replace``) as a loaded one is checked."""
     try:
         _check(recipe)
-        recipe.arch()
+        recipe.model_config()
     except RecipeError as e:
         raise RecipeError(f"{source}: {e}") from None
     return recipe
@@ -350,8 +374,15 @@ def _check(recipe: Recipe) -> None:
     source = recipe.search.latency.source
     if source != "measured" and not (source.startswith("profile:") and source[len("profile:"):].strip()):
         raise RecipeError(f"search.latency.source: {source!r} is neither 'measured' nor 'profile:<file>'")
-    if (recipe.model.preset is None) == (recipe.model.arch is None):
-        raise RecipeError("model: give exactly one of model.preset and model.arch")
+    m = recipe.model
+    if m.arch is not None and m.family != "lps":
+        raise RecipeError(f"model.arch: an LPS-Net architecture, but model.family is {m.family!r}; give that "
+                          "family's model.preset or model.config")
+    if m.config is not None and m.family == "lps":
+        raise RecipeError("model.config: LPS-Net's explicit architecture is model.arch")
+    if sum(v is not None for v in (m.preset, m.arch, m.config)) != 1:
+        raise RecipeError("model: give exactly one of model.preset and model.arch"
+                          + ("" if m.family == "lps" else " (LPS-Net) or model.config"))
 
 
 def parse_size(text: str) -> tuple[int, int]:

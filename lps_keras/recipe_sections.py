@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Optional
 
+from lps_keras.families import DEFAULT_FAMILY, FAMILIES
 from lps_keras.latency.backends import BACKEND_NAMES
 
 # --------------------------------------------------------------------------- field rules
@@ -37,10 +38,13 @@ def field(default, *, choices: tuple = (), gt=None, ge=None, lt=None):
 # --------------------------------------------------------------------------- sections
 @dataclasses.dataclass(frozen=True)
 class ModelConfig:
-    """Either ``preset`` (a name from ``lps_keras.presets``) or an explicit ``arch``."""
+    """A model family (:mod:`lps_keras.families`) and one of: a ``preset`` of that family, an explicit
+    LPS-Net ``arch``, or an explicit ``config`` of another family."""
 
+    family: str = field(DEFAULT_FAMILY, choices=tuple(FAMILIES))
     preset: Optional[str] = None
-    arch: Optional[dict] = None  # {"depth": [...], "width": [...], "resolution": [...]}
+    arch: Optional[dict] = None  # LPS-Net: {"depth": [...], "width": [...], "resolution": [...]}
+    config: Optional[dict] = None  # another family's config, e.g. ndnet's {"channels": [...], ...}
     num_classes: Optional[int] = field(None, gt=0)  # default: the dataset's class count
     sync_batchnorm: bool = False  # synchronised BN across replicas under tf.distribute
 

@@ -1,4 +1,5 @@
-"""Model summary: parameters, conv GMACs, output and per-path sizes of an LPS-Net architecture.
+"""Model summary: parameters, conv GMACs, output and per-path sizes of an LPS-Net architecture,
+and parameters, GMACs and output stride of any other family's preset (NDNet, MRMS).
 
     python -m lps_keras.summary --preset lps_s
     python -m lps_keras.summary --arch '{"depth": [1,1,1,1,1], "width": [4,8,16,32,32], "resolution": ["1/2"]}'
@@ -18,7 +19,10 @@ import re
 import sys
 from pathlib import Path
 
+import numpy as np
+
 from lps_keras.arch import STAGE_STRIDES, Arch, ArchError
+from lps_keras.families import FamilyError
 
 _SIZE = re.compile(r"^\s*(\d+)\s*[xX×,]\s*(\d+)\s*$")
 
@@ -229,6 +233,55 @@ def _load_arch_arg(text: str) -> Arch:
         raise ArchError(f"{source}: {e}") from None
 
 
+def _other_presets() -> list[str]:
+    from lps_keras.families import FAMILIES
+
+    return [p for f in FAMILIES.values() if f.name != "lps" for p in f.presets]
+
+
+def family_summary(preset: str, height: int, width: int, num_classes: int = 19, build: bool = False) -> dict:
+    """Parameters, conv GMACs and output stride of any family's preset; ``build`` cross-checks with Keras."""
+    from lps_keras.families import family_of_preset
+
+    family = family_of_preset(preset)
+    config = family.config(preset=preset, num_classes=num_classes)
+    out = {"family": family.name, "config": config.to_dict(), "input_size": [height, width],
+           **family.summary(config, (height, width))}
+    out["gmacs"] = out["macs"] / 1e9
+    if build:
+        out["keras_params"] = int(sum(int(np.prod(v.shape)) for v in family.build(config).trainable_weights))
+        out["keras_params_deploy"] = int(family.build(config, deploy=True).count_params())
+    return out
+
+
+def format_family_table(rows: list[tuple[str, dict]]) -> str:
+    lines = [f"{'model':<16} {'family':<7} {'params':>10} {'deploy':>10} {'GMACs':>8} {'stride':>7}"]
+    for name, s in rows:
+        lines.append(f"{name:<16} {s['family']:<7} {s['params']:>10,} {s['params_deploy']:>10,} "
+                     f"{s['gmacs']:>8.2f} {s['output_stride']:>7g}")
+    return "\n".join(lines)
+
+
+def _family_report(name: str, h: int, w: int, args) -> int:
+    build = not args.no_build
+    if build:
+        from lps_keras.cli import quiet_tensorflow
+
+        quiet_tensorflow()
+    s = family_summary(name, h, w, args.num_classes or 19, build=build)
+    if args.json:
+        print(json.dumps(s, indent=2))
+    else:
+        print(f"{name} ({s['family']}): {json.dumps(s['config'])}\n"
+              f"  params {s['params']:,} (training form, as the family's paper counts), {s['params_deploy']:,} fused\n"
+              f"  {s['gmacs']:.3f} GMACs at {h}x{w}; logits at 1/{s['output_stride']:g} of the input")
+    if build and (s["keras_params"] != s["params"] or s["keras_params_deploy"] != s["params_deploy"]):
+        print(f"error: the Keras model disagrees with the analytic counts ({s['keras_params']:,} / "
+              f"{s['keras_params_deploy']:,})", file=sys.stderr)
+        return 1
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m lps_keras.summary",
@@ -243,8 +296,8 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     what = parser.add_mutually_exclusive_group()
-    what.add_argument("--preset", help="preset name from lps_keras/presets.json, e.g. lps_tiny, lps_s, lps_m, "
-                      "lps_l, table4_step09 (default: lps_s)")
+    what.add_argument("--preset", help="preset name of any model family, e.g. lps_tiny, lps_s, lps_m, lps_l, "
+                      "table4_step09, ndnet45, tinymrms (default: lps_s)")
     what.add_argument("--arch", help="architecture as a JSON object {depth, width, resolution[, num_classes]} or "
                       "a path to a JSON file holding one")
     what.add_argument("--all", action="store_true", help="one table row per preset (analytic counts only; "
@@ -271,8 +324,10 @@ def main(argv=None) -> int:
         if args.all:
             rows = [(name, with_table4(summarize(arch.with_num_classes(args.num_classes or 19), h, w, build=False),
                                        name)) for name, arch in PRESETS.items()]
-            print(json.dumps(dict(rows), indent=2) if args.json else
-                  f"conv GMACs and logits at {h}x{w}, {args.num_classes or 19} classes\n" + format_table(rows))
+            others = [(name, family_summary(name, h, w, args.num_classes or 19)) for name in _other_presets()]
+            print(json.dumps({**dict(rows), **dict(others)}, indent=2) if args.json else
+                  f"conv GMACs and logits at {h}x{w}, {args.num_classes or 19} classes\n" + format_table(rows)
+                  + "\n\nother families\n" + format_family_table(others))
             return 0
         if args.arch is not None:
             arch = _load_arch_arg(args.arch)
@@ -281,8 +336,10 @@ def main(argv=None) -> int:
             name = "custom"
         else:
             name = args.preset or "lps_s"
+            if name not in PRESETS:  # another family's preset (or an unknown name: FamilyError lists them all)
+                return _family_report(name, h, w, args)
             arch = get_preset(name, args.num_classes or 19)
-    except ArchError as e:
+    except (ArchError, FamilyError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     if not args.no_build:

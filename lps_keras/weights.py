@@ -1,7 +1,8 @@
 """Weights files and the deploy <-> training weight mapping.
 
-- :func:`load_weights_file`: the model in a ``.keras`` file (training or deploy form) or official
-  LPS-Net weights (``.pth`` / ``.pt`` / ``.npz``, see :mod:`lps_keras.official`) as an :class:`LPSNet`.
+- :func:`load_weights_file`: the model in a ``.keras`` file (training or deploy form) or a family's
+  published weights (``.pth`` / ``.pt`` / ``.npz``: official LPS-Net, see :mod:`lps_keras.official`,
+  or the NDNet authors') as a model of the family (an :class:`LPSNet` for LPS-Net).
 - :func:`init_weights`: initialise a model from such a file, or from an ImageNet-pretrained
   :class:`~lps_keras.classifier.LPSClassifier` (``pretrain.py``), by layer name, a deploy-form
   source initialising a training-form model as the equivalent multi-branch block.
@@ -18,6 +19,7 @@ import numpy as np
 from lps_keras.arch import Arch
 from lps_keras.classifier import LPSClassifier
 from lps_keras.errors import LPSError
+from lps_keras.families import build, config_of, describe, family_of_config, fuse, register_models
 from lps_keras.layers import RepConvBlock
 from lps_keras.model import LPSNet, build_model
 
@@ -29,14 +31,18 @@ class WeightsError(LPSError, ValueError):
 
 
 def is_deploy(model) -> bool:
-    """True when every re-parameterisable block of ``model`` is in deploy form (one 3x3 conv + bias)."""
+    """True when ``model`` is in deploy (fused) form: a family model built with ``deploy=True``, or a
+    plain graph whose re-parameterisable blocks are all one 3x3 conv + bias."""
+    if getattr(model, "family_config", None) is not None:
+        return bool(model.deploy)
     blocks = [layer for layer in model.layers if isinstance(layer, RepConvBlock)]
     return bool(blocks) and all(b.deploy for b in blocks)
 
 
-def load_weights_file(path, arch: Arch, input_shape=None, classifier: bool = False) -> LPSNet:
+def load_weights_file(path, arch, input_shape=None, classifier: bool = False) -> keras.Model:
     """The model stored in a weights file: a ``.keras`` model as saved (training or deploy form),
-    or official LPS-Net weights (``.pth`` / ``.pt`` / ``.npz``) loaded into a deploy model of ``arch``.
+    or a family's published weights (``.pth`` / ``.pt`` / ``.npz``: the official LPS-Net layout, or
+    the NDNet authors') loaded into a model of ``arch`` (any family's config).
     With ``classifier=True`` a ``.keras`` file holding a pretrained :class:`LPSClassifier` (or its
     backbone) is returned as it is; otherwise such a file is refused naming what it is.
 
@@ -47,6 +53,7 @@ def load_weights_file(path, arch: Arch, input_shape=None, classifier: bool = Fal
         raise WeightsError(f"weights file {str(path)!r} does not exist")
     suffix = path.suffix.lower()
     if suffix == ".keras":
+        register_models()  # a model of any family loads as its class
         try:
             model = keras.saving.load_model(str(path), compile=False)
         except Exception as e:  # noqa: BLE001 - keras raises many types for a bad archive
@@ -56,13 +63,15 @@ def load_weights_file(path, arch: Arch, input_shape=None, classifier: bool = Fal
                 return model
             raise WeightsError(f"{path}: an ImageNet classifier from pretrain.py, not a segmentation model; "
                              "it can only initialise one (train.py --init)")
+        if getattr(model, "family", "lps") != "lps":
+            return model  # another family's model carries its config; the caller compares it
         return _as_lpsnet(model, arch, path)
     if suffix in (".pth", ".pt", ".npz"):
-        from lps_keras.official import load_official_weights
-
-        deploy = build_model(arch, deploy=True, input_shape=input_shape or (None, None, 3))
-        load_official_weights(deploy, str(path))
-        return deploy
+        family = family_of_config(arch)
+        # LPS-Net's official layout is its deploy form; other families' authors publish training forms.
+        model = family.build(arch, deploy=family.name == "lps", input_shape=input_shape or (None, None, 3))
+        family.load_published_weights(model, str(path))
+        return model
     raise WeightsError(f"{path}: unknown weights format {suffix!r}; expected .keras, .pth or .npz")
 
 
@@ -100,16 +109,16 @@ def prepare_deploy_model(arch, weights=None, input_shape=(None, None, 3)):
     covers the re-parameterisation.
     """
 
-    from lps_keras.reparam import reparameterize
-
     if weights is None:
-        model = build_model(arch, deploy=False, input_shape=input_shape)
-        return model, reparameterize(model)
+        model = build(arch, deploy=False, input_shape=input_shape)
+        return model, fuse(model)
     model = load_weights_file(weights, arch, input_shape)
-    if model.arch != arch:
-        raise WeightsError(f"{weights}: the weights' architecture does not match the recipe's: "
-                         f"{model.arch.differences(arch, ('weights', 'recipe'))}")
-    return model, (model if is_deploy(model) else reparameterize(model))
+    saved = config_of(model)
+    if saved != arch:
+        detail = (saved.differences(arch, ("weights", "recipe")) if isinstance(saved, Arch)
+                  else f"{describe(saved)} vs {describe(arch)}")
+        raise WeightsError(f"{weights}: the weights' architecture does not match the recipe's: {detail}")
+    return model, (model if is_deploy(model) else fuse(model))
 
 
 def init_weights(model: keras.Model, path, verbose: bool = True) -> dict:
@@ -127,7 +136,7 @@ def init_weights(model: keras.Model, path, verbose: bool = True) -> dict:
     1x1 kernel is zeroed and the identity branch's BN gamma is 0.
     """
     try:
-        source = load_weights_file(path, model.arch, classifier=True)
+        source = load_weights_file(path, config_of(model), classifier=True)
     except (OSError, ValueError, ImportError) as e:
         raise WeightsError(str(e)) from None
     if isinstance(source, LPSClassifier):

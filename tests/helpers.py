@@ -22,8 +22,13 @@ def randomize_batchnorm(model: keras.Model, seed: int = 0) -> None:
 
 
 def all_layers(model):
+    """Every layer of a family model, the BNs inside RepConvBlock / ConvBN included."""
+    from lps_keras.families.layers import ConvBN
+
     for layer in model.layers:
         yield layer
         if isinstance(layer, RepConvBlock):
             yield from (sub for sub in (layer.bn, layer.bn_1x1, layer.bn_identity) if sub is not None)
+        elif isinstance(layer, ConvBN) and layer.bn is not None:
+            yield layer.bn
 

@@ -310,3 +310,22 @@ def test_loader_refuses_wrong_shape_missing_and_unexpected_keys():
     fcn32 = build_ndnet(NDNetConfig.from_dict({**TINY, "num_classes": 3}))
     with pytest.raises(FamilyError, match=r"unexpected key 'fusion\."):
         load_ndnet_weights(fcn32, good)
+
+
+def test_symmetric_input_norm_feeds_the_authors_scaling():
+    """input_norm="symmetric": an ImageNet-normalised image gives what the authors' [-1, 1] input gives."""
+    from lps_keras.data.common import IMAGENET_MEAN, IMAGENET_STD
+    from lps_keras.families.ndnet.model import build_ndnet
+
+    tiny = {"channels": [8, 8, 16], "depths": [1, 1, 1], "expansion": 2, "head_channels": 8, "num_classes": 3}
+    plain = build_ndnet(NDNetConfig.from_dict(tiny))
+    scaled = build_ndnet(NDNetConfig.from_dict({**tiny, "input_norm": "symmetric"}))
+    scaled.set_weights(plain.get_weights())  # the affine layer has no weights
+    rgb = np.random.default_rng(0).uniform(0, 255, (1, 64, 64, 3))
+    imagenet = (rgb / 255 - np.asarray(IMAGENET_MEAN)) / np.asarray(IMAGENET_STD)
+    authors = (rgb / 255 - 0.5) * 2
+    np.testing.assert_allclose(np.asarray(scaled(imagenet.astype("float32"), training=False)),
+                               np.asarray(plain(authors.astype("float32"), training=False)), rtol=1e-4, atol=1e-5)
+    assert NDNetConfig.from_dict(PRESETS["ndnet45_ende"]).input_norm == "symmetric"
+    with pytest.raises(FamilyError, match=r"input_norm must be one of \['imagenet', 'symmetric'\], got 'rgb'"):
+        NDNetConfig.from_dict({**tiny, "input_norm": "rgb"})

@@ -54,7 +54,7 @@ def export_recipe(recipe: Recipe, options: ExportOptions = ExportOptions(),
     from lps_keras.export import savedmodel, tensorrt
 
     args = options
-    arch = recipe.arch()
+    arch = recipe.model_config()  # any family's config
     cfg = recipe.export
     # The name becomes savedmodels/<name>, TF Serving's model name and a URL path: no "../" (export.name is
     # checked with the recipe; the recipe's own name, its default, is checked here).
@@ -134,6 +134,7 @@ def _export_locked(recipe, args, arch, name, out_dir, target, log, warn, edge_re
     from lps_keras.export import precision as prec
     from lps_keras.export import savedmodel, serving, tensorrt
     from lps_keras.export.onnx import export_onnx
+    from lps_keras.families import describe, family_of_config
     from lps_keras.weights import prepare_deploy_model
 
     cfg = recipe.export
@@ -142,7 +143,8 @@ def _export_locked(recipe, args, arch, name, out_dir, target, log, warn, edge_re
         warn("WARNING: no --weights given: exporting RANDOMLY INITIALISED weights (fine for latency, "
              "useless for predictions)")
     reference, deploy = prepare_deploy_model(arch, args.weights)
-    log(f"model {arch} ({arch.num_params():,} deploy params); writing {target} "
+    params = family_of_config(arch).summary(arch, (512, 512))["params_deploy"]
+    log(f"model {describe(arch)} ({params:,} deploy params); writing {target} "
         f"[{precision}, {outputs}, input {'x'.join(map(str, input_size)) if input_size else 'dynamic'}]")
     result = savedmodel.export_savedmodel(deploy, out_dir, version, input_size=input_size, outputs=outputs,
                                           precision=precision, overwrite=args.overwrite, verify=args.verify,

@@ -157,7 +157,8 @@ def export_memory_estimate(arch, input_size) -> int:
     """
     pixels = int(input_size[0]) * int(input_size[1])
     per_pixel = 8 * 4 * arch.num_classes + 100
-    per_pixel += sum(r * r * (12 + 2 * 4 * arch.width[0] / 4) for r in arch.resolution if r > 0)
+    if hasattr(arch, "resolution"):  # LPS-Net: each path's first-stage activations
+        per_pixel += sum(r * r * (12 + 2 * 4 * arch.width[0] / 4) for r in arch.resolution if r > 0)
     return int(pixels * per_pixel)
 
 

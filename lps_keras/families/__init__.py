@@ -34,12 +34,17 @@ def _lps_family() -> Family:
         name="lps", description="LPS-Net (Zhang et al. 2022): multi-path 3x3 conv network, RepVGG training form",
         config_type=Arch, presets=presets, build_path="lps_keras.model:build_model",
         fuse_path="lps_keras.reparam:reparameterize", summary=summary,
-        features=frozenset({"reparameterize", "expansion", "table4", "official_weights"}),
+        features=frozenset({"reparameterize", "expansion", "table4", "official_weights", "pretrain"}),
+        weights_loader_path="lps_keras.official:load_official_weights",
     )
 
 
 def _entries() -> dict[str, Family]:
-    entries = [_lps_family()]
+    from lps_keras.families import mrms, ndnet
+
+    entries = [_lps_family(), ndnet.FAMILY, mrms.FAMILY]
+    names = [p for f in entries for p in f.presets]
+    assert len(names) == len(set(names)), "preset names must be unique across families"
     return {f.name: f for f in entries}
 
 
@@ -67,5 +72,51 @@ def family_of_model(model) -> Family:
     return get_family(getattr(model, "family", DEFAULT_FAMILY))
 
 
-__all__ = ["DEFAULT_FAMILY", "FAMILIES", "Family", "FamilyError", "family_of_model", "family_of_preset",
-           "get_family"]
+def register_models() -> None:
+    """Import every family's model module, registering its classes with Keras' serialisation.
+
+    Loading a ``.keras`` file needs the class it was saved as (``lps_keras>NDNet``, ...); the loaders
+    call this first, so a model of any family loads in a fresh process.
+    """
+    import importlib
+
+    for family in FAMILIES.values():
+        importlib.import_module(family.build_path.partition(":")[0])
+
+
+def family_of_config(config) -> Family:
+    """The family whose config type ``config`` is (an :class:`~lps_keras.arch.Arch` is LPS-Net's)."""
+    for family in FAMILIES.values():
+        if isinstance(config, family.config_type):
+            return family
+    raise FamilyError(f"not a model config of any family: {config!r}")
+
+
+def build(config, **kwargs):
+    """``family.build(config, **kwargs)`` for the family of ``config``."""
+    return family_of_config(config).build(config, **kwargs)
+
+
+def fuse(model):
+    """The inference form of ``model`` (BN folded; LPS-Net's branches merged); a deploy model as it is."""
+    if getattr(model, "deploy", False):
+        return model
+    return family_of_model(model).fuse(model)
+
+
+def config_of(model):
+    """The config a family model was built from (``model.family_config``)."""
+    config = getattr(model, "family_config", None)
+    if config is None:
+        raise FamilyError(f"model {getattr(model, 'name', model)!r} was not built by a model family")
+    return config
+
+
+def describe(config) -> str:
+    """One line naming a config: the family and its compact form."""
+    family = family_of_config(config)
+    return str(config) if family.name == DEFAULT_FAMILY else f"{family.name} {config}"
+
+
+__all__ = ["DEFAULT_FAMILY", "FAMILIES", "Family", "FamilyError", "build", "config_of", "describe",
+           "family_of_config", "family_of_model", "family_of_preset", "fuse", "get_family", "register_models"]

@@ -51,12 +51,21 @@ class Family:
     #: Features only this family has (``"reparameterize"``, ``"expansion"``, ``"table4"``,
     #: ``"official_weights"``): asking another family for one is refused by :func:`require`.
     features: frozenset = frozenset()
+    #: ``"module:function"`` taking ``(deploy_or_training_model, path)`` that loads the authors'
+    #: published weights (``.pth`` / ``.npz``) into a model of this family; None: the family has none.
+    weights_loader_path: str | None = None
 
     def build(self, config, **kwargs):
         return _resolve(self.build_path)(config, **kwargs)
 
     def fuse(self, model):
         return _resolve(self.fuse_path)(model)
+
+    def load_published_weights(self, model, path):
+        if self.weights_loader_path is None:
+            raise FamilyError(f"{path}: model family {self.name!r} has no published-weights format (.pth/.npz); "
+                              "use a .keras model")
+        return _resolve(self.weights_loader_path)(model, path)
 
     def config(self, preset: str | None = None, config: Mapping | None = None, num_classes: int = 19):
         """The config of ``preset`` (or of the explicit ``config`` dict) for ``num_classes`` classes."""

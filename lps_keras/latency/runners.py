@@ -36,15 +36,15 @@ from lps_keras.latency.stats import LatencyError, set_tf_threads
 Loader = Callable[[Path, tuple, str, Optional[int]], tuple]
 
 
-def random_deploy_model(arch: Arch):
-    """The fused deploy model of ``arch`` with random weights, biases included.
+def random_deploy_model(arch):
+    """The fused deploy model of ``arch`` (any family's config) with random weights, biases included.
 
     Fresh biases are zero, and converters fold a zero bias away (tf2onnx drops the ``Add``),
     which would time a cheaper graph than a trained network's.
     """
-    from lps_keras.model import build_model
+    from lps_keras.families import build
 
-    model = build_model(arch, deploy=True)
+    model = build(arch, deploy=True)
     rng = np.random.default_rng(0)
     for var in model.weights:
         if var.path.endswith("bias"):
@@ -52,8 +52,15 @@ def random_deploy_model(arch: Arch):
     return model
 
 
+def is_model_config(target) -> bool:
+    """True for an Arch or another family's config (what :func:`random_deploy_model` builds)."""
+    from lps_keras.families import FAMILIES
+
+    return any(isinstance(target, f.config_type) for f in FAMILIES.values())
+
+
 def _as_keras_model(target, precision="fp32"):
-    model = random_deploy_model(target) if isinstance(target, Arch) else target
+    model = random_deploy_model(target) if is_model_config(target) else target
     if precision == "bf16":
         from lps_keras.export.precision import bf16_model
 

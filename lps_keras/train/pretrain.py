@@ -19,7 +19,6 @@ written atomically.
 
 from __future__ import annotations
 
-import math
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -30,21 +29,14 @@ from keras import ops
 
 import lps_keras.classifier  # noqa: F401 - registers LPSClassifier, the class a checkpoint is rebuilt as
 import lps_keras.layers  # noqa: F401 - registers the layers
-from lps_keras.fileio import atomic_save_model, atomic_write_json, atomic_write_text
+from lps_keras.fileio import atomic_save_model, atomic_write_json
 from lps_keras.recipe import Recipe
-from lps_keras.train.callbacks import Backup, RunState, StepTracker, restore_state, truncate_log, write_state
-from lps_keras.train.distribute import environment_info, has_gpu, make_strategy, resolve_mixed_precision
-from lps_keras.train.errors import NonFiniteLossError, TrainingError
-from lps_keras.train.loop import (
-    check_backup_arch,
-    epoch_steps_of,
-    open_run_dir,
-    remove_unfinished_run_dir,
-    resolve_run_dir,
-    run_settings,
-)
+from lps_keras.train.callbacks import RunState, StepTracker, write_state
+from lps_keras.train.distribute import has_gpu
+from lps_keras.train.errors import TrainingError
 from lps_keras.train.memory import check_training_memory
 from lps_keras.train.optim import CosineLR, PolyLR, TorchSGD
+from lps_keras.train.run import TrainingRun
 from lps_keras.train.summaries import summary_scalar
 
 #: The file in the run directory that ``train.init`` of a segmentation recipe points at.
@@ -126,36 +118,22 @@ def pretrain(recipe: Recipe, resume: bool = True, callbacks: Sequence[keras.call
     a classification recipe, a class count that disagrees with the data, or a backup of another
     architecture; DataError for a missing split folder or an empty class folder.
     """
-    import tensorflow as tf
-
     from lps_keras.classifier import LPSClassifier
-    from lps_keras.data import unwrap_data_error
     from lps_keras.data.imagenet import build_classification_dataset
 
-    t_start = time.time()
     cfg = recipe.train
     if recipe.data.dataset != "imagenet":
         raise TrainingError(f"data.dataset: pretrain.py trains a classifier on 'imagenet' (class folders or TFDS "
                             f"imagenet2012), got {recipe.data.dataset!r}; segmentation recipes are for train.py")
+    if recipe.model.family != "lps":
+        raise TrainingError(f"model.family: pretrain.py pretrains LPS-Net's paths; got {recipe.model.family!r}")
     if cfg.init:
         raise TrainingError(f"train.init: pretraining starts from random weights, got {cfg.init!r}")
     if cfg.distribute == "multi_worker":
         raise TrainingError("train.distribute: 'multi_worker' is not supported by pretrain.py; use 'mirrored'")
-    verbose, jit_compile = run_settings(verbose, jit_compile)
-    total = cfg.iterations
-    epoch_steps = epoch_steps_of(recipe)
-    epochs = math.ceil(total / epoch_steps)
-    strategy = make_strategy(cfg.distribute)
-    run_dir = resolve_run_dir(recipe)
-    policy = resolve_mixed_precision(cfg.mixed_precision)
-    created_dir, run_lock = open_run_dir(run_dir)
-    log_path = run_dir / "train_log.jsonl"
-
-    previous_policy = keras.config.dtype_policy()
-    keras.config.set_dtype_policy(policy)
-    writers, backup = [], None
-    try:
-        keras.utils.set_random_seed(cfg.seed)
+    run = TrainingRun(recipe, resume=resume, verbose=verbose, jit_compile=jit_compile)
+    with run:
+        run_dir, state, total = run.work_dir, run.state, run.total
         val_ds, names = build_classification_dataset(recipe, recipe.data.val_split, training=False)
         n = recipe.model.num_classes or len(names)
         if n != len(names):
@@ -166,74 +144,31 @@ def pretrain(recipe: Recipe, resume: bool = True, callbacks: Sequence[keras.call
                                   "train.batch_size / pretrain.image_size")
         schedule = (CosineLR(cfg.base_lr, total, cfg.warmup_iterations) if recipe.pretrain.schedule == "cosine"
                     else PolyLR(cfg.base_lr, total, cfg.poly_power, cfg.warmup_iterations))
-        sync_bn = recipe.model.sync_batchnorm or strategy.num_replicas_in_sync > 1
-        with strategy.scope():
+        sync_bn = recipe.model.sync_batchnorm or run.strategy.num_replicas_in_sync > 1
+        with run.strategy.scope():
             model = LPSClassifier(arch, sync_batchnorm=sync_bn, name=f"lps_classifier_{recipe.name}")
             optimizer = TorchSGD(learning_rate=schedule, momentum=cfg.momentum, l2=cfg.weight_decay)
             model.compile(optimizer=optimizer, loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
-                          metrics=[keras.metrics.SparseCategoricalAccuracy(name="accuracy")], jit_compile=jit_compile)
+                          metrics=[keras.metrics.SparseCategoricalAccuracy(name="accuracy")],
+                          jit_compile=run.jit_compile)
             model.optimizer.build(model.trainable_variables)
 
-        state = RunState(total_steps=total, epoch_steps=epoch_steps)
-        backup = Backup(run_dir / "backup", state, run_dir, cfg.checkpoint_interval)
-        backup.set_model(model)
-        if backup.exists() and not resume:
-            import shutil
-
-            shutil.rmtree(run_dir / "backup")
-            for name in ("train_log.jsonl", "state.json", "best.keras", BACKBONE_FILE):
-                (run_dir / name).unlink(missing_ok=True)
-        start_step = 0
-        arch_file = run_dir / "backup" / "arch.json"
-        if backup.exists():
-            check_backup_arch(arch_file, arch, run_dir)
-            try:
-                start_step = backup.restore()
-            except ValueError as e:
-                raise TrainingError(f"run directory {run_dir} holds a backup that does not fit the recipe's "
-                                    f"architecture {arch} ({str(e).splitlines()[0]}); use --no-resume or another "
-                                    "--run-dir") from None
-            print(f"resuming from {backup.weights_path} at step {start_step}/{total}", flush=True)
-            restore_state(run_dir / "state.json", state, start_step)  # the history (top-1 records) up to the step
-            truncate_log(log_path, start_step)
-        else:
-            log_path.unlink(missing_ok=True)
-            atomic_write_json(arch_file, arch.to_dict())
-        state.step = start_step
-        state.last_good_step = start_step if start_step > 0 else None
-
+        start_step = run.resume_or_start(model, arch, clear_files=("best.keras", BACKBONE_FILE))
         train_ds, train_names = build_classification_dataset(recipe, recipe.data.train_split, training=True,
                                                              skip_examples=start_step * cfg.batch_size)
         if train_names != names:
             raise TrainingError(f"data.root: the {recipe.data.train_split!r} and {recipe.data.val_split!r} splits "
                                 f"have different class folders ({len(train_names)} vs {len(names)} classes)")
-        atomic_write_text(run_dir / "recipe.json", recipe.to_json() + "\n")
-        env = environment_info(strategy, policy)
-        env.update({"task": "pretrain", "epoch_steps": epoch_steps, "epochs": epochs,
-                    "resumed_from_step": start_step, "num_classes": n, "class_names": list(names)})
-        atomic_write_json(run_dir / "environment.json", env)
+        run.write_run_files(task="pretrain", num_classes=n, class_names=list(names))
 
-        train_writer = tf.summary.create_file_writer(str(run_dir / "tensorboard" / "train"))
-        val_writer = tf.summary.create_file_writer(str(run_dir / "tensorboard" / "val"))
-        writers = [train_writer, val_writer]
+        train_writer, val_writer = run.make_writers()
         evaluate_fn = make_classification_eval(val_ds)
-        tracker = StepTracker(state, schedule, cfg.log_interval, train_writer, log_path)
+        tracker = StepTracker(state, schedule, cfg.log_interval, train_writer, run.log_path)
         validator = ClassifierValidator(state, cfg.val_interval, evaluate_fn, run_dir, val_writer)
-        fit_seconds = 0.0
-        if start_step < total:
-            print(f"pretraining {model.name} ({n} classes): {total} iterations in {epochs} epochs of {epoch_steps} "
-                  f"steps, batch {cfg.batch_size}, {recipe.pretrain.schedule} lr {cfg.base_lr:g}, policy {policy}; "
-                  f"run dir {run_dir}", flush=True)
-            t_fit = time.time()
-            model.fit(train_ds, epochs=epochs, steps_per_epoch=epoch_steps, initial_epoch=start_step // epoch_steps,
-                      callbacks=[tracker, *callbacks, validator, backup], verbose=verbose, shuffle=False)
-            fit_seconds = time.time() - t_fit
-        for w in writers:
-            w.flush()
-        if state.nan_step is not None:
-            raise NonFiniteLossError(state.nan_message)
+        final_step = run.fit(model, train_ds, [tracker, *callbacks, validator, run.backup],
+                             f"pretraining {model.name} ({n} classes, {recipe.pretrain.schedule} lr "
+                             f"{cfg.base_lr:g})")
 
-        final_step = int(ops.convert_to_numpy(model.optimizer.iterations))
         last = state.history[-1] if state.history else {}
         if state.last_val is not None and state.last_val["step"] == final_step:
             result = state.last_val["result"]
@@ -251,23 +186,8 @@ def pretrain(recipe: Recipe, resume: bool = True, callbacks: Sequence[keras.call
             "iterations": total, "final_step": final_step, "resumed_from_step": start_step,
             "top1": float(result["top1"]), "top5": float(result["top5"]),
             "best_top1": best["top1"] if best else None, "best_step": best["step"] if best else None,
-            "history": state.history, "backbone": str(run_dir / BACKBONE_FILE),
-            "fit_seconds": round(fit_seconds, 2), "wall_seconds": round(time.time() - t_start, 2),
-            "images_per_second": (round((final_step - start_step) * cfg.batch_size / fit_seconds, 3)
-                                  if fit_seconds > 0 else None),
+            "history": state.history, "backbone": str(run_dir / BACKBONE_FILE), **run.timing(final_step),
         }
         write_state(run_dir, state, final_step)
         atomic_write_json(run_dir / "metrics.json", summary)
         return summary
-    except BaseException as e:
-        remove_unfinished_run_dir(run_dir, created_dir, backup)  # nothing to resume from: no half-made directory
-        data_error = unwrap_data_error(e) if isinstance(e, Exception) else None
-        if data_error is not None and data_error is not e:
-            raise data_error from None
-        raise
-    finally:
-        for w in writers:
-            w.close()
-        keras.config.set_dtype_policy(previous_policy)
-        run_lock.release()
-

@@ -19,6 +19,7 @@ FAMILY = Family(
     fuse_path="lps_keras.families.ndnet.model:fuse_ndnet",
     summary=summary,
     features=frozenset(),
+    weights_loader_path="lps_keras.families.ndnet.weights:load_ndnet_weights",
 )
 
 __all__ = ["FAMILY", "PRESETS", "NDNetConfig", "summary"]

@@ -54,6 +54,7 @@ from lps_keras.families.family import FamilyError, check_choice, check_num_class
 
 EXPANSIONS = (2, 4)
 HEADS = ("fcn32", "ende")
+INPUT_NORMS = ("imagenet", "symmetric")
 BACKBONE_STRIDES = (8, 16, 32)
 #: (stage strides, stage dilations) per backbone stride, as the authors' ``NDNet.__init__``.
 STRIDE_SCHEDULES = {32: ((2, 2, 2), (1, 1, 1)), 16: ((2, 2, 1), (1, 1, 2)), 8: ((2, 1, 1), (1, 2, 4))}
@@ -85,6 +86,10 @@ class NDNetConfig:
     head: str = "fcn32"  # "fcn32" | "ende"
     head_channels: int = 64  # the DensePrediction head's separable conv width
     fusion_channels: int = 256  # the ende head's 1x1 fusion conv (unused by fcn32)
+    #: What the network expects after the project's ImageNet mean/std normalisation: "imagenet" feeds it
+    #: as it is; "symmetric" first maps it back to the authors' RGB in [-1, 1] ((x / 255 - 0.5) * 2),
+    #: a fixed per-channel affine layer (no weights), so their published weights work unchanged.
+    input_norm: str = "imagenet"
     num_classes: int = 19
 
     def __post_init__(self):
@@ -96,6 +101,7 @@ class NDNetConfig:
         check_choice(self.head, "head", HEADS)
         _positive_int(self.head_channels, "head_channels")
         _positive_int(self.fusion_channels, "fusion_channels")
+        check_choice(self.input_norm, "input_norm", INPUT_NORMS)
         check_num_classes(self.num_classes)
 
     @classmethod
@@ -140,7 +146,8 @@ PRESETS: dict[str, dict] = {
     "ndnet29_wide": _preset((64, 128, 256), (3, 8, 3)),
     **{f"{name}_e2": _preset(*combo, expansion=2) for name, combo in _COMBOS.items()},
     # The encoder-decoder NDNet45 whose Cityscapes weights the authors publish (Seg_NDNet/ndnet.pth).
-    "ndnet45_ende": _preset((16, 32, 64), (4, 12, 6), backbone_stride=16, head="ende"),
+    # The model the authors publish Cityscapes weights for: it takes their input scaling.
+    "ndnet45_ende": _preset((16, 32, 64), (4, 12, 6), backbone_stride=16, head="ende", input_norm="symmetric"),
 }
 
 

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import keras
 
+from lps_keras.data.common import IMAGENET_MEAN, IMAGENET_STD
 from lps_keras.families.family import FamilyError
 from lps_keras.families.layers import ConvBN, fuse_into
 from lps_keras.families.ndnet.config import NDNetConfig
@@ -123,7 +124,12 @@ def _bottleneck(x, mid: int, out: int, stride: int, dilation: int, project: bool
 def _graph(config: NDNetConfig, deploy: bool, upsample_logits: bool, input_shape):
     """The functional graph's (input, output) tensors."""
     image = keras.Input(shape=input_shape, name="image")
-    x = ConvBN(config.stem_channels, kernel_size=3, strides=2, deploy=deploy, name="stem")(image)
+    x = image
+    if config.input_norm == "symmetric":
+        # ImageNet-normalised x back to RGB in [-1, 1]: (x * std + mean - 0.5) * 2, per channel.
+        x = keras.layers.Rescaling(scale=[2.0 * s for s in IMAGENET_STD], offset=[2.0 * m - 1.0 for m in IMAGENET_MEAN],
+                                   name="input_norm")(x)
+    x = ConvBN(config.stem_channels, kernel_size=3, strides=2, deploy=deploy, name="stem")(x)
     x = keras.layers.ZeroPadding2D(1, name="stem_pool_pad")(x)
     x = keras.layers.MaxPooling2D(3, strides=2, padding="valid", name="stem_pool")(x)
 

@@ -1,0 +1,113 @@
+"""Is a step's latency repeatable? Measure step 1 of an expansion recipe's latency side, now and later.
+
+    python benchmarks/step_latency_repeat.py --recipe recipes/expand_camvid.json --out docs/step1_latency_a.json
+    # 30 minutes later:
+    python benchmarks/step_latency_repeat.py --recipe recipes/expand_camvid.json --out docs/step1_latency_b.json \\
+        --compare docs/step1_latency_a.json
+
+Does exactly what the expansion's step does before any training, with the recipe's latency
+settings (backend, input size, single-network timing for the target L_T and each op's k, then the
+parent and all candidates timed together in paired rounds), from the recipe's start network, in a
+fresh latency cache (nothing measured earlier is reused). ``--compare`` checks the issue's criterion
+against an earlier run: the same k for every op, and every candidate's paired ΔL within 10% of the
+earlier one. The CPU's flags are recorded: compare only runs on one machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--recipe", default="recipes/expand_camvid.json")
+    p.add_argument("--out", required=True, help="JSON to write")
+    p.add_argument("--compare", default=None, help="an earlier run's JSON: print the k and ΔL agreement")
+    p.add_argument("--tolerance", type=float, default=0.10, help="relative ΔL agreement asked for (default 0.10)")
+    return p.parse_args(argv)
+
+
+def measure(recipe) -> dict:
+    from lps_keras.latency.stats import cpu_flags_text
+    from lps_keras.search.candidates import propose_candidates
+    from lps_keras.search.expansion import make_latency_fns, search_ops
+
+    start = recipe.arch()
+    s = recipe.search
+    t0 = time.time()
+    with tempfile.TemporaryDirectory(prefix="step_latency_") as tmp:  # a fresh cache: nothing reused
+        latency_fn, latency_set_fn = make_latency_fns(recipe, tmp, verbose=False)
+        target, cands = propose_candidates(start, search_ops(recipe), latency_fn, s.max_k)
+        if latency_set_fn is None:
+            raise SystemExit("the recipe measures no paired sets (search.latency.rounds is 0)")
+        paired = latency_set_fn(start, [c.arch for c in cands])
+    parent_ms = paired[start.hash][0]
+    rows = []
+    for c in cands:
+        lat, se = paired[c.arch.hash]
+        rows.append({"op": c.op, "aliases": list(c.aliases), "k": c.k, "arch": str(c.arch), "single_ms": c.latency,
+                     "paired_ms": lat, "delta_ms": lat - parent_ms, "delta_se_ms": se})
+    return {"recipe": recipe.name, "start": str(start), "backend": s.latency_backend,
+            "input_shape": list(s.latency_input_shape), "cpu": cpu_flags_text(),
+            "time": time.strftime("%Y-%m-%d %H:%M:%S"), "seconds": round(time.time() - t0, 1),
+            "target_ms": target, "parent_ms": parent_ms, "candidates": rows}
+
+
+def compare(a: dict, b: dict, tolerance: float) -> tuple[str, bool]:
+    """A Markdown table of run ``a`` against the earlier run ``b``, and whether the criterion holds."""
+    earlier = {r["op"]: r for r in b["candidates"]}
+    lines = [f"earlier run {b['time']} (parent {b['parent_ms']:.3f} ms), this run {a['time']} "
+             f"(parent {a['parent_ms']:.3f} ms)", "",
+             "| op | k then | k now | ΔL then (ms) | ΔL now (ms) | ratio | agree |", "|---|---|---|---|---|---|---|"]
+    ok = set(earlier) == {r["op"] for r in a["candidates"]}
+    for r in a["candidates"]:
+        e = earlier.get(r["op"])
+        if e is None:
+            lines.append(f"| {r['op']} | – | {r['k']} | – | {r['delta_ms']:.3f} | – | no |")
+            continue
+        ratio = r["delta_ms"] / e["delta_ms"] if e["delta_ms"] else float("inf")
+        agree = r["k"] == e["k"] and abs(ratio - 1) <= tolerance
+        ok &= agree
+        lines.append(f"| {r['op']} | {e['k']} | {r['k']} | {e['delta_ms']:.3f} ± {e['delta_se_ms']:.3f} | "
+                     f"{r['delta_ms']:.3f} ± {r['delta_se_ms']:.3f} | {ratio:.3f} | {'yes' if agree else 'no'} |")
+    return "\n".join(lines), ok
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    from lps_keras.cli import quiet_tensorflow
+
+    quiet_tensorflow()
+    from lps_keras.errors import LPSError
+    from lps_keras.fileio import atomic_write_json
+    from lps_keras.recipe import load_recipe
+
+    try:
+        recipe = load_recipe(args.recipe)
+        earlier = json.loads(Path(args.compare).read_text()) if args.compare else None
+    except (LPSError, OSError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    result = measure(recipe)
+    print(f"CPU: {result['cpu']}\nstep 1 from {result['start']}: target {result['target_ms']:.3f} ms, parent "
+          f"{result['parent_ms']:.3f} ms ({result['seconds']} s)")
+    for r in result["candidates"]:
+        print(f"  {r['op']:<14} k={r['k']}  ΔL {r['delta_ms']:.3f} ± {r['delta_se_ms']:.3f} ms")
+    if earlier is not None:
+        table, ok = compare(result, earlier, args.tolerance)
+        result["compared_with"] = {"file": args.compare, "same_k_and_delta_within": args.tolerance, "holds": ok,
+                                   "table": table}
+        print(table + f"\n\ncriterion (same k, ΔL within {args.tolerance:.0%}): {'holds' if ok else 'does not hold'}")
+    atomic_write_json(Path(args.out), result)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
