@@ -14,6 +14,18 @@ import math
 from collections.abc import Iterable, Sequence
 from fractions import Fraction
 
+from lps_keras.block_specs import (
+    BLOCK_TYPES,
+    DEFAULT_BLOCK,
+    DEFAULT_INTERACTION,
+    INTERACTION_AFTER_STAGES,
+    INTERACTION_TYPES,
+    INTERACTIONS,
+    block_units,
+    interaction_pairs,
+    unit_macs,
+    unit_params,
+)
 from lps_keras.errors import LPSError
 
 NUM_STAGES = 5
@@ -44,6 +56,8 @@ class Arch:
     width: tuple[int, ...]
     resolution: tuple[float, ...]
     num_classes: int = 19
+    block: str = DEFAULT_BLOCK
+    interaction: str = DEFAULT_INTERACTION
 
     def __post_init__(self):
         depth = _int_tuple(self.depth, "depth")
@@ -70,6 +84,15 @@ class Arch:
             raise ArchError(f"num_classes must be an int, got {self.num_classes!r}")
         if self.num_classes < 2:
             raise ArchError(f"num_classes must be >= 2, got {self.num_classes!r}")
+        for field, allowed in (("block", BLOCK_TYPES), ("interaction", INTERACTION_TYPES)):
+            value = getattr(self, field)
+            if not isinstance(value, str) or value not in allowed:
+                raise ArchError(f"{field} must be one of {list(allowed)}, got {value!r}")
+        if self.block == "shufflenet_unit":
+            # The unit's two branches each produce half of the channels.
+            for i, v in enumerate(width):
+                if v % 2:
+                    raise ArchError(f"width[{i}] must be even for block 'shufflenet_unit', got {v!r}")
         object.__setattr__(self, "depth", depth)
         object.__setattr__(self, "width", width)
         object.__setattr__(self, "resolution", tuple(positive) + (0.0,) * (MAX_PATHS - len(positive)))
@@ -103,29 +126,58 @@ class Arch:
         return self.feature_sizes(height, width, 0)[-1]
 
     def num_params(self) -> int:
-        """Parameters of the fused deploy model (3x3 conv + bias per block, 1x1 head)."""
-        per_path = 0
-        c_in = 3
-        for d, c in zip(self.depth, self.width):
-            per_path += (9 * c_in * c + c) + (d - 1) * (9 * c * c + c)
-            c_in = c
+        """Parameters of the fused deploy model (every conv with its BN folded into a bias, 1x1 head)."""
+        per_path = sum(unit_params(u) for _, units in self._block_units() for u in units)
         head = self.width[-1] * self.num_paths * self.num_classes + self.num_classes
-        return per_path * self.num_paths + head
+        return per_path * self.num_paths + head + self._interaction_params()
+
+    def _block_units(self):
+        """``(stage index, units)`` of every block of one path, in order."""
+        c_in = 3
+        for s, (d, c, stride) in enumerate(zip(self.depth, self.width, STAGE_STRIDES)):
+            for b in range(d):
+                yield s, block_units(self.block, c_in if b == 0 else c, c, stride if b == 0 else 1)
+            c_in = c
+
+    def _interaction_params(self) -> int:
+        rule = INTERACTIONS[self.interaction]
+        if rule is None or not rule.transform:
+            return 0
+        pairs = interaction_pairs(self.interaction, self.num_paths)
+        c = [self.width[s - 1] for s in INTERACTION_AFTER_STAGES]
+        return sum(len(pairs) * (w * w + w) for w in c)
 
     def macs(self, height: int = 1024, width: int = 2048) -> int:
         """Convolution multiply-accumulates of the deploy model at ``height`` x ``width``.
 
-        Counts the 3x3 convs and the 1x1 head (resizes, additions and ReLUs are excluded,
-        which is how the paper's GFLOPs column is counted).
+        Counts every conv of the blocks and the interactions and the 1x1 head (resizes,
+        additions, gates and ReLUs are excluded, which is how the paper's GFLOPs column is counted).
         """
         total = 0
         for p in range(self.num_paths):
-            c_in = 3
-            for (h, w), d, c in zip(self.feature_sizes(height, width, p), self.depth, self.width):
-                total += h * w * 9 * (c_in * c + (d - 1) * c * c)
-                c_in = c
+            sizes = self.feature_sizes(height, width, p)
+            inputs = [self.path_input_size(height, width, p)] + sizes[:-1]
+            seen = set()  # only a stage's first block starts at the previous stage's size
+            for s, units in self._block_units():
+                out_hw = sizes[s][0] * sizes[s][1]
+                in_hw = inputs[s][0] * inputs[s][1] if s not in seen else out_hw
+                seen.add(s)
+                total += sum(unit_macs(u, in_hw if u.at_input else out_hw) for u in units)
+        total += self._interaction_macs(height, width)
         h, w = self.output_size(height, width)
         total += h * w * self.width[-1] * self.num_paths * self.num_classes
+        return total
+
+    def _interaction_macs(self, height: int, width: int) -> int:
+        rule = INTERACTIONS[self.interaction]
+        if rule is None or not rule.transform:
+            return 0
+        total = 0
+        for s in INTERACTION_AFTER_STAGES:
+            c = self.width[s - 1]
+            for _, j in interaction_pairs(self.interaction, self.num_paths):
+                h, w = self.feature_sizes(height, width, j)[s - 1]  # the 1x1 conv runs at the sender's size
+                total += h * w * c * c
         return total
 
     # ----------------------------------------------------------------- expansion
@@ -133,11 +185,11 @@ class Arch:
         """``N + k * delta``: element-wise addition of an expansion op, then canonicalised."""
         if isinstance(k, bool) or not isinstance(k, int) or k < 0:
             raise ArchError(f"expansion multiple k must be an int >= 0, got {k!r}")
-        return Arch(
+        return dataclasses.replace(
+            self,
             depth=tuple(a + k * b for a, b in zip(self.depth, op.depth)),
             width=tuple(a + k * b for a, b in zip(self.width, op.width)),
             resolution=tuple(a + k * b for a, b in zip(self.resolution, op.resolution)),
-            num_classes=self.num_classes,
         )
 
     def __add__(self, op: ExpansionOp) -> Arch:
@@ -147,12 +199,19 @@ class Arch:
 
     # ----------------------------------------------------------------- serialisation
     def to_dict(self) -> dict:
-        return {
+        d = {
             "depth": list(self.depth),
             "width": list(self.width),
             "resolution": [_ratio_json(r) for r in self.resolution],
             "num_classes": self.num_classes,
         }
+        # Only a non-default choice is written, so the dict (and the hash, every cache key, journal,
+        # preset and arch.json derived from it) of the paper's network is what it was before.
+        if self.block != DEFAULT_BLOCK:
+            d["block"] = self.block
+        if self.interaction != DEFAULT_INTERACTION:
+            d["interaction"] = self.interaction
+        return d
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), sort_keys=True)
@@ -161,7 +220,7 @@ class Arch:
     def from_dict(cls, d: dict) -> Arch:
         if not isinstance(d, dict):
             raise ArchError(f"an arch must be a mapping, got {d!r}")
-        unknown = set(d) - {"depth", "width", "resolution", "num_classes"}
+        unknown = set(d) - {"depth", "width", "resolution", "num_classes", "block", "interaction"}
         if unknown:
             raise ArchError(f"unknown arch key(s) {sorted(unknown)!r}")
         missing = {"depth", "width", "resolution"} - set(d)
@@ -172,6 +231,8 @@ class Arch:
             width=d["width"],
             resolution=tuple(_parse_ratio(r, i) for i, r in enumerate(_as_list(d["resolution"], "resolution"))),
             num_classes=d.get("num_classes", 19),
+            block=d.get("block", DEFAULT_BLOCK),
+            interaction=d.get("interaction", DEFAULT_INTERACTION),
         )
 
     @classmethod
@@ -183,16 +244,21 @@ class Arch:
 
     @property
     def hash(self) -> str:
-        """Stable 12-hex-digit id of (depth, width, resolution, num_classes)."""
+        """Stable 12-hex-digit id of (depth, width, resolution, num_classes[, block, interaction])."""
         return hashlib.sha256(self.to_json().encode()).hexdigest()[:12]
 
     def short(self) -> str:
-        """Paper notation, e.g. ``{1,3,3,10,10} {8,24,48,96,96} {3/4,1/4,0}``."""
-        return (
+        """Paper notation, e.g. ``{1,3,3,10,10} {8,24,48,96,96} {3/4,1/4,0}`` (+ non-default choices)."""
+        text = (
             "{" + ",".join(map(str, self.depth)) + "} "
             "{" + ",".join(map(str, self.width)) + "} "
             "{" + ",".join(str(Fraction(r).limit_denominator(4096)) for r in self.resolution) + "}"
         )
+        if self.block != DEFAULT_BLOCK:
+            text += f" block={self.block}"
+        if self.interaction != DEFAULT_INTERACTION:
+            text += f" interaction={self.interaction}"
+        return text
 
     def __str__(self) -> str:
         return self.short()
@@ -207,7 +273,8 @@ class Arch:
 
         return "; ".join(
             f"{f} {show(f, getattr(self, f))} ({names[0]}) vs {show(f, getattr(other, f))} ({names[1]})"
-            for f in ("depth", "width", "resolution", "num_classes") if getattr(self, f) != getattr(other, f)
+            for f in ("depth", "width", "resolution", "num_classes", "block", "interaction")
+            if getattr(self, f) != getattr(other, f)
         )
 
 

@@ -8,9 +8,10 @@ Layer names are deterministic and shared by the training and deploy forms, which
 weight transfer (re-parameterisation, official weights, checkpoints) keys on:
 
 - ``path{p}_resize``: the path's input, the image resized by its ratio (skipped for ratio 1)
-- ``path{p}_stage{s}_block{b}``: :class:`RepConvBlock`, 1-based indices; block 1 of stages 1-4
-  has stride 2
-- ``interaction_stage3``, ``interaction_stage4``: Bilateral-B after stages 3 and 4
+- ``path{p}_stage{s}_block{b}``: :class:`RepConvBlock` (or the arch's ``block`` type from
+  :data:`lps_keras.blocks.BLOCK_LAYERS`), 1-based indices; block 1 of stages 1-4 has stride 2
+- ``interaction_stage3``, ``interaction_stage4``: Bilateral-B (or the arch's ``interaction``, see
+  :mod:`lps_keras.interactions`; none for ``interaction="none"``) after stages 3 and 4
 - ``path{p}_upsample`` (p >= 2), ``concat``: lower paths at the first path's size, concatenated
 - ``head``: 1x1 conv with bias to class logits (1/16 of the first path's input)
 - ``logits_upsample``: only with ``upsample_logits=True``, logits at the input size
@@ -21,9 +22,10 @@ from __future__ import annotations
 import keras
 
 from lps_keras.arch import STAGE_STRIDES, Arch
-from lps_keras.layers import BilinearResize, PathInteraction, RepConvBlock
-
-INTERACTION_AFTER_STAGES = (3, 4)
+from lps_keras.block_specs import INTERACTION_AFTER_STAGES
+from lps_keras.blocks import BLOCK_LAYERS
+from lps_keras.interactions import make_interaction
+from lps_keras.layers import BilinearResize
 
 
 def block_name(path: int, stage: int, block: int) -> str:
@@ -111,17 +113,19 @@ def _graph(arch: Arch, deploy: bool, upsample_logits: bool, input_shape, sync_ba
     for p, ratio in enumerate(arch.ratios, start=1):
         paths.append(image if ratio == 1.0 else BilinearResize(scale=ratio, name=f"path{p}_resize")(image))
 
+    block_layer = BLOCK_LAYERS[arch.block]
     for s, (depth, width, stride) in enumerate(zip(arch.depth, arch.width, STAGE_STRIDES), start=1):
         for p in range(len(paths)):
             x = paths[p]
             for b in range(1, depth + 1):
-                x = RepConvBlock(
+                x = block_layer(
                     width, strides=stride if b == 1 else 1, deploy=deploy,
                     synchronized_bn=sync_batchnorm, name=block_name(p + 1, s, b),
                 )(x)
             paths[p] = x
         if s in INTERACTION_AFTER_STAGES and len(paths) > 1:
-            paths = list(PathInteraction(name=f"interaction_stage{s}")(paths))
+            interaction = make_interaction(arch.interaction, f"interaction_stage{s}", deploy)
+            paths = paths if interaction is None else list(interaction(paths))
 
     if len(paths) > 1:
         upsampled = [BilinearResize(name=f"path{p}_upsample")([x, paths[0]]) for p, x in enumerate(paths[1:], start=2)]

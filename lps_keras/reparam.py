@@ -12,8 +12,11 @@ def reparameterize(model: LPSNet) -> LPSNet:
     The deploy model is built from ``model.arch`` with the same options (logit upsampling, input
     shape, dtype policy) and every :class:`RepConvBlock` in deploy form (one 3x3 conv with bias);
     each block's branches and BNs are folded with :meth:`RepConvBlock.fused_kernel_bias` and
-    written into the block of the same name. All other layers keep their weights. ``model``
-    itself is not modified.
+    written into the block of the same name. The other block types (:mod:`lps_keras.blocks`) and
+    the parameterised interactions (:mod:`lps_keras.interactions`) keep their topology: each of
+    their conv + BN units becomes the conv with the BN folded into a bias (``fused_units``); only
+    the 3x3 conv block merges its branches into one conv. All other layers keep their weights.
+    ``model`` itself is not modified.
     """
     if not isinstance(model, LPSNet):
         raise TypeError(f"reparameterize expects a model from build_model, got {type(model).__name__}")
@@ -29,6 +32,10 @@ def reparameterize(model: LPSNet) -> LPSNet:
             kernel, bias = layer.fused_kernel_bias()
             dtype = target.conv.kernel.dtype
             target.conv.set_weights([kernel.astype(dtype), bias.astype(dtype)])
+        elif hasattr(layer, "fused_units"):
+            for unit_name, (kernel, bias) in layer.fused_units().items():
+                conv = target.units[unit_name].conv
+                conv.set_weights([kernel.astype(conv.kernel.dtype), bias.astype(conv.kernel.dtype)])
         else:
             target.set_weights(layer.get_weights())
     return deploy

@@ -33,7 +33,10 @@ def training_num_params(arch: Arch) -> dict[str, int]:
 
     Per block: 3x3 conv + BN, 1x1 conv + BN, and an identity BN where stride is 1 and the
     channel count is unchanged (each BN: 2 trainable + 2 moving statistics per channel).
+    Other block types and interactions: one conv (no bias) + BN per unit of :mod:`lps_keras.block_specs`.
     """
+    if arch.block != "conv3x3" or arch.interaction != "bilateral_b":
+        return _unit_training_params(arch)
     trainable = stats = 0
     c_in = 3
     for d, c, stride in zip(arch.depth, arch.width, STAGE_STRIDES):
@@ -50,32 +53,63 @@ def training_num_params(arch: Arch) -> dict[str, int]:
     return {"trainable": trainable, "bn_statistics": stats, "total": trainable + stats}
 
 
+def _unit_training_params(arch: Arch) -> dict[str, int]:
+    from lps_keras.block_specs import INTERACTION_AFTER_STAGES, INTERACTIONS, interaction_pairs, unit_params
+
+    if arch.block == "conv3x3":  # RepVGG branches: the formula above, interactions added below
+        base = training_num_params(dataclasses.replace(arch, interaction="bilateral_b"))
+        trainable, stats = base["trainable"], base["bn_statistics"]
+    else:
+        units = [u for _, us in arch._block_units() for u in us]
+        trainable = arch.num_paths * sum(unit_params(u, deploy=False) for u in units)
+        stats = arch.num_paths * sum(2 * u.cout for u in units)
+        trainable += arch.width[-1] * arch.num_paths * arch.num_classes + arch.num_classes
+    rule = INTERACTIONS[arch.interaction]
+    if rule is not None and rule.transform:
+        pairs = len(interaction_pairs(arch.interaction, arch.num_paths))
+        for s in INTERACTION_AFTER_STAGES:
+            c = arch.width[s - 1]
+            trainable += pairs * (c * c + 2 * c)
+            stats += pairs * 2 * c
+    return {"trainable": trainable, "bn_statistics": stats, "total": trainable + stats}
+
+
 def count_macs(model, input_shape) -> int:
     """Conv MACs of a model built by ``build_model`` at ``input_shape`` = (H, W) or (H, W, 3).
 
     Measured from the Keras graph rather than from the :class:`Arch`: the model is re-traced
     at that size and each Conv2D inside a :class:`RepConvBlock` (every branch, so a training
-    model also counts its 1x1 convs) and the ``head`` contributes
-    ``out_h * out_w * k_h * k_w * c_in * c_out``.
+    model also counts its 1x1 convs), each conv unit of the other block types and interactions
+    (at the resolution it runs at) and the ``head`` contributes
+    ``out_h * out_w * k_h * k_w * c_in * c_out`` (depthwise: ``c_out`` = 1).
     """
     import keras
 
+    from lps_keras.blocks import UnitBlock
+    from lps_keras.interactions import PathExchange
     from lps_keras.layers import RepConvBlock
+
+    def conv_macs(hw, kernel):
+        kh, kw, cin, cout = kernel.shape
+        return hw[0] * hw[1] * kh * kw * cin * cout
 
     h, w = int(input_shape[0]), int(input_shape[1])
     traced = keras.models.clone_model(model, input_tensors=keras.Input(shape=(h, w, 3), batch_size=1))
     total = 0
     for layer in traced.layers:
         if isinstance(layer, RepConvBlock):
-            out_h, out_w = layer.output.shape[1:3]
             for conv in (layer.conv, layer.conv_1x1):
                 if conv is not None:
-                    kh, kw, cin, cout = conv.kernel.shape
-                    total += out_h * out_w * kh * kw * cin * cout
+                    total += conv_macs(layer.output.shape[1:3], conv.kernel)
+        elif isinstance(layer, UnitBlock):
+            for unit in layer.units.values():
+                hw = layer.input.shape[1:3] if unit.at_input else layer.output.shape[1:3]
+                total += conv_macs(hw, unit.conv.kernel)
+        elif isinstance(layer, PathExchange):
+            for i, j in layer.pairs if layer.units else ():  # 1x1 convs at the sender's size
+                total += conv_macs(layer.input[j].shape[1:3], layer.units[f"from{j + 1}_to{i + 1}"].conv.kernel)
         elif layer.name == "head":
-            out_h, out_w = layer.output.shape[1:3]
-            kh, kw, cin, cout = layer.kernel.shape
-            total += out_h * out_w * kh * kw * cin * cout
+            total += conv_macs(layer.output.shape[1:3], layer.kernel)
     return int(total)
 
 

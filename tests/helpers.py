@@ -31,4 +31,8 @@ def all_layers(model):
             yield from (sub for sub in (layer.bn, layer.bn_1x1, layer.bn_identity) if sub is not None)
         elif isinstance(layer, ConvBN) and layer.bn is not None:
             yield layer.bn
+        # Non-default blocks and interactions hold ConvBN units by name.
+        for unit in getattr(layer, "units", {}).values() if isinstance(getattr(layer, "units", None), dict) else ():
+            if isinstance(unit, ConvBN) and unit.bn is not None:
+                yield unit.bn
 
