@@ -1,0 +1,100 @@
+"""``python -m lps_keras.study blocks|interactions|widths --backend B [--input-size HxW] [--output DIR]``.
+
+Times the studies of :mod:`lps_keras.study` on one latency backend of the project's table and writes
+``<study>.json`` / ``<study>.md`` (and ``widths.png``) to ``--output``. Bad input is one line and exit 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+
+def _size(text: str) -> tuple[int, int]:
+    from lps_keras.summary import _SIZE
+
+    m = _SIZE.match(text)
+    if not m or min(int(m.group(1)), int(m.group(2))) < 1:
+        raise argparse.ArgumentTypeError(f"--input-size must be HxW, got {text!r}")
+    return int(m.group(1)), int(m.group(2))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from lps_keras.latency.backends import backend_names
+
+    p = argparse.ArgumentParser(prog="python -m lps_keras.study", description=__doc__.splitlines()[0])
+    p.add_argument("study", choices=("blocks", "interactions", "widths"))
+    p.add_argument("--backend", default="tf", choices=backend_names())
+    p.add_argument("--input-size", type=_size, default=None,
+                   help="network input HxW (default 1024x2048; widths: the layer's input, default 128x128)")
+    p.add_argument("--output", default=None, help="directory for the JSON, Markdown and PNG (default study_<name>)")
+    p.add_argument("--target-ms", type=float, default=None,
+                   help="blocks: the latency to tune c to (default: the conv3x3 network at c=16)")
+    p.add_argument("--c-max", type=int, default=512, help="blocks: the largest c tried")
+    p.add_argument("--max-width", type=int, default=64, help="widths: widths 1..N")
+    p.add_argument("--precision", default="fp32")
+    p.add_argument("--warmup", type=int, default=5)
+    p.add_argument("--iters", type=int, default=20, help="timed runs per network (per round in a set)")
+    p.add_argument("--rounds", type=int, default=10, help="interleaved rounds of a paired set")
+    return p
+
+
+def _width_model(kind: str, width: int, in_channels: int):
+    import keras
+
+    x = keras.Input((None, None, in_channels))
+    if kind == "conv3x3":
+        y = keras.layers.Conv2D(width, 3, padding="same", name="conv")(x)
+    else:
+        y = keras.layers.DepthwiseConv2D(3, padding="same", name="dw")(x)
+        y = keras.layers.Conv2D(width, 1, name="pw")(y)
+    return keras.Model(x, y, name=f"{kind}_w{width}")
+
+
+def run(args) -> int:
+    import lps_keras.study as study
+    from lps_keras.cli import quiet_tensorflow
+    from lps_keras.latency import measure_latency, measure_set
+
+    quiet_tensorflow()
+    common = dict(backend=args.backend, precision=args.precision, warmup=args.warmup)
+
+    def set_fn(shape):
+        def fn(targets):
+            m = measure_set(list(targets), input_shape=shape, rounds=args.rounds,
+                            iters_per_round=max(1, args.iters // args.rounds), **common)
+            return list(m.median_ms)
+        return fn
+
+    if args.study == "widths":
+        h, w = args.input_size or (128, 128)
+        in_c = 32
+        models = lambda specs: [_width_model(k, c, in_c) for k, c in specs]  # noqa: E731
+        inner = set_fn((1, h, w, in_c))
+        result = study.widths_study(lambda specs: inner(models(specs)), range(1, args.max_width + 1), in_c, (h, w))
+    else:
+        h, w = args.input_size or (1024, 2048)
+        shape = (1, h, w, 3)
+        if args.study == "blocks":
+            def single(arch):
+                return measure_latency(arch, input_shape=shape, iters=args.iters, **common).median_ms
+
+            result = study.blocks_study(single, (h, w), args.target_ms, set_fn(shape), c_max=args.c_max)
+        else:
+            result = study.interactions_study(set_fn(shape), (h, w))
+    result.update(backend=args.backend, precision=args.precision)
+    for path in study.write_outputs(result, args.output or f"study_{args.study}_{args.backend}"):
+        print(path)
+    print(study.to_markdown(result))
+    return 0
+
+
+def main(argv=None) -> int:
+    from lps_keras.cli import guarded
+
+    args = build_parser().parse_args(argv)
+    return guarded("study", lambda: run(args))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,94 @@
+"""The design-principle studies on stub latency functions, and the CLI's one-line errors."""
+
+import json
+
+import pytest
+
+import lps_keras.study as study
+from lps_keras.block_specs import BLOCK_TYPES, INTERACTION_TYPES
+
+
+def gmacs_latency(arch):
+    """A stub: latency proportional to conv MACs at 64x128 (monotone in c), per block a different slope."""
+    return arch.macs(64, 128) / 1e7 * (1.0 + BLOCK_TYPES.index(arch.block))
+
+
+def test_tune_width_converges_to_target():
+    got = study.tune_width(lambda c: 0.5 * c, target_ms=10.2, c_max=256)
+    assert got["c"] == 20 and got["latency_ms"] == 10.0 and len(got["evaluations"]) <= 12
+    even = study.tune_width(lambda c: float(c), target_ms=7.0, step=2, c_max=64)
+    assert even["c"] in (6, 8) and even["c"] % 2 == 0
+    assert study.tune_width(lambda c: float(c), target_ms=1e6, c_max=32)["c"] == 32
+
+
+def test_blocks_study_hits_the_common_target_and_has_the_papers_rows():
+    result = study.blocks_study(gmacs_latency, input_size=(64, 128))
+    target = gmacs_latency(study.table2_arch("conv3x3", 16))
+    assert result["target_ms"] == pytest.approx(target, abs=1e-4)  # rounded to 4 places
+    rows = {r["block"]: r for r in result["rows"]}
+    assert set(rows) == set(BLOCK_TYPES) and rows["conv3x3"]["c"] == 16
+    for block, row in rows.items():
+        step = study.width_step(block)
+        # c is the best multiple of step: neither neighbour gets closer to the target.
+        for other in (row["c"] - step, row["c"] + step):
+            if other >= 1:
+                other_ms = gmacs_latency(study.table2_arch(block, other))
+                assert abs(row["latency_ms"] - target) <= abs(other_ms - target) + 1e-4
+        assert row["paper_latency_ms"] == study.PAPER_TABLE2[block][1]
+        assert row["gflops_per_ms"] == pytest.approx(row["gflops"] / row["latency_ms"], rel=1e-2)
+    md = study.to_markdown(result)
+    assert "| conv3x3 | 16 |" in md and "18.5" in md and "0.8" in md
+
+
+def test_blocks_study_retimes_as_a_set_and_takes_a_target():
+    calls = []
+
+    def set_fn(archs):
+        calls.append(archs)
+        return [1.0] * len(archs)
+
+    result = study.blocks_study(gmacs_latency, (64, 128), target_ms=3.0, latency_set_fn=set_fn,
+                                blocks=("conv3x3", "sepconv3x3"))
+    assert result["target_ms"] == 3.0 and len(calls) == 1 and len(calls[0]) == 2
+    assert all(r["latency_ms"] == 1.0 and r["gflops_per_ms"] == r["gflops"] for r in result["rows"])
+    assert all(a.interaction == "none" and a.depth == (1, 2, 4, 7, 7) for a in calls[0])
+
+
+def test_interactions_study_reports_increase_over_none():
+    result = study.interactions_study(lambda archs: [1.0 + 0.1 * i for i in range(len(archs))], (64, 128))
+    rows = {r["interaction"]: r for r in result["rows"]}
+    assert set(rows) == set(INTERACTION_TYPES) and rows["none"]["increase_ms"] == 0
+    assert rows["bilateral_b"]["paper_latency_ms"] == 5.97 and rows["bilateral_b"]["paper_increase_ms"] == 0.29
+    assert rows["direct_a"]["increase_ms"] == pytest.approx(0.1)
+
+
+def test_widths_study_and_outputs(tmp_path):
+    result = study.widths_study(lambda specs: [c * (3.0 if k == "conv3x3" else 1.0) for k, c in specs],
+                                widths=range(1, 9), size=(16, 16))
+    assert [r["width"] for r in result["rows"]] == list(range(1, 9))
+    row = result["rows"][3]  # width 4: 16*16*9*32*4 and 16*16*(9*32 + 32*4) MACs
+    assert row["conv3x3_gflops"] == pytest.approx(16 * 16 * 9 * 32 * 4 / 1e9)
+    assert row["sepconv3x3_gflops"] == pytest.approx(16 * 16 * (9 * 32 + 32 * 4) / 1e9)
+    paths = study.write_outputs(result, tmp_path)
+    assert [p.name for p in paths] == ["widths.json", "widths.md", "widths.png"]
+    assert json.loads(paths[0].read_text())["rows"][0]["width"] == 1
+    assert paths[2].read_bytes()[:4] == b"\x89PNG"
+
+
+def test_cli_refuses_bad_input_in_one_line(capsys):
+    from lps_keras.study.__main__ import main
+
+    with pytest.raises(SystemExit) as e:
+        main(["blocks", "--backend", "nope"])
+    assert e.value.code == 2 and "nope" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as e:
+        main(["widths", "--input-size", "12by3"])
+    assert e.value.code == 2 and "'12by3'" in capsys.readouterr().err
+
+
+def test_cli_widths_on_the_tf_backend(tmp_path, capsys):
+    from lps_keras.study.__main__ import main
+
+    rc = main(["widths", "--backend", "tf", "--input-size", "8x8", "--max-width", "2", "--warmup", "1",
+               "--iters", "2", "--rounds", "2", "--output", str(tmp_path)])
+    assert rc == 0 and (tmp_path / "widths.md").is_file() and (tmp_path / "widths.png").is_file()
