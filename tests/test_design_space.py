@@ -145,3 +145,19 @@ def test_training_params_match_keras(block, interaction):
     trainable = sum(int(np.prod(v.shape)) for v in model.trainable_weights)
     counted = training_num_params(arch)
     assert counted["trainable"] == trainable and counted["total"] == model.count_params()
+
+
+def test_export_savedmodel_and_onnx_non_default(tmp_path):
+    """A non-default block (with split, gather and concat) and interaction (with a sigmoid gate) export."""
+    from lps_keras import export as ex
+
+    arch = Arch((1, 1, 1, 1, 1), WIDTH, (1, 0.5, 0), num_classes=3, block="shufflenet_unit",
+                interaction="attention_b")
+    train = build_model(arch)
+    randomize_batchnorm(train, seed=7)
+    deploy = reparameterize(train)
+    result = ex.export_savedmodel(deploy, tmp_path / "sm", 1, reference_model=train,
+                                  verify_image=ex.sample_image(48, 96))
+    assert (result.path / "saved_model.pb").is_file()
+    report = ex.export_onnx(deploy, tmp_path / "m.onnx", opset=17, input_shape=(1, 48, 96, 3))
+    assert report["onnxruntime_max_rel_error"] <= 1e-4
