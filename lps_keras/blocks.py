@@ -73,10 +73,8 @@ class UnitBlock(keras.layers.Layer):
             unit = ConvBN(spec.cout, kernel_size=spec.kernel, strides=1 if strided_1x1 else spec.stride,
                           depthwise=spec.depthwise, activation=spec.activation, deploy=self.deploy,
                           bn_momentum=self.bn_momentum, bn_epsilon=self.bn_epsilon,
-                          kernel_initializer=self.kernel_initializer, name=spec.name, dtype=self.dtype_policy)
-            if self.synchronized_bn and unit.bn is not None:
-                unit.bn = keras.layers.BatchNormalization(momentum=self.bn_momentum, epsilon=self.bn_epsilon,
-                                                          synchronized=True, name="bn", dtype=self.dtype_policy)
+                          kernel_initializer=self.kernel_initializer, synchronized_bn=self.synchronized_bn,
+                          name=spec.name, dtype=self.dtype_policy)
             shape = input_shape if spec.at_input or spec.stride == 2 else out_shape
             unit.build(tuple(shape[:3]) + (spec.cin,))
             unit.strided_1x1 = strided_1x1

@@ -27,7 +27,7 @@ class ConvBN(keras.layers.Layer):
 
     def __init__(self, filters=None, kernel_size=3, strides=1, dilation_rate=1, depthwise=False,
                  activation="relu", deploy=False, bn_momentum=0.9, bn_epsilon=1e-5, use_bias=False,
-                 kernel_initializer="he_normal", **kwargs):
+                 kernel_initializer="he_normal", synchronized_bn=False, **kwargs):
         super().__init__(**kwargs)
         if not depthwise and (isinstance(filters, bool) or not isinstance(filters, int) or filters < 1):
             raise ValueError(f"ConvBN filters must be a positive int, got {filters!r}")
@@ -47,6 +47,7 @@ class ConvBN(keras.layers.Layer):
         self.bn_momentum = bn_momentum
         self.bn_epsilon = bn_epsilon
         self.use_bias = bool(use_bias)  # a bias before the BN (the authors' code has some)
+        self.synchronized_bn = bool(synchronized_bn)  # BN statistics across replicas (tf.distribute)
         self.kernel_initializer = keras.initializers.get(kernel_initializer)
         self.pad = dilation_rate * (kernel_size // 2)
         bias = self.deploy or self.use_bias
@@ -57,7 +58,8 @@ class ConvBN(keras.layers.Layer):
         else:
             self.conv = keras.layers.Conv2D(filters, kernel_initializer=self.kernel_initializer, **common)
         self.bn = None if self.deploy else keras.layers.BatchNormalization(
-            momentum=bn_momentum, epsilon=bn_epsilon, name="bn", dtype=self.dtype_policy)
+            momentum=bn_momentum, epsilon=bn_epsilon, synchronized=self.synchronized_bn, name="bn",
+            dtype=self.dtype_policy)
 
     def build(self, input_shape):
         padded = list(input_shape)
@@ -110,6 +112,7 @@ class ConvBN(keras.layers.Layer):
             "dilation_rate": self.dilation_rate, "depthwise": self.depthwise, "activation": self.activation,
             "deploy": self.deploy, "bn_momentum": self.bn_momentum, "bn_epsilon": self.bn_epsilon,
             "use_bias": self.use_bias, "kernel_initializer": keras.initializers.serialize(self.kernel_initializer),
+            "synchronized_bn": self.synchronized_bn,
         })
         return config
 
