@@ -14,7 +14,8 @@ Choices the paper leaves open (only its abstract could be read here), written do
 * Searchable layers: all 17 inverted-residual blocks of MRMS's MobileNetV2 backbone (MobileNetV2's
   (t, c, n, s) table keeps the widths and strides); the stem and the LCF/LGE head are fixed.
   Identity is an option only in the 10 blocks whose input and output shapes match (stride 1, same
-  width): a block that changes stride or width cannot be skipped without a replacement layer.
+  width; 10 in MRMS and TinyMRMS): a block that changes stride or width cannot be skipped
+  without a replacement layer.
 * Resolution branches: MRMS's high, medium and low resolution branches begin at the stride-2
   entries of stages 3, 4 and 5 (C3 1/8, C4 1/16, C5 1/32). Ratio r there resizes the entry
   block's input bilinearly by 2 r (floor) before its stride-2 conv, so that r = 0.5 is exactly the
@@ -100,6 +101,9 @@ class HMSegSpace(SearchSpace):
             stages = [s for s in RATIO_STAGES if s <= slot.stage]
             for combo in itertools.product(range(len(self.ratios)), repeat=len(stages)):
                 h, w = self._sizes(input_size, slot.stage, entry, combo)
+                if min(h, w) < 1:
+                    raise NASError(f"hmseg: input_size {tuple(input_size)!r} is too small: {slot.prefix} would get "
+                                   f"a {h}x{w} map at ratios {[self.ratios[c] for c in combo]}")
                 factors = tuple((self.ratio_decision(s), o) for s, o in zip(stages, combo))
                 for j, (e, k) in enumerate(self.ops):
                     op = OpSpec.of("ir", (h, w, slot.cin), cout=slot.cout, expansion=e, kernel=k, stride=slot.stride)
