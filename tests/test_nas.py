@@ -167,7 +167,8 @@ def test_latency_table_builder_with_a_stub(tmp_path):
     del data["entries"][specs[-1].key]
     path.write_text(json.dumps(data))
     again = Stub()
-    assert build_latency_table(space, SIZE, "onnxruntime", measure=again, path=path).entries.keys() == table.entries.keys()
+    rebuilt = build_latency_table(space, SIZE, "onnxruntime", measure=again, path=path)
+    assert rebuilt.entries.keys() == table.entries.keys()
     assert len(again.calls) == 1
     with pytest.raises(NASError, match="the table is for backend 'onnxruntime', not 'tf'"):
         LatencyTable.load(path, backend="tf")
@@ -214,10 +215,9 @@ def test_search_resumes_from_the_saved_step(tmp_path):
     for a, b in zip(third.alphas(), second.alphas()):
         np.testing.assert_array_equal(a, b)
     assert isinstance(third.derive(), MRMSConfig)
-    # an uninterrupted 6-step run lands on the same alphas (same seeds, same batches)
-    straight = make_search(space, table)
-    straight.run(data, 6)
-    for a, b in zip(straight.alphas(), second.alphas()):
+    # the first search, continued without a stop, lands on the same alphas (same seeds, same batches)
+    first.run(data, 6)
+    for a, b in zip(first.alphas(), second.alphas()):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
     with pytest.raises(NASError, match="seed 0, this search has seed 1"):
         make_search(space, table, seed=1).restore(ckpt)
