@@ -70,7 +70,8 @@ def measure_latency(
     convert: Optional[art.Converter] = None,
     load: Optional[Loader] = None,
 ) -> LatencyStats:
-    """Time one forward pass of ``target`` at ``input_shape`` (NHWC, float32).
+    """Time one forward pass of ``target`` at ``input_shape`` (NHWC, float32; C = 3 for networks,
+    any C for a single-operator model of the NAS latency table).
 
     What is timed is the official LPS-Net latency script's network: batch 1, float input,
     logits out (at the head's resolution); no pre-processing, argmax or softmax.
@@ -101,8 +102,9 @@ def measure_latency(
     """
     entry = get_backend(backend)
     input_shape = tuple(int(v) for v in input_shape)
-    if len(input_shape) != 4 or input_shape[-1] != 3:
-        raise ValueError(f"input_shape must be (N, H, W, 3), got {input_shape!r}")
+    # Any channel count: the NAS latency table times single operators on feature maps.
+    if len(input_shape) != 4 or input_shape[-1] < 1:
+        raise ValueError(f"input_shape must be (N, H, W, C), got {input_shape!r}")
     if iters < 1 or warmup < 0:
         raise ValueError(f"need iters >= 1 and warmup >= 0, got iters={iters!r}, warmup={warmup!r}")
     check_precision(backend, precision)

@@ -37,6 +37,15 @@ class MRMSConfig:
         lge: apply the Lightweight Global Enhancement (channel attention) in the LCF upper branch.
         lge_reduction: channel reduction inside the LGE's attention.
         num_classes: output classes (>= 2).
+        blocks: searched operators (HMSeg's search, :mod:`lps_keras.nas.hmseg`), one entry per
+            backbone block of MobileNetV2's table (17): ``{"expansion": e, "kernel": k}`` or
+            ``"identity"`` (the block is skipped; only for blocks with an identity shortcut).
+            ``None``: the hand-designed MRMS (the table's t, kernel 3).
+        branch_ratios: searched down-sampling ratios of the high, medium and low resolution
+            branches (the stride-2 entries of stages 3, 4 and 5), each in (0, 1). ``None`` or 0.5:
+            the hand-designed stride-2 conv. Another ratio ``r`` bilinearly resizes the entry
+            block's input by ``2 r`` (floor, as :class:`~lps_keras.layers.BilinearResize`) before
+            that stride-2 block, so the branch runs at about ``r`` of the previous one.
     """
 
     width_multiplier: float = 1.0
@@ -44,6 +53,8 @@ class MRMSConfig:
     lge: bool = True
     lge_reduction: int = 4
     num_classes: int = 19
+    blocks: tuple | None = None
+    branch_ratios: tuple | None = None
 
     def __post_init__(self):
         w = self.width_multiplier
@@ -59,17 +70,86 @@ class MRMSConfig:
         if isinstance(r, bool) or not isinstance(r, int) or r < 1 or r > h:
             raise FamilyError(f"lge_reduction must be an int in [1, head_channels={h}], got {r!r}")
         check_num_classes(self.num_classes)
+        object.__setattr__(self, "blocks", _check_blocks(self.blocks, self.width_multiplier))
+        object.__setattr__(self, "branch_ratios", _check_ratios(self.branch_ratios))
 
     @classmethod
     def from_dict(cls, data) -> MRMSConfig:
         return config_from_dict(cls, data, where="MRMSConfig")
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        # The searched fields only when set, so hand-designed configs keep their old form.
+        out = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        if self.blocks is None:
+            del out["blocks"]
+        else:
+            out["blocks"] = [b if b == IDENTITY else {"expansion": b[0], "kernel": b[1]} for b in self.blocks]
+        if self.branch_ratios is None:
+            del out["branch_ratios"]
+        else:
+            out["branch_ratios"] = list(self.branch_ratios)
+        return out
+
+    def ratio(self, stage: int) -> float:
+        """Down-sampling ratio of the branch that ``stage`` (3, 4, 5) starts; 0.5 for other stages."""
+        if self.branch_ratios is None or stage not in RATIO_STAGES:
+            return 0.5
+        return self.branch_ratios[RATIO_STAGES.index(stage)]
 
     @property
     def lge_channels(self) -> int:
         return max(8, self.head_channels // self.lge_reduction)
+
+
+IDENTITY = "identity"
+#: The stages whose stride-2 entry is a resolution branch's down-sampling (``branch_ratios``).
+RATIO_STAGES = (3, 4, 5)
+NUM_BLOCKS = sum(n for rows in STAGE_ROWS for _, _, n, _ in rows)
+KERNELS = (1, 3, 5, 7)
+
+
+def _check_blocks(blocks, width_multiplier):
+    if blocks is None:
+        return None
+    if isinstance(blocks, (str, bytes)) or not hasattr(blocks, "__iter__"):
+        raise FamilyError(f"blocks must be a list of {NUM_BLOCKS} entries, got {blocks!r}")
+    blocks = list(blocks)
+    if len(blocks) != NUM_BLOCKS:
+        raise FamilyError(f"blocks must have {NUM_BLOCKS} entries (one per backbone block), got {len(blocks)}")
+    slots = block_slots(width_multiplier)
+    out = []
+    for i, (b, slot) in enumerate(zip(blocks, slots)):
+        if b == IDENTITY:
+            if not slot.residual:
+                raise FamilyError(f"blocks[{i}] ({slot.prefix}) changes stride or width, it cannot be 'identity'")
+            out.append(IDENTITY)
+            continue
+        if isinstance(b, dict):
+            if set(b) != {"expansion", "kernel"}:
+                raise FamilyError(f"blocks[{i}] must have the keys expansion and kernel, got {b!r}")
+            b = (b["expansion"], b["kernel"])
+        if not (isinstance(b, (tuple, list)) and len(b) == 2):
+            raise FamilyError(f"blocks[{i}] must be {{'expansion': e, 'kernel': k}} or 'identity', got {b!r}")
+        e, k = b
+        if isinstance(e, bool) or not isinstance(e, int) or not 1 <= e <= 8:
+            raise FamilyError(f"blocks[{i}].expansion must be an int in [1, 8], got {e!r}")
+        if k not in KERNELS or isinstance(k, bool):
+            raise FamilyError(f"blocks[{i}].kernel must be one of {list(KERNELS)}, got {k!r}")
+        out.append((e, k))
+    return tuple(out)
+
+
+def _check_ratios(ratios):
+    if ratios is None:
+        return None
+    if isinstance(ratios, (str, bytes)) or not hasattr(ratios, "__iter__") or len(list(ratios)) != 3:
+        raise FamilyError(f"branch_ratios must be 3 numbers (high, medium, low branch), got {ratios!r}")
+    out = []
+    for i, r in enumerate(ratios):
+        if isinstance(r, bool) or not isinstance(r, (int, float)) or not 0.0 < r < 1.0:
+            raise FamilyError(f"branch_ratios[{i}] must be a number in (0, 1), got {r!r}")
+        out.append(float(r))
+    return tuple(out)
 
 
 PRESETS: dict[str, dict[str, Any]] = {
@@ -95,6 +175,12 @@ class Block(NamedTuple):
     hidden: int  # == cin when the block has no expansion conv (t = 1)
     cout: int
     stride: int
+    kernel: int = 3  # of the depthwise conv
+    ratio: float = 0.5  # != 0.5: the input is resized by 2 * ratio first (a branch entry)
+
+    @property
+    def resize(self) -> bool:
+        return self.ratio != 0.5
 
     @property
     def expand(self) -> bool:
@@ -113,18 +199,35 @@ def stem_channels(config: MRMSConfig) -> int:
     return make_divisible(STEM_CHANNELS * config.width_multiplier)
 
 
-def backbone_blocks(config: MRMSConfig) -> list[Block]:
-    """The MobileNetV2 blocks, in order, with their (rounded) widths."""
-    blocks, cin = [], stem_channels(config)
+def block_slots(width_multiplier: float) -> list[Block]:
+    """The hand-designed MobileNetV2 blocks, in order, with their (rounded) widths: the 17 slots
+    that ``MRMSConfig.blocks`` fills."""
+    blocks, cin = [], make_divisible(STEM_CHANNELS * width_multiplier)
     for s, rows in enumerate(STAGE_ROWS, start=1):
         b = 0
         for t, c, n, stride in rows:
-            cout = make_divisible(c * config.width_multiplier)
+            cout = make_divisible(c * width_multiplier)
             for i in range(n):
                 b += 1
                 blocks.append(Block(s, b, cin, cin * t, cout, stride if i == 0 else 1))
                 cin = cout
     return blocks
+
+
+def backbone_blocks(config: MRMSConfig) -> list[Block]:
+    """The blocks of ``config``: the slots with the searched operators, identity slots left out
+    (names keep the slot's number), branch entries with their ratios."""
+    out = []
+    for i, slot in enumerate(block_slots(config.width_multiplier)):
+        choice = None if config.blocks is None else config.blocks[i]
+        if choice == IDENTITY:
+            continue
+        if choice is not None:
+            slot = slot._replace(hidden=slot.cin * choice[0], kernel=choice[1])
+        if slot.stride == 2 and slot.block == 1:
+            slot = slot._replace(ratio=config.ratio(slot.stage))
+        out.append(slot)
+    return out
 
 
 def stage_channels(config: MRMSConfig) -> dict[int, int]:
@@ -147,6 +250,7 @@ class Conv(NamedTuple):
     depthwise: bool
     bn: bool
     level: int | None
+    resized: bool = False  # the input of a branch entry, resized by 2 * ratio (level - 1 resized)
 
 
 def layer_plan(config: MRMSConfig) -> list[Conv]:
@@ -155,9 +259,10 @@ def layer_plan(config: MRMSConfig) -> list[Conv]:
     level = 1
     for blk in backbone_blocks(config):
         if blk.expand:
-            plan.append(Conv(f"{blk.prefix}_expand", blk.cin, blk.hidden, 1, False, True, level))
+            plan.append(Conv(f"{blk.prefix}_expand", blk.cin, blk.hidden, 1, False, True, level + blk.resize,
+                             blk.resize))
         level += blk.stride == 2
-        plan.append(Conv(f"{blk.prefix}_dw", blk.hidden, blk.hidden, 3, True, True, level))
+        plan.append(Conv(f"{blk.prefix}_dw", blk.hidden, blk.hidden, blk.kernel, True, True, level))
         plan.append(Conv(f"{blk.prefix}_project", blk.hidden, blk.cout, 1, False, True, level))
     c = stage_channels(config)
     d = config.head_channels
@@ -174,11 +279,18 @@ def layer_plan(config: MRMSConfig) -> list[Conv]:
     return plan
 
 
-def level_size(size: int, level: int | None) -> int:
-    """Height or width after ``level`` stride-2 3x3 convs with padding 1: ceil-halving."""
+def level_size(size: int, level: int | None, config: MRMSConfig | None = None, resized: bool = False) -> int:
+    """Height or width after ``level`` stride-2 convs with padding k // 2 (ceil-halving), each
+    branch entry's input first resized by ``2 * ratio`` (floor) where ``config`` searched it.
+    ``resized``: the size of that resized input of the entry into ``level`` instead."""
     if level is None:
         return 1
-    for _ in range(level):
+    for stage in range(1, level + 1):
+        ratio = 0.5 if config is None else config.ratio(stage)
+        if ratio != 0.5:
+            size = int(size * 2 * ratio)
+        if resized and stage == level:
+            return size
         size = (size - 1) // 2 + 1
     return size
 
@@ -192,7 +304,8 @@ def summary(config: MRMSConfig, input_size=(1024, 2048)) -> dict:
         weights = taps * conv.cout
         params += weights + (2 * conv.cout if conv.bn else conv.cout)
         params_deploy += weights + conv.cout
-        macs += weights * level_size(h, conv.level) * level_size(w, conv.level)
-    out_h = level_size(h, int(math.log2(OUTPUT_STRIDE)))
+        macs += (weights * level_size(h, conv.level, config, conv.resized)
+                 * level_size(w, conv.level, config, conv.resized))
+    out_h = level_size(h, int(math.log2(OUTPUT_STRIDE)), config)
     return {"params": params, "params_deploy": params_deploy, "macs": macs,
             "output_stride": round(h / out_h, 2)}

@@ -4,7 +4,9 @@ Layer names (shared by the training and deploy forms, which :func:`fuse_into` ke
 
 - ``stage1_stem``: 3x3 stride-2 ConvBN (ReLU6)
 - ``stage{s}_block{b}_expand`` / ``_dw`` / ``_project`` / ``_add``: MobileNetV2 inverted-residual
-  blocks (1-based; ``_expand`` absent for t = 1, ``_add`` only for the identity shortcut)
+  blocks (1-based; ``_expand`` absent for t = 1, ``_add`` only for the identity shortcut;
+  a searched config (``blocks``) may leave blocks out and change expansions and kernels, and
+  ``branch_ratios`` add ``stage{s}_block1_resize`` before a branch entry)
 - ``lcf_c5``, ``lcf_pool``, ``lcf_pool_conv``, ``lcf_add5``: the LCF upper branch, C5 plus the
   global-average-pooled C5
 - ``lge_pool``, ``lge_reduce``, ``lge_expand``, ``lge_scale``: Lightweight Global Enhancement
@@ -97,9 +99,11 @@ def _graph(config: MRMSConfig, deploy: bool, upsample_logits: bool, input_shape)
     stages = {}
     for blk in backbone_blocks(config):
         shortcut = x
+        if blk.resize:  # a searched branch ratio (HMSeg): resize, then the block's stride-2 conv
+            x = BilinearResize(scale=2 * blk.ratio, name=f"{blk.prefix}_resize")(x)
         if blk.expand:
             x = ConvBN(blk.hidden, 1, activation="relu6", deploy=deploy, name=f"{blk.prefix}_expand")(x)
-        x = ConvBN(kernel_size=3, strides=blk.stride, depthwise=True, activation="relu6", deploy=deploy,
+        x = ConvBN(kernel_size=blk.kernel, strides=blk.stride, depthwise=True, activation="relu6", deploy=deploy,
                    name=f"{blk.prefix}_dw")(x)
         # Linear bottleneck: no activation after the projection (MobileNetV2).
         x = ConvBN(blk.cout, 1, activation=None, deploy=deploy, name=f"{blk.prefix}_project")(x)

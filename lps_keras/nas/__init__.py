@@ -1,0 +1,36 @@
+"""Differentiable architecture search (HMSeg's; built so that LGCNet's cell space can be added).
+
+* :mod:`.space`: what a space is (decisions, latency terms, supernet, derivation);
+  :data:`SPACES` is the table of spaces (``hmseg``; LGCNet's cell space would be a second entry).
+* :mod:`.gumbel`: straight-through Gumbel-softmax and the temperature schedule.
+* :mod:`.latency_table`: the per-operator latency lookup table, its builder and the cost loss.
+* :mod:`.layers`, :mod:`.hmseg`: supernet layers and HMSeg's space over MRMS.
+* :mod:`.search_tf`: the TensorFlow search loop (weights and alphas in one step, resumable).
+
+The derived architecture is a plain family config (``MRMSConfig`` with ``blocks`` and
+``branch_ratios``): it trains, exports and is timed like any other model.
+"""
+
+from __future__ import annotations
+
+from lps_keras.nas.gumbel import NASError, TemperatureSchedule, gumbel_softmax
+
+
+def _hmseg(**kwargs):
+    from lps_keras.nas.hmseg import HMSegSpace
+    return HMSegSpace(**kwargs)
+
+
+#: Space name -> constructor (keyword arguments of the space); imported on first use (Keras).
+SPACES = {"hmseg": _hmseg}
+
+
+def get_space(name: str, **kwargs):
+    try:
+        make = SPACES[name]
+    except KeyError:
+        raise NASError(f"unknown search space {name!r}; choose from {sorted(SPACES)}") from None
+    return make(**kwargs)
+
+
+__all__ = ["NASError", "SPACES", "TemperatureSchedule", "get_space", "gumbel_softmax"]

@@ -1,0 +1,136 @@
+"""The latency lookup table (per operator, input shape and backend), its builder and the
+expected-latency cost loss.
+
+The table is a JSON file built on the target device by :func:`build_latency_table`: every
+operator a space's network may run (:meth:`SearchSpace.op_specs`) as a single-operator Keras model
+timed by :func:`lps_keras.latency.measure_latency` (or any ``measure`` with its signature).
+During the search the expected latency is ``sum_t lat[t] * prod_(d, o) softmax(alpha_d)[o]`` over
+the space's :class:`~lps_keras.nas.space.CostTerm` s: exact for independent decisions and
+differentiable in the alphas. It uses ``softmax(alpha)`` rather than the Gumbel sample, so that
+the cost gradient does not depend on the noise.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import numpy as np
+
+from lps_keras.fileio import atomic_write_json
+from lps_keras.nas.gumbel import NASError
+from lps_keras.nas.space import CostTerm, OpSpec, SearchSpace
+
+TABLE_FORMAT = 1
+
+
+class LatencyTable:
+    """``entries[op key] = median ms`` on ``backend`` (and ``device``), plus ``fixed_ms``: the
+    unsearched layers' latency, added to every expected latency (0 when not measured)."""
+
+    def __init__(self, backend: str, entries: dict | None = None, device: str = "", fixed_ms: float = 0.0):
+        self.backend = backend
+        self.entries = dict(entries or {})
+        self.device = device
+        self.fixed_ms = float(fixed_ms)
+
+    def __getitem__(self, spec: OpSpec) -> float:
+        try:
+            return self.entries[spec.key]
+        except KeyError:
+            raise NASError(f"latency table ({self.backend}) has no entry {spec.key!r}; rebuild it for this "
+                           "space and input size") from None
+
+    def __contains__(self, spec: OpSpec) -> bool:
+        return spec.key in self.entries
+
+    def to_dict(self) -> dict:
+        return {"format": TABLE_FORMAT, "backend": self.backend, "device": self.device, "fixed_ms": self.fixed_ms,
+                "entries": dict(sorted(self.entries.items()))}
+
+    def save(self, path) -> Path:
+        return atomic_write_json(path, self.to_dict())
+
+    @classmethod
+    def load(cls, path, backend: str | None = None) -> LatencyTable:
+        with open(path) as f:
+            data = json.load(f)
+        if not isinstance(data, dict) or data.get("format") != TABLE_FORMAT:
+            raise NASError(f"{path}: not a latency table of format {TABLE_FORMAT}")
+        if backend is not None and data["backend"] != backend:
+            raise NASError(f"{path}: the table is for backend {data['backend']!r}, not {backend!r}")
+        return cls(data["backend"], data["entries"], data.get("device", ""), data.get("fixed_ms", 0.0))
+
+
+def build_latency_table(space: SearchSpace, input_size: tuple[int, int], backend: str = "tf",
+                        measure: Callable | None = None, path=None, **measure_kwargs) -> LatencyTable:
+    """Time every operator of ``space`` at ``input_size`` on ``backend``; return (and save) the table.
+
+    ``measure(model, backend=..., input_shape=(1, H, W, C), **measure_kwargs)`` returns stats with
+    ``median_ms`` (default :func:`lps_keras.latency.measure_latency`). With ``path``, an existing
+    table there is continued (entries already measured are kept) and the table is saved after every
+    entry, so an interrupted build resumes where it stopped.
+    """
+    if measure is None:
+        from lps_keras.latency import measure_latency as measure
+    table = LatencyTable(backend)
+    if path is not None and os.path.exists(path):
+        table = LatencyTable.load(path, backend=backend)
+    if not table.device:
+        table.device = _device_name()
+    for spec in space.op_specs(input_size):
+        if spec in table:
+            continue
+        stats = measure(space.op_model(spec), backend=backend, input_shape=(1, *spec.input_shape), **measure_kwargs)
+        table.entries[spec.key] = float(stats.median_ms)
+        if path is not None:
+            table.save(path)
+    if path is not None:
+        table.save(path)
+    return table
+
+
+def _device_name() -> str:
+    try:
+        from lps_keras.latency.stats import device_name
+        return device_name()
+    except Exception:  # the name is a label only; a table built without it still works
+        return ""
+
+
+class ExpectedLatency:
+    """``E[latency](probs)`` for a space's cost terms and a table, vectorised once.
+
+    ``probs``: one probability vector per decision (``softmax(alpha)``), numpy or tensors.
+    """
+
+    def __init__(self, terms: Sequence[CostTerm], table: LatencyTable, num_options: Sequence[int]):
+        self.offsets = np.concatenate([[0], np.cumsum(num_options)]).astype(np.int64)
+        width = max([len(t.factors) for t in terms] + [1])
+        one = int(self.offsets[-1])  # index of a constant 1.0 appended to the probabilities
+        self.index = np.full((len(terms), width), one, np.int32)
+        for i, term in enumerate(terms):
+            for j, (d, o) in enumerate(term.factors):
+                self.index[i, j] = self.offsets[d] + o
+        self.latency = np.array([table[t.op] for t in terms], np.float32)
+        self.fixed_ms = table.fixed_ms
+
+    def __call__(self, probs):
+        from keras import ops
+
+        flat = ops.concatenate([ops.cast(p, "float32") for p in probs] + [ops.ones((1,), "float32")], axis=0)
+        weight = ops.prod(ops.take(flat, self.index, axis=0), axis=1)
+        return ops.sum(weight * self.latency) + self.fixed_ms
+
+
+def cost_loss(expected_ms, budget_ms: float):
+    """``|E[latency] / R - 1|``: pulls the expected latency toward the budget ``R`` from either side
+    (HMSeg states the pull toward R, not the formula; the relative form keeps the loss weight
+    independent of the device's speed)."""
+    from keras import ops
+
+    if not budget_ms > 0:
+        raise NASError(f"latency budget must be > 0 ms, got {budget_ms!r}")
+    return ops.abs(expected_ms / budget_ms - 1.0)

@@ -1,0 +1,172 @@
+"""Supernet layers: an inverted-residual block, the one-path mixed operator and mixed resize, and
+MRMS's head as one layer (keras.ops only).
+
+A mixed layer runs only the sampled candidate (``ops.switch`` on the argmax of the
+straight-through weights) and multiplies its output by that weight: forward value 1, gradient the
+soft Gumbel probability (GDAS-style one path per step, as HMSeg samples one path). Every candidate
+is built in ``build`` so that no variable is created inside a traced branch.
+"""
+
+from __future__ import annotations
+
+import keras
+from keras import ops
+
+from lps_keras.families.layers import ConvBN
+from lps_keras.layers import BilinearResize
+
+_PACKAGE = "lps_keras"
+IDENTITY = "identity"
+
+
+@keras.saving.register_keras_serializable(package=_PACKAGE)
+class InvertedResidual(keras.layers.Layer):
+    """MobileNetV2 block: 1x1 expand (absent for expansion 1), k x k depthwise, linear 1x1 project,
+    identity shortcut when stride 1 and widths match (the same layers as MRMS's blocks)."""
+
+    def __init__(self, cin, cout, expansion=6, kernel=3, strides=1, **kwargs):
+        super().__init__(**kwargs)
+        self.cin, self.cout, self.expansion, self.kernel, self.strides = cin, cout, expansion, kernel, strides
+        hidden = cin * expansion
+        self.expand = ConvBN(hidden, 1, activation="relu6", name="expand") if expansion != 1 else None
+        self.dw = ConvBN(kernel_size=kernel, strides=strides, depthwise=True, activation="relu6", name="dw")
+        self.project = ConvBN(cout, 1, activation=None, name="project")
+        self.residual = strides == 1 and cin == cout
+
+    def build(self, input_shape):
+        n, h, w, _ = input_shape
+        hidden = (n, h, w, self.cin * self.expansion)
+        if self.expand is not None:
+            self.expand.build(input_shape)
+        self.dw.build(hidden)
+        self.project.build(self.dw.compute_output_shape(hidden))
+
+    def call(self, x, training=None):
+        y = x if self.expand is None else self.expand(x, training=training)
+        y = self.project(self.dw(y, training=training), training=training)
+        return x + y if self.residual else y
+
+    def compute_output_shape(self, input_shape):
+        n, h, w, _ = self.dw.compute_output_shape(input_shape)
+        return (n, h, w, self.cout)
+
+    def get_config(self):
+        config = super().get_config()
+        config.update({"cin": self.cin, "cout": self.cout, "expansion": self.expansion, "kernel": self.kernel,
+                       "strides": self.strides})
+        return config
+
+
+def _one_path(index, weights, branches, x):
+    """The sampled branch's output times its straight-through weight."""
+    return ops.switch(index, branches, x) * ops.take(weights, index)
+
+
+@keras.saving.register_keras_serializable(package=_PACKAGE)
+class MixedOp(keras.layers.Layer):
+    """One searchable layer: ``options`` are ``[expansion, kernel]`` pairs or ``"identity"``."""
+
+    def __init__(self, cin, cout, strides, options, **kwargs):
+        super().__init__(**kwargs)
+        self.cin, self.cout, self.strides = cin, cout, strides
+        self.options = [o if o == IDENTITY else list(o) for o in options]
+        self.candidates = [None if o == IDENTITY else
+                           InvertedResidual(cin, cout, o[0], o[1], strides, name=f"e{o[0]}_k{o[1]}")
+                           for o in self.options]
+
+    def build(self, input_shape):
+        for c in self.candidates:
+            if c is not None:
+                c.build(input_shape)
+
+    def call(self, x, weights, training=None):
+        def branch(c):
+            return (lambda v: v) if c is None else (lambda v: c(v, training=training))
+        return _one_path(ops.argmax(weights), weights, [branch(c) for c in self.candidates], x)
+
+    def compute_output_shape(self, input_shape, weights_shape=None):
+        c = next(c for c in self.candidates if c is not None)
+        return c.compute_output_shape(input_shape)
+
+    def get_config(self):
+        config = super().get_config()
+        config.update({"cin": self.cin, "cout": self.cout, "strides": self.strides, "options": self.options})
+        return config
+
+
+@keras.saving.register_keras_serializable(package=_PACKAGE)
+class MixedResize(keras.layers.Layer):
+    """A branch's down-sampling ratio: option ``r`` resizes by ``2 r`` before the stride-2 entry
+    block (``r = 0.5``: no resize), as :class:`~lps_keras.families.mrms.MRMSConfig` does."""
+
+    def __init__(self, ratios, **kwargs):
+        super().__init__(**kwargs)
+        self.ratios = [float(r) for r in ratios]
+        self.resizers = [None if r == 0.5 else BilinearResize(scale=2 * r, name=f"r{r:g}") for r in self.ratios]
+
+    def call(self, x, weights):
+        def branch(r):
+            return (lambda v: v) if r is None else (lambda v: r(v))
+        return _one_path(ops.argmax(weights), weights, [branch(r) for r in self.resizers], x)
+
+    def get_config(self):
+        config = super().get_config()
+        config.update({"ratios": self.ratios})
+        return config
+
+
+@keras.saving.register_keras_serializable(package=_PACKAGE)
+class LCFHead(keras.layers.Layer):
+    """MRMS's Lightweight Context Fusion head with LGE on ``[C3, C4, C5]``: the same layers and
+    order as :mod:`lps_keras.families.mrms.model` (see there for why each part is as it is)."""
+
+    def __init__(self, channels, num_classes, lge=True, lge_channels=40, **kwargs):
+        super().__init__(**kwargs)
+        self.channels, self.num_classes, self.lge, self.lge_channels = channels, num_classes, lge, lge_channels
+        d = channels
+        self.c5 = ConvBN(d, 1, activation=None, name="lcf_c5")
+        self.pool_conv = keras.layers.Conv2D(d, 1, activation="relu", name="lcf_pool_conv")
+        self.lge_reduce = keras.layers.Conv2D(lge_channels, 1, activation="relu", name="lge_reduce") if lge else None
+        self.lge_expand = keras.layers.Conv2D(d, 1, activation="sigmoid", name="lge_expand") if lge else None
+        self.lateral = {lvl: ConvBN(d, 1, activation=None, name=f"lcf_c{lvl}") for lvl in (4, 3)}
+        self.fuse_dw = {lvl: ConvBN(kernel_size=3, depthwise=True, activation="relu", name=f"lcf_fuse{lvl}_dw")
+                        for lvl in (4, 3)}
+        self.fuse_pw = {lvl: ConvBN(d, 1, activation="relu", name=f"lcf_fuse{lvl}_pw") for lvl in (4, 3)}
+        self.up = BilinearResize(name="lcf_up")
+        self.classifier = keras.layers.Conv2D(num_classes, 1, name="classifier")
+
+    def build(self, input_shape):
+        s3, s4, s5 = input_shape
+        d = self.channels
+
+        def at(shape, c):
+            return (shape[0], shape[1], shape[2], c)
+        self.c5.build(s5)
+        self.pool_conv.build((s5[0], 1, 1, s5[3]))
+        if self.lge:
+            self.lge_reduce.build((s5[0], 1, 1, d))
+            self.lge_expand.build((s5[0], 1, 1, self.lge_channels))
+        for lvl, shape in ((4, s4), (3, s3)):
+            self.lateral[lvl].build(shape)
+            self.fuse_dw[lvl].build(at(shape, d))
+            self.fuse_pw[lvl].build(at(shape, d))
+        self.classifier.build(at(s3, d))
+
+    def call(self, stages, training=None):
+        c3, c4, c5 = stages
+        top = self.c5(c5, training=training)
+        top = top + self.pool_conv(ops.mean(c5, axis=(1, 2), keepdims=True))
+        if self.lge:
+            att = self.lge_expand(self.lge_reduce(ops.mean(top, axis=(1, 2), keepdims=True)))
+            top = top * att
+        for lvl, feat in ((4, c4), (3, c3)):
+            lateral = self.lateral[lvl](feat, training=training)
+            top = lateral + self.up([top, lateral])
+            top = self.fuse_pw[lvl](self.fuse_dw[lvl](top, training=training), training=training)
+        return self.classifier(top)
+
+    def get_config(self):
+        config = super().get_config()
+        config.update({"channels": self.channels, "num_classes": self.num_classes, "lge": self.lge,
+                       "lge_channels": self.lge_channels})
+        return config
