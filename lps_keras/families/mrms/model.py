@@ -19,13 +19,15 @@ from __future__ import annotations
 
 import keras
 
+from lps_keras.families.family import FamilyError
 from lps_keras.families.layers import ConvBN, fuse_into
+from lps_keras.families.model import FamilyModel
 from lps_keras.families.mrms.config import MRMSConfig, backbone_blocks, stem_channels
 from lps_keras.layers import BilinearResize
 
 
 @keras.saving.register_keras_serializable(package="lps_keras")
-class MRMS(keras.Model):
+class MRMS(FamilyModel):
     """MRMS / TinyMRMS for ``config``; ``model.family_config`` and ``get_config()`` hold the config.
 
     Args:
@@ -38,42 +40,15 @@ class MRMS(keras.Model):
     """
 
     family = "mrms"
+    config_type = MRMSConfig
 
-    def __init__(self, config, deploy: bool = False, upsample_logits: bool = False, input_shape=(None, None, 3),
-                 name: str | None = None, dtype=None, **kwargs):
-        if not isinstance(config, MRMSConfig):
-            raise TypeError(f"build_mrms expects an MRMSConfig, got {type(config).__name__}: {config!r}")
-        input_shape = tuple(input_shape)
-        if len(input_shape) != 3 or input_shape[-1] != 3:
-            raise ValueError(f"input_shape must be (H, W, 3), got {input_shape!r}")
-        previous = keras.config.dtype_policy()
-        if dtype is not None:
-            keras.config.set_dtype_policy(dtype)
-        try:
-            policy = keras.config.dtype_policy().name
-            image, logits = _graph(config, bool(deploy), bool(upsample_logits), input_shape)
-        finally:
-            keras.config.set_dtype_policy(previous)
-        default = f"mrms_w{config.width_multiplier:g}{'_deploy' if deploy else ''}"
-        super().__init__(image, logits, name=name or default, **kwargs)
-        self.family_config = config
-        self.deploy = bool(deploy)
-        self.upsample_logits = bool(upsample_logits)
-        self.image_shape = input_shape
-        self.policy_name = policy
-
-    def get_config(self):
-        return {
-            "name": self.name, "trainable": self.trainable, "config": self.family_config.to_dict(),
-            "deploy": self.deploy, "upsample_logits": self.upsample_logits, "input_shape": list(self.image_shape),
-            "dtype": self.policy_name,
-        }
+    @staticmethod
+    def graph(config, deploy, upsample_logits, input_shape):
+        return _graph(config, deploy, upsample_logits, input_shape)
 
     @classmethod
-    def from_config(cls, config, custom_objects=None):
-        config = dict(config)
-        config["config"] = MRMSConfig.from_dict(config["config"])
-        return cls(**config)
+    def default_name(cls, config, deploy):
+        return f"mrms_w{config.width_multiplier:g}{'_deploy' if deploy else ''}"
 
 
 def build_mrms(config: MRMSConfig, deploy: bool = False, upsample_logits: bool = False,
@@ -84,12 +59,10 @@ def build_mrms(config: MRMSConfig, deploy: bool = False, upsample_logits: bool =
 
 
 def fuse_mrms(model: MRMS) -> MRMS:
-    """The deploy form of ``model``: the same config built with ``deploy=True``, BN folded in."""
+    """The deploy form of ``model`` (same config, input shape and dtype), each BN folded into its conv."""
     if not isinstance(model, MRMS):
-        raise TypeError(f"fuse_mrms expects an MRMS model, got {type(model).__name__}")
-    deploy = build_mrms(model.family_config, deploy=True, upsample_logits=model.upsample_logits,
-                        input_shape=model.image_shape, dtype=model.policy_name)
-    return fuse_into(model, deploy)
+        raise FamilyError(f"fuse_mrms expects an MRMS model, got {type(model).__name__}")
+    return model if model.deploy else fuse_into(model, model.deploy_twin())
 
 
 def _graph(config: MRMSConfig, deploy: bool, upsample_logits: bool, input_shape):

@@ -25,12 +25,13 @@ import keras
 from lps_keras.data.common import IMAGENET_MEAN, IMAGENET_STD
 from lps_keras.families.family import FamilyError
 from lps_keras.families.layers import ConvBN, fuse_into
+from lps_keras.families.model import FamilyModel
 from lps_keras.families.ndnet.config import NDNetConfig
 from lps_keras.layers import BilinearResize
 
 
 @keras.saving.register_keras_serializable(package="lps_keras")
-class NDNet(keras.Model):
+class NDNet(FamilyModel):
     """NDNet for ``config`` as a functional model; ``model.family_config`` and ``get_config()`` hold it.
 
     Args:
@@ -43,42 +44,15 @@ class NDNet(keras.Model):
     """
 
     family = "ndnet"
+    config_type = NDNetConfig
 
-    def __init__(self, config, deploy: bool = False, upsample_logits: bool = False, input_shape=(None, None, 3),
-                 name: str | None = None, dtype=None, **kwargs):
-        if not isinstance(config, NDNetConfig):
-            raise TypeError(f"build_ndnet expects an NDNetConfig, got {type(config).__name__}: {config!r}")
-        input_shape = tuple(input_shape)
-        if len(input_shape) != 3 or input_shape[-1] != 3:
-            raise ValueError(f"input_shape must be (H, W, 3), got {input_shape!r}")
-        previous = keras.config.dtype_policy()
-        if dtype is not None:
-            keras.config.set_dtype_policy(dtype)
-        try:
-            policy = keras.config.dtype_policy().name
-            image, logits = _graph(config, bool(deploy), bool(upsample_logits), input_shape)
-        finally:
-            keras.config.set_dtype_policy(previous)
-        default_name = f"ndnet_{config.head}{'_deploy' if deploy else ''}"
-        super().__init__(image, logits, name=name or default_name, **kwargs)
-        self.family_config = config
-        self.deploy = bool(deploy)
-        self.upsample_logits = bool(upsample_logits)
-        self.image_shape = input_shape
-        self.policy_name = policy
-
-    def get_config(self):
-        return {
-            "name": self.name, "trainable": self.trainable, "config": self.family_config.to_dict(),
-            "deploy": self.deploy, "upsample_logits": self.upsample_logits, "input_shape": list(self.image_shape),
-            "dtype": self.policy_name,
-        }
+    @staticmethod
+    def graph(config, deploy, upsample_logits, input_shape):
+        return _graph(config, deploy, upsample_logits, input_shape)
 
     @classmethod
-    def from_config(cls, config, custom_objects=None):
-        config = dict(config)
-        config["config"] = NDNetConfig.from_dict(config["config"])
-        return cls(**config)
+    def default_name(cls, config, deploy):
+        return f"ndnet_{config.head}{'_deploy' if deploy else ''}"
 
 
 def build_ndnet(config: NDNetConfig, deploy: bool = False, upsample_logits: bool = False,
@@ -92,14 +66,9 @@ def fuse_ndnet(model: NDNet) -> NDNet:
     """The deploy form of ``model`` (same config, input shape and dtype), each BN folded into its conv."""
     if not isinstance(model, NDNet):
         raise FamilyError(f"fuse_ndnet expects an NDNet model, got {type(model).__name__}")
-    if model.deploy:
-        return model
-    deploy = build_ndnet(model.family_config, deploy=True, upsample_logits=model.upsample_logits,
-                         input_shape=model.image_shape, name=f"{model.name}_deploy", dtype=model.policy_name)
-    return fuse_into(model, deploy)
+    return model if model.deploy else fuse_into(model, model.deploy_twin())
 
 
-# --------------------------------------------------------------------------- graph
 def _depthwise(x, stride: int, dilation: int, name: str):
     """Depthwise 3x3 without bias, padded ``dilation`` on every side as PyTorch's ``padding=dilation``."""
     x = keras.layers.ZeroPadding2D(dilation, name=f"{name}_pad")(x)
