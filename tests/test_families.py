@@ -155,18 +155,18 @@ def test_every_family_trains_exports_and_evaluates(tmp_path, name):
     run = Path(out["run_dir"])
     assert out["family"] == name and out["final_step"] == 4 and out["deploy_parity_max_rel_error"] < 1e-4
     assert json.loads((run / "backup" / "arch.json").read_text())["family"] == name
-    # A rerun resumes (nothing left to do) and a rerun with another config is refused by name.
-    assert train(recipe, verbose=0)["resumed_from_step"] == 4
-    other = recipe_from_dict({**raw, "model": {"family": name, "config": {**TINY[name], "head_channels": 24}}},
-                             overrides=[f"train.run_dir={tmp_path / 'run'}"])
-    from lps_keras.train import TrainingError
+    if name == "ndnet":  # the resume path is the family-independent TrainingRun: checked once
+        # A rerun resumes (nothing left to do) and a rerun with another config is refused by name.
+        assert train(recipe, verbose=0)["resumed_from_step"] == 4
+        other = recipe_from_dict({**raw, "model": {"family": name, "config": {**TINY[name], "head_channels": 24}}},
+                                 overrides=[f"train.run_dir={tmp_path / 'run'}"])
+        from lps_keras.train import TrainingError
 
-    with pytest.raises(TrainingError, match=r"holds a backup of architecture .*head_channels"):
-        train(other, verbose=0)
+        with pytest.raises(TrainingError, match=r"holds a backup of architecture .*head_channels"):
+            train(other, verbose=0)
 
     written = export_recipe(recipe, ExportOptions(weights=str(run / "last.keras"), output=str(tmp_path / "sm")),
                             log=lambda m: None, warn=lambda m: None)
     assert written["verification"]["serving_default"]["label_agreement"] > 0.999
     result = evaluate(recipe, str(tmp_path / "sm" / "1"), progress=False)
-    assert result["miou"] == pytest.approx(evaluate(recipe, str(run / "last.keras"), progress=False)["miou"],
-                                           abs=0.02)
+    assert result["miou"] == pytest.approx(out["miou"], abs=0.02)  # the training run's own final validation

@@ -192,7 +192,15 @@ def data(step):
     return (rng.normal(size=(2, *SIZE, 3)).astype("float32"), rng.integers(0, 3, size=(2, *SIZE)).astype("int32"))
 
 
-def test_search_resumes_from_the_saved_step(tmp_path):
+@pytest.fixture
+def eager():
+    """Run the search step eagerly: resume is about state, and tracing the supernet twice cost 90 s of CI."""
+    tf.config.run_functions_eagerly(True)
+    yield
+    tf.config.run_functions_eagerly(False)
+
+
+def test_search_resumes_from_the_saved_step(tmp_path, eager):
     space = small_space()
     table = LatencyTable("tf", {s.key: 1.0 + 0.01 * i for i, s in enumerate(space.op_specs(SIZE))})
     ckpt = tmp_path / "search.npz"

@@ -600,7 +600,8 @@ def test_paired_latencies_enter_the_verdict_and_the_journal(tmp_path):
     path = tmp_path / "journal.json"
     steps = run_expansion(START, additive_latency, Noisy(sigma=0.5), steps=1, seeds=2, latency_set_fn=latency_set,
                           journal=SearchJournal(path), progress=quiet)
-    assert calls == [len(steps[1].candidates)]
+    # Paired rounds pick L_T and k (every N + d first, then N + (k+1) d of the ops below L_T), then the step's set.
+    assert calls[0] == len(EXPANSION_OPS) and calls[-1] == len(steps[1].candidates)
     assert all(c.latency_se == 0.25 for c in steps[1].candidates)
     assert json.loads(path.read_text())["latency_sets"]["1"][steps[1].arch.hash] == [steps[1].latency, 0.25]
     # A replay takes the recorded set: nothing is measured again.
@@ -608,6 +609,44 @@ def test_paired_latencies_enter_the_verdict_and_the_journal(tmp_path):
                           latency_set_fn=lambda p, a: pytest.fail("re-measured"), journal=SearchJournal(path),
                           progress=quiet)
     assert [s.to_dict() for s in again] == [s.to_dict() for s in steps]
+
+
+def test_k_is_picked_from_paired_rounds_not_from_drifting_single_timings():
+    """A machine that slows down between calls moves single timings, not the paired differences."""
+    clock = iter(range(10_000))
+
+    def drifting(arch):
+        return additive_latency(arch) + 0.7 * next(clock)
+
+    def latency_set(parent, archs):  # the drift is common to a round: the differences stay true
+        d = 0.7 * next(clock)
+        return {parent.hash: (additive_latency(parent) + d, 0.0), **{a.hash: (additive_latency(a) + d, 0.1)
+                                                                     for a in archs}}
+
+    def ks(steps):
+        return {c.op: c.k for c in steps[1].candidates}
+
+    clean = run_expansion(START, additive_latency, Counter(), steps=1, progress=quiet)
+    paired = run_expansion(START, drifting, Counter(), steps=1, latency_set_fn=latency_set, progress=quiet)
+    alone = run_expansion(START, drifting, Counter(), steps=1, progress=quiet)
+    assert ks(paired) == ks(clean) == {"depth_s2-5": 3, "depth_s3-5": 4, "depth_s4-5": 6, "width_s1-5": 1,
+                                       "width_s2-5": 1, "width_s3-5": 1, "width_s4-5": 1, "res_path1": 6,
+                                       "res_path2": 6}  # res_path3 from one path is res_path2's alias
+    assert ks(alone) != ks(clean)
+
+
+def test_rounds_time_only_the_ops_still_below_the_target():
+    rounds = []
+
+    def together(archs):
+        rounds.append(len(archs))
+        return [additive_latency(a) for a in archs]
+
+    by_rounds = propose_candidates(START, EXPANSION_OPS, additive_latency, 16, latencies_fn=together)
+    assert by_rounds == propose_candidates(START, EXPANSION_OPS, additive_latency, 16)
+    # Round 1: all 10 ops. Below L_T = +11.5 after k: depth +4/+3/+2 (until k = 3, 4, 6), width_s2-5 +11,
+    # width_s3-5 +10, width_s4-5 +8 (k = 2 reaches it), res ops +2 (until k = 6).
+    assert rounds[0] == 10 and rounds[1] == 9 and sum(rounds) == 10 + 9 + 6 + 5 + 4 + 4
 
 
 def test_racing_spends_seeds_only_on_contenders_and_the_parent():

@@ -125,6 +125,31 @@ class Expansion:
         self.journal.record_latency_set(t, out)
         return out
 
+    def _round_latencies(self, parent: Arch) -> Optional[Callable[[Sequence[Arch]], list[float]]]:
+        """How :func:`propose_candidates` times a round of N + k d networks: with a paired-set function,
+        together with the parent, as the parent's latency plus each one's paired difference to it.
+
+        Timed alone, the networks that pick L_T and k drifted by up to 1 ms between runs 30 minutes apart
+        (docs/step1_latency_repeat.md) while the paired differences moved far less. The values are
+        recorded like single latencies, so a replay reads them instead of measuring again.
+        """
+        if self.latency_set_fn is None:
+            return None
+
+        def latencies(archs: Sequence[Arch]) -> list[float]:
+            missing = [a for a in archs if self.journal.latency(a) is None]
+            if missing:
+                reference = self.latency(parent)  # one constant offset for the whole step
+                values = self.latency_set_fn(parent, missing)
+                base = _finite(values[parent.hash][0], "latency_set_fn latency")
+                for a in missing:
+                    value = reference + _finite(values[a.hash][0], "latency_set_fn latency") - base
+                    self.journal.record_latency(a, value)
+                    self.say(f"  latency {a} = {value:.6g} (paired with the parent)")
+            return [self.journal.latency(a) for a in archs]
+
+        return latencies
+
     def scores(self, t: int, requests: Sequence[tuple[Arch, EvalContext, int]]) -> dict[str, list[Evaluation]]:
         """Seeds ``step_seed(t, 0 .. n - 1)`` of each (arch, context, n), by arch hash; only missing pairs run.
 
@@ -203,7 +228,8 @@ class Expansion:
         parent_arch = parent.arch if parent else self.start
         replay = self.journal.recorded_step(t) is not None
         self.say(f"{self._label(t)}: from {parent_arch}{' (replayed from the journal)' if replay else ''}")
-        target, cands = propose_candidates(parent_arch, self.ops, self.latency, self.max_k)
+        target, cands = propose_candidates(parent_arch, self.ops, self.latency, self.max_k,
+                                           latencies_fn=self._round_latencies(parent_arch))
         lats = self.paired(t, parent_arch, cands)
         cands = [dataclasses.replace(c, latency=lats[c.arch.hash][0], latency_se=lats[c.arch.hash][1]) for c in cands]
         weights = parent.weights if parent else None

@@ -52,39 +52,57 @@ def propose_candidates(
     ops: Sequence[ExpansionOp],
     latency_fn: Callable[[Arch], float],
     max_k: int,
+    latencies_fn: Optional[Callable[[Sequence[Arch]], Sequence[float]]] = None,
 ) -> tuple[float, list[Candidate]]:
     """Steps 1-3: the target latency L_T and the de-duplicated candidates N + k_d d, in op order.
 
     An op whose N + d is not a valid architecture is skipped for this step. A candidate equal
     to N itself (an all-zero delta) is dropped: it is no expansion.
+
+    k grows in rounds: round 1 times every N + d (whose maximum is L_T), each later round the next
+    N + (k+1) d of every op still below L_T, with :func:`find_k`'s rule per op (stop at L_T, at
+    ``max_k`` or at an invalid arch; the closer of the values seen, ties to the smaller k).
+    ``latencies_fn(archs)`` times a round's networks *together* (the caller pairs them with the
+    parent, so load drift between rounds and networks cancels); without it each network is timed
+    alone with ``latency_fn``.
     """
-    first: list[tuple[ExpansionOp, Arch, float]] = []
+    batch = latencies_fn or (lambda archs: [latency_fn(a) for a in archs])
+    first: list[tuple[ExpansionOp, Arch]] = []
     for op in ops:
         try:
-            a1 = arch.expand(op, 1)
+            first.append((op, arch.expand(op, 1)))
         except ArchError:
             continue
-        first.append((op, a1, latency_fn(a1)))
     if not first:
         raise SearchError(f"no expansion op gives a valid architecture from {arch}")
-    target = max(lat for _, _, lat in first)
+    lats1 = [float(v) for v in batch([a for _, a in first])]
+    target = max(lats1)
+
+    # Per op: {k: (arch, latency)} seen so far, and whether k may still grow.
+    seen = [{1: (a1, lat1)} for (_, a1), lat1 in zip(first, lats1)]
+    active = [lat1 < target and max_k > 1 for lat1 in lats1]
+    while any(active):
+        todo = []
+        for i, (op, _) in enumerate(first):
+            if not active[i]:
+                continue
+            k = max(seen[i]) + 1
+            try:
+                todo.append((i, k, arch.expand(op, k)))
+            except ArchError:
+                active[i] = False  # N + k d is not a valid arch: the op stops at the last valid k
+        if not todo:
+            break
+        for (i, k, a), lat in zip(todo, batch([a for _, _, a in todo])):
+            seen[i][k] = (a, float(lat))
+            active[i] = lat < target and k < max_k
 
     candidates: list[Candidate] = []
     by_hash: dict[str, int] = {}
-    for op, a1, lat1 in first:
-        archs = {1: a1}
-
-        def lat_of_k(k: int, op=op, archs=archs, lat1=lat1) -> Optional[float]:
-            if k == 1:
-                return lat1
-            try:
-                archs[k] = arch.expand(op, k)
-            except ArchError:
-                return None
-            return latency_fn(archs[k])
-
-        k, lat, capped = find_k(lat_of_k, target, max_k)
-        cand_arch = archs[k]
+    for (op, _), values in zip(first, seen):
+        k = min(values, key=lambda kk: (abs(values[kk][1] - target), kk))  # ties go to the smaller k
+        cand_arch, lat = values[k]
+        capped = values[max(values)][1] < target
         if cand_arch.hash == arch.hash:
             continue
         if cand_arch.hash in by_hash:
