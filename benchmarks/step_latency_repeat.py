@@ -6,8 +6,9 @@
         --compare docs/step1_latency_a.json
 
 Does exactly what the expansion's step does before any training, with the recipe's latency
-settings (backend, input size, single-network timing for the target L_T and each op's k, then the
-parent and all candidates timed together in paired rounds), from the recipe's start network, in a
+settings (backend, input size; L_T and each op's k from rounds of networks timed together with the
+parent, ``--single-k`` for single timings as before; then the parent and all candidates timed
+together in paired rounds), from the recipe's start network, in a
 fresh latency cache (nothing measured earlier is reused). ``--compare`` checks the issue's criterion
 against an earlier run: the same k for every op, and every candidate's paired ΔL within 10% of the
 earlier one. The CPU's flags are recorded: compare only runs on one machine.
@@ -30,11 +31,13 @@ def parse_args(argv=None):
     p.add_argument("--recipe", default="recipes/expand_camvid.json")
     p.add_argument("--out", required=True, help="JSON to write")
     p.add_argument("--compare", default=None, help="an earlier run's JSON: print the k and ΔL agreement")
+    p.add_argument("--single-k", action="store_true",
+                   help="pick L_T and k from single timings (the code before paired rounds) instead of paired rounds")
     p.add_argument("--tolerance", type=float, default=0.10, help="relative ΔL agreement asked for (default 0.10)")
     return p.parse_args(argv)
 
 
-def measure(recipe) -> dict:
+def measure(recipe, single_k: bool = False) -> dict:
     from lps_keras.latency.stats import cpu_flags_text
     from lps_keras.search.candidates import propose_candidates
     from lps_keras.search.expansion import make_latency_fns, search_ops
@@ -44,9 +47,17 @@ def measure(recipe) -> dict:
     t0 = time.time()
     with tempfile.TemporaryDirectory(prefix="step_latency_") as tmp:  # a fresh cache: nothing reused
         latency_fn, latency_set_fn = make_latency_fns(recipe, tmp, verbose=False)
-        target, cands = propose_candidates(start, search_ops(recipe), latency_fn, s.max_k)
         if latency_set_fn is None:
             raise SystemExit("the recipe measures no paired sets (search.latency.rounds is 0)")
+        rounds = None
+        if not single_k:  # as Expansion does: each round of N + k d timed together with the parent
+            reference = latency_fn(start)
+
+            def rounds(archs):
+                values = latency_set_fn(start, archs)
+                base = values[start.hash][0]
+                return [reference + values[a.hash][0] - base for a in archs]
+        target, cands = propose_candidates(start, search_ops(recipe), latency_fn, s.max_k, latencies_fn=rounds)
         paired = latency_set_fn(start, [c.arch for c in cands])
     parent_ms = paired[start.hash][0]
     rows = []
@@ -57,7 +68,8 @@ def measure(recipe) -> dict:
     return {"recipe": recipe.name, "start": str(start), "backend": s.latency_backend,
             "input_shape": list(s.latency_input_shape), "cpu": cpu_flags_text(),
             "time": time.strftime("%Y-%m-%d %H:%M:%S"), "seconds": round(time.time() - t0, 1),
-            "target_ms": target, "parent_ms": parent_ms, "candidates": rows}
+            "k_from": "single timings" if single_k else "paired rounds", "target_ms": target,
+            "parent_ms": parent_ms, "candidates": rows}
 
 
 def compare(a: dict, b: dict, tolerance: float) -> tuple[str, bool]:
@@ -95,7 +107,7 @@ def main(argv=None) -> int:
     except (LPSError, OSError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    result = measure(recipe)
+    result = measure(recipe, single_k=args.single_k)
     print(f"CPU: {result['cpu']}\nstep 1 from {result['start']}: target {result['target_ms']:.3f} ms, parent "
           f"{result['parent_ms']:.3f} ms ({result['seconds']} s)")
     for r in result["candidates"]:
