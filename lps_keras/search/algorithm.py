@@ -137,7 +137,8 @@ class Expansion:
             return None
 
         def latencies(archs: Sequence[Arch]) -> list[float]:
-            missing = [a for a in archs if self.journal.latency(a) is None]
+            # Two ops can give the same network (res_path3 from one path is res_path2): time it once.
+            missing = list({a.hash: a for a in archs if self.journal.latency(a) is None}.values())
             if missing:
                 reference = self.latency(parent)  # one constant offset for the whole step
                 values = self.latency_set_fn(parent, missing)
