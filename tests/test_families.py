@@ -170,3 +170,16 @@ def test_every_family_trains_exports_and_evaluates(tmp_path, name):
     assert written["verification"]["serving_default"]["label_agreement"] > 0.999
     result = evaluate(recipe, str(tmp_path / "sm" / "1"), progress=False)
     assert result["miou"] == pytest.approx(out["miou"], abs=0.02)  # the training run's own final validation
+
+
+@pytest.mark.parametrize("name", ["ndnet", "mrms"])
+def test_every_family_exports_to_onnx_and_matches_onnxruntime(tmp_path, name):
+    """The ONNX path (what onnxruntime, OpenVINO and TensorRT time) for each family's fused network."""
+    from helpers import randomize_batchnorm
+
+    from lps_keras.export import export_onnx
+
+    model = build(get_family(name).config(config=TINY[name], num_classes=4), input_shape=(64, 96, 3))
+    randomize_batchnorm(model)
+    report = export_onnx(fuse(model), tmp_path / "m.onnx", opset=17, input_shape=(1, 64, 96, 3))
+    assert report["onnxruntime_max_rel_error"] <= 1e-4

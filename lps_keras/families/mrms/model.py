@@ -7,7 +7,7 @@ Layer names (shared by the training and deploy forms, which :func:`fuse_into` ke
   blocks (1-based; ``_expand`` absent for t = 1, ``_add`` only for the identity shortcut;
   a searched config (``blocks``) may leave blocks out and change expansions and kernels, and
   ``branch_ratios`` add ``stage{s}_block1_resize`` before a branch entry)
-- ``lcf_c5``, ``lcf_pool``, ``lcf_pool_conv``, ``lcf_add5``: the LCF upper branch, C5 plus the
+- ``lcf_c5``, ``lcf_pool``, ``lcf_pool_conv``, ``lcf_pool_upsample``, ``lcf_add5``: the LCF upper branch, C5 plus the
   global-average-pooled C5
 - ``lge_pool``, ``lge_reduce``, ``lge_expand``, ``lge_scale``: Lightweight Global Enhancement
 - ``lcf_c{l}``, ``lcf_up{l}``, ``lcf_add{l}``, ``lcf_fuse{l}_dw``, ``lcf_fuse{l}_pw`` (l = 4, 3):
@@ -91,6 +91,9 @@ def _graph(config: MRMSConfig, deploy: bool, upsample_logits: bool, input_shape)
     top = ConvBN(d, 1, activation=None, deploy=deploy, name="lcf_c5")(stages[5])
     pooled = keras.layers.GlobalAveragePooling2D(keepdims=True, name="lcf_pool")(stages[5])
     pooled = keras.layers.Conv2D(d, 1, activation="relu", name="lcf_pool_conv")(pooled)
+    # Spread to C5's grid before adding (the same values a broadcast gives): tf2onnx 1.17 fuses a broadcast
+    # Add of a (1, 1, 1, C) tensor after a conv into that conv as a 4th input, an invalid ONNX graph.
+    pooled = BilinearResize(name="lcf_pool_upsample")([pooled, top])
     top = keras.layers.Add(name="lcf_add5")([top, pooled])
     if config.lge:  # channel attention on the upper branch before it is spread to higher resolutions
         att = keras.layers.GlobalAveragePooling2D(keepdims=True, name="lge_pool")(top)
