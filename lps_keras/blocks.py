@@ -37,7 +37,7 @@ from keras import ops
 
 from lps_keras.block_specs import block_units, ghost_primary, shuffle_split
 from lps_keras.families.layers import ConvBN
-from lps_keras.layers import RepConvBlock
+from lps_keras.layers import RepConvBlock, check_block_args
 
 _PACKAGE = "lps_keras"
 
@@ -50,10 +50,7 @@ class UnitBlock(keras.layers.Layer):
     def __init__(self, filters, strides=1, deploy=False, bn_momentum=0.9, bn_epsilon=1e-5, synchronized_bn=False,
                  kernel_initializer="he_normal", **kwargs):
         super().__init__(**kwargs)
-        if isinstance(filters, bool) or not isinstance(filters, int) or filters < 1:
-            raise ValueError(f"{type(self).__name__} filters must be a positive int, got {filters!r}")
-        if strides not in (1, 2):
-            raise ValueError(f"{type(self).__name__} strides must be 1 or 2, got {strides!r}")
+        check_block_args(type(self).__name__, filters, strides)
         self.filters = filters
         self.strides = strides
         self.deploy = bool(deploy)

@@ -146,6 +146,14 @@ class PathInteraction(keras.layers.Layer):
 
 
 # --------------------------------------------------------------------------- conv block
+def check_block_args(kind: str, filters, strides) -> None:
+    """A block's ``filters`` (positive int) and ``strides`` (1 or 2), or a ValueError quoting the value."""
+    if isinstance(filters, bool) or not isinstance(filters, int) or filters < 1:
+        raise ValueError(f"{kind} filters must be a positive int, got {filters!r}")
+    if strides not in (1, 2):
+        raise ValueError(f"{kind} strides must be 1 or 2, got {strides!r}")
+
+
 @keras.saving.register_keras_serializable(package=_PACKAGE)
 class RepConvBlock(keras.layers.Layer):
     """3x3 conv + BN + ReLU with RepVGG-style training branches.
@@ -173,10 +181,7 @@ class RepConvBlock(keras.layers.Layer):
         **kwargs,
     ):
         super().__init__(**kwargs)
-        if isinstance(filters, bool) or not isinstance(filters, int) or filters < 1:
-            raise ValueError(f"RepConvBlock filters must be a positive int, got {filters!r}")
-        if strides not in (1, 2):
-            raise ValueError(f"RepConvBlock strides must be 1 or 2, got {strides!r}")
+        check_block_args(type(self).__name__, filters, strides)
         self.filters = filters
         self.strides = strides
         self.deploy = bool(deploy)

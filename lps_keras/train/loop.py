@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
-from pathlib import Path
 
 import keras
 import numpy as np
@@ -32,14 +31,7 @@ from lps_keras.train.distribute import has_gpu
 from lps_keras.train.errors import TrainingError
 from lps_keras.train.memory import check_training_memory
 from lps_keras.train.optim import PolyLR, TorchSGD
-from lps_keras.train.run import (  # noqa: F401 - re-exported: callers import them from here
-    TrainingRun,
-    check_backup_config,
-    epoch_steps_of,
-    open_run_dir,
-    resolve_run_dir,
-    run_settings,
-)
+from lps_keras.train.run import TrainingRun, resolve_run_dir  # noqa: F401 - resolve_run_dir: public here too
 
 
 def make_evaluate_fn(val_ds, num_classes: int, progress: bool):
@@ -196,7 +188,3 @@ def train(
             print(result.table(names), flush=True)
         return summary
 
-
-def check_backup_arch(arch_file: Path, arch, work_dir: Path) -> None:
-    """Raise TrainingError when the backup beside ``arch_file`` was written for another architecture."""
-    check_backup_config(arch_file, arch, work_dir)
