@@ -5,7 +5,12 @@ PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
+# Two pytest workers (pytest-xdist), one test file per worker at a time (--dist loadfile keeps a file's
+# module fixtures, e.g. the shared Ray cluster, in one process): the suite is mostly single-threaded Python
+# (imports, tracing, subprocess start-up), so 2 workers on CI's 2 cores cut its wall time (see README).
+PYTEST_WORKERS ?= 2
 PYTEST_ARGS ?=
+XDIST := $(if $(filter-out 0 1,$(PYTEST_WORKERS)),-n $(PYTEST_WORKERS) --dist loadfile,)
 
 .PHONY: venv test test-all demo lint bench clean
 
@@ -23,10 +28,10 @@ $(STAMP): requirements.txt requirements-dev.txt requirements-ray.txt pyproject.t
 # it for the test process itself; the CLI tests unset it for the processes they start.
 test: $(STAMP)
 	$(PY) -m ruff check .
-	$(PY) -m pytest $(PYTEST_ARGS)
+	$(PY) -m pytest $(XDIST) $(PYTEST_ARGS)
 
 test-all: $(STAMP)
-	$(PY) -m pytest --runslow $(PYTEST_ARGS)
+	$(PY) -m pytest --runslow $(XDIST) $(PYTEST_ARGS)
 
 demo: $(STAMP)
 	bash scripts/demo.sh
