@@ -26,6 +26,7 @@ from lps_keras.recipe_sections import (  # noqa: F401 - the sections are part of
     EvalConfig,
     ExportConfig,
     ModelConfig,
+    NASConfig,
     PretrainConfig,
     ProxyConfig,
     RacingSettings,
@@ -49,6 +50,7 @@ class Recipe:
     eval: EvalConfig = EvalConfig()
     export: ExportConfig = ExportConfig()
     search: SearchConfig = SearchConfig()
+    nas: NASConfig = NASConfig()  # search.py only
     pretrain: PretrainConfig = PretrainConfig()
 
     # ------------------------------------------------------------- derived values

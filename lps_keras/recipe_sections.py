@@ -11,6 +11,7 @@ from typing import Optional
 
 from lps_keras.families import DEFAULT_FAMILY, FAMILIES
 from lps_keras.latency.backends import BACKEND_NAMES
+from lps_keras.nas import SPACES
 
 # --------------------------------------------------------------------------- field rules
 #: Class counts of the datasets this project reads (the data modules hold names/colours).
@@ -218,6 +219,63 @@ class SearchConfig:
     pin_cpus: bool = False  # pool workers each take a disjoint share of the CPU cores (CPU-only searches)
     executor: str = field("pool", choices=("pool", "ray"))  # where candidates train: process pool or Ray tasks
     gpus_per_task: float = field(0.0, ge=0)  # GPUs each Ray task needs (0: CPU-only)
+
+
+@dataclasses.dataclass(frozen=True)
+class NASConfig:
+    """A differentiable latency-aware search (``search.py``, :mod:`lps_keras.nas.run`): the space over
+    ``model`` (an MRMS preset or config: the hand-designed base), the training images of ``data``, the
+    task loss of ``train`` (loss, class balance); the derived network's recipe keeps ``data``,
+    ``train``, ``eval`` and ``export`` for its full training.
+
+    The budget is ``budget_ms``, or the latency of the LPS-Net ``budget_arch`` (e.g. the expansion's
+    final network) measured on ``latency_backend`` at ``latency_input_size``; times ``budget_scale``.
+    """
+
+    space: str = field("hmseg", choices=tuple(SPACES))
+    steps: int = field(2000, gt=0)
+    batch_size: int = field(8, gt=0)
+    crop_size: Optional[tuple[int, int]] = field(None, gt=0)  # search crops (None: data.augment.crop_size)
+    weight_lr: float = field(0.05, gt=0)  # SGD with momentum, poly decay over the steps
+    weight_momentum: float = field(0.9, ge=0, lt=1)
+    weight_decay: float = field(4e-5, ge=0)
+    arch_lr: float = field(3e-4, gt=0)  # Adam on the alphas (DARTS / GDAS: 3e-4, betas (0.5, 0.999))
+    arch_weight_decay: float = field(1e-3, ge=0)
+    tau_start: float = field(10.0, gt=0)  # Gumbel-softmax temperature, annealed exponentially (HMSeg: 10 -> 0.1)
+    tau_end: float = field(0.1, gt=0)
+    cost_weight: float = field(1.0, ge=0)  # lambda of the latency cost loss |E[lat] / budget - 1|
+    budget_ms: Optional[float] = field(None, gt=0)
+    budget_arch: Optional[dict] = None  # LPS-Net {"depth", "width", "resolution"} whose latency is the budget
+    budget_scale: float = field(1.0, gt=0)
+    latency_backend: str = field("openvino", choices=BACKEND_NAMES)
+    latency_input_size: tuple[int, int] = field((360, 480), gt=0)  # the deployment size the budget holds at
+    latency_warmup: int = field(5, ge=0)
+    latency_iters: int = field(20, gt=0)
+    latency_rounds: int = field(10, gt=1)  # paired rounds timing the derived network beside the budget's
+    latency_table: Optional[str] = None  # a table built elsewhere (on the target device); None: built here
+    checkpoint_interval: int = field(50, gt=0)
+    log_interval: int = field(10, gt=0)
+    seed: int = 0
+    run_eagerly: bool = False  # no tf.function trace of the supernet (debugging, tiny searches)
+    run_dir: str = "runs/{name}"
+
+    def __post_init__(self):
+        # Cross-field rules, where the section is built (recipe.py's field rules cover values and ranges).
+        from lps_keras.recipe import RecipeError  # recipe.py imports this module
+
+        if self.budget_ms is not None and self.budget_arch is not None:
+            raise RecipeError("nas.budget_ms / nas.budget_arch: give one of them, not both (search.py refuses "
+                              "a search with neither)")
+        if self.budget_arch is not None:
+            from lps_keras.arch import Arch, ArchError
+
+            try:
+                Arch.from_dict({**self.budget_arch, "num_classes": 2})
+            except (ArchError, TypeError, ValueError) as e:
+                raise RecipeError(f"nas.budget_arch: {e}") from None
+        if self.latency_backend == "macs":
+            raise RecipeError("nas.latency_backend: 'macs' computes, it does not time; a latency table needs a "
+                              "timed backend")
 
 
 @dataclasses.dataclass(frozen=True)

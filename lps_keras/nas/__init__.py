@@ -6,6 +6,7 @@
 * :mod:`.latency_table`: the per-operator latency lookup table, its builder and the cost loss.
 * :mod:`.layers`, :mod:`.hmseg`: supernet layers and HMSeg's space over MRMS.
 * :mod:`.search_tf`: the TensorFlow search loop (weights and alphas in one step, resumable).
+* :mod:`.run`: a whole search from a recipe (``search.py``): budget, table, search, derived network.
 
 The derived architecture is a plain family config (``MRMSConfig`` with ``blocks`` and
 ``branch_ratios``): it trains, exports and is timed like any other model.
@@ -13,7 +14,7 @@ The derived architecture is a plain family config (``MRMSConfig`` with ``blocks`
 
 from __future__ import annotations
 
-from lps_keras.nas.gumbel import NASError, TemperatureSchedule, gumbel_softmax
+from lps_keras.nas.errors import NASError
 
 
 def _hmseg(**kwargs):
@@ -31,6 +32,15 @@ def get_space(name: str, **kwargs):
     except KeyError:
         raise NASError(f"unknown search space {name!r}; choose from {sorted(SPACES)}") from None
     return make(**kwargs)
+
+
+def __getattr__(name):
+    # Keras-dependent names load on first use: recipes read SPACES without importing Keras.
+    if name in ("TemperatureSchedule", "gumbel_softmax"):
+        from lps_keras.nas import gumbel
+
+        return getattr(gumbel, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 __all__ = ["NASError", "SPACES", "TemperatureSchedule", "get_space", "gumbel_softmax"]

@@ -13,13 +13,9 @@ import math
 
 from keras import ops
 
-from lps_keras.errors import LPSError
+from lps_keras.nas.errors import NASError  # noqa: F401 - re-exported: its historical home
 
 _TINY = 1e-20  # keeps log(log(u)) finite where u rounds to 0 or 1
-
-
-class NASError(LPSError, ValueError):
-    """A bad search setting: a space, a latency table, a schedule (names the field, quotes the value)."""
 
 
 def gumbel_noise(uniform):

@@ -49,7 +49,7 @@ from lps_keras.families.mrms.config import (
     stem_channels,
 )
 from lps_keras.layers import BilinearResize
-from lps_keras.nas.gumbel import NASError
+from lps_keras.nas.errors import NASError
 from lps_keras.nas.layers import InvertedResidual, LCFHead, MixedOp, MixedResize
 from lps_keras.nas.space import CostTerm, Decision, OpSpec, SearchSpace
 
@@ -128,6 +128,12 @@ class HMSegSpace(SearchSpace):
 
     def build_supernet(self, input_shape=(None, None, 3), **kwargs):
         return HMSegSupernet(self, input_shape=input_shape, **kwargs)
+
+    def reference(self):
+        """The hand-designed base: MobileNetV2's (t, k = 3) in every slot, ratio 0.5 on every branch."""
+        choices = [self.ops.index((slot.hidden // slot.cin, slot.kernel)) for slot in self.slots]
+        choices += [self.ratios.index(0.5)] * len(RATIO_STAGES)
+        return self.base, choices
 
     def derive_from_choices(self, choices: Sequence[int]) -> MRMSConfig:
         decisions = self.decisions()

@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from lps_keras.fileio import atomic_write_json
-from lps_keras.nas.gumbel import NASError
+from lps_keras.nas.errors import NASError
 from lps_keras.nas.space import CostTerm, OpSpec, SearchSpace
 
 TABLE_FORMAT = 1
@@ -28,13 +28,16 @@ TABLE_FORMAT = 1
 
 class LatencyTable:
     """``entries[op key] = median ms`` on ``backend`` (and ``device``), plus ``fixed_ms``: the
-    unsearched layers' latency, added to every expected latency (0 when not measured)."""
+    unsearched layers' latency, added to every expected latency (0 when not measured), and
+    ``calibration``: how ``fixed_ms`` was found (:func:`calibrate_table`), if it was."""
 
-    def __init__(self, backend: str, entries: dict | None = None, device: str = "", fixed_ms: float = 0.0):
+    def __init__(self, backend: str, entries: dict | None = None, device: str = "", fixed_ms: float = 0.0,
+                 calibration: dict | None = None):
         self.backend = backend
         self.entries = dict(entries or {})
         self.device = device
         self.fixed_ms = float(fixed_ms)
+        self.calibration = calibration
 
     def __getitem__(self, spec: OpSpec) -> float:
         try:
@@ -48,24 +51,32 @@ class LatencyTable:
 
     def to_dict(self) -> dict:
         return {"format": TABLE_FORMAT, "backend": self.backend, "device": self.device, "fixed_ms": self.fixed_ms,
-                "entries": dict(sorted(self.entries.items()))}
+                "calibration": self.calibration, "entries": dict(sorted(self.entries.items()))}
 
     def save(self, path) -> Path:
         return atomic_write_json(path, self.to_dict())
 
     @classmethod
     def load(cls, path, backend: str | None = None) -> LatencyTable:
-        with open(path) as f:
-            data = json.load(f)
-        if not isinstance(data, dict) or data.get("format") != TABLE_FORMAT:
+        try:
+            with open(path) as f:
+                data = json.load(f)
+        except FileNotFoundError:
+            raise NASError(f"{path}: latency table not found") from None
+        except json.JSONDecodeError as e:
+            raise NASError(f"{path}: not a latency table (invalid JSON: {e})") from None
+        ok = isinstance(data, dict) and data.get("format") == TABLE_FORMAT and isinstance(data.get("entries"), dict)
+        if not ok:
             raise NASError(f"{path}: not a latency table of format {TABLE_FORMAT}")
-        if backend is not None and data["backend"] != backend:
-            raise NASError(f"{path}: the table is for backend {data['backend']!r}, not {backend!r}")
-        return cls(data["backend"], data["entries"], data.get("device", ""), data.get("fixed_ms", 0.0))
+        if backend is not None and data.get("backend") != backend:
+            raise NASError(f"{path}: the table is for backend {data.get('backend')!r}, not {backend!r}")
+        return cls(data["backend"], data["entries"], data.get("device", ""), data.get("fixed_ms", 0.0),
+                   data.get("calibration"))
 
 
 def build_latency_table(space: SearchSpace, input_size: tuple[int, int], backend: str = "tf",
-                        measure: Callable | None = None, path=None, **measure_kwargs) -> LatencyTable:
+                        measure: Callable | None = None, path=None, progress: Callable | None = None,
+                        **measure_kwargs) -> LatencyTable:
     """Time every operator of ``space`` at ``input_size`` on ``backend``; return (and save) the table.
 
     ``measure(model, backend=..., input_shape=(1, H, W, C), **measure_kwargs)`` returns stats with
@@ -80,13 +91,54 @@ def build_latency_table(space: SearchSpace, input_size: tuple[int, int], backend
         table = LatencyTable.load(path, backend=backend)
     if not table.device:
         table.device = _device_name()
-    for spec in space.op_specs(input_size):
+    specs = space.op_specs(input_size)
+    for i, spec in enumerate(specs):
         if spec in table:
             continue
         stats = measure(space.op_model(spec), backend=backend, input_shape=(1, *spec.input_shape), **measure_kwargs)
         table.entries[spec.key] = float(stats.median_ms)
         if path is not None:
             table.save(path)
+        if progress is not None:
+            progress(i + 1, len(specs))
+    if path is not None:
+        table.save(path)
+    return table
+
+
+def table_latency(space: SearchSpace, table: LatencyTable, input_size, choices) -> float:
+    """The table's latency of the discrete network ``choices`` (one option index per decision), ``fixed_ms``
+    included."""
+    decisions = space.decisions()
+    probs = []
+    for d, c in zip(decisions, choices):
+        p = np.zeros(len(d.options), np.float32)
+        p[c] = 1.0
+        probs.append(p)
+    expected = ExpectedLatency(space.cost_terms(tuple(input_size)), table, [len(d.options) for d in decisions])
+    return float(np.asarray(expected(probs)))
+
+
+def calibrate_table(space: SearchSpace, table: LatencyTable, input_size, backend: str, measure: Callable | None = None,
+                    path=None, **measure_kwargs) -> LatencyTable:
+    """Set ``table.fixed_ms`` to what the operators' sum misses on the space's hand-designed network.
+
+    That network (:meth:`SearchSpace.reference`) is timed whole; ``fixed_ms`` = its time minus the
+    table's sum over its own operators: the unsearched stem and head, plus what timing operators one
+    by one gets wrong (per-call overhead, fusion across layers), assumed the same for every path.
+    It may be negative (single-operator models pay a call overhead each). Done once per table.
+    """
+    ref = space.reference()
+    if ref is None or table.calibration is not None:
+        return table
+    if measure is None:
+        from lps_keras.latency import measure_latency as measure
+    config, choices = ref
+    h, w = (int(v) for v in input_size)
+    network_ms = float(measure(config, backend=backend, input_shape=(1, h, w, 3), **measure_kwargs).median_ms)
+    ops_ms = table_latency(space, LatencyTable(table.backend, table.entries), (h, w), choices)
+    table.fixed_ms = network_ms - ops_ms
+    table.calibration = {"network_ms": network_ms, "ops_ms": ops_ms, "input_size": [h, w]}
     if path is not None:
         table.save(path)
     return table

@@ -41,7 +41,7 @@ class Search:
 
     def __init__(self, space, table: LatencyTable, input_size, budget_ms: float, loss_fn: Callable,
                  weight_optimizer, arch_optimizer, schedule: TemperatureSchedule, cost_weight: float = 1.0,
-                 seed: int = 0, supernet=None):
+                 seed: int = 0, supernet=None, run_eagerly: bool = False):
         self.space = space
         self.supernet = supernet if supernet is not None else space.build_supernet()
         decisions = space.decisions()
@@ -59,7 +59,8 @@ class Search:
         self.a_opt.build(self.arch_vars)
         self.step = 0
         self.last = {}
-        self._step_fn = tf.function(self._train_step)
+        # Eager steps skip the supernet's trace (~45 s on a CPU): for debugging and tiny test searches.
+        self._step_fn = self._train_step if run_eagerly else tf.function(self._train_step)
 
     def samples(self, tau, step):
         """Straight-through samples of every decision at ``step`` (stateless in ``(seed, step)``)."""

@@ -14,7 +14,7 @@ import dataclasses
 from collections.abc import Sequence
 from typing import Any
 
-from lps_keras.nas.gumbel import NASError
+from lps_keras.nas.errors import NASError
 
 
 @dataclasses.dataclass(frozen=True)
@@ -86,6 +86,14 @@ class SearchSpace(abc.ABC):
     @abc.abstractmethod
     def derive_from_choices(self, choices: Sequence[int]) -> Any:
         """The family config of the discrete network that picks option ``choices[i]`` of decision i."""
+
+    def reference(self) -> tuple[Any, list[int]] | None:
+        """The hand-designed network the space is built around, as ``(config, choices)``, or ``None``.
+
+        With it, :func:`~.latency_table.calibrate_table` times that network whole and puts what the
+        operators' sum misses (stem, head, per-layer overhead) into the table's ``fixed_ms``.
+        """
+        return None
 
     def derive(self, alphas: Sequence[Sequence[float]]) -> Any:
         """The discrete network of ``alphas`` (argmax of every decision's alphas)."""

@@ -1,0 +1,306 @@
+"""A whole search from a recipe (``search.py``): budget, latency table, search, derived network.
+
+Four phases, each kept in the run directory, so that rerunning the same command (after Ctrl-C or
+``kill -9``) continues where it stopped:
+
+1. **budget** (``budget.json``): ``nas.budget_ms``, or the latency of the LPS-Net ``nas.budget_arch``
+   (e.g. the greedy expansion's final network) measured on ``nas.latency_backend`` at
+   ``nas.latency_input_size``; times ``nas.budget_scale``.
+2. **table** (``latency_table.json``, saved after every entry): every operator of the space timed on
+   the same backend, then calibrated once on the hand-designed base network timed whole
+   (:func:`~.latency_table.calibrate_table`: stem, head and per-call overhead go into ``fixed_ms``).
+   ``nas.latency_table`` uses a table built elsewhere (on the target device) instead.
+3. **search** (``search.npz`` every ``nas.checkpoint_interval`` steps, ``log.jsonl``): weights and
+   alphas in one step (:class:`~.search_tf.Search`) on the recipe's training images, augmented as
+   training augments them, with the recipe's task loss (``train.loss``, class balance).
+4. **derive** (``derived.json``, ``derived_recipe.json``): the argmax network as a plain family
+   config, its table latency, its measured latency timed in paired rounds beside the budget's
+   network, and a training recipe for it (the search recipe's ``data``/``train``/``eval``/``export``).
+
+``search_recipe.json`` records what the directory searches; a rerun with other search settings is
+refused naming the first key that differs (``nas.steps`` may grow: the search continues).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+
+from lps_keras.fileio import DirectoryLock, atomic_write_json, remove_stale_temps
+from lps_keras.nas.errors import NASError
+
+#: Keys of a search recipe that may change between runs of one search directory.
+MUTABLE_KEYS = ("name", "description", "nas.steps", "nas.checkpoint_interval", "nas.log_interval", "nas.run_dir",
+                "nas.run_eagerly",
+                "nas.latency_rounds", "train.run_dir", "eval", "export")
+
+
+def run_search(recipe, run_dir=None, log: Callable[[str], None] = print) -> dict:
+    """Run (or continue) the search of ``recipe``; returns ``derived.json``'s content."""
+    cfg = recipe.nas
+    if cfg.budget_ms is None and cfg.budget_arch is None:
+        raise NASError("nas.budget_ms / nas.budget_arch: the search needs a latency budget: a number of ms, or "
+                       "the LPS-Net architecture whose latency it is")
+    if recipe.model.family != "mrms":
+        raise NASError(f"model.family: the {cfg.space!r} space searches an MRMS network (model.family 'mrms', "
+                       f"preset 'mrms' or 'tinymrms' as its base); got {recipe.model.family!r}")
+    recipe.check_classes_cover_dataset()
+    run_dir = Path(run_dir or cfg.run_dir.format(name=recipe.name))
+    with DirectoryLock(run_dir, "search directory"):
+        remove_stale_temps(run_dir)
+        _check_same_search(run_dir / "search_recipe.json", recipe)
+        budget = _budget(run_dir / "budget.json", cfg, log)
+        table = _table(run_dir, recipe, log)
+        search = _search(run_dir, recipe, table, budget["budget_ms"], log)
+        return _derive(run_dir, recipe, search, table, budget, log)
+
+
+def measure_kwargs(cfg) -> dict:
+    return {"warmup": cfg.latency_warmup, "iters": cfg.latency_iters}
+
+
+# ------------------------------------------------------------------------------------------- phases
+def _check_same_search(path: Path, recipe) -> None:
+    current = _flatten(recipe.to_dict())
+    if path.exists():
+        saved = _flatten(json.loads(path.read_text()))
+        for key in sorted(set(saved) | set(current)):
+            if key.startswith(MUTABLE_KEYS) or saved.get(key) == current.get(key):
+                continue
+            raise NASError(f"{path.parent}: this search directory holds a search with {key} = "
+                           f"{json.dumps(saved.get(key))}, not {json.dumps(current.get(key))}; rerun with the "
+                           "same recipe to continue it, or use another --run-dir")
+    atomic_write_json(path, recipe.to_dict())
+
+
+def _flatten(d: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in d.items():
+        if isinstance(v, dict) and k not in ("arch", "config", "budget_arch"):
+            out.update(_flatten(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def _budget(path: Path, cfg, log) -> dict:
+    if path.exists():
+        budget = json.loads(path.read_text())
+    else:
+        h, w = cfg.latency_input_size
+        if cfg.budget_ms is not None:
+            budget = {"source": "nas.budget_ms", "reference_ms": float(cfg.budget_ms)}
+        else:
+            from lps_keras.arch import Arch
+            from lps_keras.latency import measure_latency
+
+            arch = Arch.from_dict({**cfg.budget_arch, "num_classes": 19})
+            log(f"[budget] timing nas.budget_arch {arch.short()} on {cfg.latency_backend} at {h}x{w}")
+            stats = measure_latency(arch, backend=cfg.latency_backend, input_shape=(1, h, w, 3), **measure_kwargs(cfg))
+            budget = {"source": "nas.budget_arch", "arch": cfg.budget_arch, "reference_ms": float(stats.median_ms),
+                      "device": stats.device}
+        budget.update(backend=cfg.latency_backend, input_size=[h, w])
+        atomic_write_json(path, budget)
+    budget["budget_ms"] = budget["reference_ms"] * cfg.budget_scale
+    log(f"[budget] {budget['budget_ms']:.3f} ms ({budget['source']}, {budget['reference_ms']:.3f} ms x "
+        f"{cfg.budget_scale:g}) on {cfg.latency_backend} at {budget['input_size'][0]}x{budget['input_size'][1]}")
+    return budget
+
+
+def _space(recipe):
+    from lps_keras.nas import get_space
+
+    return get_space(recipe.nas.space, base=recipe.model_config())
+
+
+def _table(run_dir: Path, recipe, log):
+    from lps_keras.nas.latency_table import LatencyTable, build_latency_table, calibrate_table
+
+    cfg = recipe.nas
+    size = tuple(cfg.latency_input_size)
+    space = _space(recipe)
+    if cfg.latency_table is not None:
+        table = LatencyTable.load(cfg.latency_table, backend=cfg.latency_backend)
+        missing = [s.key for s in space.op_specs(size) if s not in table]
+        if missing:
+            raise NASError(f"nas.latency_table: {cfg.latency_table} has no entry {missing[0]!r} (and "
+                           f"{len(missing) - 1} more): it was built for another space or input size")
+        log(f"[table] {cfg.latency_table}: {len(table.entries)} operators, fixed {table.fixed_ms:.3f} ms")
+        return table
+    path = run_dir / "latency_table.json"
+    t0, last = time.time(), [0.0]
+
+    def progress(done, total):
+        if time.time() - last[0] > 30 or done == total:
+            last[0] = time.time()
+            log(f"[table] {done}/{total} operators timed on {cfg.latency_backend} ({time.time() - t0:.0f} s)")
+
+    table = build_latency_table(space, size, backend=cfg.latency_backend, path=path, progress=progress,
+                                **measure_kwargs(cfg))
+    table = calibrate_table(space, table, size, cfg.latency_backend, path=path, **measure_kwargs(cfg))
+    c = table.calibration or {}
+    log(f"[table] {len(table.entries)} operators; the base network {c.get('network_ms', math.nan):.3f} ms whole, "
+        f"{c.get('ops_ms', math.nan):.3f} ms as its operators' sum: fixed {table.fixed_ms:+.3f} ms")
+    return table
+
+
+def _search(run_dir: Path, recipe, table, budget_ms: float, log):
+    import keras
+
+    from lps_keras.class_balance import class_weights
+    from lps_keras.losses import build_loss
+    from lps_keras.nas.gumbel import TemperatureSchedule
+    from lps_keras.nas.search_tf import Search
+    from lps_keras.train.optim import PolyLR, TorchSGD
+
+    cfg = recipe.nas
+    keras.utils.set_random_seed(cfg.seed)
+    space = _space(recipe)
+    search = Search(
+        space, table, cfg.latency_input_size, budget_ms, build_loss(recipe.train, class_weights(recipe)),
+        TorchSGD(PolyLR(cfg.weight_lr, cfg.steps), momentum=cfg.weight_momentum, l2=cfg.weight_decay),
+        keras.optimizers.Adam(cfg.arch_lr, beta_1=0.5, beta_2=0.999, weight_decay=cfg.arch_weight_decay),
+        TemperatureSchedule(cfg.tau_start, cfg.tau_end, cfg.steps), cost_weight=cfg.cost_weight, seed=cfg.seed,
+        run_eagerly=cfg.run_eagerly)
+    checkpoint = run_dir / "search.npz"
+    log_path = run_dir / "log.jsonl"
+    if checkpoint.exists():
+        search.restore(checkpoint)
+        _truncate_log(log_path, search.step)
+        log(f"[search] resumed at step {search.step}/{cfg.steps}")
+    if search.step >= cfg.steps:
+        return search
+    data = TrainingBatches(recipe, log)
+    t0, start = time.time(), search.step
+
+    def on_step(step, out):
+        if step % cfg.log_interval and step != cfg.steps:
+            return
+        record = {"step": step, "tau": search.schedule(step - 1), **out}
+        with open(log_path, "a") as f:
+            f.write(json.dumps(record) + "\n")
+        rate = (time.time() - t0) / (step - start)
+        log(f"[search] step {step}/{cfg.steps}  tau {record['tau']:.2f}  task {out['task']:.3f}  "
+            f"E[lat] {out['expected_ms']:.3f} ms (budget {budget_ms:.3f})  {rate:.2f} s/step, "
+            f"{rate * (cfg.steps - step) / 60:.0f} min left")
+
+    search.run(data, cfg.steps, checkpoint=checkpoint, every=cfg.checkpoint_interval, on_step=on_step)
+    return search
+
+
+def _truncate_log(path: Path, step: int) -> None:
+    if path.exists():
+        lines = [ln for ln in path.read_text().splitlines() if ln.strip() and json.loads(ln)["step"] <= step]
+        from lps_keras.fileio import atomic_write_text
+
+        atomic_write_text(path, "".join(ln + "\n" for ln in lines))
+
+
+def _derive(run_dir: Path, recipe, search, table, budget: dict, log) -> dict:
+    from lps_keras.nas.latency_table import table_latency
+
+    cfg = recipe.nas
+    config = search.derive()
+    alphas = search.alphas()
+    choices = [int(np.argmax(a)) for a in alphas]
+    predicted = table_latency(search.space, table, cfg.latency_input_size, choices)
+    path = run_dir / "derived.json"
+    previous = json.loads(path.read_text()) if path.exists() else {}
+    if previous.get("config") == config.to_dict() and "measured" in previous:
+        measured = previous["measured"]
+    else:
+        measured = _measure_derived(config, budget, cfg, log)
+    derived = {
+        "family": recipe.model.family, "space": cfg.space, "steps": search.step, "config": config.to_dict(),
+        "table_ms": predicted, "budget_ms": budget["budget_ms"], "budget": budget, "measured": measured,
+        "alphas": [np.round(a, 4).tolist() for a in alphas],
+    }
+    atomic_write_json(path, derived)
+    atomic_write_json(run_dir / "derived_recipe.json", derived_recipe(recipe, config))
+    m = measured["derived_ms"]
+    log(f"[derive] {run_dir / 'derived.json'}: table {predicted:.3f} ms, measured {m:.3f} ms, budget "
+        f"{budget['budget_ms']:.3f} ms ({100 * (m / budget['budget_ms'] - 1):+.1f}%); train it with "
+        f"python train.py --recipe {run_dir / 'derived_recipe.json'}")
+    return derived
+
+
+def _measure_derived(config, budget: dict, cfg, log) -> dict:
+    """The derived network's latency; beside the budget's network in paired rounds when there is one."""
+    from lps_keras.latency import measure_latency, measure_set
+
+    h, w = cfg.latency_input_size
+    shape = (1, h, w, 3)
+    if budget.get("arch") is None:
+        stats = measure_latency(config, backend=cfg.latency_backend, input_shape=shape, **measure_kwargs(cfg))
+        return {"derived_ms": float(stats.median_ms), "device": stats.device}
+    from lps_keras.arch import Arch
+
+    arch = Arch.from_dict({**budget["arch"], "num_classes": 19})
+    log(f"[derive] timing the derived network beside {arch.short()} ({cfg.latency_rounds} paired rounds)")
+    m = measure_set([arch, config], backend=cfg.latency_backend, input_shape=shape, rounds=cfg.latency_rounds)
+    ref, derived = (float(v) for v in m.median_ms)
+    # The budget scales the reference's time measured now: the machine's speed then and now need not agree.
+    return {"derived_ms": derived, "reference_ms": ref, "budget_now_ms": ref * cfg.budget_scale,
+            "delta_ms": float(m.delta_ms[1]), "delta_se_ms": float(m.delta_se_ms[1]), "device": m.device}
+
+
+def derived_recipe(recipe, config) -> dict:
+    """The search recipe with the derived network as its model, ready for ``train.py``."""
+    d = recipe.to_dict()
+    name = f"{recipe.name}_derived"
+    model_config = {k: v for k, v in config.to_dict().items() if k != "num_classes"}
+    d.update(name=name, description=f"The network derived by search.py from {recipe.name} "
+                                    f"({recipe.nas.space} space, {recipe.nas.steps} steps), trained from scratch.")
+    d["model"] = {**d["model"], "preset": None, "config": model_config, "num_classes": config.num_classes}
+    d.pop("nas", None)
+    d["export"] = {**d["export"], "name": name}
+    return d
+
+
+class TrainingBatches:
+    """``data(step)`` -> (images, labels): batch ``step`` of the training images, the same on a rerun.
+
+    The split's images are decoded once into memory (CamVid's 367 are ~190 MB); batch ``step`` draws
+    its examples and their augmentation (``data.augment``, crop ``nas.crop_size``) from the stateless
+    seed ``(nas.seed, step)``, so a resumed search sees the batches the killed one would have.
+    """
+
+    def __init__(self, recipe, log=print):
+        import dataclasses
+
+        from lps_keras.data.common import load_pair_numpy
+        from lps_keras.data.pipeline import list_split
+
+        cfg = recipe.nas
+        files = list_split(recipe, recipe.data.train_split)
+        n = len(files.images) if recipe.data.train_subset is None else min(recipe.data.train_subset,
+                                                                           len(files.images))
+        if n < 1:
+            raise NASError(f"data.train_split: {recipe.data.train_split!r} has no images under {recipe.data.root}")
+        log(f"[search] reading {n} training images ({recipe.data.train_split})")
+        self.pairs = [load_pair_numpy(files, i) for i in range(n)]
+        augment = recipe.data.augment
+        if cfg.crop_size is not None:
+            augment = dataclasses.replace(augment, crop_size=tuple(cfg.crop_size))
+        self.augment, self.batch, self.seed = augment, cfg.batch_size, cfg.seed
+
+    def __call__(self, step: int):
+        import tensorflow as tf
+
+        from lps_keras.data.augment import augment
+        from lps_keras.data.common import IMAGENET_MEAN, IMAGENET_STD
+
+        rng = np.random.default_rng([self.seed, step])
+        images, labels = [], []
+        for j, i in enumerate(rng.integers(0, len(self.pairs), size=self.batch)):
+            image, label = self.pairs[i]
+            seed = tf.constant([self.seed, step * self.batch + j], tf.int64)
+            x, y = augment(tf.constant(image, tf.float32) / 255.0, tf.constant(label, tf.int32), seed, self.augment)
+            images.append((x - tf.constant(IMAGENET_MEAN)) / tf.constant(IMAGENET_STD))
+            labels.append(y)
+        return tf.stack(images), tf.stack(labels)

@@ -1,0 +1,142 @@
+"""search.py / lps_keras.nas.run: a whole search from a recipe (budget, table, search, derived
+network), resumed after a stop, refused with one line on bad settings; the table's calibration
+against a hand computation."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from lps_keras.families.mrms.config import MRMSConfig
+from lps_keras.nas import NASError, get_space
+from lps_keras.nas.latency_table import LatencyTable, calibrate_table, table_latency
+from lps_keras.recipe import RecipeError, load_recipe, recipe_from_dict
+
+REPO = Path(__file__).resolve().parents[1]
+PY = sys.executable
+TINY = {"width_multiplier": 0.25, "head_channels": 16}
+SIZE = (64, 64)
+
+
+def _recipe(tmp_path, **nas):
+    return {
+        "name": "tiny_search",
+        "model": {"family": "mrms", "config": TINY, "num_classes": 19},
+        "data": {"dataset": "synthetic", "root": str(tmp_path / "synthetic"),
+                 "synthetic": {"num_train": 4, "num_val": 2, "height": 64, "width": 96},
+                 "augment": {"crop_size": [64, 64]}},
+        "train": {"iterations": 2, "batch_size": 2, "val_interval": 2, "checkpoint_interval": 2},
+        "nas": {"steps": 3, "batch_size": 2, "crop_size": [32, 32], "latency_backend": "tf",
+                "latency_input_size": list(SIZE), "latency_warmup": 0, "latency_iters": 2, "checkpoint_interval": 2,
+                "log_interval": 1, "run_eagerly": True, "budget_ms": 5.0, **nas},
+    }
+
+
+def _table(path, base=None):
+    """A table with every operator of the space at SIZE (a made-up 0.1 ms each): no timing needed."""
+    space = get_space("hmseg", base=base or MRMSConfig(**TINY))
+    LatencyTable("tf", {s.key: 0.1 for s in space.op_specs(SIZE)}).save(path)
+    return path
+
+
+def _env():
+    env = {k: v for k, v in os.environ.items() if k not in ("TF_CPP_MIN_LOG_LEVEL", "LPS_FILTER_TF_STARTUP")}
+    env.update({"PYTHONPATH": str(REPO), "CUDA_VISIBLE_DEVICES": "", "TF_ENABLE_ONEDNN_OPTS": "0"})
+    return env
+
+
+def _search(*args):
+    return subprocess.run([PY, "search.py", *map(str, args)], cwd=REPO, env=_env(), capture_output=True, text=True,
+                          timeout=300)
+
+
+def test_calibration_puts_what_the_operators_miss_into_fixed_ms():
+    # Every operator 1.0 ms; the hand-designed path runs one operator per block (17) and no resize
+    # (ratio 0.5 everywhere), so its table sum is 17 ms; timed whole at 20 ms -> fixed_ms = 3 ms.
+    space = get_space("hmseg", base=MRMSConfig(**TINY))
+    table = LatencyTable("tf", {s.key: 1.0 for s in space.op_specs(SIZE)})
+    timed = []
+
+    def measure(target, backend, input_shape, **kwargs):
+        timed.append((target, backend, input_shape))
+        return type("Stats", (), {"median_ms": 20.0})()
+
+    calibrate_table(space, table, SIZE, "tf", measure=measure)
+    assert timed == [(MRMSConfig(**TINY), "tf", (1, *SIZE, 3))]
+    assert table.calibration == {"network_ms": 20.0, "ops_ms": 17.0, "input_size": list(SIZE)}
+    assert table.fixed_ms == pytest.approx(3.0)
+    _, choices = space.reference()
+    assert table_latency(space, table, SIZE, choices) == pytest.approx(20.0)  # the base's own time
+    calibrate_table(space, table, SIZE, "tf", measure=measure)  # done once per table
+    assert len(timed) == 1
+
+
+def test_recipe_nas_section_is_validated(tmp_path):
+    raw = _recipe(tmp_path)
+    assert recipe_from_dict(raw).nas.budget_ms == 5.0
+    for nas, match in (({"space": "lgcnet"}, r"nas.space: 'lgcnet' is not one of hmseg"),
+                       ({"budget_arch": {"depth": [1, 1, 1, 1, 1], "width": [8, 16, 32, 64, 64],
+                                         "resolution": [1, 0.25, 0]}}, r"nas.budget_ms / nas.budget_arch: give one"),
+                       ({"budget_ms": None, "budget_arch": {"depth": [1]}}, r"nas.budget_arch: "),
+                       ({"latency_backend": "macs"}, r"nas.latency_backend: 'macs' computes"),
+                       ({"steps": 0}, r"nas.steps: must be > 0")):
+        with pytest.raises(RecipeError, match=match):
+            recipe_from_dict({**raw, "nas": {**raw["nas"], **nas}})
+
+
+def test_search_without_budget_or_on_another_family_is_refused(tmp_path):
+    from lps_keras.nas.run import run_search
+
+    raw = _recipe(tmp_path, budget_ms=None)
+    with pytest.raises(NASError, match=r"nas.budget_ms / nas.budget_arch: the search needs a latency budget"):
+        run_search(recipe_from_dict(raw), tmp_path / "a")
+    raw = _recipe(tmp_path)
+    raw["model"] = {"preset": "lps_s"}
+    with pytest.raises(NASError, match=r"model.family: the 'hmseg' space searches an MRMS network"):
+        run_search(recipe_from_dict(raw), tmp_path / "b")
+    raw = _recipe(tmp_path, latency_table=str(tmp_path / "t.json"))
+    LatencyTable("tf", {"ir(x)@1x1x1": 1.0}).save(tmp_path / "t.json")
+    with pytest.raises(NASError, match=r"t.json has no entry 'ir\(.*built for another space or input size"):
+        run_search(recipe_from_dict(raw), tmp_path / "c")
+
+
+@pytest.mark.slow
+def test_search_cli_derives_a_trainable_network_resumes_and_refuses_other_settings(tmp_path):
+    recipe = tmp_path / "search.json"
+    recipe.write_text(json.dumps(_recipe(tmp_path, latency_table=str(_table(tmp_path / "table.json")))))
+    run = tmp_path / "run"
+    r = _search("--recipe", recipe, "--run-dir", run)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "[search] step 3/3" in r.stdout and "[derive]" in r.stdout
+    derived = json.loads((run / "derived.json").read_text())
+    assert derived["steps"] == 3 and derived["budget_ms"] == 5.0 and derived["measured"]["derived_ms"] > 0
+    # 0.1 ms per operator run: every block but the skipped ones, and a resize per branch not at ratio 0.5
+    ran = 17 - derived["config"]["blocks"].count("identity") + sum(r != 0.5 for r in derived["config"]["branch_ratios"])
+    assert derived["table_ms"] == pytest.approx(0.1 * ran, rel=1e-5)
+    assert len(derived["alphas"]) == 20  # 17 blocks + 3 branch ratios
+    # the derived network's recipe trains like any other MRMS network (model.config, no nas section)
+    trained = load_recipe(run / "derived_recipe.json")
+    assert trained.name == "tiny_search_derived" and trained.model.family == "mrms"
+    config = trained.model_config()
+    assert config == MRMSConfig.from_dict({**derived["config"]})
+    from lps_keras.families import build
+
+    model = build(config)
+    assert model(np.zeros((1, 32, 32, 3), "float32")).shape[-1] == 19
+    assert [json.loads(ln)["step"] for ln in (run / "log.jsonl").read_text().splitlines()] == [1, 2, 3]
+    # more steps: continues from the checkpoint (step 3), does not start over
+    r = _search("--recipe", recipe, "--run-dir", run, "--steps", 4)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "resumed at step 3/4" in r.stdout and "[search] step 1/" not in r.stdout
+    assert json.loads((run / "derived.json").read_text())["steps"] == 4
+    # another search in the same directory is refused naming the key (search.py: one line, exit 2)
+    from lps_keras.nas.run import run_search
+
+    before = (run / "search_recipe.json").read_text()
+    with pytest.raises(NASError, match=r"holds a search with nas.cost_weight = 1.0, not 2.0"):
+        run_search(load_recipe(recipe, ["nas.cost_weight=2"]), run)
+    assert (run / "search_recipe.json").read_text() == before
