@@ -72,6 +72,10 @@ def parse_args(argv=None):
     p.add_argument("--from-json", metavar="FIDELITY_JSON",
                    help="train nothing: recompute the regret report of a finished study's fidelity.json into "
                         "<output>/regret.json and regret.md")
+    p.add_argument("--reference-json", metavar="FIDELITY_JSON",
+                   help="judge against a finished study's reference instead of training one: its candidates (op, "
+                        "k) and latencies are reused exactly (nothing is timed), so the proxies here train the same "
+                        "networks; its rows are kept in the report beside the new ones")
     p.add_argument("--proxies", default="",
                    help="comma-separated proxies to train in this process (scratch, warm<W>, reference; default: "
                         "all); runs sharing one --output can then go in parallel, and the report is written "
@@ -242,6 +246,12 @@ def regret_markdown(report: dict) -> str:
     return "\n".join(lines)
 
 
+def _winner(row) -> str:
+    if row["picks_reference_winner"] is None:
+        return "- (see the regret table)"
+    return f"{'yes' if row['picks_reference_winner'] else 'no'} ({row['winner']})"
+
+
 def markdown(rows) -> str:
     def f(x, fmt):
         return "-" if x is None else format(x, fmt)
@@ -250,7 +260,7 @@ def markdown(rows) -> str:
              "CPU min / candidate |", "|---|---|---|---|---|---|---|---|"]
     for r in rows:
         lines.append(f"| {r['proxy']} | {r['seeds']} | {f(r['tau_slope'], '.2f')} | {f(r['tau_score'], '.2f')} | "
-                     f"{'yes' if r['picks_reference_winner'] else 'no'} ({r['winner']}) | {r['decision']} | "
+                     f"{_winner(r)} | {r['decision'] or '-'} | "
                      f"{f(None if r['mean_seed_sd'] is None else 100 * r['mean_seed_sd'], '.2f')} | "
                      f"{f(r['cpu_minutes_per_candidate'], '.2f')} |")
     lines += ["", "Slope tau against the reference with fewer seeds (mean [min, max] over the seed subsets; "
@@ -306,6 +316,69 @@ def write_regret(doc: dict, out: Path) -> None:
     print(text)
 
 
+def fixed_latency(doc: dict, start, max_k: int):
+    """``(latency_fn, ops)`` reproducing a finished study's step: N0 and its candidates N0 + k_d d get the
+    recorded latencies; the other multiples of an op get values that make the search's k rule pick the
+    recorded k again (far below the target before it, far above after it)."""
+    from lps_keras.arch import EXPANSION_OPS_BY_NAME, ArchError
+
+    ref = next(r for r in doc["proxies"] if r["proxy"] == "reference")
+    lat0 = parent_latency_of(doc)
+    table, exact = {start.hash: lat0}, {}
+    for c in ref["candidates"]:
+        op = EXPANSION_OPS_BY_NAME[c["op"]]
+        for j in range(1, max(max_k, c["k"]) + 2):
+            try:
+                arch = start.expand(op, j)
+            except ArchError:
+                break
+            if j == c["k"]:
+                exact[arch.hash] = c["latency"]
+            else:
+                table.setdefault(arch.hash, lat0 + 1e-3 * j if j < c["k"] else 1e6)
+    table.update(exact)
+
+    def latency(arch):
+        if arch.hash not in table:
+            raise UsageError(f"--reference-json: {arch} is not a network of that study's step")
+        return table[arch.hash]
+
+    return latency, [EXPANSION_OPS_BY_NAME[c["op"]] for c in ref["candidates"]]
+
+
+def reference_step(doc: dict, start):
+    """The reference row of a finished study as the step object :func:`summarize` reads."""
+    from types import SimpleNamespace
+
+    from lps_keras.arch import EXPANSION_OPS_BY_NAME
+
+    ref = next(r for r in doc["proxies"] if r["proxy"] == "reference")
+    cands = [SimpleNamespace(arch=start.expand(EXPANSION_OPS_BY_NAME[c["op"]], c["k"]), slope=c["slope"],
+                             score=c["score"]) for c in ref["candidates"]]
+    winner = next(c.arch for c, r in zip(cands, ref["candidates"]) if r["op"] == ref["winner"])
+    return SimpleNamespace(candidates=cands, arch=winner)
+
+
+def rescored(row: dict, step, start_arch, journal, metric: str = "pixel_accuracy") -> dict:
+    """A proxy's row scored by another metric of the same runs (no training): every seed's ``metric``."""
+    from lps_keras.search.algorithm import step_seed
+
+    def scores(arch, n):
+        have = journal.evaluations_of(arch)
+        return [have[step_seed(1, i)].metrics.get(metric) for i in range(n)]
+
+    out = {**row, "proxy": f"{row['proxy']}+{metric}", "start_scores": scores(start_arch, len(row["start_scores"]))}
+    out["candidates"] = [{**c, "scores": scores(sc.arch, len(c["scores"]))}
+                         for c, sc in zip(row["candidates"], step.candidates)]
+    if any(v is None for c in [{"scores": out["start_scores"]}, *out["candidates"]] for v in c["scores"]):
+        return None  # runs from before the metric was kept
+    for key in ("tau_slope", "tau_score", "picks_reference_winner", "winner", "decision", "mean_seed_sd",
+                "tau_slope_by_seeds"):
+        out[key] = None  # by mIoU in the row it came from; the regret report judges the new scores
+    out["tau_slope_by_seeds"] = {}
+    return out
+
+
 def run(args) -> int:
     import json
 
@@ -338,7 +411,17 @@ def run(args) -> int:
     ops = [EXPANSION_OPS_BY_NAME[n] for n in args.ops.split(",") if n] or list(EXPANSION_OPS)
     out = Path(args.output)
     out.mkdir(parents=True, exist_ok=True)
-    if args.latency == "macs":
+    reference_doc = None
+    if args.reference_json:
+        try:
+            reference_doc = json.loads(Path(args.reference_json).read_text())
+            next(r for r in reference_doc["proxies"] if r["proxy"] == "reference")
+        except (OSError, ValueError, KeyError, StopIteration) as e:
+            raise UsageError(f"--reference-json {args.reference_json}: not a fidelity.json with a reference row "
+                             f"({e})") from None
+        latency, ref_ops = fixed_latency(reference_doc, recipe.arch(), recipe.search.max_k)
+        ops = [op for op in ref_ops if not args.ops or op in ops]
+    elif args.latency == "macs":
         _, h, w, _ = recipe.search.latency_input_shape
 
         def latency(arch):
@@ -355,8 +438,9 @@ def run(args) -> int:
     variants = [("scratch", proxy_variant(init="scratch", warm_iterations=None), args.seeds)]
     variants += [(f"warm{w}", proxy_variant(init="parent", warm_iterations=w), args.seeds) for w in warm]
     variants += [(name, proxy_variant(**changes), args.seeds) for name, changes in parse_variants(args.variant)]
-    variants.append(("reference", proxy_variant(init="scratch", warm_iterations=None,
-                                                iterations=p.iterations * args.ref_factor), args.ref_seeds))
+    if reference_doc is None:
+        variants.append(("reference", proxy_variant(init="scratch", warm_iterations=None,
+                                                    iterations=p.iterations * args.ref_factor), args.ref_seeds))
     chosen = [n for n in args.proxies.split(",") if n]
     unknown = [n for n in chosen if n not in {name for name, _, _ in variants}]
     if unknown:
@@ -384,11 +468,20 @@ def run(args) -> int:
     if chosen and set(chosen) != {n for n, _, _ in variants}:
         print("trained: " + ", ".join(chosen) + "; rerun without --proxies (journals resume) for the report")
         return 0
-    ref_step = steps["reference"][1]
-    rows = [summarize(name, start, step, ref_step, seeds, SearchJournal(out / name / "journal.json"))
-            for name, (start, step, seeds) in steps.items()]
-    doc = {"recipe": str(args.recipe), "overrides": args.set, "latency": args.latency,
-           "ops": [op.name for op in ops], "proxies": rows}
+    ref_step = steps["reference"][1] if reference_doc is None else reference_step(reference_doc, recipe.arch())
+    rows = []
+    for name, (start, step, seeds) in steps.items():
+        journal = SearchJournal(out / name / "journal.json")
+        rows.append(summarize(name, start, step, ref_step, seeds, journal))
+        if name != "reference" and recipe.search.proxy.score == "miou":
+            extra = rescored(rows[-1], step, start.arch, journal)
+            if extra is not None:
+                rows.append(extra)
+    if reference_doc is not None:  # the finished study's rows (its reference, and proxies not retrained here)
+        rows += [r for r in reference_doc["proxies"] if r["proxy"] not in steps]
+    doc = {"recipe": str(args.recipe), "overrides": args.set,
+           "latency": "reference-json" if reference_doc is not None else args.latency,
+           "reference_json": args.reference_json, "ops": [op.name for op in ops], "proxies": rows}
     atomic_write_json(out / "fidelity.json", doc)
     table = markdown(rows)
     atomic_write_text(out / "fidelity.md", table + "\n")

@@ -350,9 +350,10 @@ def _check(recipe: Recipe) -> None:
     if proxy.racing.enabled and proxy.racing.max_seeds <= proxy.seeds:
         raise RecipeError(f"search.proxy.racing.max_seeds: {proxy.racing.max_seeds} must exceed search.proxy.seeds "
                           f"({proxy.seeds}) for racing to add any seed")
-    if proxy.warm_iterations is not None and proxy.init != "parent":
-        raise RecipeError(f"search.proxy.warm_iterations: {proxy.warm_iterations} is only used with "
-                          f"search.proxy.init=parent (init is {proxy.init!r})")
+    for key in ("warm_iterations", "warm_lr"):
+        if getattr(proxy, key) is not None and proxy.init != "parent":
+            raise RecipeError(f"search.proxy.{key}: {getattr(proxy, key)} is only used with "
+                              f"search.proxy.init=parent (init is {proxy.init!r})")
     t = recipe.train
     if t.class_balance == "explicit" and t.class_weights is None:
         raise RecipeError("train.class_weights: class_balance 'explicit' needs one weight per class")

@@ -168,6 +168,7 @@ class ProxyConfig:
     racing: RacingSettings = RacingSettings()
     init: str = field("scratch", choices=("scratch", "parent"))  # parent: grown from the parent's weights
     warm_iterations: Optional[int] = field(None, gt=0)  # iterations of a warm-started candidate (init=parent)
+    warm_lr: Optional[float] = field(None, gt=0)  # base lr of a warm-started run (init=parent; None: base_lr)
     iterations: int = field(2000, gt=0)
     batch_size: int = field(8, gt=0)
     base_lr: float = field(0.01, gt=0)

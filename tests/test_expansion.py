@@ -36,6 +36,13 @@ def test_proxy_recipe_uses_proxy_schedule(tmp_path):
     assert p.arch() == arch.with_num_classes(19)
     assert (p.train.iterations, p.train.batch_size, p.train.val_interval) == (3, 2, 3)
     assert p.data.augment.crop_size == (64, 64) and p.data.train_subset == 12
+    # a warm start trains warm_iterations at warm_lr from the grown weights; from scratch: the proxy's schedule
+    w = tiny_recipe(tmp_path, "search.proxy.init=parent", "search.proxy.warm_iterations=2",
+                    "search.proxy.warm_lr=0.004")
+    grown = proxy_recipe(w, arch, tmp_path / "w", init=str(tmp_path / "grown.keras"))
+    assert (grown.train.iterations, grown.train.base_lr, grown.train.init) == (2, 0.004, str(tmp_path / "grown.keras"))
+    scratch = proxy_recipe(w, arch, tmp_path / "s")
+    assert (scratch.train.iterations, scratch.train.base_lr) == (3, w.search.proxy.base_lr)
 
 
 class Interrupt(KeyboardInterrupt):
@@ -176,6 +183,7 @@ def test_proxy_fields_rules_and_fingerprint(tmp_path):
     assert (plain.rounds, plain.iters_per_round) == (10, 5)
     for bad, key in (("search.proxy.seeds=0", "search.proxy.seeds"), ("search.proxy.init=grown", "search.proxy.init"),
                      ("search.proxy.warm_iterations=5", "search.proxy.warm_iterations"),
+                     ("search.proxy.warm_lr=0.01", "search.proxy.warm_lr"),
                      ("search.proxy.racing.enabled=true", "search.proxy.racing.max_seeds"),
                      ("search.proxy.racing.eta=1", "search.proxy.racing.eta"),
                      ("search.decision.alpha=1", "search.decision.alpha"),

@@ -34,7 +34,7 @@ def proxy_recipe(recipe: Recipe, arch: Arch, run_dir, name: Optional[str] = None
     Validation runs once, at the end of the proxy schedule; backups every quarter of it so an
     interrupted candidate resumes instead of restarting. ``seed`` (the proxy seed) is added to
     ``train.seed``; ``init`` (a warm start's grown weights) trains ``search.proxy.warm_iterations``
-    (default: ``iterations``) from those weights.
+    (default: ``iterations``) from those weights at ``search.proxy.warm_lr`` (default: ``base_lr``).
     """
     proxy = recipe.search.proxy
     iterations = (proxy.warm_iterations or proxy.iterations) if init else proxy.iterations
@@ -44,7 +44,7 @@ def proxy_recipe(recipe: Recipe, arch: Arch, run_dir, name: Optional[str] = None
         recipe.train,
         iterations=iterations,
         batch_size=proxy.batch_size,
-        base_lr=proxy.base_lr,
+        base_lr=(proxy.warm_lr or proxy.base_lr) if init else proxy.base_lr,
         val_interval=iterations,
         checkpoint_interval=max(1, iterations // 4),
         log_interval=max(1, min(recipe.train.log_interval, iterations)),
@@ -202,6 +202,8 @@ def search_fingerprint(recipe: Recipe, backend: str) -> str:
     proxy = {k: v for k, v in s["proxy"].items() if k not in ("seeds", "racing")}
     if proxy["init"] == "scratch":
         del proxy["init"], proxy["warm_iterations"]
+    if proxy.get("warm_lr") is None:  # unset: journals written before the field keep their fingerprint
+        proxy.pop("warm_lr", None)
     return fingerprint({
         "data": d["data"],
         "proxy": proxy,
