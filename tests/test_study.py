@@ -92,3 +92,32 @@ def test_cli_widths_on_the_tf_backend(tmp_path, capsys):
     rc = main(["widths", "--backend", "tf", "--input-size", "8x8", "--max-width", "2", "--warmup", "1",
                "--iters", "2", "--rounds", "2", "--output", str(tmp_path)])
     assert rc == 0 and (tmp_path / "widths.md").is_file() and (tmp_path / "widths.png").is_file()
+
+
+def test_add_accuracy_trains_every_row_and_the_first_with_more_seeds():
+    result = study.interactions_study(lambda archs: [1.0] * len(archs), (64, 128))
+    calls = []
+
+    def accuracy(arch, seed):
+        calls.append((arch.interaction, seed))
+        return 0.5 + 0.01 * seed + (0.1 if arch.interaction == "bilateral_b" else 0.0)
+
+    study.add_accuracy(result, accuracy, seeds=3)
+    assert calls[:3] == [("none", 0), ("none", 1), ("none", 2)] and len(calls) == 3 + len(INTERACTION_TYPES) - 1
+    rows = {r["interaction"]: r for r in result["rows"]}
+    assert rows["none"]["val_miou"] == pytest.approx(0.51) and rows["bilateral_b"]["val_miou"] == pytest.approx(0.6)
+    noise = result["seed_noise"]
+    assert noise["variant"] == "none" and noise["sd"] == pytest.approx(0.01)  # sd of 0.50, 0.51, 0.52
+    assert "val_miou" in result["columns"] and "sd 0.01" in study.to_markdown(result)
+    blocks = {"study": "blocks", "rows": [{"block": "ghost", "c": 8}], "columns": ["block", "c", "gflops"]}
+    study.add_accuracy(blocks, lambda arch, seed: {"ghost": 0.3}[arch.block] if arch.width[0] == 8 else 0, seeds=1)
+    assert blocks["rows"][0]["val_miou"] == 0.3 and blocks["seed_noise"]["sd"] is None
+
+
+def test_cli_train_refuses_the_widths_study_and_a_bad_recipe_in_one_line(tmp_path, capsys):
+    from lps_keras.study.__main__ import main
+
+    assert main(["widths", "--train", "recipes/expand_camvid.json", "--output", str(tmp_path)]) == 2
+    assert "--train: the widths study times single layers" in capsys.readouterr().err
+    assert main(["blocks", "--train", str(tmp_path / "none.json"), "--output", str(tmp_path)]) == 2
+    assert "none.json: recipe file not found" in capsys.readouterr().err

@@ -7,6 +7,8 @@
   increase over ``none`` (the paper's "baseline").
 - :func:`widths_study`: Figs. 4/5. One 3x3 conv vs a separable 3x3 conv on a 32-channel 128x128
   input, latency and FLOPs against output width.
+- :func:`add_accuracy`: val mIoU of every blocks / interactions row from one short training each
+  (``python -m lps_keras.study ... --train RECIPE``: the recipe's ``search.proxy`` schedule).
 
 Nothing here measures: ``latency_fn(arch) -> ms`` and ``latency_set_fn(targets) -> [ms]`` (one
 interleaved, paired measurement of a set, :func:`lps_keras.latency.measure_set`) are arguments, so
@@ -149,12 +151,50 @@ def widths_study(latency_set_fn: Callable[[Sequence[tuple[str, int]]], Sequence[
             "setting": f"one layer on a {in_channels}x{size[0]}x{size[1]} input, output width 1..{max(widths)}"}
 
 
+def row_arch(result: dict, row: dict) -> Arch:
+    """The network a row of the blocks or interactions study describes."""
+    if result["study"] == "blocks":
+        return table2_arch(row["block"], row["c"])
+    if result["study"] == "interactions":
+        return table2_arch("conv3x3", result["c"], interaction=row["interaction"])
+    raise ValueError(f"the {result['study']!r} study has no networks to train")
+
+
+def add_accuracy(result: dict, accuracy_fn: Callable[[Arch, int], float], seeds: int = 2) -> dict:
+    """Item 3 of the studies: every row's network trained by ``accuracy_fn(arch, seed) -> val mIoU``.
+
+    The first row (conv3x3 / ``none``: the paper's choice and baseline) trains ``seeds`` seeds, the
+    others one: its seed spread (``seed_noise``) says how large a difference between two rows is
+    noise. Adds ``val_miou`` (the mean over the row's seeds) and ``val_miou_seeds`` to each row.
+    """
+    if seeds < 1:
+        raise ValueError(f"seeds must be >= 1, got {seeds!r}")
+    for i, row in enumerate(result["rows"]):
+        arch = row_arch(result, row)
+        scores = [float(accuracy_fn(arch, seed)) for seed in range(seeds if i == 0 else 1)]
+        row["val_miou_seeds"] = [round(v, 4) for v in scores]
+        row["val_miou"] = round(sum(scores) / len(scores), 4)
+    first = result["rows"][0]["val_miou_seeds"]
+    mean = sum(first) / len(first)
+    sd = (sum((v - mean) ** 2 for v in first) / (len(first) - 1)) ** 0.5 if len(first) > 1 else None
+    label = result["rows"][0].get("block") or result["rows"][0].get("interaction")
+    result["seed_noise"] = {"variant": label, "seeds": len(first), "val_miou": first,
+                            "sd": None if sd is None else round(sd, 4)}
+    if "val_miou" not in result["columns"]:
+        result["columns"].insert(result["columns"].index("gflops") + 1, "val_miou")
+    return result
+
+
 def to_markdown(result: dict) -> str:
     cols = result["columns"]
     lines = [f"# {result['study']}", "", result["setting"], "",
              "| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
     for row in result["rows"]:
-        lines.append("| " + " | ".join("" if row[c] is None else str(row[c]) for c in cols) + " |")
+        lines.append("| " + " | ".join("" if row.get(c) is None else str(row[c]) for c in cols) + " |")
+    noise = result.get("seed_noise")
+    if noise:
+        lines += ["", f"val mIoU: one short training per row ({result.get('training', 'see the JSON')}); the first "
+                  f"row trained {noise['seeds']} seeds: {noise['val_miou']}, sd {noise['sd']}."]
     return "\n".join(lines) + "\n"
 
 
@@ -185,12 +225,14 @@ def write_outputs(result: dict, out_dir) -> list:
     import json
     from pathlib import Path
 
+    from lps_keras.fileio import atomic_write_text
+
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     name = result["study"]
     paths = [out / f"{name}.json", out / f"{name}.md"]
-    paths[0].write_text(json.dumps(result, indent=2) + "\n")
-    paths[1].write_text(to_markdown(result))
+    atomic_write_text(paths[0], json.dumps(result, indent=2) + "\n")
+    atomic_write_text(paths[1], to_markdown(result))
     if name == "widths":
         paths.append(out / "widths.png")
         plot_widths(result, paths[-1])

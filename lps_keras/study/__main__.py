@@ -36,7 +36,49 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--warmup", type=int, default=5)
     p.add_argument("--iters", type=int, default=20, help="timed runs per network (per round in a set)")
     p.add_argument("--rounds", type=int, default=10, help="interleaved rounds of a paired set")
+    p.add_argument("--train", metavar="RECIPE", default=None,
+                   help="blocks / interactions: also train every row's network with RECIPE's search.proxy schedule "
+                        "(its data, loss and class balance; e.g. recipes/expand_camvid.json) and add val mIoU; "
+                        "runs go to <output>/train/ and resume")
+    p.add_argument("--train-seeds", type=int, default=2,
+                   help="seeds of the first row's network (conv3x3 / none), for the seed noise (default 2)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override of the --train recipe")
     return p
+
+
+def _previous_result(args, out_dir):
+    """A finished timing of the same study, backend, precision and size in ``out_dir`` (a --train rerun
+    resumes its trainings on the networks it tuned, instead of re-tuning c on a noisy machine)."""
+    import json
+    from pathlib import Path
+
+    path = Path(out_dir) / f"{args.study}.json"
+    if not path.exists():
+        return None
+    try:
+        result = json.loads(path.read_text())
+    except ValueError:
+        return None
+    size = list(args.input_size or (1024, 2048))
+    same = (result.get("backend"), result.get("precision"), result.get("input_size")) == \
+        (args.backend, args.precision, size)
+    return result if same else None
+
+
+def _accuracy_fn(recipe, out_dir):
+    """``(arch, seed) -> val mIoU``: one proxy training (resumable run directory per network and seed)."""
+    from pathlib import Path
+
+    from lps_keras.search.expansion import proxy_recipe
+    from lps_keras.train import train
+
+    def accuracy(arch, seed):
+        run_dir = Path(out_dir) / "train" / f"{arch.hash}-seed{seed}"
+        print(f"training {arch.block} / {arch.interaction} {arch.short()} seed {seed} -> {run_dir}", flush=True)
+        summary = train(proxy_recipe(recipe, arch, run_dir, seed=seed), resume=True, verbose=2)
+        return summary["miou"]
+
+    return accuracy
 
 
 def _width_model(kind: str, width: int, in_channels: int):
@@ -57,6 +99,17 @@ def run(args) -> int:
     from lps_keras.latency import measure_latency, measure_set
 
     quiet_tensorflow()
+    recipe = None
+    if args.train is not None:
+        from lps_keras.errors import UsageError
+        from lps_keras.recipe import load_recipe
+
+        if args.study == "widths":
+            raise UsageError("--train: the widths study times single layers; train the blocks or interactions study")
+        if args.train_seeds < 1:
+            raise UsageError(f"--train-seeds must be >= 1, got {args.train_seeds!r}")
+        recipe = load_recipe(args.train, args.set)  # bad recipes fail before any timing
+    out_dir = args.output or f"study_{args.study}_{args.backend}"
     common = dict(backend=args.backend, precision=args.precision, warmup=args.warmup)
 
     def set_fn(shape):
@@ -66,7 +119,11 @@ def run(args) -> int:
             return list(m.median_ms)
         return fn
 
-    if args.study == "widths":
+    previous = _previous_result(args, out_dir) if recipe is not None else None
+    if previous is not None:
+        print(f"reusing the latencies of {out_dir}/{args.study}.json (same backend and size); delete it to re-time")
+        result = previous
+    elif args.study == "widths":
         h, w = args.input_size or (128, 128)
         in_c = 32
         models = lambda specs: [_width_model(k, c, in_c) for k, c in specs]  # noqa: E731
@@ -83,7 +140,14 @@ def run(args) -> int:
         else:
             result = study.interactions_study(set_fn(shape), (h, w))
     result.update(backend=args.backend, precision=args.precision)
-    for path in study.write_outputs(result, args.output or f"study_{args.study}_{args.backend}"):
+    if recipe is not None:
+        p = recipe.search.proxy
+        result["training"] = (f"{args.train}: {p.iterations} iterations, batch {p.batch_size}, crop "
+                              f"{p.crop_size[0]}x{p.crop_size[1]}, lr {p.base_lr}, {recipe.train.loss}"
+                              + (f" + {recipe.train.class_balance}" if recipe.train.class_balance != "none" else ""))
+        study.write_outputs(result, out_dir)  # the latencies are kept if a training is interrupted
+        study.add_accuracy(result, _accuracy_fn(recipe, out_dir), seeds=args.train_seeds)
+    for path in study.write_outputs(result, out_dir):
         print(path)
     print(study.to_markdown(result))
     return 0
