@@ -176,7 +176,7 @@ def _search(run_dir: Path, recipe, table, budget_ms: float, log):
     if search.step >= cfg.steps:
         return search
     data = TrainingBatches(recipe, log)
-    t0, start = time.time(), search.step
+    last = [time.time(), search.step]  # the rate since the last line: the first steps pay the trace
 
     def on_step(step, out):
         if step % cfg.log_interval and step != cfg.steps:
@@ -184,7 +184,8 @@ def _search(run_dir: Path, recipe, table, budget_ms: float, log):
         record = {"step": step, "tau": search.schedule(step - 1), **out}
         with open(log_path, "a") as f:
             f.write(json.dumps(record) + "\n")
-        rate = (time.time() - t0) / (step - start)
+        rate = (time.time() - last[0]) / max(1, step - last[1])
+        last[:] = [time.time(), step]
         log(f"[search] step {step}/{cfg.steps}  tau {record['tau']:.2f}  task {out['task']:.3f}  "
             f"E[lat] {out['expected_ms']:.3f} ms (budget {budget_ms:.3f})  {rate:.2f} s/step, "
             f"{rate * (cfg.steps - step) / 60:.0f} min left")
