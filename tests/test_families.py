@@ -50,9 +50,6 @@ def test_unknown_family_preset_and_lps_only_features_are_refused():
         get_family("segformer")
     with pytest.raises(FamilyError, match=r"unknown preset 'ndnet99'"):
         family_of_preset("ndnet99")
-    with pytest.raises(FamilyError, match=r"expansion is LPS-Net only .* model.family is 'ndnet'"):
-        get_family("ndnet").require("expansion", "expansion")
-    get_family("lps").require("expansion", "expansion")  # LPS-Net has it
     with pytest.raises(FamilyError, match=r"mrms.*no published-weights format"):
         get_family("mrms").load_published_weights(None, "x.pth")
 

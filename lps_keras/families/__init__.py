@@ -2,8 +2,9 @@
 
 Every tool (training, evaluation, export, prediction, the summary, the latency backends) builds,
 fuses and summarises a model through its family's entry; adding a family = adding one entry here.
-LPS-Net is the default; its re-parameterisation, Table 4 and the expansion stay LPS-only
-(:meth:`Family.require` refuses them for other families with one clear line).
+LPS-Net is the default; its re-parameterisation, Table 4, the expansion and pretraining stay LPS-only:
+they take the recipe's LPS-Net architecture (:meth:`lps_keras.recipe.Recipe.arch`), which refuses another
+family's recipe with one clear line naming ``model.family``.
 
 Importing this module imports no Keras: configs, presets and summaries are plain Python.
 """
@@ -34,7 +35,6 @@ def _lps_family() -> Family:
         name="lps", description="LPS-Net (Zhang et al. 2022): multi-path 3x3 conv network, RepVGG training form",
         config_type=Arch, presets=presets, build_path="lps_keras.model:build_model",
         fuse_path="lps_keras.reparam:reparameterize", summary=summary,
-        features=frozenset({"reparameterize", "expansion", "table4", "official_weights", "pretrain"}),
         weights_loader_path="lps_keras.official:load_official_weights",
     )
 

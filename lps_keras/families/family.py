@@ -48,9 +48,6 @@ class Family:
     build_path: str  # "module:function", imported on first use (Keras)
     fuse_path: str
     summary: Callable[[Any, tuple[int, int]], dict]  # pure: no TensorFlow
-    #: Features only this family has (``"reparameterize"``, ``"expansion"``, ``"table4"``,
-    #: ``"official_weights"``): asking another family for one is refused by :func:`require`.
-    features: frozenset = frozenset()
     #: ``"module:function"`` taking ``(deploy_or_training_model, path)`` that loads the authors'
     #: published weights (``.pth`` / ``.npz``) into a model of this family; None: the family has none.
     weights_loader_path: str | None = None
@@ -76,11 +73,6 @@ class Family:
                 raise FamilyError(f"{self.name}: unknown preset {preset!r}; choose from {sorted(self.presets)}")
             config = self.presets[preset]
         return self.config_type.from_dict({**dict(config), "num_classes": num_classes})
-
-    def require(self, feature: str, what: str) -> None:
-        """Refuse ``what`` (a command or option) unless this family has ``feature``."""
-        if feature not in self.features:
-            raise FamilyError(f"{what} is LPS-Net only (it needs {feature!r}); model.family is {self.name!r}")
 
 
 def _resolve(path: str):

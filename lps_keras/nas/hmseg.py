@@ -48,9 +48,10 @@ from lps_keras.families.mrms.config import (
     level_size,
     stem_channels,
 )
+from lps_keras.families.mrms.model import lcf_head_model
 from lps_keras.layers import BilinearResize
 from lps_keras.nas.errors import NASError
-from lps_keras.nas.layers import InvertedResidual, LCFHead, MixedOp, MixedResize
+from lps_keras.nas.layers import InvertedResidual, MixedOp, MixedResize
 from lps_keras.nas.space import CostTerm, Decision, OpSpec, SearchSpace
 
 EXPANSIONS = (1, 3, 6)
@@ -164,7 +165,9 @@ class HMSegSupernet(keras.Model):
         self.mixed = [MixedOp(s.cin, s.cout, s.stride, d.options, name=s.prefix)
                       for s, d in zip(space.slots, decisions)]
         self.resizes = [MixedResize(space.ratios, name=f"branch{s}_resize") for s in RATIO_STAGES]
-        self.head = LCFHead(base.head_channels, base.num_classes, base.lge, base.lge_channels, name="lcf")
+        # MRMS's own head builder: the supernet's head is the derived network's, layer for layer.
+        last = {s.stage: s.cout for s in space.slots}
+        self.head = lcf_head_model((last[3], last[4], last[5]), base)
         self.upsample = BilinearResize(name="logits_upsample")
         self.build((None, *input_shape))
 
@@ -178,7 +181,6 @@ class HMSegSupernet(keras.Model):
             layer.build(shape)
             shape = layer.compute_output_shape(shape)
             stages[slot.stage] = shape
-        self.head.build([stages[3], stages[4], stages[5]])
         self.built = True
 
     def arch_samples(self):

@@ -1,5 +1,5 @@
-"""Supernet layers: an inverted-residual block, the one-path mixed operator and mixed resize, and
-MRMS's head as one layer (keras.ops only).
+"""Supernet layers: an inverted-residual block, the one-path mixed operator and mixed resize (keras.ops
+only; the head is MRMS's own, :func:`lps_keras.families.mrms.model.lcf_head_model`).
 
 A mixed layer runs only the sampled candidate (``ops.switch`` on the argmax of the
 straight-through weights) and multiplies its output by that weight: forward value 1, gradient the
@@ -112,61 +112,4 @@ class MixedResize(keras.layers.Layer):
     def get_config(self):
         config = super().get_config()
         config.update({"ratios": self.ratios})
-        return config
-
-
-@keras.saving.register_keras_serializable(package=_PACKAGE)
-class LCFHead(keras.layers.Layer):
-    """MRMS's Lightweight Context Fusion head with LGE on ``[C3, C4, C5]``: the same layers and
-    order as :mod:`lps_keras.families.mrms.model` (see there for why each part is as it is)."""
-
-    def __init__(self, channels, num_classes, lge=True, lge_channels=40, **kwargs):
-        super().__init__(**kwargs)
-        self.channels, self.num_classes, self.lge, self.lge_channels = channels, num_classes, lge, lge_channels
-        d = channels
-        self.c5 = ConvBN(d, 1, activation=None, name="lcf_c5")
-        self.pool_conv = keras.layers.Conv2D(d, 1, activation="relu", name="lcf_pool_conv")
-        self.lge_reduce = keras.layers.Conv2D(lge_channels, 1, activation="relu", name="lge_reduce") if lge else None
-        self.lge_expand = keras.layers.Conv2D(d, 1, activation="sigmoid", name="lge_expand") if lge else None
-        self.lateral = {lvl: ConvBN(d, 1, activation=None, name=f"lcf_c{lvl}") for lvl in (4, 3)}
-        self.fuse_dw = {lvl: ConvBN(kernel_size=3, depthwise=True, activation="relu", name=f"lcf_fuse{lvl}_dw")
-                        for lvl in (4, 3)}
-        self.fuse_pw = {lvl: ConvBN(d, 1, activation="relu", name=f"lcf_fuse{lvl}_pw") for lvl in (4, 3)}
-        self.up = BilinearResize(name="lcf_up")
-        self.classifier = keras.layers.Conv2D(num_classes, 1, name="classifier")
-
-    def build(self, input_shape):
-        s3, s4, s5 = input_shape
-        d = self.channels
-
-        def at(shape, c):
-            return (shape[0], shape[1], shape[2], c)
-        self.c5.build(s5)
-        self.pool_conv.build((s5[0], 1, 1, s5[3]))
-        if self.lge:
-            self.lge_reduce.build((s5[0], 1, 1, d))
-            self.lge_expand.build((s5[0], 1, 1, self.lge_channels))
-        for lvl, shape in ((4, s4), (3, s3)):
-            self.lateral[lvl].build(shape)
-            self.fuse_dw[lvl].build(at(shape, d))
-            self.fuse_pw[lvl].build(at(shape, d))
-        self.classifier.build(at(s3, d))
-
-    def call(self, stages, training=None):
-        c3, c4, c5 = stages
-        top = self.c5(c5, training=training)
-        top = top + self.pool_conv(ops.mean(c5, axis=(1, 2), keepdims=True))
-        if self.lge:
-            att = self.lge_expand(self.lge_reduce(ops.mean(top, axis=(1, 2), keepdims=True)))
-            top = top * att
-        for lvl, feat in ((4, c4), (3, c3)):
-            lateral = self.lateral[lvl](feat, training=training)
-            top = lateral + self.up([top, lateral])
-            top = self.fuse_pw[lvl](self.fuse_dw[lvl](top, training=training), training=training)
-        return self.classifier(top)
-
-    def get_config(self):
-        config = super().get_config()
-        config.update({"channels": self.channels, "num_classes": self.num_classes, "lge": self.lge,
-                       "lge_channels": self.lge_channels})
         return config

@@ -48,7 +48,6 @@ FAMILY = Family(
     build_path="lps_keras.families.mrms.model:build_mrms",
     fuse_path="lps_keras.families.mrms.model:fuse_mrms",
     summary=summary,
-    features=frozenset(),
 )
 
 __all__ = ["FAMILY", "PRESETS", "MRMSConfig", "summary"]

@@ -65,6 +65,44 @@ def fuse_mrms(model: MRMS) -> MRMS:
     return model if model.deploy else fuse_into(model, model.deploy_twin())
 
 
+def lcf_head(c3, c4, c5, config: MRMSConfig, deploy: bool = False):
+    """The Lightweight Context Fusion head with LGE on C3, C4, C5 (tensors); logits at C3's size.
+
+    One builder for the MRMS graph and HMSeg's supernet (:func:`lcf_head_model`), so both run the same
+    layers with the same names.
+    """
+    d = config.head_channels
+    # LCF upper branch: C5 plus the pooled C5 (global context), broadcast over C5's grid. The
+    # pooled branch has a bias and no BN: BN over a 1x1 map would normalise over the batch
+    # alone, degenerate at batch size 1.
+    top = ConvBN(d, 1, activation=None, deploy=deploy, name="lcf_c5")(c5)
+    pooled = keras.layers.GlobalAveragePooling2D(keepdims=True, name="lcf_pool")(c5)
+    pooled = keras.layers.Conv2D(d, 1, activation="relu", name="lcf_pool_conv")(pooled)
+    # Spread to C5's grid before adding (the same values a broadcast gives): tf2onnx 1.17 fuses a broadcast
+    # Add of a (1, 1, 1, C) tensor after a conv into that conv as a 4th input, an invalid ONNX graph.
+    pooled = BilinearResize(name="lcf_pool_upsample")([pooled, top])
+    top = keras.layers.Add(name="lcf_add5")([top, pooled])
+    if config.lge:  # channel attention on the upper branch before it is spread to higher resolutions
+        att = keras.layers.GlobalAveragePooling2D(keepdims=True, name="lge_pool")(top)
+        att = keras.layers.Conv2D(config.lge_channels, 1, activation="relu", name="lge_reduce")(att)
+        att = keras.layers.Conv2D(d, 1, activation="sigmoid", name="lge_expand")(att)
+        top = keras.layers.Multiply(name="lge_scale")([top, att])
+    for level, feat in ((4, c4), (3, c3)):
+        lateral = ConvBN(d, 1, activation=None, deploy=deploy, name=f"lcf_c{level}")(feat)
+        up = BilinearResize(name=f"lcf_up{level}")([top, lateral])
+        top = keras.layers.Add(name=f"lcf_add{level}")([lateral, up])
+        top = ConvBN(kernel_size=3, depthwise=True, activation="relu", deploy=deploy,
+                     name=f"lcf_fuse{level}_dw")(top)
+        top = ConvBN(d, 1, activation="relu", deploy=deploy, name=f"lcf_fuse{level}_pw")(top)
+    return keras.layers.Conv2D(config.num_classes, 1, name="classifier")(top)
+
+
+def lcf_head_model(channels: tuple[int, int, int], config: MRMSConfig, deploy: bool = False) -> keras.Model:
+    """:func:`lcf_head` as a model on ``[C3, C4, C5]`` with ``channels`` channels each (the supernet's head)."""
+    inputs = [keras.Input((None, None, c), name=f"c{level}") for level, c in zip((3, 4, 5), channels)]
+    return keras.Model(inputs, lcf_head(*inputs, config, deploy), name="lcf")
+
+
 def _graph(config: MRMSConfig, deploy: bool, upsample_logits: bool, input_shape):
     """The functional graph's (input, output) tensors."""
     image = keras.Input(shape=input_shape, name="image")
@@ -84,30 +122,7 @@ def _graph(config: MRMSConfig, deploy: bool, upsample_logits: bool, input_shape)
             x = keras.layers.Add(name=f"{blk.prefix}_add")([shortcut, x])
         stages[blk.stage] = x
 
-    d = config.head_channels
-    # LCF upper branch: C5 plus the pooled C5 (global context), broadcast over C5's grid. The
-    # pooled branch has a bias and no BN: BN over a 1x1 map would normalise over the batch
-    # alone, degenerate at batch size 1.
-    top = ConvBN(d, 1, activation=None, deploy=deploy, name="lcf_c5")(stages[5])
-    pooled = keras.layers.GlobalAveragePooling2D(keepdims=True, name="lcf_pool")(stages[5])
-    pooled = keras.layers.Conv2D(d, 1, activation="relu", name="lcf_pool_conv")(pooled)
-    # Spread to C5's grid before adding (the same values a broadcast gives): tf2onnx 1.17 fuses a broadcast
-    # Add of a (1, 1, 1, C) tensor after a conv into that conv as a 4th input, an invalid ONNX graph.
-    pooled = BilinearResize(name="lcf_pool_upsample")([pooled, top])
-    top = keras.layers.Add(name="lcf_add5")([top, pooled])
-    if config.lge:  # channel attention on the upper branch before it is spread to higher resolutions
-        att = keras.layers.GlobalAveragePooling2D(keepdims=True, name="lge_pool")(top)
-        att = keras.layers.Conv2D(config.lge_channels, 1, activation="relu", name="lge_reduce")(att)
-        att = keras.layers.Conv2D(d, 1, activation="sigmoid", name="lge_expand")(att)
-        top = keras.layers.Multiply(name="lge_scale")([top, att])
-    for level in (4, 3):
-        lateral = ConvBN(d, 1, activation=None, deploy=deploy, name=f"lcf_c{level}")(stages[level])
-        up = BilinearResize(name=f"lcf_up{level}")([top, lateral])
-        top = keras.layers.Add(name=f"lcf_add{level}")([lateral, up])
-        top = ConvBN(kernel_size=3, depthwise=True, activation="relu", deploy=deploy,
-                     name=f"lcf_fuse{level}_dw")(top)
-        top = ConvBN(d, 1, activation="relu", deploy=deploy, name=f"lcf_fuse{level}_pw")(top)
-    logits = keras.layers.Conv2D(config.num_classes, 1, name="classifier")(top)
+    logits = lcf_head(stages[3], stages[4], stages[5], config, deploy)
     if upsample_logits:
         logits = BilinearResize(name="logits_upsample")([logits, image])
     return image, logits

@@ -18,7 +18,6 @@ FAMILY = Family(
     build_path="lps_keras.families.ndnet.model:build_ndnet",
     fuse_path="lps_keras.families.ndnet.model:fuse_ndnet",
     summary=summary,
-    features=frozenset(),
     weights_loader_path="lps_keras.families.ndnet.weights:load_ndnet_weights",
 )
 
