@@ -9,6 +9,10 @@ rewrites, e.g. ``_FusedConv2D``), summed per op type. ONNX Runtime: the same net
 ``onnxruntime`` backend's artefact) with the session profiler, summed per op type. Both report the
 wall time per call measured without tracing, and the share of it the ops account for (the rest:
 executor overhead between ops; a sum above 100 % means ops ran in parallel). Same threads for both.
+Also timed: the tf.function itself, the same function with its weights frozen to constants (what the
+session runs: oneDNN caches a constant filter's reordered layout, a variable's it reorders on every
+call), and XLA-compiled (``jit_compile=True``). ``TF_ENABLE_ONEDNN_OPTS`` is read by TensorFlow at import: set it in the
+environment to compare its oneDNN kernels (``_MklNative*``) with the default Eigen ones.
 The CPU's instruction-set flags are printed and saved with the figures; compare within one run.
 """
 
@@ -90,6 +94,32 @@ def profile_tf(model, shape, iters: int, threads: int) -> dict:
     return _summary(per_op, iters, wall)
 
 
+def time_tf_function(model, shape, iters: int, threads: int, jit_compile: bool = False, frozen: bool = False) -> float:
+    """ms per call of the deploy model's tf.function (the tf backend's form): XLA-compiled with
+    ``jit_compile``; with ``frozen``, its weights turned into constants first (as in the session)."""
+    import tensorflow as tf
+    from tensorflow.python.framework.convert_to_constants import convert_variables_to_constants_v2
+
+    from lps_keras.latency.runners import set_tf_threads
+
+    set_tf_threads(threads, None)
+
+    @tf.function(input_signature=[tf.TensorSpec(shape, tf.float32)], jit_compile=jit_compile)
+    def forward(image):
+        return model(image, training=False)
+
+    if frozen:
+        forward = convert_variables_to_constants_v2(forward.get_concrete_function())
+    x = tf.constant(np.random.default_rng(0).normal(size=shape).astype(np.float32))
+    call = (lambda: forward(x)[0].numpy()) if frozen else (lambda: forward(x).numpy())
+    for _ in range(3):
+        call()
+    t0 = time.perf_counter()
+    for _ in range(iters):
+        call()
+    return round((time.perf_counter() - t0) / iters * 1000, 3)
+
+
 def profile_onnxruntime(onnx_path: Path, shape, iters: int, threads: int) -> dict:
     import onnxruntime as ort
 
@@ -148,7 +178,11 @@ def main(argv=None) -> int:
         report = {"preset": args.preset, "input_shape": list(shape), "threads": args.threads,
                   "cpu": cpu_flags_text(), "cpu_flags": cpu_flags(),
                   "onnxruntime": profile_onnxruntime(onnx, shape, args.iters, args.threads),
-                  "tf": profile_tf(model, shape, args.iters, args.threads)}
+                  "tf": profile_tf(model, shape, args.iters, args.threads),
+                  "tf_function_ms": time_tf_function(model, shape, args.iters, args.threads),
+                  "tf_function_frozen_ms": time_tf_function(model, shape, args.iters, args.threads, frozen=True),
+                  "tf_function_xla_ms": time_tf_function(model, shape, args.iters, args.threads, jit_compile=True),
+                  "tf_onednn_opts": os.environ.get("TF_ENABLE_ONEDNN_OPTS", "(unset: TF's default)")}
     report["tf_over_onnxruntime_wall"] = round(report["tf"]["wall_ms"] / report["onnxruntime"]["wall_ms"], 3)
     for runtime in ("tf", "onnxruntime"):
         r = report[runtime]
@@ -156,7 +190,9 @@ def main(argv=None) -> int:
               f"({100 * r['ops_share_of_wall']:.0f}% of wall)")
         for op, ms in list(r["per_op_ms"].items())[:12]:
             print(f"  {op:32s} {ms:9.2f} ms")
-    print(f"\ntf / onnxruntime wall: {report['tf_over_onnxruntime_wall']:.2f}")
+    print(f"\ntf / onnxruntime wall: {report['tf_over_onnxruntime_wall']:.2f}; the tf.function itself "
+          f"{report['tf_function_ms']:.1f} ms, with constant weights {report['tf_function_frozen_ms']:.1f} ms, "
+          f"XLA-compiled {report['tf_function_xla_ms']:.1f} ms")
     if args.output:
         atomic_write_json(Path(args.output), report)
     return 0
