@@ -36,7 +36,7 @@ def test_the_recipe_and_the_cli_offer_the_tables_names():
 
 
 def test_an_unknown_backend_is_refused_naming_the_known_ones():
-    with pytest.raises(lat.LatencyError, match=r"unknown latency backend 'nope'; known: tf, onnxruntime"):
+    with pytest.raises(lat.LatencyError, match=r"unknown latency backend 'nope'; known: tf, tf_session, onnxruntime"):
         backends.get_backend("nope")
     with pytest.raises(ValueError):  # a bad value, as before the table
         lat.measure_latency(None, backend="nope")
@@ -74,3 +74,19 @@ def test_adding_a_backend_is_one_entry(monkeypatch, tmp_path):
 def test_describe_backends_lists_every_entry():
     text = backends.describe_backends()
     assert [line.split()[0] for line in text.splitlines()] == list(backends.BACKEND_NAMES)
+
+
+def test_tf_session_times_the_savedmodel_as_tf_serving_runs_it(tmp_path):
+    # The session executor on the static SavedModel: it runs and returns the serving output's shape.
+    from lps_keras.arch import Arch
+    from lps_keras.latency import measure_latency
+    from lps_keras.latency.runners import load_savedmodel_session
+
+    arch = Arch((1, 1, 1, 1, 1), (4, 8, 8, 8, 8), (1.0, 0.5), num_classes=3)
+    stats = measure_latency(arch, backend="tf_session", input_shape=(1, 32, 32, 3), warmup=1, iters=2,
+                            artifacts=tmp_path)
+    assert stats.backend == "tf_session" and stats.median_ms > 0 and stats.iterations == 2
+    saved = next(tmp_path.rglob("saved_model"))
+    run, threads = load_savedmodel_session(saved, (1, 32, 32, 3), threads=1)
+    (out,) = run()
+    assert out.shape == (1, 2, 2, 3) and threads["intra_op"] == 1

@@ -227,6 +227,9 @@ _ONNX = (("tf2onnx", "tf2onnx"), ("onnx", "onnx"))  # onnxruntime, OpenVINO and 
 for _entry in (
     Backend("tf", ("fp32", "bf16"), "TensorFlow on its default device (the Keras deploy model in a tf.function)",
             device=tf_device, versions=_tf_version, runner=_runner("tf_runner")),
+    Backend("tf_session", ("fp32",), "TensorFlow's session executor on the static SavedModel (how TF Serving "
+            "runs it; TF_ENABLE_ONEDNN_OPTS applies as there)",
+            device=tf_device, versions=_tf_version, artifact="savedmodel", runner=_runner("tf_session_runner")),
     Backend("onnxruntime", ("fp32",), "ONNX Runtime, CPU execution provider, on our tf2onnx export",
             device=cpu_device, versions=_module_version("onnxruntime", "onnxruntime"),
             requires=(*_ONNX, ("onnxruntime", "onnxruntime")), artifact="onnx", runner=_runner("onnxruntime_runner")),

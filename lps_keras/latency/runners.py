@@ -148,6 +148,31 @@ def load_savedmodel(path, input_shape, precision="fp32", threads=None):
     return run, thread_info
 
 
+def load_savedmodel_session(path, input_shape, precision="fp32", threads=None):
+    """Time a SavedModel's ``serving_default`` the way TF Serving runs it: loaded into a TF1 session
+    (graph executor, grappler), not as a tf.function. ``threads`` sets both of the session's pools."""
+    import tensorflow as tf
+
+    config = tf.compat.v1.ConfigProto()
+    if threads:
+        config.intra_op_parallelism_threads = config.inter_op_parallelism_threads = int(threads)
+    graph = tf.Graph()
+    sess = tf.compat.v1.Session(graph=graph, config=config)
+    with graph.as_default():
+        meta = tf.compat.v1.saved_model.load(sess, ["serve"], str(path))
+    sig = meta.signature_def["serving_default"]
+    (inp,) = sig.inputs.values()
+    outputs = [t.name for t in sig.outputs.values()]
+    x = _random_input(tf.dtypes.as_dtype(inp.dtype).as_numpy_dtype, input_shape)
+
+    def run():
+        return sess.run(outputs, {inp.name: x})
+
+    run._keepalive = sess
+    return run, {"intra_op": config.intra_op_parallelism_threads or None,
+                 "inter_op": config.inter_op_parallelism_threads or None, "cpu_count": os.cpu_count()}
+
+
 def load_onnxruntime(path, input_shape, precision="fp32", threads=None):
     import onnxruntime as ort
 
@@ -262,6 +287,12 @@ def tf_runner(job: Job):
         return forward(x).numpy()  # host copy = device synchronisation
 
     return run, thread_info
+
+
+def tf_session_runner(job: Job):
+    """The static SavedModel (an Arch's or config's, or an exported directory) in a TF1 session (TF Serving's path)."""
+    path = Path(job.target) if job.is_path else job.savedmodel()
+    return job.loader(load_savedmodel_session)(path, job.input_shape, job.precision, job.threads)
 
 
 def onnxruntime_runner(job: Job):
