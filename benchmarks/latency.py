@@ -4,7 +4,8 @@
 
 All columns are measured in one run, one model after another with the same thread settings, so
 ratios between columns hold. Backends: ``tf`` fp32 and bf16 (the fused Keras deploy model as a
-``tf.function``), ``onnxruntime`` (CPU EP) on our tf2onnx export of the same graph, and
+``tf.function``), ``tf_session`` (its static SavedModel in a TF1 session, as TF Serving runs it),
+``onnxruntime`` (CPU EP) on our tf2onnx export of the same graph, and
 ``openvino`` fp32, bf16 and int8 (CPU plugin, IR converted from that ONNX file, precision hint set
 explicitly; bf16 only where the CPU supports it, else a blank column with the reason; int8 through
 NNCF calibrated on random images: the graph, hence the time, is what real calibration gives) and
@@ -30,8 +31,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from lps_keras.errors import UsageError  # noqa: E402 - after the path set-up above
 
 PRESET_NAMES = ("lps_tiny", "lps_s", "lps_m", "lps_l")
-COLUMNS = (("tf", "fp32"), ("tf", "bf16"), ("onnxruntime", "fp32"), ("openvino", "fp32"), ("openvino", "bf16"),
-           ("openvino", "int8"), ("litert", "fp32"), ("litert", "int8"))
+COLUMNS = (("tf", "fp32"), ("tf", "bf16"), ("tf_session", "fp32"), ("onnxruntime", "fp32"), ("openvino", "fp32"),
+           ("openvino", "bf16"), ("openvino", "int8"), ("litert", "fp32"), ("litert", "int8"))
 
 
 def parse_args(argv=None):
@@ -133,14 +134,16 @@ def format_table(result) -> str:
 
     n, h, w, _ = result["input_shape"]
     t = result["threads"]
-    names = ("tf fp32", "tf bf16", "ort fp32", "ov fp32", "ov bf16", "ov int8", "litert fp32", "litert int8")
+    names = ("tf fp32", "tf bf16", "tf-sess fp32", "ort fp32", "ov fp32", "ov bf16", "ov int8", "litert fp32",
+             "litert int8")
     lines = [f"{n}x{h}x{w} on {result['device']}, TF intra-op/inter-op threads {t['intra_op']}/{t['inter_op']} "
              f"(0 = TF default), median of {result['iters']} (ms), median over {result.get('runs', 1)} round(s) "
              f"(min-max of the rounds in brackets)",
              f"{'model':9} {'params':>10} {'GMACs':>7} " + " ".join(f"{c:>17}" for c in names)
-             + f" {'bf16/fp32':>9} {'tf/ort':>6} {'tf/ov':>6} {'ov b/f':>6} {'best/tf':>7} {'GMAC/s tf':>9}"]
+             + f" {'bf16/fp32':>9} {'tf/ort':>6} {'sess/ort':>8} {'tf/ov':>6} {'ov b/f':>6} {'best/tf':>7} "
+             f"{'GMAC/s tf':>9}"]
     for r in result["rows"]:
-        f32, b16, ort = r.get("tf_fp32"), r.get("tf_bf16"), r.get("onnxruntime_fp32")
+        f32, b16, ort, sess = r.get("tf_fp32"), r.get("tf_bf16"), r.get("onnxruntime_fp32"), r.get("tf_session_fp32")
         ov32, ov16 = r.get("openvino_fp32"), r.get("openvino_bf16")
         eff = f"{r['tf_fp32_gmacs_per_s']:9.1f}" if f32 else f"{'n/a':>9}"
         cells = " ".join(ms(r, f"{b}_{p}") for b, p in COLUMNS)
@@ -148,7 +151,8 @@ def format_table(result) -> str:
         others = [r.get(f"{b}_{p}") for b, p in COLUMNS if (b, p) != ("tf", "fp32")]
         best = min((v for v in others if v), default=None)
         lines.append(f"{r['preset']:9} {r['params']:>10,} {r['gmacs']:7.2f} {cells} {ratio(b16, f32):>9} "
-                     f"{ratio(f32, ort)} {ratio(f32, ov32)} {ratio(ov16, ov32)} {ratio(best, f32):>7} {eff}")
+                     f"{ratio(f32, ort)} {ratio(sess, ort):>8} {ratio(f32, ov32)} {ratio(ov16, ov32)} "
+                     f"{ratio(best, f32):>7} {eff}")
     errors = {f"{r['preset']} {k[:-6]}": v for r in result["rows"] for k, v in r.items() if k.endswith("_error")}
     lines += [f"  {k}: {v}" for k, v in errors.items()]
     return "\n".join(lines)
