@@ -88,7 +88,7 @@ def test_config_round_trip_and_presets():
     for name in PRESETS:
         config = FAMILY.config(name, num_classes=7)
         assert NDNetConfig.from_dict(config.to_dict()) == config
-    assert FAMILY.name == "ndnet" and FAMILY.features == frozenset()
+    assert FAMILY.name == "ndnet"
     with pytest.raises(FamilyError, match="unknown preset 'ndnet99'"):
         FAMILY.config("ndnet99")
 

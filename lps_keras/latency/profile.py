@@ -1,8 +1,11 @@
 """A latency model per device and backend: ``predict_latency(arch, profile)``, pure numpy.
 
 A profile is a JSON file that says where and with what it was made (backend, precision, input shape,
-device, CPU flags, library versions, or "fitted to published numbers") and holds a linear model of
-whole-network latency over features computed from the architecture alone (:func:`arch_features`):
+device, CPU flags, library versions, or "fitted to published numbers") and holds one of two models:
+``kernels`` (:mod:`lps_keras.latency.kernel_model`: every 3x3 conv priced from a table of single-conv
+timings on the device, plus a whole-network correction; the default of new profiles) or ``linear``, a
+linear model of whole-network latency over features computed from the architecture alone
+(:func:`arch_features`):
 
 ``const``            fixed cost of a forward pass (runtime overhead, input and output copies)
 ``gmacs_s1`` .. ``gmacs_s5``
@@ -35,12 +38,18 @@ from typing import Optional, Union
 import numpy as np
 
 from lps_keras.arch import NUM_STAGES, STAGE_STRIDES, Arch
+from lps_keras.latency.kernel_model import FEATURES as KERNEL_FEATURES
 from lps_keras.latency.stats import LatencyError
 
 PROFILE_FORMAT = "lps_keras.latency_profile"
 PROFILE_VERSION = 1
 FEATURES = ("const", *(f"gmacs_s{s}" for s in range(1, NUM_STAGES + 1)), "act_mb", "layers", "resize_mpix",
             "head_gmacs")
+
+
+#: The profile's model kinds and their features: ``linear`` (this module), ``kernels``
+#: (:mod:`lps_keras.latency.kernel_model`: convolutions priced from single-layer timings).
+MODEL_FEATURES = {"linear": FEATURES, "kernels": KERNEL_FEATURES}
 
 
 class ProfileError(LatencyError):
@@ -137,13 +146,15 @@ def accuracy_figures(predicted: Sequence[float], measured: Sequence[float]) -> d
 
 # --------------------------------------------------------------------------- files
 def make_profile(coef: np.ndarray, backend: str, precision: str, input_shape, *, device: str, measured: bool,
-                 source: str, residual_sd_rel: float, **extra) -> dict:
-    """A profile dict (the JSON file's content)."""
+                 source: str, residual_sd_rel: float, table=None, **extra) -> dict:
+    """A profile dict (the JSON file's content): the ``linear`` model, or ``kernels`` with a conv ``table``."""
+    model = {"kind": "linear", "features": list(FEATURES), "coef": [float(c) for c in coef]}
+    if table is not None:
+        model = {"kind": "kernels", "features": list(MODEL_FEATURES["kernels"]), "coef": [float(c) for c in coef],
+                 "table": table.to_dict()}
     return {"format": PROFILE_FORMAT, "version": PROFILE_VERSION, "backend": backend, "precision": precision,
             "input_shape": [int(v) for v in input_shape], "device": device, "measured": bool(measured),
-            "source": source, "model": {"kind": "linear", "features": list(FEATURES),
-                                        "coef": [float(c) for c in coef]},
-            "residual_sd_rel": float(residual_sd_rel), **extra}
+            "source": source, "model": model, "residual_sd_rel": float(residual_sd_rel), **extra}
 
 
 def load_profile(profile: Union[str, os.PathLike, Mapping]) -> dict:
@@ -165,15 +176,20 @@ def load_profile(profile: Union[str, os.PathLike, Mapping]) -> dict:
                            f"{PROFILE_VERSION}")
     try:
         model = data["model"]
-        if model["kind"] != "linear" or list(model["features"]) != list(FEATURES):
-            raise ProfileError(f"{where}: model {model['kind']!r} over {model['features']} is not this code's "
-                               f"linear model over {list(FEATURES)}")
+        features = MODEL_FEATURES.get(model["kind"])
+        if features is None or list(model["features"]) != list(features):
+            raise ProfileError(f"{where}: model {model['kind']!r} over {model['features']} is not one of this "
+                               f"code's models: " + "; ".join(f"{k} over {list(v)}" for k, v in MODEL_FEATURES.items()))
         coef = [float(c) for c in model["coef"]]
         shape = [int(v) for v in data["input_shape"]]
         str(data["backend"])
+        if model["kind"] == "kernels":
+            from lps_keras.latency.kernel_model import ConvTable
+
+            data["_table"] = ConvTable.from_dict(model["table"])
     except (KeyError, TypeError, ValueError) as e:
         raise ProfileError(f"{where}: latency profile is missing or has a bad {e}") from None
-    if len(coef) != len(FEATURES) or not all(math.isfinite(c) for c in coef) or len(shape) != 4:
+    if len(coef) != len(features) or not all(math.isfinite(c) for c in coef) or len(shape) != 4:
         raise ProfileError(f"{where}: latency profile has a bad model or input shape")
     data["_where"] = where
     return data
@@ -198,6 +214,10 @@ def predict_latency(arch: Arch, profile: Union[str, os.PathLike, Mapping]) -> fl
     """Predicted median latency (ms) of ``arch`` on the profile's device, backend and input size."""
     prof = profile if isinstance(profile, Mapping) and "_where" in profile else load_profile(profile)
     n, h, w, _ = prof["input_shape"]
+    if prof["model"]["kind"] == "kernels":
+        from lps_keras.latency.kernel_model import kernel_features
+
+        return float(n * kernel_features(arch, h, w, prof["_table"]) @ np.asarray(prof["model"]["coef"]))
     return float(n * arch_features(arch, h, w) @ np.asarray(prof["model"]["coef"]))
 
 
@@ -240,6 +260,10 @@ def main(argv=None) -> int:
     p.add_argument("--rounds", type=int, default=5, help="paired rounds per set (default 5)")
     p.add_argument("--iters", type=int, default=3, help="timed runs per network and round (default 3)")
     p.add_argument("--set-size", type=int, default=8, help="networks per paired set, N0 included (default 8)")
+    p.add_argument("--model", default="kernels", choices=("kernels", "linear"),
+                   help="kernels (default): convs priced from single-conv timings on this device, plus a fitted "
+                        "whole-network correction; linear: the whole-network linear model over GMACs per stage")
+    p.add_argument("--conv-iters", type=int, default=10, help="timed runs per single conv of the kernels table")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--table4", default=str(Path(__file__).resolve().parents[2].parent / "shared" / "paper"
                                            / "table4.json"), help="the paper's Table 4 JSON (its 15 rows are "
@@ -285,20 +309,34 @@ def _run_profile(args) -> int:
 
     print(f"profile {args.backend}/{args.precision} at {h}x{w}: {len(train)} training, {len(held)} held-out "
           f"and {len(table4)} Table 4 networks, in paired sets of {args.set_size}", flush=True)
+    table = None
+    if args.model == "kernels":
+        from lps_keras.latency.kernel_model import ConvTable, measure_grid
+
+        print("timing the single convs of the kernels table", flush=True)
+        table = ConvTable(measure_grid(lambda spec: _time_conv(spec, args)))
     ms = measure_archs([*train, *held, *table4], n0, paired, args.set_size)
     repeat = measure_archs(list(reversed(again)), n0, paired, args.set_size)
-    coef, sd = fit_profile([n0, *train], [ms[n0.hash], *[ms[a.hash] for a in train]], shape)
+    fitted = [n0, *train]
+    if table is None:
+        coef, sd = fit_profile(fitted, [ms[a.hash] for a in fitted], shape)
+    else:
+        from lps_keras.latency.kernel_model import fit_network_model, kernel_features
+
+        coef, sd = fit_network_model(np.stack([kernel_features(a, h, w, table) for a in fitted]),
+                                     [ms[a.hash] for a in fitted])
     prof = make_profile(coef, args.backend, args.precision, shape, device=device_name(args.backend), measured=True,
                         source=f"measured with python -m lps_keras.latency.profile on {time.strftime('%Y-%m-%d')}",
-                        residual_sd_rel=sd, cpu_flags=cpu_flags(), versions=library_versions(args.backend),
-                        num_classes=args.num_classes, minutes=round((time.time() - t0) / 60, 1))
-    prof["_where"] = args.out
+                        residual_sd_rel=sd, table=table, cpu_flags=cpu_flags(),
+                        versions=library_versions(args.backend), num_classes=args.num_classes,
+                        minutes=round((time.time() - t0) / 60, 1))
+    prof["_where"], prof["_table"] = args.out, table
     rows = []
     for kind, archs in (("held-out walk", held), ("table4", table4)):
         for a in archs:
             rows.append({"kind": kind, "arch": a.to_dict(), "name": str(a), "measured_ms": round(ms[a.hash], 4),
                          "predicted_ms": round(predict_latency(a, prof), 4)})
-    prof.pop("_where")
+    prof.pop("_where"), prof.pop("_table")
     prof["validation"] = accuracy_figures([r["predicted_ms"] for r in rows], [r["measured_ms"] for r in rows])
     prof["validation_rows"] = rows
     prof["repeatability"] = accuracy_figures([repeat[a.hash] for a in again], [ms[a.hash] for a in again])
@@ -311,6 +349,22 @@ def _run_profile(args) -> int:
           f"{100 * r['within_10pct']:.0f}% within +-10%, median {100 * r['median_abs_rel_error']:.1f}%; "
           f"{prof['minutes']} min", flush=True)
     return 0
+
+
+def _time_conv(spec, args) -> float:
+    """ms of one 3x3 conv + bias + ReLU as the deploy graph runs it (stride 2: the explicit 1-pixel pad)."""
+    import keras
+
+    from lps_keras.latency import measure_latency
+
+    h, w, c_in, c_out, stride = spec
+    shape = (1, h * stride, w * stride, c_in)
+    x = keras.Input(shape[1:])
+    y = keras.layers.ZeroPadding2D(1)(x) if stride == 2 else x
+    y = keras.layers.Conv2D(c_out, 3, strides=stride, padding="valid" if stride == 2 else "same",
+                            activation="relu")(y)
+    return measure_latency(keras.Model(x, y), args.backend, shape, warmup=2, iters=args.conv_iters,
+                           precision=args.precision).median_ms
 
 
 if __name__ == "__main__":
