@@ -254,7 +254,7 @@ def verify_savedmodel(path, keras_model, image=None, outputs=None, precision=Non
         raise ValueError(f"verify image must be uint8 (H, W, 3), got {image.dtype} {image.shape}")
     batch = image[None]
     with tempfile.TemporaryDirectory(prefix=fileio.temp_prefix("lps_verify"), dir=work_dir) as tmp:
-        tmp = Path(tmp)
+        tmp = Path(tmp).resolve()  # the verifier runs with cwd=tmp: a relative work_dir would resolve twice
         np.save(tmp / "image.npy", batch)
         buf = io.BytesIO()
         Image.fromarray(image).save(buf, format="PNG")
