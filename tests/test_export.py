@@ -512,6 +512,14 @@ def test_verification_files_live_in_the_staging_directory(models, tmp_path, monk
     assert list((tmp_path / "m").iterdir()) == []
 
 
+def test_export_to_a_relative_directory_verifies(models, tmp_path, monkeypatch):
+    # export.py's default output (savedmodels/<name>) is relative: the verifier, which runs with its own
+    # directory as cwd, once resolved its script's relative path twice and every such export failed.
+    monkeypatch.chdir(tmp_path)
+    ex.export_savedmodel(models[1], Path("rel") / "m", 1)
+    assert (tmp_path / "rel" / "m" / "1" / "saved_model.pb").is_file()
+
+
 def test_export_refuses_an_input_size_that_does_not_fit_memory(tmp_path):
     from lps_keras.errors import ResourceError
     from lps_keras.export.savedmodel import export_memory_estimate
