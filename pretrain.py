@@ -12,7 +12,6 @@ Rerunning the same command after an interruption resumes from the last backup (`
 from __future__ import annotations
 
 import argparse
-import json
 
 
 def parse_args(argv=None):
@@ -30,12 +29,10 @@ def parse_args(argv=None):
 
 def recipe_overrides(args) -> list[str]:
     """The flags as ``--set`` overrides of the recipe (the one way configuration enters)."""
-    overrides = list(args.overrides)
-    for key, value in (("train.run_dir", args.run_dir), ("data.root", args.data_root),
-                       ("train.iterations", args.iterations)):
-        if value is not None:
-            overrides.append(f"{key}={json.dumps(value)}")
-    return overrides
+    from lps_keras.cli import flag_overrides
+
+    return flag_overrides(args.overrides, (("train.run_dir", args.run_dir), ("data.root", args.data_root),
+                                           ("train.iterations", args.iterations)))
 
 
 def main(argv=None) -> int:

@@ -12,7 +12,6 @@ of this device, the search checkpoint and log, and the derived network (``derive
 from __future__ import annotations
 
 import argparse
-import json
 
 
 def parse_args(argv=None):
@@ -31,14 +30,12 @@ def parse_args(argv=None):
 
 
 def recipe_overrides(args) -> list[str]:
-    overrides = list(args.overrides)
-    if args.budget_ms is not None:
-        overrides.append("nas.budget_arch=null")
-    for key, value in (("nas.run_dir", args.run_dir), ("nas.steps", args.steps), ("nas.budget_ms", args.budget_ms),
-                       ("nas.budget_scale", args.budget_scale), ("nas.latency_table", args.latency_table)):
-        if value is not None:
-            overrides.append(f"{key}={json.dumps(value)}")
-    return overrides
+    from lps_keras.cli import flag_overrides
+
+    given = ["nas.budget_arch=null"] if args.budget_ms is not None else []  # --budget-ms replaces the arch
+    return flag_overrides(args.overrides + given, (
+        ("nas.run_dir", args.run_dir), ("nas.steps", args.steps), ("nas.budget_ms", args.budget_ms),
+        ("nas.budget_scale", args.budget_scale), ("nas.latency_table", args.latency_table)))
 
 
 def main(argv=None) -> int:

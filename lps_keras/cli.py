@@ -20,6 +20,7 @@ Errors. Bad input is the user's to fix, so it gets one line naming the file or f
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import sys
@@ -141,6 +142,14 @@ def exit_process(code: int) -> None:
         sys.stderr.flush()
         os._exit(code)
     sys.exit(code)
+
+
+def flag_overrides(overrides, flags) -> list[str]:
+    """``overrides`` plus one ``key=<JSON value>`` per ``(key, value)`` flag that was given (not None): the
+    CLIs' flags become ``--set`` overrides, the one way configuration enters a recipe."""
+    out = list(overrides)
+    out += [f"{key}={json.dumps(value)}" for key, value in flags if value is not None]
+    return out
 
 
 def run_training_command(prog: str, recipe_path, overrides, train_fn: Callable, summary: Callable[[dict], str]) -> int:
