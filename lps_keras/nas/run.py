@@ -54,7 +54,8 @@ def run_search(recipe, run_dir=None, log: Callable[[str], None] = print) -> dict
     with DirectoryLock(run_dir, "search directory"):
         remove_stale_temps(run_dir)
         _check_same_search(run_dir / "search_recipe.json", recipe)
-        budget = _budget(run_dir / "budget.json", cfg, log)
+        num_classes = recipe.model_config().num_classes  # the budget's network gets the same head as the searched one
+        budget = _budget(run_dir / "budget.json", cfg, num_classes, log)
         table = _table(run_dir, recipe, log)
         search = _search(run_dir, recipe, table, budget["budget_ms"], log)
         return _derive(run_dir, recipe, search, table, budget, log)
@@ -88,7 +89,7 @@ def _flatten(d: dict, prefix: str = "") -> dict:
     return out
 
 
-def _budget(path: Path, cfg, log) -> dict:
+def _budget(path: Path, cfg, num_classes: int, log) -> dict:
     if path.exists():
         budget = json.loads(path.read_text())
     else:
@@ -99,11 +100,11 @@ def _budget(path: Path, cfg, log) -> dict:
             from lps_keras.arch import Arch
             from lps_keras.latency import measure_latency
 
-            arch = Arch.from_dict({**cfg.budget_arch, "num_classes": 19})
+            arch = Arch.from_dict({**cfg.budget_arch, "num_classes": num_classes})
             log(f"[budget] timing nas.budget_arch {arch.short()} on {cfg.latency_backend} at {h}x{w}")
             stats = measure_latency(arch, backend=cfg.latency_backend, input_shape=(1, h, w, 3), **measure_kwargs(cfg))
-            budget = {"source": "nas.budget_arch", "arch": cfg.budget_arch, "reference_ms": float(stats.median_ms),
-                      "device": stats.device}
+            budget = {"source": "nas.budget_arch", "arch": cfg.budget_arch, "num_classes": num_classes,
+                      "reference_ms": float(stats.median_ms), "device": stats.device}
         budget.update(backend=cfg.latency_backend, input_size=[h, w])
         atomic_write_json(path, budget)
     budget["budget_ms"] = budget["reference_ms"] * cfg.budget_scale
@@ -241,7 +242,7 @@ def _measure_derived(config, budget: dict, cfg, log) -> dict:
         return {"derived_ms": float(stats.median_ms), "device": stats.device}
     from lps_keras.arch import Arch
 
-    arch = Arch.from_dict({**budget["arch"], "num_classes": 19})
+    arch = Arch.from_dict({**budget["arch"], "num_classes": config.num_classes})
     log(f"[derive] timing the derived network beside {arch.short()} ({cfg.latency_rounds} paired rounds)")
     m = measure_set([arch, config], backend=cfg.latency_backend, input_shape=shape, rounds=cfg.latency_rounds)
     ref, derived = (float(v) for v in m.median_ms)
