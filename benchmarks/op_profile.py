@@ -44,6 +44,16 @@ def parse_args(argv=None):
     return p.parse_args(argv)
 
 
+def _wall_ms(call, iters: int) -> float:
+    """ms per ``call()`` over ``iters`` calls after 3 untimed ones."""
+    for _ in range(3):
+        call()
+    t0 = time.perf_counter()
+    for _ in range(iters):
+        call()
+    return (time.perf_counter() - t0) / iters * 1000
+
+
 def _summary(per_op_us: dict, calls: int, wall_ms: float) -> dict:
     ops = {k: round(v / 1000 / calls, 3) for k, v in sorted(per_op_us.items(), key=lambda kv: -kv[1])}
     total = sum(ops.values())
@@ -73,12 +83,7 @@ def profile_tf(model, shape, iters: int, threads: int) -> dict:
     out = frozen.outputs[0].name
     config = tf.compat.v1.ConfigProto(intra_op_parallelism_threads=threads, inter_op_parallelism_threads=threads)
     with tf.compat.v1.Session(graph=graph, config=config) as sess:
-        for _ in range(3):
-            sess.run(out, {inp: x})
-        t0 = time.perf_counter()
-        for _ in range(iters):
-            sess.run(out, {inp: x})
-        wall = (time.perf_counter() - t0) / iters * 1000
+        wall = _wall_ms(lambda: sess.run(out, {inp: x}), iters)
         per_op = defaultdict(float)
         options = tf.compat.v1.RunOptions(trace_level=tf.compat.v1.RunOptions.FULL_TRACE)
         for _ in range(iters):
@@ -112,12 +117,7 @@ def time_tf_function(model, shape, iters: int, threads: int, jit_compile: bool =
         forward = convert_variables_to_constants_v2(forward.get_concrete_function())
     x = tf.constant(np.random.default_rng(0).normal(size=shape).astype(np.float32))
     call = (lambda: forward(x)[0].numpy()) if frozen else (lambda: forward(x).numpy())
-    for _ in range(3):
-        call()
-    t0 = time.perf_counter()
-    for _ in range(iters):
-        call()
-    return round((time.perf_counter() - t0) / iters * 1000, 3)
+    return round(_wall_ms(call, iters), 3)
 
 
 def profile_onnxruntime(onnx_path: Path, shape, iters: int, threads: int) -> dict:
@@ -136,12 +136,7 @@ def profile_onnxruntime(onnx_path: Path, shape, iters: int, threads: int) -> dic
 
     plain = session(False)
     name = plain.get_inputs()[0].name
-    for _ in range(3):
-        plain.run(None, {name: x})
-    t0 = time.perf_counter()
-    for _ in range(iters):
-        plain.run(None, {name: x})
-    wall = (time.perf_counter() - t0) / iters * 1000
+    wall = _wall_ms(lambda: plain.run(None, {name: x}), iters)
     prof = session(True)
     for _ in range(3):
         prof.run(None, {name: x})

@@ -1,16 +1,14 @@
 """benchmarks/nas_budget_check.py's verdicts: within +-15 % of each budget, and the budgets' order kept."""
 
-import importlib.util
 from pathlib import Path
+
+from helpers import load_benchmark
 
 REPO = Path(__file__).resolve().parents[1]
 
 
 def _module():
-    spec = importlib.util.spec_from_file_location("nas_budget_check", REPO / "benchmarks" / "nas_budget_check.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_benchmark("nas_budget_check")
 
 
 def test_report_judges_each_budget_and_the_order():

@@ -1,11 +1,11 @@
 """benchmarks/proxy_fidelity.py's reuse of a finished study: the same step's candidates and latencies come
 back exactly (so new proxies train the reference's networks), and the reference row reads as a step."""
 
-import importlib.util
 import json
 from pathlib import Path
 
 import pytest
+from helpers import load_benchmark
 
 from lps_keras.recipe import load_recipe
 from lps_keras.search.candidates import propose_candidates
@@ -15,10 +15,7 @@ STUDY = REPO / "docs" / "proxy_fidelity_camvid.json"
 
 
 def _module():
-    spec = importlib.util.spec_from_file_location("proxy_fidelity", REPO / "benchmarks" / "proxy_fidelity.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_benchmark("proxy_fidelity")
 
 
 def test_a_finished_studys_step_is_reproduced_exactly():

@@ -1,11 +1,11 @@
 """benchmarks/train_step_torch.py, the PyTorch reference of the training step: the same network as
 lps_keras's training form (trainable parameters equal, per preset), and its step runs."""
 
-import importlib.util
 from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers import load_benchmark
 
 torch = pytest.importorskip("torch")
 
@@ -13,10 +13,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def _module():
-    spec = importlib.util.spec_from_file_location("train_step_torch", REPO / "benchmarks" / "train_step_torch.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_benchmark("train_step_torch")
 
 
 @pytest.mark.parametrize("preset", ["lps_tiny", "lps_s"])
