@@ -19,6 +19,20 @@ def test_tune_width_converges_to_target():
     even = study.tune_width(lambda c: float(c), target_ms=7.0, step=2, c_max=64)
     assert even["c"] in (6, 8) and even["c"] % 2 == 0
     assert study.tune_width(lambda c: float(c), target_ms=1e6, c_max=32)["c"] == 32
+    assert study.tune_width(lambda c: float(c), target_ms=0.0, c_max=32)["c"] == 1
+
+
+def test_tune_width_brackets_from_c16_and_never_times_far_wider_networks():
+    wide = study.tune_width(lambda c: float(c), target_ms=20.0, c_max=512)
+    assert wide["c"] == 20 and max(wide["evaluations"]) == 32  # 16 -> 32, then bisection
+    narrow = study.tune_width(lambda c: float(c), target_ms=5.0, c_max=512)
+    assert narrow["c"] == 5 and max(narrow["evaluations"]) == 16  # 16 -> 8 -> 4, then bisection
+    # Against an exhaustive search on a monotone law, for odd starts, steps and limits.
+    for step, c_max, start, a, target in [(1, 64, 3, 0.7, 30.1), (2, 128, 16, 1.3, 99.0), (2, 8, 40, 2.0, 3.0),
+                                          (1, 512, 600, 0.1, 7.77), (1, 100, 16, 1.0, 1e9)]:
+        got = study.tune_width(lambda c, a=a: a * c, target, step, c_max, c_start=start)
+        best = min(range(step, c_max // step * step + 1, step), key=lambda c: (abs(a * c - target), c))
+        assert abs(a * got["c"] - target) == pytest.approx(abs(a * best - target))
 
 
 def test_blocks_study_hits_the_common_target_and_has_the_papers_rows():
@@ -121,3 +135,15 @@ def test_cli_train_refuses_the_widths_study_and_a_bad_recipe_in_one_line(tmp_pat
     assert "--train: the widths study times single layers" in capsys.readouterr().err
     assert main(["blocks", "--train", str(tmp_path / "none.json"), "--output", str(tmp_path)]) == 2
     assert "none.json: recipe file not found" in capsys.readouterr().err
+
+
+def test_blocks_study_times_the_default_targets_network_once():
+    calls = []
+
+    def noisy(arch):  # every call of the same network is 10% slower than the one before
+        calls.append((arch.block, arch.width[0]))
+        return gmacs_latency(arch) * (1.1 ** calls.count((arch.block, arch.width[0])))
+
+    result = study.blocks_study(noisy, input_size=(64, 128), blocks=("conv3x3",))
+    assert calls.count(("conv3x3", 16)) == 1
+    assert result["rows"][0]["c"] == 16

@@ -58,23 +58,41 @@ def width_step(block: str) -> int:
     return 2 if block == "shufflenet_unit" else 1
 
 
-def tune_width(latency_at: Callable[[int], float], target_ms: float, step: int = 1, c_max: int = 512) -> dict:
-    """The c (a multiple of ``step``) whose latency is closest to ``target_ms``, by bisection.
+def tune_width(latency_at: Callable[[int], float], target_ms: float, step: int = 1, c_max: int = 512,
+               c_start: int = REFERENCE_C, known: dict[int, float] | None = None) -> dict:
+    """The c (a multiple of ``step``) whose latency is closest to ``target_ms``: bracket, then bisect.
 
-    Assumes latency grows with c (it does, up to measurement noise and plateaus): finds the
-    smallest c at or above the target, then keeps it or the one below, whichever is closer.
+    Assumes latency grows with c (it does, up to measurement noise and plateaus). Starts at ``c_start``
+    and doubles (or halves) until the target is bracketed, so a light block never times a network
+    far wider than it needs (c = 512 is 4096 channels at stage 4, minutes per run at 1024x2048);
+    then bisects for the smallest c at or above the target and keeps it or the one below, whichever
+    is closer. ``known`` holds latencies already measured (the default target is conv3x3 at c = 16:
+    timing it again would let noise put the target's own network on the wrong side of the target).
     Returns ``{"c", "latency_ms", "evaluations": {c: ms}}``.
     """
-    seen: dict[int, float] = {}
+    seen: dict[int, float] = dict(known or {})
 
     def at(c):
         if c not in seen:
             seen[c] = float(latency_at(c))
         return seen[c]
 
-    lo, hi = 1, c_max // step  # in units of step
-    if at(hi * step) < target_ms:
-        lo = hi
+    top = max(1, c_max // step)  # in units of step
+    u = min(max(1, c_start // step), top)
+    if at(u * step) >= target_ms:  # halve down to a c below the target (or to step)
+        lo, hi = u, u
+        while lo > 1 and at(lo * step) >= target_ms:
+            hi, lo = lo, max(1, lo // 2)
+        if at(lo * step) >= target_ms:
+            hi = lo
+        else:
+            lo += 1
+    else:  # double up to a c at or above the target (or to c_max)
+        lo, hi = u + 1, u
+        while hi < top and at(hi * step) < target_ms:
+            lo, hi = hi + 1, min(top, hi * 2)
+        if at(hi * step) < target_ms:
+            lo = hi
     while lo < hi:
         mid = (lo + hi) // 2
         if at(mid * step) >= target_ms:
@@ -91,10 +109,12 @@ def blocks_study(latency_fn: Callable[[Arch], float], input_size=(1024, 2048), t
                  blocks: Sequence[str] = BLOCK_TYPES, c_max: int = 512) -> dict:
     """Table 2 (module docstring). With ``latency_set_fn`` the tuned networks are re-timed together."""
     h, w = input_size
+    known: dict[str, dict[int, float]] = {}
     if target_ms is None:
         target_ms = float(latency_fn(table2_arch("conv3x3", REFERENCE_C)))
-    tuned = {b: tune_width(lambda c, b=b: latency_fn(table2_arch(b, c)), target_ms, width_step(b), c_max)
-             for b in blocks}
+        known["conv3x3"] = {REFERENCE_C: target_ms}
+    tuned = {b: tune_width(lambda c, b=b: latency_fn(table2_arch(b, c)), target_ms, width_step(b), c_max,
+                           known=known.get(b)) for b in blocks}
     archs = [table2_arch(b, tuned[b]["c"]) for b in blocks]
     final = list(latency_set_fn(archs)) if latency_set_fn is not None else [tuned[b]["latency_ms"] for b in blocks]
     rows = []

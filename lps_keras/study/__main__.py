@@ -30,7 +30,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--output", default=None, help="directory for the JSON, Markdown and PNG (default study_<name>)")
     p.add_argument("--target-ms", type=float, default=None,
                    help="blocks: the latency to tune c to (default: the conv3x3 network at c=16)")
-    p.add_argument("--c-max", type=int, default=512, help="blocks: the largest c tried")
+    p.add_argument("--c-max", type=int, default=512,
+                   help="blocks: the largest c tried (the search starts at c=16 and doubles or halves)")
     p.add_argument("--max-width", type=int, default=64, help="widths: widths 1..N")
     p.add_argument("--precision", default="fp32")
     p.add_argument("--warmup", type=int, default=5)
@@ -114,7 +115,9 @@ def run(args) -> int:
 
     def set_fn(shape):
         def fn(targets):
-            m = measure_set(list(targets), input_shape=shape, rounds=args.rounds,
+            targets = list(targets)
+            print(f"timing {len(targets)} networks interleaved in {args.rounds} rounds", flush=True)
+            m = measure_set(targets, input_shape=shape, rounds=args.rounds,
                             iters_per_round=max(1, args.iters // args.rounds), **common)
             return list(m.median_ms)
         return fn
@@ -134,7 +137,9 @@ def run(args) -> int:
         shape = (1, h, w, 3)
         if args.study == "blocks":
             def single(arch):
-                return measure_latency(arch, input_shape=shape, iters=args.iters, **common).median_ms
+                ms = measure_latency(arch, input_shape=shape, iters=args.iters, **common).median_ms
+                print(f"tuning {arch.block}: c={arch.width[0]} {ms:.3f} ms", flush=True)
+                return ms
 
             result = study.blocks_study(single, (h, w), args.target_ms, set_fn(shape), c_max=args.c_max)
         else:
