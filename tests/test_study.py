@@ -147,3 +147,28 @@ def test_blocks_study_times_the_default_targets_network_once():
     result = study.blocks_study(noisy, input_size=(64, 128), blocks=("conv3x3",))
     assert calls.count(("conv3x3", 16)) == 1
     assert result["rows"][0]["c"] == 16
+
+
+def test_interactions_study_takes_the_paired_increase_and_its_se_from_a_set_measurement():
+    import numpy as np
+
+    from lps_keras.latency import SetMeasurement
+
+    n = len(INTERACTION_TYPES)
+    drift = np.array([[0.0], [5.0], [-3.0], [9.0]])  # machine load moves every network alike, round by round
+    step = np.array([[0.2 * i for i in range(n)]])
+    noise = np.zeros((4, n))
+    noise[:, 1] = [0.1, -0.1, 0.1, -0.1]  # the second network's difference to none varies a little
+
+    def set_fn(archs):
+        assert archs[0].interaction == "none"
+        return SetMeasurement(labels=[a.interaction for a in archs], parent=0, round_ms=10.0 + drift + step + noise,
+                              backend="stub", precision="fp32", input_shape=(1, 64, 128, 3), device="cpu",
+                              versions={}, threads={}, iters_per_round=1)
+
+    result = study.interactions_study(set_fn, (64, 128))
+    rows = result["rows"]
+    assert rows[0]["increase_ms"] == 0 and rows[0]["increase_se_ms"] == 0
+    assert rows[2]["increase_ms"] == pytest.approx(0.4) and rows[2]["increase_se_ms"] == 0  # drift cancelled
+    assert rows[1]["increase_ms"] == pytest.approx(0.2) and rows[1]["increase_se_ms"] > 0
+    assert "increase_se_ms" in study.to_markdown(result)

@@ -48,6 +48,16 @@ def _sig(x: float) -> float:
     return float(f"{x:.4g}")
 
 
+def _set_figures(measured) -> tuple[list[float], list | None, list | None]:
+    """``(medians, paired deltas to the first target, their SEs)`` of what a ``latency_set_fn`` returned:
+    a plain list of ms (deltas unknown) or a :class:`lps_keras.latency.SetMeasurement` with the
+    first target as its parent."""
+    if hasattr(measured, "median_ms"):
+        return ([float(v) for v in measured.median_ms], [float(v) for v in measured.delta_ms],
+                [float(v) for v in measured.delta_se_ms])
+    return [float(v) for v in measured], None, None
+
+
 def table2_arch(block: str, c: int, interaction: str = "none", num_classes: int = 19) -> Arch:
     return Arch(TABLE2_DEPTH, tuple(f * c for f in TABLE2_WIDTH_FACTORS), TABLE2_RESOLUTION,
                 num_classes=num_classes, block=block, interaction=interaction)
@@ -116,7 +126,8 @@ def blocks_study(latency_fn: Callable[[Arch], float], input_size=(1024, 2048), t
     tuned = {b: tune_width(lambda c, b=b: latency_fn(table2_arch(b, c)), target_ms, width_step(b), c_max,
                            known=known.get(b)) for b in blocks}
     archs = [table2_arch(b, tuned[b]["c"]) for b in blocks]
-    final = list(latency_set_fn(archs)) if latency_set_fn is not None else [tuned[b]["latency_ms"] for b in blocks]
+    final = (_set_figures(latency_set_fn(archs))[0] if latency_set_fn is not None
+             else [tuned[b]["latency_ms"] for b in blocks])
     rows = []
     for b, arch, ms in zip(blocks, archs, final):
         gflops = arch.macs(h, w) / 1e9
@@ -133,21 +144,28 @@ def blocks_study(latency_fn: Callable[[Arch], float], input_size=(1024, 2048), t
 
 def interactions_study(latency_set_fn: Callable[[Sequence[Arch]], Sequence[float]], input_size=(1024, 2048),
                        c: int = REFERENCE_C, interactions: Sequence[str] = INTERACTION_TYPES) -> dict:
-    """Table 3: every interaction timed in one interleaved set; increase over ``none``."""
-    if "none" not in interactions:
-        interactions = ("none", *interactions)
+    """Table 3: every interaction timed in one interleaved set; increase over ``none``.
+
+    ``none`` is timed first, as the set's parent: where the set function returns a paired
+    measurement, the increase is the median of the per-round differences to ``none`` (machine drift
+    cancels within a round) with its standard error (``increase_se_ms``); else the medians' difference.
+    """
+    interactions = ("none", *(i for i in interactions if i != "none"))
     archs = [table2_arch("conv3x3", c, interaction=i) for i in interactions]
-    ms = [float(v) for v in latency_set_fn(archs)]
-    base = ms[list(interactions).index("none")]
+    ms, delta, delta_se = _set_figures(latency_set_fn(archs))
+    if delta is None:
+        delta, delta_se = [t - ms[0] for t in ms], [None] * len(ms)
     rows = []
-    for i, arch, t in zip(interactions, archs, ms):
+    for i, arch, t, d, se in zip(interactions, archs, ms, delta, delta_se):
         paper = PAPER_TABLE3.get(i, (None, None))
-        rows.append({"interaction": i, "latency_ms": round(t, 4), "increase_ms": round(t - base, 4),
+        rows.append({"interaction": i, "latency_ms": round(t, 4), "increase_ms": round(d, 4),
+                     "increase_se_ms": None if se is None else round(se, 4),
                      "gflops": _sig(arch.macs(*input_size) / 1e9), "paper_miou": paper[0],
                      "paper_latency_ms": paper[1],
                      "paper_increase_ms": None if paper[1] is None else round(paper[1] - PAPER_TABLE3["none"][1], 2)})
     return {"study": "interactions", "input_size": list(input_size), "c": c, "rows": rows,
-            "columns": ["interaction", "latency_ms", "increase_ms", "gflops", "paper_miou", "paper_latency_ms",
+            "columns": ["interaction", "latency_ms", "increase_ms", "increase_se_ms", "gflops", "paper_miou",
+                        "paper_latency_ms",
                         "paper_increase_ms"],
             "setting": f"conv3x3, c={c}, B={{1,2,4,7,7}}, R={{1,1/4,0}}"}
 
@@ -162,7 +180,7 @@ def widths_study(latency_set_fn: Callable[[Sequence[tuple[str, int]]], Sequence[
     """Figs. 4/5: per output width, a 3x3 conv and a separable 3x3 conv timed as a pair."""
     rows = []
     for c in widths:
-        conv_ms, sep_ms = (float(v) for v in latency_set_fn([(k, c) for k in WIDTH_KINDS]))
+        conv_ms, sep_ms = _set_figures(latency_set_fn([(k, c) for k in WIDTH_KINDS]))[0]
         conv, sep = (width_macs(k, c, in_channels, size) / 1e9 for k in WIDTH_KINDS)
         rows.append({"width": c, "conv3x3_ms": round(conv_ms, 5), "sepconv3x3_ms": round(sep_ms, 5),
                      "conv3x3_gflops": conv, "sepconv3x3_gflops": sep})

@@ -117,9 +117,8 @@ def run(args) -> int:
         def fn(targets):
             targets = list(targets)
             print(f"timing {len(targets)} networks interleaved in {args.rounds} rounds", flush=True)
-            m = measure_set(targets, input_shape=shape, rounds=args.rounds,
-                            iters_per_round=max(1, args.iters // args.rounds), **common)
-            return list(m.median_ms)
+            return measure_set(targets, input_shape=shape, rounds=args.rounds,
+                               iters_per_round=max(1, args.iters // args.rounds), **common)
         return fn
 
     previous = _previous_result(args, out_dir) if recipe is not None else None
