@@ -172,3 +172,9 @@ def test_interactions_study_takes_the_paired_increase_and_its_se_from_a_set_meas
     assert rows[2]["increase_ms"] == pytest.approx(0.4) and rows[2]["increase_se_ms"] == 0  # drift cancelled
     assert rows[1]["increase_ms"] == pytest.approx(0.2) and rows[1]["increase_se_ms"] > 0
     assert "increase_se_ms" in study.to_markdown(result)
+
+
+def test_tune_width_keeps_the_closest_c_it_timed_even_when_noise_breaks_monotony():
+    law = {16: 26.4, 8: 7.2, 12: 17.6, 14: 19.7, 15: 28.7}  # measured on a loaded CPU: c=15 above c=16
+    got = study.tune_width(lambda c: law.get(c, 3.0 * c), 26.4, c_max=256, known={16: 26.4})
+    assert got["c"] == 16

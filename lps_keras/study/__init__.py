@@ -109,8 +109,13 @@ def tune_width(latency_at: Callable[[int], float], target_ms: float, step: int =
             hi = mid
         else:
             lo = mid + 1
-    candidates = [lo * step] + ([(lo - 1) * step] if lo > 1 else [])
-    best = min(candidates, key=lambda c: (abs(at(c) - target_ms), c))
+    at(lo * step)
+    if lo > 1:
+        at((lo - 1) * step)
+    # The closest of every c timed, not only the bracket's two ends: under noise latency is not
+    # monotone in c, and the target's own network (known) must win its own target.
+    timed = [c for c in seen if c % step == 0 and step <= c <= top * step]
+    best = min(timed, key=lambda c: (abs(seen[c] - target_ms), c))
     return {"c": best, "latency_ms": at(best), "evaluations": dict(sorted(seen.items()))}
 
 
