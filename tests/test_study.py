@@ -106,6 +106,9 @@ def test_cli_widths_on_the_tf_backend(tmp_path, capsys):
     rc = main(["widths", "--backend", "tf", "--input-size", "8x8", "--max-width", "2", "--warmup", "1",
                "--iters", "2", "--rounds", "2", "--output", str(tmp_path)])
     assert rc == 0 and (tmp_path / "widths.md").is_file() and (tmp_path / "widths.png").is_file()
+    from lps_keras.latency import cpu_flags_text
+
+    assert cpu_flags_text() in (tmp_path / "widths.md").read_text()  # every table says on which CPU it was timed
 
 
 def test_add_accuracy_trains_every_row_and_the_first_with_more_seeds():

@@ -230,7 +230,9 @@ def add_accuracy(result: dict, accuracy_fn: Callable[[Arch, int], float], seeds:
 
 def to_markdown(result: dict) -> str:
     cols = result["columns"]
-    lines = [f"# {result['study']}", "", result["setting"], "",
+    where = [f"{result['backend']} {result.get('precision', '')}, {result['cpu']}; {result['timing']}", ""] \
+        if "cpu" in result else []
+    lines = [f"# {result['study']}", "", result["setting"], "", *where,
              "| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
     for row in result["rows"]:
         lines.append("| " + " | ".join("" if row.get(c) is None else str(row[c]) for c in cols) + " |")

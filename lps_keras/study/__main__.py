@@ -143,7 +143,12 @@ def run(args) -> int:
             result = study.blocks_study(single, (h, w), args.target_ms, set_fn(shape), c_max=args.c_max)
         else:
             result = study.interactions_study(set_fn(shape), (h, w))
-    result.update(backend=args.backend, precision=args.precision)
+    if previous is None:  # where and how it was timed, beside every figure (the CPU kind changes between machines)
+        from lps_keras.latency import cpu_flags_text
+
+        result.update(backend=args.backend, precision=args.precision, cpu=cpu_flags_text(),
+                      timing=f"{args.rounds} interleaved rounds, {args.iters} timed runs per network, "
+                             f"{args.warmup} warm-up")
     if recipe is not None:
         p = recipe.search.proxy
         result["training"] = (f"{args.train}: {p.iterations} iterations, batch {p.batch_size}, crop "
