@@ -97,7 +97,7 @@ def _width_model(kind: str, width: int, in_channels: int):
 def run(args) -> int:
     import lps_keras.study as study
     from lps_keras.cli import quiet_tensorflow
-    from lps_keras.latency import measure_latency, measure_set
+    from lps_keras.latency import cpu_flags_text, measure_latency, measure_set
 
     quiet_tensorflow()
     recipe = None
@@ -144,8 +144,6 @@ def run(args) -> int:
         else:
             result = study.interactions_study(set_fn(shape), (h, w))
     if previous is None:  # where and how it was timed, beside every figure (the CPU kind changes between machines)
-        from lps_keras.latency import cpu_flags_text
-
         result.update(backend=args.backend, precision=args.precision, cpu=cpu_flags_text(),
                       timing=f"{args.rounds} interleaved rounds, {args.iters} timed runs per network, "
                              f"{args.warmup} warm-up")
