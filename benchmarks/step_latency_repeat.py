@@ -34,6 +34,8 @@ def parse_args(argv=None):
     p.add_argument("--single-k", action="store_true",
                    help="pick L_T and k from single timings (the code before paired rounds) instead of paired rounds")
     p.add_argument("--tolerance", type=float, default=0.10, help="relative ΔL agreement asked for (default 0.10)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a recipe field, e.g. search.latency_input_shape=[1,720,960,3] (repeatable)")
     return p.parse_args(argv)
 
 
@@ -68,6 +70,7 @@ def measure(recipe, single_k: bool = False) -> dict:
     return {"recipe": recipe.name, "start": str(start), "backend": s.latency_backend,
             "input_shape": list(s.latency_input_shape), "cpu": cpu_flags_text(),
             "time": time.strftime("%Y-%m-%d %H:%M:%S"), "seconds": round(time.time() - t0, 1),
+            "rounds": s.latency.rounds, "iters_per_round": s.latency.iters_per_round,
             "k_from": "single timings" if single_k else "paired rounds", "target_ms": target,
             "parent_ms": parent_ms, "candidates": rows}
 
@@ -77,7 +80,8 @@ def compare(a: dict, b: dict, tolerance: float) -> tuple[str, bool]:
     earlier = {r["op"]: r for r in b["candidates"]}
     lines = [f"earlier run {b['time']} (parent {b['parent_ms']:.3f} ms), this run {a['time']} "
              f"(parent {a['parent_ms']:.3f} ms)", "",
-             "| op | k then | k now | ΔL then (ms) | ΔL now (ms) | ratio | agree |", "|---|---|---|---|---|---|---|"]
+             "| op | k then | k now | ΔL then (ms) | ΔL now (ms) | ratio | ratio of ΔL/L_parent | agree |",
+             "|---|---|---|---|---|---|---|---|"]
     ok = set(earlier) == {r["op"] for r in a["candidates"]}
     for r in a["candidates"]:
         e = earlier.get(r["op"])
@@ -85,10 +89,14 @@ def compare(a: dict, b: dict, tolerance: float) -> tuple[str, bool]:
             lines.append(f"| {r['op']} | – | {r['k']} | – | {r['delta_ms']:.3f} | – | no |")
             continue
         ratio = r["delta_ms"] / e["delta_ms"] if e["delta_ms"] else float("inf")
+        # The decision (argmax of gain / ΔL) and k (closest to the slowest N + δ) do not change when the
+        # whole machine gets uniformly slower, so the relative increase is shown beside the criterion's ΔL.
+        rel = ratio * b["parent_ms"] / a["parent_ms"]
         agree = r["k"] == e["k"] and abs(ratio - 1) <= tolerance
         ok &= agree
         lines.append(f"| {r['op']} | {e['k']} | {r['k']} | {e['delta_ms']:.3f} ± {e['delta_se_ms']:.3f} | "
-                     f"{r['delta_ms']:.3f} ± {r['delta_se_ms']:.3f} | {ratio:.3f} | {'yes' if agree else 'no'} |")
+                     f"{r['delta_ms']:.3f} ± {r['delta_se_ms']:.3f} | {ratio:.3f} | {rel:.3f} | "
+                     f"{'yes' if agree else 'no'} |")
     return "\n".join(lines), ok
 
 
@@ -102,7 +110,7 @@ def main(argv=None) -> int:
     from lps_keras.recipe import load_recipe
 
     try:
-        recipe = load_recipe(args.recipe)
+        recipe = load_recipe(args.recipe, overrides=args.overrides)
         earlier = json.loads(Path(args.compare).read_text()) if args.compare else None
     except (LPSError, OSError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
