@@ -86,7 +86,7 @@ def compare(a: dict, b: dict, tolerance: float) -> tuple[str, bool]:
     for r in a["candidates"]:
         e = earlier.get(r["op"])
         if e is None:
-            lines.append(f"| {r['op']} | – | {r['k']} | – | {r['delta_ms']:.3f} | – | no |")
+            lines.append(f"| {r['op']} | – | {r['k']} | – | {r['delta_ms']:.3f} | – | – | no |")
             continue
         ratio = r["delta_ms"] / e["delta_ms"] if e["delta_ms"] else float("inf")
         # The decision (argmax of gain / ΔL) and k (closest to the slowest N + δ) do not change when the
