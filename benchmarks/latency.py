@@ -48,6 +48,9 @@ def parse_args(argv=None):
                         "resolution paths of S/M/L then run concurrently; 1 serialises them)")
     p.add_argument("--presets", nargs="+", default=list(PRESET_NAMES))
     p.add_argument("--num-classes", type=int, default=19)
+    p.add_argument("--columns", default="",
+                   help="comma-separated backend_precision columns to measure (default: all of "
+                        + ", ".join(f"{b}_{q}" for b, q in COLUMNS) + "); the others stay blank")
     p.add_argument("--output", default="benchmarks/latency.json")
     return p.parse_args(argv)
 
@@ -61,6 +64,11 @@ def main(argv=None) -> int:
         h, w = parse_size(args.input_size)
         if args.runs < 1 or args.iters < 1:
             raise UsageError(f"--runs and --iters must be >= 1, got {args.runs} and {args.iters}")
+        known = [f"{b}_{q}" for b, q in COLUMNS]
+        chosen = [c for c in args.columns.split(",") if c] or known
+        unknown = [c for c in chosen if c not in known]
+        if unknown:
+            raise UsageError(f"--columns: unknown column {unknown[0]!r}; known: {', '.join(known)}")
     except ValueError as e:
         print(f"benchmarks/latency.py: error: {e}", file=sys.stderr)
         return 2
@@ -80,6 +88,8 @@ def main(argv=None) -> int:
                 arch = get_preset(row["preset"], args.num_classes)
                 for backend, precision in COLUMNS:
                     col = f"{backend}_{precision}"
+                    if col not in chosen:
+                        continue
                     print(f"[round {run}/{args.runs}, {i}/{len(rows)}] {row['preset']} {col} ...", flush=True)
                     try:
                         s = measure_latency(arch, backend, shape, warmup=args.warmup, iters=args.iters,
@@ -107,6 +117,7 @@ def main(argv=None) -> int:
         except ImportError:
             pass
     result = {"input_shape": list(shape), "iters": args.iters, "warmup": args.warmup, "runs": args.runs,
+              "tf_enable_onednn_opts": os.environ.get("TF_ENABLE_ONEDNN_OPTS"),
               "device": device_name("tf"), "cpu_flags": cpu_flags(), "threads": threads, "versions": versions,
               "rows": rows}
     print()
@@ -138,7 +149,7 @@ def format_table(result) -> str:
              "litert int8")
     lines = [f"{n}x{h}x{w} on {result['device']}, TF intra-op/inter-op threads {t['intra_op']}/{t['inter_op']} "
              f"(0 = TF default), median of {result['iters']} (ms), median over {result.get('runs', 1)} round(s) "
-             f"(min-max of the rounds in brackets)",
+             f"(min-max of the rounds in brackets), TF_ENABLE_ONEDNN_OPTS={result.get('tf_enable_onednn_opts')}",
              f"{'model':9} {'params':>10} {'GMACs':>7} " + " ".join(f"{c:>17}" for c in names)
              + f" {'bf16/fp32':>9} {'tf/ort':>6} {'sess/ort':>8} {'tf/ov':>6} {'ov b/f':>6} {'best/tf':>7} "
              f"{'GMAC/s tf':>9}"]

@@ -81,6 +81,7 @@ def main(argv=None) -> int:
     result = {
         "preset": args.preset, "arch": arch.to_dict(), "input_size": [h, w], "batch": args.batch,
         "dtype_policy": policy, "jit_compile": str(jit), "steps": args.steps,
+        "tf_enable_onednn_opts": os.environ.get("TF_ENABLE_ONEDNN_OPTS"),
         "train_step_seconds": train_s, "train_images_per_second": args.batch / train_s,
         "forward_seconds": fwd_s, "forward_images_per_second": args.batch / fwd_s,
         "environment": environment_info(policy=policy), "cpu_flags": cpu_flags(),
