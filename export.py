@@ -25,6 +25,10 @@ def parse_args(argv=None):
                    "'dynamic' for any size")
     p.add_argument("--outputs", choices=("probabilities", "logits"), help="second output (default export.outputs)")
     p.add_argument("--precision", choices=("fp32", "bf16"), help="compute precision (default export.precision)")
+    p.add_argument("--graph-weights", choices=("constants", "variables"),
+                   help="how the SavedModel's graph holds the weights (default export.graph_weights: constants, "
+                        "which TensorFlow's oneDNN kernels cache in their fast layout; about 2x faster for LPS-S "
+                        "under TF Serving with TF_ENABLE_ONEDNN_OPTS=1 on an AVX2 CPU)")
     p.add_argument("--tftrt", choices=("fp32", "fp16"), help="also convert with TF-TRT (TF 2.17 line + GPU)")
     p.add_argument("--onnx", action="store_true", help="also write <output>/<version>.onnx (tf2onnx) and check parity")
     p.add_argument("--opset", type=int, default=17)
@@ -47,14 +51,16 @@ def parse_args(argv=None):
 
 
 def recipe_overrides(args) -> list[str]:
-    """``--version`` / ``--input-size`` / ``--outputs`` / ``--precision`` as ``--set export.*`` overrides."""
+    """``--version`` / ``--input-size`` / ``--outputs`` / ``--precision`` / ``--graph-weights`` as ``--set export.*``
+    overrides."""
     from lps_keras.recipe import parse_size
 
     overrides = list(args.set)
     if args.input_size is not None:
         size = None if args.input_size.lower() == "dynamic" else list(parse_size(args.input_size))
         overrides.append(f"export.input_size={json.dumps(size)}")
-    for key, value in (("version", args.version), ("outputs", args.outputs), ("precision", args.precision)):
+    for key, value in (("version", args.version), ("outputs", args.outputs), ("precision", args.precision),
+                       ("graph_weights", args.graph_weights)):
         if value is not None:
             overrides.append(f"export.{key}={json.dumps(value)}")
     return overrides

@@ -131,6 +131,9 @@ class ExportConfig:
     input_size: Optional[tuple[int, int]] = field(None, gt=0)  # static (H, W) for TensorRT; None = dynamic
     precision: str = field("fp32", choices=("fp32", "bf16"))  # bf16: CPU deployment
     outputs: str = field("probabilities", choices=("probabilities", "logits"))
+    # constants: the serving graph holds the weights as constants, which TensorFlow's oneDNN kernels
+    # cache in their fast layout (lps_keras.export.serving.constant_network); variables: as variables.
+    graph_weights: str = field("constants", choices=("constants", "variables"))
 
     def __post_init__(self):
         # export.name becomes a directory (savedmodels/<name>), TF Serving's model name in

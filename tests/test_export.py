@@ -145,6 +145,7 @@ def test_models_config_and_commands(tmp_path):
     assert "--model_config_file=" in cmds["tensorflow_model_server"]
     assert "-p 8501:8501" in cmds["docker"] and "tensorflow/serving" in cmds["docker"]
     assert "MODEL_NAME=lps_s" in cmds["docker"]
+    assert "TF_ENABLE_ONEDNN_OPTS=1" in cmds["docker"] and "TF_ENABLE_ONEDNN_OPTS=1" in cmds["tensorflow_model_server"]
     assert '"signature_name": "serve_bytes"' in cmds["curl"] and '"b64"' in cmds["curl"]
     assert "/v1/models/lps_s:predict" in cmds["curl"]
 
@@ -231,7 +232,8 @@ def _own_lines(stderr):
 def test_export_cli_static_logits(tmp_path):
     out = tmp_path / "tiny"
     proc = _cli(["export.py", "--recipe", "recipes/lps_tiny.json", "--output", str(out), "--version", "3",
-                 "--input-size", f"{H}x{W}", "--outputs", "logits", "--set", "model.num_classes=4"])
+                 "--input-size", f"{H}x{W}", "--outputs", "logits", "--set", "model.num_classes=4",
+                 "--graph-weights", "variables"])
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "RANDOMLY INITIALISED" in proc.stderr
     assert "verified in a fresh TensorFlow-only process" in proc.stdout
@@ -241,7 +243,7 @@ def test_export_cli_static_logits(tmp_path):
     assert f"shape: (-1, {H}, {W}, 4)" in sigs
     assert (out / "models.config").is_file()
     meta = json.loads((out / "3" / "assets.extra" / "lps_keras_export.json").read_text())
-    assert meta["input_size"] == [H, W] and meta["outputs"] == "logits"
+    assert meta["input_size"] == [H, W] and meta["outputs"] == "logits" and meta["weights"] == "variables"
     # Same version again: refused, exit non-zero, the existing export untouched.
     again = _cli(["export.py", "--recipe", "recipes/lps_tiny.json", "--output", str(out), "--version", "3"])
     assert again.returncode != 0 and "already exists" in again.stderr
@@ -253,6 +255,7 @@ def test_export_cli_static_logits(tmp_path):
     (["--recipe", "recipes/lps_tiny.json", "--input-size", "64y128"], "HEIGHTxWIDTH"),
     (["--recipe", "recipes/lps_tiny.json", "--weights", "missing.keras"], "missing.keras"),
     (["--recipe", "recipes/lps_tiny.json", "--set", "export.outputs=softmax"], "export.outputs"),
+    (["--recipe", "recipes/lps_tiny.json", "--set", 'export.graph_weights="frozen"'], "export.graph_weights"),
     (["--recipe", "recipes/lps_tiny.json", "--input-size", "64x128", "--tftrt", "fp16"], "requirements-tftrt.txt"),
 ])
 def test_export_cli_bad_input(tmp_path, args, message):
@@ -311,14 +314,64 @@ def test_bf16_export_verified(models, tmp_path):
     assert "DT_FLOAT" in sigs  # outputs stay float32 for clients
 
 
-def test_savedmodel_stores_each_weight_once(exported):
+@pytest.fixture(scope="module")
+def exported_variables(models, tmp_path_factory):
+    """The same network exported with ``weights="variables"`` (the form before constants became the default)."""
+    _, deploy = models
+    base = tmp_path_factory.mktemp("smv") / "tiny"
+    return base, ex.export_savedmodel(deploy, base, 1, verify=False, weights="variables")
+
+
+def test_savedmodel_with_variables_stores_each_weight_once(exported_variables):
     import tensorflow as tf
 
-    base, _ = exported
+    base, _ = exported_variables
     reader = tf.train.load_checkpoint(str(base / "1" / "variables" / "variables"))
     shapes = reader.get_variable_to_shape_map()
     stored = sum(int(np.prod(s)) for k, s in shapes.items() if k != "_CHECKPOINTABLE_OBJECT_GRAPH")
     assert stored == ARCH.num_params()  # Keras 3.15's ExportArchive alone would store 2x (see lps_keras.compat)
+
+
+def _graph_constants(model_dir) -> list[np.ndarray]:
+    """Every float32 constant with more than three elements in the SavedModel's graph and function
+    library (the weights; the ImageNet mean/std have three)."""
+    import tensorflow as tf
+    from tensorflow.core.protobuf import saved_model_pb2
+
+    sm = saved_model_pb2.SavedModel.FromString((Path(model_dir) / "saved_model.pb").read_bytes())
+    graph = sm.meta_graphs[0].graph_def
+    nodes = list(graph.node) + [n for f in graph.library.function for n in f.node_def]
+    values = [tf.make_ndarray(n.attr["value"].tensor) for n in nodes if n.op == "Const"]
+    return [v for v in values if v.dtype == np.float32 and v.size > 3]
+
+
+def test_default_savedmodel_holds_each_weight_once_as_a_graph_constant(exported, exported_variables, models):
+    import tensorflow as tf
+
+    from lps_keras.export.serving import NETWORK_LOGITS_SIGNATURE
+
+    base, _ = exported
+    assert json.loads((base / "1" / "assets.extra" / "lps_keras_export.json").read_text())["weights"] == "constants"
+    reader = tf.train.load_checkpoint(str(base / "1" / "variables" / "variables"))
+    assert all(k == "_CHECKPOINTABLE_OBJECT_GRAPH" for k in reader.get_variable_to_shape_map())  # no variables
+    consts = _graph_constants(base / "1")
+    assert sum(v.size for v in consts) == ARCH.num_params()  # three endpoints share one network function
+    weights = sorted((np.asarray(w) for w in models[1].weights if np.asarray(w).size > 3), key=lambda a: a.size)
+    stored = sorted(consts, key=lambda a: a.size)
+    assert all(np.array_equal(a, b) for a, b in zip(weights, stored))
+    # Same outputs as the variables form, signature by signature (issue 24: parity with today's graph).
+    image = ex.sample_image(H, W)[None]
+    const_fn = tf.saved_model.load(str(base / "1"))
+    var_fn = tf.saved_model.load(str(exported_variables[0] / "1"))
+    for sig in ("serving_default", NETWORK_LOGITS_SIGNATURE):
+        a = const_fn.signatures[sig](images=tf.constant(image))
+        b = var_fn.signatures[sig](images=tf.constant(image))
+        for key in b:
+            x, y = a[key].numpy(), b[key].numpy()
+            if x.dtype.kind == "f":
+                assert np.max(np.abs(x - y)) <= 1e-5 * max(1.0, float(np.max(np.abs(y)))), (sig, key)
+            else:
+                assert np.array_equal(x, y), (sig, key)
 
 
 # ----------------------------------------------------------------------------- [faults]: export / predict side
@@ -366,7 +419,7 @@ def test_predict_same_stem_in_two_directories_and_a_directory_input(exported, tm
 def _truncated_copy(exported, tmp_path):
     import shutil
 
-    base, _ = exported
+    base, _ = exported  # the variables form: a constants SavedModel has no variables data to truncate
     model = tmp_path / "damaged" / "1"
     shutil.copytree(base / "1", model)
     data = next((model / "variables").glob("variables.data-*"))
@@ -375,13 +428,13 @@ def _truncated_copy(exported, tmp_path):
     return model
 
 
-def test_truncated_variables_are_one_line_naming_the_savedmodel(exported, tmp_path):
+def test_truncated_variables_are_one_line_naming_the_savedmodel(exported_variables, tmp_path):
     from lps_keras.evaluation import load_for_eval
     from lps_keras.export.predict import predict_images
     from lps_keras.export.serving import SavedModelError
     from lps_keras.recipe import Recipe
 
-    model = _truncated_copy(exported, tmp_path)
+    model = _truncated_copy(exported_variables, tmp_path)
     img = tmp_path / "street.png"
     Image.fromarray(ex.sample_image(24, 40)).save(img)
     with pytest.raises(SavedModelError, match=rf"{model}: the SavedModel cannot be loaded: its variables"):

@@ -124,17 +124,21 @@ def write_static_savedmodel(model, input_shape, out_dir) -> None:
 
     The bare network, as the official latency script exports it: no normalisation, resize to
     the input size, softmax or argmax (those belong to :func:`lps_keras.export.export_savedmodel`).
+    Its weights are graph constants, as in the exported SavedModel
+    (:func:`lps_keras.export.serving.constant_network` says why that matters to oneDNN).
     """
     import keras
     import tensorflow as tf
 
+    from lps_keras.export.serving import constant_network
+
     spec = tf.TensorSpec(tuple(int(v) for v in input_shape), tf.float32, name="image")
+    network = constant_network(model, tuple(int(v) for v in input_shape[1:3]))
 
     def forward(image):
-        return {"logits": model(image, training=False)}
+        return {"logits": network(image)}
 
     archive = keras.export.ExportArchive()
-    archive.track(model)
     archive.add_endpoint("serving_default", forward, input_signature=[spec])
     archive.write_out(str(out_dir), verbose=False)
 
@@ -188,6 +192,8 @@ def artifact_stamp(kind: str) -> dict:
         import tensorflow as tf
 
         stamp = {"tensorflow": tf.__version__, "keras": keras.__version__}
+        if kind == "savedmodel":
+            stamp["weights"] = "constants"  # written before: variables (a cached one is rebuilt)
         if kind == "onnx":
             import tf2onnx
 
