@@ -48,3 +48,18 @@ def load_benchmark(name: str):
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+def savedmodel_constants(model_dir) -> list[np.ndarray]:
+    """Every float32 constant with more than three elements in a SavedModel's graph and function library:
+    the weights of a network exported with its weights as graph constants (the ImageNet mean/std have three)."""
+    from pathlib import Path
+
+    import tensorflow as tf
+    from tensorflow.core.protobuf import saved_model_pb2
+
+    sm = saved_model_pb2.SavedModel.FromString((Path(model_dir) / "saved_model.pb").read_bytes())
+    graph = sm.meta_graphs[0].graph_def
+    nodes = list(graph.node) + [n for f in graph.library.function for n in f.node_def]
+    values = [tf.make_ndarray(n.attr["value"].tensor) for n in nodes if n.op == "Const"]
+    return [v for v in values if v.dtype == np.float32 and v.size > 3]

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from helpers import randomize_batchnorm
+from helpers import randomize_batchnorm, savedmodel_constants
 from PIL import Image
 
 from lps_keras import export as ex
@@ -332,19 +332,6 @@ def test_savedmodel_with_variables_stores_each_weight_once(exported_variables):
     assert stored == ARCH.num_params()  # Keras 3.15's ExportArchive alone would store 2x (see lps_keras.compat)
 
 
-def _graph_constants(model_dir) -> list[np.ndarray]:
-    """Every float32 constant with more than three elements in the SavedModel's graph and function
-    library (the weights; the ImageNet mean/std have three)."""
-    import tensorflow as tf
-    from tensorflow.core.protobuf import saved_model_pb2
-
-    sm = saved_model_pb2.SavedModel.FromString((Path(model_dir) / "saved_model.pb").read_bytes())
-    graph = sm.meta_graphs[0].graph_def
-    nodes = list(graph.node) + [n for f in graph.library.function for n in f.node_def]
-    values = [tf.make_ndarray(n.attr["value"].tensor) for n in nodes if n.op == "Const"]
-    return [v for v in values if v.dtype == np.float32 and v.size > 3]
-
-
 def test_default_savedmodel_holds_each_weight_once_as_a_graph_constant(exported, exported_variables, models):
     import tensorflow as tf
 
@@ -354,7 +341,7 @@ def test_default_savedmodel_holds_each_weight_once_as_a_graph_constant(exported,
     assert json.loads((base / "1" / "assets.extra" / "lps_keras_export.json").read_text())["weights"] == "constants"
     reader = tf.train.load_checkpoint(str(base / "1" / "variables" / "variables"))
     assert all(k == "_CHECKPOINTABLE_OBJECT_GRAPH" for k in reader.get_variable_to_shape_map())  # no variables
-    consts = _graph_constants(base / "1")
+    consts = savedmodel_constants(base / "1")
     assert sum(v.size for v in consts) == ARCH.num_params()  # three endpoints share one network function
     weights = sorted((np.asarray(w) for w in models[1].weights if np.asarray(w).size > 3), key=lambda a: a.size)
     stored = sorted(consts, key=lambda a: a.size)

@@ -9,6 +9,7 @@ import warnings
 
 import numpy as np
 import pytest
+from helpers import savedmodel_constants
 
 from lps_keras import latency as lat
 from lps_keras.arch import Arch
@@ -158,13 +159,14 @@ def check_static_fused_savedmodel(path, arch, shape):
     """What a TF-TRT converter must be handed: a static-shape float SavedModel of the fused ``arch``."""
     import tensorflow as tf
 
-    loaded = tf.saved_model.load(str(path))  # kept referenced: the signature uses its variables
+    loaded = tf.saved_model.load(str(path))  # kept referenced while the signature runs
     fn = loaded.signatures["serving_default"]
     (name, spec), = fn.structured_input_signature[1].items()
     assert tuple(spec.shape) == shape and spec.dtype == tf.float32  # static: no None anywhere
     ops = _graph_ops(fn)
     assert "Conv2D" in ops and not [op for op in ops if "BatchNorm" in op]  # fused: BN folded into the convs
-    assert sum(int(np.prod(v.shape)) for v in fn.variables) == arch.num_params()  # analytic deploy params
+    # Analytic deploy params, held as graph constants (as export.py writes the network since issue 24).
+    assert not fn.variables and sum(v.size for v in savedmodel_constants(path)) == arch.num_params()
     out = fn(**{name: tf.zeros(shape)})["logits"]
     assert tuple(out.shape) == (shape[0], *arch.output_size(*shape[1:3]), arch.num_classes)
 

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import dataclasses
 import importlib
+import os
 from collections.abc import Callable, Mapping
 from types import MappingProxyType
 from typing import Optional
@@ -148,7 +149,11 @@ def cuda_device() -> str:
 def _tf_version() -> dict:
     import tensorflow as tf
 
-    return {"tensorflow": tf.__version__}
+    # oneDNN on or off changes TensorFlow's CPU kernels (1.1-2x here, docs/speed_tf_vs_onnxruntime.md), and the
+    # tf / tf_session backends time the network with its weights as graph constants since issue 24: both are
+    # part of what a cached figure was measured with.
+    return {"tensorflow": tf.__version__, "onednn": os.environ.get("TF_ENABLE_ONEDNN_OPTS", "default"),
+            "weights": "constants"}
 
 
 def _module_version(module: str, key: str) -> Callable[[], dict]:
@@ -225,7 +230,8 @@ def _runner(name: str) -> Callable:
 _ONNX = (("tf2onnx", "tf2onnx"), ("onnx", "onnx"))  # onnxruntime, OpenVINO and TensorRT start from our ONNX export
 
 for _entry in (
-    Backend("tf", ("fp32", "bf16"), "TensorFlow on its default device (the Keras deploy model in a tf.function)",
+    Backend("tf", ("fp32", "bf16"), "TensorFlow on its default device (the Keras deploy model in a tf.function, "
+            "weights as graph constants as in the exported SavedModel)",
             device=tf_device, versions=_tf_version, runner=_runner("tf_runner")),
     Backend("tf_session", ("fp32",), "TensorFlow's session executor on the static SavedModel (how TF Serving "
             "runs it; TF_ENABLE_ONEDNN_OPTS applies as there)",
