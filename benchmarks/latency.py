@@ -2,8 +2,8 @@
 
     python benchmarks/latency.py [--input-size 1024x2048] [--iters 20] [--runs 2] [--output benchmarks/latency.json]
 
-All columns are measured in one run, one model after another with the same thread settings, so
-ratios between columns hold. Backends: ``tf`` fp32 and bf16 (the fused Keras deploy model as a
+All columns (or the ``--columns`` chosen) are measured in one run, one model after another with the
+same thread settings, so ratios between columns hold. Backends: ``tf`` fp32 and bf16 (the fused Keras deploy model as a
 ``tf.function``), ``tf_session`` (its static SavedModel in a TF1 session, as TF Serving runs it),
 ``onnxruntime`` (CPU EP) on our tf2onnx export of the same graph, and
 ``openvino`` fp32, bf16 and int8 (CPU plugin, IR converted from that ONNX file, precision hint set
@@ -65,7 +65,7 @@ def main(argv=None) -> int:
         if args.runs < 1 or args.iters < 1:
             raise UsageError(f"--runs and --iters must be >= 1, got {args.runs} and {args.iters}")
         known = [f"{b}_{q}" for b, q in COLUMNS]
-        chosen = [c for c in args.columns.split(",") if c] or known
+        chosen = [c.strip() for c in args.columns.split(",") if c.strip()] or known
         unknown = [c for c in chosen if c not in known]
         if unknown:
             raise UsageError(f"--columns: unknown column {unknown[0]!r}; known: {', '.join(known)}")

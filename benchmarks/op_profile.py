@@ -3,16 +3,18 @@
     python benchmarks/op_profile.py --preset lps_s --size 1024x2048 --iters 10 \\
         --output docs/op_profile_lps_s_1024x2048.json
 
-TensorFlow: the deploy model's tf.function (what the ``tf`` latency backend times) frozen to constants and
+TensorFlow: the deploy model's tf.function (variables) frozen to constants and
 run in a session with a full trace (``RunMetadata.step_stats``: every node's time after grappler's
 rewrites, e.g. ``_FusedConv2D``), summed per op type. ONNX Runtime: the same network's ONNX graph (the
 ``onnxruntime`` backend's artefact) with the session profiler, summed per op type. Both report the
 wall time per call measured without tracing, and the share of it the ops account for (the rest:
 executor overhead between ops; a sum above 100 % means ops ran in parallel). Same threads for both.
-Also timed: the tf.function itself, the same function with its weights frozen to constants (what the
-session runs: oneDNN caches a constant filter's reordered layout, a variable's it reorders on every
-call), and XLA-compiled (``jit_compile=True``). ``TF_ENABLE_ONEDNN_OPTS`` is read by TensorFlow at import: set it in the
-environment to compare its oneDNN kernels (``_MklNative*``) with the default Eigen ones.
+Also timed: the tf.function itself (variables), the same function frozen by TensorFlow's converter,
+and XLA-compiled (``jit_compile=True``). With oneDNN a variable filter gets the im2col + GEMM kernel
+and a constant one the direct kernel; the ``tf`` latency backend and export.py now use constants
+(lps_keras.export.serving.constant_network; docs/speed_tf_vs_onnxruntime.md, item 2).
+``TF_ENABLE_ONEDNN_OPTS`` is read by TensorFlow at import: set it in the environment to compare
+its oneDNN kernels (``_MklNative*``) with the default Eigen ones.
 The CPU's instruction-set flags are printed and saved with the figures; compare within one run.
 """
 
@@ -100,7 +102,7 @@ def profile_tf(model, shape, iters: int, threads: int) -> dict:
 
 
 def time_tf_function(model, shape, iters: int, threads: int, jit_compile: bool = False, frozen: bool = False) -> float:
-    """ms per call of the deploy model's tf.function (the tf backend's form): XLA-compiled with
+    """ms per call of the deploy model's tf.function with its variables: XLA-compiled with
     ``jit_compile``; with ``frozen``, its weights turned into constants first (as in the session)."""
     import tensorflow as tf
     from tensorflow.python.framework.convert_to_constants import convert_variables_to_constants_v2

@@ -52,7 +52,8 @@ def load_benchmark(name: str):
 
 def savedmodel_constants(model_dir) -> list[np.ndarray]:
     """Every float32 constant with more than three elements in a SavedModel's graph and function library:
-    the weights of a network exported with its weights as graph constants (the ImageNet mean/std have three)."""
+    the weights of a network exported with its weights as graph constants (the ImageNet mean/std have three,
+    so a network with a weight of three elements or fewer, e.g. a bias of <= 3 classes, is not counted whole)."""
     from pathlib import Path
 
     import tensorflow as tf

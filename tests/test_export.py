@@ -146,6 +146,8 @@ def test_models_config_and_commands(tmp_path):
     assert "-p 8501:8501" in cmds["docker"] and "tensorflow/serving" in cmds["docker"]
     assert "MODEL_NAME=lps_s" in cmds["docker"]
     assert "TF_ENABLE_ONEDNN_OPTS=1" in cmds["docker"] and "TF_ENABLE_ONEDNN_OPTS=1" in cmds["tensorflow_model_server"]
+    plain = ex.serving_commands(tmp_path / "lps_s", "lps_s", onednn=False)
+    assert "ONEDNN" not in plain["docker"] + plain["tensorflow_model_server"]
     assert '"signature_name": "serve_bytes"' in cmds["curl"] and '"b64"' in cmds["curl"]
     assert "/v1/models/lps_s:predict" in cmds["curl"]
 
@@ -238,12 +240,13 @@ def test_export_cli_static_logits(tmp_path):
     assert "RANDOMLY INITIALISED" in proc.stderr
     assert "verified in a fresh TensorFlow-only process" in proc.stdout
     assert "tensorflow_model_server" in proc.stdout and "docker run" in proc.stdout and "curl" in proc.stdout
+    assert "TF_ENABLE_ONEDNN_OPTS" not in proc.stdout  # a variables graph would get oneDNN's slow kernel
     sigs = (out / "3" / "signatures.txt").read_text()
     assert f"shape: (-1, {H}, {W}, 3)" in sigs and "outputs['logits']" in sigs
     assert f"shape: (-1, {H}, {W}, 4)" in sigs
     assert (out / "models.config").is_file()
     meta = json.loads((out / "3" / "assets.extra" / "lps_keras_export.json").read_text())
-    assert meta["input_size"] == [H, W] and meta["outputs"] == "logits" and meta["weights"] == "variables"
+    assert meta["input_size"] == [H, W] and meta["outputs"] == "logits" and meta["graph_weights"] == "variables"
     # Same version again: refused, exit non-zero, the existing export untouched.
     again = _cli(["export.py", "--recipe", "recipes/lps_tiny.json", "--output", str(out), "--version", "3"])
     assert again.returncode != 0 and "already exists" in again.stderr
@@ -316,10 +319,10 @@ def test_bf16_export_verified(models, tmp_path):
 
 @pytest.fixture(scope="module")
 def exported_variables(models, tmp_path_factory):
-    """The same network exported with ``weights="variables"`` (the form before constants became the default)."""
+    """The same network exported with ``graph_weights="variables"`` (the form before constants became the default)."""
     _, deploy = models
     base = tmp_path_factory.mktemp("smv") / "tiny"
-    return base, ex.export_savedmodel(deploy, base, 1, verify=False, weights="variables")
+    return base, ex.export_savedmodel(deploy, base, 1, verify=False, graph_weights="variables")
 
 
 def test_savedmodel_with_variables_stores_each_weight_once(exported_variables):
@@ -338,14 +341,18 @@ def test_default_savedmodel_holds_each_weight_once_as_a_graph_constant(exported,
     from lps_keras.export.serving import NETWORK_LOGITS_SIGNATURE
 
     base, _ = exported
-    assert json.loads((base / "1" / "assets.extra" / "lps_keras_export.json").read_text())["weights"] == "constants"
+    meta = json.loads((base / "1" / "assets.extra" / "lps_keras_export.json").read_text())
+    assert meta["graph_weights"] == "constants"
     reader = tf.train.load_checkpoint(str(base / "1" / "variables" / "variables"))
     assert all(k == "_CHECKPOINTABLE_OBJECT_GRAPH" for k in reader.get_variable_to_shape_map())  # no variables
     consts = savedmodel_constants(base / "1")
     assert sum(v.size for v in consts) == ARCH.num_params()  # three endpoints share one network function
-    weights = sorted((np.asarray(w) for w in models[1].weights if np.asarray(w).size > 3), key=lambda a: a.size)
-    stored = sorted(consts, key=lambda a: a.size)
-    assert all(np.array_equal(a, b) for a, b in zip(weights, stored))
+    def key(a):  # order-free pairing: size, shape, then the bytes themselves
+        return a.size, a.shape, a.tobytes()
+
+    weights = sorted((np.asarray(w) for w in models[1].weights if np.asarray(w).size > 3), key=key)
+    stored = sorted(consts, key=key)
+    assert len(weights) == len(stored) and all(np.array_equal(a, b) for a, b in zip(weights, stored))
     # Same outputs as the variables form, signature by signature (issue 24: parity with today's graph).
     image = ex.sample_image(H, W)[None]
     const_fn = tf.saved_model.load(str(base / "1"))
@@ -433,6 +440,21 @@ def test_truncated_variables_are_one_line_naming_the_savedmodel(exported_variabl
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     assert [ln for ln in _own_lines(proc.stderr)] == [ln for ln in _own_lines(proc.stderr) if str(model) in ln]
     assert len(_own_lines(proc.stderr)) == 1, proc.stderr
+
+
+def test_truncated_graph_of_a_constants_savedmodel_is_one_line_naming_it(exported, tmp_path):
+    import shutil
+
+    from lps_keras.export.serving import SavedModelError, load_savedmodel
+
+    base, _ = exported  # weights as graph constants: saved_model.pb holds them
+    model = tmp_path / "damaged" / "1"
+    shutil.copytree(base / "1", model)
+    pb = model / "saved_model.pb"
+    with open(pb, "r+b") as f:
+        f.truncate(pb.stat().st_size // 2)
+    with pytest.raises(SavedModelError, match=rf"{model}: the SavedModel cannot be loaded: .*damaged"):
+        load_savedmodel(model)
 
 
 def _enospc(*args, **kwargs):

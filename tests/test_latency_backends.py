@@ -90,3 +90,34 @@ def test_tf_session_times_the_savedmodel_as_tf_serving_runs_it(tmp_path):
     run, threads = load_savedmodel_session(saved, (1, 32, 32, 3), threads=1)
     (out,) = run()
     assert out.shape == (1, 2, 2, 3) and threads["intra_op"] == 1
+
+
+def test_tf_backends_time_a_kernel_model_with_any_input_channels(tmp_path):
+    # The kernel latency profile times single convolutions whose input has c_in channels, not 3: the
+    # weights-as-constants form keeps the caller's whole (static) input shape.
+    import keras
+
+    from lps_keras.latency import measure_latency
+
+    inputs = keras.Input((16, 16, 8), batch_size=1)
+    model = keras.Model(inputs, keras.layers.Conv2D(4, 3, padding="same")(inputs))
+    for backend in ("tf", "tf_session"):
+        stats = measure_latency(model, backend=backend, input_shape=(1, 16, 16, 8), warmup=1, iters=1,
+                                artifacts=tmp_path)
+        assert stats.median_ms > 0 and tuple(stats.input_shape) == (1, 16, 16, 8)
+
+
+@pytest.mark.parametrize("value, expected", [(None, "default"), ("1", "on"), ("true", "on"), ("0", "off"),
+                                             ("false", "off")])
+def test_tf_latencies_are_keyed_by_the_onednn_setting_as_tensorflow_reads_it(monkeypatch, value, expected):
+    from lps_keras.latency import library_versions
+
+    if value is None:
+        monkeypatch.delenv("TF_ENABLE_ONEDNN_OPTS", raising=False)
+    else:
+        monkeypatch.setenv("TF_ENABLE_ONEDNN_OPTS", value)
+    assert library_versions("tf")["onednn"] == expected and library_versions("tf_session")["onednn"] == expected
+    try:
+        assert "onednn" not in library_versions("litert")  # XNNPACK: not TensorFlow's CPU kernels
+    except ImportError:
+        pass

@@ -148,7 +148,7 @@ def _export_locked(recipe, args, arch, name, out_dir, target, log, warn, edge_re
         f"[{precision}, {outputs}, input {'x'.join(map(str, input_size)) if input_size else 'dynamic'}]")
     result = savedmodel.export_savedmodel(deploy, out_dir, version, input_size=input_size, outputs=outputs,
                                           precision=precision, overwrite=args.overwrite, verify=args.verify,
-                                          reference_model=reference, weights=cfg.graph_weights)
+                                          reference_model=reference, graph_weights=cfg.graph_weights)
     written = {"savedmodel": str(result.path), "verification": result.verification}
     if result.verification:
         v = result.verification
@@ -197,7 +197,7 @@ def _export_locked(recipe, args, arch, name, out_dir, target, log, warn, edge_re
                                       eval_images=args.edge_eval_images, overwrite=args.overwrite, log=log)
 
     log("")
-    log(serving.format_serving_commands(out_dir, name))
+    log(serving.format_serving_commands(out_dir, name, onednn=cfg.graph_weights == "constants"))
     return written
 
 

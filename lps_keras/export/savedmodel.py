@@ -66,7 +66,7 @@ def export_savedmodel(
     verify: bool = True,
     reference_model=None,
     verify_image=None,
-    weights: str = "constants",
+    graph_weights: str = "constants",
 ) -> ExportResult:
     """Write ``deploy_model`` as ``<out_dir>/<version>/`` with ``serving_default`` and ``serve_bytes``.
 
@@ -83,7 +83,7 @@ def export_savedmodel(
         verify: run :func:`verify_savedmodel` on the staged copy before it is moved into place.
         reference_model: the Keras model to compare against (default ``deploy_model``).
         verify_image: uint8 (H, W, 3) test image; default a deterministic synthetic image.
-        weights: ``constants`` (default) stores the weights as constants of the serving graph, which
+        graph_weights: ``constants`` (default) stores the weights as constants of the serving graph, which
             lets TensorFlow's oneDNN kernels cache them in their fast layout (2.1x faster for LPS-S
             under TF Serving's executor with ``TF_ENABLE_ONEDNN_OPTS=1`` on an AVX2 CPU, see
             :func:`lps_keras.export.serving.constant_network`); ``variables`` keeps them as variables.
@@ -92,7 +92,7 @@ def export_savedmodel(
     import tensorflow as tf
     check_choice("outputs", outputs, OUTPUT_KINDS)
     check_choice("precision", precision, PRECISIONS)
-    check_choice("weights", weights, WEIGHT_KINDS)
+    check_choice("graph_weights", graph_weights, WEIGHT_KINDS)
     if isinstance(version, bool) or not isinstance(version, int) or version < 1:
         raise UsageError(f"version must be an integer >= 1, got {version!r}")
     if num_classes is not None and num_classes != num_classes_of(deploy_model):
@@ -106,7 +106,7 @@ def export_savedmodel(
     out_dir.mkdir(parents=True, exist_ok=True)
 
     net, (serve_images, image_spec), (serve_bytes, bytes_spec) = serving_functions(
-        deploy_model, input_size, outputs, precision, weights)
+        deploy_model, input_size, outputs, precision, graph_weights)
     fileio.remove_stale_temps(out_dir)  # staging directories (and verification files) of a killed export
     fileio.remove_stale_temps(tempfile.gettempdir())  # verification dirs of standalone verify_savedmodel calls
     try:
@@ -117,7 +117,7 @@ def export_savedmodel(
         raise
     try:
         archive = keras.export.ExportArchive()
-        if weights == "variables":
+        if graph_weights == "variables":
             archive.track(net.model)
             compat.export_archive_single_copy(archive)  # else every weight is stored twice
         archive.add_endpoint("serving_default", serve_images, input_signature=[image_spec])
@@ -130,7 +130,7 @@ def export_savedmodel(
         meta = {
             "format": "lps_keras SavedModel", "outputs": outputs, "precision": precision,
             "input_size": list(input_size) if input_size else None, "num_classes": num_classes_of(deploy_model),
-            "weights": weights,
+            "graph_weights": graph_weights,
             "normalisation": {"mean": IMAGENET_MEAN, "std": IMAGENET_STD, "scale": "1/255"},
             "signatures": {"serving_default": "images uint8 [batch,H,W,3]",
                            "serve_bytes": "image_bytes string [batch] (JPEG/PNG, one size per batch)"},

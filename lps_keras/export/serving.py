@@ -13,30 +13,32 @@ from lps_keras.export.precision import PRECISIONS, bf16_model
 from lps_keras.fileio import atomic_write_text
 
 OUTPUT_KINDS = ("probabilities", "logits")
-#: How the exported graph holds the network's weights (``export_savedmodel(weights=...)``).
+#: How the exported graph holds the network's weights (``export_savedmodel(graph_weights=...)``).
 WEIGHT_KINDS = ("constants", "variables")
 
 
-def constant_network(net, input_size=None):
-    """``net`` as one ``tf.function`` (float32 NHWC -> the network's output) whose weights are constants of
-    its graph instead of variables.
+def constant_network(net, input_shape=(None, None, None, 3)):
+    """``net`` as one ``tf.function`` (float32 input of ``input_shape``, ``None`` for any size -> the network's
+    output) whose weights are constants of its graph instead of variables.
 
-    Why: TensorFlow's oneDNN convolutions (``TF_ENABLE_ONEDNN_OPTS=1``, the default on AVX-512 CPUs)
-    choose their weight layout by whether the filter is a constant. A constant filter is reordered
+    Why: TensorFlow's oneDNN convolutions (``TF_ENABLE_ONEDNN_OPTS=1``; TensorFlow turns them on by itself
+    on CPUs with AVX512-VNNI, AVX512-BF16, AVX-VNNI or AMX) choose their weight layout by whether the
+    filter is a constant. A constant filter is reordered
     once into the blocked layout of the fast direct kernel (``brg_conv_fwd``) and cached; a filter
     read from a variable stays in plain HWIO and gets the im2col + GEMM kernel, which ran LPS-S at
     1024x2048 2.1x slower in a TF1 session (TF Serving's executor) on an AVX2 CPU
-    (docs/speed_tf_vs_onnxruntime.md). Without oneDNN (Eigen) the two forms run alike.
-    The endpoints all call this one function, so the SavedModel stores each weight once.
+    (docs/speed_tf_vs_onnxruntime.md); measured on that AVX2 CPU only. Without oneDNN (Eigen) the two
+    forms run alike. The endpoints all call this one function, so the SavedModel stores each weight once.
+    The weights live in the GraphDef, so a network over ~2 GB of weights needs ``graph_weights="variables"``.
     """
     import keras
     import tensorflow as tf
 
-    h, w = (None, None) if input_size is None else (int(input_size[0]), int(input_size[1]))
+    shape = [None if v is None else int(v) for v in input_shape]
     trainable = [keras.ops.convert_to_numpy(v) for v in net.trainable_variables]
     non_trainable = [keras.ops.convert_to_numpy(v) for v in net.non_trainable_variables]
 
-    @tf.function(input_signature=[tf.TensorSpec([None, h, w, 3], tf.float32, name="image")], autograph=False)
+    @tf.function(input_signature=[tf.TensorSpec(shape, tf.float32, name="image")], autograph=False)
     def network(x):
         outputs, _ = net.stateless_call([tf.constant(v) for v in trainable], [tf.constant(v) for v in non_trainable],
                                         x, training=False)
@@ -46,11 +48,11 @@ def constant_network(net, input_size=None):
 
 
 def serving_functions(deploy_model, input_size=None, outputs="probabilities", precision="fp32",
-                      weights="constants"):
+                      graph_weights="constants"):
     """The two serving ``tf.function``s (uint8 images, encoded bytes) and their input specs.
 
     Returns ``(network, (serve_images, spec), (serve_bytes, spec))``: ``network`` is the callable
-    the endpoints run (float32 NHWC -> logits); with ``weights="variables"`` it reads the Keras
+    the endpoints run (float32 NHWC -> logits); with ``graph_weights="variables"`` it reads the Keras
     model's variables (track that model in the export), with ``"constants"`` it holds them as
     graph constants (:func:`constant_network`).
     """
@@ -60,11 +62,11 @@ def serving_functions(deploy_model, input_size=None, outputs="probabilities", pr
 
     check_choice("outputs", outputs, OUTPUT_KINDS)
     check_choice("precision", precision, PRECISIONS)
-    check_choice("weights", weights, WEIGHT_KINDS)
+    check_choice("graph_weights", graph_weights, WEIGHT_KINDS)
     model = bf16_model(deploy_model) if precision == "bf16" else deploy_model
     h, w = (None, None) if input_size is None else (int(input_size[0]), int(input_size[1]))
-    if weights == "constants":
-        net = constant_network(model, input_size)
+    if graph_weights == "constants":
+        net = constant_network(model, (None, h, w, 3))
     else:
         def net(x):
             return model(x, training=False)
@@ -178,21 +180,25 @@ def write_models_config(base_dir, name: str, base_path: Optional[str] = None) ->
     return path
 
 
-def serving_commands(base_dir, name: str, image: str = "image.jpg", port: int = 8501) -> dict:
+def serving_commands(base_dir, name: str, image: str = "image.jpg", port: int = 8501, onednn: bool = True) -> dict:
     """The exact commands to serve ``base_dir`` and query it over REST.
 
-    Both serve with ``TF_ENABLE_ONEDNN_OPTS=1``: TensorFlow turns its oneDNN kernels on by itself only
-    on AVX-512-class CPUs, and with them the exported graph (weights as constants) ran 1.1-1.5x faster
-    than with the default Eigen kernels on an AVX2 CPU (docs/speed_tf_vs_onnxruntime.md). A server
-    built without oneDNN ignores the variable.
+    With ``onednn`` (for a graph whose weights are constants, export.py's default) both serve with
+    ``TF_ENABLE_ONEDNN_OPTS=1``: TensorFlow turns its oneDNN kernels on by itself only on CPUs with
+    AVX512-VNNI, AVX512-BF16, AVX-VNNI or AMX, and with them TF's session over ONNX Runtime went from
+    1.27-1.84 to 1.02-1.19 on an AVX2 CPU (docs/speed_tf_vs_onnxruntime.md). A graph holding
+    variables gets oneDNN's slow kernel, so its commands leave the setting alone. A server built
+    without oneDNN ignores the variable.
     """
     base = Path(base_dir).resolve()
+    env = "TF_ENABLE_ONEDNN_OPTS=1 " if onednn else ""
+    docker_env = "-e TF_ENABLE_ONEDNN_OPTS=1 " if onednn else ""
     payload = f'{{"signature_name": "serve_bytes", "instances": [{{"b64": "\'"$(base64 -w0 {image})"\'"}}]}}'
     return {
-        "tensorflow_model_server": (f"TF_ENABLE_ONEDNN_OPTS=1 tensorflow_model_server --rest_api_port={port} "
+        "tensorflow_model_server": (f"{env}tensorflow_model_server --rest_api_port={port} "
                                     f"--model_config_file={base / 'models.config'}"),
         "docker": (f"docker run --rm -p {port}:8501 --mount type=bind,source={base},target=/models/{name} "
-                   f"-e MODEL_NAME={name} -e TF_ENABLE_ONEDNN_OPTS=1 -t tensorflow/serving"),
+                   f"-e MODEL_NAME={name} {docker_env}-t tensorflow/serving"),
         "curl": (f"curl -s -X POST http://localhost:{port}/v1/models/{name}:predict "
                  f"-H 'Content-Type: application/json' "
                  f"-d '{payload}'"),
@@ -200,8 +206,8 @@ def serving_commands(base_dir, name: str, image: str = "image.jpg", port: int = 
     }
 
 
-def format_serving_commands(base_dir, name: str) -> str:
-    cmds = serving_commands(base_dir, name)
+def format_serving_commands(base_dir, name: str, onednn: bool = True) -> str:
+    cmds = serving_commands(base_dir, name, onednn=onednn)
     return "\n".join([
         "Serve locally:", "  " + cmds["tensorflow_model_server"],
         "or with Docker:", "  " + cmds["docker"],

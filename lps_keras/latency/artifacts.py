@@ -133,7 +133,7 @@ def write_static_savedmodel(model, input_shape, out_dir) -> None:
     from lps_keras.export.serving import constant_network
 
     spec = tf.TensorSpec(tuple(int(v) for v in input_shape), tf.float32, name="image")
-    network = constant_network(model, tuple(int(v) for v in input_shape[1:3]))
+    network = constant_network(model, tuple(int(v) for v in input_shape))
 
     def forward(image):
         return {"logits": network(image)}

@@ -149,11 +149,22 @@ def cuda_device() -> str:
 def _tf_version() -> dict:
     import tensorflow as tf
 
+    return {"tensorflow": tf.__version__}
+
+
+def _onednn_setting() -> str:
+    """``TF_ENABLE_ONEDNN_OPTS`` as TensorFlow reads it (at import): on, off, or TensorFlow's CPU-based default."""
+    value = os.environ.get("TF_ENABLE_ONEDNN_OPTS")
+    if value is None or not value.strip():
+        return "default"
+    return "on" if value.strip().lower() in ("1", "true", "yes", "on") else "off"
+
+
+def _tf_cpu_version() -> dict:
     # oneDNN on or off changes TensorFlow's CPU kernels (1.1-2x here, docs/speed_tf_vs_onnxruntime.md), and the
     # tf / tf_session backends time the network with its weights as graph constants since issue 24: both are
-    # part of what a cached figure was measured with.
-    return {"tensorflow": tf.__version__, "onednn": os.environ.get("TF_ENABLE_ONEDNN_OPTS", "default"),
-            "weights": "constants"}
+    # part of what a cached figure was measured with (LiteRT and TF-TRT keep _tf_version: oneDNN is not theirs).
+    return {**_tf_version(), "onednn": _onednn_setting(), "weights": "constants"}
 
 
 def _module_version(module: str, key: str) -> Callable[[], dict]:
@@ -232,10 +243,10 @@ _ONNX = (("tf2onnx", "tf2onnx"), ("onnx", "onnx"))  # onnxruntime, OpenVINO and 
 for _entry in (
     Backend("tf", ("fp32", "bf16"), "TensorFlow on its default device (the Keras deploy model in a tf.function, "
             "weights as graph constants as in the exported SavedModel)",
-            device=tf_device, versions=_tf_version, runner=_runner("tf_runner")),
+            device=tf_device, versions=_tf_cpu_version, runner=_runner("tf_runner")),
     Backend("tf_session", ("fp32",), "TensorFlow's session executor on the static SavedModel (how TF Serving "
             "runs it; TF_ENABLE_ONEDNN_OPTS applies as there)",
-            device=tf_device, versions=_tf_version, artifact="savedmodel", runner=_runner("tf_session_runner")),
+            device=tf_device, versions=_tf_cpu_version, artifact="savedmodel", runner=_runner("tf_session_runner")),
     Backend("onnxruntime", ("fp32",), "ONNX Runtime, CPU execution provider, on our tf2onnx export",
             device=cpu_device, versions=_module_version("onnxruntime", "onnxruntime"),
             requires=(*_ONNX, ("onnxruntime", "onnxruntime")), artifact="onnx", runner=_runner("onnxruntime_runner")),

@@ -282,7 +282,7 @@ def tf_runner(job: Job):
     x = tf.constant(_random_input(np.float32, job.input_shape))
     # Weights as graph constants, as the exported SavedModel holds them: with oneDNN a variable filter
     # gets a 2x slower convolution kernel (lps_keras.export.serving.constant_network).
-    forward = constant_network(model, job.input_shape[1:3])
+    forward = constant_network(model, job.input_shape)
 
     def run():
         return forward(x).numpy()  # host copy = device synchronisation
