@@ -145,7 +145,8 @@ def _export_locked(recipe, args, arch, name, out_dir, target, log, warn, edge_re
     reference, deploy = prepare_deploy_model(arch, args.weights)
     params = family_of_config(arch).summary(arch, (512, 512))["params_deploy"]
     log(f"model {describe(arch)} ({params:,} deploy params); writing {target} "
-        f"[{precision}, {outputs}, input {'x'.join(map(str, input_size)) if input_size else 'dynamic'}]")
+        f"[{precision}, {outputs}, input {'x'.join(map(str, input_size)) if input_size else 'dynamic'}, "
+        f"weights as graph {cfg.graph_weights}]")
     result = savedmodel.export_savedmodel(deploy, out_dir, version, input_size=input_size, outputs=outputs,
                                           precision=precision, overwrite=args.overwrite, verify=args.verify,
                                           reference_model=reference, graph_weights=cfg.graph_weights)
