@@ -84,8 +84,9 @@ def export_savedmodel(
         reference_model: the Keras model to compare against (default ``deploy_model``).
         verify_image: uint8 (H, W, 3) test image; default a deterministic synthetic image.
         graph_weights: ``constants`` (default) stores the weights as constants of the serving graph, which
-            lets TensorFlow's oneDNN kernels cache them in their fast layout (2.1x faster for LPS-S
-            under TF Serving's executor with ``TF_ENABLE_ONEDNN_OPTS=1`` on an AVX2 CPU, see
+            lets TensorFlow's oneDNN kernels cache them in their fast layout (LPS-S 2x faster in
+            TensorFlow's TF1 session, the executor TF Serving uses, with ``TF_ENABLE_ONEDNN_OPTS=1`` on
+            an AVX2 CPU; not measured in a tensorflow_model_server binary; see
             :func:`lps_keras.export.serving.constant_network`); ``variables`` keeps them as variables.
     """
     import keras
