@@ -116,27 +116,56 @@ def kendall_tau(x, y):
     return None if math.isnan(tau) else tau
 
 
+def _parent(step, start):
+    """The parent as the step scored it: its scores at the step's own seeds (the re-scored parent, or for a
+    warm proxy the parent control trained the same extra iterations) and its latency; older steps without
+    them fall back to the start network's."""
+    scores = getattr(step, "parent_scores", None) or start.scores
+    latency = getattr(step, "parent_latency", None)
+    return list(scores), start.latency if latency is None else latency
+
+
+def raw_slopes(cands, p_scores, p_latency, subset=None) -> list:
+    """(P_d - P) / (L_d - L) of every candidate, from the mean over ``subset`` of the seeds (all by default).
+
+    Unlike the search's own ``slope`` (None for a candidate that gains nothing or is dominated, since
+    the verdict never picks those), this ranks every candidate, which is what a rank correlation needs."""
+    import numpy as np
+
+    idx = list(range(len(p_scores))) if subset is None else list(subset)
+    p = float(np.mean([p_scores[i] for i in idx]))
+    return [(float(np.mean([c.scores[i] for i in idx])) - p) / (c.latency - p_latency) for c in cands]
+
+
+def reference_slopes(ref_step, start) -> dict:
+    """arch hash -> the reference's raw slope: computed from its runs when it was trained here, the stored
+    slope of a finished study's reference (``--reference-json``; stored for every candidate)."""
+    if hasattr(ref_step, "parent_scores"):
+        p_scores, p_latency = _parent(ref_step, start)
+        cands = [c for c in ref_step.candidates if len(c.scores) >= len(p_scores)]
+        return {c.arch.hash: s for c, s in zip(cands, raw_slopes(cands, p_scores, p_latency))}
+    return {c.arch.hash: c.slope for c in ref_step.candidates if c.slope is not None}
+
+
 def tau_by_seed_count(start, step, ref_step, seeds) -> dict:
     """Slope tau against the reference when only ``s`` of the proxy's seeds are used, for s = 1 .. seeds.
 
-    For each subset of ``s`` seeds (the same subset for the start network, whose score P enters
-    every slope), P_d and P are the subset's means; reported: mean, min and max tau over the
-    subsets. This is the accuracy-for-CPU trade-off of a proxy with fewer seeds, from the same runs.
+    For each subset of ``s`` seeds (the same subset for the parent, whose score P enters every slope),
+    P_d and P are the subset's means; reported: mean, min and max tau over the subsets. This is the
+    accuracy-for-CPU trade-off of a proxy with fewer seeds, from the same runs.
     """
     import itertools
 
     import numpy as np
 
-    ref = {c.arch.hash: c.slope for c in ref_step.candidates if c.slope is not None}
+    ref = reference_slopes(ref_step, start)
+    p_scores, p_latency = _parent(step, start)
     cands = [c for c in step.candidates if c.arch.hash in ref and len(c.scores) >= seeds]
     out = {}
-    for s in range(1, seeds + 1):
+    for s in range(1, min(seeds, len(p_scores)) + 1):
         taus = []
         for subset in itertools.combinations(range(seeds), s):
-            p = float(np.mean([start.scores[i] for i in subset]))
-            slopes = [(float(np.mean([c.scores[i] for i in subset])) - p) / (c.latency - start.latency)
-                      for c in cands]
-            tau = kendall_tau(slopes, [ref[c.arch.hash] for c in cands])
+            tau = kendall_tau(raw_slopes(cands, p_scores, p_latency, subset), [ref[c.arch.hash] for c in cands])
             if tau is not None:
                 taus.append(tau)
         if taus:
@@ -151,7 +180,10 @@ def summarize(name, start, step, ref_step, seeds, journal) -> dict:
     cands = {c.arch.hash: c for c in step.candidates}
     ref = {c.arch.hash: c for c in ref_step.candidates}
     keys = [h for h in ref if h in cands]
-    slope = [(cands[h].slope, ref[h].slope) for h in keys if cands[h].slope is not None and ref[h].slope is not None]
+    ref_slopes = reference_slopes(ref_step, start)
+    p_scores, p_latency = _parent(step, start)
+    ranked = [h for h in keys if h in ref_slopes]
+    slopes = raw_slopes([cands[h] for h in ranked], p_scores, p_latency)
     # Every (candidate, seed) run's CPU time, from the journal (a run resumed after a kill counts only its
     # last part: rerun such a study from scratch for timings).
     # A run found already finished (fit_seconds 0: trained by another process into the same directory) is
@@ -164,7 +196,8 @@ def summarize(name, start, step, ref_step, seeds, journal) -> dict:
     return {
         "proxy": name,
         "seeds": seeds,
-        "tau_slope": kendall_tau(*zip(*slope)) if slope else None,
+        # over every candidate, by raw slope (the search's own slope is None where it gains nothing)
+        "tau_slope": kendall_tau(slopes, [ref_slopes[h] for h in ranked]),
         "tau_score": kendall_tau([cands[h].score for h in keys], [ref[h].score for h in keys]),
         "picks_reference_winner": step.arch.hash == ref_step.arch.hash,
         "winner": step.op,
@@ -173,8 +206,8 @@ def summarize(name, start, step, ref_step, seeds, journal) -> dict:
         "cpu_minutes_per_candidate_seed": cpu_pair,
         "cpu_minutes_per_candidate": None if cpu_pair is None else cpu_pair * seeds,
         "tau_slope_by_seeds": tau_by_seed_count(start, step, ref_step, seeds),
-        "start_scores": list(step.parent_scores or start.scores),  # the parent at this step's seeds
-        "parent_latency": step.parent_latency if step.parent_latency is not None else start.latency,
+        "start_scores": p_scores,  # the parent at this step's seeds
+        "parent_latency": p_latency,
         "candidates": [{"op": c.op, "k": c.k, "latency": c.latency, "score": c.score, "sd": c.score_sd,
                         "slope": c.slope, "scores": list(c.scores)} for c in step.candidates],
     }

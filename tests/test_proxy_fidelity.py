@@ -33,3 +33,30 @@ def test_a_finished_studys_step_is_reproduced_exactly():
     assert step.arch.hash == next(c.arch.hash for c in cands if c.op == ref["winner"])
     with pytest.raises(Exception, match="not a network of that study's step"):
         latency(start.expand(ops[0], recipe.search.max_k + 3))
+
+
+def _cand(name, latency, scores, slope=None):
+    from types import SimpleNamespace
+
+    return SimpleNamespace(arch=SimpleNamespace(hash=name), latency=latency, scores=scores, slope=slope)
+
+
+def test_tau_ranks_every_candidate_by_raw_slope_against_the_parent_at_the_steps_seeds():
+    """Hand-made step: the parent re-scored at the step's seeds (P = 0.5, L = 1 ms) differs from the start
+    network's own scores, and one candidate loses (the search's slope None); tau must rank all three by
+    (P_d - P) / (L_d - L) with that P."""
+    from types import SimpleNamespace
+
+    fid = _module()
+    start = SimpleNamespace(scores=(0.9, 0.9), latency=1.0)  # a wrong P: would flip the order
+    a, b, c = _cand("a", 2.0, (0.7, 0.7)), _cand("b", 1.5, ()), _cand("c", 3.0, (0.4, 0.4))
+    b.scores = (0.65, 0.65)  # raw slopes: b 0.15 / 0.5 = 0.3 > a 0.2 / 1 = 0.2 > c -0.1 / 2 = -0.05
+    step = SimpleNamespace(candidates=[a, b, c], parent_scores=(0.5, 0.5), parent_latency=1.0)
+    assert fid.raw_slopes(step.candidates, step.parent_scores, 1.0) == pytest.approx([0.2, 0.3, -0.05])
+    ref = SimpleNamespace(candidates=[_cand("a", 0, (), 0.2), _cand("b", 0, (), 0.3), _cand("c", 0, (), -0.1)])
+    taus = fid.tau_by_seed_count(start, step, ref, 2)
+    assert taus[1]["mean"] == pytest.approx(1.0) and taus[2]["mean"] == pytest.approx(1.0)
+    # every pair discordant: the proxy's order b > a > c against the reference's c > a > b
+    reversed_ref = SimpleNamespace(candidates=[_cand("a", 0, (), 0.2), _cand("b", 0, (), 0.1),
+                                               _cand("c", 0, (), 0.3)])
+    assert fid.tau_by_seed_count(start, step, reversed_ref, 2)[2]["mean"] == pytest.approx(-1.0)
