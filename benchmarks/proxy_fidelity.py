@@ -16,8 +16,8 @@ search's verdict replayed on every subset of its seeds, :mod:`lps_keras.search.r
 proxy by), and as secondary columns Kendall tau-b of its ranking (by slope and by mean score) against the
 reference's, whether it picks the reference's winner, the mean seed sd, its step's verdict, and CPU minutes
 (process CPU time, all threads) per (candidate, seed) and per candidate. Writes ``<output>/fidelity.json``,
-``fidelity.md``, ``regret.json`` and ``regret.md``; ``--from-json`` recomputes the regret report of a finished
-study without training anything.
+``fidelity.md``, ``regret.json`` and ``regret.md`` (computed by :mod:`lps_keras.search.fidelity`); ``--from-json``
+recomputes the regret report of a finished study without training anything.
 
 The CamVid study (docs/proxy_fidelity_camvid.md; hours of CPU):
 
@@ -106,208 +106,6 @@ class SharedStart:
         return (self.start_fn if context.step == 0 else self.candidate_fn)(arch, context)
 
 
-def kendall_tau(x, y):
-    """Kendall's tau-b (scipy), None when undefined (fewer than two candidates, or a constant ranking)."""
-    import math
-
-    from scipy.stats import kendalltau
-
-    tau = float(kendalltau(x, y).statistic) if len(x) >= 2 else float("nan")
-    return None if math.isnan(tau) else tau
-
-
-def _parent(step, start):
-    """The parent as the step scored it: its scores at the step's own seeds (the re-scored parent, or for a
-    warm proxy the parent control trained the same extra iterations) and its latency; older steps without
-    them fall back to the start network's."""
-    scores = getattr(step, "parent_scores", None) or start.scores
-    latency = getattr(step, "parent_latency", None)
-    return list(scores), start.latency if latency is None else latency
-
-
-def raw_slopes(cands, p_scores, p_latency, subset=None) -> list:
-    """(P_d - P) / (L_d - L) of every candidate, from the mean over ``subset`` of the seeds (all by default).
-
-    Unlike the search's own ``slope`` (None for a candidate that gains nothing or is dominated, since
-    the verdict never picks those), this ranks every candidate, which is what a rank correlation needs."""
-    import numpy as np
-
-    idx = list(range(len(p_scores))) if subset is None else list(subset)
-    p = float(np.mean([p_scores[i] for i in idx]))
-    return [(float(np.mean([c.scores[i] for i in idx])) - p) / (c.latency - p_latency) for c in cands]
-
-
-def reference_slopes(ref_step, start) -> dict:
-    """arch hash -> the reference's raw slope: computed from its runs when it was trained here, the stored
-    slope of a finished study's reference (``--reference-json``; stored for every candidate)."""
-    if hasattr(ref_step, "parent_scores"):
-        p_scores, p_latency = _parent(ref_step, start)
-        cands = [c for c in ref_step.candidates if len(c.scores) >= len(p_scores)]
-        return {c.arch.hash: s for c, s in zip(cands, raw_slopes(cands, p_scores, p_latency))}
-    return {c.arch.hash: c.slope for c in ref_step.candidates if c.slope is not None}
-
-
-def tau_by_seed_count(start, step, ref_step, seeds) -> dict:
-    """Slope tau against the reference when only ``s`` of the proxy's seeds are used, for s = 1 .. seeds.
-
-    For each subset of ``s`` seeds (the same subset for the parent, whose score P enters every slope),
-    P_d and P are the subset's means; reported: mean, min and max tau over the subsets. This is the
-    accuracy-for-CPU trade-off of a proxy with fewer seeds, from the same runs.
-    """
-    import itertools
-
-    import numpy as np
-
-    ref = reference_slopes(ref_step, start)
-    p_scores, p_latency = _parent(step, start)
-    cands = [c for c in step.candidates if c.arch.hash in ref and len(c.scores) >= seeds]
-    out = {}
-    for s in range(1, min(seeds, len(p_scores)) + 1):
-        taus = []
-        for subset in itertools.combinations(range(seeds), s):
-            tau = kendall_tau(raw_slopes(cands, p_scores, p_latency, subset), [ref[c.arch.hash] for c in cands])
-            if tau is not None:
-                taus.append(tau)
-        if taus:
-            out[s] = {"mean": float(np.mean(taus)), "min": float(min(taus)), "max": float(max(taus)),
-                      "subsets": len(taus)}
-    return out
-
-
-def summarize(name, start, step, ref_step, seeds, journal) -> dict:
-    import numpy as np
-
-    cands = {c.arch.hash: c for c in step.candidates}
-    ref = {c.arch.hash: c for c in ref_step.candidates}
-    keys = [h for h in ref if h in cands]
-    ref_slopes = reference_slopes(ref_step, start)
-    p_scores, p_latency = _parent(step, start)
-    ranked = [h for h in keys if h in ref_slopes]
-    slopes = raw_slopes([cands[h] for h in ranked], p_scores, p_latency)
-    # Every (candidate, seed) run's CPU time, from the journal (a run resumed after a kill counts only its
-    # last part: rerun such a study from scratch for timings).
-    # A run found already finished (fit_seconds 0: trained by another process into the same directory) is
-    # left out of the timing.
-    cpu = [e.metrics.get("cpu_seconds") for c in step.candidates for e in journal.evaluations_of(c.arch).values()
-           if e.metrics.get("fit_seconds") != 0]
-    cpu = [x for x in cpu if x is not None]
-    sds = [c.score_sd for c in step.candidates if c.score_sd is not None]
-    cpu_pair = float(np.mean(cpu)) / 60 if cpu else None
-    return {
-        "proxy": name,
-        "seeds": seeds,
-        # over every candidate, by raw slope (the search's own slope is None where it gains nothing)
-        "tau_slope": kendall_tau(slopes, [ref_slopes[h] for h in ranked]),
-        "tau_score": kendall_tau([cands[h].score for h in keys], [ref[h].score for h in keys]),
-        "picks_reference_winner": step.arch.hash == ref_step.arch.hash,
-        "winner": step.op,
-        "decision": step.verdict,
-        "mean_seed_sd": float(np.mean(sds)) if sds else None,
-        "cpu_minutes_per_candidate_seed": cpu_pair,
-        "cpu_minutes_per_candidate": None if cpu_pair is None else cpu_pair * seeds,
-        "tau_slope_by_seeds": tau_by_seed_count(start, step, ref_step, seeds),
-        "start_scores": p_scores,  # the parent at this step's seeds
-        "parent_latency": p_latency,
-        "candidates": [{"op": c.op, "k": c.k, "latency": c.latency, "score": c.score, "sd": c.score_sd,
-                        "slope": c.slope, "scores": list(c.scores)} for c in step.candidates],
-    }
-
-
-def scored_step(row: dict, parent_latency: float):
-    """A fidelity row as (parent, candidates) of :class:`lps_keras.search.regret.Scored`."""
-    from lps_keras.search.regret import Scored
-
-    parent = Scored("N", parent_latency, tuple(row["start_scores"]))
-    return parent, [Scored(c["op"], c["latency"], tuple(c["scores"])) for c in row["candidates"]]
-
-
-def parent_latency_of(doc: dict) -> float:
-    """The parent's latency of a study; studies written before it was stored: recovered from the reference's
-    recorded slopes (L = L_d - (P_d - P) / s_d, the same for every candidate)."""
-    import numpy as np
-
-    ref = next(r for r in doc["proxies"] if r["proxy"] == "reference")
-    if ref.get("parent_latency") is not None:
-        return ref["parent_latency"]
-    p = float(np.mean(ref["start_scores"]))
-    values = [c["latency"] - (float(np.mean(c["scores"])) - p) / c["slope"] for c in ref["candidates"] if c["slope"]]
-    return float(np.median(values))
-
-
-def regret_report(doc: dict) -> dict:
-    """Per proxy and seed count: the search's verdict replayed on every seed subset, its regret against the
-    reference (mean and worst), the verdicts' shares; the random pick's regret and the reference's own
-    reproducibility (each of its seeds alone judged by the others)."""
-    from lps_keras.search.regret import random_pick_regret, self_regret, slopes, subset_regrets, summary
-
-    lat = parent_latency_of(doc)
-    ref_row = next(r for r in doc["proxies"] if r["proxy"] == "reference")
-    ref_parent, ref_cands = scored_step(ref_row, lat)
-    reference = slopes(ref_parent, ref_cands)
-    own = self_regret(ref_parent, ref_cands)
-    rows = []
-    for row in doc["proxies"]:
-        if row["proxy"] == "reference":
-            continue
-        parent, cands = scored_step(row, lat)
-        for n in range(1, row["seeds"] + 1):
-            s = summary(subset_regrets(parent, cands, reference, n))
-            cpu = row.get("cpu_minutes_per_candidate_seed")
-            rows.append({"proxy": row["proxy"], "seeds": n, **s, "cpu_minutes_per_candidate": None if cpu is None
-                         else cpu * n})
-    best = max(reference, key=reference.get)
-    return {"parent_latency": lat, "reference_best": best, "reference_slopes": reference,
-            "random_pick_regret": random_pick_regret(reference),
-            "reference_self_regret": {"mean": sum(own) / len(own), "worst": max(own), "per_seed": own},
-            "rows": rows}
-
-
-def regret_markdown(report: dict) -> str:
-    def f(x, fmt=".0%"):
-        return "-" if x is None else format(x, fmt)
-
-    lines = ["| proxy | seeds | regret mean | regret worst | verdicts | choices | CPU min / candidate |",
-             "|---|---|---|---|---|---|---|"]
-    for r in report["rows"]:
-        verdicts = ", ".join(f"{k} {v:.0%}" for k, v in r["verdicts"].items())
-        lines.append(f"| {r['proxy']} | {r['seeds']} | {f(r['regret_mean'])} | {f(r['regret_worst'])} | {verdicts} "
-                     f"| {', '.join(r['choices'])} | {f(r['cpu_minutes_per_candidate'], '.2f')} |")
-    own = report["reference_self_regret"]
-    lines += ["", f"Reference's best: {report['reference_best']}. A random pick: regret "
-              f"{report['random_pick_regret']:.0%}. The reference's own reproducibility (each of its seeds alone, "
-              f"judged by the others): regret {own['mean']:.0%} mean, {own['worst']:.0%} worst."]
-    return "\n".join(lines)
-
-
-def _winner(row) -> str:
-    if row["picks_reference_winner"] is None:
-        return "- (see the regret table)"
-    return f"{'yes' if row['picks_reference_winner'] else 'no'} ({row['winner']})"
-
-
-def markdown(rows) -> str:
-    def f(x, fmt):
-        return "-" if x is None else format(x, fmt)
-
-    lines = ["| proxy | seeds | tau (slope) | tau (mIoU) | reference winner | decision | mean seed sd | "
-             "CPU min / candidate |", "|---|---|---|---|---|---|---|---|"]
-    for r in rows:
-        lines.append(f"| {r['proxy']} | {r['seeds']} | {f(r['tau_slope'], '.2f')} | {f(r['tau_score'], '.2f')} | "
-                     f"{_winner(r)} | {r['decision'] or '-'} | "
-                     f"{f(None if r['mean_seed_sd'] is None else 100 * r['mean_seed_sd'], '.2f')} | "
-                     f"{f(r['cpu_minutes_per_candidate'], '.2f')} |")
-    lines += ["", "Slope tau against the reference with fewer seeds (mean [min, max] over the seed subsets; "
-              "CPU minutes per candidate for that many seeds):", "",
-              "| proxy | seeds used | tau (slope) | CPU min / candidate |", "|---|---|---|---|"]
-    for r in rows:
-        if r["proxy"] == "reference":
-            continue
-        for s, t in r["tau_slope_by_seeds"].items():
-            cpu = None if r["cpu_minutes_per_candidate_seed"] is None else r["cpu_minutes_per_candidate_seed"] * int(s)
-            lines.append(f"| {r['proxy']} | {s} | {t['mean']:.2f} [{t['min']:.2f}, {t['max']:.2f}] | {f(cpu, '.2f')} |")
-    return "\n".join(lines)
-
-
 def parse_variants(items) -> list[tuple[str, dict]]:
     """``NAME:KEY=VALUE;KEY=VALUE`` -> (name, {key: JSON value}); one clear error per bad item."""
     import json
@@ -340,6 +138,7 @@ def parse_variants(items) -> list[tuple[str, dict]]:
 
 def write_regret(doc: dict, out: Path) -> None:
     from lps_keras.fileio import atomic_write_json, atomic_write_text
+    from lps_keras.search.fidelity import regret_markdown, regret_report
 
     report = regret_report(doc)
     out.mkdir(parents=True, exist_ok=True)
@@ -347,69 +146,6 @@ def write_regret(doc: dict, out: Path) -> None:
     text = regret_markdown(report)
     atomic_write_text(out / "regret.md", text + "\n")
     print(text)
-
-
-def fixed_latency(doc: dict, start, max_k: int):
-    """``(latency_fn, ops)`` reproducing a finished study's step: N0 and its candidates N0 + k_d d get the
-    recorded latencies; the other multiples of an op get values that make the search's k rule pick the
-    recorded k again (far below the target before it, far above after it)."""
-    from lps_keras.arch import EXPANSION_OPS_BY_NAME, ArchError
-
-    ref = next(r for r in doc["proxies"] if r["proxy"] == "reference")
-    lat0 = parent_latency_of(doc)
-    table, exact = {start.hash: lat0}, {}
-    for c in ref["candidates"]:
-        op = EXPANSION_OPS_BY_NAME[c["op"]]
-        for j in range(1, max(max_k, c["k"]) + 2):
-            try:
-                arch = start.expand(op, j)
-            except ArchError:
-                break
-            if j == c["k"]:
-                exact[arch.hash] = c["latency"]
-            else:
-                table.setdefault(arch.hash, lat0 + 1e-3 * j if j < c["k"] else 1e6)
-    table.update(exact)
-
-    def latency(arch):
-        if arch.hash not in table:
-            raise UsageError(f"--reference-json: {arch} is not a network of that study's step")
-        return table[arch.hash]
-
-    return latency, [EXPANSION_OPS_BY_NAME[c["op"]] for c in ref["candidates"]]
-
-
-def reference_step(doc: dict, start):
-    """The reference row of a finished study as the step object :func:`summarize` reads."""
-    from types import SimpleNamespace
-
-    from lps_keras.arch import EXPANSION_OPS_BY_NAME
-
-    ref = next(r for r in doc["proxies"] if r["proxy"] == "reference")
-    cands = [SimpleNamespace(arch=start.expand(EXPANSION_OPS_BY_NAME[c["op"]], c["k"]), slope=c["slope"],
-                             score=c["score"]) for c in ref["candidates"]]
-    winner = next(c.arch for c, r in zip(cands, ref["candidates"]) if r["op"] == ref["winner"])
-    return SimpleNamespace(candidates=cands, arch=winner)
-
-
-def rescored(row: dict, step, start_arch, journal, metric: str = "pixel_accuracy") -> dict:
-    """A proxy's row scored by another metric of the same runs (no training): every seed's ``metric``."""
-    from lps_keras.search.algorithm import step_seed
-
-    def scores(arch, n):
-        have = journal.evaluations_of(arch)
-        return [have[step_seed(1, i)].metrics.get(metric) for i in range(n)]
-
-    out = {**row, "proxy": f"{row['proxy']}+{metric}", "start_scores": scores(start_arch, len(row["start_scores"]))}
-    out["candidates"] = [{**c, "scores": scores(sc.arch, len(c["scores"]))}
-                         for c, sc in zip(row["candidates"], step.candidates)]
-    if any(v is None for c in [{"scores": out["start_scores"]}, *out["candidates"]] for v in c["scores"]):
-        return None  # runs from before the metric was kept
-    for key in ("tau_slope", "tau_score", "picks_reference_winner", "winner", "decision", "mean_seed_sd",
-                "tau_slope_by_seeds"):
-        out[key] = None  # by mIoU in the row it came from; the regret report judges the new scores
-    out["tau_slope_by_seeds"] = {}
-    return out
 
 
 def run(args) -> int:
@@ -420,6 +156,7 @@ def run(args) -> int:
     from lps_keras.recipe import load_recipe, validate_recipe
     from lps_keras.search import SearchJournal, run_expansion
     from lps_keras.search.expansion import ProxyEvaluator, make_latency_fn, search_fingerprint
+    from lps_keras.search.fidelity import fidelity_markdown, fixed_latency, reference_step, rescored, summarize
 
     if args.from_json:
         try:
@@ -516,7 +253,7 @@ def run(args) -> int:
            "latency": "reference-json" if reference_doc is not None else args.latency,
            "reference_json": args.reference_json, "ops": [op.name for op in ops], "proxies": rows}
     atomic_write_json(out / "fidelity.json", doc)
-    table = markdown(rows)
+    table = fidelity_markdown(rows)
     atomic_write_text(out / "fidelity.md", table + "\n")
     print(table)
     write_regret(doc, out)

@@ -1,34 +1,30 @@
-"""benchmarks/proxy_fidelity.py's reuse of a finished study: the same step's candidates and latencies come
-back exactly (so new proxies train the reference's networks), and the reference row reads as a step."""
+"""lps_keras.search.fidelity: a finished study's step comes back exactly (so new proxies train the reference's
+networks, as benchmarks/proxy_fidelity.py --reference-json does), the reference row reads as a step, and the
+rank agreement covers every candidate by raw slope against the parent as the step scored it."""
 
 import json
 from pathlib import Path
 
 import pytest
-from helpers import load_benchmark
 
 from lps_keras.recipe import load_recipe
+from lps_keras.search import fidelity
 from lps_keras.search.candidates import propose_candidates
 
 REPO = Path(__file__).resolve().parents[1]
 STUDY = REPO / "docs" / "proxy_fidelity_camvid.json"
 
 
-def _module():
-    return load_benchmark("proxy_fidelity")
-
-
 def test_a_finished_studys_step_is_reproduced_exactly():
-    fid = _module()
     doc = json.loads(STUDY.read_text())
     recipe = load_recipe(REPO / doc["recipe"])
     start = recipe.arch()
-    latency, ops = fid.fixed_latency(doc, start, recipe.search.max_k)
+    latency, ops = fidelity.fixed_latency(doc, start, recipe.search.max_k)
     _, cands = propose_candidates(start, ops, latency, recipe.search.max_k)
     ref = next(r for r in doc["proxies"] if r["proxy"] == "reference")
     assert [(c.op, c.k, c.latency) for c in cands] == [(c["op"], c["k"], c["latency"]) for c in ref["candidates"]]
-    assert latency(start) == pytest.approx(fid.parent_latency_of(doc))
-    step = fid.reference_step(doc, start)
+    assert latency(start) == pytest.approx(fidelity.parent_latency_of(doc))
+    step = fidelity.reference_step(doc, start)
     assert [c.arch.hash for c in step.candidates] == [c.arch.hash for c in cands]
     assert step.arch.hash == next(c.arch.hash for c in cands if c.op == ref["winner"])
     with pytest.raises(Exception, match="not a network of that study's step"):
@@ -47,16 +43,15 @@ def test_tau_ranks_every_candidate_by_raw_slope_against_the_parent_at_the_steps_
     (P_d - P) / (L_d - L) with that P."""
     from types import SimpleNamespace
 
-    fid = _module()
     start = SimpleNamespace(scores=(0.9, 0.9), latency=1.0)  # a wrong P: would flip the order
     a, b, c = _cand("a", 2.0, (0.7, 0.7)), _cand("b", 1.5, ()), _cand("c", 3.0, (0.4, 0.4))
     b.scores = (0.65, 0.65)  # raw slopes: b 0.15 / 0.5 = 0.3 > a 0.2 / 1 = 0.2 > c -0.1 / 2 = -0.05
     step = SimpleNamespace(candidates=[a, b, c], parent_scores=(0.5, 0.5), parent_latency=1.0)
-    assert fid.raw_slopes(step.candidates, step.parent_scores, 1.0) == pytest.approx([0.2, 0.3, -0.05])
+    assert fidelity.raw_slopes(step.candidates, step.parent_scores, 1.0) == pytest.approx([0.2, 0.3, -0.05])
     ref = SimpleNamespace(candidates=[_cand("a", 0, (), 0.2), _cand("b", 0, (), 0.3), _cand("c", 0, (), -0.1)])
-    taus = fid.tau_by_seed_count(start, step, ref, 2)
+    taus = fidelity.tau_by_seed_count(start, step, ref, 2)
     assert taus[1]["mean"] == pytest.approx(1.0) and taus[2]["mean"] == pytest.approx(1.0)
     # every pair discordant: the proxy's order b > a > c against the reference's c > a > b
     reversed_ref = SimpleNamespace(candidates=[_cand("a", 0, (), 0.2), _cand("b", 0, (), 0.1),
                                                _cand("c", 0, (), 0.3)])
-    assert fid.tau_by_seed_count(start, step, reversed_ref, 2)[2]["mean"] == pytest.approx(-1.0)
+    assert fidelity.tau_by_seed_count(start, step, reversed_ref, 2)[2]["mean"] == pytest.approx(-1.0)
