@@ -117,11 +117,79 @@ def test_the_shipped_paper_profile_is_fitted_to_table4_and_says_so():
         prof["leave_one_out"]["median_abs_rel_error"])
 
 
-def test_the_shipped_cpu_profile_drives_a_search_on_a_fresh_clone():
-    path = REPO / "profiles" / "epyc_avx2_2core_openvino_fp32_360x480.json"
-    fn = profile_latency_fn(path, "openvino", (1, 360, 480, 3))
+@pytest.mark.parametrize("backend", ["openvino", "onnxruntime", "litert", "tf"])
+def test_the_shipped_cpu_profiles_drive_a_search_on_a_fresh_clone(backend):
+    path = REPO / "profiles" / f"epyc_avx2_2core_{backend}_fp32_360x480.json"
+    fn = profile_latency_fn(path, backend, (1, 360, 480, 3))
     prof = fn.profile
     assert prof["measured"] is True and prof["validation"]["n"] >= 30 and "avx2" in prof["cpu_flags"]
     assert 0 < fn(N0) < fn(get_preset("lps_s", num_classes=11)) < fn(get_preset("lps_l", num_classes=11))
-    with pytest.raises(ProfileError, match="'tf'"):
-        profile_latency_fn(path, "tf", (1, 360, 480, 3))
+    # the stored validation is what the file's own model predicts for its rows
+    for row in prof["validation_rows"][:5]:
+        assert predict_latency(Arch.from_dict(row["arch"]), prof) == pytest.approx(row["predicted_ms"], rel=1e-3)
+    other = "litert" if backend != "litert" else "tf"
+    with pytest.raises(ProfileError, match=repr(other)):
+        profile_latency_fn(path, other, (1, 360, 480, 3))
+
+
+def _conv_law(spec):
+    """A made-up device for the single-conv table: 0.02 ms + 2e-6 ms per pixel per log2 channel, stride 2 dearer."""
+    h, w, ci, co, st = spec
+    return 0.02 + h * w * 2e-6 * (np.log2(ci) + np.log2(co)) * st
+
+
+def _synthetic(kind):
+    """Training and held-out networks timed by a known model of ``kind`` (nonnegative coefficients)."""
+    from lps_keras.latency.kernel_model import ConvTable, kernel_features, measure_grid
+
+    table = ConvTable(measure_grid(_conv_law, say=lambda _: None))
+    train = [N0, *random_walks(30, 0, N0)]
+    held = random_walks(15, 1, N0, exclude=[a.hash for a in train])
+    if kind == "kernels":
+        true = np.array([1.3, 0.4, 0.0, 0.015, 0.2])
+
+        def timing(a):
+            return float(kernel_features(a, 64, 96, table) @ true)
+    else:
+        true = np.zeros(len(FEATURES))
+        true[[FEATURES.index("const"), FEATURES.index("gmacs_s2"), FEATURES.index("act_mb")]] = (0.4, 60.0, 0.3)
+
+        def timing(a):
+            return float(arch_features(a, 64, 96) @ true)
+    return table, [(a, timing(a)) for a in train], [("held-out walk", a, timing(a)) for a in held]
+
+
+@pytest.mark.parametrize("kind", ["linear", "kernels"])
+def test_auto_keeps_the_model_that_made_the_timings_and_validates_it(kind):
+    from lps_keras.latency.profile_build import choose_model, finish_profile
+
+    table, train, held = _synthetic(kind)
+    chosen, loo = choose_model("auto", [a for a, _ in train], [m for _, m in train], SHAPE, table)
+    assert chosen == kind and set(loo) == {"linear", "kernels"} and loo[kind] < 1e-6 < loo[({"linear", "kernels"}
+                                                                                           - {kind}).pop()]
+    prof = finish_profile("auto", table, train, held, {"n": 0}, backend="openvino", precision="fp32",
+                          input_shape=SHAPE, device="CPU:test", source="synthetic")
+    assert prof["model"]["kind"] == kind and prof["model_selection"]["chosen"] == kind
+    assert prof["validation"]["within_10pct"] == 1.0 and prof["validation"]["n"] == len(held)
+    assert ("conv_table" in prof) == (kind == "linear")  # kept for a later refit when not in the model
+
+
+def test_refit_changes_the_model_from_stored_timings_without_measuring(tmp_path):
+    from lps_keras.latency.profile_build import finish_profile, refit_profile
+
+    table, train, held = _synthetic("kernels")
+    prof = finish_profile("linear", table, train, held, {"n": 0}, backend="openvino", precision="fp32",
+                          input_shape=SHAPE, device="CPU:test", source="synthetic", minutes=1.0)
+    assert prof["model"]["kind"] == "linear" and prof["validation"]["median_abs_rel_error"] > 1e-3
+    path = tmp_path / "p.json"
+    path.write_text(json.dumps(prof))
+    again = refit_profile(path, "auto")
+    assert again["model"]["kind"] == "kernels" and again["validation"]["median_abs_rel_error"] < 1e-6
+    assert [r["measured_ms"] for r in again["validation_rows"]] == [r["measured_ms"] for r in prof["validation_rows"]]
+    assert again["minutes"] == 1.0 and "refitted (auto)" in again["source"]
+    for row in again["validation_rows"]:  # the refitted file predicts its own rows
+        assert predict_latency(Arch.from_dict(row["arch"]), again) == pytest.approx(row["predicted_ms"], rel=1e-3)
+    no_table = {**prof, "conv_table": None}
+    path.write_text(json.dumps(no_table))
+    with pytest.raises(ValueError, match="single-conv table"):
+        refit_profile(path, "kernels")

@@ -3,9 +3,11 @@
 A profile is a JSON file that says where and with what it was made (backend, precision, input shape,
 device, CPU flags, library versions, or "fitted to published numbers") and holds one of two models:
 ``kernels`` (:mod:`lps_keras.latency.kernel_model`: every 3x3 conv priced from a table of single-conv
-timings on the device, plus a whole-network correction; the default of new profiles) or ``linear``, a
-linear model of whole-network latency over features computed from the architecture alone
-(:func:`arch_features`):
+timings on the device, plus a whole-network correction) or ``linear``, a linear model of whole-network
+latency over features computed from the architecture alone (:func:`arch_features`). ``--model auto`` (the
+default) times the single convs and keeps the model with the lower leave-one-out error on the training
+networks (on this project's AVX2 CPU: linear for tf, onnxruntime, litert and openvino at 360x480);
+``--refit`` fits a stored profile's timings again with another model, measuring nothing. The linear features:
 
 ``const``            fixed cost of a forward pass (runtime overhead, input and output copies)
 ``gmacs_s1`` .. ``gmacs_s5``
@@ -247,7 +249,7 @@ def main(argv=None) -> int:
 
     p = argparse.ArgumentParser(prog="python -m lps_keras.latency.profile", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--backend", required=True, choices=[b for b in BACKEND_NAMES if b != "macs"])
+    p.add_argument("--backend", choices=[b for b in BACKEND_NAMES if b != "macs"], help="required unless --refit")
     p.add_argument("--input-size", default="360x480", help="HEIGHTxWIDTH timed (batch 1), default 360x480")
     p.add_argument("--precision", default="fp32")
     p.add_argument("--out", required=True, help="profile JSON to write (e.g. profiles/<device>_<backend>.json)")
@@ -260,19 +262,49 @@ def main(argv=None) -> int:
     p.add_argument("--rounds", type=int, default=5, help="paired rounds per set (default 5)")
     p.add_argument("--iters", type=int, default=3, help="timed runs per network and round (default 3)")
     p.add_argument("--set-size", type=int, default=8, help="networks per paired set, N0 included (default 8)")
-    p.add_argument("--model", default="kernels", choices=("kernels", "linear"),
-                   help="kernels (default): convs priced from single-conv timings on this device, plus a fitted "
-                        "whole-network correction; linear: the whole-network linear model over GMACs per stage")
+    p.add_argument("--model", default="auto", choices=("auto", "kernels", "linear"),
+                   help="kernels: convs priced from single-conv timings on this device, plus a fitted "
+                        "whole-network correction; linear: the whole-network linear model over GMACs per stage; "
+                        "auto (default): times the single convs and keeps the model with the lower "
+                        "leave-one-out error on the training networks")
+    p.add_argument("--refit", metavar="PROFILE", default=None,
+                   help="measure nothing: fit --model again on the timings a measured profile stores, write --out")
     p.add_argument("--conv-iters", type=int, default=10, help="timed runs per single conv of the kernels table")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--table4", default=str(Path(__file__).resolve().parents[2].parent / "shared" / "paper"
                                            / "table4.json"), help="the paper's Table 4 JSON (its 15 rows are "
                                                                   "validated too; skipped if absent)")
     args = p.parse_args(argv)
+    if args.refit is None and args.backend is None:
+        p.error("--backend is required (or --refit PROFILE)")
     from lps_keras.cli import guarded, quiet_tensorflow
 
     quiet_tensorflow()
-    return guarded("profile", lambda: _run_profile(args))
+    return guarded("profile", lambda: _run_profile(args) if args.refit is None else _refit(args))
+
+
+def _refit(args) -> int:
+    from lps_keras.fileio import atomic_write_json
+    from lps_keras.latency.profile_build import refit_profile
+
+    try:
+        prof = refit_profile(args.refit, args.model)
+    except (OSError, ValueError, KeyError) as e:
+        raise ProfileError(f"--refit {args.refit}: {e}") from None
+    atomic_write_json(args.out, prof)
+    _report(args.out, prof)
+    return 0
+
+
+def _report(out, prof) -> None:
+    v, r, m = prof["validation"], prof["repeatability"], prof["model_selection"]
+    loo = ", ".join(f"{k} {100 * e:.1f}%" for k, e in m["loo_median_abs_rel_error"].items())
+    print(f"wrote {out}: model {m['chosen']} (leave-one-out on the training networks: {loo}); held-out "
+          f"{v['n']} networks, {100 * v['within_10pct']:.0f}% within +-10% "
+          f"(median error {100 * v['median_abs_rel_error']:.1f}%, worst {100 * v['max_abs_rel_error']:.0f}%), "
+          f"Kendall tau {v['kendall_tau']:.3f}; repeatability of the measurement itself: "
+          f"{100 * r['within_10pct']:.0f}% within +-10%, median {100 * r['median_abs_rel_error']:.1f}%; "
+          f"{prof.get('minutes')} min", flush=True)
 
 
 def _run_profile(args) -> int:
@@ -280,7 +312,7 @@ def _run_profile(args) -> int:
 
     from lps_keras.fileio import atomic_write_json
     from lps_keras.latency import backends, measure_set
-    from lps_keras.latency.profile_build import fit_profile, measure_archs, random_walks, table4_archs
+    from lps_keras.latency.profile_build import finish_profile, measure_archs, random_walks, table4_archs
     from lps_keras.latency.stats import cpu_flags, device_name, library_versions
     from lps_keras.presets import get_preset
     from lps_keras.recipe import parse_size
@@ -310,44 +342,23 @@ def _run_profile(args) -> int:
     print(f"profile {args.backend}/{args.precision} at {h}x{w}: {len(train)} training, {len(held)} held-out "
           f"and {len(table4)} Table 4 networks, in paired sets of {args.set_size}", flush=True)
     table = None
-    if args.model == "kernels":
+    if args.model != "linear":
         from lps_keras.latency.kernel_model import ConvTable, measure_grid
 
         print("timing the single convs of the kernels table", flush=True)
         table = ConvTable(measure_grid(lambda spec: _time_conv(spec, args)))
     ms = measure_archs([*train, *held, *table4], n0, paired, args.set_size)
     repeat = measure_archs(list(reversed(again)), n0, paired, args.set_size)
-    fitted = [n0, *train]
-    if table is None:
-        coef, sd = fit_profile(fitted, [ms[a.hash] for a in fitted], shape)
-    else:
-        from lps_keras.latency.kernel_model import fit_network_model, kernel_features
-
-        coef, sd = fit_network_model(np.stack([kernel_features(a, h, w, table) for a in fitted]),
-                                     [ms[a.hash] for a in fitted])
-    prof = make_profile(coef, args.backend, args.precision, shape, device=device_name(args.backend), measured=True,
-                        source=f"measured with python -m lps_keras.latency.profile on {time.strftime('%Y-%m-%d')}",
-                        residual_sd_rel=sd, table=table, cpu_flags=cpu_flags(),
-                        versions=library_versions(args.backend), num_classes=args.num_classes,
-                        minutes=round((time.time() - t0) / 60, 1))
-    prof["_where"], prof["_table"] = args.out, table
-    rows = []
-    for kind, archs in (("held-out walk", held), ("table4", table4)):
-        for a in archs:
-            rows.append({"kind": kind, "arch": a.to_dict(), "name": str(a), "measured_ms": round(ms[a.hash], 4),
-                         "predicted_ms": round(predict_latency(a, prof), 4)})
-    prof.pop("_where"), prof.pop("_table")
-    prof["validation"] = accuracy_figures([r["predicted_ms"] for r in rows], [r["measured_ms"] for r in rows])
-    prof["validation_rows"] = rows
-    prof["repeatability"] = accuracy_figures([repeat[a.hash] for a in again], [ms[a.hash] for a in again])
-    prof["training_rows"] = [{"arch": a.to_dict(), "measured_ms": round(ms[a.hash], 4)} for a in [n0, *train]]
+    prof = finish_profile(
+        args.model, table, [(a, ms[a.hash]) for a in [n0, *train]],
+        [(kind, a, ms[a.hash]) for kind, archs in (("held-out walk", held), ("table4", table4)) for a in archs],
+        accuracy_figures([repeat[a.hash] for a in again], [ms[a.hash] for a in again]),
+        backend=args.backend, precision=args.precision, input_shape=shape, device=device_name(args.backend),
+        source=f"measured with python -m lps_keras.latency.profile on {time.strftime('%Y-%m-%d')}",
+        cpu_flags=cpu_flags(), versions=library_versions(args.backend), num_classes=args.num_classes,
+        minutes=round((time.time() - t0) / 60, 1))
     atomic_write_json(args.out, prof)
-    v, r = prof["validation"], prof["repeatability"]
-    print(f"wrote {args.out}: held-out {v['n']} networks, {100 * v['within_10pct']:.0f}% within +-10% "
-          f"(median error {100 * v['median_abs_rel_error']:.1f}%, worst {100 * v['max_abs_rel_error']:.0f}%), "
-          f"Kendall tau {v['kendall_tau']:.3f}; repeatability of the measurement itself: "
-          f"{100 * r['within_10pct']:.0f}% within +-10%, median {100 * r['median_abs_rel_error']:.1f}%; "
-          f"{prof['minutes']} min", flush=True)
+    _report(args.out, prof)
     return 0
 
 

@@ -160,3 +160,94 @@ def measure_archs(archs: Sequence[Arch], anchor: Arch, measure_set: Callable, se
         say(f"  set {k + 1}/{len(sets)}: {len(chunk) + 1} networks, anchor {result.median_ms[0]:.3f} ms "
             f"(ETA {eta:.0f} s)")
     return out
+
+
+# --------------------------------------------------------------------------- which model, fitted and validated
+#: The network models a measured profile can carry (:func:`lps_keras.latency.profile.predict_latency`).
+MODEL_KINDS = ("linear", "kernels")
+
+
+def network_features(kind: str, arch: Arch, input_shape, table=None) -> np.ndarray:
+    """The feature vector of ``arch`` under model ``kind`` (batch folded in, as predict_latency does)."""
+    n, h, w, _ = input_shape
+    if kind == "kernels":
+        from lps_keras.latency.kernel_model import kernel_features
+
+        return n * kernel_features(arch, h, w, table)
+    return n * arch_features(arch, h, w)
+
+
+def fit_network(kind: str, archs: Sequence[Arch], ms: Sequence[float], input_shape, table=None):
+    """(coef, relative residual sd) of model ``kind`` fitted on measured networks (both weight relative error)."""
+    if kind == "linear":
+        return fit_profile(archs, ms, input_shape)
+    from lps_keras.latency.kernel_model import fit_network_model
+
+    return fit_network_model(np.stack([network_features(kind, a, input_shape, table) for a in archs]), ms)
+
+
+def loo_median_error(kind: str, archs: Sequence[Arch], ms: Sequence[float], input_shape, table=None) -> float:
+    """Median |relative error| of each training network predicted by a fit on all the others."""
+    errors = []
+    for i in range(len(archs)):
+        keep = [j for j in range(len(archs)) if j != i]
+        coef, _ = fit_network(kind, [archs[j] for j in keep], [ms[j] for j in keep], input_shape, table)
+        errors.append(abs(float(network_features(kind, archs[i], input_shape, table) @ coef) / ms[i] - 1.0))
+    return float(np.median(errors))
+
+
+def choose_model(model: str, archs: Sequence[Arch], ms: Sequence[float], input_shape, table=None
+                 ) -> tuple[str, dict[str, float]]:
+    """``model`` itself, or for ``auto`` the kind with the lower leave-one-out error on the *training*
+    networks (the held-out ones stay unseen until validation); with the leave-one-out errors compared."""
+    kinds = [k for k in MODEL_KINDS if k != "kernels" or table is not None] if model == "auto" else [model]
+    if model == "kernels" and table is None:
+        raise ValueError("the kernels model needs the single-conv table, and this profile has none")
+    loo = {k: loo_median_error(k, archs, ms, input_shape, table) for k in kinds}
+    return min(loo, key=loo.get), loo
+
+
+def finish_profile(model: str, table, train: Sequence[tuple[Arch, float]], held: Sequence[tuple[str, Arch, float]],
+                   repeatability: dict, *, backend: str, precision: str, input_shape, device: str, source: str,
+                   **extra) -> dict:
+    """A measured profile: the model chosen (:func:`choose_model`) and fitted on ``train`` (arch, ms), then
+    validated on ``held`` (kind, arch, ms): share within +-10 %, Kendall tau; the conv table is kept even
+    when the linear model wins, so the profile can be refitted without measuring again."""
+    from lps_keras.latency.profile import predict_latency
+
+    archs, ms = [a for a, _ in train], [m for _, m in train]
+    kind, loo = choose_model(model, archs, ms, input_shape, table)
+    coef, sd = fit_network(kind, archs, ms, input_shape, table)
+    prof = make_profile(coef, backend, precision, input_shape, device=device, measured=True, source=source,
+                        residual_sd_rel=sd, table=table if kind == "kernels" else None, **extra)
+    prof["model_selection"] = {"asked": model, "chosen": kind, "loo_median_abs_rel_error": loo,
+                               "by": "leave-one-out on the training networks"}
+    if table is not None and kind != "kernels":
+        prof["conv_table"] = table.to_dict()
+    prof["_where"], prof["_table"] = "(being built)", table
+    rows = [{"kind": k, "arch": a.to_dict(), "name": str(a), "measured_ms": round(m, 4),
+             "predicted_ms": round(predict_latency(a, prof), 4)} for k, a, m in held]
+    prof.pop("_where"), prof.pop("_table")
+    prof["validation"] = accuracy_figures([r["predicted_ms"] for r in rows], [r["measured_ms"] for r in rows])
+    prof["validation_rows"] = rows
+    prof["repeatability"] = repeatability
+    prof["training_rows"] = [{"arch": a.to_dict(), "measured_ms": round(m, 4)} for a, m in train]
+    return prof
+
+
+def refit_profile(path, model: str = "auto") -> dict:
+    """A measured profile fitted again from the timings it stores (another model; nothing measured)."""
+    from lps_keras.latency.kernel_model import ConvTable
+
+    prof = json.loads(Path(path).read_text())
+    if not prof.get("measured") or "training_rows" not in prof or "validation_rows" not in prof:
+        raise ValueError(f"{path}: not a measured profile with its training and validation rows")
+    stored = prof["model"].get("table") or prof.get("conv_table")
+    table = None if stored is None else ConvTable.from_dict(stored)
+    keep = {k: prof[k] for k in ("cpu_flags", "versions", "num_classes", "minutes") if k in prof}
+    return finish_profile(
+        model, table, [(Arch.from_dict(r["arch"]), r["measured_ms"]) for r in prof["training_rows"]],
+        [(r["kind"], Arch.from_dict(r["arch"]), r["measured_ms"]) for r in prof["validation_rows"]],
+        prof["repeatability"], backend=prof["backend"], precision=prof["precision"],
+        input_shape=tuple(prof["input_shape"]), device=prof["device"],
+        source=f"{prof['source']}; refitted ({model}) from its stored timings on {time.strftime('%Y-%m-%d')}", **keep)
