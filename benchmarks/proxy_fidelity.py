@@ -5,7 +5,7 @@ with k_d from the recipe's latency backend), each proxy below trains N0 and ever
 several seeds, through the search's own code (``run_expansion`` with one step, so the numbers
 are exactly what the search would see, and a killed study resumes from its journals):
 
-- ``scratch``: the recipe's proxy (``search.proxy``), from scratch, ``--seeds`` seeds;
+- ``scratch``: the recipe's proxy (``search.proxy``, its ``label_stride`` included), from scratch, ``--seeds`` seeds;
 - ``warm<W>``: ``search.proxy.init = parent`` with ``warm_iterations = W`` for each W of
   ``--warm-iterations``: every candidate grown from N0's trained seed-0 weights (the scratch
   proxy's own N0 runs, shared), ``--seeds`` seeds;
@@ -19,10 +19,16 @@ reference's, whether it picks the reference's winner, the mean seed sd, its step
 ``fidelity.md``, ``regret.json`` and ``regret.md`` (computed by :mod:`lps_keras.search.fidelity`); ``--from-json``
 recomputes the regret report of a finished study without training anything.
 
-The CamVid study (docs/proxy_fidelity_camvid.md; hours of CPU):
+The CamVid studies (docs/proxy_fidelity_camvid.md, which has the step-2 command; hours of CPU). Step 1, with the
+full-resolution loss as ``scratch`` (the recipe's proxy before it became stride4) and the variants beside it:
 
-    nice python benchmarks/proxy_fidelity.py --recipe recipes/expand_camvid.json \\
-        --output runs/proxy_fidelity_camvid --seeds 3 --ref-seeds 3 --ref-factor 4 --warm-iterations 100,200,400
+    nice python benchmarks/proxy_fidelity.py --recipe recipes/expand_camvid.json --output runs/fid2 \\
+        --reference-json docs/proxy_fidelity_camvid.json --seeds 3 --warm-iterations 300 \\
+        --set search.proxy.label_stride=null --variant 'stride4:label_stride=4' \\
+        --variant 'crop128:crop_size=[128,128];iterations=1600' \\
+        --variant 'warm300lr:init="parent";warm_iterations=300;warm_lr=0.01'
+
+(``--reference-json`` reuses the 2026-11-22 reference; without it, ``--ref-seeds 3 --ref-factor 4`` trains one.)
 
 Verified only on a tiny synthetic configuration (exercises the code, says nothing about fidelity;
 22 trainings, about 6 minutes on the shared 2-core CPU):
@@ -209,7 +215,8 @@ def run(args) -> int:
     variants += [(f"warm{w}", proxy_variant(init="parent", warm_iterations=w), args.seeds) for w in warm]
     variants += [(name, proxy_variant(**changes), args.seeds) for name, changes in parse_variants(args.variant)]
     if reference_doc is None:
-        variants.append(("reference", proxy_variant(init="scratch", warm_iterations=None,
+        # The reference is the long full training: the loss at the recipe's label resolution, whatever the proxy's.
+        variants.append(("reference", proxy_variant(init="scratch", warm_iterations=None, label_stride=None,
                                                     iterations=p.iterations * args.ref_factor), args.ref_seeds))
     chosen = [n for n in args.proxies.split(",") if n]
     unknown = [n for n in chosen if n not in {name for name, _, _ in variants}]

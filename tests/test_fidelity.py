@@ -3,6 +3,7 @@ networks, as benchmarks/proxy_fidelity.py --reference-json does), the reference 
 rank agreement covers every candidate by raw slope against the parent as the step scored it."""
 
 import json
+import math
 from pathlib import Path
 
 import pytest
@@ -55,3 +56,31 @@ def test_tau_ranks_every_candidate_by_raw_slope_against_the_parent_at_the_steps_
     reversed_ref = SimpleNamespace(candidates=[_cand("a", 0, (), 0.2), _cand("b", 0, (), 0.1),
                                                _cand("c", 0, (), 0.3)])
     assert fidelity.tau_by_seed_count(start, step, reversed_ref, 2)[2]["mean"] == pytest.approx(-1.0)
+
+
+def test_summarize_ranks_every_scored_candidate_and_skips_a_failed_one():
+    """A trained reference (its own parent scores), a candidate that failed (no scores) and one measured no
+    slower than the parent that gains (ranked first, as a dominating candidate is)."""
+    from types import SimpleNamespace
+
+    start = SimpleNamespace(scores=(0.5, 0.5), latency=1.0)
+    a, b = _cand("a", 2.0, (0.7, 0.7)), _cand("b", 1.5, (0.6, 0.6))  # raw slopes 0.2, 0.2 -> b ties a
+    b.scores = (0.65, 0.65)                                           # b 0.3
+    fast = _cand("fast", 0.9, (0.55, 0.55))                           # no slower, gains: +inf
+    failed = _cand("failed", 3.0, ())
+    for c, op in ((a, "a"), (b, "b"), (fast, "fast"), (failed, "failed")):
+        c.op, c.k, c.score, c.score_sd = op, 1, (sum(c.scores) / len(c.scores) if c.scores else None), None
+    step = SimpleNamespace(candidates=[a, b, fast, failed], parent_scores=(0.5, 0.5), parent_latency=1.0,
+                           arch=b.arch, op="b", verdict="undecided")
+    ref_cands = [_cand(n, lat, sc) for n, lat, sc in (("a", 2.0, (0.6,)), ("b", 1.5, (0.7,)), ("fast", 1.2, (0.9,)),
+                                                        ("failed", 3.0, (0.55,)))]
+    for c in ref_cands:
+        c.score = c.scores[0]
+    ref = SimpleNamespace(candidates=ref_cands, parent_scores=(0.5,), parent_latency=1.0, arch=b.arch)
+    journal = SimpleNamespace(evaluations_of=lambda arch: {})
+    row = fidelity.summarize("p", start, step, ref, 2, journal)
+    # proxy order fast > b > a, reference (0.1/1, 0.2/0.5, 0.4/0.2) the same; the failed one is left out
+    assert row["tau_slope"] == pytest.approx(1.0)
+    assert row["picks_reference_winner"] is True and row["start_scores"] == [0.5, 0.5]
+    assert fidelity.raw_slopes([fast], (0.5,), 1.0) == [math.inf]
+    assert fidelity.raw_slopes([_cand("lose", 0.9, (0.4,))], (0.5,), 1.0) == [-math.inf]

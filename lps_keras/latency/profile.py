@@ -6,7 +6,7 @@ device, CPU flags, library versions, or "fitted to published numbers") and holds
 timings on the device, plus a whole-network correction) or ``linear``, a linear model of whole-network
 latency over features computed from the architecture alone (:func:`arch_features`). ``--model auto`` (the
 default) times the single convs and keeps the model with the lower leave-one-out error on the training
-networks (on this project's AVX2 CPU: linear for tf, onnxruntime, litert and openvino at 360x480);
+networks (on this project's AVX2 CPU: linear for tf, onnxruntime and litert at 360x480);
 ``--refit`` fits a stored profile's timings again with another model, measuring nothing. The linear features:
 
 ``const``            fixed cost of a forward pass (runtime overhead, input and output copies)
@@ -250,8 +250,8 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m lps_keras.latency.profile", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--backend", choices=[b for b in BACKEND_NAMES if b != "macs"], help="required unless --refit")
-    p.add_argument("--input-size", default="360x480", help="HEIGHTxWIDTH timed (batch 1), default 360x480")
-    p.add_argument("--precision", default="fp32")
+    p.add_argument("--input-size", default=None, help="HEIGHTxWIDTH timed (batch 1), default 360x480")
+    p.add_argument("--precision", default=None, help="default fp32")
     p.add_argument("--out", required=True, help="profile JSON to write (e.g. profiles/<device>_<backend>.json)")
     p.add_argument("--num-classes", type=int, default=11, help="classes of the head (default 11: CamVid)")
     p.add_argument("--train", type=int, default=40, help="networks the model is fitted on (default 40)")
@@ -277,6 +277,12 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     if args.refit is None and args.backend is None:
         p.error("--backend is required (or --refit PROFILE)")
+    given = [f for f in ("backend", "input_size", "precision") if getattr(args, f) is not None]
+    if args.refit is not None and given:
+        p.error(f"--refit takes the backend, input size and precision from the profile; drop "
+                f"--{given[0].replace('_', '-')}")
+    args.input_size = args.input_size or "360x480"
+    args.precision = args.precision or "fp32"
     from lps_keras.cli import guarded, quiet_tensorflow
 
     quiet_tensorflow()

@@ -240,8 +240,8 @@ def refit_profile(path, model: str = "auto") -> dict:
     from lps_keras.latency.kernel_model import ConvTable
 
     prof = json.loads(Path(path).read_text())
-    if not prof.get("measured") or "training_rows" not in prof or "validation_rows" not in prof:
-        raise ValueError(f"{path}: not a measured profile with its training and validation rows")
+    if not isinstance(prof, dict) or not prof.get("measured") or not {"training_rows", "validation_rows"} <= set(prof):
+        raise ValueError("not a measured profile with its training and validation rows")
     stored = prof["model"].get("table") or prof.get("conv_table")
     table = None if stored is None else ConvTable.from_dict(stored)
     keep = {k: prof[k] for k in ("cpu_flags", "versions", "num_classes", "minutes") if k in prof}

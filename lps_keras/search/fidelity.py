@@ -12,6 +12,8 @@ No TensorFlow here.
 
 from __future__ import annotations
 
+import math
+
 from lps_keras.errors import UsageError
 
 
@@ -43,7 +45,12 @@ def raw_slopes(cands, p_scores, p_latency, subset=None) -> list:
 
     idx = list(range(len(p_scores))) if subset is None else list(subset)
     p = float(np.mean([p_scores[i] for i in idx]))
-    return [(float(np.mean([c.scores[i] for i in idx])) - p) / (c.latency - p_latency) for c in cands]
+    out = []
+    for c in cands:
+        gain, cost = float(np.mean([c.scores[i] for i in idx])) - p, c.latency - p_latency
+        # No slower than the parent (measured latencies can say so): first if it gains, last if it does not.
+        out.append(gain / cost if cost > 0 else (math.inf if gain > 0 else -math.inf))
+    return out
 
 
 def reference_slopes(ref_step, start) -> dict:
@@ -71,9 +78,10 @@ def tau_by_seed_count(start, step, ref_step, seeds) -> dict:
     p_scores, p_latency = _parent(step, start)
     cands = [c for c in step.candidates if c.arch.hash in ref and len(c.scores) >= seeds]
     out = {}
-    for s in range(1, min(seeds, len(p_scores)) + 1):
+    n = min(seeds, len(p_scores))
+    for s in range(1, n + 1):
         taus = []
-        for subset in itertools.combinations(range(seeds), s):
+        for subset in itertools.combinations(range(n), s):
             tau = kendall_tau(raw_slopes(cands, p_scores, p_latency, subset), [ref[c.arch.hash] for c in cands])
             if tau is not None:
                 taus.append(tau)
@@ -91,8 +99,10 @@ def summarize(name, start, step, ref_step, seeds, journal) -> dict:
     keys = [h for h in ref if h in cands]
     ref_slopes = reference_slopes(ref_step, start)
     p_scores, p_latency = _parent(step, start)
-    ranked = [h for h in keys if h in ref_slopes]
+    # a failed candidate has no scores: it is not ranked
+    ranked = [h for h in keys if h in ref_slopes and len(cands[h].scores) >= len(p_scores)]
     slopes = raw_slopes([cands[h] for h in ranked], p_scores, p_latency)
+    scored = [h for h in keys if cands[h].score is not None and ref[h].score is not None]
     # Every (candidate, seed) run's CPU time, from the journal (a run resumed after a kill counts only its
     # last part: rerun such a study from scratch for timings).
     # A run found already finished (fit_seconds 0: trained by another process into the same directory) is
@@ -107,7 +117,7 @@ def summarize(name, start, step, ref_step, seeds, journal) -> dict:
         "seeds": seeds,
         # over every candidate, by raw slope (the search's own slope is None where it gains nothing)
         "tau_slope": kendall_tau(slopes, [ref_slopes[h] for h in ranked]),
-        "tau_score": kendall_tau([cands[h].score for h in keys], [ref[h].score for h in keys]),
+        "tau_score": kendall_tau([cands[h].score for h in scored], [ref[h].score for h in scored]),
         "picks_reference_winner": step.arch.hash == ref_step.arch.hash,
         "winner": step.op,
         "decision": step.verdict,

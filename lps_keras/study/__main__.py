@@ -151,6 +151,7 @@ def run(args) -> int:
         p = recipe.search.proxy
         result["training"] = (f"{args.train}: {p.iterations} iterations, batch {p.batch_size}, crop "
                               f"{p.crop_size[0]}x{p.crop_size[1]}, lr {p.base_lr}, {recipe.train.loss}"
+                              + (f" at 1/{p.label_stride} label resolution" if (p.label_stride or 1) > 1 else "")
                               + (f" + {recipe.train.class_balance}" if recipe.train.class_balance != "none" else ""))
         study.write_outputs(result, out_dir)  # the latencies are kept if a training is interrupted
         study.add_accuracy(result, _accuracy_fn(recipe, out_dir), seeds=args.train_seeds)
