@@ -251,7 +251,7 @@ def run(args) -> int:
         journal = SearchJournal(out / name / "journal.json")
         rows.append(summarize(name, start, step, ref_step, seeds, journal))
         if name != "reference" and recipe.search.proxy.score == "miou":
-            extra = rescored(rows[-1], step, start.arch, journal)
+            extra = rescored(rows[-1], step, start.arch, journal, ref_step=ref_step)
             if extra is not None:
                 rows.append(extra)
     if reference_doc is not None:  # the finished study's rows (its reference, and proxies not retrained here)

@@ -84,3 +84,28 @@ def test_summarize_ranks_every_scored_candidate_and_skips_a_failed_one():
     assert row["picks_reference_winner"] is True and row["start_scores"] == [0.5, 0.5]
     assert fidelity.raw_slopes([fast], (0.5,), 1.0) == [math.inf]
     assert fidelity.raw_slopes([_cand("lose", 0.9, (0.4,))], (0.5,), 1.0) == [-math.inf]
+
+
+def test_a_row_rescored_by_pixel_accuracy_gets_its_own_tau_against_the_reference():
+    """The same runs read by another metric: scores replaced seed by seed, tau recomputed from them."""
+    from types import SimpleNamespace
+
+    from lps_keras.search.algorithm import step_seed
+
+    acc = {"N": (0.50, 0.52), "a": (0.60, 0.58), "b": (0.51, 0.55)}  # pixel accuracy per seed
+
+    def evaluations_of(arch):
+        return {step_seed(1, i): SimpleNamespace(metrics={"pixel_accuracy": v}) for i, v in enumerate(acc[arch.hash])}
+
+    a, b = _cand("a", 2.0, (0.3, 0.3)), _cand("b", 1.5, (0.2, 0.2))
+    row = {"proxy": "p", "seeds": 2, "start_scores": [0.1, 0.1], "parent_latency": 1.0,
+           "candidates": [{"op": "a", "latency": 2.0, "scores": [0.3, 0.3]},
+                          {"op": "b", "latency": 1.5, "scores": [0.2, 0.2]}]}
+    step = SimpleNamespace(candidates=[a, b])
+    # reference slopes: b above a; by pixel accuracy a gains 0.08/1 = 0.08, b 0.02/0.5 = 0.04 -> a above b
+    ref = SimpleNamespace(candidates=[_cand("a", 0, (), 0.1), _cand("b", 0, (), 0.2)])
+    out = fidelity.rescored(row, step, SimpleNamespace(hash="N"), SimpleNamespace(evaluations_of=evaluations_of),
+                            ref_step=ref)
+    assert out["proxy"] == "p+pixel_accuracy" and out["start_scores"] == [0.50, 0.52]
+    assert [c["scores"] for c in out["candidates"]] == [[0.60, 0.58], [0.51, 0.55]]
+    assert out["tau_slope"] == pytest.approx(-1.0) and set(out["tau_slope_by_seeds"]) == {1, 2}

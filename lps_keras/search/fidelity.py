@@ -270,8 +270,11 @@ def reference_step(doc: dict, start):
     return SimpleNamespace(candidates=cands, arch=winner)
 
 
-def rescored(row: dict, step, start_arch, journal, metric: str = "pixel_accuracy") -> dict:
-    """A proxy's row scored by another metric of the same runs (no training): every seed's ``metric``."""
+def rescored(row: dict, step, start_arch, journal, metric: str = "pixel_accuracy", ref_step=None) -> dict:
+    """A proxy's row scored by another metric of the same runs (no training): every seed's ``metric``; with
+    ``ref_step``, its slope tau against the reference's (mIoU) slopes, over all seeds and by seed count."""
+    from types import SimpleNamespace
+
     from lps_keras.search.algorithm import step_seed
 
     def scores(arch, n):
@@ -287,4 +290,13 @@ def rescored(row: dict, step, start_arch, journal, metric: str = "pixel_accuracy
                 "tau_slope_by_seeds"):
         out[key] = None  # by mIoU in the row it came from; the regret report judges the new scores
     out["tau_slope_by_seeds"] = {}
+    if ref_step is not None:
+        as_step = SimpleNamespace(
+            parent_scores=out["start_scores"], parent_latency=row["parent_latency"],
+            candidates=[SimpleNamespace(arch=sc.arch, latency=c["latency"], scores=c["scores"])
+                        for c, sc in zip(out["candidates"], step.candidates)])
+        start = SimpleNamespace(scores=out["start_scores"], latency=row["parent_latency"])
+        out["tau_slope_by_seeds"] = tau_by_seed_count(start, as_step, ref_step, row["seeds"])
+        full = out["tau_slope_by_seeds"].get(row["seeds"])
+        out["tau_slope"] = None if full is None else full["mean"]
     return out
