@@ -159,6 +159,7 @@ def run(args) -> int:
 
     from lps_keras.arch import EXPANSION_OPS, EXPANSION_OPS_BY_NAME
     from lps_keras.fileio import atomic_write_json, atomic_write_text
+    from lps_keras.latency import cpu_flags_text
     from lps_keras.recipe import load_recipe, validate_recipe
     from lps_keras.search import SearchJournal, run_expansion
     from lps_keras.search.expansion import ProxyEvaluator, make_latency_fn, search_fingerprint
@@ -258,7 +259,9 @@ def run(args) -> int:
         rows += [r for r in reference_doc["proxies"] if r["proxy"] not in steps]
     doc = {"recipe": str(args.recipe), "overrides": args.set,
            "latency": "reference-json" if reference_doc is not None else args.latency,
-           "reference_json": args.reference_json, "ops": [op.name for op in ops], "proxies": rows}
+           "reference_json": args.reference_json, "ops": [op.name for op in ops],
+           "cpu": cpu_flags_text(),  # the CPU minutes are this machine's (its kind changes between sessions)
+           "proxies": rows}
     atomic_write_json(out / "fidelity.json", doc)
     table = fidelity_markdown(rows)
     atomic_write_text(out / "fidelity.md", table + "\n")
