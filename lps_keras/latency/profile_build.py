@@ -71,16 +71,22 @@ def fit_profile(archs: Sequence[Arch], ms: Sequence[float], input_shape, feature
     return coef, float(np.sqrt(np.sum(rel ** 2) / dof))
 
 
-def leave_one_out(archs: Sequence[Arch], ms: Sequence[float], input_shape, features: Sequence[str] = FEATURES
-                  ) -> list[float]:
-    """Each network's latency predicted by a fit on all the others."""
+def _held_out(archs: Sequence[Arch], ms: Sequence[float], fit, predict) -> list[float]:
+    """Each network's latency predicted by ``predict(arch, fit(other archs, their ms))``: the one loop behind
+    both leave-one-out figures (the paper profile's linear features, a measured profile's model kinds)."""
     out = []
     for i in range(len(archs)):
         keep = [j for j in range(len(archs)) if j != i]
-        coef, _ = fit_profile([archs[j] for j in keep], [ms[j] for j in keep], input_shape, features)
-        _, h, w, _ = input_shape
-        out.append(float(input_shape[0] * arch_features(archs[i], h, w) @ coef))
+        out.append(float(predict(archs[i], fit([archs[j] for j in keep], [ms[j] for j in keep]))))
     return out
+
+
+def leave_one_out(archs: Sequence[Arch], ms: Sequence[float], input_shape, features: Sequence[str] = FEATURES
+                  ) -> list[float]:
+    """Each network's latency predicted by a linear fit of ``features`` on all the others."""
+    _, h, w, _ = input_shape
+    return _held_out(archs, ms, lambda a, m: fit_profile(a, m, input_shape, features)[0],
+                     lambda arch, coef: input_shape[0] * arch_features(arch, h, w) @ coef)
 
 
 # --------------------------------------------------------------------------- the paper's device
@@ -188,12 +194,9 @@ def fit_network(kind: str, archs: Sequence[Arch], ms: Sequence[float], input_sha
 
 def loo_median_error(kind: str, archs: Sequence[Arch], ms: Sequence[float], input_shape, table=None) -> float:
     """Median |relative error| of each training network predicted by a fit on all the others."""
-    errors = []
-    for i in range(len(archs)):
-        keep = [j for j in range(len(archs)) if j != i]
-        coef, _ = fit_network(kind, [archs[j] for j in keep], [ms[j] for j in keep], input_shape, table)
-        errors.append(abs(float(network_features(kind, archs[i], input_shape, table) @ coef) / ms[i] - 1.0))
-    return float(np.median(errors))
+    pred = _held_out(archs, ms, lambda a, m: fit_network(kind, a, m, input_shape, table)[0],
+                     lambda arch, coef: network_features(kind, arch, input_shape, table) @ coef)
+    return float(np.median([abs(p / m - 1.0) for p, m in zip(pred, ms)]))
 
 
 def choose_model(model: str, archs: Sequence[Arch], ms: Sequence[float], input_shape, table=None
