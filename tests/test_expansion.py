@@ -13,7 +13,7 @@ import pytest
 from lps_keras.arch import EXPANSION_OPS_BY_NAME, Arch
 from lps_keras.recipe import load_recipe
 from lps_keras.search import EvalContext
-from lps_keras.search.expansion import ProxyEvaluator, proxy_recipe, run
+from lps_keras.search.expansion import ProxyEvaluator, latency_device_text, proxy_recipe, run
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -87,6 +87,7 @@ def test_two_steps_end_to_end_and_resume_without_retraining(tmp_path):
 
     rows = json.loads((out / "expansion.json").read_text())["rows"]
     assert [r["step"] for r in rows] == [0, 1, 2]
+    assert all(r["latency_device"].startswith("tf on ") for r in rows)  # where each step's latencies were timed
     assert (out / "expansion.csv").read_text().startswith("step,")
     assert (out / "expansion.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     step_recipes = sorted((tmp_path / "recipes").glob("step_*.json"))
@@ -97,6 +98,45 @@ def test_two_steps_end_to_end_and_resume_without_retraining(tmp_path):
     assert all(c.latency_se >= 0 for s in history[1:] for c in s.candidates)
     assert {c.op for s in history[1:] for c in s.candidates} <= {"depth_s4-5", "width_s3-5", "res_path1"}
     assert len(history[2].parent_scores) == 1 and history[2].parent_scores != history[1].scores
+
+
+def test_latency_device_text_names_backend_device_and_cpu_flags(tmp_path):
+    from lps_keras.latency import cpu_flags_text
+
+    recipe = tiny_recipe(tmp_path)
+
+    def with_search(**changes):
+        return dataclasses.replace(recipe, search=dataclasses.replace(recipe.search, **changes))
+
+    asked = []
+
+    class Remote:  # a Ray executor with a latency resource asks the device node, not this process
+        def on_device(self, fn, *args):
+            asked.append(fn.__name__)
+            return fn(*args)
+
+    onnx = with_search(latency_backend="onnxruntime")
+    assert latency_device_text(onnx, Remote()) == f"onnxruntime on {cpu_flags_text()}"
+    assert cpu_flags_text().startswith("CPU:") and " has " in cpu_flags_text()
+    assert asked == ["device_name", "cpu_flags_text"]
+    assert latency_device_text(onnx) == f"onnxruntime on {cpu_flags_text()}"
+    assert latency_device_text(with_search(latency_backend="macs")) is None  # computed, not measured
+    profiled = with_search(latency=dataclasses.replace(recipe.search.latency, source="profile:p.json"))
+    assert latency_device_text(profiled) == "profile p.json"
+    assert latency_device_text(onnx, device_key="CPU:X x2") == \
+        "onnxruntime from the latency cache of CPU:X x2 (--device-key)"
+
+
+def test_run_with_a_given_latency_fn_names_no_device(tmp_path):
+    import csv
+
+    recipe = load_recipe(REPO / "recipes/expand_synthetic.json", ["search.steps=1", "search.max_k=2"])
+    out = tmp_path / "o"
+    run(recipe, out, latency_fn=lambda a: a.macs(64, 128) / 1e6, evaluate_fn=concave_score,
+        recipes_dir=out / "recipes", progress=None)
+    assert json.loads((out / "journal.json").read_text())["latency_devices"] == {}
+    with open(out / "expansion.csv", newline="") as f:
+        assert [r["latency_device"] for r in csv.DictReader(f)] == ["", ""]
 
 
 def test_cli_errors(tmp_path):

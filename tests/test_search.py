@@ -375,6 +375,15 @@ def _damaged_journals(tmp_path) -> dict:
     steps = tmp_path / "steps.json"
     steps.write_text(json.dumps(d))
     cases["step without arch"] = (steps, "steps[0]")
+    d = json.loads(text)
+    d["latency_devices"] = {"1": {"cpu": "zen4"}}  # a text per step, not an object
+    devices = tmp_path / "devices.json"
+    devices.write_text(json.dumps(d))
+    cases["latency device not a text"] = (devices, "latency_devices['1']")
+    d["latency_devices"] = ["tf on CPU"]
+    devices_list = tmp_path / "devices_list.json"
+    devices_list.write_text(json.dumps(d))
+    cases["latency devices not an object"] = (devices_list, "'latency_devices'")
     return cases
 
 
@@ -398,6 +407,74 @@ def test_expand_cli_on_a_damaged_journal_exits_2_in_one_line(tmp_path):
     lines = [ln for ln in r.stderr.splitlines() if ln.strip()]
     assert r.returncode == 2 and len(lines) == 1, (r.returncode, r.stderr[-2000:])
     assert lines[0].startswith("expand.py: error: ") and str(out / "journal.json") in lines[0] and words in lines[0]
+
+
+def paired_additive(parent, archs):
+    return {parent.hash: (additive_latency(parent), 0.0), **{a.hash: (additive_latency(a), 0.25) for a in archs}}
+
+
+def test_each_measuring_step_journals_where_its_latencies_were_measured(tmp_path):
+    path = tmp_path / "journal.json"
+    steps = run_expansion(START, additive_latency, concave_score, steps=2, latency_set_fn=paired_additive,
+                          journal=SearchJournal(path), latency_device="X", progress=quiet)
+    assert json.loads(path.read_text())["latency_devices"] == {"1": "X", "2": "X"}
+    devices = SearchJournal(path).latency_device_map()
+    assert devices == {1: "X", 2: "X"} and SearchJournal(path).latency_device(3) is None
+    write_table(steps, tmp_path / "t.csv", tmp_path / "t.json", devices=devices)
+    with open(tmp_path / "t.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert list(rows[0])[4:7] == ["latency", "latency_se", "latency_device"]
+    assert [r["latency_device"] for r in rows] == ["X", "X", "X"]  # step 0 is measured with step 1's set
+    assert [r["latency_device"] for r in json.loads((tmp_path / "t.json").read_text())["rows"]] == ["X"] * 3
+    write_table(steps, tmp_path / "u.csv", tmp_path / "u.json")  # no devices given: empty, not missing
+    with open(tmp_path / "u.csv", newline="") as f:
+        assert [r["latency_device"] for r in csv.DictReader(f)] == ["", "", ""]
+    # A replay on another machine measures nothing, so the record stays; extending there names it for new steps.
+    run_expansion(START, lambda a: pytest.fail("re-measured"), concave_score, steps=2,
+                  latency_set_fn=lambda p, a: pytest.fail("re-measured"), journal=SearchJournal(path),
+                  latency_device="Y", progress=quiet)
+    assert SearchJournal(path).latency_device_map() == {1: "X", 2: "X"}
+    run_expansion(START, additive_latency, concave_score, steps=3, latency_set_fn=paired_additive,
+                  journal=SearchJournal(path), latency_device="Y", progress=quiet)
+    assert SearchJournal(path).latency_device_map() == {1: "X", 2: "X", 3: "Y"}
+    # No text given (computed latencies, a caller's latency_fn): nothing recorded.
+    run_expansion(START, additive_latency, concave_score, steps=1, journal=SearchJournal(tmp_path / "n.json"),
+                  progress=quiet)
+    assert json.loads((tmp_path / "n.json").read_text())["latency_devices"] == {}
+
+
+def test_a_step_measured_on_two_machines_names_both(tmp_path):
+    path = tmp_path / "journal.json"
+    calls = []
+
+    def killed(arch):
+        calls.append(arch)
+        if len(calls) == 5:
+            raise KeyboardInterrupt("killed while timing step 1")
+        return additive_latency(arch)
+
+    with pytest.raises(KeyboardInterrupt):
+        run_expansion(START, killed, concave_score, steps=1, journal=SearchJournal(path), latency_device="X",
+                      progress=quiet)
+    assert SearchJournal(path).latency_device_map() == {1: "X"}
+    run_expansion(START, additive_latency, concave_score, steps=1, journal=SearchJournal(path), latency_device="Y",
+                  progress=quiet)
+    assert SearchJournal(path).latency_device_map() == {1: "X + Y"}
+
+
+def test_a_journal_without_latency_devices_loads(tmp_path):
+    path = tmp_path / "journal.json"
+    steps = run_expansion(START, additive_latency, concave_score, steps=1, journal=SearchJournal(path),
+                          latency_device="X", progress=quiet)
+    doc = json.loads(path.read_text())
+    del doc["latency_devices"]  # written before the key existed: still version 3
+    path.write_text(json.dumps(doc))
+    journal = SearchJournal(path)
+    assert journal.latency_device_map() == {} and journal.latency_device(1) is None
+    again = run_expansion(START, additive_latency, concave_score, steps=1, journal=journal, latency_device="X",
+                          progress=quiet)
+    assert [s.to_dict() for s in again] == [s.to_dict() for s in steps]
+    assert json.loads(path.read_text())["version"] == 3
 
 
 def test_replay_detects_inconsistent_journal(tmp_path):
@@ -729,6 +806,9 @@ def test_table_and_plot_show_seeds_margin_and_decision(tmp_path):
     # width_s4-5 slope 8/8 = 1 over width_s3-5 8.5/10 = 0.85 (see EXPECTED_TRAJECTORY): margin 0.15, no SE
     assert format_table(one).splitlines()[3].endswith("| 1 | 2050.00 | width (width_s4-5 x1) | 0.15 (vs width_s3-5) "
                                                       "| unknown |")
+    assert "Latencies measured with" not in text
+    assert format_table(one, devices={1: "tf on CPU:Zen x2; has avx2"}).splitlines()[-1] == \
+        "Latencies measured with: tf on CPU:Zen x2; has avx2"
     png = tmp_path / "p.png"
     plot_expansion(steps, None, png)
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
@@ -753,6 +833,8 @@ def test_table4_comparison_puts_each_step_beside_the_papers():
     assert lines[3] == ("| 2 | width_s1-5 × 1 | 5 (×2.50) | 27.0 (+7.0) | undecided | width_s2-5 × 1 | 0.63 (×1.66) "
                         "| 53.4 (+29.3) | same dimension |")
     assert lines[-1] == "Same op as the paper in 1 of 2 steps."
+    lines = table4_comparison(history, devices={1: "A", 2: "B"}).splitlines()
+    assert lines[-2:] == ["Same op as the paper in 1 of 2 steps.", "Latencies measured with: A; B"]
     other = Step(index=0, arch=get_preset("lps_s", 11), latency=1.0, score=0.3)
     assert table4_comparison([other]) is None  # not a search from N0: nothing to compare step by step
 

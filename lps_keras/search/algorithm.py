@@ -65,7 +65,7 @@ class Expansion:
                  max_k: int = 16, executor: Optional[concurrent.futures.Executor] = None,
                  progress: Optional[Callable[[str], None]] = print, fingerprint: Any = None, seeds: int = 1,
                  decision: Optional[DecisionConfig] = None, racing: Optional[RacingConfig] = None,
-                 warm_start: bool = False):
+                 warm_start: bool = False, latency_device: Optional[str] = None):
         if isinstance(max_k, bool) or not isinstance(max_k, int) or max_k < 1:
             raise SearchError(f"max_k must be an int >= 1, got {max_k!r}")
         if isinstance(seeds, bool) or not isinstance(seeds, int) or not 1 <= seeds < SEED_STRIDE:
@@ -81,6 +81,8 @@ class Expansion:
         self.start, self.latency_fn, self.evaluate_fn = start, latency_fn, evaluate_fn
         self.latency_set_fn, self.executor, self.max_k = latency_set_fn, executor, max_k
         self.seeds, self.warm_start = seeds, warm_start
+        self.latency_device = latency_device  # where latencies are measured, journalled per step that measures
+        self._at: Optional[int] = None  # the step whose latencies are being measured
         self.racing = racing or RacingConfig()
         self.max_rounds = racing_rounds(seeds, self.racing)
         self.decision = dataclasses.replace(decision or DecisionConfig(), looks=1 + self.max_rounds)
@@ -99,6 +101,7 @@ class Expansion:
             return cached
         value = _finite(self.latency_fn(arch), f"latency_fn must return a finite number for {arch}")
         self.journal.record_latency(arch, value)
+        self._measured_at(self._at)
         self.say(f"  latency {arch} = {value:.6g}")
         return value
 
@@ -116,6 +119,7 @@ class Expansion:
             return recorded
         self.say(f"{self._label(t)}: measuring the parent and {len(cands)} candidates together (paired rounds)")
         values = dict(self.latency_set_fn(parent, [c.arch for c in cands]))
+        self._measured_at(t)
         out = {}
         for h in wanted:
             if h not in values:
@@ -124,6 +128,16 @@ class Expansion:
             out[h] = (_finite(lat, "latency_set_fn latency"), _finite(se, "latency_set_fn SE"))
         self.journal.record_latency_set(t, out)
         return out
+
+    def _measured_at(self, t: Optional[int]) -> None:
+        """Journal :attr:`latency_device` as where step ``t``'s latencies were measured. A step measured on two
+        devices (killed, resumed on another machine) keeps both texts, joined by `` + ``."""
+        if self.latency_device is None or t is None:
+            return
+        have = self.journal.latency_device(t)
+        if have is None or self.latency_device not in have.split(" + "):
+            self.journal.record_latency_device(t, self.latency_device if have is None
+                                               else f"{have} + {self.latency_device}")
 
     def _round_latencies(self, parent: Arch) -> Optional[Callable[[Sequence[Arch]], list[float]]]:
         """How :func:`propose_candidates` times a round of N + k d networks: with a paired-set function,
@@ -142,6 +156,7 @@ class Expansion:
             if missing:
                 reference = self.latency(parent)  # one constant offset for the whole step
                 values = self.latency_set_fn(parent, missing)
+                self._measured_at(self._at)
                 base = _finite(values[parent.hash][0], "latency_set_fn latency")
                 for a in missing:
                     value = reference + _finite(values[a.hash][0], "latency_set_fn latency") - base
@@ -208,6 +223,7 @@ class Expansion:
         if steps == 0 or self.warm_start:
             # Scored on its own only when no step will score it (or its weights seed a warm start).
             ctx = EvalContext(step=0, key=self.start.hash)
+            self._at = 0
             evs = self.scores(0, [(self.start, ctx, self.seeds)])
             if self.start.hash not in evs:
                 raise SearchError(f"the start network {self.start} could not be evaluated: "
@@ -229,6 +245,7 @@ class Expansion:
         parent_arch = parent.arch if parent else self.start
         replay = self.journal.recorded_step(t) is not None
         self.say(f"{self._label(t)}: from {parent_arch}{' (replayed from the journal)' if replay else ''}")
+        self._at = t
         target, cands = propose_candidates(parent_arch, self.ops, self.latency, self.max_k,
                                            latencies_fn=self._round_latencies(parent_arch))
         lats = self.paired(t, parent_arch, cands)
@@ -344,7 +361,9 @@ def run_expansion(start: Arch, latency_fn: Callable[[Arch], float], evaluate_fn:
     silent), ``fingerprint`` (any JSON value the journal checks on resume), ``seeds`` (first-round seeds
     per network and step), ``decision`` (:class:`~lps_keras.search.decision.DecisionConfig`), ``racing``
     (:class:`~lps_keras.search.decision.RacingConfig`), ``warm_start`` (the start is scored first so its
-    weights seed step 1: ``search.proxy.init = parent``).
+    weights seed step 1: ``search.proxy.init = parent``), ``latency_device`` (where ``latency_fn`` /
+    ``latency_set_fn`` measure: journalled for each step that measures a latency, so a journal resumed on
+    another machine says which step was timed where).
     """
     return Expansion(start, latency_fn, evaluate_fn, **options).run(steps)
 

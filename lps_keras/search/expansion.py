@@ -170,6 +170,25 @@ def profile_path(recipe: Recipe) -> Optional[Path]:
     return Path(source[len("profile:"):].strip()) if source.startswith("profile:") else None
 
 
+def latency_device_text(recipe: Recipe, executor=None, device_key: Optional[str] = None) -> Optional[str]:
+    """Where the search's latencies are measured, as the journal records it per step: ``<backend> on <device>``,
+    the device being the CPU's model, core count and instruction-set flags when the backend times on the CPU
+    (asked where the executor measures); ``profile <file>`` for a profile; None for ``macs`` (computed)."""
+    backend = recipe.search.latency_backend
+    profile = profile_path(recipe)
+    if profile is not None:
+        return f"profile {profile}"
+    if backend == "macs":
+        return None
+    if device_key is not None:  # every latency is a hit in the cache of that device: nothing is timed here
+        return f"{backend} from the latency cache of {device_key} (--device-key)"
+    from lps_keras.latency import cpu_flags_text, device_name
+
+    where = getattr(executor, "on_device", None) or (lambda fn, *a: fn(*a))
+    device = where(device_name, backend)
+    return f"{backend} on {where(cpu_flags_text) if device.startswith('CPU:') else device}"
+
+
 def journal_fingerprint(recipe: Recipe, backend: str):
     """:func:`search_fingerprint`, plus which latency profile the search runs on when it runs on one.
 
@@ -266,28 +285,32 @@ def _run(recipe, output_dir: Path, device_key, recipes_dir, latency_fn, evaluate
          executor) -> list[Step]:
     backend = recipe.search.latency_backend
     s = recipe.search
-    if latency_fn is not None:  # given (tests, a precomputed table): no paired measurement
-        lat, lat_set = latency_fn, None
+    if latency_fn is not None:  # given (tests, a precomputed table): no paired measurement, no device to name
+        lat, lat_set, where = latency_fn, None, None
     else:
         lat, lat_set = make_latency_fns(recipe, output_dir, executor, device_key)
+        where = latency_device_text(recipe, executor, device_key)
     # A Ray task may run in another working directory (another node): give it an absolute output path.
     ev = evaluate_fn or ProxyEvaluator(recipe, str(output_dir.resolve() if executor.kind == "ray" else output_dir))
     d = s.decision
+    journal = SearchJournal(output_dir / "journal.json")
     history = run_expansion(
-        recipe.arch(), lat, ev, s.steps, latency_set_fn=lat_set, journal=SearchJournal(output_dir / "journal.json"),
+        recipe.arch(), lat, ev, s.steps, latency_set_fn=lat_set, journal=journal, latency_device=where,
         ops=search_ops(recipe), max_k=s.max_k, executor=executor, progress=progress,
         fingerprint=journal_fingerprint(recipe, backend), seeds=s.proxy.seeds,
         decision=DecisionConfig(alpha=d.alpha, epsilon=d.epsilon / 100.0, latency_z=d.latency_z),
         racing=RacingConfig(**dataclasses.asdict(s.proxy.racing)), warm_start=s.proxy.init == "parent",
     )
     unit = "GMACs" if backend == "macs" else "ms"
-    write_table(history, output_dir / "expansion.csv", output_dir / "expansion.json", latency_unit=unit)
+    devices = journal.latency_device_map()
+    write_table(history, output_dir / "expansion.csv", output_dir / "expansion.json", latency_unit=unit,
+                devices=devices)
     candidates = [c for s in history for c in s.candidates]
     plot_expansion(history, candidates, output_dir / "expansion.png", latency_unit=unit,
                    title=f"Progressive expansion: {recipe.name} ({backend}, {unit})")
     recipes_dir = Path(recipes_dir) if recipes_dir else Path("recipes") / "expanded" / output_dir.name
     write_step_recipes(recipe, history, recipes_dir)
-    comparison = table4_comparison(history, unit)
+    comparison = table4_comparison(history, unit, devices)
     if comparison is not None:  # a search from N0: its steps next to the paper's (Table 4)
         from lps_keras.fileio import atomic_write_text
 
@@ -297,5 +320,5 @@ def _run(recipe, output_dir: Path, device_key, recipes_dir, latency_fn, evaluate
                  + (", table4_comparison.md" if comparison is not None else "")
                  + f" and {len(history)} recipes in {recipes_dir}")
     if print_table:
-        print(format_table(history, unit))
+        print(format_table(history, unit, devices))
     return history

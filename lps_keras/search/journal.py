@@ -58,6 +58,8 @@ class SearchJournal:
         self.failures: dict[str, dict] = {}  # evaluations that failed after their retries (optional key)
         self.steps: list[dict] = []
         self.latency_sets: dict[str, dict] = {}  # step -> {arch hash: [latency, SE of its difference to the parent]}
+        # step -> where that step's latencies were measured (backend, device, CPU flags); optional key, version 3
+        self.latency_devices: dict[str, str] = {}
         if self.path is not None and self.path.exists():
             self._load()
 
@@ -100,16 +102,18 @@ class SearchJournal:
             self.steps = list(raw["steps"])
             self.failures = dict(raw.get("failures", {}))
             self.latency_sets = dict(raw.get("latency_sets", {}))
+            devices = raw.get("latency_devices", {})
         except KeyError as e:
             raise JournalError(f"{self.path}: search journal is missing {e}") from None
         except (TypeError, ValueError, AttributeError) as e:
             raise JournalError(f"{self.path}: search journal has the wrong structure ({e})") from None
         problem = _structure_problem(self.setup, self.latencies, self.evaluations, self.failures, self.steps) \
-            or _latency_sets_problem(self.latency_sets)
+            or _latency_sets_problem(self.latency_sets) or _latency_devices_problem(devices)
         if problem:
             # Checked here, not where an entry is used: a wrong shape would otherwise surface as an
             # AttributeError traceback deep in the search, maybe hours in.
             raise JournalError(f"{self.path}: search journal has the wrong structure: {problem}")
+        self.latency_devices = dict(devices)
 
     def _save(self) -> None:
         if self.path is None:
@@ -122,6 +126,7 @@ class SearchJournal:
             "evaluations": self.evaluations,
             "failures": self.failures,
             "latency_sets": self.latency_sets,
+            "latency_devices": self.latency_devices,
             "steps": self.steps,
         }
         atomic_write_text(self.path, json.dumps(data, indent=1, allow_nan=False) + "\n")
@@ -169,6 +174,21 @@ class SearchJournal:
         with self._lock:
             self.latency_sets[str(step)] = {h: [float(v[0]), float(v[1])] for h, v in values.items()}
             self._save()
+
+    def latency_device(self, step: int) -> Optional[str]:
+        """Where the latencies measured at ``step`` were measured (backend, device, CPU flags), if recorded."""
+        with self._lock:
+            return self.latency_devices.get(str(step))
+
+    def record_latency_device(self, step: int, text: str) -> None:
+        with self._lock:
+            self.latency_devices[str(step)] = str(text)
+            self._save()
+
+    def latency_device_map(self) -> dict[int, str]:
+        """Every recorded :meth:`latency_device`, by step."""
+        with self._lock:
+            return {int(step): text for step, text in self.latency_devices.items()}
 
     # ------------------------------------------------------------- evaluations
     def evaluations_of(self, arch: Arch) -> dict[int, Evaluation]:
@@ -267,6 +287,16 @@ def _latency_sets_problem(sets: dict) -> Optional[str]:
                                              for v in entry.values())
         if not ok:
             return f"latency_sets[{step!r}] is {_short_json(entry, 60)}, not {{hash: [latency, se]}}"
+    return None
+
+
+def _latency_devices_problem(devices) -> Optional[str]:
+    if not isinstance(devices, dict):
+        return f"'latency_devices' is {_short_json(devices, 60)}, not an object {{step: text}}"
+    for step, text in devices.items():
+        if not step.isdigit() or not isinstance(text, str):
+            return (f"latency_devices[{step!r}] is {_short_json(text, 60)}, not a text under a step number "
+                    "(where that step's latencies were measured)")
     return None
 
 

@@ -22,9 +22,9 @@ def _ints_text(values) -> str:
     return "{" + ",".join(str(v) for v in values) + "}"
 
 
-TABLE_COLUMNS = ("step", "B", "C", "R", "latency", "latency_se", "mIoU", "mIoU_sd", "seeds", "parent_mIoU",
-                 "dimension", "op", "k", "runner_up", "margin", "margin_se", "margin_lo", "margin_hi", "decision",
-                 "winner", "racing_evaluations", "hash")
+TABLE_COLUMNS = ("step", "B", "C", "R", "latency", "latency_se", "latency_device", "mIoU", "mIoU_sd", "seeds",
+                 "parent_mIoU", "dimension", "op", "k", "runner_up", "margin", "margin_se", "margin_lo", "margin_hi",
+                 "decision", "winner", "racing_evaluations", "hash")
 
 
 def decision_text(step: Step) -> str:
@@ -48,8 +48,24 @@ def margin_interval(step: Step) -> tuple[Optional[float], Optional[float]]:
     return step.margin - half, step.margin + half
 
 
-def table_rows(steps: Sequence[Step]) -> list[dict]:
-    """Table-4-style rows (B, C, R in the paper's brace notation); mIoU is the mean over seeds."""
+def step_devices(steps: Sequence[Step], devices: Optional[Mapping[int, str]]) -> list[str]:
+    """Where each step's latencies were measured (:meth:`SearchJournal.latency_device_map`), "" where unknown.
+
+    Step 0 without its own text takes step 1's: the start is measured with step 1's set.
+    """
+    devices = devices or {}
+    return [devices.get(s.index) or (devices.get(1, "") if s.index == 0 else "") for s in steps]
+
+
+def devices_line(steps: Sequence[Step], devices: Optional[Mapping[int, str]]) -> Optional[str]:
+    """``Latencies measured with: <text>; <text>`` (the distinct texts of :func:`step_devices`), None if none."""
+    texts = list(dict.fromkeys(t for t in step_devices(steps, devices) if t))
+    return f"Latencies measured with: {'; '.join(texts)}" if texts else None
+
+
+def table_rows(steps: Sequence[Step], devices: Optional[Mapping[int, str]] = None) -> list[dict]:
+    """Table-4-style rows (B, C, R in the paper's brace notation); mIoU is the mean over seeds. ``devices``:
+    {step: where its latencies were measured} (the ``latency_device`` column, "" where unknown)."""
     return [
         {
             "step": s.index,
@@ -58,6 +74,7 @@ def table_rows(steps: Sequence[Step]) -> list[dict]:
             "R": _fraction_text(s.arch.resolution),
             "latency": s.latency,
             "latency_se": chosen_latency_se(s),
+            "latency_device": device,
             "mIoU": s.score,
             "mIoU_sd": s.score_sd,
             "seeds": len(s.scores) or 1,
@@ -75,14 +92,14 @@ def table_rows(steps: Sequence[Step]) -> list[dict]:
             "racing_evaluations": s.racing_evaluations,
             "hash": s.arch.hash,
         }
-        for s in steps
+        for s, device in zip(steps, step_devices(steps, devices))
     ]
 
 
 def write_table(steps: Sequence[Step], csv_path: Union[str, Path], json_path: Union[str, Path],
-                latency_unit: str = "ms") -> None:
-    """Write the expansion log as CSV and JSON (atomically)."""
-    rows = table_rows(steps)
+                latency_unit: str = "ms", devices: Optional[Mapping[int, str]] = None) -> None:
+    """Write the expansion log as CSV and JSON (atomically); ``devices`` as for :func:`table_rows`."""
+    rows = table_rows(steps, devices)
     buf = io.StringIO()
     writer = csv.DictWriter(buf, fieldnames=TABLE_COLUMNS, lineterminator="\n")
     writer.writeheader()
@@ -186,10 +203,11 @@ def plot_expansion(steps: Sequence[Step], candidates: Optional[Sequence[Candidat
     atomic_write_bytes(png_path, buf.getvalue())
 
 
-def format_table(history: Sequence[Step], unit: str = "ms") -> str:
+def format_table(history: Sequence[Step], unit: str = "ms", devices: Optional[Mapping[int, str]] = None) -> str:
     """The expansion log as a Markdown table (README / terminal): latency ± the SE of its difference to the
     parent, mIoU as mean ± sd over seeds (in points) beside the parent's at the same seeds, the winner's
-    margin over the runner-up ± its SE with its confidence interval, and the verdict."""
+    margin over the runner-up ± its SE with its confidence interval, and the verdict. With ``devices``
+    (see :func:`table_rows`), a line under the table says where the latencies were measured."""
     lines = [f"| step | B | C | R | latency ({unit}) ± σ_ΔL | mIoU (mean ± sd) | seeds | parent mIoU | dimension "
              "| margin ± SE [interval] | decision |",
              "|---|---|---|---|---|---|---|---|---|---|---|"]
@@ -215,14 +233,17 @@ def format_table(history: Sequence[Step], unit: str = "ms") -> str:
         parent = "-" if row["parent_mIoU"] is None else f"{100 * row['parent_mIoU']:.2f}"
         lines.append(f"| {s.index} | {b} | {c} | {r} | {lat} | {miou} | {len(s.scores) or 1} | {parent} | {dim} "
                      f"| {margin} | {decision} |")
-    return "\n".join(lines)
+    where = devices_line(history, devices)
+    return "\n".join(lines + ([f"\n{where}"] if where else []))
 
 
-def table4_comparison(history: Sequence[Step], unit: str = "ms") -> Optional[str]:
+def table4_comparison(history: Sequence[Step], unit: str = "ms",
+                      devices: Optional[Mapping[int, str]] = None) -> Optional[str]:
     """Each step next to the same step of the paper's Table 4, as Markdown; None unless the search starts at N⁰.
 
     Absolute latencies and mIoU are not comparable across devices and datasets, so both sides are
     also given relative to their own N⁰: latency as a multiple of N⁰'s, mIoU as points gained over N⁰.
+    With ``devices`` (see :func:`table_rows`), a last line says where our latencies were measured.
     """
     from lps_keras.presets import PRESETS, TABLE4
 
@@ -258,4 +279,5 @@ def table4_comparison(history: Sequence[Step], unit: str = "ms") -> Optional[str
             f"{p.latency_ms:.3g} (×{p.latency_ms / paper0.latency_ms:.2f}) | {p.miou:.1f} "
             f"({p.miou - paper0.miou:+.1f}) | {match} |")
     lines.append(f"\nSame op as the paper in {same} of {len(lines) - 2} steps.")
-    return "\n".join(lines)
+    where = devices_line(history, devices)
+    return "\n".join(lines + ([where] if where else []))
