@@ -21,12 +21,15 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from lps_keras.errors import LPSError  # noqa: E402 - after the path set-up above
+from lps_keras.errors import LPSError, UsageError  # noqa: E402 - after the path set-up above
 
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--recipe", required=True, help="a recipe whose model is the network to place among Table 4's")
+    p.add_argument("--also", action="append", default=[], metavar="RECIPE",
+                   help="another recipe's network to time in the same set (repeatable; e.g. every expansion step, "
+                        "so their latencies share one measurement)")
     p.add_argument("--backend", default=None, help="latency backend (default: the recipe's search.latency_backend)")
     p.add_argument("--input-size", default=None,
                    help="HEIGHTxWIDTH (default: the recipe's search.latency_input_shape)")
@@ -53,12 +56,17 @@ def main(argv=None) -> int:
 
         recipe = load_recipe(args.recipe)
         arch = recipe.arch()
+        others = [load_recipe(path) for path in args.also]
         backend = args.backend or recipe.search.latency_backend
         shape = ((1, *parse_size(args.input_size), 3) if args.input_size
                  else tuple(recipe.search.latency_input_shape))
-        labels = ["given"] + list(TABLE4)
-        archs = [arch] + [get_preset(name, arch.num_classes) for name in TABLE4]
-        print(f"timing {recipe.name} {arch} and the {len(TABLE4)} Table 4 rows, {backend} fp32 {shape}, "
+        labels = ["given"] + list(TABLE4) + [r.name for r in others]
+        if len(set(labels)) != len(labels):
+            raise UsageError(f"two networks share a name among --recipe/--also: {labels}")
+        archs = ([arch] + [get_preset(name, arch.num_classes) for name in TABLE4]
+                 + [r.arch(arch.num_classes) for r in others])
+        print(f"timing {recipe.name} {arch}, the {len(TABLE4)} Table 4 rows and {len(others)} more, {backend} fp32 "
+              f"{shape}, "
               f"{args.rounds} rounds; {cpu_flags_text()}", flush=True)
         t0 = time.time()
         m = measure_set(archs, backend=backend, input_shape=shape, rounds=args.rounds,
@@ -76,15 +84,16 @@ def main(argv=None) -> int:
             row.update(paper_step=TABLE4[lab].step, paper_latency_ms=TABLE4[lab].latency_ms,
                        paper_miou=TABLE4[lab].miou)
         rows.append(row)
-    best = nearest({k: v for k, v in med.items() if k != "given"}, med["given"])
-    print(f"{'network':16s} {'arch':44s} {'median ms':>9s} {'dL ms':>8s} {'+-SE':>6s}")
+    best = nearest({k: v for k, v in med.items() if k in TABLE4}, med["given"])
+    print(f"{'network':22s} {'arch':44s} {'median ms':>9s} {'dL ms':>8s} {'+-SE':>6s}")
     for r in rows:
         mark = "  <- nearest" if r["label"] == best else ""
-        print(f"{r['label']:16s} {r['arch'][:44]:44s} {r['median_ms']:9.3f} {r['delta_ms']:+8.3f} "
+        print(f"{r['label'][:22]:22s} {r['arch'][:44]:44s} {r['median_ms']:9.3f} {r['delta_ms']:+8.3f} "
               f"{r['delta_se_ms']:6.3f}{mark}")
     print(f"nearest Table 4 row: {best} (step {TABLE4[best].step}); {cpu_flags_text()}")
     atomic_write_json(args.out, {
-        "recipe": str(args.recipe), "backend": backend, "precision": m.precision, "input_shape": list(shape),
+        "recipe": str(args.recipe), "also": list(args.also), "backend": backend, "precision": m.precision,
+        "input_shape": list(shape),
         "rounds": m.rounds, "iters_per_round": m.iters_per_round, "device": m.device, "cpu": cpu_flags_text(),
         "versions": m.versions, "minutes": round((time.time() - t0) / 60, 2), "nearest": best,
         "nearest_step": TABLE4[best].step, "rows": rows, "round_ms": m.round_ms.tolist(),

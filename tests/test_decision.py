@@ -134,6 +134,22 @@ def test_race_plan_grows_the_contenders_and_the_parent():
     assert race_plan(decided, [2], 2, 8, 10) == ({}, 2)
 
 
+def test_a_lone_gain_within_noise_is_raced_not_decided():
+    """The published CamVid step 5: one candidate a hair above the parent (+0.0001, SE 0.02), all others below it,
+    was "decided". A lone positive mean is evidence only when it is significant; otherwise it and the parent race."""
+    parent = Arm("N", _scores(0.290, 0.02), latency=2.9)
+    hair = Arm("hair", _scores(0.2901, 0.02), latency=4.3, latency_se=0.04)
+    losers = [Arm(f"l{i}", _scores(0.250 + 0.01 * i, 0.02), latency=4.0, latency_se=0.03) for i in range(3)]
+    v = judge(parent, [*losers, hair])
+    assert v.kind == "undecided" and v.chosen == 3 and v.contenders == (3,) and "not significant" in v.reason
+    # gain SE = pooled sd x sqrt(1/2 + 1/2) = 0.02: 0.0001 is far below t x 0.02
+    assert v.arms[3].gain == pytest.approx(0.0001) and v.arms[3].gain_se == pytest.approx(0.02)
+    plan, parent_seeds = race_plan(v, seeds=[2, 2, 2, 2], parent_seeds=2, max_seeds=4, budget=6)
+    assert plan == {3: 4} and parent_seeds == 4  # the lone contender and the parent grow, nobody else
+    clear = judge(parent, [*losers, Arm("clear", _scores(0.390, 0.02), latency=4.3, latency_se=0.04)])
+    assert clear.kind == "decided" and clear.chosen == 3 and "significantly" in clear.reason
+
+
 # --------------------------------------------------------------------------- the ranking (one seed: "unknown")
 def one(name, latency, score):
     return Arm(name, (score,), latency)

@@ -235,8 +235,20 @@ def judge(parent: Arm, candidates: Sequence[Arm], config: DecisionConfig = Decis
         return Verdict("no gain", None, None, None, None, None, regret_ucb=None, contenders=(), reason=why, **common)
     best = order[0]
     if len(order) == 1:
-        return Verdict("decided" if q is not None else "unknown", best, best, None, None, None, regret_ucb=None,
-                       contenders=(best,), reason="the only candidate that gains", **common)
+        b = reports[best]
+        if q is None:
+            return Verdict("unknown", best, best, None, None, None, regret_ucb=None, contenders=(best,),
+                           reason="the only candidate that gains; the noise cannot be estimated (one seed per "
+                                  "network)", **common)
+        if b.status == "dominates" or b.gain > q * b.gain_se:
+            return Verdict("decided", best, best, None, None, None, regret_ucb=None, contenders=(best,),
+                           reason=f"the only candidate that gains, significantly (gain {b.gain:.4g} > t {q:.3g} x "
+                                  f"SE {b.gain_se:.3g})", **common)
+        # A mean a hair above the parent's is no evidence of a gain (a published step 5 was "decided" on
+        # +0.0001 +- 0.02): race it against the parent; if the budget runs out it is still the best guess.
+        return Verdict("undecided", best, best, None, None, None, regret_ucb=None, contenders=(best,),
+                       reason=f"the only candidate with a positive mean gain, {b.gain:.4g} <= t {q:.3g} x SE "
+                              f"{b.gain_se:.3g}: not significant", **common)
     r = order[1]
     margin, margin_se = _margin(reports[best], reports[r], se_p)
     if q is not None and reports[best].status == "dominates" and reports[r].status == "slope":
@@ -310,10 +322,10 @@ def race_plan(verdict: Verdict, seeds: Sequence[int], parent_seeds: int, max_see
     """Successive halving over the contenders of an undecided (or, one seed each, unknown) step, parent too.
 
     Returns ``({candidate index: new seed count}, new parent seed count)``; an empty plan means stop.
-    The best ceil(n / eta) contenders (at least two) and the parent grow to eta times the largest
+    The best ceil(n / eta) contenders (at least two, where there are two) and the parent grow to eta times the largest
     count so far (capped by ``max_seeds``), one seed at a time in rank order while ``budget`` lasts.
     """
-    if verdict.kind not in ("undecided", "unknown") or budget <= 0 or len(verdict.contenders) < 2:
+    if verdict.kind not in ("undecided", "unknown") or budget <= 0 or not verdict.contenders:
         return {}, parent_seeds
     # Successive halving as in Hyperband (Li et al., 2018), extra seeds as the resource. Hand-rolled: Ray
     # Tune's and Optuna's schedulers prune trials reporting intermediate values of one long run and own the
