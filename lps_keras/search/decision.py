@@ -4,7 +4,8 @@ Inputs: the parent and each candidate as an :class:`Arm` (its proxy scores at th
 median latency and the standard error of its latency *difference* to the parent, from paired
 measurement). Output: a :class:`Verdict`, one of
 
-``decided``      the winner beats the runner-up by more than the t-quantile times the margin's SE;
+``decided``      the winner beats the runner-up by more than the t-quantile times the margin's SE (a lone
+                 candidate with a positive gain: its gain over the parent is that significant);
 ``equivalent``   every contender not separated from the winner would cost less than ``epsilon`` of
                  gain (upper confidence bound of the regret, at the winner's latency increase): the
                  cheapest of them is taken, and the verdict says so;
