@@ -7,7 +7,7 @@ The given network (a recipe's model: an expansion step's recipe, or any training
 Table 4 rows, all with the recipe's number of classes, are timed together in interleaved rounds
 (:func:`lps_keras.latency.measure.measure_set`, the given network as the parent), so every row's
 difference to it carries its standard error and machine-load drift cancels. Prints the table with the
-CPU's flags and the row nearest by median latency; the JSON keeps every round's median. This is how
+CPU's flags and the row nearest in paired difference |ΔL|; the JSON keeps every round's median. This is how
 issue 22 item 7 picks the Table 4 row to train beside the expansion's final network ("the row closest
 to it in this CPU's latency, same backend and size as the search"). Compare rows of one run only.
 """
@@ -40,9 +40,9 @@ def parse_args(argv=None):
     return p.parse_args(argv)
 
 
-def nearest(medians: dict, target: float) -> str:
-    """The label whose median is nearest ``target`` (first in order on a tie)."""
-    return min(medians, key=lambda k: abs(medians[k] - target))
+def nearest(deltas: dict) -> str:
+    """The label whose paired difference to the given network is smallest in size (first in order on a tie)."""
+    return min(deltas, key=lambda k: abs(deltas[k]))
 
 
 def main(argv=None) -> int:
@@ -84,20 +84,25 @@ def main(argv=None) -> int:
             row.update(paper_step=TABLE4[lab].step, paper_latency_ms=TABLE4[lab].latency_ms,
                        paper_miou=TABLE4[lab].miou)
         rows.append(row)
-    best = nearest({k: v for k, v in med.items() if k in TABLE4}, med["given"])
+    best = nearest({r["label"]: r["delta_ms"] for r in rows if r["label"] in TABLE4})
     print(f"{'network':22s} {'arch':44s} {'median ms':>9s} {'dL ms':>8s} {'+-SE':>6s}")
     for r in rows:
         mark = "  <- nearest" if r["label"] == best else ""
         print(f"{r['label'][:22]:22s} {r['arch'][:44]:44s} {r['median_ms']:9.3f} {r['delta_ms']:+8.3f} "
               f"{r['delta_se_ms']:6.3f}{mark}")
     print(f"nearest Table 4 row: {best} (step {TABLE4[best].step}); {cpu_flags_text()}")
-    atomic_write_json(args.out, {
+    doc = {
         "recipe": str(args.recipe), "also": list(args.also), "backend": backend, "precision": m.precision,
         "input_shape": list(shape),
         "rounds": m.rounds, "iters_per_round": m.iters_per_round, "device": m.device, "cpu": cpu_flags_text(),
         "versions": m.versions, "minutes": round((time.time() - t0) / 60, 2), "nearest": best,
         "nearest_step": TABLE4[best].step, "rows": rows, "round_ms": m.round_ms.tolist(),
-    })
+    }
+    try:
+        atomic_write_json(args.out, doc)
+    except (LPSError, OSError) as e:
+        print(f"error: could not write {args.out}: {e}", file=sys.stderr)
+        return 2
     print(f"wrote {args.out}")
     return 0
 

@@ -3,12 +3,12 @@
 from helpers import load_benchmark
 
 
-def test_nearest_row_by_median_latency():
+def test_nearest_row_by_paired_difference():
     mod = load_benchmark("nearest_table4")
-    medians = {"table4_step00": 0.40, "table4_step01": 0.55, "table4_step02": 0.70}
-    assert mod.nearest(medians, 0.60) == "table4_step01"  # |0.55-0.60| = 0.05 < |0.70-0.60| = 0.10
-    assert mod.nearest(medians, 10.0) == "table4_step02"
-    assert mod.nearest({"a": 0.25, "b": 0.75}, 0.5) == "a"  # a tie keeps the first row
+    deltas = {"table4_step00": -0.20, "table4_step01": -0.05, "table4_step02": 0.10}
+    assert mod.nearest(deltas) == "table4_step01"  # |-0.05| < |0.10| < |-0.20|
+    assert mod.nearest({"a": -9.0, "b": -3.0}) == "b"  # every row faster: the slowest of them
+    assert mod.nearest({"a": -0.25, "b": 0.25}) == "a"  # a tie keeps the first row
 
 
 def test_missing_recipe_is_one_clear_error(tmp_path, capsys):

@@ -769,6 +769,27 @@ def test_resume_during_racing_skips_finished_seeds(tmp_path):
     assert [s.to_dict() for s in steps] == [s.to_dict() for s in reference]
 
 
+def test_a_step_judged_otherwise_on_replay_is_refused_before_any_training(tmp_path):
+    """A journal written under other decision rules (its step recorded without racing, the same scores now judged
+    differently) is refused before racing trains anything."""
+    path = tmp_path / "journal.json"
+    cfg = RacingConfig(enabled=True, max_seeds=4, budget=6, eta=2)
+    steps = run_expansion(START, additive_latency, Noisy(sigma=1.0), steps=1, seeds=3, racing=cfg,
+                          journal=SearchJournal(path), progress=quiet)
+    doc = json.loads(path.read_text())
+    doc["steps"][1]["racing_evaluations"] = 0
+    doc["steps"][1]["verdict"] = next(v for v in ("decided", "no gain") if v != steps[1].verdict)
+    path.write_text(json.dumps(doc))
+
+    def no_training(arch, ctx):
+        raise AssertionError(f"trained {arch} seed {ctx.seed} while replaying")
+
+    with pytest.raises(JournalError, match="other decision rules") as info:
+        run_expansion(START, additive_latency, no_training, steps=1, seeds=3, racing=cfg,
+                      journal=SearchJournal(path), progress=quiet)
+    assert str(path) in str(info.value) and "step 1" in str(info.value)
+
+
 @pytest.mark.parametrize("version", [1, 2])
 def test_older_journals_are_refused_with_a_message(tmp_path, version):
     path = tmp_path / "journal.json"
@@ -834,7 +855,7 @@ def test_table4_comparison_puts_each_step_beside_the_papers():
                         "| 53.4 (+29.3) | same dimension |")
     assert lines[-1] == "Same op as the paper in 1 of 2 steps."
     lines = table4_comparison(history, devices={1: "A", 2: "B"}).splitlines()
-    assert lines[-2:] == ["Same op as the paper in 1 of 2 steps.", "Latencies measured with: A; B"]
+    assert lines[-3:] == ["Same op as the paper in 1 of 2 steps.", "", "Latencies measured with: A; B"]
     other = Step(index=0, arch=get_preset("lps_s", 11), latency=1.0, score=0.3)
     assert table4_comparison([other]) is None  # not a search from N0: nothing to compare step by step
 

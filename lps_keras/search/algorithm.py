@@ -264,6 +264,15 @@ class Expansion:
             parent = self._plain_step(0, parent_arch, lats[parent_arch.hash][0], evals[parent_arch.hash])
             self._record(parent)
         verdict = self._judge(parent_arch, lats, cands, evals)
+        recorded = self.journal.recorded_step(t)
+        if recorded is not None and recorded.racing_evaluations == 0 and recorded.verdict != verdict.kind:
+            # A step recorded without racing is judged again on the very same scores: a different verdict means
+            # the rules changed since the journal was written; say so before racing trains anything.
+            raise JournalError(
+                f"{self.journal.where}: step {t} was recorded as {recorded.verdict} without racing, but the same "
+                f"scores now give {verdict.kind} ({verdict.reason}): the journal was written under other decision "
+                "rules. Keep it for its results and run the search into a new output directory, or remove step "
+                f"{t} and later ones from its 'steps' to judge them again from the recorded evaluations")
         verdict, spent = self.race(t, verdict, parent_arch, parent_ctx, cands, ctxs, n, lats, evals)
         step = self._step_record(t, target, parent_arch, lats[parent_arch.hash][0], cands, evals, verdict, spent)
         self._record(step)

@@ -294,7 +294,7 @@ def _latency_devices_problem(devices) -> Optional[str]:
     if not isinstance(devices, dict):
         return f"'latency_devices' is {_short_json(devices, 60)}, not an object {{step: text}}"
     for step, text in devices.items():
-        if not step.isdigit() or not isinstance(text, str):
+        if not (step.isascii() and step.isdigit()) or not isinstance(text, str):
             return (f"latency_devices[{step!r}] is {_short_json(text, 60)}, not a text under a step number "
                     "(where that step's latencies were measured)")
     return None

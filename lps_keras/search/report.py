@@ -280,4 +280,4 @@ def table4_comparison(history: Sequence[Step], unit: str = "ms",
             f"({p.miou - paper0.miou:+.1f}) | {match} |")
     lines.append(f"\nSame op as the paper in {same} of {len(lines) - 2} steps.")
     where = devices_line(history, devices)
-    return "\n".join(lines + ([where] if where else []))
+    return "\n".join(lines + (["", where] if where else []))
