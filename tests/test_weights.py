@@ -17,6 +17,27 @@ def test_saved_model_carries_its_arch(tmp_path):
     assert isinstance(loaded, LPSNet) and loaded.arch == ARCH and is_deploy(loaded)
 
 
+def test_a_mixed_bfloat16_model_loads_computing_in_float32(tmp_path):
+    """A model saved by a mixed_bfloat16 training run loads computing in float32 (its exports are fp32 and are
+    verified against it): the same weights as a float32 model of the arch give the same outputs."""
+    previous = keras.config.dtype_policy()
+    keras.config.set_dtype_policy("mixed_bfloat16")
+    try:
+        mixed = build_model(ARCH, deploy=True)
+        randomize_batchnorm(mixed, seed=3)
+        mixed.save(tmp_path / "mixed.keras")
+    finally:
+        keras.config.set_dtype_policy(previous)
+    loaded = load_weights_file(tmp_path / "mixed.keras", ARCH)
+    assert {layer.dtype_policy.name for layer in loaded.layers} == {"float32"}
+    reference = build_model(ARCH, deploy=True)
+    reference.set_weights(mixed.get_weights())
+    x = np.random.default_rng(1).normal(size=(1, 48, 64, 3)).astype("float32")
+    out = np.asarray(loaded(x))
+    assert out.dtype == np.float32
+    np.testing.assert_allclose(out, np.asarray(reference(x)), rtol=1e-6, atol=1e-6)
+
+
 def test_plain_functional_keras_file_still_loads(tmp_path):
     # .keras files written before models carried their Arch hold a plain functional graph.
     model = build_model(ARCH)
