@@ -19,7 +19,7 @@ import numpy as np
 from lps_keras.arch import Arch
 from lps_keras.classifier import LPSClassifier
 from lps_keras.errors import LPSError
-from lps_keras.families import build, config_of, describe, family_of_config, fuse, register_models
+from lps_keras.families import build, config_of, describe, family_of_config, fuse, register_models, with_dtype
 from lps_keras.layers import RepConvBlock
 from lps_keras.model import LPSNet, build_model
 
@@ -77,19 +77,14 @@ def load_weights_file(path, arch, input_shape=None, classifier: bool = False) ->
 
 
 def _float32(model: keras.Model) -> keras.Model:
-    """``model`` computing in float32: a model saved by a ``mixed_bfloat16`` training run carries that policy in
-    its config, and loaded as saved it would compute in bf16, so an export verified against it compared an fp32
-    graph with a bf16 reference (2.6% apart for a CamVid-trained Table 4 network). Its variables are float32
-    either way; the model is rebuilt from its config with ``dtype="float32"`` and given the same weights."""
+    """``model`` computing in float32. A model saved by a ``mixed_bfloat16`` training run keeps that policy in
+    its layers, and loaded as saved it computes in bf16: an fp32 export verified against it failed at 2.6% (a
+    CamVid-trained Table 4 network). Family models are rebuilt in float32 with the same weights
+    (:func:`lps_keras.families.with_dtype`); others (a pretrained classifier) only initialise weights."""
     policies = {getattr(getattr(x, "dtype_policy", None), "name", "float32") for x in (model, *model.layers)}
-    if policies <= {"float32"}:
+    if policies <= {"float32"} or getattr(model, "family_config", None) is None:
         return model
-    config = model.get_config()
-    if not isinstance(config, dict) or config.get("dtype") is None:
-        return model  # a plain functional graph: no model-level policy to change
-    rebuilt = model.__class__.from_config({**config, "dtype": "float32"})
-    rebuilt.set_weights(model.get_weights())
-    return rebuilt
+    return with_dtype(model, "float32")
 
 
 def _as_lpsnet(model: keras.Model, arch: Arch, path) -> LPSNet:

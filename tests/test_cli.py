@@ -7,6 +7,7 @@ blocking the suite) on a tiny hand-made CamVid or Cityscapes tree with one broke
 
 import json
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -395,7 +396,13 @@ def test_second_train_on_a_run_directory_in_use_exits_2_naming_the_holder(tmp_pa
                                  cwd=REPO, env=_env(), stdout=f, stderr=subprocess.STDOUT, text=True)
     try:
         _wait_for(lambda: "training lpsnet_" in out.read_text(), first)  # it holds the lock by then
-        second = _run("train.py", "--recipe", recipe, "--run-dir", run_dir, *long_run)
+        # Paused while the second tries: on a fast CPU the 400 tiny iterations ended during the second's
+        # TensorFlow start-up, and the test failed for want of a holder, not of the lock.
+        os.kill(first.pid, signal.SIGSTOP)
+        try:
+            second = _run("train.py", "--recipe", recipe, "--run-dir", run_dir, *long_run)
+        finally:
+            os.kill(first.pid, signal.SIGCONT)
         assert first.poll() is None, "the first run ended before the second tried: make it longer"
         _assert_one_line_error(second, str(run_dir), f"in use by process {first.pid}")
         assert first.wait(timeout=300) == 0, out.read_text()[-3000:]

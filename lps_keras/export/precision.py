@@ -21,14 +21,9 @@ def bf16_model(deploy_model):
     Built with Keras' ``mixed_bfloat16`` policy, so on CPUs with AVX512-BF16/AMX oneDNN runs the
     convolutions in bf16 while the weights keep full precision for the casts.
     """
-    from lps_keras.families import build, config_of
+    from lps_keras.families import with_dtype
 
-    model = build(config_of(deploy_model), deploy=deploy_model.deploy, upsample_logits=deploy_model.upsample_logits,
-                  input_shape=deploy_model.input_shape[1:], name=f"{deploy_model.name}_bf16", dtype="mixed_bfloat16")
-    for layer in deploy_model.layers:
-        if layer.weights:
-            model.get_layer(layer.name).set_weights(layer.get_weights())
-    return model
+    return with_dtype(deploy_model, "mixed_bfloat16", name=f"{deploy_model.name}_bf16")
 
 
 def resize_bilinear_np(x: np.ndarray, out_h: int, out_w: int) -> np.ndarray:

@@ -112,6 +112,18 @@ def config_of(model):
     return config
 
 
+def with_dtype(model, dtype: str, name: str | None = None):
+    """A copy of the family model ``model`` computing under the Keras dtype policy ``dtype`` (the variables
+    stay float32 either way), with the same weights: bf16 inference of an fp32 model, or float32 inference
+    of a model saved by a ``mixed_bfloat16`` training run."""
+    copy = build(config_of(model), deploy=model.deploy, upsample_logits=model.upsample_logits,
+                 input_shape=model.input_shape[1:], name=name or model.name, dtype=dtype)
+    for layer in model.layers:
+        if layer.weights:
+            copy.get_layer(layer.name).set_weights(layer.get_weights())
+    return copy
+
+
 def describe(config) -> str:
     """One line naming a config: the family and its compact form."""
     family = family_of_config(config)

@@ -234,7 +234,7 @@ def format_table(history: Sequence[Step], unit: str = "ms", devices: Optional[Ma
         lines.append(f"| {s.index} | {b} | {c} | {r} | {lat} | {miou} | {len(s.scores) or 1} | {parent} | {dim} "
                      f"| {margin} | {decision} |")
     where = devices_line(history, devices)
-    return "\n".join(lines + ([f"\n{where}"] if where else []))
+    return "\n".join(lines + (["", where] if where else []))
 
 
 def table4_comparison(history: Sequence[Step], unit: str = "ms",
