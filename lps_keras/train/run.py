@@ -15,7 +15,10 @@ at the index level, without decoding them).
 
 The backup directory holds ``arch.json``: the config the backup was written for (an LPS-Net
 architecture as it always was, or ``{"family": ..., "config": ...}`` for another family), so a
-rerun with another model is refused naming the difference instead of failing on a shape.
+rerun with another model is refused naming the difference instead of failing on a shape. It also
+holds ``trajectory.json``: the recipe's settings that shape the weights (seed, optimiser, loss,
+augmentation, training images), so a rerun that changed one of them is refused too instead of
+silently continuing the other run (``RESUMABLE_CHANGES`` lists what a resumed run may change).
 """
 
 from __future__ import annotations
@@ -42,6 +45,21 @@ from lps_keras.train.errors import NonFiniteLossError, TrainingError
 
 #: The file in ``backup/`` naming the config the backup belongs to.
 CONFIG_FILE = "arch.json"
+#: The file in ``backup/`` recording the recipe settings the backup's trajectory was trained with.
+TRAJECTORY_FILE = "trajectory.json"
+
+#: Recipe fields a resumed run may change: how long it runs (a poly schedule then bends from the
+#: resumed step), how often it logs, validates and backs up, where it reads the same images from,
+#: what it evaluates. Every other field of these sections must match the backup's record: a rerun
+#: with ``--set train.seed=1`` into the run directory of seed 0 used to resume seed 0's finished
+#: run, re-evaluate it and report that as seed 1.
+RESUMABLE_CHANGES = {
+    "data": frozenset({"root", "source", "val_split", "val_subset", "eval_size", "cache", "skip_bad_files",
+                       "deterministic"}),
+    "train": frozenset({"iterations", "val_interval", "checkpoint_interval", "log_interval", "image_summaries",
+                        "run_dir", "init", "distribute"}),
+    "pretrain": frozenset({"eval_resize"}),
+}
 
 
 def resolve_run_dir(recipe: Recipe) -> Path:
@@ -126,6 +144,41 @@ def check_backup_config(config_file: Path, config, work_dir: Path) -> None:
         "Use --no-resume or another --run-dir")
 
 
+def trajectory_record(recipe: Recipe) -> dict:
+    """The settings of ``recipe`` that decide its sequence of weight updates (JSON-ready)."""
+    d = json.loads(json.dumps(recipe.to_dict()))
+    return {section: {k: v for k, v in d[section].items() if k not in free}
+            for section, free in RESUMABLE_CHANGES.items()}
+
+
+def _flat(record: dict, prefix: str = "") -> dict:
+    """``{"data": {"augment": {"hflip": 1}}}`` -> ``{"data.augment.hflip": 1}``."""
+    out = {}
+    for key, value in record.items():
+        if isinstance(value, dict):
+            out.update(_flat(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
+def check_backup_trajectory(path: Path, recipe: Recipe, work_dir: Path) -> None:
+    """Raise TrainingError when the backup recorded in ``path`` was trained with other settings."""
+    try:
+        saved = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return  # a backup written before the record existed: nothing to compare with
+    if not isinstance(saved, dict):
+        return
+    before, now = _flat(saved), _flat(trajectory_record(recipe))
+    changed = [f"{key} {before[key]!r} -> {value!r}" for key, value in now.items()
+               if key in before and before[key] != value]
+    if changed:
+        raise TrainingError(
+            f"run directory {work_dir} holds a run trained with other settings ({'; '.join(changed)}); resuming it "
+            "would continue that run under this recipe's name. Use another --run-dir, or --no-resume to discard it")
+
+
 class TrainingRun:
     """A run of ``recipe.train`` in its run directory; use as a context manager.
 
@@ -204,6 +257,7 @@ class TrainingRun:
         start = 0
         if self.backup.exists():
             check_backup_config(config_file, config, self.work_dir)
+            check_backup_trajectory(self.work_dir / "backup" / TRAJECTORY_FILE, self.recipe, self.work_dir)
             try:
                 start = self.backup.restore()
             except ValueError as e:
@@ -221,6 +275,7 @@ class TrainingRun:
             if init is not None:
                 init(model)
             atomic_write_json(config_file, config_record(config))  # what a resumed run must match
+            atomic_write_json(self.work_dir / "backup" / TRAJECTORY_FILE, trajectory_record(self.recipe))
         self.start_step = start
         self.state.step = start
         self.state.last_good_step = start if start > 0 else None
