@@ -38,20 +38,42 @@ def run_dir(root: Path, arm: str, seed: int) -> Path:
     return root / f"{arm.replace('+', '_')}_s{seed}"
 
 
-def finished(directory: Path, iterations: int) -> dict | None:
+def overrides(arm: str, seed: int, iterations: int) -> list[str]:
+    """The ``--set`` overrides of one (arm, seed) run, as ``train`` passes them."""
+    return [f"train.iterations={iterations}", f"train.seed={seed}", f"train.val_interval={iterations}",
+            "train.checkpoint_interval=100", *(f"{key}={value}" for key, value in ARMS[arm].items())]
+
+
+def finished(directory: Path, iterations: int, recipe: str, arm: str, seed: int) -> dict | None:
+    """The run's metrics when it finished ``iterations`` steps of this recipe, arm and seed; else None.
+
+    A run directory trained from another ``--recipe`` (or an arm whose settings changed) is not this
+    run: its settings are compared with the expected ones, so its figures are never reported as ours.
+    """
+    from lps_keras.recipe import load_recipe
+    from lps_keras.train.trajectory import trajectory_record
+
     path = directory / "metrics.json"
     if not path.exists():
         return None
     metrics = json.loads(path.read_text())
-    return metrics if metrics.get("final_step") == iterations else None
+    if metrics.get("final_step") != iterations:
+        return None
+    expected = load_recipe(recipe, overrides(arm, seed, iterations))
+    try:
+        ran = load_recipe(directory / "recipe.json")
+    except Exception:  # noqa: BLE001 - an unreadable record cannot show the run is ours
+        ran = None
+    if ran is None or trajectory_record(ran) != trajectory_record(expected):
+        raise SystemExit(f"camvid_ab: {directory} holds a run of other settings than {recipe} {arm} seed {seed}; "
+                         "use another --root")
+    return metrics
 
 
 def train(recipe: str, directory: Path, arm: str, seed: int, iterations: int) -> None:
-    command = [sys.executable, str(ROOT / "train.py"), "--recipe", recipe, "--run-dir", str(directory),
-               "--iterations", str(iterations), "--set", f"train.seed={seed}",
-               "--set", f"train.val_interval={iterations}", "--set", "train.checkpoint_interval=100"]
-    for key, value in ARMS[arm].items():
-        command += ["--set", f"{key}={value}"]
+    command = [sys.executable, str(ROOT / "train.py"), "--recipe", recipe, "--run-dir", str(directory)]
+    for item in overrides(arm, seed, iterations):
+        command += ["--set", item]
     directory.mkdir(parents=True, exist_ok=True)
     with open(directory / "ab_stdout.log", "a") as log:
         status = subprocess.call(command, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT)
@@ -59,12 +81,12 @@ def train(recipe: str, directory: Path, arm: str, seed: int, iterations: int) ->
         raise SystemExit(f"camvid_ab: {arm} seed {seed} failed (exit {status}); see {directory / 'ab_stdout.log'}")
 
 
-def summarise(root: Path, arms: list[str], seeds: list[int], iterations: int) -> dict:
+def summarise(root: Path, arms: list[str], seeds: list[int], iterations: int, recipe: str) -> dict:
     from lps_keras.latency.stats import cpu_device, cpu_flags_text
 
     rows = []
     for arm in arms:
-        runs = [m for s in seeds if (m := finished(run_dir(root, arm, s), iterations))]
+        runs = [m for s in seeds if (m := finished(run_dir(root, arm, s), iterations, recipe, arm, s))]
         if not runs:
             continue
         miou = [100 * m["miou"] for m in runs]
@@ -108,14 +130,14 @@ def main(argv: list[str] | None = None) -> int:
         jobs = [(arm, seed) for seed in args.seeds for arm in args.arms]
         for index, (arm, seed) in enumerate(jobs, 1):
             directory = run_dir(args.root, arm, seed)
-            if finished(directory, args.iterations):
+            if finished(directory, args.iterations, args.recipe, arm, seed):
                 print(f"[{index}/{len(jobs)}] {arm} seed {seed}: done already", flush=True)
                 continue
             print(f"[{index}/{len(jobs)}] {arm} seed {seed}: training in {directory}", flush=True)
             train(args.recipe, directory, arm, seed, args.iterations)
-            metrics = finished(directory, args.iterations)
+            metrics = finished(directory, args.iterations, args.recipe, arm, seed)
             print(f"[{index}/{len(jobs)}] {arm} seed {seed}: val mIoU {100 * metrics['miou']:.2f}", flush=True)
-    report = summarise(args.root, args.arms, args.seeds, args.iterations)
+    report = summarise(args.root, args.arms, args.seeds, args.iterations, args.recipe)
     if args.report:
         tmp = args.report.with_suffix(".tmp")
         tmp.write_text(json.dumps(report, indent=2) + "\n")

@@ -162,7 +162,7 @@ def run(args) -> int:
     from lps_keras.latency import cpu_flags_text
     from lps_keras.recipe import load_recipe, validate_recipe
     from lps_keras.search import SearchJournal, run_expansion
-    from lps_keras.search.expansion import ProxyEvaluator, make_latency_fn, search_fingerprint
+    from lps_keras.search.expansion import ProxyEvaluator, journal_fingerprint, make_latency_fn
     from lps_keras.search.fidelity import fidelity_markdown, fixed_latency, reference_step, rescored, summarize
 
     if args.from_json:
@@ -227,6 +227,9 @@ def run(args) -> int:
             and not (out / "scratch" / "journal.json").exists():
         raise UsageError("--proxies: a warm proxy starts from the scratch proxy's trained N0: run scratch first")
     scratch_eval = CpuTimed(ProxyEvaluator(variants[0][1], str(out / "scratch")))
+    # The journal's latencies come from the recipe's backend (or its profile) unless --latency macs: its
+    # fingerprint names that backend, so a rerun with another one is refused instead of replaying them.
+    backend = "macs" if args.latency == "macs" else recipe.search.latency_backend
     steps = {}
     for name, r, seeds in variants:
         if chosen and name not in chosen:
@@ -239,7 +242,7 @@ def run(args) -> int:
             evaluate = SharedStart(scratch_eval, evaluate)
         history = run_expansion(
             r.arch(), latency, evaluate, 1, journal=SearchJournal(out / name / "journal.json"), ops=ops,
-            max_k=r.search.max_k, fingerprint=search_fingerprint(r, args.latency), seeds=seeds,
+            max_k=r.search.max_k, fingerprint=journal_fingerprint(r, backend), seeds=seeds,
             warm_start=r.search.proxy.init == "parent",
         )
         steps[name] = (history[0], history[1], seeds)

@@ -179,6 +179,11 @@ def test_resume_with_another_architecture_names_both(tmp_path):
                            "--no-resume")
     assert (run_dir / "backup" / "latest.weights.h5").is_file()  # the existing run is left as it was
     assert not any(p.exists() for p in leftovers)
+    # Another seed into the finished run's directory used to re-evaluate that run as the new seed.
+    r = _run("train.py", "--recipe", recipe, "--run-dir", run_dir, "--set", "train.seed=7")
+    _assert_one_line_error(r, str(run_dir), "train.seed 0 -> 7", "--no-resume")
+    r = _run("train.py", "--recipe", recipe, "--run-dir", run_dir, "--set", "train.iterations=1")
+    _assert_one_line_error(r, str(run_dir), "step 2, past train.iterations 1", "--no-resume")
 
 
 def test_train_init_from_official_weights(tmp_path):

@@ -248,12 +248,26 @@ def test_proxy_fields_rules_and_fingerprint(tmp_path):
     base = load_recipe(REPO / "recipes/expand_synthetic.json")
     assert search_fingerprint(more, "tf") == search_fingerprint(base, "tf")
     # What a proxy run scores, and how, does change every score: another fingerprint.
-    for change in ("search.proxy.score=pixel_accuracy", "search.proxy.label_stride=4"):
+    for change in ("search.proxy.score=pixel_accuracy", "search.proxy.label_stride=4",
+                   "train.warmup_iterations=5", "train.mixed_precision=mixed_bfloat16",
+                   "train.loss_label_stride=2"):
         other = load_recipe(REPO / "recipes/expand_synthetic.json", [change])
         assert search_fingerprint(other, "tf") != search_fingerprint(base, "tf"), change
     stride = proxy_recipe(load_recipe(REPO / "recipes/expand_synthetic.json", ["search.proxy.label_stride=4"]),
                           base.arch(), tmp_path / "run")
     assert stride.train.loss_label_stride == 4 and base.train.loss_label_stride == 1
+    # OHEM's threshold counts only with the OHEM loss; the proxy's own label stride overrides the recipe's.
+    assert search_fingerprint(load_recipe(REPO / "recipes/expand_synthetic.json", ["train.ohem_threshold=0.5"]),
+                              "tf") == search_fingerprint(base, "tf")
+    ohem = load_recipe(REPO / "recipes/expand_synthetic.json", ["train.loss=ohem"])
+    assert search_fingerprint(load_recipe(REPO / "recipes/expand_synthetic.json", ["train.loss=ohem",
+                                                                                   "train.ohem_threshold=0.5"]),
+                              "tf") != search_fingerprint(ohem, "tf")
+    strided = ["search.proxy.label_stride=4"]
+    assert search_fingerprint(load_recipe(REPO / "recipes/expand_synthetic.json", [*strided,
+                                                                                   "train.loss_label_stride=2"]),
+                              "tf") == search_fingerprint(load_recipe(REPO / "recipes/expand_synthetic.json", strided),
+                                                          "tf")
     old = search_fingerprint(base, "tf")
     warm = load_recipe(REPO / "recipes/expand_synthetic.json", ["search.proxy.init=parent"])
     assert search_fingerprint(warm, "tf") != old

@@ -9,14 +9,7 @@ import pytest
 from lps_keras.errors import BusyError
 from lps_keras.recipe import load_recipe, recipe_from_dict
 from lps_keras.train.errors import TrainingError
-from lps_keras.train.run import (
-    TrainingRun,
-    check_backup_config,
-    check_backup_trajectory,
-    config_record,
-    epoch_steps_of,
-    trajectory_record,
-)
+from lps_keras.train.run import TrainingRun, check_backup_config, config_record, epoch_steps_of
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -67,18 +60,3 @@ def test_the_backup_records_its_config_and_refuses_another(tmp_path):
     record.write_text("{not json")
     check_backup_config(record, lps, tmp_path)  # unreadable: left to the restore's shape check
 
-
-def test_the_backup_records_its_settings_and_refuses_a_rerun_with_another_seed(tmp_path):
-    record = tmp_path / "trajectory.json"
-    record.write_text(json.dumps(trajectory_record(_recipe(tmp_path))))
-    train = json.loads(record.read_text())["train"]
-    assert train["seed"] == 0 and "iterations" not in train
-    # A longer run, other intervals, another data root: the same trajectory, resumable.
-    check_backup_trajectory(record, _recipe(tmp_path, "train.iterations=9999", "train.val_interval=7",
-                                            "data.root=/elsewhere"), tmp_path)
-    with pytest.raises(TrainingError, match=r"train\.seed 0 -> 1\).*another --run-dir, or --no-resume"):
-        check_backup_trajectory(record, _recipe(tmp_path, "train.seed=1"), tmp_path)
-    with pytest.raises(TrainingError, match=r"data\.augment\.hflip True -> False; train\.base_lr 0\.05 -> 0\.1\)"):
-        check_backup_trajectory(record, _recipe(tmp_path, "train.base_lr=0.1", "data.augment.hflip=false"), tmp_path)
-    record.write_text("{not json")
-    check_backup_trajectory(record, _recipe(tmp_path, "train.seed=1"), tmp_path)  # an older backup: nothing to check

@@ -20,6 +20,7 @@ from lps_keras.arch import EXPANSION_OPS, Arch
 from lps_keras.errors import check_path_name
 from lps_keras.fileio import DirectoryLock
 from lps_keras.recipe import Recipe, validate_recipe
+from lps_keras.recipe_sections import TrainConfig
 from lps_keras.search.algorithm import run_expansion
 from lps_keras.search.decision import DecisionConfig, RacingConfig
 from lps_keras.search.executors import SearchExecutor, make_executor
@@ -231,7 +232,25 @@ def search_fingerprint(recipe: Recipe, backend: str) -> str:
         # class balance changes every score; only when it is on, so older journals keep their fingerprint
         **({"class_balance": [d["train"][k] for k in ("class_balance", "class_weights", "enet_c")]}
            if d["train"]["class_balance"] != "none" else {}),
+        **_schedule_extras(d["train"], s["proxy"]),
     })
+
+
+def _schedule_extras(train: dict, proxy: dict) -> dict:
+    """Training settings that change every candidate's score and were left out of early fingerprints.
+
+    Only those set away from their defaults, so journals written before they counted keep their
+    fingerprint (a resumed search with another warm-up or OHEM threshold would otherwise replay the
+    old scores, and its half-trained candidates would fail their run directory's trajectory check).
+    """
+    default = TrainConfig()
+    keys = ["warmup_iterations", "mixed_precision"]
+    if train["loss"] == "ohem":
+        keys += ["ohem_threshold", "ohem_min_kept"]
+    if proxy.get("label_stride") is None:
+        keys.append("loss_label_stride")
+    extras = {k: train[k] for k in keys if train[k] != getattr(default, k)}
+    return {"schedule": extras} if extras else {}
 
 
 def run(

@@ -153,7 +153,7 @@ def pretrain(recipe: Recipe, resume: bool = True, callbacks: Sequence[keras.call
                           jit_compile=run.jit_compile)
             model.optimizer.build(model.trainable_variables)
 
-        start_step = run.resume_or_start(model, arch, clear_files=("best.keras", BACKBONE_FILE))
+        start_step = run.resume_or_start(model, arch, clear_files=("best.keras", BACKBONE_FILE), task="pretrain")
         train_ds, train_names = build_classification_dataset(recipe, recipe.data.train_split, training=True,
                                                              skip_examples=start_step * cfg.batch_size)
         if train_names != names:
@@ -169,13 +169,14 @@ def pretrain(recipe: Recipe, resume: bool = True, callbacks: Sequence[keras.call
                              f"pretraining {model.name} ({n} classes, {recipe.pretrain.schedule} lr "
                              f"{cfg.base_lr:g})")
 
-        last = state.history[-1] if state.history else {}
         if state.last_val is not None and state.last_val["step"] == final_step:
             result = state.last_val["result"]
-        elif last.get("step") == final_step and last.get("top1") is not None:
-            result = last  # restored from state.json: a rerun of a finished run
         else:
+            # A rerun of a finished run evaluates again, as train() does: the evaluation's settings
+            # (data.val_subset, pretrain.eval_resize, ...) may have changed since the stored figure.
             result = evaluate_fn(model)
+            if state.history and state.history[-1].get("step") == final_step:
+                state.history.pop()
             state.history.append({"step": final_step, "top1": result["top1"], "top5": result["top5"]})
         if not (run_dir / "last.keras").exists():
             atomic_save_model(model, run_dir / "last.keras")

@@ -18,7 +18,7 @@ architecture as it always was, or ``{"family": ..., "config": ...}`` for another
 rerun with another model is refused naming the difference instead of failing on a shape. It also
 holds ``trajectory.json``: the recipe's settings that shape the weights (seed, optimiser, loss,
 augmentation, training images), so a rerun that changed one of them is refused too instead of
-silently continuing the other run (``RESUMABLE_CHANGES`` lists what a resumed run may change).
+silently continuing the other run (:mod:`lps_keras.train.trajectory`).
 """
 
 from __future__ import annotations
@@ -42,24 +42,10 @@ from lps_keras.recipe import Recipe
 from lps_keras.train.callbacks import Backup, RunState, restore_state, truncate_log
 from lps_keras.train.distribute import environment_info, has_gpu, make_strategy, resolve_mixed_precision, worker_info
 from lps_keras.train.errors import NonFiniteLossError, TrainingError
+from lps_keras.train.trajectory import TRAJECTORY_FILE, check_backup_trajectory, trajectory_record
 
 #: The file in ``backup/`` naming the config the backup belongs to.
 CONFIG_FILE = "arch.json"
-#: The file in ``backup/`` recording the recipe settings the backup's trajectory was trained with.
-TRAJECTORY_FILE = "trajectory.json"
-
-#: Recipe fields a resumed run may change: how long it runs (a poly schedule then bends from the
-#: resumed step), how often it logs, validates and backs up, where it reads the same images from,
-#: what it evaluates. Every other field of these sections must match the backup's record: a rerun
-#: with ``--set train.seed=1`` into the run directory of seed 0 used to resume seed 0's finished
-#: run, re-evaluate it and report that as seed 1.
-RESUMABLE_CHANGES = {
-    "data": frozenset({"root", "source", "val_split", "val_subset", "eval_size", "cache", "skip_bad_files",
-                       "deterministic"}),
-    "train": frozenset({"iterations", "val_interval", "checkpoint_interval", "log_interval", "image_summaries",
-                        "run_dir", "init", "distribute"}),
-    "pretrain": frozenset({"eval_resize"}),
-}
 
 
 def resolve_run_dir(recipe: Recipe) -> Path:
@@ -144,41 +130,6 @@ def check_backup_config(config_file: Path, config, work_dir: Path) -> None:
         "Use --no-resume or another --run-dir")
 
 
-def trajectory_record(recipe: Recipe) -> dict:
-    """The settings of ``recipe`` that decide its sequence of weight updates (JSON-ready)."""
-    d = json.loads(json.dumps(recipe.to_dict()))
-    return {section: {k: v for k, v in d[section].items() if k not in free}
-            for section, free in RESUMABLE_CHANGES.items()}
-
-
-def _flat(record: dict, prefix: str = "") -> dict:
-    """``{"data": {"augment": {"hflip": 1}}}`` -> ``{"data.augment.hflip": 1}``."""
-    out = {}
-    for key, value in record.items():
-        if isinstance(value, dict):
-            out.update(_flat(value, f"{prefix}{key}."))
-        else:
-            out[f"{prefix}{key}"] = value
-    return out
-
-
-def check_backup_trajectory(path: Path, recipe: Recipe, work_dir: Path) -> None:
-    """Raise TrainingError when the backup recorded in ``path`` was trained with other settings."""
-    try:
-        saved = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return  # a backup written before the record existed: nothing to compare with
-    if not isinstance(saved, dict):
-        return
-    before, now = _flat(saved), _flat(trajectory_record(recipe))
-    changed = [f"{key} {before[key]!r} -> {value!r}" for key, value in now.items()
-               if key in before and before[key] != value]
-    if changed:
-        raise TrainingError(
-            f"run directory {work_dir} holds a run trained with other settings ({'; '.join(changed)}); resuming it "
-            "would continue that run under this recipe's name. Use another --run-dir, or --no-resume to discard it")
-
-
 class TrainingRun:
     """A run of ``recipe.train`` in its run directory; use as a context manager.
 
@@ -239,12 +190,13 @@ class TrainingRun:
         return False
 
     # ------------------------------------------------------------------ resume
-    def resume_or_start(self, model, config, init=None, clear_files=()) -> int:
+    def resume_or_start(self, model, config, init=None, clear_files=(), task: str = "train") -> int:
         """Attach the backup to ``model`` and resume from it, or start fresh; returns the start step.
 
         ``resume=False`` discards an existing backup with ``train_log.jsonl``, ``state.json`` and
         ``clear_files``. A fresh start calls ``init(model)`` (weights from ``train.init``) and records
-        ``config`` in ``backup/arch.json``; a resume checks it first.
+        ``config`` in ``backup/arch.json`` and the recipe's ``task`` ("train" or "pretrain") settings
+        in ``backup/trajectory.json``; a resume checks both first.
         """
         cfg = self.recipe.train
         self.backup = Backup(self.work_dir / "backup", self.state, self.files_dir, cfg.checkpoint_interval)
@@ -257,7 +209,7 @@ class TrainingRun:
         start = 0
         if self.backup.exists():
             check_backup_config(config_file, config, self.work_dir)
-            check_backup_trajectory(self.work_dir / "backup" / TRAJECTORY_FILE, self.recipe, self.work_dir)
+            check_backup_trajectory(self.work_dir / "backup" / TRAJECTORY_FILE, self.recipe, self.work_dir, task)
             try:
                 start = self.backup.restore()
             except ValueError as e:
@@ -266,6 +218,10 @@ class TrainingRun:
                 raise TrainingError(
                     f"run directory {self.work_dir} holds a backup that does not fit the recipe's architecture "
                     f"{describe(config)} ({str(e).splitlines()[0]}); use --no-resume or another --run-dir") from None
+            if start > self.total:  # its metrics would describe a longer run under this recipe's length
+                raise TrainingError(
+                    f"run directory {self.work_dir} holds a run backed up at step {start}, past train.iterations "
+                    f"{self.total}; use another --run-dir, or --no-resume to discard it")
             print(f"resuming from {self.backup.weights_path} at step {start}/{self.total}", flush=True)
             restore_state(self.work_dir / "state.json", self.state, start)
             truncate_log(self.log_path, start)
@@ -275,7 +231,7 @@ class TrainingRun:
             if init is not None:
                 init(model)
             atomic_write_json(config_file, config_record(config))  # what a resumed run must match
-            atomic_write_json(self.work_dir / "backup" / TRAJECTORY_FILE, trajectory_record(self.recipe))
+            atomic_write_json(self.work_dir / "backup" / TRAJECTORY_FILE, trajectory_record(self.recipe, task))
         self.start_step = start
         self.state.step = start
         self.state.last_good_step = start if start > 0 else None

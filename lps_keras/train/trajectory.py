@@ -1,0 +1,110 @@
+"""What a resumed run must share with the run its backup came from: the settings of its trajectory.
+
+A run directory's ``backup/`` holds ``trajectory.json``, the recipe's settings that decide the
+sequence of weight updates: the seed, the optimiser, the loss, the augmentation, the training images
+and the weights it started from. A rerun that changed one of them is refused, naming the field,
+instead of continuing the other run under this recipe's name: before this record a rerun with
+``--set train.seed=1`` into seed 0's finished run directory re-evaluated seed 0 and reported it as
+seed 1.
+
+``RESUMABLE_CHANGES`` are the fields a resumed run may change: how long it runs (a poly schedule then
+bends from the resumed step; a shorter length than the backup's step is refused by the run), how
+often it logs, validates and backs up, where it reads the same images from, what it evaluates.
+Fields that do nothing under the recipe's other settings (OHEM's threshold with plain cross-entropy,
+ENet's constant without ENet weights, the other task's section) are left out, so editing them is no
+change. ``train.init`` is recorded by content (a file's SHA-256), not by path: the expansion's
+workers pass the same grown weights by relative or absolute path.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Optional
+
+from lps_keras.recipe import Recipe
+from lps_keras.train.errors import TrainingError
+
+#: The file in ``backup/`` recording the recipe settings the backup's trajectory was trained with.
+TRAJECTORY_FILE = "trajectory.json"
+
+RESUMABLE_CHANGES = {
+    "data": frozenset({"root", "source", "val_split", "val_subset", "eval_size", "cache", "skip_bad_files",
+                       "deterministic"}),
+    "train": frozenset({"iterations", "val_interval", "checkpoint_interval", "log_interval", "image_summaries",
+                        "run_dir", "init", "distribute"}),
+    "pretrain": frozenset({"eval_resize"}),
+}
+
+#: Per task, the sections and fields that do not reach its weights at all.
+_UNUSED = {
+    "train": {"pretrain": None},
+    "pretrain": {"data": {"augment", "synthetic"}},
+}
+
+
+def _init_identity(init: Optional[str]) -> Optional[str]:
+    """None (from scratch) or the start weights' SHA-256 (16 hex digits); "unreadable" when gone."""
+    if init is None:
+        return None
+    try:
+        return hashlib.sha256(Path(init).read_bytes()).hexdigest()[:16]
+    except OSError:
+        return "unreadable"
+
+
+def trajectory_record(recipe: Recipe, task: str = "train") -> dict:
+    """The settings of ``recipe`` that decide a ``task`` run's sequence of weight updates (JSON-ready)."""
+    d = json.loads(json.dumps(recipe.to_dict()))
+    record = {}
+    for section, free in RESUMABLE_CHANGES.items():
+        unused = _UNUSED[task].get(section, set())
+        if unused is None:
+            continue
+        record[section] = {k: v for k, v in d[section].items() if k not in free and k not in unused}
+    train = record["train"]
+    if train["loss"] != "ohem":
+        del train["ohem_threshold"], train["ohem_min_kept"]
+    if train["class_balance"] != "enet":
+        del train["enet_c"]
+    if train["class_balance"] != "explicit":
+        del train["class_weights"]
+    train["init_sha256"] = _init_identity(recipe.train.init)
+    return record
+
+
+def _flat(record: dict, prefix: str = "") -> dict:
+    """``{"data": {"augment": {"hflip": 1}}}`` -> ``{"data.augment.hflip": 1}``."""
+    out = {}
+    for key, value in record.items():
+        if isinstance(value, dict):
+            out.update(_flat(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
+def check_backup_trajectory(path: Path, recipe: Recipe, work_dir: Path, task: str = "train") -> None:
+    """Raise TrainingError when the backup recorded in ``path`` was trained with other settings."""
+    try:
+        saved = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return  # a backup written before the record existed: nothing to compare with
+    if not isinstance(saved, dict):
+        return
+    before, now = _flat(saved), _flat(trajectory_record(recipe, task))
+    changed = []
+    for key, value in now.items():
+        if key not in before or before[key] == value:
+            continue
+        if key == "train.init_sha256" and "unreadable" in (before[key], value) and None not in (before[key], value):
+            continue  # started from a file either way; one of the two copies cannot be read to compare
+        shown = ("train.init", "from scratch" if before[key] is None else "a file of SHA-256 " + before[key],
+                 "from scratch" if value is None else f"{recipe.train.init} (SHA-256 {value})") \
+            if key == "train.init_sha256" else (key, repr(before[key]), repr(value))
+        changed.append(f"{shown[0]} {shown[1]} -> {shown[2]}")
+    if changed:
+        raise TrainingError(
+            f"run directory {work_dir} holds a run trained with other settings ({'; '.join(changed)}); resuming it "
+            "would continue that run under this recipe's name. Use another --run-dir, or --no-resume to discard it")
