@@ -93,8 +93,20 @@ def test_cache_hit_and_miss_through_latency_fn(tmp_path):
     # Other input shape or precision is a different key.
     lat.latency_fn("tf", input_shape=(1, 32, 64, 3), cache=path, measure=stub)(TINY)
     assert len(calls) == 3
+    # Another requested thread count is another measurement; the default setting keeps its old key.
+    lat.latency_fn("tf", input_shape=SHAPE, cache=path, measure=stub, threads=1)(TINY)
+    lat.latency_fn("tf", input_shape=SHAPE, cache=path, measure=stub, threads=1)(TINY)
+    assert len(calls) == 4
     data = json.loads(path.read_text())
-    assert len(data["entries"]) == 3 and not list(tmp_path.glob(".cache.json.*"))
+    assert len(data["entries"]) == 4 and not list(tmp_path.glob(".cache.json.*"))
+    assert sum(k.endswith("|threads=1") for k in data["entries"]) == 1
+
+
+def test_onnx_route_backends_key_what_wrote_the_graph():
+    # tf2onnx, Keras and TensorFlow write the ONNX graph that onnxruntime, OpenVINO and TensorRT run.
+    for backend in ("onnxruntime", "openvino"):
+        versions = lat.library_versions(backend)
+        assert {"tensorflow", "keras", "tf2onnx"} <= set(versions), (backend, versions)
 
 
 def test_measure_latency_uses_cache(tmp_path):

@@ -176,6 +176,17 @@ def _module_version(module: str, key: str) -> Callable[[], dict]:
     return versions
 
 
+def _onnx_route_version(module: str, key: str) -> Callable[[], dict]:
+    """The runtime's version plus what wrote the ONNX graph it runs (TensorFlow, Keras, tf2onnx): a figure
+    cached by one exporter is not served for the graph another one writes, and an IR or engine cached from
+    an older ONNX file is rebuilt with it."""
+    runtime = _module_version(module, key)
+
+    def versions() -> dict:
+        return {**runtime(), **_tf_version(), **package_versions("keras"), **package_versions("tf2onnx")}
+    return versions
+
+
 # --------------------------------------------------------------------------- extra checks
 def openvino_bf16_status() -> tuple[bool, str]:
     """(supported, capabilities): OpenVINO's CPU plugin lists ``BF16`` where the CPU has AVX512-BF16 or AMX."""
@@ -248,11 +259,11 @@ for _entry in (
             "runs it; TF_ENABLE_ONEDNN_OPTS applies as there)",
             device=tf_device, versions=_tf_cpu_version, artifact="savedmodel", runner=_runner("tf_session_runner")),
     Backend("onnxruntime", ("fp32",), "ONNX Runtime, CPU execution provider, on our tf2onnx export",
-            device=cpu_device, versions=_module_version("onnxruntime", "onnxruntime"),
+            device=cpu_device, versions=_onnx_route_version("onnxruntime", "onnxruntime"),
             requires=(*_ONNX, ("onnxruntime", "onnxruntime")), artifact="onnx", runner=_runner("onnxruntime_runner")),
     Backend("openvino", ("fp32", "bf16", "int8"), "OpenVINO CPU plugin on an IR converted from the ONNX export "
             "(int8: NNCF post-training quantisation)",
-            device=cpu_device, versions=_module_version("openvino", "openvino"),
+            device=cpu_device, versions=_onnx_route_version("openvino", "openvino"),
             requires=(*_ONNX, ("openvino", "openvino")), requires_for=MappingProxyType({"int8": (("nncf", "nncf"),)}),
             check=_check_openvino, artifact="openvino", runner=_runner("openvino_runner")),
     Backend("litert", ("fp32", "fp16", "int8"), "LiteRT (ai-edge-litert Interpreter, XNNPACK) on a converted .tflite",
@@ -264,7 +275,7 @@ for _entry in (
             device=tf_device, versions=_tf_version, requirements=TFTRT_REQUIREMENTS, check=_check_tftrt,
             artifact="tftrt", runner=_runner("tftrt_runner")),
     Backend("tensorrt", ("fp32", "fp16"), "TensorRT 10 engine built from the ONNX export (NVIDIA GPU)",
-            device=cuda_device, versions=_module_version("tensorrt", "tensorrt"), requires=_ONNX,
+            device=cuda_device, versions=_onnx_route_version("tensorrt", "tensorrt"), requires=_ONNX,
             requirements=TENSORRT_REQUIREMENTS, check=_check_tensorrt, artifact="tensorrt",
             runner=_runner("tensorrt_runner")),
     Backend("macs", ("fp32", "bf16", "fp16"), "no timing: the Arch's GMACs (dry runs and tests)",

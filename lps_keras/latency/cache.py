@@ -65,24 +65,26 @@ class LatencyCache:
         return self.device_key or device_name(backend)
 
     @staticmethod
-    def make_key(arch_hash, backend, precision, input_shape, device, versions) -> str:
+    def make_key(arch_hash, backend, precision, input_shape, device, versions, threads: Optional[int] = None) -> str:
         v = ",".join(f"{k}={versions[k]}" for k in sorted(versions))
-        return f"{arch_hash}|{backend}|{precision}|{'x'.join(map(str, input_shape))}|{device}|{v}"
+        # Requested threads join the key only when set, so entries of the default setting keep their keys.
+        t = "" if threads is None else f"|threads={int(threads)}"
+        return f"{arch_hash}|{backend}|{precision}|{'x'.join(map(str, input_shape))}|{device}|{v}{t}"
 
-    def lookup(self, arch: Arch, backend: str, precision: str, input_shape, match_device: Optional[bool] = None
-               ) -> Optional[LatencyStats]:
+    def lookup(self, arch: Arch, backend: str, precision: str, input_shape, match_device: Optional[bool] = None,
+               threads: Optional[int] = None) -> Optional[LatencyStats]:
         match_device = self.match_device if match_device is None else match_device
         input_shape = tuple(int(v) for v in input_shape)
         if match_device and self.device_key is None and backend != "macs":
             key = self.make_key(arch.hash, backend, precision, input_shape, self.device(backend),
-                                library_versions(backend))
+                                library_versions(backend), threads)
             entry = self.entries.get(key)
             return LatencyStats.from_dict(entry["stats"]) if entry else None
         # Table mode: any entry with the same arch/backend/precision/shape (and device if keyed).
         found = []
         for entry in self.entries.values():
             if (entry["arch_hash"] == arch.hash and entry["backend"] == backend and entry["precision"] == precision
-                    and tuple(entry["input_shape"]) == input_shape
+                    and tuple(entry["input_shape"]) == input_shape and entry.get("requested_threads") == threads
                     and (not match_device or self.device_key is None or entry["device"] == self.device_key)):
                 found.append(entry)
         if not found:
@@ -94,22 +96,25 @@ class LatencyCache:
         return LatencyStats.from_dict(max(found, key=lambda e: e.get("time", 0))["stats"])
 
     def get_or_measure(self, arch: Arch, backend: str, precision: str, input_shape,
-                       measure: Callable[[], LatencyStats]) -> LatencyStats:
-        """The cached stats for this key, else ``measure()``, stored before it is returned."""
-        hit = self.lookup(arch, backend, precision, input_shape)
+                       measure: Callable[[], LatencyStats], threads: Optional[int] = None) -> LatencyStats:
+        """The cached stats for this key (``threads``: the requested thread count), else ``measure()``, stored
+        before it is returned."""
+        hit = self.lookup(arch, backend, precision, input_shape, threads=threads)
         if hit is not None:
             return hit
         stats = measure()
-        self.store(arch, stats)
+        self.store(arch, stats, threads)
         return stats
 
-    def store(self, arch: Arch, stats: LatencyStats):
+    def store(self, arch: Arch, stats: LatencyStats, threads: Optional[int] = None):
         device = self.device_key or stats.device
-        key = self.make_key(arch.hash, stats.backend, stats.precision, stats.input_shape, device, stats.versions)
+        key = self.make_key(arch.hash, stats.backend, stats.precision, stats.input_shape, device, stats.versions,
+                            threads)
         self.entries[key] = {
             "arch_hash": arch.hash, "arch": arch.to_dict(), "backend": stats.backend, "precision": stats.precision,
             "input_shape": list(stats.input_shape), "device": device, "versions": stats.versions,
             "time": time.time(), "stats": stats.to_dict(),
+            **({} if threads is None else {"requested_threads": int(threads)}),
         }
         self.save()
 

@@ -114,7 +114,7 @@ def measure_latency(
             artifacts = art.ArtifactStore.beside(cache.path)
         return cache.get_or_measure(arch, backend, precision, input_shape, lambda: measure_latency(
             target, backend, input_shape, warmup=warmup, iters=iters, precision=precision, threads=threads,
-            artifacts=artifacts, convert=convert, load=load))
+            artifacts=artifacts, convert=convert, load=load), threads=threads)
 
     if not entry.timed:  # macs: computed, not measured
         arch = arch_of(target)
@@ -183,8 +183,10 @@ def latency_fn(
 
         # GMACs are computed, not measured: nothing to cache.
         use_cache = cache is not None and backend != "macs"
-        stats = cache.get_or_measure(arch, backend, precision, input_shape, measure_here) if use_cache \
-            else measure_here()
+        if use_cache:
+            stats = cache.get_or_measure(arch, backend, precision, input_shape, measure_here, threads=threads)
+        else:
+            stats = measure_here()
         if verbose and backend != "macs":
             print(f"latency {arch}: {stats.median_ms:.2f} ms ({backend}, {stats.device})", flush=True)
         return stats.median_ms
