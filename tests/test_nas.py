@@ -172,6 +172,15 @@ def test_latency_table_builder_with_a_stub(tmp_path):
     assert len(again.calls) == 1
     with pytest.raises(NASError, match="the table is for backend 'onnxruntime', not 'tf'"):
         LatencyTable.load(path, backend="tf")
+    # A half-built table from another machine is not continued here (two devices' timings in one table) ...
+    data = json.loads(path.read_text())
+    data["device"] = "CPU: some other machine"
+    path.write_text(json.dumps(data))
+    assert build_latency_table(space, SIZE, "onnxruntime", measure=Stub(), path=path).device == data["device"]
+    del data["entries"][specs[0].key]
+    path.write_text(json.dumps(data))
+    with pytest.raises(NASError, match=r"partial latency table measured on 'CPU: some other machine'.*1 operators"):
+        build_latency_table(space, SIZE, "onnxruntime", measure=Stub(), path=path)
 
 
 def make_search(space, table, seed=0):

@@ -89,9 +89,15 @@ def build_latency_table(space: SearchSpace, input_size: tuple[int, int], backend
     table = LatencyTable(backend)
     if path is not None and os.path.exists(path):
         table = LatencyTable.load(path, backend=backend)
-    if not table.device:
-        table.device = _device_name()
+    here = _device_name()
     specs = space.op_specs(input_size)
+    missing = sum(spec not in table for spec in specs)
+    if missing and table.entries and table.device and here and table.device != here:
+        # One table holds one device's timings: continuing it here would mix two machines under the first's name.
+        raise NASError(f"{path}: a partial latency table measured on {table.device!r}; this machine is {here!r}. "
+                       f"Finish it there ({missing} operators left), or move it aside to build one here")
+    if not table.device:
+        table.device = here
     for i, spec in enumerate(specs):
         if spec in table:
             continue
