@@ -27,6 +27,11 @@ class LPSError(Exception):
     exit_code = EXIT_BAD_INPUT
 
 
+class PermanentError(LPSError):
+    """The same call would fail the same way again (e.g. a run directory holds another run): executors do not
+    retry it, and a search stops on it instead of recording a failed candidate and going on without it."""
+
+
 class UsageError(LPSError, ValueError):
     """A bad command-line value or argument (names the flag and quotes the value)."""
 

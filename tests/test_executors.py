@@ -109,6 +109,21 @@ def test_sequential_executor_retries_once_then_reports_the_error(tmp_path):
     assert len(read_log(tmp_path / "log")) == 2  # the first attempt and its one retry
 
 
+def test_a_permanent_error_is_neither_retried_nor_recorded_as_a_failed_candidate():
+    from lps_keras.errors import PermanentError
+
+    calls = []
+
+    def conflict(x):
+        calls.append(x)
+        raise PermanentError(f"run directory of {x} holds another run")
+
+    with SequentialExecutor() as ex:
+        with pytest.raises(PermanentError, match="holds another run") as info:
+            ex.submit(conflict, "w3").result()
+    assert calls == ["w3"] and not isinstance(info.value, CandidateFailed)
+
+
 class Kill(KeyboardInterrupt):
     pass
 

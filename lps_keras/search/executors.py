@@ -27,6 +27,7 @@ import threading
 from collections.abc import Callable
 from typing import Any, Optional
 
+from lps_keras.errors import PermanentError
 from lps_keras.search.ray_join import ExecutorError, join_ray
 
 RETRIES = 1
@@ -58,6 +59,8 @@ class _Retrying:
         for _ in range(self.retries + 1):
             try:
                 return self.fn(*args, **kwargs)
+            except PermanentError:  # e.g. a candidate's run directory holds another run: stop the search
+                raise
             except Exception as e:  # noqa: BLE001 - any error of the candidate's own work is retried
                 error = e
         raise CandidateFailed(f"{describe_error(error)} (failed {self.retries + 1} times)")

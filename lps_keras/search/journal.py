@@ -151,7 +151,8 @@ class SearchJournal:
                     raise JournalError(
                         f"{self.where}: this search journal belongs to a different search setup: its {what} is "
                         f"{_short_json(self.setup.get(key))}, this run's is {_short_json(setup[key])}. "
-                        "Use a new output directory (or delete the journal) to start a new search."
+                        "Use a new output directory to start a new search (its candidates' run directories were "
+                        "trained with the old setup, so deleting only the journal does not start afresh)."
                     )
 
     # ------------------------------------------------------------- latencies

@@ -1,6 +1,6 @@
 """Errors raised by training (user-facing: they derive from :class:`lps_keras.errors.LPSError`)."""
 
-from lps_keras.errors import EXIT_NON_FINITE, LPSError
+from lps_keras.errors import EXIT_NON_FINITE, LPSError, PermanentError
 
 
 class TrainingError(LPSError, RuntimeError):
@@ -11,3 +11,7 @@ class NonFiniteLossError(TrainingError):
     """The loss became NaN or infinite; the last good checkpoint is left untouched (exit code 3)."""
 
     exit_code = EXIT_NON_FINITE
+
+
+class RunConflictError(TrainingError, PermanentError):
+    """The run directory holds a backup of another model or of other settings; resuming it would mislabel it."""

@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Optional
 
 from lps_keras.recipe import Recipe
-from lps_keras.train.errors import TrainingError
+from lps_keras.train.errors import RunConflictError
 
 #: The file in ``backup/`` recording the recipe settings the backup's trajectory was trained with.
 TRAJECTORY_FILE = "trajectory.json"
@@ -86,7 +86,7 @@ def _flat(record: dict, prefix: str = "") -> dict:
 
 
 def check_backup_trajectory(path: Path, recipe: Recipe, work_dir: Path, task: str = "train") -> None:
-    """Raise TrainingError when the backup recorded in ``path`` was trained with other settings."""
+    """Raise RunConflictError when the backup recorded in ``path`` was trained with other settings."""
     try:
         saved = json.loads(path.read_text())
     except (OSError, ValueError):
@@ -105,6 +105,6 @@ def check_backup_trajectory(path: Path, recipe: Recipe, work_dir: Path, task: st
             if key == "train.init_sha256" else (key, repr(before[key]), repr(value))
         changed.append(f"{shown[0]} {shown[1]} -> {shown[2]}")
     if changed:
-        raise TrainingError(
+        raise RunConflictError(
             f"run directory {work_dir} holds a run trained with other settings ({'; '.join(changed)}); resuming it "
             "would continue that run under this recipe's name. Use another --run-dir, or --no-resume to discard it")
