@@ -29,6 +29,9 @@ full-resolution loss as ``scratch`` (the recipe's proxy before it became stride4
         --variant 'warm300lr:init="parent";warm_iterations=300;warm_lr=0.01'
 
 (``--reference-json`` reuses the 2026-11-22 reference; without it, ``--ref-seeds 3 --ref-factor 4`` trains one.)
+Each proxy's journal fingerprint names the latency backend (the recipe's, or ``macs``), so a rerun with
+another backend is refused; journals written before 2026-12-01 named ``recipe`` there and are refused
+too (their output directory must be started afresh).
 
 Verified only on a tiny synthetic configuration (exercises the code, says nothing about fidelity;
 22 trainings, about 6 minutes on the shared 2-core CPU):

@@ -109,6 +109,12 @@ def test_sequential_executor_retries_once_then_reports_the_error(tmp_path):
     assert len(read_log(tmp_path / "log")) == 2  # the first attempt and its one retry
 
 
+def _conflict(x):
+    from lps_keras.train.errors import RunConflictError
+
+    raise RunConflictError(f"run directory of {x} holds another run")
+
+
 def test_a_permanent_error_is_neither_retried_nor_recorded_as_a_failed_candidate():
     from lps_keras.errors import PermanentError
 
@@ -122,6 +128,9 @@ def test_a_permanent_error_is_neither_retried_nor_recorded_as_a_failed_candidate
         with pytest.raises(PermanentError, match="holds another run") as info:
             ex.submit(conflict, "w3").result()
     assert calls == ["w3"] and not isinstance(info.value, CandidateFailed)
+    with PoolExecutor(1) as ex:  # pickled back from a worker process, still itself
+        with pytest.raises(PermanentError, match="of w4 holds another run"):
+            ex.submit(_conflict, "w4").result()
 
 
 class Kill(KeyboardInterrupt):
@@ -280,6 +289,15 @@ def test_ray_step_reaches_the_process_pool_decisions_with_two_candidates_in_para
     assert overlaps >= 1, "no two Ray tasks ran at the same time"
     journal = json.loads((tmp_path / "ray" / "journal.json").read_text())
     assert len(journal["evaluations"]) == len(calls) and len(journal["steps"]) == 2
+
+
+def test_ray_task_permanent_error_reaches_the_search_as_itself(cluster):
+    from lps_keras.errors import PermanentError
+
+    with make_executor("ray") as ex:
+        with pytest.raises(PermanentError, match="of w5 holds another run") as info:
+            ex.submit(_conflict, "w5").result()
+    assert not isinstance(info.value, CandidateFailed)
 
 
 def test_ray_task_failure_is_retried_once_then_journaled(cluster, tmp_path):

@@ -456,3 +456,20 @@ def test_a_search_on_a_latency_profile_needs_no_device_and_records_the_profile(t
         f"search.latency.source=profile:{profile}"])
     with pytest.raises(ProfileError, match=r"made at input \[1, 64, 128, 3\]"):
         run(wrong, tmp_path / "out2", evaluate_fn=concave_score, recipes_dir=tmp_path / "r2", progress=None)
+
+
+def test_a_candidate_directory_holding_another_run_stops_with_the_expansions_advice(tmp_path, monkeypatch):
+    from lps_keras.train.errors import RUN_ADVICE, RunConflictError
+
+    def conflicting(recipe, **kw):
+        raise RunConflictError(f"run directory {recipe.train.run_dir} holds a run trained with other settings "
+                               f"(train.seed 0 -> 1){RUN_ADVICE}")
+
+    monkeypatch.setattr("lps_keras.train.train", conflicting)
+    recipe = tiny_recipe(tmp_path)
+    with pytest.raises(RunConflictError) as info:
+        ProxyEvaluator(recipe, str(tmp_path / "out"), verbose=0)(recipe.arch(), EvalContext(step=0, key="k0"))
+    message = str(info.value)
+    assert message.startswith("candidate k0 seed 0: run directory ") and "(train.seed 0 -> 1)" in message
+    assert "--run-dir" not in message and message.endswith(f"use a new --output, or delete {tmp_path / 'out'}"
+                                                           f"/candidates/k0")

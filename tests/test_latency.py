@@ -104,6 +104,7 @@ def test_cache_hit_and_miss_through_latency_fn(tmp_path):
 
 def test_onnx_route_backends_key_what_wrote_the_graph():
     # tf2onnx, Keras and TensorFlow write the ONNX graph that onnxruntime, OpenVINO and TensorRT run.
+    pytest.importorskip("tf2onnx")
     for backend in ("onnxruntime", "openvino"):
         versions = lat.library_versions(backend)
         assert {"tensorflow", "keras", "tf2onnx"} <= set(versions), (backend, versions)

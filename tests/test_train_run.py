@@ -59,4 +59,3 @@ def test_the_backup_records_its_config_and_refuses_another(tmp_path):
         check_backup_config(record, other, tmp_path)
     record.write_text("{not json")
     check_backup_config(record, lps, tmp_path)  # unreadable: left to the restore's shape check
-

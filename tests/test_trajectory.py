@@ -44,7 +44,7 @@ def test_length_intervals_data_root_and_unused_fields_may_change(tmp_path):
 
 def test_pretraining_ignores_the_segmentation_augmentation_but_not_its_own_crop(tmp_path):
     record = _record(tmp_path, _recipe(), task="pretrain")
-    check_backup_trajectory(record, _recipe("data.augment.hflip=false"), tmp_path, task="pretrain")
+    check_backup_trajectory(record, _recipe("data.augment.hflip=false", "train.loss=ohem"), tmp_path, task="pretrain")
     with pytest.raises(TrainingError, match=r"pretrain\.image_size \[224, 224\] -> \[64, 64\]"):
         check_backup_trajectory(record, _recipe("pretrain.image_size=[64,64]"), tmp_path, task="pretrain")
 

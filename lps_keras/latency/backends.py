@@ -183,7 +183,9 @@ def _onnx_route_version(module: str, key: str) -> Callable[[], dict]:
     runtime = _module_version(module, key)
 
     def versions() -> dict:
-        return {**runtime(), **_tf_version(), **package_versions("keras"), **package_versions("tf2onnx")}
+        # From package metadata, not imports: an edge board timing a handed-in IR may have no TensorFlow.
+        writers = {**package_versions("tensorflow"), **package_versions("keras"), **package_versions("tf2onnx")}
+        return {**runtime(), **writers}
     return versions
 
 

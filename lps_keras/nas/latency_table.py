@@ -89,13 +89,13 @@ def build_latency_table(space: SearchSpace, input_size: tuple[int, int], backend
     table = LatencyTable(backend)
     if path is not None and os.path.exists(path):
         table = LatencyTable.load(path, backend=backend)
-    here = _device_name()
+    here = _device_name(backend)
     specs = space.op_specs(input_size)
     missing = sum(spec not in table for spec in specs)
     if missing and table.entries and table.device and here and table.device != here:
         # One table holds one device's timings: continuing it here would mix two machines under the first's name.
         raise NASError(f"{path}: a partial latency table measured on {table.device!r}; this machine is {here!r}. "
-                       f"Finish it there ({missing} operators left), or move it aside to build one here")
+                       f"Finish it there ({missing} operator(s) left), or move it aside to build one here")
     if not table.device:
         table.device = here
     for i, spec in enumerate(specs):
@@ -150,10 +150,10 @@ def calibrate_table(space: SearchSpace, table: LatencyTable, input_size, backend
     return table
 
 
-def _device_name() -> str:
+def _device_name(backend: str = "tf") -> str:
     try:
         from lps_keras.latency.stats import device_name
-        return device_name()
+        return device_name(backend)
     except Exception:  # the name is a label only; a table built without it still works
         return ""
 

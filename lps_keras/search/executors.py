@@ -301,6 +301,8 @@ class RayExecutor(SearchExecutor):
             try:
                 if f.cancelled():
                     out.cancel()
+                elif isinstance(cause := getattr(f.exception(), "cause", None), PermanentError):
+                    out.set_exception(cause)  # not a failed candidate: the search stops on it (Ray retried it once)
                 elif f.exception() is not None:
                     out.set_exception(CandidateFailed(f"{describe_error(f.exception())} "
                                                       f"(failed {retries + 1} times on Ray)"))

@@ -90,13 +90,19 @@ class ProxyEvaluator:
 
     def __call__(self, arch: Arch, context: EvalContext) -> dict:
         from lps_keras.train import train
+        from lps_keras.train.errors import RUN_ADVICE, RunConflictError
 
         run_dir = candidate_dir(self.output_dir, context.key, context.seed)
         init, how = None, "scratch"
         if self.recipe.search.proxy.init == "parent" and context.parent_weights:
             init, how = self.warm_start(arch, context)
         recipe = proxy_recipe(self.recipe, arch, run_dir, seed=context.seed, init=init)
-        summary = train(recipe, resume=True, verbose=self.verbose)
+        try:
+            summary = train(recipe, resume=True, verbose=self.verbose)
+        except RunConflictError as e:  # train.py's advice (--run-dir, --no-resume) is not expand.py's
+            raise RunConflictError(f"candidate {context.key} seed {context.seed}: {str(e).removesuffix(RUN_ADVICE)}; "
+                                   f"this search's journal does not match its candidates: use a new --output, or "
+                                   f"delete {run_dir}") from None
         keep = ("miou", "pixel_accuracy", "mean_class_accuracy", "final_step", "fit_seconds", "wall_seconds",
                 "deploy_parity_max_rel_error")
         return {

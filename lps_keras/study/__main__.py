@@ -64,8 +64,7 @@ def _previous_result(args, out_dir):
     same = (result.get("backend"), result.get("precision"), result.get("input_size")) == \
         (args.backend, args.precision, size)
     if args.study == "blocks":  # the widths were tuned to a target under a cap: another one is another study
-        same = same and (args.target_ms is None or result.get("target_ms") == round(args.target_ms, 4)) \
-            and result.get("c_max", args.c_max) == args.c_max
+        same = same and result.get("target_ms_given") == args.target_ms and result.get("c_max", 512) == args.c_max
     return result if same else None
 
 
@@ -144,7 +143,7 @@ def run(args) -> int:
                 return ms
 
             result = study.blocks_study(single, (h, w), args.target_ms, set_fn(shape), c_max=args.c_max)
-            result["c_max"] = args.c_max
+            result.update(c_max=args.c_max, target_ms_given=args.target_ms)  # None: conv3x3's own latency
         else:
             result = study.interactions_study(set_fn(shape), (h, w))
     if previous is None:  # where and how it was timed, beside every figure (the CPU kind changes between machines)

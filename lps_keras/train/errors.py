@@ -13,5 +13,11 @@ class NonFiniteLossError(TrainingError):
     exit_code = EXIT_NON_FINITE
 
 
+#: How every RunConflictError message ends (a caller with other flags, e.g. the expansion, replaces it).
+RUN_ADVICE = "; use another --run-dir, or --no-resume to discard it"
+
+
 class RunConflictError(TrainingError, PermanentError):
-    """The run directory holds a backup of another model or of other settings; resuming it would mislabel it."""
+    """The run directory holds a backup of another model or of other settings; resuming it would mislabel it.
+
+    Its message ends with :data:`RUN_ADVICE`."""

@@ -41,7 +41,7 @@ from lps_keras.fileio import DirectoryLock, atomic_write_json, atomic_write_text
 from lps_keras.recipe import Recipe
 from lps_keras.train.callbacks import Backup, RunState, restore_state, truncate_log
 from lps_keras.train.distribute import environment_info, has_gpu, make_strategy, resolve_mixed_precision, worker_info
-from lps_keras.train.errors import NonFiniteLossError, RunConflictError, TrainingError
+from lps_keras.train.errors import RUN_ADVICE, NonFiniteLossError, RunConflictError, TrainingError
 from lps_keras.train.trajectory import TRAJECTORY_FILE, check_backup_trajectory, trajectory_record
 
 #: The file in ``backup/`` naming the config the backup belongs to.
@@ -126,8 +126,7 @@ def check_backup_config(config_file: Path, config, work_dir: Path) -> None:
               else f"backup {describe(saved)}, recipe {describe(config)}")
     raise RunConflictError(
         f"run directory {work_dir} holds a backup of architecture {describe(saved)} ({saved.num_classes} classes); "
-        f"the recipe asks for {describe(config)} ({config.num_classes} classes): {detail}. "
-        "Use --no-resume or another --run-dir")
+        f"the recipe asks for {describe(config)} ({config.num_classes} classes): {detail}{RUN_ADVICE}")
 
 
 class TrainingRun:
@@ -217,11 +216,11 @@ class TrainingRun:
 
                 raise RunConflictError(
                     f"run directory {self.work_dir} holds a backup that does not fit the recipe's architecture "
-                    f"{describe(config)} ({str(e).splitlines()[0]}); use --no-resume or another --run-dir") from None
+                    f"{describe(config)} ({str(e).splitlines()[0]}){RUN_ADVICE}") from None
             if start > self.total:  # its metrics would describe a longer run under this recipe's length
                 raise RunConflictError(
                     f"run directory {self.work_dir} holds a run backed up at step {start}, past train.iterations "
-                    f"{self.total}; use another --run-dir, or --no-resume to discard it")
+                    f"{self.total}{RUN_ADVICE}")
             print(f"resuming from {self.backup.weights_path} at step {start}/{self.total}", flush=True)
             restore_state(self.work_dir / "state.json", self.state, start)
             truncate_log(self.log_path, start)

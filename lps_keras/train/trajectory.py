@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Optional
 
 from lps_keras.recipe import Recipe
-from lps_keras.train.errors import RunConflictError
+from lps_keras.train.errors import RUN_ADVICE, RunConflictError
 
 #: The file in ``backup/`` recording the recipe settings the backup's trajectory was trained with.
 TRAJECTORY_FILE = "trajectory.json"
@@ -37,10 +37,13 @@ RESUMABLE_CHANGES = {
     "pretrain": frozenset({"eval_resize"}),
 }
 
-#: Per task, the sections and fields that do not reach its weights at all.
+#: Per task, the sections and fields that do not reach its weights at all (None: the whole section).
 _UNUSED = {
     "train": {"pretrain": None},
-    "pretrain": {"data": {"augment", "synthetic"}},
+    # ImageNet classification: its own crops (pretrain.*) and a plain cross-entropy.
+    "pretrain": {"data": {"augment", "synthetic"},
+                 "train": {"loss", "loss_label_stride", "ohem_threshold", "ohem_min_kept", "class_balance",
+                           "class_weights", "enet_c"}},
 }
 
 
@@ -49,7 +52,8 @@ def _init_identity(init: Optional[str]) -> Optional[str]:
     if init is None:
         return None
     try:
-        return hashlib.sha256(Path(init).read_bytes()).hexdigest()[:16]
+        with open(init, "rb") as f:
+            return hashlib.file_digest(f, "sha256").hexdigest()[:16]
     except OSError:
         return "unreadable"
 
@@ -64,12 +68,16 @@ def trajectory_record(recipe: Recipe, task: str = "train") -> dict:
             continue
         record[section] = {k: v for k, v in d[section].items() if k not in free and k not in unused}
     train = record["train"]
-    if train["loss"] != "ohem":
-        del train["ohem_threshold"], train["ohem_min_kept"]
-    if train["class_balance"] != "enet":
-        del train["enet_c"]
-    if train["class_balance"] != "explicit":
-        del train["class_weights"]
+    if train.get("loss") != "ohem":
+        train.pop("ohem_threshold", None), train.pop("ohem_min_kept", None)
+    if train.get("class_balance") != "enet":
+        train.pop("enet_c", None)
+    if train.get("class_balance") != "explicit":
+        train.pop("class_weights", None)
+    if recipe.data.dataset != "synthetic":
+        record["data"].pop("synthetic", None)
+    if task == "pretrain" and recipe.pretrain.schedule != "poly":
+        train.pop("poly_power", None)
     train["init_sha256"] = _init_identity(recipe.train.init)
     return record
 
@@ -106,5 +114,5 @@ def check_backup_trajectory(path: Path, recipe: Recipe, work_dir: Path, task: st
         changed.append(f"{shown[0]} {shown[1]} -> {shown[2]}")
     if changed:
         raise RunConflictError(
-            f"run directory {work_dir} holds a run trained with other settings ({'; '.join(changed)}); resuming it "
-            "would continue that run under this recipe's name. Use another --run-dir, or --no-resume to discard it")
+            f"run directory {work_dir} holds a run trained with other settings ({'; '.join(changed)}), which "
+            f"resuming would continue under this recipe's name{RUN_ADVICE}")
