@@ -44,7 +44,7 @@ class DiskFullError(LPSError, OSError):
     """No space left on the device that holds ``path``; nothing half-written was left behind."""
 
     def __init__(self, path, detail: str = ""):
-        self.path = str(path)
+        self.path, self.detail = str(path), detail
         text = f"{self.path}: the disk is full (no space left on device)"
         if detail:
             text += f"; {detail}"
@@ -52,6 +52,9 @@ class DiskFullError(LPSError, OSError):
 
     def __str__(self) -> str:
         return self.args[0]
+
+    def __reduce__(self):  # rebuilt from (path, detail), not from the message: a worker's error stays one line
+        return type(self), (self.path, self.detail)
 
 
 class ResourceError(LPSError):

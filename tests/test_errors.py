@@ -63,6 +63,11 @@ def test_a_full_disk_is_one_line_naming_the_path():
                  "errno = 28, error message = 'No space left on device')")
     assert is_disk_full(h5) and describe_error(h5)[0].startswith("/r/a.h5: the disk is full")
     assert str(DiskFullError("/x")) == "/x: the disk is full (no space left on device)"
+    # Sent back from a worker process (pickled), it is the same one line.
+    import pickle
+
+    again = pickle.loads(pickle.dumps(DiskFullError("/x", "kept the last backup")))
+    assert str(again) == "/x: the disk is full (no space left on device); kept the last backup" and again.path == "/x"
     assert not is_disk_full(OSError(errno.ENOENT, "No such file or directory", "a"))
 
 
