@@ -121,3 +121,32 @@ def test_tf_latencies_are_keyed_by_the_onednn_setting_as_tensorflow_reads_it(mon
         assert "onednn" not in library_versions("litert")  # XNNPACK: not TensorFlow's CPU kernels
     except ImportError:
         pass
+
+
+def test_onnxruntime_spinning_is_set_recorded_and_keyed(monkeypatch, tmp_path):
+    ort = pytest.importorskip("onnxruntime")
+    pytest.importorskip("tf2onnx")
+    import keras
+
+    from lps_keras.latency import LatencyError, library_versions, measure_latency
+
+    monkeypatch.delenv("LPS_ORT_SPINNING", raising=False)
+    assert library_versions("onnxruntime")["spinning"] == "on"  # ONNX Runtime's own default
+    monkeypatch.setenv("LPS_ORT_SPINNING", "off")
+    assert library_versions("onnxruntime")["spinning"] == "off"
+    seen = []
+    real = ort.InferenceSession
+
+    def session(path, opts, **kw):
+        seen.append(opts.get_session_config_entry("session.intra_op.allow_spinning"))
+        return real(path, opts, **kw)
+
+    monkeypatch.setattr(ort, "InferenceSession", session)
+    inputs = keras.Input((16, 16, 3), batch_size=1)
+    model = keras.Model(inputs, keras.layers.Conv2D(4, 3, padding="same")(inputs))
+    stats = measure_latency(model, backend="onnxruntime", input_shape=(1, 16, 16, 3), warmup=1, iters=1,
+                            artifacts=tmp_path)
+    assert seen == ["0"] and stats.threads["spinning"] == "off" and stats.versions["spinning"] == "off"
+    monkeypatch.setenv("LPS_ORT_SPINNING", "sometimes")
+    with pytest.raises(LatencyError, match=r"LPS_ORT_SPINNING: 'sometimes' is not 'on' or 'off'"):
+        library_versions("onnxruntime")

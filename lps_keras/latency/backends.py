@@ -176,6 +176,20 @@ def _module_version(module: str, key: str) -> Callable[[], dict]:
     return versions
 
 
+def onnxruntime_spinning() -> str:
+    """``LPS_ORT_SPINNING`` (on / off; default on, ONNX Runtime's own default): whether its intra-op threads
+    spin after a run waiting for the next. Spinning threads of one session take the cores from the next
+    network of a paired round, so it is part of what a figure was measured with."""
+    value = os.environ.get("LPS_ORT_SPINNING", "on").strip().lower()
+    if value not in ("on", "off"):
+        raise LatencyError(f"LPS_ORT_SPINNING: {value!r} is not 'on' or 'off'")
+    return value
+
+
+def _onnxruntime_versions() -> dict:
+    return {**_onnx_route_version("onnxruntime", "onnxruntime")(), "spinning": onnxruntime_spinning()}
+
+
 def _onnx_route_version(module: str, key: str) -> Callable[[], dict]:
     """The runtime's version plus what wrote the ONNX graph it runs (TensorFlow, Keras, tf2onnx): a figure
     cached by one exporter is not served for the graph another one writes, and an IR or engine cached from
@@ -261,7 +275,7 @@ for _entry in (
             "runs it; TF_ENABLE_ONEDNN_OPTS applies as there)",
             device=tf_device, versions=_tf_cpu_version, artifact="savedmodel", runner=_runner("tf_session_runner")),
     Backend("onnxruntime", ("fp32",), "ONNX Runtime, CPU execution provider, on our tf2onnx export",
-            device=cpu_device, versions=_onnx_route_version("onnxruntime", "onnxruntime"),
+            device=cpu_device, versions=_onnxruntime_versions,
             requires=(*_ONNX, ("onnxruntime", "onnxruntime")), artifact="onnx", runner=_runner("onnxruntime_runner")),
     Backend("openvino", ("fp32", "bf16", "int8"), "OpenVINO CPU plugin on an IR converted from the ONNX export "
             "(int8: NNCF post-training quantisation)",

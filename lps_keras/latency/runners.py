@@ -176,15 +176,19 @@ def load_savedmodel_session(path, input_shape, precision="fp32", threads=None):
 def load_onnxruntime(path, input_shape, precision="fp32", threads=None):
     import onnxruntime as ort
 
+    from lps_keras.latency.backends import onnxruntime_spinning
+
     opts = ort.SessionOptions()
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     if threads:
         opts.intra_op_num_threads = int(threads)
+    spinning = onnxruntime_spinning()
+    opts.add_session_config_entry("session.intra_op.allow_spinning", "1" if spinning == "on" else "0")
     sess = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
     inp = sess.get_inputs()[0]
     x = _random_input(np.uint8 if "uint8" in inp.type else np.float32, input_shape)
     thread_info = {"intra_op": opts.intra_op_num_threads, "inter_op": opts.inter_op_num_threads,
-                   "cpu_count": os.cpu_count()}
+                   "cpu_count": os.cpu_count(), "spinning": spinning}
 
     def run():
         return sess.run(None, {inp.name: x})
