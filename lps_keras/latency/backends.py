@@ -177,10 +177,14 @@ def _module_version(module: str, key: str) -> Callable[[], dict]:
 
 
 def onnxruntime_spinning() -> str:
-    """``LPS_ORT_SPINNING`` (on / off; default on, ONNX Runtime's own default): whether its intra-op threads
-    spin after a run waiting for the next. Spinning threads of one session take the cores from the next
-    network of a paired round, so it is part of what a figure was measured with."""
-    value = os.environ.get("LPS_ORT_SPINNING", "on").strip().lower()
+    """``LPS_ORT_SPINNING`` (on / off; default off): whether onnxruntime's intra-op threads spin after a run
+    waiting for the next (ONNX Runtime's own default is on).
+
+    Off for measurement: a paired round runs several loaded sessions one after another, and the spinning
+    threads of one take the cores from the next. Measured on a 2-core Xeon (docs/ort_spinning.md): with
+    spinning the parent timed 0.90-1.15 ms and each ΔL had a median standard error of 8%; without, 0.64-0.73 ms
+    and 4%. Part of what a figure was measured with (recorded and keyed)."""
+    value = os.environ.get("LPS_ORT_SPINNING", "off").strip().lower()
     if value not in ("on", "off"):
         raise LatencyError(f"LPS_ORT_SPINNING: {value!r} is not 'on' or 'off'")
     return value
