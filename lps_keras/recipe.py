@@ -406,3 +406,15 @@ def _to_jsonable(x):
     if isinstance(x, (list, tuple)):
         return [_to_jsonable(v) for v in x]
     return x
+
+
+def dotted(d: dict, prefix: str = "", leaves: tuple = ()) -> dict:
+    """``{"data": {"augment": {"hflip": 1}}}`` -> ``{"data.augment.hflip": 1}`` (keys as ``--set`` names them);
+    a dict under a key in ``leaves`` stays one value."""
+    out = {}
+    for key, value in d.items():
+        if isinstance(value, dict) and key not in leaves:
+            out.update(dotted(value, f"{prefix}{key}.", leaves))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out

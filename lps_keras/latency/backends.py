@@ -191,7 +191,7 @@ def onnxruntime_spinning() -> str:
 
 
 def _onnxruntime_versions() -> dict:
-    return {**_onnx_route_version("onnxruntime", "onnxruntime")(), "spinning": onnxruntime_spinning()}
+    return {**_ONNXRUNTIME_ROUTE(), "spinning": onnxruntime_spinning()}
 
 
 def _onnx_route_version(module: str, key: str) -> Callable[[], dict]:
@@ -205,6 +205,9 @@ def _onnx_route_version(module: str, key: str) -> Callable[[], dict]:
         writers = {**package_versions("tensorflow"), **package_versions("keras"), **package_versions("tf2onnx")}
         return {**runtime(), **writers}
     return versions
+
+
+_ONNXRUNTIME_ROUTE = _onnx_route_version("onnxruntime", "onnxruntime")
 
 
 # --------------------------------------------------------------------------- extra checks

@@ -33,6 +33,7 @@ import numpy as np
 
 from lps_keras.fileio import DirectoryLock, atomic_write_json, remove_stale_temps
 from lps_keras.nas.errors import NASError
+from lps_keras.recipe import dotted
 
 #: Keys of a search recipe that may change between runs of one search directory.
 MUTABLE_KEYS = ("name", "description", "nas.steps", "nas.checkpoint_interval", "nas.log_interval", "nas.run_dir",
@@ -67,9 +68,9 @@ def measure_kwargs(cfg) -> dict:
 
 # ------------------------------------------------------------------------------------------- phases
 def _check_same_search(path: Path, recipe) -> None:
-    current = _flatten(recipe.to_dict())
+    current = dotted(recipe.to_dict(), leaves=_LEAVES)
     if path.exists():
-        saved = _flatten(json.loads(path.read_text()))
+        saved = dotted(json.loads(path.read_text()), leaves=_LEAVES)
         for key in sorted(set(saved) | set(current)):
             if key.startswith(MUTABLE_KEYS) or saved.get(key) == current.get(key):
                 continue
@@ -79,14 +80,8 @@ def _check_same_search(path: Path, recipe) -> None:
     atomic_write_json(path, recipe.to_dict())
 
 
-def _flatten(d: dict, prefix: str = "") -> dict:
-    out = {}
-    for k, v in d.items():
-        if isinstance(v, dict) and k not in ("arch", "config", "budget_arch"):
-            out.update(_flatten(v, f"{prefix}{k}."))
-        else:
-            out[f"{prefix}{k}"] = v
-    return out
+#: Recipe values compared whole when a rerun's settings are checked (an architecture is one setting).
+_LEAVES = ("arch", "config", "budget_arch")
 
 
 def _budget(path: Path, cfg, num_classes: int, log) -> dict:

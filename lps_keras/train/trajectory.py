@@ -23,7 +23,7 @@ import json
 from pathlib import Path
 from typing import Optional
 
-from lps_keras.recipe import Recipe
+from lps_keras.recipe import Recipe, dotted
 from lps_keras.train.errors import RUN_ADVICE, RunConflictError
 
 #: The file in ``backup/`` recording the recipe settings the backup's trajectory was trained with.
@@ -82,17 +82,6 @@ def trajectory_record(recipe: Recipe, task: str = "train") -> dict:
     return record
 
 
-def _flat(record: dict, prefix: str = "") -> dict:
-    """``{"data": {"augment": {"hflip": 1}}}`` -> ``{"data.augment.hflip": 1}``."""
-    out = {}
-    for key, value in record.items():
-        if isinstance(value, dict):
-            out.update(_flat(value, f"{prefix}{key}."))
-        else:
-            out[f"{prefix}{key}"] = value
-    return out
-
-
 def check_backup_trajectory(path: Path, recipe: Recipe, work_dir: Path, task: str = "train") -> None:
     """Raise RunConflictError when the backup recorded in ``path`` was trained with other settings."""
     try:
@@ -101,7 +90,7 @@ def check_backup_trajectory(path: Path, recipe: Recipe, work_dir: Path, task: st
         return  # a backup written before the record existed: nothing to compare with
     if not isinstance(saved, dict):
         return
-    before, now = _flat(saved), _flat(trajectory_record(recipe, task))
+    before, now = dotted(saved), dotted(trajectory_record(recipe, task))
     changed = []
     for key, value in now.items():
         if key not in before or before[key] == value:
