@@ -71,3 +71,21 @@ def test_a_backup_without_a_record_is_not_checked(tmp_path):
     check_backup_trajectory(record, _recipe("train.seed=1"), tmp_path)  # missing
     record.write_text("{not json")
     check_backup_trajectory(record, _recipe("train.seed=1"), tmp_path)
+
+
+def test_the_precision_is_compared_as_the_policy_it_resolved_to(tmp_path):
+    path = tmp_path / "trajectory.json"
+    path.write_text(json.dumps(trajectory_record(_recipe("train.mixed_precision=auto"), policy="mixed_bfloat16")))
+    assert json.loads(path.read_text())["train"]["dtype_policy"] == "mixed_bfloat16"
+    # "auto" on a CPU without bf16 hardware is float32: resuming there would switch the run's precision
+    with pytest.raises(TrainingError, match=r"train\.dtype_policy 'mixed_bfloat16' -> 'float32'"):
+        check_backup_trajectory(path, _recipe("train.mixed_precision=auto"), tmp_path, policy="float32")
+    # "auto" that resolved to float32 and an explicit "none" are the same run
+    path.write_text(json.dumps(trajectory_record(_recipe("train.mixed_precision=auto"), policy="float32")))
+    check_backup_trajectory(path, _recipe("train.mixed_precision=none"), tmp_path, policy="float32")
+    # a record written before the policy was recorded holds the setting only: nothing to compare
+    old = trajectory_record(_recipe())
+    del old["train"]["dtype_policy"]
+    old["train"]["mixed_precision"] = "auto"
+    path.write_text(json.dumps(old))
+    check_backup_trajectory(path, _recipe("train.mixed_precision=none"), tmp_path, policy="float32")

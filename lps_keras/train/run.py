@@ -208,7 +208,8 @@ class TrainingRun:
         start = 0
         if self.backup.exists():
             check_backup_config(config_file, config, self.work_dir)
-            check_backup_trajectory(self.work_dir / "backup" / TRAJECTORY_FILE, self.recipe, self.work_dir, task)
+            check_backup_trajectory(self.work_dir / "backup" / TRAJECTORY_FILE, self.recipe, self.work_dir, task,
+                                    self.policy)
             try:
                 start = self.backup.restore()
             except ValueError as e:
@@ -230,7 +231,8 @@ class TrainingRun:
             if init is not None:
                 init(model)
             atomic_write_json(config_file, config_record(config))  # what a resumed run must match
-            atomic_write_json(self.work_dir / "backup" / TRAJECTORY_FILE, trajectory_record(self.recipe, task))
+            atomic_write_json(self.work_dir / "backup" / TRAJECTORY_FILE,
+                              trajectory_record(self.recipe, task, self.policy))
         self.start_step = start
         self.state.step = start
         self.state.last_good_step = start if start > 0 else None

@@ -13,7 +13,10 @@ often it logs, validates and backs up, where it reads the same images from, what
 Fields that do nothing under the recipe's other settings (OHEM's threshold with plain cross-entropy,
 ENet's constant without ENet weights, the other task's section) are left out, so editing them is no
 change. ``train.init`` is recorded by content (a file's SHA-256), not by path: the expansion's
-workers pass the same grown weights by relative or absolute path.
+workers pass the same grown weights by relative or absolute path. ``train.mixed_precision`` is recorded
+as the dtype policy it resolved to (``train.dtype_policy``): ``auto`` is bf16 on one CPU and float32 on
+another, so the setting alone would let a backup move between them unnoticed, while ``auto`` and
+``none`` on a CPU without bf16 are the same run.
 """
 
 from __future__ import annotations
@@ -58,8 +61,12 @@ def _init_identity(init: Optional[str]) -> Optional[str]:
         return "unreadable"
 
 
-def trajectory_record(recipe: Recipe, task: str = "train") -> dict:
-    """The settings of ``recipe`` that decide a ``task`` run's sequence of weight updates (JSON-ready)."""
+def trajectory_record(recipe: Recipe, task: str = "train", policy: Optional[str] = None) -> dict:
+    """The settings of ``recipe`` that decide a ``task`` run's sequence of weight updates (JSON-ready).
+
+    ``policy`` is the dtype policy the run uses (``train.mixed_precision`` resolved on this machine
+    when None).
+    """
     d = json.loads(json.dumps(recipe.to_dict()))
     record = {}
     for section, free in RESUMABLE_CHANGES.items():
@@ -79,10 +86,19 @@ def trajectory_record(recipe: Recipe, task: str = "train") -> dict:
     if task == "pretrain" and recipe.pretrain.schedule != "poly":
         train.pop("poly_power", None)
     train["init_sha256"] = _init_identity(recipe.train.init)
+    if policy is None:
+        from lps_keras.train.distribute import resolve_mixed_precision
+
+        policy = resolve_mixed_precision(recipe.train.mixed_precision)
+    # Backups recorded before the resolved policy carry the setting; comparing "auto" with a policy
+    # name would refuse them, so the setting goes and only records that have a policy compare it.
+    train.pop("mixed_precision", None)
+    train["dtype_policy"] = policy
     return record
 
 
-def check_backup_trajectory(path: Path, recipe: Recipe, work_dir: Path, task: str = "train") -> None:
+def check_backup_trajectory(path: Path, recipe: Recipe, work_dir: Path, task: str = "train",
+                            policy: Optional[str] = None) -> None:
     """Raise RunConflictError when the backup recorded in ``path`` was trained with other settings."""
     try:
         saved = json.loads(path.read_text())
@@ -90,7 +106,7 @@ def check_backup_trajectory(path: Path, recipe: Recipe, work_dir: Path, task: st
         return  # a backup written before the record existed: nothing to compare with
     if not isinstance(saved, dict):
         return
-    before, now = dotted(saved), dotted(trajectory_record(recipe, task))
+    before, now = dotted(saved), dotted(trajectory_record(recipe, task, policy))
     changed = []
     for key, value in now.items():
         if key not in before or before[key] == value:
