@@ -36,10 +36,10 @@ def _recipe(tmp_path, **nas):
     }
 
 
-def _table(path, base=None):
-    """A table with every operator of the space at SIZE (a made-up 0.1 ms each): no timing needed."""
+def _table(path, base=None, ms=0.1):
+    """A table with every operator of the space at SIZE (a made-up ``ms`` each): no timing needed."""
     space = get_space("hmseg", base=base or MRMSConfig(**TINY))
-    LatencyTable("tf", {s.key: 0.1 for s in space.op_specs(SIZE)}).save(path)
+    LatencyTable("tf", {s.key: ms for s in space.op_specs(SIZE)}).save(path)
     return path
 
 
@@ -140,3 +140,11 @@ def test_search_cli_derives_a_trainable_network_resumes_and_refuses_other_settin
     with pytest.raises(NASError, match=r"holds a search with nas.cost_weight = 1.0, not 2.0"):
         run_search(load_recipe(recipe, ["nas.cost_weight=2"]), run)
     assert (run / "search_recipe.json").read_text() == before
+    # the external table is compared by content: the same bytes elsewhere continue, a rebuilt one is refused
+    copy = tmp_path / "copy" / "table.json"
+    copy.parent.mkdir()
+    copy.write_bytes((tmp_path / "table.json").read_bytes())
+    assert run_search(load_recipe(recipe, [f"nas.latency_table={copy}"]), run, log=lambda m: None)["steps"] == 4
+    _table(tmp_path / "table.json", ms=0.2)
+    with pytest.raises(NASError, match=r"nas.latency_table: .*table.json is not the table this search directory"):
+        run_search(load_recipe(recipe), run)

@@ -18,7 +18,10 @@ Four phases, each kept in the run directory, so that rerunning the same command 
    network, and a training recipe for it (the search recipe's ``data``/``train``/``eval``/``export``).
 
 ``search_recipe.json`` records what the directory searches; a rerun with other search settings is
-refused naming the first key that differs (``nas.steps`` may grow: the search continues).
+refused naming the first key that differs (``nas.steps`` may grow: the search continues). A table
+from ``nas.latency_table`` is recorded by content (``latency_table_source.json``, its SHA-256), not
+by path: the same table at another path continues the search, another table at the same path (rebuilt
+on another device) is refused.
 """
 
 from __future__ import annotations
@@ -38,7 +41,7 @@ from lps_keras.recipe import dotted
 #: Keys of a search recipe that may change between runs of one search directory.
 MUTABLE_KEYS = ("name", "description", "nas.steps", "nas.checkpoint_interval", "nas.log_interval", "nas.run_dir",
                 "nas.run_eagerly",
-                "nas.latency_rounds", "train.run_dir", "eval", "export")
+                "nas.latency_rounds", "nas.latency_table", "train.run_dir", "eval", "export")
 
 
 def run_search(recipe, run_dir=None, log: Callable[[str], None] = print) -> dict:
@@ -126,6 +129,7 @@ def _table(run_dir: Path, recipe, log):
         if missing:
             raise NASError(f"nas.latency_table: {cfg.latency_table} has no entry {missing[0]!r} (and "
                            f"{len(missing) - 1} more): it was built for another space or input size")
+        _check_same_table(run_dir / "latency_table_source.json", cfg.latency_table)
         log(f"[table] {cfg.latency_table}: {len(table.entries)} operators, fixed {table.fixed_ms:.3f} ms")
         return table
     path = run_dir / "latency_table.json"
@@ -143,6 +147,22 @@ def _table(run_dir: Path, recipe, log):
     log(f"[table] {len(table.entries)} operators; the base network {c.get('network_ms', math.nan):.3f} ms whole, "
         f"{c.get('ops_ms', math.nan):.3f} ms as its operators' sum: fixed {table.fixed_ms:+.3f} ms")
     return table
+
+
+def _check_same_table(record: Path, table_path: str) -> None:
+    """Record the external table's SHA-256 on the first run; refuse a rerun whose table differs."""
+    import hashlib
+
+    with open(table_path, "rb") as f:
+        digest = hashlib.file_digest(f, "sha256").hexdigest()
+    if record.exists():
+        saved = json.loads(record.read_text())
+        if saved.get("sha256") != digest:
+            raise NASError(f"nas.latency_table: {table_path} is not the table this search directory was searched "
+                           f"with ({saved.get('path')}, SHA-256 {str(saved.get('sha256'))[:16]}, now "
+                           f"{digest[:16]}); rerun with that table to continue, or use another --run-dir")
+        return
+    atomic_write_json(record, {"path": str(table_path), "sha256": digest})
 
 
 def _search(run_dir: Path, recipe, table, budget_ms: float, log):
