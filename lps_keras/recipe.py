@@ -12,13 +12,12 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-import types
-import typing
 from pathlib import Path
-from typing import Any, Optional, Union
+from typing import Any, Optional
 
 from lps_keras.arch import Arch, ArchError
-from lps_keras.errors import LPSError, UsageError
+from lps_keras.errors import UsageError
+from lps_keras.recipe_schema import RecipeError, build_section, check_rules, field_type
 from lps_keras.recipe_sections import (  # noqa: F401 - the sections are part of this module's API
     DATASET_CLASSES,
     AugmentConfig,
@@ -34,10 +33,6 @@ from lps_keras.recipe_sections import (  # noqa: F401 - the sections are part of
     SyntheticConfig,
     TrainConfig,
 )
-
-
-class RecipeError(LPSError, ValueError):
-    """A recipe (file or override) is invalid; the message names the file and key."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -160,7 +155,7 @@ def recipe_from_dict(raw: dict, overrides: Optional[list[str]] = None, source: s
     for item in overrides or ():
         apply_override(raw, item, source=source)
     try:
-        recipe = _build(Recipe, raw, "")
+        recipe = build_section(Recipe, raw, "")
         _check(recipe)
         recipe.model_config()  # validates model.preset / model.arch / model.config
     except RecipeError as e:
@@ -206,7 +201,7 @@ def apply_override(raw: dict, item: str, source: str = "recipe") -> None:
         if i == len(parts) - 1:
             node[part] = value
         else:
-            ftype = _unwrap_optional(_resolve(cls, part))
+            ftype = field_type(cls, part)
             if not dataclasses.is_dataclass(ftype):
                 # e.g. model.arch.depth: the arch dict is free-form, validated by Arch.
                 sub = node.setdefault(part, {}) if isinstance(node.get(part), dict) or node.get(part) is None else None
@@ -224,121 +219,8 @@ def apply_override(raw: dict, item: str, source: str = "recipe") -> None:
             cls = ftype
 
 
-def _resolve(cls, name):
-    hints = typing.get_type_hints(cls)
-    return hints[name]
-
-
-def _unwrap_optional(t):
-    origin = typing.get_origin(t)
-    if origin in (Union, types.UnionType):
-        args = [a for a in typing.get_args(t) if a is not type(None)]
-        if len(args) == 1:
-            return args[0]
-    return t
-
-
-# Keys that used to exist, with what replaced them: a clearer message than "unknown key".
-REMOVED_KEYS = {
-    "search.proxy.decision_z": "removed; a step is now judged by search.decision (alpha: Student-t test over the "
-                               "pooled seeds, epsilon: the indifference zone in mIoU points, latency_z); delete "
-                               "the key (see the README, 'How a step is decided')",
-}
-
-
-def _build(cls, raw, prefix):
-    if not isinstance(raw, dict):
-        raise RecipeError(f"{prefix or 'recipe'}: expected an object, got {raw!r}")
-    hints = typing.get_type_hints(cls)
-    names = {f.name for f in dataclasses.fields(cls)}
-    unknown = [k for k in raw if k not in names and not k.startswith("_")]
-    for key in unknown:
-        if prefix + key in REMOVED_KEYS:
-            raise RecipeError(f"{prefix + key}: {REMOVED_KEYS[prefix + key]}")
-    if unknown:
-        more = f" (and {unknown[1:]!r})" if len(unknown) > 1 else ""
-        raise RecipeError(f"unknown key {prefix + unknown[0]!r}{more}")
-    kwargs = {}
-    for name in names:
-        if name in raw:
-            kwargs[name] = _convert(hints[name], raw[name], prefix + name)
-    return cls(**kwargs)
-
-
-def _convert(t, value, key):
-    origin = typing.get_origin(t)
-    if origin in (Union, types.UnionType):
-        args = typing.get_args(t)
-        if value is None and type(None) in args:
-            return None
-        inner = [a for a in args if a is not type(None)]
-        return _convert(inner[0], value, key)
-    if dataclasses.is_dataclass(t):
-        return _build(t, value, key + ".")
-    if origin is tuple:
-        args = typing.get_args(t)
-        if not isinstance(value, (list, tuple)):
-            raise RecipeError(f"{key}: expected a list of {len(args)} values, got {value!r}")
-        if len(args) == 2 and args[1] is Ellipsis:
-            return tuple(_convert(args[0], v, f"{key}[{i}]") for i, v in enumerate(value))
-        if len(value) != len(args):
-            raise RecipeError(f"{key}: expected {len(args)} values, got {value!r}")
-        return tuple(_convert(a, v, f"{key}[{i}]") for i, (a, v) in enumerate(zip(args, value)))
-    if t is dict:
-        if not isinstance(value, dict):
-            raise RecipeError(f"{key}: expected an object, got {value!r}")
-        return value
-    if t is bool:
-        if not isinstance(value, bool):
-            raise RecipeError(f"{key}: expected true/false, got {value!r}")
-        return value
-    if t is int:
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or int(value) != value:
-            raise RecipeError(f"{key}: expected an integer, got {value!r}")
-        return int(value)
-    if t is float:
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise RecipeError(f"{key}: expected a number, got {value!r}")
-        if not math.isfinite(value):
-            # json.loads accepts NaN and Infinity, which no setting means and json.dumps would
-            # write back as invalid JSON.
-            raise RecipeError(f"{key}: must be a finite number, got {value!r}")
-        return float(value)
-    if t is str:
-        if not isinstance(value, str):
-            raise RecipeError(f"{key}: expected a string, got {value!r}")
-        return value
-    raise TypeError(f"unsupported recipe field type {t!r} for {key}")
-
-
-def _check_section(obj, prefix=""):
-    """Check every field of a section against the rules on the field (recursing into sub-sections)."""
-    for f in dataclasses.fields(obj):
-        v = getattr(obj, f.name)
-        key = prefix + f.name
-        if dataclasses.is_dataclass(v):
-            _check_section(v, key + ".")
-            continue
-        rules = f.metadata
-        if v is None or not rules:
-            continue
-        if "choices" in rules and v not in rules["choices"]:
-            raise RecipeError(f"{key}: {v!r} is not one of {', '.join(rules['choices'])}")
-        values = v if isinstance(v, tuple) else (v,)
-        shown = list(v) if isinstance(v, tuple) else v
-        if "gt" in rules and "lt" in rules and not all(rules["gt"] < x < rules["lt"] for x in values):
-            raise RecipeError(f"{key}: must be in ({rules['gt']:g}, {rules['lt']:g}), got {shown!r}")
-        if "gt" in rules and not all(x > rules["gt"] for x in values):
-            what = "sizes must be" if isinstance(v, tuple) else "must be"
-            raise RecipeError(f"{key}: {what} > {rules['gt']:g}, got {shown!r}")
-        if "ge" in rules and "lt" in rules and not all(rules["ge"] <= x < rules["lt"] for x in values):
-            raise RecipeError(f"{key}: must be in [{rules['ge']:g}, {rules['lt']:g}), got {shown!r}")
-        if "ge" in rules and not all(x >= rules["ge"] for x in values):
-            raise RecipeError(f"{key}: must be >= {rules['ge']:g}, got {shown!r}")
-
-
 def _check(recipe: Recipe) -> None:
-    _check_section(recipe)
+    check_rules(recipe)
     lo, hi = recipe.data.augment.scale_range
     if not 0 < lo <= hi:
         raise RecipeError(f"data.augment.scale_range: need 0 < low <= high, got {[lo, hi]!r}")

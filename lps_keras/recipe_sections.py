@@ -1,7 +1,7 @@
 """The sections of a recipe: frozen dataclasses whose fields carry their allowed values and ranges.
 
 ``field(default, choices=..., gt=..., ge=..., lt=...)`` keeps the rule in the field's metadata, where
-:mod:`lps_keras.recipe` checks it when a recipe is loaded; nothing here validates or parses.
+:func:`lps_keras.recipe_schema.check_rules` checks it when a recipe is loaded; nothing here validates or parses.
 """
 
 from __future__ import annotations
