@@ -128,11 +128,14 @@ def test_search_cli_derives_a_trainable_network_resumes_and_refuses_other_settin
     model = build(config)
     assert model(np.zeros((1, 32, 32, 3), "float32")).shape[-1] == 19
     assert [json.loads(ln)["step"] for ln in (run / "log.jsonl").read_text().splitlines()] == [1, 2, 3]
-    # more steps: continues from the checkpoint (step 3), does not start over
-    r = _search("--recipe", recipe, "--run-dir", run, "--steps", 4)
+    # the same command again continues from the checkpoint (step 3): nothing is searched again
+    r = _search("--recipe", recipe, "--run-dir", run)
     assert r.returncode == 0, r.stderr[-3000:]
-    assert "resumed at step 3/4" in r.stdout and "[search] step 1/" not in r.stdout
-    assert json.loads((run / "derived.json").read_text())["steps"] == 4
+    assert "resumed at step 3/3" in r.stdout and "[search] step 1/" not in r.stdout
+    assert json.loads((run / "derived.json").read_text())["steps"] == 3
+    # more steps would re-stretch the finished schedules (temperature, lr): refused with one line, exit 2
+    r = _search("--recipe", recipe, "--run-dir", run, "--steps", 4)
+    assert r.returncode == 2 and "holds a search with nas.steps = 3, not 4" in r.stderr and "Traceback" not in r.stderr
     # another search in the same directory is refused naming the key (search.py: one line, exit 2)
     from lps_keras.nas.run import run_search
 
@@ -144,7 +147,7 @@ def test_search_cli_derives_a_trainable_network_resumes_and_refuses_other_settin
     copy = tmp_path / "copy" / "table.json"
     copy.parent.mkdir()
     copy.write_bytes((tmp_path / "table.json").read_bytes())
-    assert run_search(load_recipe(recipe, [f"nas.latency_table={copy}"]), run, log=lambda m: None)["steps"] == 4
+    assert run_search(load_recipe(recipe, [f"nas.latency_table={copy}"]), run, log=lambda m: None)["steps"] == 3
     _table(tmp_path / "table.json", ms=0.2)
     with pytest.raises(NASError, match=r"nas.latency_table: .*table.json is not the table this search directory"):
         run_search(load_recipe(recipe), run)

@@ -18,7 +18,9 @@ Four phases, each kept in the run directory, so that rerunning the same command 
    network, and a training recipe for it (the search recipe's ``data``/``train``/``eval``/``export``).
 
 ``search_recipe.json`` records what the directory searches; a rerun with other search settings is
-refused naming the first key that differs (``nas.steps`` may grow: the search continues). A table
+refused naming the first key that differs, ``nas.steps`` included: the learning-rate and temperature
+schedules are sized by it, so a longer rerun would raise the temperature and the learning rate of a
+finished search again instead of continuing it (search longer in another directory). A table
 from ``nas.latency_table`` is recorded by content (``latency_table_source.json``, its SHA-256), not
 by path: the same table at another path continues the search, another table at the same path (rebuilt
 on another device) is refused.
@@ -39,7 +41,7 @@ from lps_keras.nas.errors import NASError
 from lps_keras.recipe import dotted
 
 #: Keys of a search recipe that may change between runs of one search directory.
-MUTABLE_KEYS = ("name", "description", "nas.steps", "nas.checkpoint_interval", "nas.log_interval", "nas.run_dir",
+MUTABLE_KEYS = ("name", "description", "nas.checkpoint_interval", "nas.log_interval", "nas.run_dir",
                 "nas.run_eagerly",
                 "nas.latency_rounds", "nas.latency_table", "train.run_dir", "eval", "export")
 
