@@ -23,9 +23,10 @@ networks (on this project's AVX2 CPU: linear for tf, onnxruntime and litert at 3
 The coefficients are fitted by non-negative least squares on networks measured on the device
 (:mod:`lps_keras.latency.profile_build`, ``python -m lps_keras.latency.profile``), weighted by
 1 / latency so the fit minimises *relative* error; the profile stores its validation on held-out
-networks (share within +-10 %, Kendall tau) and the relative residual sd used as sigma_L by a
-search that runs on the profile. A profile made on one machine works on any other: it is refused
-only when the backend or input size asked for differs from the one it describes.
+networks (share within +-10 %, Kendall tau), whose relative error (:func:`sigma_rel`) a search that
+runs on the profile puts on each latency difference it decides with. A profile made on one machine
+works on any other: it is refused only when the backend or input size asked for differs from the one
+it describes.
 """
 
 from __future__ import annotations
@@ -227,7 +228,7 @@ def profile_latency_fn(profile: Union[str, os.PathLike, Mapping], backend: str, 
                        precision: str = "fp32"):
     """``arch -> ms`` from a profile checked against the search's backend and input size; deterministic.
 
-    ``fn.sigma_rel`` is the profile's relative residual sd (sigma_L = sigma_rel * latency).
+    ``fn.sigma_rel`` is the profile's relative prediction error (:func:`sigma_rel`).
     """
     prof = load_profile(profile)
     check_profile(prof, backend, input_shape, precision)
@@ -236,8 +237,19 @@ def profile_latency_fn(profile: Union[str, os.PathLike, Mapping], backend: str, 
         return predict_latency(arch, prof)
 
     fn.profile = prof
-    fn.sigma_rel = float(prof.get("residual_sd_rel", 0.0))
+    fn.sigma_rel = sigma_rel(prof)
     return fn
+
+
+def sigma_rel(profile: Mapping) -> float:
+    """The profile's relative prediction error: the root mean square of predicted / measured - 1 over its
+    held-out validation networks (bias included), or, for a profile without them (fitted to published
+    numbers), the relative residual sd of its fit."""
+    rows = [r for r in profile.get("validation_rows") or () if r.get("measured_ms")]
+    if rows:
+        rel = np.array([r["predicted_ms"] / r["measured_ms"] - 1.0 for r in rows])
+        return float(np.sqrt(np.mean(rel ** 2)))
+    return float(profile.get("residual_sd_rel", 0.0))
 
 
 # --------------------------------------------------------------------------- command line

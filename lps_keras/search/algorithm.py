@@ -117,7 +117,7 @@ class Expansion:
         recorded = self.journal.latency_set(t)
         if all(h in recorded for h in wanted):
             return recorded
-        self.say(f"{self._label(t)}: measuring the parent and {len(cands)} candidates together (paired rounds)")
+        self.say(f"{self._label(t)}: latencies of the parent and {len(cands)} candidates as one set (paired)")
         values = dict(self.latency_set_fn(parent, [c.arch for c in cands]))
         self._measured_at(t)
         out = {}

@@ -7,8 +7,12 @@
 - ``latency_set_fn(parent, archs) -> {hash: (latency, SE of the difference to the parent)}``: the parent
   and a step's candidates timed together in interleaved rounds (:func:`lps_keras.latency.measure.measure_set`),
   so slow drift of the machine cancels in the differences the verdict uses, and each difference carries
-  its standard error. None when latencies are not timed (``macs``), predicted (a profile: deterministic,
-  its model error is stated in the profile, not a per-step noise) or when ``rounds`` is 0.
+  its standard error. None when latencies are not timed (``macs``) or when ``rounds`` is 0. With a profile
+  the latencies are predicted (deterministic) and each difference carries the profile's own error,
+  ``sigma_rel * |dL|`` (:func:`lps_keras.latency.profile.sigma_rel`, from its held-out validation): a parent
+  and its candidate share every layer but the increment, so what the profile gets wrong about the shared
+  layers cancels in dL and its relative error applies to the increment. Without that SE the verdict would
+  take any predicted dL > 0 as "slower", however small against the profile's error.
 
 Measurements run where the executor says: here, or (a Ray executor with a ``latency_resource``) as tasks on
 the node offering that resource, the cache staying with the driver keyed by that node's device name.
@@ -33,7 +37,17 @@ def latency_functions(backend: str, input_shape, *, warmup: int = 5, iters: int 
     if profile is not None:
         from lps_keras.latency.profile import profile_latency_fn
 
-        return profile_latency_fn(profile, backend, input_shape), None
+        fn = profile_latency_fn(profile, backend, input_shape)
+
+        def predicted(parent: Arch, archs: Sequence[Arch]) -> dict:
+            base = fn(parent)
+            out = {parent.hash: (base, 0.0)}
+            for arch in archs:
+                lat = fn(arch)
+                out[arch.hash] = (lat, fn.sigma_rel * abs(lat - base))
+            return out
+
+        return fn, predicted
     from lps_keras.latency import LatencyCache, device_name, latency_fn, measure_latency
     from lps_keras.latency import measure as measuring
 
