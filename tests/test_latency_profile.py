@@ -193,3 +193,10 @@ def test_refit_changes_the_model_from_stored_timings_without_measuring(tmp_path)
     path.write_text(json.dumps(no_table))
     with pytest.raises(ValueError, match="single-conv table"):
         refit_profile(path, "kernels")
+
+
+def test_predict_latency_and_measure_set_are_importable_from_the_package():
+    import lps_keras.latency as latency
+
+    assert latency.predict_latency is predict_latency and latency.load_profile is load_profile
+    assert callable(latency.measure_set)

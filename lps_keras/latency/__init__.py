@@ -1,6 +1,7 @@
 """Latency: the backend table (:mod:`.backends`), runners (:mod:`.runners`), timing (:mod:`.measure`:
 ``measure_latency``, ``measure_set``, ``latency_fn``), records (:mod:`.stats`), the one cache
-(:mod:`.cache`) and converted artefacts (:mod:`.artifacts`)."""
+(:mod:`.cache`), converted artefacts (:mod:`.artifacts`) and per-device latency models (:mod:`.profile`:
+``predict_latency``, ``load_profile``)."""
 
 from lps_keras.latency.artifacts import ArtifactStore
 from lps_keras.latency.backends import (
@@ -13,6 +14,7 @@ from lps_keras.latency.backends import (
 )
 from lps_keras.latency.cache import LatencyCache
 from lps_keras.latency.measure import SetMeasurement, latency_fn, measure_latency, measure_set
+from lps_keras.latency.profile import ProfileError, load_profile, predict_latency
 from lps_keras.latency.runners import load_onnxruntime, load_openvino, load_savedmodel, load_tensorrt_engine
 from lps_keras.latency.stats import (
     LatencyCacheMiss,
@@ -32,5 +34,5 @@ BACKENDS = BACKEND_NAMES
 __all__ = ["ArtifactStore", "BACKENDS", "BACKEND_NAMES", "Backend", "LatencyCache", "LatencyCacheMiss",
            "LatencyError", "LatencyStats", "SetMeasurement", "check_backend", "cpu_flags", "cpu_flags_text",
            "describe_backends", "device_name", "format_stats", "get_backend", "latency_fn", "library_versions",
-           "load_onnxruntime", "load_openvino", "load_savedmodel", "load_tensorrt_engine", "measure_latency",
-           "measure_set", "register_backend", "set_tf_threads"]
+           "load_onnxruntime", "load_openvino", "load_profile", "load_savedmodel", "load_tensorrt_engine",
+           "measure_latency", "measure_set", "predict_latency", "ProfileError", "register_backend", "set_tf_threads"]
