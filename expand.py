@@ -20,13 +20,13 @@ from pathlib import Path
 
 
 def main(argv=None) -> int:
-    from lps_keras.latency.backends import BACKEND_NAMES
+    from lps_keras.latency.backends import backend_names
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--recipe", required=True, help="recipe JSON with a search section (start arch = model)")
     parser.add_argument("--output", required=True, help="output directory (journal, table, plot, candidate runs)")
     parser.add_argument("--steps", type=int, help="expansion steps (--set search.steps=...)")
-    parser.add_argument("--latency-backend", choices=BACKEND_NAMES,
+    parser.add_argument("--latency-backend", choices=backend_names(),
                         help="latency backend (default search.latency_backend); 'macs' ranks by GMACs")
     parser.add_argument("--latency-cache", help="latency cache JSON (default <output>/<search.latency_cache>)")
     parser.add_argument("--device-key", help="use latencies measured on another device (a table imported into "

@@ -121,8 +121,10 @@ def check_rules(obj, prefix: str = "") -> None:
         rules = f.metadata
         if v is None or not rules:
             continue
-        if "choices" in rules and v not in rules["choices"]:
-            raise RecipeError(f"{key}: {v!r} is not one of {', '.join(rules['choices'])}")
+        choices = rules.get("choices")
+        choices = choices() if callable(choices) else choices
+        if choices and v not in choices:
+            raise RecipeError(f"{key}: {v!r} is not one of {', '.join(choices)}")
         values = v if isinstance(v, tuple) else (v,)
         shown = list(v) if isinstance(v, tuple) else v
         if "gt" in rules and "lt" in rules and not all(rules["gt"] < x < rules["lt"] for x in values):

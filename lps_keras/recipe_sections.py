@@ -10,7 +10,7 @@ import dataclasses
 from typing import Optional
 
 from lps_keras.families import DEFAULT_FAMILY, FAMILIES
-from lps_keras.latency.backends import BACKEND_NAMES
+from lps_keras.latency.backends import backend_names
 from lps_keras.nas import SPACES
 
 # --------------------------------------------------------------------------- field rules
@@ -25,8 +25,11 @@ DATASET_CLASSES = {
 }
 
 
-def field(default, *, choices: tuple = (), gt=None, ge=None, lt=None):
+def field(default, *, choices=(), gt=None, ge=None, lt=None):
     """A dataclass field with its allowed values (``choices``) or range (``gt`` / ``ge`` / ``lt``).
+
+    ``choices`` is a tuple, or a function returning one when the recipe is checked (a table that can
+    grow after import: the latency backends).
 
     Ranges apply to every element of a tuple value; ``None`` (an unset optional) is always allowed.
     """
@@ -209,7 +212,7 @@ class DecisionSettings:
 @dataclasses.dataclass(frozen=True)
 class SearchConfig:
     steps: int = field(14, ge=0)
-    latency_backend: str = field("tf", choices=BACKEND_NAMES)  # the latency backend table's names
+    latency_backend: str = field("tf", choices=backend_names)  # the latency backend table's names
     latency_input_shape: tuple[int, int, int, int] = (1, 1024, 2048, 3)
     latency_warmup: int = field(5, ge=0)
     latency_iters: int = field(20, gt=0)
@@ -251,7 +254,7 @@ class NASConfig:
     budget_ms: Optional[float] = field(None, gt=0)
     budget_arch: Optional[dict] = None  # LPS-Net {"depth", "width", "resolution"} whose latency is the budget
     budget_scale: float = field(1.0, gt=0)
-    latency_backend: str = field("openvino", choices=BACKEND_NAMES)
+    latency_backend: str = field("openvino", choices=backend_names)
     latency_input_size: tuple[int, int] = field((360, 480), gt=0)  # the deployment size the budget holds at
     latency_warmup: int = field(5, ge=0)
     latency_iters: int = field(20, gt=0)

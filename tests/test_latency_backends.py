@@ -29,7 +29,7 @@ def test_every_entry_is_complete(name):
 
 def test_the_recipe_and_the_cli_offer_the_tables_names():
     rule = next(f for f in dataclasses.fields(SearchConfig) if f.name == "latency_backend").metadata
-    assert tuple(rule["choices"]) == backends.BACKEND_NAMES
+    assert rule["choices"]() == backends.backend_names() == backends.BACKEND_NAMES  # read when checked
     help_text = subprocess.run([sys.executable, str(REPO / "expand.py"), "--help"], capture_output=True, text=True,
                                cwd=REPO, timeout=120).stdout
     assert "{" + ",".join(backends.BACKEND_NAMES) + "}" in help_text.replace("\n", "").replace(" ", "")
@@ -69,6 +69,14 @@ def test_adding_a_backend_is_one_entry(monkeypatch, tmp_path):
     assert stats.iterations == 3 and calls == ["fake"]
     with pytest.raises(ValueError, match="incomplete"):
         backends.register_backend(dataclasses.replace(entry, name="broken", runner=None))
+    # registered after import, it is a choice of the recipe (search and NAS sections) like the built-in ones
+    from lps_keras.recipe import RecipeError, load_recipe
+
+    recipe = load_recipe(REPO / "recipes" / "expand_synthetic.json",
+                         ["search.latency_backend=fake", "nas.latency_backend=fake"])
+    assert recipe.search.latency_backend == "fake" and recipe.nas.latency_backend == "fake"
+    with pytest.raises(RecipeError, match=r"search.latency_backend: 'fakest' is not one of .*fake"):
+        load_recipe(REPO / "recipes" / "expand_synthetic.json", ["search.latency_backend=fakest"])
 
 
 def test_describe_backends_lists_every_entry():

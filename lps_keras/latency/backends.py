@@ -4,7 +4,8 @@ An entry says everything the rest of the project asks of a backend: its name and
 it times, what must be installed (and which requirements file installs it), extra checks (a GPU,
 bf16 support), the device and library-version strings a measurement is keyed by, the artefact kind
 it times, and the runner that loads a network or artefact into a timed call. The recipe's and the
-CLIs' choices come from :data:`BACKEND_NAMES`. Adding a backend is adding one entry::
+CLIs' choices come from :func:`backend_names`, read when a recipe is checked or a parser is built, so
+a backend registered after import is a valid choice too. Adding a backend is adding one entry::
 
     register_backend(Backend(
         name="mybackend", precisions=("fp32",), summary="My runtime on the CPU",
@@ -306,7 +307,7 @@ for _entry in (
 ):
     register_backend(_entry)
 
-#: The backend names, in table order (the recipe's and the CLIs' choices).
+#: The built-in backend names, in table order (a snapshot at import: :func:`backend_names` for the table now).
 BACKEND_NAMES = backend_names()
 
 

@@ -257,11 +257,11 @@ def main(argv=None) -> int:
     """``python -m lps_keras.latency.profile``: measure and fit a profile of this device (see the module doc)."""
     import argparse
 
-    from lps_keras.latency.backends import BACKEND_NAMES
+    from lps_keras.latency.backends import backend_names
 
     p = argparse.ArgumentParser(prog="python -m lps_keras.latency.profile", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--backend", choices=[b for b in BACKEND_NAMES if b != "macs"], help="required unless --refit")
+    p.add_argument("--backend", choices=[b for b in backend_names() if b != "macs"], help="required unless --refit")
     p.add_argument("--input-size", default=None, help="HEIGHTxWIDTH timed (batch 1), default 360x480")
     p.add_argument("--precision", default=None, help="default fp32")
     p.add_argument("--out", required=True, help="profile JSON to write (e.g. profiles/<device>_<backend>.json)")
