@@ -810,11 +810,23 @@ def test_table_and_plot_show_seeds_margin_and_decision(tmp_path):
     write_table(steps, tmp_path / "log.csv", tmp_path / "log.json")
     with open(tmp_path / "log.csv", newline="") as f:
         rows = list(csv.DictReader(f))
-    assert [r["decision"] for r in rows] == [""] + [s.verdict for s in steps[1:]]
+    assert [r["decision"] for r in rows] == [""] + [s.verdict for s in steps[1:]]  # 3 seeds: never "unknown"
     for r, s in zip(rows, steps):
         assert float(r["mIoU"]) == pytest.approx(np.mean(s.scores))
         assert float(r["mIoU_sd"]) == pytest.approx(np.std(s.scores, ddof=1)) and r["seeds"] == "3"
     assert float(rows[1]["margin"]) == pytest.approx(steps[1].margin) and rows[1]["runner_up"] == steps[1].runner_up
+    # the pooled seed sd and the largest s_i^2 / s_p^2 over the step's networks, parent included (by hand)
+    groups = [steps[1].parent_scores] + [c.scores for c in steps[1].candidates if c.scores]
+    var = [np.var(g, ddof=1) for g in groups]
+    sp2 = sum((len(g) - 1) * v for g, v in zip(groups, var)) / sum(len(g) - 1 for g in groups)
+    assert float(rows[1]["pooled_sd"]) == pytest.approx(np.sqrt(sp2))
+    assert float(rows[1]["heterogeneity"]) == pytest.approx(max(var) / sp2)
+    assert json.loads((tmp_path / "log.json").read_text())["rows"][1]["heterogeneity"] == pytest.approx(max(var) / sp2)
+    # one seed: the verdict is "unknown" (no noise estimate), the table's decision column says undecided
+    one = run_expansion(START, additive_latency, concave_score, steps=1, seeds=1, progress=quiet)
+    write_table(one, tmp_path / "one.csv", tmp_path / "one.json")
+    with open(tmp_path / "one.csv", newline="") as f:
+        assert one[1].verdict == "unknown" and list(csv.DictReader(f))[1]["decision"] == "undecided"
     doc = json.loads((tmp_path / "log.json").read_text())
     assert doc["rows"][2]["scores"] == list(steps[2].scores)
     text = format_table(steps)
@@ -822,11 +834,11 @@ def test_table_and_plot_show_seeds_margin_and_decision(tmp_path):
     assert "mIoU (mean ± sd)" in lines[0] and "decision" in lines[0]
     assert f"{100 * steps[1].score:.2f} ± {100 * steps[1].score_sd:.2f}" in lines[3]
     assert f"| {steps[1].verdict}" in lines[3]
-    # Single-seed runs: no sd, decision unknown.
+    # Single-seed runs: no sd, verdict unknown, written undecided.
     one = run_expansion(START, additive_latency, concave_score, steps=1, progress=quiet)
     # width_s4-5 slope 8/8 = 1 over width_s3-5 8.5/10 = 0.85 (see EXPECTED_TRAJECTORY): margin 0.15, no SE
     assert format_table(one).splitlines()[3].endswith("| 1 | 2050.00 | width (width_s4-5 x1) | 0.15 (vs width_s3-5) "
-                                                      "| unknown |")
+                                                      "| undecided |")
     assert "Latencies measured with" not in text
     assert format_table(one, devices={1: "tf on CPU:Zen x2; has avx2"}).splitlines()[-1] == \
         "Latencies measured with: tf on CPU:Zen x2; has avx2"

@@ -327,7 +327,8 @@ class Expansion:
                       racing_evaluations=spent, parent_scores=parent_scores, parent_latency=parent_lat,
                       runner_up=None if verdict.runner_up is None else cands[verdict.runner_up].op,
                       margin=verdict.margin, margin_se=verdict.margin_se, quantile=verdict.quantile, df=verdict.df,
-                      pooled_sd=verdict.pooled_sd, regret_ucb=verdict.regret_ucb, reason=verdict.reason)
+                      pooled_sd=verdict.pooled_sd, heterogeneity=verdict.heterogeneity, regret_ucb=verdict.regret_ucb,
+                      reason=verdict.reason)
         if verdict.chosen is None:  # no gain: the parent stays
             evs = evals[parent_arch.hash]
             mean, sd, se = mean_sd_se(parent_scores)

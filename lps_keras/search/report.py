@@ -24,13 +24,18 @@ def _ints_text(values) -> str:
 
 TABLE_COLUMNS = ("step", "B", "C", "R", "latency", "latency_se", "latency_device", "mIoU", "mIoU_sd", "seeds",
                  "parent_mIoU", "dimension", "op", "k", "runner_up", "margin", "margin_se", "margin_lo", "margin_hi",
-                 "decision", "winner", "racing_evaluations", "hash")
+                 "decision", "winner", "racing_evaluations", "pooled_sd", "heterogeneity", "hash")
 
 
 def decision_text(step: Step) -> str:
-    """The step's verdict (:data:`lps_keras.search.decision.VERDICTS`: decided, equivalent, no gain, undecided,
-    unknown = one seed, no noise estimate); empty for step 0."""
-    return "" if step.index == 0 else (step.verdict or "unknown")
+    """The step's decision: decided, equivalent, no gain or undecided; empty for step 0.
+
+    The journal's verdict ``unknown`` (one seed, no noise estimate: the plain ranking was taken) is
+    written ``undecided``: nothing decided it.
+    """
+    if step.index == 0:
+        return ""
+    return "undecided" if step.verdict in (None, "unknown") else step.verdict
 
 
 def chosen_latency_se(step: Step) -> Optional[float]:
@@ -90,6 +95,8 @@ def table_rows(steps: Sequence[Step], devices: Optional[Mapping[int, str]] = Non
             "decision": decision_text(s),
             "winner": s.winner or "",
             "racing_evaluations": s.racing_evaluations,
+            "pooled_sd": s.pooled_sd,
+            "heterogeneity": s.heterogeneity,
             "hash": s.arch.hash,
         }
         for s, device in zip(steps, step_devices(steps, devices))
