@@ -240,29 +240,73 @@ def test_search_resumes_from_the_saved_step(tmp_path, eager):
         make_search(space, table, seed=1).restore(ckpt)
 
 
+class _ToySupernet(keras.Model):
+    """One decision, conv or skip, on 3-channel maps (3 classes), and a learned gain on the alphas."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = keras.layers.Conv2D(3, 3, padding="same")
+        self.alphas = [self.add_weight(name="alpha_edge0", shape=(2,), initializer="zeros")]
+        self.gain = self.add_weight(name="gcn_gain", shape=(), initializer="ones")
+
+    def call(self, images, samples, training=False):
+        s = samples[0]
+        return s[0] * self.conv(images) + s[1] * images
+
+
+class _Toy(SearchSpace):
+    """A cell-style space whose logits are a learned map of the alphas (as LGCNet's GCN is)."""
+
+    name = "toy"
+
+    def decisions(self):
+        return [Decision("cell0_edge0", ("conv", "skip"))]
+
+    def cost_terms(self, input_size):
+        return [CostTerm(OpSpec.of("conv", (*input_size, 3)), ((0, 0),))]
+
+    def op_model(self, spec):
+        x = keras.Input(spec.input_shape)
+        return keras.Model(x, keras.layers.Conv2D(3, 3, padding="same")(x))
+
+    def build_supernet(self, **kwargs):
+        return _ToySupernet()
+
+    def arch_variables(self, supernet):
+        return [*supernet.alphas, supernet.gain]
+
+    def logits(self, supernet, alphas):
+        return [supernet.gain * a + keras.ops.convert_to_tensor([0.0, 0.5]) for a in alphas]
+
+    def derive_from_choices(self, choices):
+        return list(choices)
+
+
 def test_a_second_space_needs_no_engine_change():
-    class Toy(SearchSpace):
-        name = "toy"
+    from lps_keras.nas.search_tf import Search
 
-        def decisions(self):
-            return [Decision("cell0_edge0", ("conv", "skip"))]
-
-        def cost_terms(self, input_size):
-            return [CostTerm(OpSpec.of("conv", (*input_size, 4)), ((0, 0),))]
-
-        def op_model(self, spec):
-            x = keras.Input(spec.input_shape)
-            return keras.Model(x, keras.layers.Conv2D(4, 3, padding="same")(x))
-
-        def build_supernet(self, **kwargs):
-            raise NotImplementedError
-
-        def derive_from_choices(self, choices):
-            return list(choices)
-
-    table = build_latency_table(Toy(), (8, 8), measure=Stub())
-    assert Toy().derive([[0.1, 0.9]]) == [1] and list(table.entries) == ["conv()@8x8x4"]
+    table = build_latency_table(_Toy(), (8, 8), measure=Stub())
+    assert _Toy().derive([[0.1, 0.9]]) == [1] and list(table.entries) == ["conv()@8x8x3"]
     assert list(itertools.islice(table.entries.values(), 1)) == [1.5]
+
+    def loss(labels, logits):
+        return tf.reduce_mean(keras.losses.sparse_categorical_crossentropy(labels, logits, from_logits=True))
+
+    keras.utils.set_random_seed(0)
+    search = Search(_Toy(), table, (8, 8), budget_ms=0.5, loss_fn=loss,
+                    weight_optimizer=keras.optimizers.SGD(0.01), arch_optimizer=keras.optimizers.SGD(0.1),
+                    schedule=TemperatureSchedule(1.0, 0.5, 3), seed=0, run_eagerly=True)
+    # the engine sees the space's logits: zero alphas + the bias [0, 0.5] -> "skip", and the expected latency
+    # weighs the conv's 1.5 ms by softmax([0, 0.5])[0]
+    assert search.derive() == [1]
+    assert float(search.expected_latency()) == pytest.approx(1.5 / (1 + np.exp(0.5)), rel=1e-5)
+    rng = np.random.default_rng(0)
+    images = rng.normal(size=(2, 8, 8, 3)).astype("float32")
+    labels = rng.integers(0, 3, size=(2, 8, 8)).astype("int32")
+    assert search.run(lambda step: (images, labels), 3) == 3
+    assert float(search.supernet.gain) != 1.0  # the map's weight is trained by the architecture optimiser
+    assert search.alphas()[0] == pytest.approx(float(search.supernet.gain) * np.asarray(search.supernet.alphas[0])
+                                               + np.array([0.0, 0.5]))
 
 
 def test_too_small_input_is_refused():

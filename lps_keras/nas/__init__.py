@@ -14,7 +14,21 @@ The derived architecture is a plain family config (``MRMSConfig`` with ``blocks`
 
 from __future__ import annotations
 
+import dataclasses
+from collections.abc import Callable
+
 from lps_keras.nas.errors import NASError
+
+
+@dataclasses.dataclass(frozen=True)
+class SpaceEntry:
+    """One search space: the model family its derived networks belong to (the recipe's ``model.family``
+    and base network), what its base network is called in messages, and its constructor (keyword
+    arguments of the space; imported on first use: Keras)."""
+
+    family: str
+    base: str
+    make: Callable
 
 
 def _hmseg(**kwargs):
@@ -22,16 +36,20 @@ def _hmseg(**kwargs):
     return HMSegSpace(**kwargs)
 
 
-#: Space name -> constructor (keyword arguments of the space); imported on first use (Keras).
-SPACES = {"hmseg": _hmseg}
+#: Space name -> entry. A second space (LGCNet's cells) is a second entry.
+SPACES = {"hmseg": SpaceEntry(family="mrms", base="an MRMS network (preset 'mrms' or 'tinymrms' as its base)",
+                              make=_hmseg)}
+
+
+def space_entry(name: str) -> SpaceEntry:
+    try:
+        return SPACES[name]
+    except KeyError:
+        raise NASError(f"unknown search space {name!r}; choose from {sorted(SPACES)}") from None
 
 
 def get_space(name: str, **kwargs):
-    try:
-        make = SPACES[name]
-    except KeyError:
-        raise NASError(f"unknown search space {name!r}; choose from {sorted(SPACES)}") from None
-    return make(**kwargs)
+    return space_entry(name).make(**kwargs)
 
 
 def __getattr__(name):
@@ -43,4 +61,4 @@ def __getattr__(name):
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
-__all__ = ["NASError", "SPACES", "TemperatureSchedule", "get_space", "gumbel_softmax"]
+__all__ = ["NASError", "SPACES", "SpaceEntry", "TemperatureSchedule", "get_space", "gumbel_softmax", "space_entry"]

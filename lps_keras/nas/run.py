@@ -52,9 +52,12 @@ def run_search(recipe, run_dir=None, log: Callable[[str], None] = print) -> dict
     if cfg.budget_ms is None and cfg.budget_arch is None:
         raise NASError("nas.budget_ms / nas.budget_arch: the search needs a latency budget: a number of ms, or "
                        "the LPS-Net architecture whose latency it is")
-    if recipe.model.family != "mrms":
-        raise NASError(f"model.family: the {cfg.space!r} space searches an MRMS network (model.family 'mrms', "
-                       f"preset 'mrms' or 'tinymrms' as its base); got {recipe.model.family!r}")
+    from lps_keras.nas import space_entry
+
+    entry = space_entry(cfg.space)
+    if recipe.model.family != entry.family:
+        raise NASError(f"model.family: the {cfg.space!r} space searches {entry.base} (model.family "
+                       f"{entry.family!r}); got {recipe.model.family!r}")
     recipe.check_classes_cover_dataset()
     run_dir = Path(run_dir or cfg.run_dir.format(name=recipe.name))
     with DirectoryLock(run_dir, "search directory"):

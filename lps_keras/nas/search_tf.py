@@ -52,7 +52,7 @@ class Search:
         self.budget_ms, self.cost_weight, self.seed = float(budget_ms), float(cost_weight), int(seed)
         self.loss_fn, self.schedule = loss_fn, schedule
         self.w_opt, self.a_opt = weight_optimizer, arch_optimizer
-        self.arch_vars = list(self.supernet.alphas)
+        self.arch_vars = space.arch_variables(self.supernet)
         arch_ids = {id(v) for v in self.arch_vars}
         self.weight_vars = [v for v in self.supernet.trainable_variables if id(v) not in arch_ids]
         self.w_opt.build(self.weight_vars)
@@ -62,18 +62,23 @@ class Search:
         # Eager steps skip the supernet's trace (~45 s on a CPU): for debugging and tiny test searches.
         self._step_fn = self._train_step if run_eagerly else tf.function(self._train_step)
 
+    def logits(self):
+        """Per-decision logits (:meth:`SearchSpace.logits` of the supernet's alphas)."""
+        return self.space.logits(self.supernet, self.supernet.alphas)
+
     def samples(self, tau, step):
         """Straight-through samples of every decision at ``step`` (stateless in ``(seed, step)``)."""
         out = []
-        n = len(self.arch_vars)
-        for d, alpha in enumerate(self.arch_vars):
+        logits = self.logits()
+        n = len(logits)
+        for d, logit in enumerate(logits):
             seed = tf.stack([tf.constant(self.seed, tf.int64), tf.cast(step, tf.int64) * n + d])
-            u = tf.random.stateless_uniform(alpha.shape, seed=seed, dtype=alpha.dtype)
-            out.append(gumbel_softmax(alpha, tau, u)[0])
+            u = tf.random.stateless_uniform(logit.shape, seed=seed, dtype=logit.dtype)
+            out.append(gumbel_softmax(logit, tau, u)[0])
         return out
 
     def expected_latency(self):
-        return self.expected([ops.softmax(a) for a in self.arch_vars])
+        return self.expected([ops.softmax(a) for a in self.logits()])
 
     def _train_step(self, images, labels, tau, step):
         with tf.GradientTape() as tape:
@@ -108,7 +113,8 @@ class Search:
         return self.step
 
     def alphas(self) -> list[np.ndarray]:
-        return [np.asarray(a) for a in self.arch_vars]
+        """Per-decision logits now (the alphas themselves unless the space maps them)."""
+        return [np.asarray(a) for a in self.logits()]
 
     def derive(self):
         """The discrete architecture (a family config) of the current alphas."""
@@ -131,6 +137,8 @@ class Search:
             meta = json.loads(str(data["__meta__"]))
             if meta.get("format") != CHECKPOINT_FORMAT or meta.get("space") != self.space.name:
                 raise NASError(f"{path}: not a {self.space.name!r} search checkpoint (format {CHECKPOINT_FORMAT})")
+            if meta.get("seed") != self.seed:  # before any variable is overwritten
+                raise NASError(f"{path}: saved with seed {meta.get('seed')!r}, this search has seed {self.seed!r}")
             for group, variables in self._groups().items():
                 if meta["counts"][group] != len(variables):
                     raise NASError(f"{path}: {group} has {meta['counts'][group]} variables, this search "
@@ -140,7 +148,5 @@ class Search:
                     if tuple(value.shape) != tuple(v.shape):
                         raise NASError(f"{path}: {group}/{i} ({v.path}) has shape {value.shape}, expected {v.shape}")
                     v.assign(value)
-        if meta.get("seed") != self.seed:
-            raise NASError(f"{path}: saved with seed {meta.get('seed')!r}, this search has seed {self.seed!r}")
         self.step = int(meta["step"])
         return self.step

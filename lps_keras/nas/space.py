@@ -3,8 +3,9 @@
 The engine (:mod:`.latency_table`, :mod:`.search_tf`) only sees this interface, so a second space
 (LGCNet's cell space: SNAS one-hot masks per cell edge, a GCN between adjacent cells' alphas) is a
 second :class:`SearchSpace` subclass and a second entry of :data:`lps_keras.nas.SPACES`, without
-touching the engine. A GCN over the alphas would live in the space's supernet (it maps the raw
-alphas to the logits the sampler sees: :meth:`SearchSpace.logits`).
+touching the engine. A GCN over the alphas is the space's :meth:`SearchSpace.logits` (it maps the
+raw alphas to the logits the sampler, the expected latency and the derivation see), its weights
+among :meth:`SearchSpace.arch_variables` (trained by the architecture optimiser).
 """
 
 from __future__ import annotations
@@ -86,6 +87,16 @@ class SearchSpace(abc.ABC):
     @abc.abstractmethod
     def derive_from_choices(self, choices: Sequence[int]) -> Any:
         """The family config of the discrete network that picks option ``choices[i]`` of decision i."""
+
+    def arch_variables(self, supernet) -> list:
+        """The variables the architecture optimiser trains: the supernet's alphas, plus the weights of
+        a learned map of them where :meth:`logits` has one (LGCNet's GCN)."""
+        return list(supernet.alphas)
+
+    def logits(self, supernet, alphas: Sequence) -> list:
+        """One logit vector per decision, from the alphas: what the sampler draws from, the expected
+        latency weighs and the derivation takes the argmax of. The alphas themselves by default."""
+        return list(alphas)
 
     def reference(self) -> tuple[Any, list[int]] | None:
         """The hand-designed network the space is built around, as ``(config, choices)``, or ``None``.
