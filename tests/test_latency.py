@@ -56,6 +56,13 @@ def test_macs_backend_is_gmacs():
     assert s.median_ms == pytest.approx(2 * TINY.macs(64, 128) / 1e9)
     fn = lat.latency_fn("macs", input_shape=(1, 1024, 2048, 3))
     assert fn(BIGGER) > fn(TINY) > 0
+    # any family's config: TinyMRMS is 2.8 GFLOPs (read as MACs) at 768x1536 in the HMSeg paper
+    from lps_keras.families import get_family
+
+    tinymrms = get_family("mrms").config(preset="tinymrms", num_classes=19)
+    assert lat.measure_latency(tinymrms, "macs", (1, 768, 1536, 3)).median_ms == pytest.approx(2.8, rel=0.05)
+    with pytest.raises(lat.LatencyError, match="the macs backend needs a model config .* not str"):
+        lat.measure_latency("model.onnx", "macs", (1, 64, 64, 3))
 
 
 def test_unavailable_backends_and_bad_arguments():

@@ -117,19 +117,33 @@ def measure_latency(
             artifacts=artifacts, convert=convert, load=load), threads=threads)
 
     if not entry.timed:  # macs: computed, not measured
-        arch = arch_of(target)
-        if arch is None:
-            raise LatencyError("the macs backend needs an Arch or an LPS-Net Keras model")
-        gmacs = input_shape[0] * arch.macs(input_shape[1], input_shape[2]) / 1e9
+        macs, arch_hash = _analytic_macs(target, input_shape[1], input_shape[2])
+        gmacs = input_shape[0] * macs / 1e9
         return LatencyStats.from_times([gmacs], backend="macs", precision=precision, input_shape=input_shape,
                                        device="analytic", versions=library_versions("macs"), threads={},
-                                       warmup=0, arch_hash=arch.hash)
+                                       warmup=0, arch_hash=arch_hash)
     with prepared(target, backend, input_shape, precision, threads, artifacts, convert, load) as (run, thread_info):
         times = time_loop(run, warmup, iters)
     arch = arch_of(target)
     return LatencyStats.from_times(times, backend=backend, precision=precision, input_shape=input_shape,
                                    device=device_name(backend), versions=library_versions(backend),
                                    threads=thread_info, warmup=warmup, arch_hash=arch.hash if arch else None)
+
+
+def _analytic_macs(target, height: int, width: int) -> tuple[int, Optional[str]]:
+    """(MACs, Arch hash or None) of an Arch, any family's config, or a model built from one."""
+    arch = arch_of(target)
+    if arch is not None:
+        return arch.macs(height, width), arch.hash
+    from lps_keras.families import FamilyError, family_of_config
+
+    config = getattr(target, "family_config", None) if hasattr(target, "layers") else target
+    try:
+        family = family_of_config(config)
+    except FamilyError:
+        raise LatencyError(f"the macs backend needs a model config (an Arch or a family's config) or a model "
+                           f"built from one, not {type(target).__name__}") from None
+    return family.summary(config, (height, width))["macs"], None
 
 
 def latency_fn(
