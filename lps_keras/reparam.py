@@ -19,7 +19,11 @@ def reparameterize(model: LPSNet) -> LPSNet:
     ``model`` itself is not modified.
     """
     if not isinstance(model, LPSNet):
-        raise TypeError(f"reparameterize expects a model from build_model, got {type(model).__name__}")
+        family = getattr(getattr(model, "family_config", None), "__class__", type(None)).__name__
+        hint = (f" (a {family} model: re-parameterisation of RepVGG branches is LPS-Net only; "
+                "lps_keras.families.fuse folds any family's BN)") if family != "NoneType" else ""
+        raise TypeError(f"reparameterize expects an LPS-Net model from build_model, got "
+                        f"{type(model).__name__}{hint}")
     name = model.name if model.name.endswith("_deploy") else f"{model.name}_deploy"
     deploy = build_model(model.arch, deploy=True, upsample_logits=model.upsample_logits,
                          input_shape=model.image_shape, sync_batchnorm=model.sync_batchnorm, name=name,

@@ -54,6 +54,18 @@ def test_unknown_family_preset_and_lps_only_features_are_refused():
         get_family("mrms").load_published_weights(None, "x.pth")
 
 
+def test_lps_only_tools_refuse_another_family_before_doing_anything(tmp_path):
+    from lps_keras.reparam import reparameterize
+    from lps_keras.search.expansion import run
+
+    r = recipe_from_dict({"model": {"family": "ndnet", "config": TINY["ndnet"]}, "data": {"dataset": "camvid"}})
+    with pytest.raises(RecipeError, match=r"model.family: 'ndnet'.*LPS-Net only"):
+        run(r, tmp_path / "out", progress=None)
+    assert not (tmp_path / "out").exists()  # no executor started, no directory made
+    with pytest.raises(TypeError, match=r"NDNetConfig model: re-parameterisation of RepVGG branches is LPS-Net only"):
+        reparameterize(build(r.model_config()))
+
+
 def test_recipes_select_a_family_and_name_the_bad_field():
     r = recipe_from_dict({"model": {"family": "ndnet", "preset": "ndnet45"}, "data": {"dataset": "camvid"}})
     config = r.model_config()

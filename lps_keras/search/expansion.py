@@ -288,6 +288,7 @@ def run(
     left running.
     """
     output_dir = Path(output_dir)
+    recipe.arch()  # LPS-Net only: another family is refused before an executor or a directory is made
     owned = executor is None
     if owned:  # made first: a cluster that cannot be reached stops the command before anything is written
         s = recipe.search
