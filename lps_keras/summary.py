@@ -319,8 +319,8 @@ def _family_report(name: str, h: int, w: int, args) -> int:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m lps_keras.summary",
-        description="Print parameters (deploy and training form), conv GMACs, logit size and per-path "
-        "feature sizes of an LPS-Net architecture.",
+        description="Print parameters (deploy and training form), conv GMACs and logit size of any model "
+        "family's preset (LPS-Net, NDNet, MRMS), or of an LPS-Net architecture with its per-path feature sizes.",
         epilog="examples:\n"
         "  python -m lps_keras.summary --preset lps_s\n"
         "  python -m lps_keras.summary --preset lps_l --input-size 512x1024 --num-classes 11\n"

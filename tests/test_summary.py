@@ -193,3 +193,29 @@ def test_cli_errors(args, message):
 def test_cli_help():
     r = run_cli("--help")
     assert r.returncode == 0 and "--input-size" in r.stdout and "examples:" in r.stdout
+
+
+def test_every_family_preset_through_the_cli(capsys):
+    """``python -m lps_keras.summary --preset <name>`` for every NDNet and MRMS preset (issue 25), against the
+    NDNet authors' parameter counts and the HMSeg paper's (within 10 %)."""
+    from lps_keras.families import FAMILIES
+    from lps_keras.summary import main
+
+    authors = {"ndnet29": 521_411, "ndnet45": 399_947, "ndnet61": 307_475}  # FCN32, 19 classes (their code)
+    paper = {"mrms": (2.1e6, 7.3), "tinymrms": (0.6e6, 2.8)}  # params, GFLOPs (read as GMACs) at 768x1536
+    names = [p for f in ("ndnet", "mrms") for p in FAMILIES[f].presets]
+    assert {"ndnet29", "ndnet45", "ndnet61", "ndnet29_wide", "ndnet45_ende", "mrms", "tinymrms"} <= set(names)
+    assert any(n.endswith("_e2") for n in names)
+    for name in names:
+        size = ["--input-size", "768x1536"] if name in paper else []
+        assert main(["--preset", name, "--json", "--no-build", *size]) == 0, name
+        s = json.loads(capsys.readouterr().out)
+        assert s["params"] > 0 and s["gmacs"] > 0 and s["output_stride"] in (8, 16, 32), name
+        if name in authors:
+            assert s["params"] == authors[name]
+        if name in paper:
+            assert s["params"] == pytest.approx(paper[name][0], rel=0.10)
+            assert s["gmacs"] == pytest.approx(paper[name][1], rel=0.10)
+    # the Keras model agrees with the analytic counts (one preset built: the cross-check runs)
+    assert main(["--preset", "ndnet45", "--input-size", "64x64"]) == 0
+    assert "ndnet45 (ndnet)" in capsys.readouterr().out
