@@ -329,3 +329,21 @@ def test_symmetric_input_norm_feeds_the_authors_scaling():
     assert NDNetConfig.from_dict(PRESETS["ndnet45_ende"]).input_norm == "symmetric"
     with pytest.raises(FamilyError, match=r"input_norm must be one of \['imagenet', 'symmetric'\], got 'rgb'"):
         NDNetConfig.from_dict({**tiny, "input_norm": "rgb"})
+
+
+@pytest.mark.slow
+def test_the_authors_weights_export_in_one_command(tmp_path):
+    """recipes/ndnet45_ende_cityscapes.json + a state dict in the authors' layout -> a fused SavedModel."""
+    import os
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parents[1]
+    config = FAMILY.config("ndnet45_ende", num_classes=19)
+    npz = tmp_path / "ndnet45_ende.npz"
+    np.savez(npz, **random_state_dict(authors_state_shapes(config), seed=5))
+    env = {**os.environ, "CUDA_VISIBLE_DEVICES": ""}
+    r = subprocess.run([sys.executable, "export.py", "--recipe", "recipes/ndnet45_ende_cityscapes.json", "--weights",
+                        str(npz), "--input-size", "64x128", "--output", str(tmp_path / "sm")], cwd=repo, env=env,
+                       capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert (tmp_path / "sm" / "1" / "saved_model.pb").is_file()
