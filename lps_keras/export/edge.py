@@ -31,9 +31,11 @@ import numpy as np
 from lps_keras import fileio
 from lps_keras.errors import UsageError
 from lps_keras.export.common import BackendUnavailable, ExportError, OutputExistsError, check_choice
+from lps_keras.latency.backends import get_backend
 
-LITERT_PRECISIONS = ("fp32", "fp16", "int8")
-OPENVINO_PRECISIONS = ("fp32", "bf16", "int8")
+# The artefacts are what the latency backends of the same names time: their precisions are the table's.
+LITERT_PRECISIONS = get_backend("litert").precisions
+OPENVINO_PRECISIONS = get_backend("openvino").precisions
 _OV_HINTS = {"fp32": "f32", "bf16": "bf16", "int8": "f32"}  # int8 layers run in int8 whatever the hint
 
 # pip package per importable module; all three are in requirements.txt.

@@ -13,6 +13,7 @@ import re
 from pathlib import Path
 from typing import Optional
 
+from lps_keras.latency.backends import get_backend
 from lps_keras.latency.stats import LatencyError, LatencyStats, device_name, library_versions, time_loop
 
 EDGE_BACKENDS = ("litert", "openvino_ir")
@@ -37,8 +38,9 @@ def edge_runner(path, input_shape=None, precision: Optional[str] = None, threads
         run, info = load_litert(path, input_shape, precision, threads)
         run.input_shape = run._keepalive.input_shape
         return backend, run, info
-    if precision not in (None, "fp32", "bf16", "int8"):
-        raise LatencyError(f"OpenVINO IR precision must be fp32, bf16 or int8, got {precision!r}")
+    allowed = get_backend("openvino").precisions
+    if precision is not None and precision not in allowed:
+        raise LatencyError(f"OpenVINO IR precision must be one of {', '.join(allowed)}, got {precision!r}")
     stored = None if precision in (None, "int8") else precision  # int8 layers run in int8 whatever the hint
     run, info = load_openvino(path, input_shape, stored, threads)
     run.input_shape = run._keepalive.input_shape

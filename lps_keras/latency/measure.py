@@ -81,9 +81,9 @@ def measure_latency(
             on weights), a Keras model (float32 normalised input -> logits), or a ready artefact:
             a SavedModel directory (tf, tftrt, openvino), an ``.onnx`` file (onnxruntime, openvino,
             tensorrt), an OpenVINO ``.xml`` or a TensorRT ``.engine``.
-        backend: ``tf`` (TensorFlow on the current device), ``onnxruntime`` (CPU EP),
-            ``openvino`` (CPU plugin), ``tftrt`` (TF-TRT; TF 2.17 + GPU), ``tensorrt``
-            (TensorRT 10 + GPU), ``macs`` (no timing: GMACs of the Arch, for tests and dry runs).
+        backend: a name of the backend table (:func:`~lps_keras.latency.backends.describe_backends`
+            lists them with their precisions): e.g. ``tf``, ``tf_session``, ``onnxruntime``, ``openvino``,
+            ``litert``, ``tftrt``, ``tensorrt``, or ``macs`` (no timing: the network's GMACs, any family).
         precision: ``fp32``; ``bf16`` (tf, openvino: only where the CPU supports it) or
             ``fp16`` (tftrt, tensorrt). OpenVINO's hint is always set explicitly: its CPU
             plugin defaults to bf16 on CPUs that have it.
