@@ -76,7 +76,18 @@ class Recipe:
                 return get_preset(self.model.preset, num_classes=n)
             return family.config(preset=self.model.preset, num_classes=n)
         except (ArchError, FamilyError) as e:
-            raise RecipeError(f"model: {e}") from None
+            raise RecipeError(self._model_error(str(e), family)) from None
+
+    def _model_error(self, message: str, family) -> str:
+        """``message`` under the dotted field it is about (``model.config.expansion must be ...``)."""
+        where = ("model.arch" if self.model.arch is not None else "model.config" if self.model.config is not None
+                 else "model.preset")
+        first = message.split(" ", 1)[0]
+        fields = {f.name for f in dataclasses.fields(family.config_type)} if dataclasses.is_dataclass(
+            family.config_type) else set()
+        if where != "model.preset" and first in fields:
+            return f"{where}.{message}"
+        return f"{where}: {message}"
 
     def arch(self, num_classes: Optional[int] = None) -> Arch:
         """The LPS-Net architecture (LPS-only: another family's recipe is refused naming the field)."""

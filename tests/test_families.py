@@ -79,8 +79,11 @@ def test_recipes_select_a_family_and_name_the_bad_field():
         ({"family": "ndnet", "arch": {"depth": [1] * 5}}, r"model.arch: an LPS-Net architecture, but model.family"),
         ({"config": {"channels": [8, 8, 8]}}, r"model.config: LPS-Net's explicit architecture is model.arch"),
         ({"family": "mrms"}, r"exactly one of model.preset and model.arch \(LPS-Net\) or model.config"),
-        ({"family": "mrms", "config": {"width": 1}}, r"unknown key\(s\) \['width'\]"),
-        ({"family": "ndnet", "config": {"expansion": 3}}, r"expansion.*3"),
+        ({"family": "mrms", "config": {"width": 1}}, r"model.config: .*unknown key\(s\) \['width'\]"),
+        ({"family": "ndnet", "config": {"expansion": 3}}, r"model.config.expansion must be one of \[2, 4\], got 3"),
+        ({"family": "mrms", "config": {"blocks": ["x"]}}, r"model.config.blocks must have 17 entries"),
+        ({"arch": {"depth": [1, 1], "width": [4] * 5, "resolution": [1]}}, r"model.arch.depth must have 5 entries"),
+        ({"family": "ndnet", "preset": "nope"}, r"model.preset: unknown preset 'nope'"),
         ({"family": "vit", "preset": "x"}, r"model.family: 'vit' is not one of lps, ndnet, mrms"),
     ]
     for model, message in bad:

@@ -67,7 +67,9 @@ class HMSegSpace(SearchSpace):
     def __init__(self, base: MRMSConfig | None = None, expansions=EXPANSIONS, kernels=KERNELS, ratios=RATIOS):
         self.base = base or MRMSConfig()
         if self.base.blocks is not None or self.base.branch_ratios is not None:
-            raise NASError("hmseg: the base MRMSConfig must be hand-designed (blocks and branch_ratios unset)")
+            raise NASError("model.config.blocks / model.config.branch_ratios: the hmseg space searches from a "
+                           "hand-designed MRMS base (preset 'mrms' or 'tinymrms', or a config without blocks and "
+                           "branch_ratios), not from a searched network")
         self.ops = tuple((e, k) for e in expansions for k in kernels)
         self.ratios = tuple(float(r) for r in ratios)
         self.slots = block_slots(self.base.width_multiplier)
