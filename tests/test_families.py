@@ -66,6 +66,22 @@ def test_lps_only_tools_refuse_another_family_before_doing_anything(tmp_path):
         reparameterize(build(r.model_config()))
 
 
+@pytest.mark.parametrize("family", ["ndnet", "mrms"])
+def test_sync_batchnorm_reaches_every_bn_and_survives_a_config_round_trip(family):
+    from lps_keras.families.layers import ConvBN
+
+    def bns(model):
+        return [layer.bn for layer in model.layers if isinstance(layer, ConvBN)]
+
+    config = get_family(family).config(config=TINY[family], num_classes=3)
+    model = build(config, sync_batchnorm=True)
+    assert bns(model) and all(bn.synchronized for bn in bns(model))
+    assert not any(bn.synchronized for bn in bns(build(config)))
+    again = type(model).from_config(model.get_config())
+    assert again.sync_batchnorm and all(bn.synchronized for bn in bns(again))
+    assert all(bn is None for bn in bns(fuse(model)))  # the deploy form has no BN
+
+
 def test_recipes_select_a_family_and_name_the_bad_field():
     r = recipe_from_dict({"model": {"family": "ndnet", "preset": "ndnet45"}, "data": {"dataset": "camvid"}})
     config = r.model_config()

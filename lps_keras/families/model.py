@@ -3,7 +3,8 @@
 As keras-hub's backbones and :class:`lps_keras.model.LPSNet` do, the model is built from a config in
 ``__init__`` (so ``from_config`` rebuilds it exactly), ``model.family_config`` is that config and
 ``get_config()`` carries it as a dict. A family subclasses it with ``family``, ``config_type``,
-``graph(config, deploy, upsample_logits, input_shape) -> (image, logits)`` and ``default_name``.
+``graph(config, deploy, upsample_logits, input_shape, sync_batchnorm) -> (image, logits)`` and
+``default_name``.
 """
 
 from __future__ import annotations
@@ -20,13 +21,15 @@ class FamilyModel(keras.Model):
         upsample_logits: return logits bilinearly (align-corners) resized to the input size.
         input_shape: (H, W, 3); ``None`` sizes make a model that takes any size.
         dtype: the Keras dtype policy to build the layers with (default: the global policy).
+        sync_batchnorm: BN statistics over the global batch across replicas (``tf.distribute``
+            training); the deploy form has no BN.
     """
 
     family = ""
     config_type: type = type(None)
 
     @staticmethod
-    def graph(config, deploy: bool, upsample_logits: bool, input_shape):
+    def graph(config, deploy: bool, upsample_logits: bool, input_shape, sync_batchnorm: bool = False):
         raise NotImplementedError
 
     @classmethod
@@ -34,7 +37,7 @@ class FamilyModel(keras.Model):
         return f"{cls.family}{'_deploy' if deploy else ''}"
 
     def __init__(self, config, deploy: bool = False, upsample_logits: bool = False, input_shape=(None, None, 3),
-                 name: str | None = None, dtype=None, **kwargs):
+                 name: str | None = None, dtype=None, sync_batchnorm: bool = False, **kwargs):
         if not isinstance(config, self.config_type):
             raise TypeError(f"{type(self).__name__} expects a {self.config_type.__name__}, got "
                             f"{type(config).__name__}: {config!r}")
@@ -46,7 +49,8 @@ class FamilyModel(keras.Model):
             keras.config.set_dtype_policy(dtype)
         try:
             policy = keras.config.dtype_policy().name
-            image, logits = self.graph(config, bool(deploy), bool(upsample_logits), input_shape)
+            image, logits = self.graph(config, bool(deploy), bool(upsample_logits), input_shape,
+                                       bool(sync_batchnorm) and not deploy)
         finally:
             keras.config.set_dtype_policy(previous)
         super().__init__(image, logits, name=name or self.default_name(config, bool(deploy)), **kwargs)
@@ -55,12 +59,13 @@ class FamilyModel(keras.Model):
         self.upsample_logits = bool(upsample_logits)
         self.image_shape = input_shape
         self.policy_name = policy
+        self.sync_batchnorm = bool(sync_batchnorm) and not self.deploy
 
     def get_config(self):
         return {
             "name": self.name, "trainable": self.trainable, "config": self.family_config.to_dict(),
             "deploy": self.deploy, "upsample_logits": self.upsample_logits, "input_shape": list(self.image_shape),
-            "dtype": self.policy_name,
+            "dtype": self.policy_name, "sync_batchnorm": self.sync_batchnorm,
         }
 
     @classmethod

@@ -94,9 +94,6 @@ def train(
     with run:
         num_classes = config.num_classes
         sync_bn = recipe.model.sync_batchnorm or run.strategy.num_replicas_in_sync > 1
-        if sync_bn and family.name != "lps":
-            raise TrainingError(f"model.sync_batchnorm / train.distribute: synchronised BN across replicas is "
-                                f"LPS-Net only for now; model.family is {family.name!r}")
         schedule = PolyLR(cfg.base_lr, run.total, cfg.poly_power, cfg.warmup_iterations)
         weights = class_weights(recipe)
         if weights is not None:

@@ -43,8 +43,8 @@ class MRMS(FamilyModel):
     config_type = MRMSConfig
 
     @staticmethod
-    def graph(config, deploy, upsample_logits, input_shape):
-        return _graph(config, deploy, upsample_logits, input_shape)
+    def graph(config, deploy, upsample_logits, input_shape, sync_batchnorm=False):
+        return _graph(config, deploy, upsample_logits, input_shape, sync_batchnorm)
 
     @classmethod
     def default_name(cls, config, deploy):
@@ -52,10 +52,11 @@ class MRMS(FamilyModel):
 
 
 def build_mrms(config: MRMSConfig, deploy: bool = False, upsample_logits: bool = False,
-               input_shape=(None, None, 3), name: str | None = None, dtype=None) -> MRMS:
+               input_shape=(None, None, 3), name: str | None = None, dtype=None,
+               sync_batchnorm: bool = False) -> MRMS:
     """Build MRMS for ``config``: an :class:`MRMS` (arguments as there)."""
     return MRMS(config, deploy=deploy, upsample_logits=upsample_logits, input_shape=input_shape, name=name,
-                dtype=dtype)
+                dtype=dtype, sync_batchnorm=sync_batchnorm)
 
 
 def fuse_mrms(model: MRMS) -> MRMS:
@@ -65,17 +66,18 @@ def fuse_mrms(model: MRMS) -> MRMS:
     return model if model.deploy else fuse_into(model, model.deploy_twin())
 
 
-def lcf_head(c3, c4, c5, config: MRMSConfig, deploy: bool = False):
+def lcf_head(c3, c4, c5, config: MRMSConfig, deploy: bool = False, sync_batchnorm: bool = False):
     """The Lightweight Context Fusion head with LGE on C3, C4, C5 (tensors); logits at C3's size.
 
     One builder for the MRMS graph and HMSeg's supernet (:func:`lcf_head_model`), so both run the same
     layers with the same names.
     """
     d = config.head_channels
+    bn = {"deploy": deploy, "synchronized_bn": sync_batchnorm}
     # LCF upper branch: C5 plus the pooled C5 (global context), broadcast over C5's grid. The
     # pooled branch has a bias and no BN: BN over a 1x1 map would normalise over the batch
     # alone, degenerate at batch size 1.
-    top = ConvBN(d, 1, activation=None, deploy=deploy, name="lcf_c5")(c5)
+    top = ConvBN(d, 1, activation=None, name="lcf_c5", **bn)(c5)
     pooled = keras.layers.GlobalAveragePooling2D(keepdims=True, name="lcf_pool")(c5)
     pooled = keras.layers.Conv2D(d, 1, activation="relu", name="lcf_pool_conv")(pooled)
     # Spread to C5's grid before adding (the same values a broadcast gives): tf2onnx 1.17 fuses a broadcast
@@ -88,12 +90,12 @@ def lcf_head(c3, c4, c5, config: MRMSConfig, deploy: bool = False):
         att = keras.layers.Conv2D(d, 1, activation="sigmoid", name="lge_expand")(att)
         top = keras.layers.Multiply(name="lge_scale")([top, att])
     for level, feat in ((4, c4), (3, c3)):
-        lateral = ConvBN(d, 1, activation=None, deploy=deploy, name=f"lcf_c{level}")(feat)
+        lateral = ConvBN(d, 1, activation=None, name=f"lcf_c{level}", **bn)(feat)
         up = BilinearResize(name=f"lcf_up{level}")([top, lateral])
         top = keras.layers.Add(name=f"lcf_add{level}")([lateral, up])
-        top = ConvBN(kernel_size=3, depthwise=True, activation="relu", deploy=deploy,
-                     name=f"lcf_fuse{level}_dw")(top)
-        top = ConvBN(d, 1, activation="relu", deploy=deploy, name=f"lcf_fuse{level}_pw")(top)
+        top = ConvBN(kernel_size=3, depthwise=True, activation="relu",
+                     name=f"lcf_fuse{level}_dw", **bn)(top)
+        top = ConvBN(d, 1, activation="relu", name=f"lcf_fuse{level}_pw", **bn)(top)
     return keras.layers.Conv2D(config.num_classes, 1, name="classifier")(top)
 
 
@@ -103,26 +105,27 @@ def lcf_head_model(channels: tuple[int, int, int], config: MRMSConfig, deploy: b
     return keras.Model(inputs, lcf_head(*inputs, config, deploy), name="lcf")
 
 
-def _graph(config: MRMSConfig, deploy: bool, upsample_logits: bool, input_shape):
+def _graph(config: MRMSConfig, deploy: bool, upsample_logits: bool, input_shape, sync_batchnorm: bool = False):
     """The functional graph's (input, output) tensors."""
+    bn = {"deploy": deploy, "synchronized_bn": sync_batchnorm}
     image = keras.Input(shape=input_shape, name="image")
-    x = ConvBN(stem_channels(config), 3, strides=2, activation="relu6", deploy=deploy, name="stage1_stem")(image)
+    x = ConvBN(stem_channels(config), 3, strides=2, activation="relu6", name="stage1_stem", **bn)(image)
     stages = {}
     for blk in backbone_blocks(config):
         shortcut = x
         if blk.resize:  # a searched branch ratio (HMSeg): resize, then the block's stride-2 conv
             x = BilinearResize(scale=2 * blk.ratio, name=f"{blk.prefix}_resize")(x)
         if blk.expand:
-            x = ConvBN(blk.hidden, 1, activation="relu6", deploy=deploy, name=f"{blk.prefix}_expand")(x)
-        x = ConvBN(kernel_size=blk.kernel, strides=blk.stride, depthwise=True, activation="relu6", deploy=deploy,
-                   name=f"{blk.prefix}_dw")(x)
+            x = ConvBN(blk.hidden, 1, activation="relu6", name=f"{blk.prefix}_expand", **bn)(x)
+        x = ConvBN(kernel_size=blk.kernel, strides=blk.stride, depthwise=True, activation="relu6",
+                   name=f"{blk.prefix}_dw", **bn)(x)
         # Linear bottleneck: no activation after the projection (MobileNetV2).
-        x = ConvBN(blk.cout, 1, activation=None, deploy=deploy, name=f"{blk.prefix}_project")(x)
+        x = ConvBN(blk.cout, 1, activation=None, name=f"{blk.prefix}_project", **bn)(x)
         if blk.residual:
             x = keras.layers.Add(name=f"{blk.prefix}_add")([shortcut, x])
         stages[blk.stage] = x
 
-    logits = lcf_head(stages[3], stages[4], stages[5], config, deploy)
+    logits = lcf_head(stages[3], stages[4], stages[5], config, deploy, sync_batchnorm)
     if upsample_logits:
         logits = BilinearResize(name="logits_upsample")([logits, image])
     return image, logits

@@ -47,8 +47,8 @@ class NDNet(FamilyModel):
     config_type = NDNetConfig
 
     @staticmethod
-    def graph(config, deploy, upsample_logits, input_shape):
-        return _graph(config, deploy, upsample_logits, input_shape)
+    def graph(config, deploy, upsample_logits, input_shape, sync_batchnorm=False):
+        return _graph(config, deploy, upsample_logits, input_shape, sync_batchnorm)
 
     @classmethod
     def default_name(cls, config, deploy):
@@ -56,10 +56,11 @@ class NDNet(FamilyModel):
 
 
 def build_ndnet(config: NDNetConfig, deploy: bool = False, upsample_logits: bool = False,
-                input_shape=(None, None, 3), name: str | None = None, dtype=None) -> NDNet:
+                input_shape=(None, None, 3), name: str | None = None, dtype=None,
+                sync_batchnorm: bool = False) -> NDNet:
     """Build NDNet for ``config``: an :class:`NDNet` (arguments as there)."""
     return NDNet(config, deploy=deploy, upsample_logits=upsample_logits, input_shape=input_shape, name=name,
-                 dtype=dtype)
+                 dtype=dtype, sync_batchnorm=sync_batchnorm)
 
 
 def fuse_ndnet(model: NDNet) -> NDNet:
@@ -76,29 +77,30 @@ def _depthwise(x, stride: int, dilation: int, name: str):
                                         use_bias=False, depthwise_initializer="he_normal", name=f"{name}_dw")(x)
 
 
-def _separable(x, filters: int, stride: int, dilation: int, activation, deploy: bool, name: str):
-    """The authors' ``SepConvBR``: depthwise 3x3 -> 1x1 -> BN (-> ReLU)."""
+def _separable(x, filters: int, stride: int, dilation: int, activation, bn: dict, name: str):
+    """The authors' ``SepConvBR``: depthwise 3x3 -> 1x1 -> BN (-> ReLU). ``bn``: ConvBN's deploy / sync options."""
     x = _depthwise(x, stride, dilation, name)
-    return ConvBN(filters, kernel_size=1, activation=activation, deploy=deploy, name=name)(x)
+    return ConvBN(filters, kernel_size=1, activation=activation, name=name, **bn)(x)
 
 
-def _bottleneck(x, mid: int, out: int, stride: int, dilation: int, project: bool, deploy: bool, name: str):
-    residual = _separable(x, mid, stride, dilation, "relu", deploy, f"{name}_conv1")
-    residual = _separable(residual, out, 1, dilation, None, deploy, f"{name}_conv2")
-    shortcut = _separable(x, out, stride, dilation, None, deploy, f"{name}_shortcut") if project else x
+def _bottleneck(x, mid: int, out: int, stride: int, dilation: int, project: bool, bn: dict, name: str):
+    residual = _separable(x, mid, stride, dilation, "relu", bn, f"{name}_conv1")
+    residual = _separable(residual, out, 1, dilation, None, bn, f"{name}_conv2")
+    shortcut = _separable(x, out, stride, dilation, None, bn, f"{name}_shortcut") if project else x
     y = keras.layers.Add(name=f"{name}_add")([residual, shortcut])
     return keras.layers.ReLU(name=f"{name}_relu")(y)
 
 
-def _graph(config: NDNetConfig, deploy: bool, upsample_logits: bool, input_shape):
+def _graph(config: NDNetConfig, deploy: bool, upsample_logits: bool, input_shape, sync_batchnorm: bool = False):
     """The functional graph's (input, output) tensors."""
+    bn = {"deploy": deploy, "synchronized_bn": sync_batchnorm}
     image = keras.Input(shape=input_shape, name="image")
     x = image
     if config.input_norm == "symmetric":
         # ImageNet-normalised x back to RGB in [-1, 1]: (x * std + mean - 0.5) * 2, per channel.
         x = keras.layers.Rescaling(scale=[2.0 * s for s in IMAGENET_STD], offset=[2.0 * m - 1.0 for m in IMAGENET_MEAN],
                                    name="input_norm")(x)
-    x = ConvBN(config.stem_channels, kernel_size=3, strides=2, deploy=deploy, name="stem")(x)
+    x = ConvBN(config.stem_channels, kernel_size=3, strides=2, name="stem", **bn)(x)
     x = keras.layers.ZeroPadding2D(1, name="stem_pool_pad")(x)
     x = keras.layers.MaxPooling2D(3, strides=2, padding="valid", name="stem_pool")(x)
 
@@ -108,16 +110,16 @@ def _graph(config: NDNetConfig, deploy: bool, upsample_logits: bool, input_shape
                 config.stage_out_channels), start=1):
         for b in range(1, depth + 1):
             first = b == 1
-            x = _bottleneck(x, mid, out, stride if first else 1, dilation, project=first, deploy=deploy,
+            x = _bottleneck(x, mid, out, stride if first else 1, dilation, project=first, bn=bn,
                             name=f"stage{s}_block{b}")
         stages.append(x)
 
     if config.head == "ende":
         last = BilinearResize(name="decoder_upsample")([stages[2], stages[0]])
         x = keras.layers.Concatenate(axis=-1, name="decoder_concat")([last, stages[0]])
-        x = ConvBN(config.fusion_channels, kernel_size=1, deploy=deploy, name="fusion")(x)
+        x = ConvBN(config.fusion_channels, kernel_size=1, name="fusion", **bn)(x)
     x = _depthwise(x, 1, 1, "head")
-    x = ConvBN(config.head_channels, kernel_size=1, deploy=deploy, name="head_pw")(x)
+    x = ConvBN(config.head_channels, kernel_size=1, name="head_pw", **bn)(x)
     logits = keras.layers.Conv2D(config.num_classes, 1, use_bias=True, name="head_score")(x)
     if upsample_logits:
         logits = BilinearResize(name="logits_upsample")([logits, image])
