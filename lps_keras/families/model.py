@@ -2,7 +2,11 @@
 
 As keras-hub's backbones and :class:`lps_keras.model.LPSNet` do, the model is built from a config in
 ``__init__`` (so ``from_config`` rebuilds it exactly), ``model.family_config`` is that config and
-``get_config()`` carries it as a dict. A family subclasses it with ``family``, ``config_type``,
+``get_config()`` carries it as a dict. Unlike keras-hub there is no separate backbone/task pair:
+each family here has one task (segmentation) and no published backbone weights used apart from
+it (NDNet's published file is the whole encoder-decoder), so one model per family keeps the layer
+names the weight loaders and the fusion rely on; a backbone split would come with a second task.
+A family subclasses it with ``family``, ``config_type``,
 ``graph(config, deploy, upsample_logits, input_shape, sync_batchnorm) -> (image, logits)`` and
 ``default_name``.
 """

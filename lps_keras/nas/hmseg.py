@@ -153,6 +153,11 @@ class HMSegSupernet(keras.Model):
     ``call(image, samples)``: ``samples`` is one straight-through weight vector per decision
     (:func:`~.gumbel.gumbel_softmax`); ``None`` runs the argmax path. Logits come upsampled to the
     input size (the output stride varies with the ratios).
+
+    Not a registered, ``get_config``-serialisable Keras model, on purpose: it lives only inside a
+    search, whose state (every variable, both optimisers, the step) is the search's ``.npz``
+    checkpoint (:mod:`.search_tf`), rebuilt from the space on resume; what leaves a search is the
+    derived network, a plain MRMS config that builds a registered, serialisable model.
     """
 
     def __init__(self, space: HMSegSpace, input_shape=(None, None, 3), **kwargs):
