@@ -109,3 +109,18 @@ def test_a_row_rescored_by_pixel_accuracy_gets_its_own_tau_against_the_reference
     assert out["proxy"] == "p+pixel_accuracy" and out["start_scores"] == [0.50, 0.52]
     assert [c["scores"] for c in out["candidates"]] == [[0.60, 0.58], [0.51, 0.55]]
     assert out["tau_slope"] == pytest.approx(-1.0) and set(out["tau_slope_by_seeds"]) == {1, 2}
+
+
+def test_the_regret_table_has_regret_verdict_shares_and_tau_for_every_seed_count():
+    from lps_keras.search.fidelity import regret_markdown, regret_report
+
+    doc = json.loads((REPO / "docs" / "proxy_fidelity_camvid.json").read_text())
+    report = regret_report(doc)
+    row = next(r for r in report["rows"] if r["proxy"] == "scratch" and r["seeds"] == 2)
+    # 2 of 3 seeds: 3 subsets, each picks width_s1-5 (the reference's best): regret 0; tau is the study's own
+    # mean over the same subsets (stored in the study)
+    assert row["subsets"] == 3 and row["regret_mean"] == 0 and row["choices"] == ["width_s1-5"]
+    assert row["tau_slope"] == pytest.approx(doc["proxies"][0]["tau_slope_by_seeds"]["2"]["mean"])
+    assert sum(row["verdicts"].values()) == pytest.approx(1.0)
+    header = regret_markdown(report).splitlines()[0]
+    assert "regret mean" in header and "verdicts" in header and "τ of the slopes" in header

@@ -172,8 +172,9 @@ def regret_report(doc: dict) -> dict:
         for n in range(1, row["seeds"] + 1):
             s = summary(subset_regrets(parent, cands, reference, n))
             cpu = row.get("cpu_minutes_per_candidate_seed")
+            tau = ((row.get("tau_slope_by_seeds") or {}).get(str(n)) or {}).get("mean")  # over the same subsets
             rows.append({"proxy": row["proxy"], "seeds": n, **s, "cpu_minutes_per_candidate": None if cpu is None
-                         else cpu * n})
+                         else cpu * n, "tau_slope": tau})
     best = max(reference, key=reference.get)
     return {"parent_latency": lat, "reference_best": best, "reference_slopes": reference,
             "random_pick_regret": random_pick_regret(reference),
@@ -185,12 +186,13 @@ def regret_markdown(report: dict) -> str:
     def f(x, fmt=".0%"):
         return "-" if x is None else format(x, fmt)
 
-    lines = ["| proxy | seeds | regret mean | regret worst | verdicts | choices | CPU min / candidate |",
-             "|---|---|---|---|---|---|---|"]
+    lines = ["| proxy | seeds | regret mean | regret worst | verdicts | choices | CPU min / candidate | "
+             "τ of the slopes |", "|---|---|---|---|---|---|---|---|"]
     for r in report["rows"]:
         verdicts = ", ".join(f"{k} {v:.0%}" for k, v in r["verdicts"].items())
         lines.append(f"| {r['proxy']} | {r['seeds']} | {f(r['regret_mean'])} | {f(r['regret_worst'])} | {verdicts} "
-                     f"| {', '.join(r['choices'])} | {f(r['cpu_minutes_per_candidate'], '.2f')} |")
+                     f"| {', '.join(r['choices'])} | {f(r['cpu_minutes_per_candidate'], '.2f')} "
+                     f"| {f(r.get('tau_slope'), '.2f')} |")
     own = report["reference_self_regret"]
     lines += ["", f"Reference's best: {report['reference_best']}. A random pick: regret "
               f"{report['random_pick_regret']:.0%}. The reference's own reproducibility (each of its seeds alone, "
