@@ -18,12 +18,11 @@ from lps_keras.errors import UsageError
 
 
 def kendall_tau(x, y):
-    """Kendall's tau-b (scipy), None when undefined (fewer than two candidates, or a constant ranking)."""
-    import math
+    """Kendall's tau-b (the latency profile's, one implementation for the project), None when undefined
+    (fewer than two candidates, or a constant ranking)."""
+    from lps_keras.latency.profile import kendall_tau as tau_b
 
-    from scipy.stats import kendalltau
-
-    tau = float(kendalltau(x, y).statistic) if len(x) >= 2 else float("nan")
+    tau = tau_b(x, y) if len(x) >= 2 else float("nan")
     return None if math.isnan(tau) else tau
 
 
