@@ -130,8 +130,9 @@ def fit_linear(x: np.ndarray, y: np.ndarray, weights: Optional[np.ndarray] = Non
 def kendall_tau(a: Sequence[float], b: Sequence[float]) -> float:
     """Kendall's tau-b of two sequences (pure numpy; O(n^2), fine for the tens of networks validated)."""
     a, b = np.asarray(a, float), np.asarray(b, float)
-    da = np.sign(a[:, None] - a[None, :])
-    db = np.sign(b[:, None] - b[None, :])
+    with np.errstate(invalid="ignore"):  # a NaN (an unscored candidate) makes tau NaN, as scipy's does
+        da = np.sign(a[:, None] - a[None, :])
+        db = np.sign(b[:, None] - b[None, :])
     iu = np.triu_indices(len(a), 1)
     s = (da * db)[iu].sum()
     na, nb = (da[iu] != 0).sum(), (db[iu] != 0).sum()
