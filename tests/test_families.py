@@ -200,6 +200,21 @@ def test_every_family_trains_exports_and_evaluates(tmp_path, name):
     assert result["miou"] == pytest.approx(out["miou"], abs=0.02)  # the training run's own final validation
 
 
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["ndnet", "mrms"])
+def test_every_cpu_latency_backend_times_every_family(name):
+    """tf, tf_session, onnxruntime, openvino and litert (each converting the family's fused network as it
+    would for a deployment) and the macs count, on a tiny config."""
+    from lps_keras.latency import measure_latency
+
+    config = get_family(name).config(config=TINY[name], num_classes=3)
+    for backend in ("tf", "tf_session", "onnxruntime", "openvino", "litert", "macs"):
+        if backend in ("openvino", "litert"):
+            pytest.importorskip({"openvino": "openvino", "litert": "ai_edge_litert"}[backend])
+        stats = measure_latency(config, backend, (1, 64, 96, 3), warmup=0, iters=2)
+        assert stats.backend == backend and stats.median_ms > 0 and stats.iterations in (1, 2), backend
+
+
 @pytest.mark.parametrize("name", ["ndnet", "mrms"])
 def test_every_family_exports_to_onnx_and_matches_onnxruntime(tmp_path, name):
     """The ONNX path (what onnxruntime, OpenVINO and TensorRT time) for each family's fused network."""
