@@ -15,6 +15,7 @@ it and everything is written to ``--output`` (JSON).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import sys
 import time
@@ -47,7 +48,8 @@ def main(argv=None) -> int:
     set_tf_threads(args.threads, None)
     import tensorflow as tf
 
-    from lps_keras.latency.edge import edge_runner
+    from lps_keras.latency.edge import artefact_backend, artefact_precision, stored_input_shape
+    from lps_keras.latency.measure import prepared
     from lps_keras.latency.stats import cpu_flags, cpu_flags_text
     from lps_keras.recipe import load_recipe
     from lps_keras.weights import prepare_deploy_model
@@ -59,10 +61,12 @@ def main(argv=None) -> int:
         print(f"benchmarks/edge.py: error: no {args.version}_litert_*.tflite or _openvino_*.xml in {export_dir}",
               file=sys.stderr)
         return 2
-    runs = {}
+    runs, stack = {}, contextlib.ExitStack()  # each artefact loaded by its backend table entry's runner
+    shape = stored_input_shape(artefacts[0], args.threads)
     for path in artefacts:
-        runs[path.stem] = edge_runner(path, None, None, args.threads)[1]
-    shape = next(iter(runs.values())).input_shape
+        run, _ = stack.enter_context(prepared(path, artefact_backend(path), stored_input_shape(path, args.threads),
+                                              artefact_precision(path) or "fp32", args.threads))
+        runs[path.stem] = run
     _, deploy = prepare_deploy_model(load_recipe(args.recipe).model_config(), args.weights)
     x = tf.constant(np.random.default_rng(0).normal(0, 1, shape).astype(np.float32))
     forward = tf.function(lambda t: deploy(t, training=False))

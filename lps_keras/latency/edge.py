@@ -1,10 +1,9 @@
-"""Latency of export.py's edge artefacts: LiteRT ``.tflite`` (``litert``) and OpenVINO IR ``.xml`` (``openvino_ir``).
+"""Latency of export.py's edge artefacts (LiteRT ``.tflite``, OpenVINO IR ``.xml``) through the backend table.
 
-The artefacts run through the same loaders as the ``litert`` and ``openvino`` latency backends
-(:func:`~lps_keras.latency.runners.load_litert`, :func:`~lps_keras.latency.runners.load_openvino`) and
-the same timing loop (untimed warm-up, median of timed iterations, each ending with the output in
-host memory). They have a static input size (the one they were exported at); another ``input_shape``
-is an error, not a silent resize. ``openvino_ir`` runs the IR at its stored precision unless asked.
+A thin layer over :func:`~lps_keras.latency.measure.measure_latency`: the backend comes from the file's
+suffix (``litert``, ``openvino``: the table's entries and runners, no second convention), the input size
+from the artefact (it has a static one, the size it was exported at; another is refused by the runner,
+not resized), and the precision from the artefact's name (``1_litert_int8.tflite``).
 """
 
 from __future__ import annotations
@@ -13,11 +12,9 @@ import re
 from pathlib import Path
 from typing import Optional
 
-from lps_keras.latency.backends import get_backend
-from lps_keras.latency.stats import LatencyError, LatencyStats, device_name, library_versions, time_loop
+from lps_keras.latency.stats import LatencyError, LatencyStats
 
-EDGE_BACKENDS = ("litert", "openvino_ir")
-_SUFFIXES = {".tflite": "litert", ".xml": "openvino_ir"}
+_SUFFIXES = {".tflite": "litert", ".xml": "openvino"}
 
 
 def artefact_precision(path) -> Optional[str]:
@@ -26,41 +23,34 @@ def artefact_precision(path) -> Optional[str]:
     return m.group(1) if m else None
 
 
-def edge_runner(path, input_shape=None, precision: Optional[str] = None, threads: Optional[int] = None):
-    """``(backend, run, thread_info)`` for a ``.tflite`` or ``.xml`` artefact (see the module docstring)."""
-    from lps_keras.latency.runners import check_static_shape, load_litert, load_openvino
-
+def artefact_backend(path) -> str:
+    """The latency backend that runs ``path``: ``litert`` for ``.tflite``, ``openvino`` for ``.xml``."""
     path = Path(path)
     backend = _SUFFIXES.get(path.suffix)
     if backend is None or not path.is_file():
-        raise LatencyError(f"{path}: not a .tflite or .xml artefact file; edge backends: {', '.join(EDGE_BACKENDS)}")
-    if backend == "litert":
-        run, info = load_litert(path, input_shape, precision, threads)
-        run.input_shape = run._keepalive.input_shape
-        return backend, run, info
-    allowed = get_backend("openvino").precisions
-    if precision is not None and precision not in allowed:
-        raise LatencyError(f"OpenVINO IR precision must be one of {', '.join(allowed)}, got {precision!r}")
-    stored = None if precision in (None, "int8") else precision  # int8 layers run in int8 whatever the hint
-    run, info = load_openvino(path, input_shape, stored, threads)
-    run.input_shape = run._keepalive.input_shape
-    check_static_shape(path, run.input_shape, input_shape)
-    return backend, run, info
+        raise LatencyError(f"{path}: not a .tflite or .xml artefact file (export.py --litert / --openvino)")
+    return backend
+
+
+def stored_input_shape(path, threads: Optional[int] = None) -> tuple:
+    """The static input shape ``path`` was exported at (N, H, W, C)."""
+    from lps_keras.export.edge import litert_predictor, openvino_predictor
+
+    backend = artefact_backend(path)
+    predict = litert_predictor(path, threads) if backend == "litert" else openvino_predictor(path, threads)
+    if predict.input_shape is None:
+        raise LatencyError(f"{path}: the artefact has a dynamic input size; give input_shape")
+    return tuple(predict.input_shape)
 
 
 def measure_edge_latency(path, backend: Optional[str] = None, input_shape=None, warmup: int = 5, iters: int = 20,
                          precision: Optional[str] = None, threads: Optional[int] = None) -> LatencyStats:
     """Time one forward pass of a LiteRT or OpenVINO artefact; ``backend`` defaults from the suffix."""
-    expected = _SUFFIXES.get(Path(path).suffix)
+    from lps_keras.latency.measure import measure_latency
+
+    expected = artefact_backend(path)
     if backend is not None and backend != expected:
-        raise LatencyError(f"{path}: the {backend!r} edge backend does not run this file; edge backends: "
-                           f"{', '.join(EDGE_BACKENDS)}")
-    if iters < 1 or warmup < 0:
-        raise LatencyError(f"need iters >= 1 and warmup >= 0, got iters={iters!r}, warmup={warmup!r}")
-    backend, run, thread_info = edge_runner(path, input_shape, precision, threads)
-    times = time_loop(run, warmup, iters)
-    table_name = {"litert": "litert", "openvino_ir": "openvino"}[backend]
-    return LatencyStats.from_times(times, backend=backend, precision=precision or artefact_precision(path) or "stored",
-                                   input_shape=run.input_shape, device=device_name(table_name),
-                                   versions=library_versions(table_name), threads=thread_info, warmup=warmup,
-                                   arch_hash=None)
+        raise LatencyError(f"{path}: the {backend!r} backend does not run this file; it is {expected!r}'s")
+    shape = tuple(input_shape) if input_shape is not None else stored_input_shape(path, threads)
+    return measure_latency(path, expected, shape, warmup=warmup, iters=iters,
+                           precision=precision or artefact_precision(path) or "fp32", threads=threads)

@@ -202,6 +202,8 @@ def load_openvino(path, input_shape, precision="fp32", threads=None):
     from lps_keras.export.edge import openvino_predictor
 
     predict = openvino_predictor(path, threads, precision)
+    if predict.input_shape is not None:  # a static IR (export.py's) runs at its own size only
+        check_static_shape(path, predict.input_shape, input_shape)
     x = _random_input(predict.input_dtype, input_shape if input_shape is not None else predict.input_shape)
 
     def run():
