@@ -9,7 +9,9 @@ from lps_keras.latency.backends import (
     Backend,
     check_backend,
     describe_backends,
+    device_name,
     get_backend,
+    library_versions,
     register_backend,
 )
 from lps_keras.latency.cache import LatencyCache
@@ -22,9 +24,7 @@ from lps_keras.latency.stats import (
     LatencyStats,
     cpu_flags,
     cpu_flags_text,
-    device_name,
     format_stats,
-    library_versions,
     set_tf_threads,
 )
 

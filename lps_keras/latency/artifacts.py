@@ -185,7 +185,7 @@ def build_tensorrt_default(source, out, precision, input_shape) -> None:
 
 def artifact_stamp(kind: str) -> dict:
     """Versions (and, for engines, the GPU) an artefact of ``kind`` depends on."""
-    from lps_keras.latency.stats import device_name, library_versions
+    from lps_keras.latency.backends import device_name, library_versions
 
     if kind in ("savedmodel", "onnx"):
         import keras

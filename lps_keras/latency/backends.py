@@ -311,6 +311,16 @@ for _entry in (
 BACKEND_NAMES = backend_names()
 
 
+def device_name(backend: str = "tf") -> str:
+    """The device a backend times on: the GPU's model name for GPU backends (and TF with a GPU), else the CPU's."""
+    return get_backend(backend).device()
+
+
+def library_versions(backend: str) -> dict:
+    """The library versions a measurement with ``backend`` depends on (part of the cache key)."""
+    return get_backend(backend).versions()
+
+
 def describe_backends() -> str:
     """One line per backend: name, precisions, what it is (for ``--help`` and the README)."""
     return "\n".join(f"{b.name:12s} {'/'.join(b.precisions):16s} {b.summary}" for b in _TABLE.values())

@@ -17,7 +17,8 @@ from typing import Optional, Union
 
 from lps_keras.arch import Arch
 from lps_keras.fileio import atomic_write_text
-from lps_keras.latency.stats import LatencyStats, device_name, library_versions
+from lps_keras.latency.backends import device_name, library_versions
+from lps_keras.latency.stats import LatencyStats
 
 
 class LatencyCache:

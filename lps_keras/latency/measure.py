@@ -30,15 +30,13 @@ from lps_keras.arch import Arch
 from lps_keras.errors import UsageError
 from lps_keras.latency import artifacts as art
 from lps_keras.latency.artifacts import ArtifactStore
-from lps_keras.latency.backends import check_backend, check_precision, get_backend
+from lps_keras.latency.backends import check_backend, check_precision, device_name, get_backend, library_versions
 from lps_keras.latency.cache import LatencyCache
 from lps_keras.latency.runners import Job, Loader, arch_of, artifact_store
 from lps_keras.latency.stats import (
     LatencyCacheMiss,
     LatencyError,
     LatencyStats,
-    device_name,
-    library_versions,
     time_loop,
 )
 

@@ -331,8 +331,9 @@ def _run_profile(args) -> int:
 
     from lps_keras.fileio import atomic_write_json
     from lps_keras.latency import backends, measure_set
+    from lps_keras.latency.backends import device_name, library_versions
     from lps_keras.latency.profile_build import finish_profile, measure_archs, random_walks, table4_archs
-    from lps_keras.latency.stats import cpu_flags, device_name, library_versions
+    from lps_keras.latency.stats import cpu_flags
     from lps_keras.presets import get_preset
     from lps_keras.recipe import parse_size
 

@@ -1,4 +1,8 @@
-"""Latency records (:class:`LatencyStats`) and what they are keyed by: device, library versions, threads.
+"""Latency records (:class:`LatencyStats`) and the machine facts they are keyed by: CPU, threads.
+
+A leaf module (it imports no other module of :mod:`lps_keras.latency`): the backend table
+(:mod:`.backends`) builds on it, and the per-backend device and version strings are the table's
+(:func:`~lps_keras.latency.backends.device_name`, :func:`~lps_keras.latency.backends.library_versions`).
 
 Threads: TensorFlow's intra/inter-op pools are fixed when the runtime first runs an op, so
 ``threads=`` only takes effect if :func:`~lps_keras.latency.measure_latency` (or
@@ -87,13 +91,6 @@ def set_tf_threads(intra_op: Optional[int], inter_op: Optional[int] = None) -> d
             "applied": applied, "cpu_count": os.cpu_count()}
 
 
-def device_name(backend: str = "tf") -> str:
-    """The device a backend times on: the GPU's model name for GPU backends (and TF with a GPU), else the CPU's."""
-    from lps_keras.latency.backends import get_backend
-
-    return get_backend(backend).device()
-
-
 def cpu_device() -> str:
     """``CPU:<model name> x<cores>``."""
     return f"CPU:{_cpu_model()} x{os.cpu_count()}"
@@ -141,13 +138,6 @@ def package_versions(package: str, key: Optional[str] = None) -> dict:
         return {key or package: version(package)}
     except PackageNotFoundError:
         return {}
-
-
-def library_versions(backend: str) -> dict:
-    """The library versions a measurement with ``backend`` depends on (part of the cache key)."""
-    from lps_keras.latency.backends import get_backend
-
-    return get_backend(backend).versions()
 
 
 def format_stats(stats: LatencyStats) -> str:

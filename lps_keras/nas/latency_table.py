@@ -152,7 +152,7 @@ def calibrate_table(space: SearchSpace, table: LatencyTable, input_size, backend
 
 def _device_name(backend: str = "tf") -> str:
     try:
-        from lps_keras.latency.stats import device_name
+        from lps_keras.latency.backends import device_name
         return device_name(backend)
     except Exception:  # the name is a label only; a table built without it still works
         return ""
