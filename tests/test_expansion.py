@@ -428,7 +428,7 @@ def test_the_drivers_lock_does_not_block_its_workers_run_directories(tmp_path):
     assert (out / "candidates" / f"{recipe.arch().hash}-seed1000" / ".lps.lock").exists()  # taken by a worker
 
 
-def test_a_search_on_a_latency_profile_needs_no_device_and_records_the_profile(tmp_path):
+def test_a_search_on_a_latency_profile_needs_no_device_and_records_the_profile(tmp_path, monkeypatch):
     import numpy as np
 
     from lps_keras.latency.profile import FEATURES, ProfileError, make_profile, predict_latency
@@ -451,6 +451,23 @@ def test_a_search_on_a_latency_profile_needs_no_device_and_records_the_profile(t
     assert fp["latency_source"] == f"profile:{profile}" and fp["profile"]["device"] == "CPU:elsewhere"
     for step in history:  # deterministic: exactly the profile's predictions
         assert step.latency == predict_latency(step.arch, profile)
+    # the step's differences carry the profile's error (sigma_rel * the parent's latency; no validation rows here:
+    # the fit's 0.03), recorded in the journal
+    lat_set = journal["latency_sets"]["1"]
+    parent_ms = lat_set[history[0].arch.hash][0]
+    assert all(se == pytest.approx(0.03 * parent_ms) for h, (_, se) in lat_set.items() if h != history[0].arch.hash)
+    # a journal written before profile searches had sets (decided with SE 0) still resumes, replayed as decided
+    import lps_keras.search.latencies as latencies
+
+    new_way = latencies.latency_functions
+    old = tmp_path / "old"
+    monkeypatch.setattr(latencies, "latency_functions", lambda *a, **k: (new_way(*a, **k)[0], None))
+    before = run(recipe, old, evaluate_fn=concave_score, recipes_dir=old / "recipes", progress=None)
+    assert "latency_sets" not in json.loads((old / "journal.json").read_text()) or not json.loads(
+        (old / "journal.json").read_text())["latency_sets"]
+    monkeypatch.undo()
+    again = run(recipe, old, evaluate_fn=concave_score, recipes_dir=old / "recipes", progress=None)
+    assert [s.arch.hash for s in again] == [s.arch.hash for s in before]
     wrong = load_recipe(REPO / "recipes/expand_synthetic.json", [
         f"data.root={tmp_path / 'synthetic'}", "search.latency_input_shape=[1, 128, 256, 3]",
         f"search.latency.source=profile:{profile}"])

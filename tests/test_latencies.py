@@ -45,5 +45,5 @@ def test_a_profile_gives_predicted_latencies_and_dl_with_the_profile_error(tmp_p
     out = paired(parent, [deeper, same])
     assert out[parent.hash] == pytest.approx((3.5, 0.0))
     lat, se = out[deeper.hash]
-    assert lat == pytest.approx(1 + 0.5 * 8) and se == pytest.approx(0.1 * 1.5)  # sigma_rel * |dL|
-    assert out[same.hash][1] == 0.0 and not math.isnan(out[same.hash][0])
+    assert lat == pytest.approx(1 + 0.5 * 8) and se == pytest.approx(0.1 * 3.5)  # sigma_rel * L_parent
+    assert out[same.hash] == pytest.approx((3.5, 0.35)) and not math.isnan(out[same.hash][0])

@@ -109,12 +109,13 @@ class Expansion:
         """{hash: (latency, SE of its difference to the parent)} for the parent and the candidates of step ``t``.
 
         From ``latency_set_fn`` (recorded in the journal, so a replay does not re-measure), else the single
-        latencies with SE 0.
+        latencies with SE 0. A step the journal holds without a set was decided on single latencies (a
+        journal from before a profile search had sets): it replays with SE 0, as it was decided.
         """
         wanted = [parent.hash] + [c.arch.hash for c in cands]
-        if self.latency_set_fn is None:
-            return {parent.hash: (self.latency(parent), 0.0), **{c.arch.hash: (c.latency, 0.0) for c in cands}}
         recorded = self.journal.latency_set(t)
+        if self.latency_set_fn is None or (not recorded and self.journal.recorded_step(t) is not None):
+            return {parent.hash: (self.latency(parent), 0.0), **{c.arch.hash: (c.latency, 0.0) for c in cands}}
         if all(h in recorded for h in wanted):
             return recorded
         self.say(f"{self._label(t)}: latencies of the parent and {len(cands)} candidates as one set (paired)")

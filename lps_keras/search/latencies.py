@@ -9,10 +9,11 @@
   so slow drift of the machine cancels in the differences the verdict uses, and each difference carries
   its standard error. None when latencies are not timed (``macs``) or when ``rounds`` is 0. With a profile
   the latencies are predicted (deterministic) and each difference carries the profile's own error,
-  ``sigma_rel * |dL|`` (:func:`lps_keras.latency.profile.sigma_rel`, from its held-out validation): a parent
-  and its candidate share every layer but the increment, so what the profile gets wrong about the shared
-  layers cancels in dL and its relative error applies to the increment. Without that SE the verdict would
-  take any predicted dL > 0 as "slower", however small against the profile's error.
+  ``sigma_rel * L_parent`` (:func:`lps_keras.latency.profile.sigma_rel`, the RMS relative error on its
+  held-out networks): what the profile can get wrong about one network of the parent's size, so a
+  predicted dL within ``latency_z`` of it counts as "the same latency" (conservative: a parent and its
+  candidate share most layers, and shared errors cancel in dL). Without it the verdict would take any
+  predicted dL > 0 as "slower", however small against the profile's error.
 
 Measurements run where the executor says: here, or (a Ray executor with a ``latency_resource``) as tasks on
 the node offering that resource, the cache staying with the driver keyed by that node's device name.
@@ -44,7 +45,7 @@ def latency_functions(backend: str, input_shape, *, warmup: int = 5, iters: int 
             out = {parent.hash: (base, 0.0)}
             for arch in archs:
                 lat = fn(arch)
-                out[arch.hash] = (lat, fn.sigma_rel * abs(lat - base))
+                out[arch.hash] = (lat, fn.sigma_rel * base)
             return out
 
         return fn, predicted
