@@ -1,6 +1,7 @@
 """Latency profiles: features, the fit on synthetic timings with a known answer, files, mismatches, the paper's."""
 
 import json
+import math
 from pathlib import Path
 
 import numpy as np
@@ -96,6 +97,10 @@ def test_profile_file_round_trip_and_mismatches_refused(tmp_path):
 
 
 def test_kendall_tau_by_hand():
+    # equal infinities (slopes of candidates not slower than the parent) are a tie, not NaN
+    assert kendall_tau([np.inf, np.inf, 1], [3, 3, 1]) == pytest.approx(1.0)
+    assert kendall_tau([np.inf, 1, -np.inf], [1, 2, 3]) == pytest.approx(-1.0)
+    assert math.isnan(kendall_tau([1, np.nan, 2], [1, 2, 3]))
     assert kendall_tau([1, 2, 3], [1, 2, 3]) == 1.0
     assert kendall_tau([1, 2, 3], [3, 2, 1]) == -1.0
     assert kendall_tau([1, 2, 3, 4], [1, 3, 2, 4]) == pytest.approx(4 / 6)

@@ -151,3 +151,6 @@ def test_search_cli_derives_a_trainable_network_resumes_and_refuses_other_settin
     _table(tmp_path / "table.json", ms=0.2)
     with pytest.raises(NASError, match=r"nas.latency_table: .*table.json is not the table this search directory"):
         run_search(load_recipe(recipe), run)
+    # nor may a rerun drop the external table (the search would build its own and continue on it)
+    with pytest.raises(NASError, match=r"nas.latency_table: .* searched with the table .*table.json; rerun with it"):
+        run_search(load_recipe(recipe, ["nas.latency_table=null"]), run)

@@ -130,9 +130,12 @@ def fit_linear(x: np.ndarray, y: np.ndarray, weights: Optional[np.ndarray] = Non
 def kendall_tau(a: Sequence[float], b: Sequence[float]) -> float:
     """Kendall's tau-b of two sequences (pure numpy; O(n^2), fine for the tens of networks validated)."""
     a, b = np.asarray(a, float), np.asarray(b, float)
-    with np.errstate(invalid="ignore"):  # a NaN (an unscored candidate) makes tau NaN, as scipy's does
-        da = np.sign(a[:, None] - a[None, :])
-        db = np.sign(b[:, None] - b[None, :])
+    if np.isnan(a).any() or np.isnan(b).any():
+        return float("nan")  # as scipy's: an unscored candidate leaves the order undefined
+    # by comparison, not subtraction: slopes of candidates not slower than the parent are +-inf, and equal
+    # infinities are a tie (inf - inf would be NaN)
+    da = np.greater(a[:, None], a[None, :]).astype(int) - np.less(a[:, None], a[None, :]).astype(int)
+    db = np.greater(b[:, None], b[None, :]).astype(int) - np.less(b[:, None], b[None, :]).astype(int)
     iu = np.triu_indices(len(a), 1)
     s = (da * db)[iu].sum()
     na, nb = (da[iu] != 0).sum(), (db[iu] != 0).sum()

@@ -128,16 +128,24 @@ def _table(run_dir: Path, recipe, log):
     cfg = recipe.nas
     size = tuple(cfg.latency_input_size)
     space = _space(recipe)
+    built, source = run_dir / "latency_table.json", run_dir / "latency_table_source.json"
+    if cfg.latency_table is not None and built.exists():
+        raise NASError(f"nas.latency_table: {run_dir} searched with the table it built here ({built}); rerun "
+                       "without nas.latency_table to continue it, or use another --run-dir")
+    if cfg.latency_table is None and source.exists():
+        raise NASError(f"nas.latency_table: {run_dir} searched with the table "
+                       f"{json.loads(source.read_text()).get('path')}; rerun with it to continue, or use another "
+                       "--run-dir")
     if cfg.latency_table is not None:
         table = LatencyTable.load(cfg.latency_table, backend=cfg.latency_backend)
         missing = [s.key for s in space.op_specs(size) if s not in table]
         if missing:
             raise NASError(f"nas.latency_table: {cfg.latency_table} has no entry {missing[0]!r} (and "
                            f"{len(missing) - 1} more): it was built for another space or input size")
-        _check_same_table(run_dir / "latency_table_source.json", cfg.latency_table)
+        _check_same_table(source, cfg.latency_table)
         log(f"[table] {cfg.latency_table}: {len(table.entries)} operators, fixed {table.fixed_ms:.3f} ms")
         return table
-    path = run_dir / "latency_table.json"
+    path = built
     t0, last = time.time(), [0.0]
 
     def progress(done, total):

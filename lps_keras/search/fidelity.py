@@ -171,7 +171,8 @@ def regret_report(doc: dict) -> dict:
         for n in range(1, row["seeds"] + 1):
             s = summary(subset_regrets(parent, cands, reference, n))
             cpu = row.get("cpu_minutes_per_candidate_seed")
-            tau = ((row.get("tau_slope_by_seeds") or {}).get(str(n)) or {}).get("mean")  # over the same subsets
+            by_seeds = row.get("tau_slope_by_seeds") or {}  # int keys in memory, str once read from JSON
+            tau = (by_seeds.get(n) or by_seeds.get(str(n)) or {}).get("mean")  # over the same subsets
             rows.append({"proxy": row["proxy"], "seeds": n, **s, "cpu_minutes_per_candidate": None if cpu is None
                          else cpu * n, "tau_slope": tau})
     best = max(reference, key=reference.get)
