@@ -48,7 +48,7 @@ def main(argv=None) -> int:
     set_tf_threads(args.threads, None)
     import tensorflow as tf
 
-    from lps_keras.latency.edge import artefact_backend, artefact_precision, stored_input_shape
+    from lps_keras.latency.edge import artefact_backend, run_precision, stored_input_shape
     from lps_keras.latency.measure import prepared
     from lps_keras.latency.stats import cpu_flags, cpu_flags_text
     from lps_keras.recipe import load_recipe
@@ -65,7 +65,7 @@ def main(argv=None) -> int:
     shape = stored_input_shape(artefacts[0], args.threads)
     for path in artefacts:
         run, _ = stack.enter_context(prepared(path, artefact_backend(path), stored_input_shape(path, args.threads),
-                                              artefact_precision(path) or "fp32", args.threads))
+                                              run_precision(path, args.threads), args.threads))
         runs[path.stem] = run
     _, deploy = prepare_deploy_model(load_recipe(args.recipe).model_config(), args.weights)
     x = tf.constant(np.random.default_rng(0).normal(0, 1, shape).astype(np.float32))

@@ -83,9 +83,15 @@ def test_the_precision_is_compared_as_the_policy_it_resolved_to(tmp_path):
     # "auto" that resolved to float32 and an explicit "none" are the same run
     path.write_text(json.dumps(trajectory_record(_recipe("train.mixed_precision=auto"), policy="float32")))
     check_backup_trajectory(path, _recipe("train.mixed_precision=none"), tmp_path, policy="float32")
-    # a record written before the policy was recorded holds the setting only: nothing to compare
+    # a record written before the policy was recorded holds the setting only: "auto" cannot be compared (it
+    # depended on that machine), an explicit setting can
     old = trajectory_record(_recipe())
     del old["train"]["dtype_policy"]
     old["train"]["mixed_precision"] = "auto"
     path.write_text(json.dumps(old))
     check_backup_trajectory(path, _recipe("train.mixed_precision=none"), tmp_path, policy="float32")
+    old["train"]["mixed_precision"] = "mixed_bfloat16"
+    path.write_text(json.dumps(old))
+    check_backup_trajectory(path, _recipe("train.mixed_precision=auto"), tmp_path, policy="mixed_bfloat16")
+    with pytest.raises(TrainingError, match=r"train\.mixed_precision 'mixed_bfloat16' -> dtype policy 'float32'"):
+        check_backup_trajectory(path, _recipe("train.mixed_precision=none"), tmp_path, policy="float32")

@@ -3,7 +3,8 @@
 A thin layer over :func:`~lps_keras.latency.measure.measure_latency`: the backend comes from the file's
 suffix (``litert``, ``openvino``: the table's entries and runners, no second convention), the input size
 from the artefact (it has a static one, the size it was exported at; another is refused by the runner,
-not resized), and the precision from the artefact's name (``1_litert_int8.tflite``).
+not resized), and the precision from the artefact's name (``1_litert_int8.tflite``) or, for an IR without
+one, from its stored inference hint.
 """
 
 from __future__ import annotations
@@ -32,6 +33,18 @@ def artefact_backend(path) -> str:
     return backend
 
 
+def run_precision(path, threads: Optional[int] = None) -> str:
+    """The precision ``path`` runs at: its name's (``1_openvino_int8.xml``), else an IR's stored inference
+    hint (``fp32`` / ``bf16``), else ``fp32`` (a ``.tflite`` runs at its stored precision whatever the name)."""
+    named = artefact_precision(path)
+    if named is not None or artefact_backend(path) == "litert":
+        return named or "fp32"
+    from lps_keras.export.edge import openvino_predictor
+
+    hint = openvino_predictor(path, threads).hint  # compiled with the IR's stored hint
+    return "bf16" if "bf16" in hint else "fp32"
+
+
 def stored_input_shape(path, threads: Optional[int] = None) -> tuple:
     """The static input shape ``path`` was exported at (N, H, W, C)."""
     from lps_keras.export.edge import litert_predictor, openvino_predictor
@@ -53,4 +66,4 @@ def measure_edge_latency(path, backend: Optional[str] = None, input_shape=None, 
         raise LatencyError(f"{path}: the {backend!r} backend does not run this file; it is {expected!r}'s")
     shape = tuple(input_shape) if input_shape is not None else stored_input_shape(path, threads)
     return measure_latency(path, expected, shape, warmup=warmup, iters=iters,
-                           precision=precision or artefact_precision(path) or "fp32", threads=threads)
+                           precision=precision or run_precision(path, threads), threads=threads)

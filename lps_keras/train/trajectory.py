@@ -108,6 +108,14 @@ def check_backup_trajectory(path: Path, recipe: Recipe, work_dir: Path, task: st
         return
     before, now = dotted(saved), dotted(trajectory_record(recipe, task, policy))
     changed = []
+    setting = before.get("train.mixed_precision")
+    if "train.dtype_policy" not in before and setting not in (None, "auto"):
+        # A record from before the resolved policy: an explicit setting resolves the same anywhere ("auto"
+        # depended on the machine it ran on, which the record does not say).
+        from lps_keras.train.distribute import resolve_mixed_precision
+
+        if resolve_mixed_precision(setting, gpu=False, bf16=True) != now["train.dtype_policy"]:
+            changed.append(f"train.mixed_precision {setting!r} -> dtype policy {now['train.dtype_policy']!r}")
     for key, value in now.items():
         if key not in before or before[key] == value:
             continue
