@@ -19,9 +19,9 @@ def reparameterize(model: LPSNet) -> LPSNet:
     ``model`` itself is not modified.
     """
     if not isinstance(model, LPSNet):
-        family = getattr(getattr(model, "family_config", None), "__class__", type(None)).__name__
-        hint = (f" (a {family} model: re-parameterisation of RepVGG branches is LPS-Net only; "
-                "lps_keras.families.fuse folds any family's BN)") if family != "NoneType" else ""
+        family = getattr(model, "family", "") if getattr(model, "family_config", None) is not None else ""
+        hint = (f" (an {family!r} family model: re-parameterisation of RepVGG branches is LPS-Net only; "
+                "lps_keras.families.fuse folds any family's BN)") if family else ""
         raise TypeError(f"reparameterize expects an LPS-Net model from build_model, got "
                         f"{type(model).__name__}{hint}")
     name = model.name if model.name.endswith("_deploy") else f"{model.name}_deploy"

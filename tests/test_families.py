@@ -62,7 +62,7 @@ def test_lps_only_tools_refuse_another_family_before_doing_anything(tmp_path):
     with pytest.raises(RecipeError, match=r"model.family: 'ndnet'.*LPS-Net only"):
         run(r, tmp_path / "out", progress=None)
     assert not (tmp_path / "out").exists()  # no executor started, no directory made
-    with pytest.raises(TypeError, match=r"NDNetConfig model: re-parameterisation of RepVGG branches is LPS-Net only"):
+    with pytest.raises(TypeError, match=r"'ndnet' family model: re-parameterisation of RepVGG branches is LPS-Net"):
         reparameterize(build(r.model_config()))
 
 

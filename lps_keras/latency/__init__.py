@@ -16,7 +16,6 @@ from lps_keras.latency.backends import (
 )
 from lps_keras.latency.cache import LatencyCache
 from lps_keras.latency.measure import SetMeasurement, latency_fn, measure_latency, measure_set
-from lps_keras.latency.profile import ProfileError, load_profile, predict_latency
 from lps_keras.latency.runners import load_onnxruntime, load_openvino, load_savedmodel, load_tensorrt_engine
 from lps_keras.latency.stats import (
     LatencyCacheMiss,
@@ -30,6 +29,16 @@ from lps_keras.latency.stats import (
 
 #: Kept for callers of the old name: the backend names, in table order.
 BACKENDS = BACKEND_NAMES
+
+
+def __getattr__(name):
+    # The profile's names load on first use: `python -m lps_keras.latency.profile` must find that module not
+    # yet imported by its package (runpy warns otherwise).
+    if name in ("ProfileError", "load_profile", "predict_latency"):
+        from lps_keras.latency import profile
+
+        return getattr(profile, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 __all__ = ["ArtifactStore", "BACKENDS", "BACKEND_NAMES", "Backend", "LatencyCache", "LatencyCacheMiss",
            "LatencyError", "LatencyStats", "SetMeasurement", "check_backend", "cpu_flags", "cpu_flags_text",

@@ -302,7 +302,7 @@ for _entry in (
             device=cuda_device, versions=_onnx_route_version("tensorrt", "tensorrt"), requires=_ONNX,
             requirements=TENSORRT_REQUIREMENTS, check=_check_tensorrt, artifact="tensorrt",
             runner=_runner("tensorrt_runner")),
-    Backend("macs", ("fp32", "bf16", "fp16"), "no timing: the Arch's GMACs (dry runs and tests)",
+    Backend("macs", ("fp32", "bf16", "fp16"), "no timing: the network's GMACs, any family (dry runs and tests)",
             device=cpu_device, versions=lambda: {"macs": "1"}, timed=False),
 ):
     register_backend(_entry)

@@ -254,3 +254,77 @@ def refit_profile(path, model: str = "auto") -> dict:
         prof["repeatability"], backend=prof["backend"], precision=prof["precision"],
         input_shape=tuple(prof["input_shape"]), device=prof["device"],
         source=f"{prof['source']}; refitted ({model}) from its stored timings on {time.strftime('%Y-%m-%d')}", **keep)
+
+
+def run_profile(args) -> int:
+    """``python -m lps_keras.latency.profile``'s measurement: the designed networks timed in paired sets, the
+    conv table, the fit and its validation, written to ``args.out`` (the parsed command line)."""
+    import time
+
+    from lps_keras.fileio import atomic_write_json
+    from lps_keras.latency import backends, measure_set
+    from lps_keras.latency.backends import device_name, library_versions
+    from lps_keras.latency.profile import accuracy_figures, report_profile
+    from lps_keras.latency.stats import cpu_flags
+    from lps_keras.presets import get_preset
+    from lps_keras.recipe import parse_size
+
+    t0 = time.time()
+    if args.backend == "tf":
+        import tensorflow as tf
+
+        tf.get_logger().setLevel("ERROR")  # one tf.function per network is the point here, not a retracing bug
+    h, w = parse_size(args.input_size)
+    shape = (1, h, w, 3)
+    backends.check_backend(args.backend, args.precision)
+    n0 = get_preset("lps_tiny", num_classes=args.num_classes)
+    accept = None if args.max_gmacs is None else (lambda a: a.macs(h, w) / 1e9 <= args.max_gmacs)
+    train = random_walks(args.train, args.seed, n0, accept=accept)
+    held = random_walks(args.held_out, args.seed + 1, n0, accept=accept, exclude=[a.hash for a in train])
+    table4 = []
+    if Path(args.table4).is_file():
+        table4 = [a for a in table4_archs(args.table4, args.num_classes)[0] if accept is None or accept(a)]
+    again = held[: min(8, len(held))]  # measured in a second set: the measurement's own repeatability
+    store = Path(args.out).with_name(Path(args.out).stem + "_artifacts")
+
+    def paired(archs):
+        return measure_set(archs, args.backend, shape, rounds=args.rounds, iters_per_round=args.iters,
+                           warmup=2, precision=args.precision, artifacts=store if args.backend != "tf" else None)
+
+    print(f"profile {args.backend}/{args.precision} at {h}x{w}: {len(train)} training, {len(held)} held-out "
+          f"and {len(table4)} Table 4 networks, in paired sets of {args.set_size}", flush=True)
+    table = None
+    if args.model != "linear":
+        from lps_keras.latency.kernel_model import ConvTable, measure_grid
+
+        print("timing the single convs of the kernels table", flush=True)
+        table = ConvTable(measure_grid(lambda spec: time_conv(spec, args)))
+    ms = measure_archs([*train, *held, *table4], n0, paired, args.set_size)
+    repeat = measure_archs(list(reversed(again)), n0, paired, args.set_size)
+    prof = finish_profile(
+        args.model, table, [(a, ms[a.hash]) for a in [n0, *train]],
+        [(kind, a, ms[a.hash]) for kind, archs in (("held-out walk", held), ("table4", table4)) for a in archs],
+        accuracy_figures([repeat[a.hash] for a in again], [ms[a.hash] for a in again]),
+        backend=args.backend, precision=args.precision, input_shape=shape, device=device_name(args.backend),
+        source=f"measured with python -m lps_keras.latency.profile on {time.strftime('%Y-%m-%d')}",
+        cpu_flags=cpu_flags(), versions=library_versions(args.backend), num_classes=args.num_classes,
+        minutes=round((time.time() - t0) / 60, 1))
+    atomic_write_json(args.out, prof)
+    report_profile(args.out, prof)
+    return 0
+
+
+def time_conv(spec, args) -> float:
+    """ms of one 3x3 conv + bias + ReLU as the deploy graph runs it (stride 2: the explicit 1-pixel pad)."""
+    import keras
+
+    from lps_keras.latency import measure_latency
+
+    h, w, c_in, c_out, stride = spec
+    shape = (1, h * stride, w * stride, c_in)
+    x = keras.Input(shape[1:])
+    y = keras.layers.ZeroPadding2D(1)(x) if stride == 2 else x
+    y = keras.layers.Conv2D(c_out, 3, strides=stride, padding="valid" if stride == 2 else "same",
+                            activation="relu")(y)
+    return measure_latency(keras.Model(x, y), args.backend, shape, warmup=2, iters=args.conv_iters,
+                           precision=args.precision).median_ms
