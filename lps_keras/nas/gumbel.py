@@ -39,7 +39,7 @@ def gumbel_softmax(alpha, tau, uniform):
 
 @dataclasses.dataclass(frozen=True)
 class TemperatureSchedule:
-    """Exponential annealing from ``start`` to ``end`` over ``steps`` steps (HMSeg: 10 -> 0.1).
+    """Exponential annealing from ``start`` to ``end`` over ``steps`` steps (HMSeg: 10 -> 0.1, as issue 27 quotes it).
 
     Exponential rather than linear: the ratio between consecutive temperatures is constant, so the
     sampling sharpens evenly on the log scale the softmax works on (GDAS, by HMSeg's second author,

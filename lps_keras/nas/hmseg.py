@@ -1,6 +1,7 @@
 """HMSeg's search space (Li, Dong, Yu, Yang, "When Humans Meet Machines", BMVC 2020) over MRMS.
 
-What the paper states and this space does:
+What the paper states and this space does (as issue 27, quoting the paper's method, gives it; this
+project could read only the abstract, so these are the issue's statements, not checked against the text):
 
 * every searchable layer picks an inverted-residual block with expansion e in {1, 3, 6} and
   depthwise kernel k in {3, 5, 7}, or identity (the layer is skipped, so the depth is searched);

@@ -185,7 +185,7 @@ class ExpectedLatency:
 
 def cost_loss(expected_ms, budget_ms: float):
     """``|E[latency] / R - 1|``: pulls the expected latency toward the budget ``R`` from either side
-    (HMSeg states the pull toward R, not the formula; the relative form keeps the loss weight
+    (HMSeg, as issue 27 quotes it, states the pull toward R, not the formula; the relative form keeps the loss weight
     independent of the device's speed)."""
     from keras import ops
 

@@ -6,8 +6,8 @@ medium (C4, 1/16) and stage 5 the low-resolution branch (C5, 1/32): one backbone
 share weights and reuse each other's features. A Lightweight Context Fusion (LCF) head adds C3, C4,
 C5 and the global-average-pooled C5 with depthwise-separable convolutions, and a Lightweight Global
 Enhancement (LGE) module (global pooling + channel attention) sits in the LCF upper branch.
-Paper, Cityscapes 768x1536, 19 classes, trained from scratch: MRMS 73.7% mIoU, 2.1M params,
-7.3 GFLOPs; TinyMRMS 69.9%, 0.6M, 2.8 GFLOPs.
+Paper, as issue 25 quotes it (Cityscapes 768x1536, 19 classes, trained from scratch): MRMS 73.7% mIoU,
+2.1M params, 7.3 GFLOPs; TinyMRMS 69.9%, 0.6M, 2.8 GFLOPs.
 
 No public code exists, and only the paper's abstract could be consulted here (not its body or
 figure), so the choices below rest on the description above and MobileNetV2's standard design:
