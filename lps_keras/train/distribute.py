@@ -34,21 +34,26 @@ def cpu_has_bf16() -> bool:
     return flags["avx512_bf16"] or flags["amx_bf16"]
 
 
-def resolve_mixed_precision(setting: str, gpu: Optional[bool] = None, bf16: Optional[bool] = None) -> str:
+def resolve_mixed_precision(setting: str, gpu: Optional[bool] = None, bf16: Optional[bool] = None,
+                            family: str = "lps") -> str:
     """The Keras dtype policy for ``train.mixed_precision``.
 
     ``auto``: ``mixed_float16`` on a GPU; on a CPU ``mixed_bfloat16`` only where the CPU has bf16
-    hardware (AVX512-BF16 or AMX), else ``float32``: on an AVX2-only CPU TensorFlow emulates bf16 and
-    runs slower than fp32 (1.22x slower for LPS-S here), so ``auto`` never picks it there. An explicit
-    ``mixed_bfloat16`` on such a CPU is honoured with a warning. ``gpu`` / ``bf16`` override the
-    detection (tests).
+    hardware (AVX512-BF16 or AMX) and the model ``family`` gains from it (``Family.cpu_bf16``: LPS-Net
+    ran 1.55x faster in bf16 on an AVX512-BF16 Zen 4; NDNet and MRMS, mostly depthwise convolutions,
+    ran 20-30% slower in bf16 on an AMX Xeon), else ``float32``: on an AVX2-only CPU TensorFlow
+    emulates bf16 and runs slower than fp32 (1.22x slower for LPS-S), so ``auto`` never picks it
+    there. An explicit ``mixed_bfloat16`` on such a CPU is honoured with a warning. ``gpu`` / ``bf16``
+    override the detection (tests).
     """
     if setting == "none":
         return "float32"
     gpu = has_gpu() if gpu is None else gpu
     bf16 = cpu_has_bf16() if bf16 is None else bf16
     if setting == "auto":
-        return "mixed_float16" if gpu else "mixed_bfloat16" if bf16 else "float32"
+        from lps_keras.families import get_family
+
+        return "mixed_float16" if gpu else "mixed_bfloat16" if bf16 and get_family(family).cpu_bf16 else "float32"
     if setting == "mixed_bfloat16" and not gpu and not bf16:
         print("warning: train.mixed_precision=mixed_bfloat16 on a CPU without bf16 hardware (no AVX512-BF16 or AMX): "
               "TensorFlow emulates it, slower than float32; use 'auto' to pick float32 here", file=sys.stderr)

@@ -151,7 +151,7 @@ class TrainingRun:
         self.out_dir = resolve_run_dir(recipe)
         self.work_dir = self.out_dir if self.is_chief else self.out_dir / "workers" / str(task_id)
         self.files_dir = self.work_dir if self.is_chief else None  # workers write nothing the user reads
-        self.policy = resolve_mixed_precision(cfg.mixed_precision)
+        self.policy = resolve_mixed_precision(cfg.mixed_precision, family=recipe.model.family)
         self.log_path = self.work_dir / "train_log.jsonl"
         self.state = RunState(total_steps=self.total, epoch_steps=self.epoch_steps)
         self.backup: Backup | None = None

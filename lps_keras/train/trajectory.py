@@ -89,7 +89,7 @@ def trajectory_record(recipe: Recipe, task: str = "train", policy: Optional[str]
     if policy is None:
         from lps_keras.train.distribute import resolve_mixed_precision
 
-        policy = resolve_mixed_precision(recipe.train.mixed_precision)
+        policy = resolve_mixed_precision(recipe.train.mixed_precision, family=recipe.model.family)
     # Backups recorded before the resolved policy carry the setting; comparing "auto" with a policy
     # name would refuse them, so the setting goes and only records that have a policy compare it.
     train.pop("mixed_precision", None)

@@ -48,6 +48,8 @@ FAMILY = Family(
     build_path="lps_keras.families.mrms.model:build_mrms",
     fuse_path="lps_keras.families.mrms.model:fuse_mrms",
     summary=summary,
+    # TinyMRMS on the AMX Xeon (2 cores, batch 8, 360x480): mixed_bfloat16 1.80 s/step, float32 1.37.
+    cpu_bf16=False,
 )
 
 __all__ = ["FAMILY", "PRESETS", "MRMSConfig", "summary"]

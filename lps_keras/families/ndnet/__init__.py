@@ -19,6 +19,8 @@ FAMILY = Family(
     fuse_path="lps_keras.families.ndnet.model:fuse_ndnet",
     summary=summary,
     weights_loader_path="lps_keras.families.ndnet.weights:load_ndnet_weights",
+    # NDNet45 on the AMX Xeon (2 cores, batch 8, 360x480): mixed_bfloat16 0.86 s/step, float32 0.72.
+    cpu_bf16=False,
 )
 
 __all__ = ["FAMILY", "PRESETS", "NDNetConfig", "summary"]
