@@ -114,6 +114,9 @@ def test_search_cli_derives_a_trainable_network_resumes_and_refuses_other_settin
     assert "[search] step 3/3" in r.stdout and "[derive]" in r.stdout
     derived = json.loads((run / "derived.json").read_text())
     assert derived["steps"] == 3 and derived["budget_ms"] == 5.0 and derived["measured"]["derived_ms"] > 0
+    cost = derived["cost"]  # wall time per phase, added up over the directory's runs
+    assert set(cost["seconds"]) == {"budget", "table", "search", "derive"} and cost["seconds"]["search"] > 0
+    assert cost["wall_hours"] == pytest.approx(sum(cost["seconds"].values()) / 3600, abs=1e-4)  # rounded to 0.1 s
     # 0.1 ms per operator run: every block but the skipped ones, and a resize per branch not at ratio 0.5
     ran = 17 - derived["config"]["blocks"].count("identity") + sum(r != 0.5 for r in derived["config"]["branch_ratios"])
     assert derived["table_ms"] == pytest.approx(0.1 * ran, rel=1e-5)
@@ -132,7 +135,8 @@ def test_search_cli_derives_a_trainable_network_resumes_and_refuses_other_settin
     r = _search("--recipe", recipe, "--run-dir", run)
     assert r.returncode == 0, r.stderr[-3000:]
     assert "resumed at step 3/3" in r.stdout and "[search] step 1/" not in r.stdout
-    assert json.loads((run / "derived.json").read_text())["steps"] == 3
+    again = json.loads((run / "derived.json").read_text())
+    assert again["steps"] == 3 and again["cost"]["seconds"]["search"] >= cost["seconds"]["search"]
     # more steps would re-stretch the finished schedules (temperature, lr): refused with one line, exit 2
     r = _search("--recipe", recipe, "--run-dir", run, "--steps", 4)
     assert r.returncode == 2 and "holds a search with nas.steps = 3, not 4" in r.stderr and "Traceback" not in r.stderr

@@ -17,6 +17,9 @@ Four phases, each kept in the run directory, so that rerunning the same command 
    config, its table latency, its measured latency timed in paired rounds beside the budget's
    network, and a training recipe for it (the search recipe's ``data``/``train``/``eval``/``export``).
 
+``cost.json`` adds up each phase's wall time over every run of the directory; ``derived.json``'s
+``cost`` reports it with the core count (the search cost in CPU-hours, on a machine it had to itself).
+
 ``search_recipe.json`` records what the directory searches; a rerun with other search settings is
 refused naming the first key that differs, ``nas.steps`` included: the learning-rate and temperature
 schedules are sized by it, so a longer rerun would raise the temperature and the learning rate of a
@@ -28,6 +31,7 @@ on another device) is refused.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import time
@@ -64,10 +68,46 @@ def run_search(recipe, run_dir=None, log: Callable[[str], None] = print) -> dict
         remove_stale_temps(run_dir)
         _check_same_search(run_dir / "search_recipe.json", recipe)
         num_classes = recipe.model_config().num_classes  # the budget's network gets the same head as the searched one
-        budget = _budget(run_dir / "budget.json", cfg, num_classes, log)
-        table = _table(run_dir, recipe, log)
-        search = _search(run_dir, recipe, table, budget["budget_ms"], log)
-        return _derive(run_dir, recipe, search, table, budget, log)
+        cost = _Cost(run_dir / "cost.json")
+        with cost.phase("budget"):
+            budget = _budget(run_dir / "budget.json", cfg, num_classes, log)
+        with cost.phase("table"):
+            table = _table(run_dir, recipe, log)
+        with cost.phase("search"):
+            search = _search(run_dir, recipe, table, budget["budget_ms"], log)
+        with cost.phase("derive"):
+            derived = _derive(run_dir, recipe, search, table, budget, log)
+        derived["cost"] = cost.summary()
+        atomic_write_json(run_dir / "derived.json", derived)
+        log(f"[cost] {derived['cost']['wall_hours']:.2f} h of wall time on {derived['cost']['cpu_count']} cores "
+            f"(table {cost.seconds.get('table', 0) / 60:.0f} min, search {cost.seconds.get('search', 0) / 60:.0f} min)")
+        return derived
+
+
+class _Cost:
+    """Wall seconds per phase, added up over every run of the directory (``cost.json``, saved after each
+    phase): a search stopped and resumed reports what it cost in all. The search's cost in CPU-hours is
+    ``wall_hours * cpu_count`` on a machine the search had to itself."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self.seconds = json.loads(path.read_text()).get("seconds", {}) if path.exists() else {}
+
+    @contextlib.contextmanager
+    def phase(self, name: str):
+        t0 = time.time()
+        try:
+            yield
+        finally:
+            self.seconds[name] = self.seconds.get(name, 0.0) + (time.time() - t0)
+            atomic_write_json(self.path, {"seconds": self.seconds})
+
+    def summary(self) -> dict:
+        import os
+
+        total = sum(self.seconds.values())
+        return {"seconds": {k: round(v, 1) for k, v in self.seconds.items()}, "wall_hours": total / 3600,
+                "cpu_count": os.cpu_count()}
 
 
 def measure_kwargs(cfg) -> dict:
@@ -210,7 +250,7 @@ def _search(run_dir: Path, recipe, table, budget_ms: float, log):
     def on_step(step, out):
         if step % cfg.log_interval and step != cfg.steps:
             return
-        record = {"step": step, "tau": search.schedule(step - 1), **out}
+        record = {"step": step, "tau": search.schedule(step - 1), "time": time.time(), **out}
         with open(log_path, "a") as f:
             f.write(json.dumps(record) + "\n")
         rate = (time.time() - last[0]) / max(1, step - last[1])
