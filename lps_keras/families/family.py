@@ -52,7 +52,7 @@ class Family:
     #: published weights (``.pth`` / ``.npz``) into a model of this family; None: the family has none.
     weights_loader_path: str | None = None
     #: Whether ``train.mixed_precision: auto`` trains it in bf16 on a CPU with bf16 hardware: measured per
-    #: family, since bf16 speeds dense 3x3 convolutions but not depthwise ones (README, "Precision").
+    #: family, since bf16 speeds dense 3x3 convolutions but not depthwise ones (README, "Mixed precision").
     cpu_bf16: bool = True
 
     def build(self, config, **kwargs):
