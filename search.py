@@ -20,7 +20,8 @@ def parse_args(argv=None):
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a recipe field, e.g. --set nas.steps=500 (repeatable)")
     p.add_argument("--run-dir", default=None, help="output directory (--set nas.run_dir=...)")
-    p.add_argument("--steps", type=int, default=None, help="--set nas.steps=...")
+    p.add_argument("--steps", type=int, default=None,
+                   help="--set nas.steps=... (fixed once a directory has searched: its schedules are sized by it)")
     p.add_argument("--budget-ms", type=float, default=None,
                    help="latency budget in ms (--set nas.budget_ms=...; replaces nas.budget_arch)")
     p.add_argument("--budget-scale", type=float, default=None, help="--set nas.budget_scale=... (e.g. 0.5, 2)")
