@@ -116,6 +116,14 @@ def remove_stale_temps(directory: PathLike) -> list[Path]:
     return removed
 
 
+def file_sha256(path: PathLike) -> str:
+    """The SHA-256 of a file's content (hex): how a run records an input by content, not by path."""
+    import hashlib
+
+    with open(path, "rb") as f:
+        return hashlib.file_digest(f, "sha256").hexdigest()
+
+
 def atomic_write_bytes(path: PathLike, data: bytes) -> Path:
     with atomic_path(path) as tmp:
         with open(tmp, "wb") as f:

@@ -126,3 +126,12 @@ def test_a_second_process_cannot_take_a_held_directory_and_a_killed_holders_lock
         with pytest.raises(BusyError, match="in use by process"):
             DirectoryLock(tmp_path).acquire()  # a second open file description in one process is refused too
     assert not lock.held
+
+
+def test_file_sha256_is_the_content_digest(tmp_path):
+    path = tmp_path / "abc.bin"
+    path.write_bytes(b"abc")
+    from lps_keras.fileio import file_sha256
+
+    # FIPS 180-2's test vector for "abc"
+    assert file_sha256(path) == "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"

@@ -133,10 +133,10 @@ def _analytic_macs(target, height: int, width: int) -> tuple[int, Optional[str]]
     arch = arch_of(target)
     if arch is not None:
         return arch.macs(height, width), arch.hash
-    from lps_keras.families import FamilyError, family_of_config
+    from lps_keras.families import FamilyError, config_of, family_of_config
 
-    config = getattr(target, "family_config", None) if hasattr(target, "layers") else target
     try:
+        config = config_of(target) if hasattr(target, "layers") else target
         family = family_of_config(config)
     except FamilyError:
         raise LatencyError(f"the macs backend needs a model config (an Arch or a family's config) or a model "

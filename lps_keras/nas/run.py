@@ -204,10 +204,9 @@ def _table(run_dir: Path, recipe, log):
 
 def _check_same_table(record: Path, table_path: str) -> None:
     """Record the external table's SHA-256 on the first run; refuse a rerun whose table differs."""
-    import hashlib
+    from lps_keras.fileio import file_sha256
 
-    with open(table_path, "rb") as f:
-        digest = hashlib.file_digest(f, "sha256").hexdigest()
+    digest = file_sha256(table_path)
     if record.exists():
         saved = json.loads(record.read_text())
         if saved.get("sha256") != digest:

@@ -207,13 +207,12 @@ def journal_fingerprint(recipe: Recipe, backend: str):
     profile = profile_path(recipe)
     if profile is None:
         return fp
-    import hashlib
-
+    from lps_keras.fileio import file_sha256
     from lps_keras.latency.profile import load_profile
 
     data = load_profile(profile)
     return {"recipe": fp, "latency_source": recipe.search.latency.source,
-            "profile": {"sha256": hashlib.sha256(profile.read_bytes()).hexdigest()[:16], "device": data["device"],
+            "profile": {"sha256": file_sha256(profile)[:16], "device": data["device"],
                         "backend": data["backend"], "input_shape": data["input_shape"],
                         "measured": data.get("measured", True)}}
 

@@ -21,11 +21,11 @@ another, so the setting alone would let a backup move between them unnoticed, wh
 
 from __future__ import annotations
 
-import hashlib
 import json
 from pathlib import Path
 from typing import Optional
 
+from lps_keras.fileio import file_sha256
 from lps_keras.recipe import Recipe, dotted
 from lps_keras.train.errors import RUN_ADVICE, RunConflictError
 
@@ -55,8 +55,7 @@ def _init_identity(init: Optional[str]) -> Optional[str]:
     if init is None:
         return None
     try:
-        with open(init, "rb") as f:
-            return hashlib.file_digest(f, "sha256").hexdigest()[:16]
+        return file_sha256(init)[:16]
     except OSError:
         return "unreadable"
 
