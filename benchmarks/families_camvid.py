@@ -23,6 +23,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from lps_keras.errors import LPSError, UsageError  # noqa: E402 - after the path set-up above
+
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -36,9 +38,9 @@ def _read_json(path: Path, what: str) -> dict:
     try:
         return json.loads(path.read_text())
     except FileNotFoundError:
-        raise SystemExit(f"families_camvid: {path}: no {what} (is it a finished run?)") from None
+        raise UsageError(f"{path}: no {what} (is it a finished run?)") from None
     except ValueError as e:
-        raise SystemExit(f"families_camvid: {path}: unreadable {what} ({e})") from None
+        raise UsageError(f"{path}: unreadable {what} ({e})") from None
 
 
 def collect(label: str, directory: Path) -> dict:
@@ -47,7 +49,7 @@ def collect(label: str, directory: Path) -> dict:
 
     metrics = _read_json(directory / "metrics.json", "metrics.json")
     if metrics.get("final_step") != metrics.get("iterations"):
-        raise SystemExit(f"families_camvid: {directory}: the run stopped at step {metrics.get('final_step')} of "
+        raise UsageError(f"{directory}: the run stopped at step {metrics.get('final_step')} of "
                          f"{metrics.get('iterations')}; finish it first")
     recipe = load_recipe(directory / "recipe.json")
     config = recipe.model_config()
@@ -124,11 +126,19 @@ def plot(entries: list[dict], out_png: Path) -> None:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
+    try:
+        return run(args)
+    except LPSError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+
+
+def run(args) -> int:
     entries = []
     for item in args.entry:
         label, sep, directory = item.partition("=")
         if not sep or not label or not directory:
-            raise SystemExit(f"families_camvid: --entry {item!r}: expected LABEL=DIR")
+            raise UsageError(f"--entry {item!r}: expected LABEL=DIR")
         entries.append(collect(label, Path(directory)))
     from lps_keras.fileio import atomic_write_json, atomic_write_text
 
