@@ -23,7 +23,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from lps_keras.errors import LPSError, UsageError  # noqa: E402 - after the path set-up above
+from lps_keras.errors import UsageError  # noqa: E402 - after the path set-up above
 
 
 def parse_args(argv=None):
@@ -125,12 +125,10 @@ def plot(entries: list[dict], out_png: Path) -> None:
 
 
 def main(argv=None) -> int:
+    from lps_keras.cli import guarded
+
     args = parse_args(argv)
-    try:
-        return run(args)
-    except LPSError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    return guarded("families_camvid.py", lambda: run(args))
 
 
 def run(args) -> int:

@@ -33,7 +33,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from lps_keras.errors import LPSError, UsageError  # noqa: E402 - after the path set-up above
+from lps_keras.errors import UsageError  # noqa: E402 - after the path set-up above
 
 SCHEDULE_KEYS = ("iterations", "batch_size", "base_lr", "loss", "class_balance", "crop_size")
 
@@ -181,12 +181,10 @@ def run(args, measure=None) -> int:
 
 
 def main(argv=None) -> int:
+    from lps_keras.cli import guarded
+
     args = parse_args(argv)
-    try:
-        return run(args)
-    except LPSError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    return guarded("nas_vs_expansion.py", lambda: run(args))
 
 
 if __name__ == "__main__":
