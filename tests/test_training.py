@@ -621,6 +621,40 @@ def test_memory_estimate_errs_high_of_the_calibration_runs():
         assert measured_mb < estimate_mb < 2.2 * measured_mb, (width, batch, estimate_mb)
 
 
+def test_family_memory_estimate_errs_high_of_the_calibration_runs():
+    from lps_keras.arch import Arch
+    from lps_keras.families import get_family
+    from lps_keras.train.memory import block_elements, estimate_training_bytes, layer_elements
+
+    # A one-path LPS-Net is its five blocks and the 1x1 head: the block outputs (the LPS estimate's own pure
+    # count) plus the head's 4x4x3 logits at 1/16 of 64x64.
+    arch = Arch((1, 1, 1, 1, 1), (4, 8, 16, 32, 32), (1, 0, 0), num_classes=3)
+    assert block_elements(arch, 64, 64) == 32 * 32 * 4 + 16 * 16 * 8 + 8 * 8 * 16 + 2 * 4 * 4 * 32
+    assert layer_elements(arch, 64, 64) == block_elements(arch, 64, 64) + 4 * 4 * 3
+    # Peak RSS added by train() (benchmarks/train_memory.py; see lps_keras/train/memory.py).
+    for family, preset, classes, (h, w), batch, measured_mb in (
+            ("mrms", "tinymrms", 19, (192, 192), 2, 527), ("mrms", "tinymrms", 19, (192, 192), 8, 856),
+            ("ndnet", "ndnet45", 19, (192, 192), 2, 476), ("ndnet", "ndnet45", 19, (192, 192), 8, 682),
+            ("mrms", "tinymrms", 11, (360, 480), 2, 1060), ("mrms", "tinymrms", 11, (360, 480), 8, 2250)):
+        config = get_family(family).config(preset=preset, num_classes=classes)
+        estimate_mb = estimate_training_bytes(config, batch, h, w, classes) / 2**20
+        assert measured_mb <= estimate_mb < 1.5 * measured_mb, (preset, h, batch, estimate_mb)
+
+
+def test_a_family_run_that_cannot_fit_in_memory_is_refused_naming_the_family(tmp_path, stub_data, monkeypatch):
+    import lps_keras.train.memory as memory
+    from lps_keras.errors import ResourceError
+    from lps_keras.train import train
+
+    monkeypatch.setattr(memory, "available_memory", lambda: (1024 * 2**20, "MemAvailable in /proc/meminfo"))
+    recipe = _stub_recipe(tmp_path, "model.arch=null", "model.family=ndnet", "model.preset=ndnet45",
+                          "train.iterations=2", "train.batch_size=64")
+    with pytest.raises(ResourceError, match=r"about [\d.]+ GiB of memory \(batch 64 of 192x192, a ndnet network\), "
+                                            r"but 1\.0 GiB is available .*a batch of at most about \d+ fits"):
+        train(recipe, verbose=0)
+    assert not (tmp_path / "run").exists()
+
+
 def test_a_run_that_cannot_fit_in_memory_is_refused_before_it_starts(tmp_path, stub_data, monkeypatch):
     import lps_keras.train.memory as memory
     from lps_keras.errors import ResourceError

@@ -85,9 +85,8 @@ def train(
     cfg = recipe.train
     config = recipe.model_config()
     family = recipe.family()
-    if not has_gpu() and family.name == "lps":
-        # Refused here, before anything is created: past the memory, TF aborts (std::bad_alloc). The
-        # estimate models LPS-Net's paths; the other families' networks are far smaller than the budget.
+    if not has_gpu():
+        # Refused here, before anything is created: past the memory, TF aborts (std::bad_alloc).
         check_training_memory(config, cfg.batch_size, recipe.data.augment.crop_size, config.num_classes,
                               "train.batch_size / data.augment.crop_size")
     run = TrainingRun(recipe, resume=resume, verbose=verbose, jit_compile=jit_compile)

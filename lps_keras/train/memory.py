@@ -22,6 +22,18 @@ peak RSS from ``getrusage`` minus the RSS before ``train()``, 3 steps + one vali
 (7 floats) per block element and 433 bytes per pixel (4.9 floats per pixel per class+3); the
 fixed part was 137-174 MB. The constants below round those up (8 floats, 5 floats, 256 MB): the
 per-image part errs high by about 10% at these sizes, the whole estimate by 30-50% (its fixed part).
+
+Other families (NDNet, MRMS: depthwise and 1x1 convolutions, no LPS paths) are estimated from the
+elements of *every layer output* of their training-form model (built, not run: :func:`layer_elements`):
+
+    FAMILY_FIXED + PARAM_BYTES * params + B * (LAYER_BYTES * layer_elements + PIXEL_BYTES * H * W * (classes + 3))
+
+Calibration (``benchmarks/train_memory.py``, TF 2.21, CPU, float32, 2-core Xeon, 3 steps + one
+validation): TinyMRMS on the synthetic set at 192x192 (3.33M layer elements) added 527 / 856 MB at batch
+2 / 8, NDNet45 there (2.95M) 476 / 682 MB, TinyMRMS on CamVid at 360x480 (15.7M, 11 classes, its images
+cached) 1060 / 2250 MB: 6-12 bytes per layer element beyond the per-pixel term, and a fixed part of
+410-660 MB (CamVid's cache included). With 16 bytes (4 floats) and 480 MB the estimate errs high by
+3-45% on all six runs.
 """
 
 from __future__ import annotations
@@ -35,6 +47,8 @@ BLOCK_BYTES = 8 * 4  # per element of a block output, training form (branches, B
 PIXEL_BYTES = 5 * 4  # per input pixel and per (class + 3): logits, softmax, gradient, input copies
 PARAM_BYTES = 64  # per parameter of the fused model: the training form's branches, gradients, momentum
 FIXED_BYTES = 256 * 2**20  # graph, tf.data buffers, validation
+LAYER_BYTES = 4 * 4  # per element of a layer output of another family's model (its output, BN, gradient)
+FAMILY_FIXED_BYTES = 480 * 2**20  # as FIXED_BYTES, measured larger for NDNet/MRMS (module doc)
 
 
 def block_elements(arch, height: int, width: int) -> int:
@@ -46,10 +60,38 @@ def block_elements(arch, height: int, width: int) -> int:
     return total
 
 
-def estimate_training_bytes(arch, batch: int, height: int, width: int, dense_classes: int) -> int:
+def layer_elements(config, height: int, width: int) -> int:
+    """Elements of every layer output of ``config``'s training-form model for one ``height`` x ``width``
+    input (any family; the model is built, nothing is run)."""
+    import math
+
+    import keras
+
+    from lps_keras import families
+
+    model = families.build(config, input_shape=(height, width, 3))
+    total = 0
+    for layer in model.layers:
+        if isinstance(layer, keras.layers.InputLayer):
+            continue
+        for out in keras.tree.flatten(layer.output):
+            total += math.prod(int(d) for d in out.shape[1:])
+    return total
+
+
+def estimate_training_bytes(config, batch: int, height: int, width: int, dense_classes: int) -> int:
     """Peak memory a training run adds (see module doc); ``dense_classes`` 0 for a classifier."""
-    per_image = BLOCK_BYTES * block_elements(arch, height, width) + PIXEL_BYTES * height * width * (dense_classes + 3)
-    return FIXED_BYTES + PARAM_BYTES * arch.num_params() + batch * per_image
+    from lps_keras.arch import Arch
+
+    pixels = PIXEL_BYTES * height * width * (dense_classes + 3)
+    if isinstance(config, Arch):
+        per_image = BLOCK_BYTES * block_elements(config, height, width) + pixels
+        return FIXED_BYTES + PARAM_BYTES * config.num_params() + batch * per_image
+    from lps_keras.families import family_of_config
+
+    params = family_of_config(config).summary(config, (height, width))["params"]
+    per_image = LAYER_BYTES * layer_elements(config, height, width) + pixels
+    return FAMILY_FIXED_BYTES + PARAM_BYTES * params + batch * per_image
 
 
 def check_training_memory(arch, batch: int, crop: tuple[int, int], dense_classes: int, what: str) -> Optional[int]:
@@ -57,14 +99,18 @@ def check_training_memory(arch, batch: int, crop: tuple[int, int], dense_classes
 
     ``what`` names the recipe fields in the message (``train.batch_size``, the crop field).
     """
+    from lps_keras.arch import Arch
+    from lps_keras.families import family_of_config
+
     need = estimate_training_bytes(arch, batch, crop[0], crop[1], dense_classes)
     available, source = available_memory()
     if available is not None and need > available:
         per_image = (need - estimate_training_bytes(arch, 0, crop[0], crop[1], dense_classes)) / max(batch, 1)
         fits = int((available - (need - per_image * batch)) // per_image) if per_image else 0
+        network = arch if isinstance(arch, Arch) else f"a {family_of_config(arch).name} network"
         raise ResourceError(
             f"{what}: training would need about {_gib(need)} of memory (batch {batch} of {crop[0]}x{crop[1]}, "
-            f"{arch}), but {_gib(available)} is available ({source}); "
+            f"{network}), but {_gib(available)} is available ({source}); "
             + (f"a batch of at most about {fits} fits" if fits >= 1 else "use a smaller crop or architecture")
             + ", or use a machine with more memory")
     return need
