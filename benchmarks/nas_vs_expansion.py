@@ -12,10 +12,14 @@ the search that found it, in one table.
 
 An entry is ``LABEL=DIR[,DIR...]``: one finished training per seed, each a ``train.py`` run directory or a
 shipped model's directory (``metrics.json`` and ``recipe.json``). The runs of one entry must train the same
-network with different seeds, and every entry the same schedule (iterations, batch, lr, loss, crop, scale
-range), or the table would compare schedules; either is refused naming the run. ``--cost LABEL=X`` gives the
-search cost in CPU-hours (wall hours times the cores it had), a number or a search's ``derived.json``
-(``search.py`` records its wall time and core count); entries without one are hand-designed (cost 0).
+network with different seeds, and every run the same data and schedule (every ``data.*`` and ``train.*`` field
+of its recipe but those in :data:`NOT_SCHEDULE`: dataset, splits, subsets, augmentation, iterations, batch,
+optimiser, loss, class balance, init), or the table would compare schedules; either is refused naming the run
+and the field. The precision each run trained in is a column (``environment.json``'s policy; a shipped model
+without one shows its recipe's setting). ``--cost LABEL=X`` gives the search cost in CPU-hours (wall hours
+times the cores it had), a number or a search's ``derived.json`` (``search.py`` records its wall time and core
+count); entries without one are hand-designed (cost 0). GMACs are counted at ``--input-size``, the size the
+latencies are timed at.
 All networks are timed together in interleaved rounds (:func:`lps_keras.latency.measure.measure_set`, the
 first entry as the parent), so their latencies and differences share one measurement and machine-load drift
 cancels. Writes ``OUTPUT.json`` and ``OUTPUT.md``; prints the table with the CPU's flags.
@@ -25,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import statistics
 import sys
 import time
@@ -35,7 +40,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from lps_keras.errors import UsageError  # noqa: E402 - after the path set-up above
 
-SCHEDULE_KEYS = ("iterations", "batch_size", "base_lr", "loss", "class_balance", "crop_size")
+# Recipe fields that may differ between the runs of one table: where the files are, how the run is logged
+# and checkpointed, its seed, its precision (a column of its own) and how it was distributed.
+NOT_SCHEDULE = ("data.root", "data.source", "data.shuffle_buffer", "data.skip_bad_files", "data.deterministic",
+                "data.cache", "data.synthetic.", "train.seed", "train.run_dir", "train.val_interval",
+                "train.checkpoint_interval", "train.log_interval", "train.image_summaries", "train.mixed_precision",
+                "train.distribute")
 
 
 def parse_args(argv=None):
@@ -64,42 +74,59 @@ def _split(item: str, what: str) -> tuple[str, str]:
 def search_cost(value: str) -> float:
     """CPU-hours from a number or from a search's ``derived.json`` (wall hours times its core count)."""
     try:
-        return float(value)
+        hours = float(value)
     except ValueError:
-        pass
-    path = Path(value)
-    try:
-        cost = json.loads(path.read_text())["cost"]
-        return float(cost["wall_hours"]) * int(cost["cpu_count"])
-    except FileNotFoundError:
-        raise UsageError(f"--cost: {path}: no such file (a number of CPU-hours or a search's derived.json)") from None
-    except (ValueError, KeyError, TypeError) as e:
-        raise UsageError(f"--cost: {path}: no cost.wall_hours / cost.cpu_count in it ({e})") from None
+        path = Path(value)
+        try:
+            cost = json.loads(path.read_text())["cost"]
+            hours = float(cost["wall_hours"]) * int(cost["cpu_count"])
+        except FileNotFoundError:
+            raise UsageError(f"--cost: {path}: no such file (a number of CPU-hours or a search's derived.json)") \
+                from None
+        except (ValueError, KeyError, TypeError) as e:
+            raise UsageError(f"--cost: {path}: no cost.wall_hours / cost.cpu_count in it ({e})") from None
+    if not math.isfinite(hours) or hours < 0:
+        raise UsageError(f"--cost {value!r}: {hours!r} CPU-hours; expected a finite number >= 0")
+    return hours
 
 
-def collect_entry(label: str, dirs: list[Path]) -> dict:
-    """One network's figures over its seeds; refuses runs of different networks or repeated seeds."""
+def schedule_of(recipe) -> dict:
+    """The recipe's data and training fields that make up its schedule (dotted names, see NOT_SCHEDULE)."""
+    from lps_keras.recipe import dotted
+
+    flat = dotted({"data": recipe.to_dict()["data"], "train": recipe.to_dict()["train"]})
+    return {k: v for k, v in flat.items() if not k.startswith(NOT_SCHEDULE)}
+
+
+def collect_entry(label: str, dirs: list[Path], size: tuple[int, int]) -> dict:
+    """One network's figures over its seeds (GMACs at ``size``); refuses runs of different networks or
+    repeated seeds."""
     from families_camvid import collect
 
+    from lps_keras.families import family_of_config
     from lps_keras.recipe import load_recipe
 
-    runs, configs, seeds = [], [], []
+    if not dirs:
+        raise UsageError(f"--entry {label!r}: no run directory given")
+    runs, configs, seeds, schedules = [], [], [], []
     for d in dirs:
         runs.append(collect(label, d))
         recipe = load_recipe(d / "recipe.json")
         configs.append(recipe.model_config())
         seeds.append(recipe.train.seed)
+        schedules.append(schedule_of(recipe))
     for d, c in zip(dirs[1:], configs[1:]):
         if c != configs[0]:
             raise UsageError(f"{label}: {d} trains {c}, {dirs[0]} trains {configs[0]}; one network per entry")
     if len(set(seeds)) != len(seeds):
         raise UsageError(f"{label}: two runs share train.seed ({seeds}); one run per seed")
     miou = [r["miou"] for r in runs]
+    summary = family_of_config(configs[0]).summary(configs[0], size)
     return {
         "label": label, "directories": [str(d) for d in dirs], "family": runs[0]["family"],
-        "config": str(configs[0]), "params": runs[0]["params"], "gmacs": runs[0]["gmacs"],
-        "gmacs_size": runs[0]["gmacs_size"], "schedule": runs[0]["schedule"],
-        "schedules": [r["schedule"] for r in runs], "dtype_policy": [r["dtype_policy"] for r in runs],
+        "config": str(configs[0]), "params": summary["params_deploy"], "gmacs": summary["macs"] / 1e9,
+        "gmacs_size": list(size), "schedule": runs[0]["schedule"],
+        "schedules": schedules, "dtype_policy": [r["dtype_policy"] for r in runs],
         "seeds": seeds, "miou": miou, "miou_mean": statistics.fmean(miou),
         "miou_sd": statistics.stdev(miou) if len(miou) > 1 else None,
         "train_hours": [r["train_hours"] for r in runs], "_config": configs[0],
@@ -107,20 +134,20 @@ def collect_entry(label: str, dirs: list[Path]) -> dict:
 
 
 def check_schedules(entries: list[dict]) -> None:
-    first = entries[0]
+    """Every run against the first entry's first run: the same data and schedule (see NOT_SCHEDULE)."""
+    ref, ref_dir = entries[0]["schedules"][0], entries[0]["directories"][0]
     for e in entries:
         for d, s in zip(e["directories"], e["schedules"]):
-            diff = [k for k in SCHEDULE_KEYS if s.get(k) != first["schedule"].get(k)]
+            diff = sorted(k for k in set(ref) | set(s) if s.get(k) != ref.get(k))
             if diff:
-                raise UsageError(f"{d}: trains with {', '.join(f'{k} = {s.get(k)!r}' for k in diff)}, "
-                                 f"{first['directories'][0]} with "
-                                 f"{', '.join(repr(first['schedule'].get(k)) for k in diff)}; "
-                                 "the table compares networks on one schedule")
+                raise UsageError(f"{d}: trains with {', '.join(f'{k} = {s.get(k)!r}' for k in diff)}, {ref_dir} "
+                                 f"with {', '.join(repr(ref.get(k)) for k in diff)}; "
+                                 "the table compares networks on one data set and schedule")
 
 
 def table(entries: list[dict], backend: str, shape) -> str:
     head = ["network", "family", "config", "params", "GMACs", f"latency (ms, {backend} {shape[1]}×{shape[2]})",
-            "ΔL vs first ± SE (ms)", "val mIoU per seed", "mean ± sd", "search (CPU-h)"]
+            "ΔL vs first ± SE (ms)", "precision per seed", "val mIoU per seed", "mean ± sd", "search (CPU-h)"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     best = max(e["miou_mean"] for e in entries)
     for e in entries:
@@ -128,6 +155,7 @@ def table(entries: list[dict], backend: str, shape) -> str:
         mean = f"{e['miou_mean']:.2f}{sd}"
         cells = [e["label"], e["family"], f"`{e['config']}`", f"{e['params'] / 1e6:.2f}M", f"{e['gmacs']:.2f}",
                  f"{e['latency_ms']:.3f}", f"{e['delta_ms']:+.3f} ± {e['delta_se_ms']:.3f}",
+                 " / ".join(e["dtype_policy"]),
                  " / ".join(f"{m:.2f}" for m in e["miou"]),
                  f"**{mean}**" if e["miou_mean"] == best else mean, f"{e['search_cpu_hours']:.2f}"]
         lines.append("| " + " | ".join(cells) + " |")
@@ -142,20 +170,24 @@ def run(args, measure=None) -> int:
     from lps_keras.recipe import parse_size
 
     measure = measure or measure_set
+    shape = (1, *parse_size(args.input_size), 3)
     entries = []
     for item in args.entry:
         label, value = _split(item, "--entry")
         if any(e["label"] == label for e in entries):
             raise UsageError(f"--entry {label!r} given twice")
-        entries.append(collect_entry(label, [Path(v) for v in value.split(",") if v]))
+        if "|" in label:
+            raise UsageError(f"--entry {label!r}: a label may not contain '|' (a table cell)")
+        entries.append(collect_entry(label, [Path(v) for v in value.split(",") if v], shape[1:3]))
     costs = {}
     for item in args.cost:
         label, value = _split(item, "--cost")
         if label not in {e["label"] for e in entries}:
             raise UsageError(f"--cost {label!r}: no --entry of that label")
+        if label in costs:
+            raise UsageError(f"--cost {label!r} given twice")
         costs[label] = search_cost(value)
     check_schedules(entries)
-    shape = (1, *parse_size(args.input_size), 3)
     print(f"timing {len(entries)} networks on {args.backend} fp32 {shape}, {args.rounds} rounds; {cpu_flags_text()}",
           flush=True)
     t0 = time.time()
@@ -181,9 +213,10 @@ def run(args, measure=None) -> int:
 
 
 def main(argv=None) -> int:
-    from lps_keras.cli import guarded
+    from lps_keras.cli import guarded, quiet_tensorflow
 
     args = parse_args(argv)
+    quiet_tensorflow()
     return guarded("nas_vs_expansion.py", lambda: run(args))
 
 

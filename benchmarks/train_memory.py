@@ -24,6 +24,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from lps_keras.errors import LPSError, UsageError  # noqa: E402 - after the path set-up above
+
 # The child process: RSS before train(), the peak after it, in bytes, as one JSON line on stdout.
 CHILD = """
 import json, resource, sys
@@ -54,28 +56,43 @@ def measure(recipe_path: str, overrides: list[str]) -> dict:
     for line in proc.stdout.splitlines():
         if line.startswith("MEMORY "):
             return json.loads(line[len("MEMORY "):])
-    raise SystemExit(f"train_memory: the run failed (exit {proc.returncode}):\n{proc.stderr[-2000:]}")
+    last = [line for line in proc.stderr.splitlines() if line.strip()][-1:] or ["no message"]
+    raise LPSError(f"the training run failed (exit {proc.returncode}): {last[0]}")
 
 
 def main(argv=None) -> int:
+    from lps_keras.cli import guarded, quiet_tensorflow
+
+    args = parse_args(argv)
+    quiet_tensorflow()
+    return guarded("train_memory.py", lambda: run(args))
+
+
+def run(args) -> int:
     from lps_keras.fileio import atomic_write_json
     from lps_keras.latency.stats import cpu_flags_text
     from lps_keras.recipe import load_recipe
     from lps_keras.train.memory import estimate_training_bytes
 
-    args = parse_args(argv)
+    try:
+        batches = [int(b) for b in args.batches.split(",")]
+    except ValueError:
+        raise UsageError(f"--batches {args.batches!r}: expected comma-separated integers") from None
+    if min(batches) < 1:
+        raise UsageError(f"--batches {args.batches!r}: every batch size must be at least 1")
+    recipe_path = str(Path(args.recipe).resolve())  # the child runs in the repository root
     rows = []
     print(cpu_flags_text(), flush=True)
-    for batch in (int(b) for b in args.batches.split(",")):
+    for batch in batches:
         with tempfile.TemporaryDirectory() as tmp:
             overrides = [*args.set, f"train.batch_size={batch}", f"train.iterations={args.iterations}",
                          f"train.val_interval={args.iterations}", f"train.checkpoint_interval={args.iterations}",
                          f"train.run_dir={tmp}/run"]
-            recipe = load_recipe(args.recipe, overrides)
+            recipe = load_recipe(recipe_path, overrides)
             config = recipe.model_config()
             h, w = recipe.data.augment.crop_size
             estimate = estimate_training_bytes(config, batch, h, w, config.num_classes)
-            m = measure(args.recipe, overrides)
+            m = measure(recipe_path, overrides)
         added = m["peak"] - m["before"]
         row = {"model": f"{recipe.model.family} {recipe.model.preset or config}", "batch": batch, "crop": [h, w],
                "added_mb": added / 2**20, "estimate_mb": estimate / 2**20, "ratio": estimate / added}

@@ -455,15 +455,19 @@ def _free_ports(n):
 
 
 @pytest.mark.slow
-def test_multi_worker_two_processes_train_in_lockstep(tmp_path):
+@pytest.mark.parametrize("model", [[], ["model.arch=null", "model.family=ndnet", "model.preset=ndnet45"]],
+                         ids=["lps", "ndnet"])
+def test_multi_worker_two_processes_train_in_lockstep(tmp_path, model):
     # Two real worker processes on localhost (gRPC collectives): both finish the schedule with
-    # identical weights (synchronous all-reduce), and only the chief writes the run directory.
+    # identical weights (synchronous all-reduce), and only the chief writes the run directory. NDNet too:
+    # its memory estimate builds a model, which must come after the strategy (collectives are configured
+    # only before TensorFlow starts).
     driver = tmp_path / "driver.py"
     driver.write_text(_MULTI_WORKER_DRIVER.format(repo=str(REPO), recipe=str(REPO / "recipes" / "demo.json")))
     run = tmp_path / "run"
-    overrides = ["model.num_classes=3", "train.iterations=6", "train.val_interval=6", "train.checkpoint_interval=3",
-                 "train.batch_size=4", "train.image_summaries=0", "train.distribute=multi_worker",
-                 f"train.run_dir={run}"]
+    overrides = [*model, "model.num_classes=3", "train.iterations=6", "train.val_interval=6",
+                 "train.checkpoint_interval=3", "train.batch_size=4", "train.image_summaries=0",
+                 "train.distribute=multi_worker", f"train.run_dir={run}"]
     workers = [f"127.0.0.1:{p}" for p in _free_ports(2)]
     procs = []
     for index in range(2):
@@ -649,8 +653,9 @@ def test_a_family_run_that_cannot_fit_in_memory_is_refused_naming_the_family(tmp
     monkeypatch.setattr(memory, "available_memory", lambda: (1024 * 2**20, "MemAvailable in /proc/meminfo"))
     recipe = _stub_recipe(tmp_path, "model.arch=null", "model.family=ndnet", "model.preset=ndnet45",
                           "train.iterations=2", "train.batch_size=64")
-    with pytest.raises(ResourceError, match=r"about [\d.]+ GiB of memory \(batch 64 of 192x192, a ndnet network\), "
-                                            r"but 1\.0 GiB is available .*a batch of at most about \d+ fits"):
+    with pytest.raises(ResourceError, match=r"about [\d.]+ GiB of memory \(batch 64 of 192x192, a network of the "
+                                            r"ndnet family\), but 1\.0 GiB is available .*a batch of at most "
+                                            r"about \d+ fits"):
         train(recipe, verbose=0)
     assert not (tmp_path / "run").exists()
 

@@ -85,11 +85,13 @@ def train(
     cfg = recipe.train
     config = recipe.model_config()
     family = recipe.family()
+    run = TrainingRun(recipe, resume=resume, verbose=verbose, jit_compile=jit_compile)
     if not has_gpu():
-        # Refused here, before anything is created: past the memory, TF aborts (std::bad_alloc).
+        # Refused before the run directory exists: past the memory, TF aborts (std::bad_alloc). After the
+        # strategy: the estimate builds NDNet/MRMS models, which starts TensorFlow, and a multi-worker
+        # strategy must be created before that.
         check_training_memory(config, cfg.batch_size, recipe.data.augment.crop_size, config.num_classes,
                               "train.batch_size / data.augment.crop_size")
-    run = TrainingRun(recipe, resume=resume, verbose=verbose, jit_compile=jit_compile)
     with run:
         num_classes = config.num_classes
         sync_bn = recipe.model.sync_batchnorm or run.strategy.num_replicas_in_sync > 1

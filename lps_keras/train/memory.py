@@ -21,7 +21,7 @@ peak RSS from ``getrusage`` minus the RSS before ``train()``, 3 steps + one vali
 ``{32,64,128,256,256}`` 246 / 461 MB (35.9 MB per image, 737k block elements). Solving: 28 bytes
 (7 floats) per block element and 433 bytes per pixel (4.9 floats per pixel per class+3); the
 fixed part was 137-174 MB. The constants below round those up (8 floats, 5 floats, 256 MB): the
-per-image part errs high by about 10% at these sizes, the whole estimate by 30-50% (its fixed part).
+per-image part errs high by about 10% at these sizes, the whole estimate by 46-92% (its fixed part).
 
 Other families (NDNet, MRMS: depthwise and 1x1 convolutions, no LPS paths) are estimated from the
 elements of *every layer output* of their training-form model (built, not run: :func:`layer_elements`):
@@ -79,35 +79,44 @@ def layer_elements(config, height: int, width: int) -> int:
     return total
 
 
-def estimate_training_bytes(config, batch: int, height: int, width: int, dense_classes: int) -> int:
-    """Peak memory a training run adds (see module doc); ``dense_classes`` 0 for a classifier."""
+def estimate_parts(config, height: int, width: int, dense_classes: int) -> tuple[int, int]:
+    """``(fixed, per_image)`` bytes of a training run of ``config`` (see module doc); ``dense_classes`` 0 for a
+    classifier. Another family's model is built once here to count its layer outputs."""
     from lps_keras.arch import Arch
 
     pixels = PIXEL_BYTES * height * width * (dense_classes + 3)
     if isinstance(config, Arch):
-        per_image = BLOCK_BYTES * block_elements(config, height, width) + pixels
-        return FIXED_BYTES + PARAM_BYTES * config.num_params() + batch * per_image
+        return (FIXED_BYTES + PARAM_BYTES * config.num_params(),
+                BLOCK_BYTES * block_elements(config, height, width) + pixels)
     from lps_keras.families import family_of_config
 
     params = family_of_config(config).summary(config, (height, width))["params"]
-    per_image = LAYER_BYTES * layer_elements(config, height, width) + pixels
-    return FAMILY_FIXED_BYTES + PARAM_BYTES * params + batch * per_image
+    return FAMILY_FIXED_BYTES + PARAM_BYTES * params, LAYER_BYTES * layer_elements(config, height, width) + pixels
 
 
-def check_training_memory(arch, batch: int, crop: tuple[int, int], dense_classes: int, what: str) -> Optional[int]:
+def estimate_training_bytes(config, batch: int, height: int, width: int, dense_classes: int) -> int:
+    """Peak memory a training run adds (see module doc); ``dense_classes`` 0 for a classifier."""
+    fixed, per_image = estimate_parts(config, height, width, dense_classes)
+    return fixed + batch * per_image
+
+
+def check_training_memory(config, batch: int, crop: tuple[int, int], dense_classes: int, what: str) -> Optional[int]:
     """ResourceError if the run's estimated memory exceeds what is available; returns the estimate.
 
-    ``what`` names the recipe fields in the message (``train.batch_size``, the crop field).
+    ``config`` is an LPS-Net :class:`~lps_keras.arch.Arch` or another family's config; ``what`` names the
+    recipe fields in the message (``train.batch_size``, the crop field). For another family this builds its
+    model (to count layer outputs), which starts TensorFlow: call it after the distribution strategy exists
+    (a multi-worker strategy must be created first).
     """
     from lps_keras.arch import Arch
     from lps_keras.families import family_of_config
 
-    need = estimate_training_bytes(arch, batch, crop[0], crop[1], dense_classes)
+    fixed, per_image = estimate_parts(config, crop[0], crop[1], dense_classes)
+    need = fixed + batch * per_image
     available, source = available_memory()
     if available is not None and need > available:
-        per_image = (need - estimate_training_bytes(arch, 0, crop[0], crop[1], dense_classes)) / max(batch, 1)
-        fits = int((available - (need - per_image * batch)) // per_image) if per_image else 0
-        network = arch if isinstance(arch, Arch) else f"a {family_of_config(arch).name} network"
+        fits = int((available - fixed) // per_image) if per_image else 0
+        network = config if isinstance(config, Arch) else f"a network of the {family_of_config(config).name} family"
         raise ResourceError(
             f"{what}: training would need about {_gib(need)} of memory (batch {batch} of {crop[0]}x{crop[1]}, "
             f"{network}), but {_gib(available)} is available ({source}); "
