@@ -455,17 +455,13 @@ def _free_ports(n):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("model", [[], ["model.arch=null", "model.family=ndnet", "model.preset=ndnet45"]],
-                         ids=["lps", "ndnet"])
-def test_multi_worker_two_processes_train_in_lockstep(tmp_path, model):
+def test_multi_worker_two_processes_train_in_lockstep(tmp_path):
     # Two real worker processes on localhost (gRPC collectives): both finish the schedule with
-    # identical weights (synchronous all-reduce), and only the chief writes the run directory. NDNet too:
-    # its memory estimate builds a model, which must come after the strategy (collectives are configured
-    # only before TensorFlow starts).
+    # identical weights (synchronous all-reduce), and only the chief writes the run directory.
     driver = tmp_path / "driver.py"
     driver.write_text(_MULTI_WORKER_DRIVER.format(repo=str(REPO), recipe=str(REPO / "recipes" / "demo.json")))
     run = tmp_path / "run"
-    overrides = [*model, "model.num_classes=3", "train.iterations=6", "train.val_interval=6",
+    overrides = ["model.num_classes=3", "train.iterations=6", "train.val_interval=6",
                  "train.checkpoint_interval=3", "train.batch_size=4", "train.image_summaries=0",
                  "train.distribute=multi_worker", f"train.run_dir={run}"]
     workers = [f"127.0.0.1:{p}" for p in _free_ports(2)]
@@ -643,6 +639,30 @@ def test_family_memory_estimate_errs_high_of_the_calibration_runs():
         config = get_family(family).config(preset=preset, num_classes=classes)
         estimate_mb = estimate_training_bytes(config, batch, h, w, classes) / 2**20
         assert measured_mb <= estimate_mb < 1.5 * measured_mb, (preset, h, batch, estimate_mb)
+
+
+def test_the_memory_check_comes_after_the_strategy_and_before_the_run_directory(tmp_path, stub_data, monkeypatch):
+    # NDNet/MRMS's estimate builds a Keras model, which starts TensorFlow; a multi-worker strategy made after
+    # that fails ("Collective ops must be configured at program startup", as a two-process NDNet run showed).
+    import lps_keras.train.loop as loop
+    import lps_keras.train.run as run_module
+    from lps_keras.errors import ResourceError
+    from lps_keras.train import train
+
+    order = []
+    make_strategy = run_module.make_strategy
+    monkeypatch.setattr(run_module, "make_strategy", lambda d: order.append("strategy") or make_strategy(d))
+
+    def check(*args, **kwargs):
+        order.append("memory")
+        assert not (tmp_path / "run").exists()
+        raise ResourceError("stop here")
+
+    monkeypatch.setattr(loop, "check_training_memory", check)
+    recipe = _stub_recipe(tmp_path, "model.arch=null", "model.family=ndnet", "model.preset=ndnet45")
+    with pytest.raises(ResourceError, match="stop here"):
+        train(recipe, verbose=0)
+    assert order == ["strategy", "memory"] and not (tmp_path / "run").exists()
 
 
 def test_a_family_run_that_cannot_fit_in_memory_is_refused_naming_the_family(tmp_path, stub_data, monkeypatch):
