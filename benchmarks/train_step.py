@@ -1,6 +1,8 @@
-"""Training throughput of an LPS-Net preset on this machine: images/s of a full train step and of the forward pass.
+"""Training throughput of a model preset (any family) on this machine: images/s of a full train step and of the
+forward pass.
 
     python benchmarks/train_step.py [--preset lps_s] [--input-size 768x768] [--batch 2] [--steps 5]
+    python benchmarks/train_step.py --preset tinymrms --input-size 360x480 --batch 8 --jit on   # XLA on a CPU
 
 The train step is what ``train.py`` runs (multi-branch training model, pixel cross-entropy on
 logits upsampled to the crop, :class:`~lps_keras.train.TorchSGD` with the poly schedule) on
@@ -23,7 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--preset", default="lps_s")
+    p.add_argument("--preset", default="lps_s", help="a preset of any family (lps_s, ndnet45, tinymrms, ...)")
     p.add_argument("--input-size", default="768x768", help="HEIGHTxWIDTH crop (default 768x768)")
     p.add_argument("--batch", type=int, default=2)
     p.add_argument("--steps", type=int, default=5, help="timed steps (after --warmup)")
@@ -43,19 +45,19 @@ def main(argv=None) -> int:
     import tensorflow as tf
 
     from lps_keras.export import parse_size
+    from lps_keras.families import family_of_preset
     from lps_keras.fileio import atomic_write_json
     from lps_keras.latency.stats import cpu_flags, cpu_flags_text
     from lps_keras.losses import SegmentationCrossEntropy
-    from lps_keras.model import build_model
-    from lps_keras.presets import get_preset
     from lps_keras.train import PolyLR, TorchSGD, environment_info, resolve_mixed_precision
 
     h, w = parse_size(args.input_size)
-    policy = resolve_mixed_precision(args.mixed_precision)
+    family = family_of_preset(args.preset)
+    policy = resolve_mixed_precision(args.mixed_precision, family=family.name)
     keras.config.set_dtype_policy(policy)
     keras.utils.set_random_seed(0)
-    arch = get_preset(args.preset, num_classes=args.num_classes)
-    model = build_model(arch)
+    config = family.config(preset=args.preset, num_classes=args.num_classes)
+    model = family.build(config)
     jit = {"auto": "auto" if tf.config.list_physical_devices("GPU") else False, "on": True, "off": False}[args.jit]
     model.compile(TorchSGD(PolyLR(0.01, 1000), momentum=0.9, l2=5e-4), SegmentationCrossEntropy(), jit_compile=jit)
     rng = np.random.default_rng(0)
@@ -79,7 +81,8 @@ def main(argv=None) -> int:
     print("forward pass ...", flush=True)
     fwd_s = timed(lambda: forward(xt).numpy(), args.steps)
     result = {
-        "preset": args.preset, "arch": arch.to_dict(), "input_size": [h, w], "batch": args.batch,
+        "preset": args.preset, "family": family.name, "config": config.to_dict(), "input_size": [h, w],
+        "batch": args.batch,
         "dtype_policy": policy, "jit_compile": str(jit), "steps": args.steps,
         "tf_enable_onednn_opts": os.environ.get("TF_ENABLE_ONEDNN_OPTS"),
         "train_step_seconds": train_s, "train_images_per_second": args.batch / train_s,
