@@ -29,8 +29,10 @@ full-resolution loss as ``scratch`` (the recipe's proxy before it became stride4
         --variant 'warm300lr:init="parent";warm_iterations=300;warm_lr=0.01'
 
 (``--reference-json`` reuses the 2026-11-22 reference; without it, ``--ref-seeds 3 --ref-factor 4`` trains one.)
-Each proxy's journal fingerprint names the latency backend (the recipe's, or ``macs``), so a rerun with
-another backend is refused; journals written before 2026-12-01 named ``recipe`` there and are refused
+Each network is timed once for the whole study (``<output>/study_latencies.json``, with where it was measured),
+so every proxy searches the same candidate set (the same k per op), also when the study is resumed in a later
+session on another CPU kind. Each proxy's journal fingerprint names the latency backend (the recipe's, or
+``macs``), so a rerun with another backend is refused; journals written before 2026-12-01 named ``recipe`` there and are refused
 too (their output directory must be started afresh).
 
 Verified only on a tiny synthetic configuration (exercises the code, says nothing about fidelity;
@@ -165,8 +167,15 @@ def run(args) -> int:
     from lps_keras.latency import cpu_flags_text
     from lps_keras.recipe import load_recipe, validate_recipe
     from lps_keras.search import SearchJournal, run_expansion
-    from lps_keras.search.expansion import ProxyEvaluator, journal_fingerprint, make_latency_fn
-    from lps_keras.search.fidelity import fidelity_markdown, fixed_latency, reference_step, rescored, summarize
+    from lps_keras.search.expansion import ProxyEvaluator, journal_fingerprint, latency_device_text, make_latency_fn
+    from lps_keras.search.fidelity import (
+        StudyLatencies,
+        fidelity_markdown,
+        fixed_latency,
+        reference_step,
+        rescored,
+        summarize,
+    )
 
     if args.from_json:
         try:
@@ -206,8 +215,9 @@ def run(args) -> int:
 
         def latency(arch):
             return arch.macs(h, w) / 1e9
-    else:
-        latency = make_latency_fn(recipe, out)
+    else:  # measured once per network for the whole study: every proxy, every session, one candidate set
+        latency = StudyLatencies(out / "study_latencies.json", make_latency_fn(recipe, out),
+                                 latency_device_text(recipe))
 
     def proxy_variant(**changes):
         proxy = dataclasses.replace(recipe.search.proxy, **changes)
@@ -267,6 +277,7 @@ def run(args) -> int:
            "latency": "reference-json" if reference_doc is not None else args.latency,
            "reference_json": args.reference_json, "ops": [op.name for op in ops],
            "cpu": cpu_flags_text(),  # the CPU minutes are this machine's (its kind changes between sessions)
+           "latency_devices": latency.devices() if isinstance(latency, StudyLatencies) else None,
            "proxies": rows}
     atomic_write_json(out / "fidelity.json", doc)
     table = fidelity_markdown(rows)

@@ -146,3 +146,25 @@ def test_the_regret_table_has_regret_verdict_shares_and_tau_for_every_seed_count
     assert sum(row["verdicts"].values()) == pytest.approx(1.0)
     header = regret_markdown(report).splitlines()[0]
     assert "regret mean" in header and "verdicts" in header and "τ of the slopes" in header
+
+
+def test_study_latencies_measure_each_network_once_for_every_proxy_and_session(tmp_path):
+    from lps_keras.arch import Arch
+    from lps_keras.search.fidelity import StudyLatencies
+
+    calls = []
+
+    def measure(arch):  # a machine whose timings drift: every call is slower than the one before
+        calls.append(arch)
+        return 1.0 + 0.5 * len(calls)
+
+    a = Arch((1, 1, 1, 1, 1), (4, 8, 16, 32, 32), (0.5, 0, 0))
+    b = Arch((1, 1, 1, 1, 1), (8, 16, 32, 64, 64), (0.5, 0, 0))
+    first = StudyLatencies(tmp_path / "lat.json", measure, "openvino on CPU:A x2")
+    assert [first(a), first(b), first(a)] == [1.5, 2.0, 1.5] and calls == [a, b]
+    # a later session on another CPU kind reads the stored values: same candidate set for every proxy
+    later = StudyLatencies(tmp_path / "lat.json", lambda arch: pytest.fail("measured again"), "openvino on CPU:B x2")
+    assert [later(b), later(a)] == [2.0, 1.5]
+    c = Arch((1, 1, 2, 2, 2), (4, 8, 16, 32, 32), (0.5, 0, 0))
+    later.measure = lambda arch: 9.0
+    assert later(c) == 9.0 and later.devices() == ["openvino on CPU:A x2", "openvino on CPU:B x2"]

@@ -229,6 +229,39 @@ def fidelity_markdown(rows) -> str:
     return "\n".join(lines)
 
 
+class StudyLatencies:
+    """One latency per network for a whole study, kept in ``path`` (JSON, written atomically after each new one).
+
+    Every proxy of a study runs its own one-step search, and each search picks L_T and each op's k from
+    the latencies it is given; measured afresh, noise (or a resumed study on another CPU kind, which misses
+    a device-keyed latency cache) would give each proxy its own candidate set, and the regret report, which
+    matches candidates by op, would compare different networks. Here a network is measured once (by
+    ``measure``, on ``device``), and every proxy, in every session, reads that value, so all proxies see
+    one candidate set. ``devices()`` says where the stored latencies were measured.
+    """
+
+    def __init__(self, path, measure, device: str | None):
+        import json
+        from pathlib import Path
+
+        self.path = Path(path)
+        self.measure = measure
+        self.device = device
+        self.table = json.loads(self.path.read_text()) if self.path.exists() else {}
+
+    def __call__(self, arch) -> float:
+        from lps_keras.fileio import atomic_write_json
+
+        key = arch.hash
+        if key not in self.table:
+            self.table[key] = {"arch": str(arch), "ms": float(self.measure(arch)), "device": self.device}
+            atomic_write_json(self.path, self.table)
+        return self.table[key]["ms"]
+
+    def devices(self) -> list:
+        return sorted({str(v.get("device")) for v in self.table.values()})
+
+
 def fixed_latency(doc: dict, start, max_k: int):
     """``(latency_fn, ops)`` reproducing a finished study's step: N0 and its candidates N0 + k_d d get the
     recorded latencies; the other multiples of an op get values that make the search's k rule pick the
