@@ -32,8 +32,8 @@ full-resolution loss as ``scratch`` (the recipe's proxy before it became stride4
 Each network is timed once for the whole study (``<output>/study_latencies.json``, with where it was measured),
 so every proxy searches the same candidate set (the same k per op), also when the study is resumed in a later
 session on another CPU kind. Each proxy's journal fingerprint names the latency backend (the recipe's, or
-``macs``), so a rerun with another backend is refused; journals written before 2026-12-01 named ``recipe`` there and are refused
-too (their output directory must be started afresh).
+``macs``), so a rerun with another backend is refused; journals written before 2026-12-01 named ``recipe``
+there and are refused too (their output directory must be started afresh).
 
 Verified only on a tiny synthetic configuration (exercises the code, says nothing about fidelity;
 22 trainings, about 6 minutes on the shared 2-core CPU):

@@ -158,3 +158,23 @@ def test_search_cli_derives_a_trainable_network_resumes_and_refuses_other_settin
     # nor may a rerun drop the external table (the search would build its own and continue on it)
     with pytest.raises(NASError, match=r"nas.latency_table: .* searched with the table .*table.json; rerun with it"):
         run_search(load_recipe(recipe, ["nas.latency_table=null"]), run)
+
+
+def test_search_cost_keeps_the_time_of_a_killed_run(tmp_path):
+    import os
+
+    from lps_keras.nas.run import SearchCost
+
+    path = tmp_path / "cost.json"
+    # a run killed in its search phase, which began at t = 1000 and last wrote its log at t = 1600
+    path.write_text(json.dumps({"seconds": {"table": 10.0}, "running": {"phase": "search", "since": 1000.0}}))
+    (tmp_path / "log.jsonl").write_text("{}\n")
+    os.utime(tmp_path / "log.jsonl", (1600.0, 1600.0))
+    (tmp_path / "search_recipe.json").write_text("{}")  # written by the new run (now): not the killed run's
+    cost = SearchCost(path, started=2000.0)
+    assert cost.seconds == {"table": 10.0, "search": 600.0}
+    assert json.loads(path.read_text()) == {"seconds": {"table": 10.0, "search": 600.0}}
+    with cost.phase("derive"):
+        assert json.loads(path.read_text())["running"]["phase"] == "derive"
+    saved = json.loads(path.read_text())
+    assert "running" not in saved and set(saved["seconds"]) == {"table", "search", "derive"}

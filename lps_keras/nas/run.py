@@ -64,11 +64,12 @@ def run_search(recipe, run_dir=None, log: Callable[[str], None] = print) -> dict
                        f"{entry.family!r}); got {recipe.model.family!r}")
     recipe.check_classes_cover_dataset()
     run_dir = Path(run_dir or cfg.run_dir.format(name=recipe.name))
+    started = time.time()  # files newer than this are this run's (the lock, the recipe record)
     with DirectoryLock(run_dir, "search directory"):
         remove_stale_temps(run_dir)
         _check_same_search(run_dir / "search_recipe.json", recipe)
         num_classes = recipe.model_config().num_classes  # the budget's network gets the same head as the searched one
-        cost = _Cost(run_dir / "cost.json")
+        cost = SearchCost(run_dir / "cost.json", started)
         with cost.phase("budget"):
             budget = _budget(run_dir / "budget.json", cfg, num_classes, log)
         with cost.phase("table"):
@@ -79,23 +80,39 @@ def run_search(recipe, run_dir=None, log: Callable[[str], None] = print) -> dict
             derived = _derive(run_dir, recipe, search, table, budget, log)
         derived["cost"] = cost.summary()
         atomic_write_json(run_dir / "derived.json", derived)
+        # Last: its existence says the search is complete (derived.json with its cost included).
+        atomic_write_json(run_dir / "derived_recipe.json", derived_recipe(recipe, search.derive()))
         log(f"[cost] {derived['cost']['wall_hours']:.2f} h of wall time on {derived['cost']['cpu_count']} cores "
             f"(table {cost.seconds.get('table', 0) / 60:.0f} min, search {cost.seconds.get('search', 0) / 60:.0f} min)")
         return derived
 
 
-class _Cost:
+class SearchCost:
     """Wall seconds per phase, added up over every run of the directory (``cost.json``, saved after each
     phase): a search stopped and resumed reports what it cost in all. The search's cost in CPU-hours is
-    ``wall_hours * cpu_count`` on a machine the search had to itself."""
+    ``wall_hours * cpu_count`` on a machine the search had to itself.
 
-    def __init__(self, path: Path):
+    A phase also records when it began (``running``); a run killed inside it (``kill -9``, a session
+    ending) never reaches its ``finally``, so the next run adds that phase's time up to the newest file the
+    killed run wrote in the directory (the search's log and checkpoint, the table: each written as the
+    work goes; files written since ``started``, by this run, do not count), instead of losing it."""
+
+    def __init__(self, path: Path, started: float):
         self.path = path
-        self.seconds = json.loads(path.read_text()).get("seconds", {}) if path.exists() else {}
+        data = json.loads(path.read_text()) if path.exists() else {}
+        self.seconds = data.get("seconds", {})
+        running = data.get("running")
+        if running:
+            times = (f.stat().st_mtime for f in path.parent.rglob("*") if f.is_file() and f != path)
+            newest = max((t for t in times if t < started), default=running["since"])
+            self.seconds[running["phase"]] = self.seconds.get(running["phase"], 0.0) + max(
+                0.0, newest - running["since"])
+            atomic_write_json(self.path, {"seconds": self.seconds})
 
     @contextlib.contextmanager
     def phase(self, name: str):
         t0 = time.time()
+        atomic_write_json(self.path, {"seconds": self.seconds, "running": {"phase": name, "since": t0}})
         try:
             yield
         finally:
@@ -290,7 +307,6 @@ def _derive(run_dir: Path, recipe, search, table, budget: dict, log) -> dict:
         "alphas": [np.round(a, 4).tolist() for a in alphas],
     }
     atomic_write_json(path, derived)
-    atomic_write_json(run_dir / "derived_recipe.json", derived_recipe(recipe, config))
     m = measured["derived_ms"]
     log(f"[derive] {run_dir / 'derived.json'}: table {predicted:.3f} ms, measured {m:.3f} ms, budget "
         f"{budget['budget_ms']:.3f} ms ({100 * (m / budget['budget_ms'] - 1):+.1f}%); train it with "
