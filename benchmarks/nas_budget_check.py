@@ -2,7 +2,9 @@
 derived networks' measured latencies against their budgets (issue 27, item 4).
 
     nice python benchmarks/nas_budget_check.py --recipe recipes/hmseg_search_camvid.json \\
-        --scales 0.5,1,2 --steps 1000 --output runs/hmseg_budget_check
+        --scales 0.5,1,2 --steps 1000 --set nas.arch_lr=0.003 --output runs/hmseg_budget_check
+
+(``nas.arch_lr`` 3x the recipe's for a third of its steps: README, "HMSeg's differentiable search".)
 
 The first scale's search builds the latency table (``<output>/x<scale>/latency_table.json``); the others
 reuse it. Each derived network is timed in paired rounds beside the budget's network (``nas.budget_arch``),
