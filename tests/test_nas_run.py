@@ -13,7 +13,7 @@ import pytest
 
 from lps_keras.families.mrms.config import MRMSConfig
 from lps_keras.nas import NASError, get_space
-from lps_keras.nas.latency_table import LatencyTable, calibrate_table, table_latency
+from lps_keras.nas.latency_table import ExpectedLatency, LatencyTable, calibrate_table, table_latency
 from lps_keras.recipe import RecipeError, load_recipe, recipe_from_dict
 
 REPO = Path(__file__).resolve().parents[1]
@@ -54,25 +54,42 @@ def _search(*args):
                           timeout=300)
 
 
-def test_calibration_puts_what_the_operators_miss_into_fixed_ms():
+def test_calibration_puts_what_the_operators_miss_into_fixed_ms(tmp_path):
     # Every operator 1.0 ms; the hand-designed path runs one operator per block (17) and no resize
-    # (ratio 0.5 everywhere), so its table sum is 17 ms; timed whole at 20 ms -> fixed_ms = 3 ms.
+    # (ratio 0.5 everywhere), so its table sum is 17 ms; timed whole at 20 ms -> fixed_ms = 3 ms. The
+    # high-resolution branch's ratio (the head's input size) is calibrated per option: at 0.4 and 0.6 the
+    # path adds that branch's resize (one more operator, 18 ms) and the whole network times 15 / 25 ms, so
+    # the fixed cost is 15 - 18 = -3 and 25 - 18 = 7 ms there.
     space = get_space("hmseg", base=MRMSConfig(**TINY))
     table = LatencyTable("tf", {s.key: 1.0 for s in space.op_specs(SIZE)})
     timed = []
 
     def measure(target, backend, input_shape, **kwargs):
         timed.append((target, backend, input_shape))
-        return type("Stats", (), {"median_ms": 20.0})()
+        r3 = target.branch_ratios[0] if target.branch_ratios else 0.5
+        return type("Stats", (), {"median_ms": {0.4: 15.0, 0.5: 20.0, 0.6: 25.0}[r3]})()
 
     calibrate_table(space, table, SIZE, "tf", measure=measure)
-    assert timed == [(MRMSConfig(**TINY), "tf", (1, *SIZE, 3))]
-    assert table.calibration == {"network_ms": 20.0, "ops_ms": 17.0, "input_size": list(SIZE)}
+    assert timed[0] == (MRMSConfig(**TINY), "tf", (1, *SIZE, 3))
+    assert [t[0].branch_ratios for t in timed[1:]] == [(0.4, 0.5, 0.5), (0.6, 0.5, 0.5)]
+    assert table.calibration["network_ms"] == 20.0 and table.calibration["ops_ms"] == 17.0
     assert table.fixed_ms == pytest.approx(3.0)
+    d = space.calibration_decision()
+    assert table.fixed_by_option == {"decision": d, "ms": pytest.approx([-3.0, 3.0, 7.0])}
     _, choices = space.reference()
-    assert table_latency(space, table, SIZE, choices) == pytest.approx(20.0)  # the base's own time
+    for option, whole in enumerate((15.0, 20.0, 25.0)):  # each calibrated network's own time comes back
+        picks = [option if i == d else c for i, c in enumerate(choices)]
+        assert table_latency(space, table, SIZE, picks) == pytest.approx(whole)
+    # the fixed cost is weighted by that decision's probabilities: uniform over the three -> mean 7/3 ms
+    decisions = space.decisions()
+    probs = [np.eye(len(x.options), dtype=np.float32)[c] for x, c in zip(decisions, choices)]
+    probs[d] = np.full(3, 1 / 3, np.float32)
+    expected = ExpectedLatency(space.cost_terms(SIZE), table, [len(x.options) for x in decisions])
+    assert float(expected(probs)) == pytest.approx(17.0 + 2 / 3 * 1.0 + (-3.0 + 3.0 + 7.0) / 3)
+    table.save(tmp_path / "table.json")  # the per-option cost travels with the table
+    assert LatencyTable.load(tmp_path / "table.json").fixed_by_option == table.fixed_by_option
     calibrate_table(space, table, SIZE, "tf", measure=measure)  # done once per table
-    assert len(timed) == 1
+    assert len(timed) == 3
 
 
 def test_recipe_nas_section_is_validated(tmp_path):

@@ -24,8 +24,11 @@ Choices the paper leaves open (only its abstract could be read here), written do
 * Straight-through sampling computes the sampled candidate only (GDAS, the second author's
   sampler): the gradient of the alphas flows through the sampled candidate's weight.
 * Expected latency uses softmax(alpha) (not the Gumbel sample), summed exactly over the ratio
-  combinations that set each layer's input size; the stem and head are a constant (``fixed_ms``
-  of the table). Cost loss: ``lambda * |E[lat] / R - 1|`` (:func:`~.latency_table.cost_loss`).
+  combinations that set each layer's input size; the stem and head are the table's calibrated
+  fixed cost, one value per option of the high-resolution branch's ratio (the LCF head runs at that
+  branch's size: its MACs move by -36% / +43% at ratio 0.4 / 0.6), weighted by that ratio's
+  probabilities; the medium and low branches' smaller effect on the head is left out. Cost loss:
+  ``lambda * |E[lat] / R - 1|`` (:func:`~.latency_table.cost_loss`).
 * Alphas start at zero (uniform); their optimiser is Adam (lr 3e-4, as DARTS/GDAS), the weights'
   SGD with momentum, both set by the caller. Derivation: argmax of each decision's alphas.
 * The derived network is trained from scratch as a plain MRMS (``MRMSConfig.blocks`` /
@@ -85,6 +88,9 @@ class HMSegSpace(SearchSpace):
 
     def ratio_decision(self, stage: int) -> int:
         return len(self.slots) + RATIO_STAGES.index(stage)
+
+    def calibration_decision(self) -> int:
+        return self.ratio_decision(RATIO_STAGES[0])  # the high-resolution branch: the head's input size
 
     def _sizes(self, input_size, stage, entry, combo):
         """(H, W) at the input of a block of ``stage`` for ratio indices ``combo`` of stages <= stage."""

@@ -28,16 +28,19 @@ TABLE_FORMAT = 1
 
 class LatencyTable:
     """``entries[op key] = median ms`` on ``backend`` (and ``device``), plus ``fixed_ms``: the
-    unsearched layers' latency, added to every expected latency (0 when not measured), and
-    ``calibration``: how ``fixed_ms`` was found (:func:`calibrate_table`), if it was."""
+    unsearched layers' latency, added to every expected latency (0 when not measured), or
+    ``fixed_by_option`` (``{"decision": d, "ms": [one per option]}``): that cost per option of decision
+    ``d``, which then replaces ``fixed_ms``; and ``calibration``: how they were found
+    (:func:`calibrate_table`), if they were."""
 
     def __init__(self, backend: str, entries: dict | None = None, device: str = "", fixed_ms: float = 0.0,
-                 calibration: dict | None = None):
+                 calibration: dict | None = None, fixed_by_option: dict | None = None):
         self.backend = backend
         self.entries = dict(entries or {})
         self.device = device
         self.fixed_ms = float(fixed_ms)
         self.calibration = calibration
+        self.fixed_by_option = fixed_by_option
 
     def __getitem__(self, spec: OpSpec) -> float:
         try:
@@ -51,7 +54,8 @@ class LatencyTable:
 
     def to_dict(self) -> dict:
         return {"format": TABLE_FORMAT, "backend": self.backend, "device": self.device, "fixed_ms": self.fixed_ms,
-                "calibration": self.calibration, "entries": dict(sorted(self.entries.items()))}
+                "fixed_by_option": self.fixed_by_option, "calibration": self.calibration,
+                "entries": dict(sorted(self.entries.items()))}
 
     def save(self, path) -> Path:
         return atomic_write_json(path, self.to_dict())
@@ -71,7 +75,7 @@ class LatencyTable:
         if backend is not None and data.get("backend") != backend:
             raise NASError(f"{path}: the table is for backend {data.get('backend')!r}, not {backend!r}")
         return cls(data["backend"], data["entries"], data.get("device", ""), data.get("fixed_ms", 0.0),
-                   data.get("calibration"))
+                   data.get("calibration"), data.get("fixed_by_option"))
 
 
 def build_latency_table(space: SearchSpace, input_size: tuple[int, int], backend: str = "tf",
@@ -132,7 +136,10 @@ def calibrate_table(space: SearchSpace, table: LatencyTable, input_size, backend
     That network (:meth:`SearchSpace.reference`) is timed whole; ``fixed_ms`` = its time minus the
     table's sum over its own operators: the unsearched stem and head, plus what timing operators one
     by one gets wrong (per-call overhead, fusion across layers), assumed the same for every path.
-    It may be negative (single-operator models pay a call overhead each). Done once per table.
+    It may be negative (single-operator models pay a call overhead each). Where the space names a
+    :meth:`~SearchSpace.calibration_decision`, the network is also timed with that decision at each other
+    option (the rest as the reference), and ``fixed_by_option`` holds one such value per option. Done
+    once per table.
     """
     ref = space.reference()
     if ref is None or table.calibration is not None:
@@ -141,10 +148,27 @@ def calibrate_table(space: SearchSpace, table: LatencyTable, input_size, backend
         from lps_keras.latency import measure_latency as measure
     config, choices = ref
     h, w = (int(v) for v in input_size)
-    network_ms = float(measure(config, backend=backend, input_shape=(1, h, w, 3), **measure_kwargs).median_ms)
-    ops_ms = table_latency(space, LatencyTable(table.backend, table.entries), (h, w), choices)
+
+    def residual(network, picks) -> tuple[float, float]:
+        network_ms = float(measure(network, backend=backend, input_shape=(1, h, w, 3), **measure_kwargs).median_ms)
+        return network_ms, table_latency(space, LatencyTable(table.backend, table.entries), (h, w), picks)
+
+    network_ms, ops_ms = residual(config, choices)
     table.fixed_ms = network_ms - ops_ms
-    table.calibration = {"network_ms": network_ms, "ops_ms": ops_ms, "input_size": [h, w]}
+    calibration = {"network_ms": network_ms, "ops_ms": ops_ms, "input_size": [h, w]}
+    d = space.calibration_decision()
+    if d is not None:
+        per_option = []
+        for o in range(len(space.decisions()[d].options)):
+            if o == choices[d]:
+                per_option.append({"network_ms": network_ms, "ops_ms": ops_ms})
+                continue
+            picks = [o if i == d else c for i, c in enumerate(choices)]
+            n, s = residual(space.derive_from_choices(picks), picks)
+            per_option.append({"network_ms": n, "ops_ms": s})
+        table.fixed_by_option = {"decision": d, "ms": [p["network_ms"] - p["ops_ms"] for p in per_option]}
+        calibration["by_option"] = per_option
+    table.calibration = calibration
     if path is not None:
         table.save(path)
     return table
@@ -174,13 +198,23 @@ class ExpectedLatency:
                 self.index[i, j] = self.offsets[d] + o
         self.latency = np.array([table[t.op] for t in terms], np.float32)
         self.fixed_ms = table.fixed_ms
+        self.fixed_decision, self.fixed_per_option = None, None
+        if table.fixed_by_option is not None:
+            d, per = int(table.fixed_by_option["decision"]), table.fixed_by_option["ms"]
+            if not 0 <= d < len(num_options) or len(per) != num_options[d]:
+                raise NASError(f"latency table: fixed_by_option names decision {d} with {len(per)} values; this "
+                               f"space has {len(num_options)} decisions; rebuild the table for it")
+            self.fixed_decision, self.fixed_per_option = d, np.asarray(per, np.float32)
 
     def __call__(self, probs):
         from keras import ops
 
         flat = ops.concatenate([ops.cast(p, "float32") for p in probs] + [ops.ones((1,), "float32")], axis=0)
         weight = ops.prod(ops.take(flat, self.index, axis=0), axis=1)
-        return ops.sum(weight * self.latency) + self.fixed_ms
+        if self.fixed_decision is None:
+            return ops.sum(weight * self.latency) + self.fixed_ms
+        fixed = ops.sum(ops.cast(probs[self.fixed_decision], "float32") * self.fixed_per_option)
+        return ops.sum(weight * self.latency) + fixed
 
 
 def cost_loss(expected_ms, budget_ms: float):

@@ -119,6 +119,13 @@ class SearchSpace(abc.ABC):
             choices.append(max(range(len(a)), key=a.__getitem__))  # first maximum on ties
         return self.derive_from_choices(choices)
 
+    def calibration_decision(self) -> int | None:
+        """The decision whose option changes what the operators' sum misses (the unsearched layers' cost), or
+        ``None``. With one, :func:`~.latency_table.calibrate_table` times the reference network at each of
+        its options and the table's fixed cost becomes a per-option vector, weighted by that decision's
+        probabilities (HMSeg: the LCF head runs on the high-resolution branch, whose ratio sets its size)."""
+        return None
+
     def op_specs(self, input_size: tuple[int, int]) -> list[OpSpec]:
         """The distinct operators to time for ``input_size`` (the latency table's rows)."""
         seen = {}
