@@ -6,8 +6,10 @@ derived networks' measured latencies against their budgets (issue 27, item 4).
 
 (``nas.arch_lr`` 3x the recipe's for a third of its steps: README, "HMSeg's differentiable search".)
 
-The first scale's search builds the latency table (``<output>/x<scale>/latency_table.json``); the others
-reuse it. Each derived network is timed in paired rounds beside the budget's network (``nas.budget_arch``),
+The first scale's search builds the latency table (``<output>/x<scale>/latency_table.json``) and times the
+budget's network (``budget.json``, which holds no scale); the others reuse both, so every search pairs a budget
+and a table from one machine, also when the check spans sessions on different CPU kinds (the report says when
+its rows were measured on different machines). Each derived network is timed in paired rounds beside the budget's network (``nas.budget_arch``),
 so its ratio to the budget does not depend on how fast the machine was when the search began. Every search
 resumes (rerun the command). Writes ``<output>/budget_check.json`` and ``.md``: scale, budget, the table's
 latency of the derived network, its measured latency and ratio, within +-15 %, and whether the measured
@@ -18,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import sys
 from pathlib import Path
 
@@ -52,6 +55,9 @@ def markdown(doc: dict) -> str:
         lines.append(f"| {r['scale']:g}× | {r['budget_now_ms']:.3f} | {r['table_ms']:.3f} | {r['measured_ms']:.3f} | "
                      f"{r['ratio']:.2f} | {'yes' if r['within_15pct'] else 'no'} |")
     lines += ["", f"Measured latencies in the budgets' order: {'yes' if doc['ordered'] else 'no'}."]
+    if len(doc.get("devices", [])) > 1:  # each ratio is paired on its own machine; the order across rows is not
+        lines.append(f"**The rows were measured on different machines** ({', '.join(doc['devices'])}): each "
+                     "ratio holds, the order across rows does not compare like with like.")
     return "\n".join(lines)
 
 
@@ -79,13 +85,20 @@ def run(args) -> int:
         overrides += [f"nas.steps={args.steps}"] if args.steps else []
         overrides += [f"nas.latency_table={table}"] if i else []
         recipe = load_recipe(args.recipe, overrides)
+        first_budget, budget = out / f"x{scales[0]:g}" / "budget.json", out / f"x{scale:g}" / "budget.json"
+        if i and first_budget.exists() and not budget.exists():
+            # The budget's network timed where the table was (it holds no scale): table and budget from one
+            # machine, also when this scale's search starts in a later session on another CPU.
+            budget.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(first_budget, budget)
         print(f"== budget x{scale:g}", flush=True)
         derived = run_search(recipe, out / f"x{scale:g}", log=lambda line: print(line, flush=True))
         m = derived["measured"]
         rows.append({"scale": scale, "budget_now_ms": m["budget_now_ms"], "table_ms": derived["table_ms"],
                      "measured_ms": m["derived_ms"], "config": derived["config"], "device": m.get("device")})
     doc = report(rows)
-    doc.update(recipe=args.recipe, overrides=args.set, steps=args.steps)
+    doc.update(recipe=args.recipe, overrides=args.set, steps=args.steps,
+               devices=sorted({str(r["device"]) for r in rows}))
     atomic_write_json(out / "budget_check.json", doc)
     text = markdown(doc)
     atomic_write_text(out / "budget_check.md", text + "\n")
