@@ -6,13 +6,13 @@ derived networks' measured latencies against their budgets (issue 27, item 4).
 
 (``nas.arch_lr`` 3x the recipe's for a third of its steps: README, "HMSeg's differentiable search".)
 
-The first scale's search builds the latency table (``<output>/x<scale>/latency_table.json``) and times the
-budget's network (``budget.json``, which holds no scale); the others reuse both, so every search pairs a budget
-and a table from one machine, also when the check spans sessions on different CPU kinds (the report says when
-its rows were measured on different machines). Each derived network is timed in paired rounds beside the
-budget's network (``nas.budget_arch``), so its ratio to the budget does not depend on how fast the machine was
-when the search began. Every search resumes (rerun the command). Writes ``<output>/budget_check.json`` and ``.md``: scale, budget, the table's
-latency of the derived network, its measured latency and ratio, within +-15 %, and whether the measured
+The first scale's search builds the latency table (``<output>/x<scale>/latency_table.json``) and times the budget's
+network (``budget.json``, which holds no scale); the others reuse both, so every search pairs a budget and a table
+from one machine, also when the check spans sessions on different CPU kinds (the report says when its rows were
+measured on different machines). Each derived network is timed in paired rounds beside the budget's network
+(``nas.budget_arch``), so its ratio to the budget does not depend on how fast the machine was when the search began.
+Every search resumes (rerun the command). Writes ``<output>/budget_check.json`` and ``.md``: scale, budget, the
+table's latency of the derived network, its measured latency and ratio, within +-15 %, and whether the measured
 latencies are in the budgets' order.
 """
 
