@@ -8,7 +8,9 @@ training time and the curves of finished runs, one table and one plot.
 
 An entry is ``LABEL=DIR``: a run directory of ``train.py`` (``metrics.json``, ``recipe.json``,
 ``environment.json``, ``train_log.jsonl``) or a shipped model's directory (``metrics.json`` and
-``recipe.json`` beside its versions). Writes ``OUTPUT.json`` (per entry: recipe, schedule, precision,
+``recipe.json`` beside its versions); or ``LABEL=EARLIER.json``: the entry of that label in an earlier
+``OUTPUT.json`` of this script, for a run whose directory is gone (run directories are not kept with
+the project; the table's figures are). Writes ``OUTPUT.json`` (per entry: recipe, schedule, precision,
 params and GMACs at the recipe's export size, final and best val mIoU, per-class IoU, training hours,
 the val curve), ``OUTPUT.md`` (the table) and ``OUTPUT.png`` (val mIoU against iteration and against
 training hours). Nothing is trained or timed here; an unfinished run is refused, naming it.
@@ -29,7 +31,8 @@ from lps_keras.errors import UsageError  # noqa: E402 - after the path set-up ab
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--entry", action="append", required=True, metavar="LABEL=DIR",
-                   help="a finished run directory or a shipped model directory (repeat)")
+                   help="a finished run directory, a shipped model directory, or an earlier OUTPUT.json "
+                        "holding an entry of that label (repeat)")
     p.add_argument("--output", required=True, help="path prefix of the .json / .md / .png written")
     return p.parse_args(argv)
 
@@ -43,8 +46,18 @@ def _read_json(path: Path, what: str) -> dict:
         raise UsageError(f"{path}: unreadable {what} ({e})") from None
 
 
+def earlier(label: str, path: Path) -> dict:
+    """The entry ``label`` of an earlier ``OUTPUT.json`` of this script, unchanged."""
+    found = [e for e in _read_json(path, "earlier table").get("entries", []) if e.get("label") == label]
+    if not found:
+        raise UsageError(f"{path}: no entry labelled {label!r} in this earlier table")
+    return found[0]
+
+
 def collect(label: str, directory: Path) -> dict:
-    """One entry's figures from its run (or shipped model) directory."""
+    """One entry's figures from its run (or shipped model) directory, or from an earlier table."""
+    if directory.suffix == ".json" and directory.is_file():
+        return earlier(label, directory)
     from lps_keras.recipe import load_recipe
 
     metrics = _read_json(directory / "metrics.json", "metrics.json")

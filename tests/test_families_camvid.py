@@ -52,3 +52,19 @@ def test_an_unfinished_run_is_refused_naming_it(tmp_path, capsys):
     assert mod.main(["--entry", "nolabel", "--output", str(tmp_path / "o")]) == 2
     assert "--entry 'nolabel': expected LABEL=DIR" in capsys.readouterr().err
     assert not (tmp_path / "o.md").exists()
+
+
+def test_an_entry_of_an_earlier_table_is_kept_as_it_was(tmp_path, capsys):
+    # a run directory gone (a new checkout) but its figures published: the earlier table's entry is reused
+    mod = load_benchmark("families_camvid")
+    run = _run(tmp_path, "nd", 1500, 0.5)
+    first = tmp_path / "first"
+    assert mod.main(["--entry", f"NDNet45={run}", "--output", str(first)]) == 0
+    kept = json.loads(first.with_suffix(".json").read_text())["entries"][0]
+    second = tmp_path / "second"
+    assert mod.main(["--entry", f"NDNet45={first.with_suffix('.json')}", "--entry", f"again={run}",
+                     "--output", str(second)]) == 0
+    entries = json.loads(second.with_suffix(".json").read_text())["entries"]
+    assert entries[0] == kept and entries[1]["label"] == "again"
+    assert mod.main(["--entry", f"LPS-S={first.with_suffix('.json')}", "--output", str(tmp_path / "o")]) == 2
+    assert "no entry labelled 'LPS-S' in this earlier table" in capsys.readouterr().err
