@@ -3,11 +3,11 @@ config, params, GMACs, latency timed in one paired set, val mIoU per seed with m
 the search that found it, in one table.
 
     nice python benchmarks/nas_vs_expansion.py \\
-        --entry "greedy expansion=savedmodels/camvid_expanded,runs/item7/camvid_expanded_s1" \\
-        --entry "HMSeg search=runs/hmseg_derived_s0,runs/hmseg_derived_s1" \\
-        --entry "TinyMRMS=runs/camvid_tinymrms_proof_s0,runs/camvid_tinymrms_proof_s1" \\
-        --entry "Table 4 step 4=savedmodels/camvid_table4_step04,runs/item7/camvid_table4_step04_s1" \\
-        --cost "greedy expansion=3.07" --cost "HMSeg search=runs/hmseg_search_camvid/derived.json" \\
+        --entry "greedy expansion=savedmodels/camvid_expanded,docs/runs/camvid_expanded_s1" \\
+        --entry "HMSeg search=docs/runs/hmseg_derived_s0,docs/runs/hmseg_derived_s1" \\
+        --entry "TinyMRMS=docs/runs/camvid_tinymrms_proof_s0,docs/runs/camvid_tinymrms_proof_s1" \\
+        --entry "Table 4 step 4=savedmodels/camvid_table4_step04,docs/runs/camvid_table4_step04_s1" \\
+        --cost "greedy expansion=3.07" --cost "HMSeg search=docs/runs/hmseg_search_camvid/derived.json" \\
         --backend openvino --input-size 360x480 --output docs/nas_vs_expansion_camvid
 
 An entry is ``LABEL=DIR[,DIR...]``: one finished training per seed, each a ``train.py`` run directory or a
