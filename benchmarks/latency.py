@@ -1,4 +1,4 @@
-"""Latency table of the LPS-Net presets on this machine: params, GMACs, ms per backend, GMAC/s.
+"""Latency table of model presets (LPS-Net by default, any family's): params, GMACs, ms per backend, GMAC/s.
 
     python benchmarks/latency.py [--input-size 1024x2048] [--iters 20] [--runs 2] [--output benchmarks/latency.json]
 
@@ -46,7 +46,8 @@ def parse_args(argv=None):
     p.add_argument("--inter-op", type=int, default=0,
                    help="TF inter-op threads (default 0 = TF's default, one per core: the independent "
                         "resolution paths of S/M/L then run concurrently; 1 serialises them)")
-    p.add_argument("--presets", nargs="+", default=list(PRESET_NAMES))
+    p.add_argument("--presets", nargs="+", default=list(PRESET_NAMES),
+                   help="presets of any family (default the LPS-Net ones; benchmarks/families.py compares families)")
     p.add_argument("--num-classes", type=int, default=19)
     p.add_argument("--columns", default="",
                    help="comma-separated backend_precision columns to measure (default: all of "
@@ -57,7 +58,9 @@ def parse_args(argv=None):
 
 def main(argv=None) -> int:
     args = parse_args(argv)
+    from lps_keras.errors import LPSError
     from lps_keras.export import parse_size
+    from lps_keras.families import family_of_preset
     from lps_keras.latency import set_tf_threads
 
     try:
@@ -69,23 +72,26 @@ def main(argv=None) -> int:
         unknown = [c for c in chosen if c not in known]
         if unknown:
             raise UsageError(f"--columns: unknown column {unknown[0]!r}; known: {', '.join(known)}")
-    except ValueError as e:
+        configs = {}  # any family's preset (pure: no TensorFlow yet), so a bad name is refused before timing
+        for name in args.presets:
+            configs[name] = family_of_preset(name).config(preset=name, num_classes=args.num_classes)
+    except (ValueError, LPSError) as e:
         print(f"benchmarks/latency.py: error: {e}", file=sys.stderr)
         return 2
     threads = set_tf_threads(args.threads, args.inter_op)  # before any TF op runs, so it applies
     from lps_keras.latency import cpu_flags, cpu_flags_text, device_name, library_versions, measure_latency
-    from lps_keras.presets import get_preset
 
     shape = (args.batch, h, w, 3)
     rows = []
-    for name in args.presets:
-        arch = get_preset(name, args.num_classes)
-        gmacs = args.batch * arch.macs(h, w) / 1e9
-        rows.append({"preset": name, "arch": arch.short(), "params": arch.num_params(), "gmacs": gmacs})
+    for name, config in configs.items():
+        summary = family_of_preset(name).summary(config, (h, w))
+        short = config.short() if hasattr(config, "short") else name
+        rows.append({"preset": name, "arch": short, "params": summary["params_deploy"],
+                     "gmacs": args.batch * summary["macs"] / 1e9})
     with tempfile.TemporaryDirectory(prefix="lps_bench_") as artifacts:  # ONNX / IR converted once, not per round
         for run in range(1, args.runs + 1):
             for i, row in enumerate(rows, start=1):
-                arch = get_preset(row["preset"], args.num_classes)
+                arch = configs[row["preset"]]
                 for backend, precision in COLUMNS:
                     col = f"{backend}_{precision}"
                     if col not in chosen:
