@@ -152,6 +152,10 @@ def init_weights(model: keras.Model, path, verbose: bool = True) -> dict:
     except (OSError, ValueError, ImportError) as e:
         raise WeightsError(str(e)) from None
     if isinstance(source, LPSClassifier):
+        target = config_of(model)
+        if not isinstance(target, Arch):  # pretrain.py trains LPS-Net backbones only
+            raise WeightsError(f"{path}: an ImageNet-pretrained LPS-Net backbone initialises LPS-Net models only; "
+                               f"this model is of family {family_of_config(target).name!r} (train.init)")
         backbone_arch = source.arch.with_num_classes(model.arch.num_classes)
         if backbone_arch != model.arch:
             raise WeightsError(f"{path}: the pretrained backbone's architecture does not match the model's: "

@@ -17,6 +17,7 @@ import pytest  # noqa: E402
 from PIL import Image  # noqa: E402
 
 from lps_keras.arch import Arch  # noqa: E402
+from lps_keras.families import get_family  # noqa: E402
 from lps_keras.recipe import RecipeError, recipe_from_dict  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
@@ -210,6 +211,12 @@ def test_init_refuses_another_architecture(straight):
     # Exporting or evaluating a classifier as a segmentation model is refused, naming what it is.
     with pytest.raises(ValueError, match="an ImageNet classifier from pretrain.py, not a segmentation model"):
         load_weights_file(straight["run"] / "backbone.keras", Arch.from_dict(ARCH))
+    # Another family cannot take an LPS-Net backbone: one line naming the family, not an AttributeError.
+    from lps_keras.families import build
+
+    ndnet = build(get_family("ndnet").config(preset="ndnet45", num_classes=11), input_shape=(64, 64, 3))
+    with pytest.raises(WeightsError, match=r"backbone\.keras: .*LPS-Net models only; this model is of family 'ndnet'"):
+        init_weights(ndnet, straight["run"] / "backbone.keras", verbose=False)
 
 
 # --------------------------------------------------------------------------- bad input
