@@ -248,6 +248,14 @@ def _check(recipe: Recipe) -> None:
             raise RecipeError(f"search.proxy.{key}: {getattr(proxy, key)} is only used with "
                               f"search.proxy.init=parent (init is {proxy.init!r})")
     t = recipe.train
+    if t.lr_schedule == "step":
+        if not t.lr_steps or t.lr_step_factors is None or len(t.lr_steps) != len(t.lr_step_factors):
+            raise RecipeError(f"train.lr_steps: lr_schedule 'step' needs lr_steps and lr_step_factors of one length, "
+                              f"got {t.lr_steps!r} and {t.lr_step_factors!r}")
+        if list(t.lr_steps) != sorted(set(t.lr_steps)):
+            raise RecipeError(f"train.lr_steps: must increase, got {list(t.lr_steps)!r}")
+    elif t.lr_steps is not None or t.lr_step_factors is not None:
+        raise RecipeError("train.lr_steps: given, but train.lr_schedule is 'poly'; set it to 'step' to use them")
     if t.class_balance == "explicit" and t.class_weights is None:
         raise RecipeError("train.class_weights: class_balance 'explicit' needs one weight per class")
     if t.class_weights is not None:

@@ -100,6 +100,10 @@ class TrainConfig:
     momentum: float = field(0.9, ge=0, lt=1)
     weight_decay: float = field(5e-4, ge=0)
     poly_power: float = 0.9
+    # step: base_lr * lr_step_factors[i] from step lr_steps[i] on (the NDNet authors' scratch schedule)
+    lr_schedule: str = field("poly", choices=("poly", "step"))
+    lr_steps: Optional[tuple[int, ...]] = field(None, gt=0)
+    lr_step_factors: Optional[tuple[float, ...]] = field(None, gt=0)
     warmup_iterations: int = field(0, ge=0)
     loss: str = field("ce", choices=("ce", "ohem"))
     loss_label_stride: int = field(1, gt=0)  # the loss at 1/s of the label resolution (every s-th label pixel)

@@ -116,6 +116,31 @@ def test_poly_schedule_matches_numpy_formula():
     assert float(again(4)) == pytest.approx(float(warm(4)))
 
 
+def test_step_schedule_is_the_ndnet_authors_rule_and_a_recipe_selects_it(tmp_path):
+    from lps_keras.recipe import RecipeError
+    from lps_keras.train import PolyLR, StepLR
+    from lps_keras.train.optim import training_schedule
+
+    # Seg_NDNet/train.py: lr = 0.1 while (step + 1) < 35000, 0.01 while < 60000, 0.001 while < 80000, else 0.0005
+    def authors(step):
+        return 0.1 if step + 1 < 35000 else 0.01 if step + 1 < 60000 else 0.001 if step + 1 < 80000 else 0.0005
+
+    sched = StepLR(0.1, (35000, 60000, 80000), (0.1, 0.01, 0.005))
+    for step in (0, 34998, 34999, 35000, 59998, 59999, 79999, 99999):
+        assert float(sched(step)) == pytest.approx(authors(step), rel=1e-6), step
+    assert float(StepLR.from_config(sched.get_config())(59999)) == pytest.approx(0.001)
+    recipe = _stub_recipe(tmp_path, "train.lr_schedule=step", "train.lr_steps=[100,200]",
+                          "train.lr_step_factors=[0.1,0.01]")
+    assert float(training_schedule(recipe.train, 300)(150)) == pytest.approx(recipe.train.base_lr * 0.1)
+    assert isinstance(training_schedule(_stub_recipe(tmp_path).train, 300), PolyLR)
+    with pytest.raises(RecipeError, match=r"train\.lr_steps: lr_schedule 'step' needs lr_steps and lr_step_factors"):
+        _stub_recipe(tmp_path, "train.lr_schedule=step", "train.lr_steps=[100,200]", "train.lr_step_factors=[0.1]")
+    with pytest.raises(RecipeError, match=r"train\.lr_steps: must increase, got \[200, 100\]"):
+        _stub_recipe(tmp_path, "train.lr_schedule=step", "train.lr_steps=[200,100]", "train.lr_step_factors=[1,1]")
+    with pytest.raises(RecipeError, match=r"train\.lr_steps: given, but train\.lr_schedule is 'poly'"):
+        _stub_recipe(tmp_path, "train.lr_steps=[100]")
+
+
 def test_torch_sgd_coupled_weight_decay_matches_hand_computed_steps():
     from lps_keras.train import TorchSGD
 

@@ -95,3 +95,14 @@ def test_the_precision_is_compared_as_the_policy_it_resolved_to(tmp_path):
     check_backup_trajectory(path, _recipe("train.mixed_precision=auto"), tmp_path, policy="mixed_bfloat16")
     with pytest.raises(TrainingError, match=r"train\.mixed_precision 'mixed_bfloat16' -> dtype policy 'float32'"):
         check_backup_trajectory(path, _recipe("train.mixed_precision=none"), tmp_path, policy="float32")
+
+
+def test_the_step_schedule_is_part_of_the_trajectory_and_poly_records_keep_their_old_form(tmp_path):
+    # a poly run records no step fields: backups written before train.lr_schedule existed still resume
+    poly = json.loads(_record(tmp_path, _recipe()).read_text())["train"]
+    assert "lr_schedule" not in poly and "lr_steps" not in poly and poly["poly_power"] == 0.9
+    step = ["train.lr_schedule=step", "train.lr_steps=[100,200]", "train.lr_step_factors=[0.1,0.01]"]
+    record = _record(tmp_path, _recipe(*step))
+    assert "poly_power" not in json.loads(record.read_text())["train"]
+    with pytest.raises(TrainingError, match=r"train\.lr_steps \[100, 200\] -> \[100, 300\]"):
+        check_backup_trajectory(record, _recipe(*step[:1], "train.lr_steps=[100,300]", step[2]), tmp_path)

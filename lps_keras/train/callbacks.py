@@ -22,7 +22,6 @@ from keras import ops
 from lps_keras.compat import EpochBackup
 from lps_keras.errors import DiskFullError, is_disk_full
 from lps_keras.fileio import atomic_save_model, atomic_write_json, atomic_write_text
-from lps_keras.train.optim import PolyLR
 from lps_keras.train.summaries import summary_images, summary_scalar
 
 
@@ -91,7 +90,8 @@ def write_state(run_dir: Path, state: RunState, step: int) -> None:
 class StepTracker(keras.callbacks.Callback):
     """Stops at ``total_steps`` and on a non-finite loss; logs loss and lr every ``log_interval`` steps."""
 
-    def __init__(self, state: RunState, schedule: PolyLR, log_interval: int, writer, log_path: Optional[Path]):
+    def __init__(self, state: RunState, schedule: keras.optimizers.schedules.LearningRateSchedule,
+                 log_interval: int, writer, log_path: Optional[Path]):
         super().__init__()
         self.state = state
         self.schedule = schedule

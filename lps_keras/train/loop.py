@@ -30,7 +30,7 @@ from lps_keras.train.callbacks import StepTracker, Validator, write_state
 from lps_keras.train.distribute import has_gpu
 from lps_keras.train.errors import TrainingError
 from lps_keras.train.memory import check_training_memory
-from lps_keras.train.optim import PolyLR, TorchSGD
+from lps_keras.train.optim import TorchSGD, training_schedule
 from lps_keras.train.run import TrainingRun, resolve_run_dir  # noqa: F401 - resolve_run_dir: public here too
 
 
@@ -95,7 +95,7 @@ def train(
     with run:
         num_classes = config.num_classes
         sync_bn = recipe.model.sync_batchnorm or run.strategy.num_replicas_in_sync > 1
-        schedule = PolyLR(cfg.base_lr, run.total, cfg.poly_power, cfg.warmup_iterations)
+        schedule = training_schedule(cfg, run.total)
         weights = class_weights(recipe)
         if weights is not None:
             print(f"class balance ({cfg.class_balance}): "

@@ -10,6 +10,8 @@ the momentum) and keep ``lr`` inside the velocity, which differs once the learni
 Learning rate. :class:`PolyLR`: ``base_lr * (1 - step / iterations) ** 0.9`` with ``step`` the
 number of steps already taken (the first step uses ``base_lr``), optionally times a linear warmup.
 :class:`CosineLR` (ImageNet pretraining): the same conventions with a half-cosine decay.
+:class:`StepLR` (``train.lr_schedule: step``): ``base_lr`` times a factor that changes at given steps, as
+the NDNet authors' scratch training (``Seg_NDNet/train.py``: lr 0.1, /10 at 35K, /100 at 60K, /200 at 80K).
 """
 
 from __future__ import annotations
@@ -82,6 +84,47 @@ class CosineLR(keras.optimizers.schedules.LearningRateSchedule):
     def get_config(self):
         return {"base_lr": self.base_lr, "total_steps": self.total_steps, "warmup_steps": self.warmup_steps,
                 "name": self.name}
+
+
+@keras.saving.register_keras_serializable(package=_PACKAGE)
+class StepLR(keras.optimizers.schedules.LearningRateSchedule):
+    """``base_lr * factors[i]`` once ``step + 1 >= milestones[i]`` (the last milestone reached wins), else
+    ``base_lr``; times :class:`PolyLR`'s warmup factor.
+
+    ``step`` counts the steps already taken, so with milestones ``(35000,)`` the 35,000th update (step
+    34999) is the first at the lower rate, as ``if (step + 1) < 35000: lr = base_lr`` in the NDNet code.
+    """
+
+    def __init__(self, base_lr, milestones, factors, warmup_steps=0, name="step_lr"):
+        if not base_lr > 0:
+            raise ValueError(f"StepLR base_lr must be > 0, got {base_lr!r}")
+        if len(milestones) != len(factors) or list(milestones) != sorted(set(milestones)):
+            raise ValueError(f"StepLR needs increasing milestones, one factor each, got {milestones!r}, {factors!r}")
+        self.base_lr = float(base_lr)
+        self.milestones = [int(m) for m in milestones]
+        self.factors = [float(f) for f in factors]
+        self.warmup_steps = int(warmup_steps)
+        self.name = name
+
+    def __call__(self, step):
+        step = ops.cast(step, "float32")
+        lr = ops.full_like(step, self.base_lr)
+        for m, f in zip(self.milestones, self.factors):
+            lr = ops.where(step + 1.0 >= float(m), self.base_lr * f, lr)
+        if self.warmup_steps > 0:
+            lr = lr * ops.minimum(1.0, (step + 1.0) / float(self.warmup_steps))
+        return lr
+
+    def get_config(self):
+        return {"base_lr": self.base_lr, "milestones": self.milestones, "factors": self.factors,
+                "warmup_steps": self.warmup_steps, "name": self.name}
+
+
+def training_schedule(cfg, total_steps: int) -> keras.optimizers.schedules.LearningRateSchedule:
+    """The learning-rate schedule of a recipe's ``train`` section (``train.lr_schedule``)."""
+    if cfg.lr_schedule == "step":
+        return StepLR(cfg.base_lr, cfg.lr_steps, cfg.lr_step_factors, cfg.warmup_iterations)
+    return PolyLR(cfg.base_lr, total_steps, cfg.poly_power, cfg.warmup_iterations)
 
 
 # --------------------------------------------------------------------------- optimizer

@@ -80,6 +80,11 @@ def trajectory_record(recipe: Recipe, task: str = "train", policy: Optional[str]
         train.pop("enet_c", None)
     if train.get("class_balance") != "explicit":
         train.pop("class_weights", None)
+    if train.get("lr_schedule", "poly") == "poly":  # as backups recorded before the step schedule existed
+        for key in ("lr_schedule", "lr_steps", "lr_step_factors"):
+            train.pop(key, None)
+    else:
+        train.pop("poly_power", None)
     if recipe.data.dataset != "synthetic":
         record["data"].pop("synthetic", None)
     if task == "pretrain" and recipe.pretrain.schedule != "poly":
