@@ -98,7 +98,7 @@ def build_latency_table(space: SearchSpace, input_size: tuple[int, int], backend
     table = LatencyTable(backend)
     if path is not None and os.path.exists(path):
         table = LatencyTable.load(path, backend=backend)
-    here = _device_name(backend)
+    here = device_label(backend)
     specs = space.op_specs(input_size)
     missing = sum(spec not in table for spec in specs)
     if missing and table.entries and table.device and here and table.device != here:
@@ -179,7 +179,8 @@ def calibrate_table(space: SearchSpace, table: LatencyTable, input_size, backend
     return table
 
 
-def _device_name(backend: str = "tf") -> str:
+def device_label(backend: str = "tf") -> str:
+    """The device ``backend`` times on here (:func:`lps_keras.latency.backends.device_name`); "" if unknown."""
     try:
         from lps_keras.latency.backends import device_name
         return device_name(backend)
