@@ -7,6 +7,13 @@ Example (CamVid on this CPU, the budget = the greedy expansion's final network o
 The run directory (default ``runs/<recipe name>``) keeps the budget, the per-operator latency table
 of this device, the search checkpoint and log, and the derived network (``derived.json``,
 ``derived_recipe.json``). Rerunning the same command resumes where it stopped.
+
+Searching for another device (the target) than this machine: build the table there and carry it here:
+    python search.py --recipe R --table-only --run-dir runs/table_target      # on the target device
+    python search.py --recipe R --latency-table table_target.json --budget-ms MS   # here
+--table-only prints the --budget-ms to give (the budget's network timed on the target, when the recipe has
+nas.budget_arch). A table from another device is refused with nas.budget_arch (that network would be timed
+here); the derived network's measured latency is labelled with the device it was timed on.
 """
 
 from __future__ import annotations
@@ -26,7 +33,11 @@ def parse_args(argv=None):
                    help="latency budget in ms (--set nas.budget_ms=...; replaces nas.budget_arch)")
     p.add_argument("--budget-scale", type=float, default=None, help="--set nas.budget_scale=... (e.g. 0.5, 2)")
     p.add_argument("--latency-table", default=None,
-                   help="a latency table built on the target device (--set nas.latency_table=...)")
+                   help="a latency table built on the target device (--set nas.latency_table=...); from another "
+                        "device than this one it needs --budget-ms measured there")
+    p.add_argument("--table-only", action="store_true",
+                   help="stop after the budget and latency-table phases (run it on the target device, then search "
+                        "anywhere with --latency-table)")
     return p.parse_args(argv)
 
 
@@ -54,7 +65,7 @@ def run(args) -> int:
 
     recipe = load_recipe(args.recipe, recipe_overrides(args))
     check_backend(recipe.nas.latency_backend)
-    run_search(recipe, log=lambda line: print(line, flush=True))
+    run_search(recipe, log=lambda line: print(line, flush=True), table_only=args.table_only)
     return 0
 
 

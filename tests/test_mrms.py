@@ -131,3 +131,43 @@ def test_family_build_through_table():
     assert model.name == "tiny" and isinstance(model, MRMS)
     with pytest.raises(TypeError, match="MRMSConfig"):
         build_mrms(SMALL.to_dict())
+
+
+def test_a_searched_network_fuses_exports_and_is_timed_like_any_other(tmp_path):
+    """What search.py derives (identity blocks, other kernels and expansions, resized branches) is a plain MRMS:
+    the summary counts it, it fuses, exports to ONNX and goes through the latency tools."""
+    from lps_keras.export import export_onnx
+    from lps_keras.families import fuse
+    from lps_keras.families.mrms.config import block_slots
+    from lps_keras.latency import measure_latency
+    from lps_keras.latency.runners import random_deploy_model
+
+    ops = [(1, 5), (3, 7), (6, 5), (6, 7), (3, 5), (1, 7), (6, 3)]
+    skipped = {2, 5, 8, 12, 15}  # stage2_block2, stage3_block3, stage4_block3, stage4_block7, stage5_block3
+    slots = block_slots(0.25)
+    assert all(slots[i].residual for i in skipped)
+    blocks = ["identity" if i in skipped else {"expansion": ops[i % len(ops)][0], "kernel": ops[i % len(ops)][1]}
+              for i in range(len(slots))]
+    config = MRMSConfig(width_multiplier=0.25, head_channels=16, lge_reduction=2, num_classes=5, blocks=blocks,
+                        branch_ratios=[0.6, 0.4, 0.6])
+    size = (64, 64)
+    model = build_mrms(config, input_shape=(*size, 3))
+    names = {layer.name for layer in model.layers}
+    assert {"stage3_block1_resize", "stage4_block1_resize", "stage5_block1_resize"} <= names
+    assert not any(n.startswith(tuple(slots[i].prefix + "_" for i in skipped)) for n in names)
+    s = summary(config, size)
+    assert trainable_count(model) == s["params"] and keras_macs(model) == s["macs"]
+
+    randomize(model)
+    fused = fuse(model)
+    assert fused.deploy and fused.count_params() == s["params_deploy"]
+    x = np.random.default_rng(3).normal(size=(1, *size, 3)).astype("float32")
+    ref = np.asarray(model(x, training=False), np.float64)
+    assert np.max(np.abs(np.asarray(fused(x), np.float64) - ref)) / np.max(np.abs(ref)) <= 1e-5
+
+    report = export_onnx(fused, tmp_path / "m.onnx", opset=17, input_shape=(1, *size, 3))
+    assert report["onnxruntime_max_rel_error"] <= 1e-4  # the ONNX file onnxruntime, OpenVINO and TensorRT time
+    timed = random_deploy_model(config)  # what every timed backend builds from a config
+    assert [layer.name for layer in timed.layers] == [layer.name for layer in fused.layers]
+    stats = measure_latency(config, "macs", (1, *size, 3))
+    assert stats.median_ms == pytest.approx(s["macs"] / 1e9)

@@ -183,6 +183,41 @@ def test_latency_table_builder_with_a_stub(tmp_path):
         build_latency_table(space, SIZE, "onnxruntime", measure=Stub(), path=path)
 
 
+def test_operators_are_timed_in_the_form_whole_networks_are_timed_in(tmp_path):
+    """The calibration subtracts the operators' sum from a whole network timed fused with random biases
+    (random_deploy_model); each operator is timed in that form: no BN, nonzero biases, and the output of the
+    training-form operator once its BNs are folded."""
+    space = HMSegSpace(BASE, expansions=(3,), kernels=(5,))
+    spec = next(s for s in space.op_specs(SIZE) if s.kind == "ir" and s.param("stride") == 1
+                and s.input_shape[-1] == s.param("cout"))  # a block with its shortcut: every part runs
+    deploy = space.op_model(spec)
+    block = deploy.get_layer("op")
+    parts = ("expand", "dw", "project")
+    assert all(getattr(block, p).bn is None for p in parts)
+    assert not any(("gamma" in v.path or "moving" in v.path) for v in deploy.weights)
+    biases = [v for v in deploy.weights if v.path.endswith("bias")]
+    assert len(biases) == 3 and all(np.all(np.asarray(b) != 0) for b in biases)
+
+    train = space.op_model(spec, deploy=False)
+    trained = train.get_layer("op")
+    rng = np.random.default_rng(0)
+    for p in parts:  # trained-like statistics (fresh BNs are the identity and would hide a bad fold)
+        bn = getattr(trained, p).bn
+        c = bn.gamma.shape[0]
+        bn.set_weights([rng.uniform(0.5, 1.5, c), rng.normal(0, 0.2, c), rng.normal(0, 0.2, c),
+                        rng.uniform(0.5, 2.0, c)])
+        kernel, bias = getattr(trained, p).fused_kernel_bias()
+        getattr(block, p).conv.set_weights([kernel.astype("float32"), bias.astype("float32")])
+    x = rng.normal(size=(2, *spec.input_shape)).astype("float32")
+    ref = np.asarray(train(x, training=False), np.float64)
+    np.testing.assert_allclose(np.asarray(deploy(x), np.float64), ref, rtol=1e-5, atol=1e-5 * np.abs(ref).max())
+
+    path = tmp_path / "old.json"  # a table of the earlier, unfused operators is not read as this one
+    path.write_text(json.dumps({"format": 1, "backend": "tf", "entries": {}}))
+    with pytest.raises(NASError, match=r"old.json: a latency table of format 1 \(operators timed unfused"):
+        LatencyTable.load(path)
+
+
 def make_search(space, table, seed=0):
     from lps_keras.nas.search_tf import Search
 

@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+import types
 from pathlib import Path
 
 import numpy as np
@@ -14,12 +15,14 @@ import pytest
 from lps_keras.families.mrms.config import MRMSConfig
 from lps_keras.nas import NASError, get_space
 from lps_keras.nas.latency_table import ExpectedLatency, LatencyTable, calibrate_table, table_latency
+from lps_keras.nas.space import OpSpec
 from lps_keras.recipe import RecipeError, load_recipe, recipe_from_dict
 
 REPO = Path(__file__).resolve().parents[1]
 PY = sys.executable
 TINY = {"width_multiplier": 0.25, "head_channels": 16}
 SIZE = (64, 64)
+ARCH = {"depth": [1, 1, 1, 1, 1], "width": [8, 16, 32, 64, 64], "resolution": [1, 0.25, 0]}  # a budget network
 
 
 def _recipe(tmp_path, **nas):
@@ -119,6 +122,84 @@ def test_search_without_budget_or_on_another_family_is_refused(tmp_path):
     LatencyTable("tf", {"ir(x)@1x1x1": 1.0}).save(tmp_path / "t.json")
     with pytest.raises(NASError, match=r"t.json has no entry 'ir\(.*built for another space or input size"):
         run_search(recipe_from_dict(raw), tmp_path / "c")
+
+
+@pytest.fixture
+def machine(monkeypatch):
+    """Timing stand-ins: this machine is the device named ``machine[0]``; every whole network times 2 ms,
+    every operator 0.1 ms (no operator model is built)."""
+    import lps_keras.latency as latency
+    import lps_keras.nas.latency_table as latency_table
+    from lps_keras.nas.hmseg import HMSegSpace
+
+    here = ["CPU: target"]
+
+    def measure(target, backend, input_shape, **kwargs):
+        ms = 0.1 if isinstance(target, OpSpec) else 2.0
+        return types.SimpleNamespace(median_ms=ms, device=here[0])
+
+    monkeypatch.setattr(latency, "measure_latency", measure)
+    monkeypatch.setattr(latency_table, "device_label", lambda backend="tf": here[0])
+    monkeypatch.setattr(HMSegSpace, "op_model", lambda self, spec: spec)
+    return here
+
+
+def test_table_only_builds_the_table_on_the_target_and_a_budget_arch_is_refused_elsewhere(tmp_path, machine):
+    from lps_keras.nas.run import _check_table_device, run_search
+
+    lines = []
+    target = tmp_path / "target"
+    out = run_search(recipe_from_dict(_recipe(tmp_path, budget_ms=None, budget_arch=ARCH)), target, log=lines.append,
+                     table_only=True)
+    table = LatencyTable.load(out["table"])
+    assert out["device"] == table.device == "CPU: target" and table.calibration["network_ms"] == 2.0
+    assert out["budget"]["reference_ms"] == 2.0 and out["budget"]["device"] == "CPU: target"
+    assert not (target / "search.npz").exists() and not (target / "derived.json").exists()
+    assert "--latency-table" in lines[-1] and lines[-1].endswith("--budget-ms 2")  # what to carry, said once
+    import search
+
+    assert search.parse_args(["--recipe", "r.json", "--table-only"]).table_only
+    # without a budget the table alone is built; a table given from elsewhere is not what --table-only is for
+    alone = run_search(recipe_from_dict(_recipe(tmp_path, budget_ms=None)), tmp_path / "alone", log=lines.append,
+                       table_only=True)
+    assert alone["budget"] is None and not (tmp_path / "alone" / "budget.json").exists()
+    with pytest.raises(NASError, match=r"nas.latency_table: --table-only builds this machine's table"):
+        run_search(recipe_from_dict(_recipe(tmp_path, latency_table=out["table"])), tmp_path / "x", table_only=True)
+
+    # On another machine, the target's table with a budget network timed here is refused before anything is timed
+    machine[0] = "CPU: here"
+    carried = _recipe(tmp_path, budget_ms=None, budget_arch=ARCH, latency_table=out["table"])
+    with pytest.raises(NASError, match=r"nas.budget_arch: the latency table .*table.json was measured on 'CPU: "
+                                       r"target', the budget's network is timed on 'CPU: here'; give nas.budget_ms"):
+        run_search(recipe_from_dict(carried), tmp_path / "here")
+    assert not (tmp_path / "here" / "budget.json").exists()
+    cfg = recipe_from_dict(carried).nas
+    # ... but not a budget already timed on the table's device (budget.json carried with it), nor nas.budget_ms
+    _check_table_device(target / "budget.json", cfg)
+    _check_table_device(tmp_path / "none.json", recipe_from_dict(_recipe(tmp_path, latency_table=out["table"])).nas)
+    machine[0] = "CPU: target"  # and on the table's own device, a budget network timed here is fine
+    _check_table_device(tmp_path / "none.json", cfg)
+
+
+def test_derived_latency_names_the_device_it_was_measured_on(tmp_path, machine):
+    from lps_keras.nas.run import _derive
+
+    recipe = recipe_from_dict(_recipe(tmp_path))
+    space = get_space("hmseg", base=recipe.model_config())
+    alphas = [np.eye(len(d.options))[0] for d in space.decisions()]
+    search = types.SimpleNamespace(space=space, step=3, alphas=lambda: alphas, derive=lambda: space.derive(alphas))
+    budget = {"source": "nas.budget_ms", "reference_ms": 5.0, "budget_ms": 5.0}
+    for table_device, same in (("CPU: target", True), ("GPU: elsewhere", False)):
+        table = LatencyTable("tf", {s.key: 0.1 for s in space.op_specs(SIZE)}, device=table_device)
+        lines = []
+        run = tmp_path / table_device.split(":")[0]
+        run.mkdir()
+        measured = _derive(run, recipe, search, table, budget, lines.append)["measured"]
+        assert measured["device"] == "CPU: target" and measured["table_device"] == table_device
+        assert measured["derived_ms"] == 2.0
+        assert ("not the table's device" not in lines[-1]) == same, lines[-1]
+        assert "measured 2.000 ms on CPU: target" in lines[-1]
+        assert json.loads((run / "derived.json").read_text())["measured"] == measured
 
 
 @pytest.mark.slow

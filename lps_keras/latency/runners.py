@@ -44,8 +44,16 @@ def random_deploy_model(arch):
     """
     from lps_keras.families import build
 
-    model = build(arch, deploy=True)
-    rng = np.random.default_rng(0)
+    return randomize_biases(build(arch, deploy=True))
+
+
+def randomize_biases(model, seed: int = 0):
+    """Give every bias of ``model`` random values (in place; returns it): what is timed is a trained-like graph.
+
+    Shared with the single-operator models of a NAS latency table (:meth:`lps_keras.nas.space.SearchSpace.op_model`),
+    so that operators and whole networks are timed in one form.
+    """
+    rng = np.random.default_rng(seed)
     for var in model.weights:
         if var.path.endswith("bias"):
             var.assign(rng.normal(0, 0.1, var.shape).astype(np.float32))

@@ -6,7 +6,8 @@
 * :mod:`.latency_table`: the per-operator latency lookup table, its builder and the cost loss.
 * :mod:`.layers`, :mod:`.hmseg`: supernet layers and HMSeg's space over MRMS.
 * :mod:`.search_tf`: the TensorFlow search loop (weights and alphas in one step, resumable).
-* :mod:`.run`: a whole search from a recipe (``search.py``): budget, table, search, derived network.
+* :mod:`.run`: a whole search from a recipe (``search.py``): budget, table, search, derived network;
+  :mod:`.batches`: its training batches.
 
 The derived architecture is a plain family config (``MRMSConfig`` with ``blocks`` and
 ``branch_ratios``): it trains, exports and is timed like any other model.

@@ -125,16 +125,25 @@ class HMSegSpace(SearchSpace):
                     terms.append(CostTerm(op, factors))
         return terms
 
-    def op_model(self, spec: OpSpec):
+    def op_model(self, spec: OpSpec, deploy: bool = True):
+        """``spec``'s operator as a model; by default in the form whole networks are timed in
+        (:func:`~lps_keras.latency.runners.random_deploy_model`: fused convs with random biases), so that
+        the table's calibration (whole network minus its operators' sum) subtracts like from like.
+        ``deploy=False``: the training form (ConvBN with BN), the supernet's block."""
         image = keras.Input(shape=spec.input_shape, name="features")
         if spec.kind == "ir":
             layer = InvertedResidual(spec.input_shape[-1], spec.param("cout"), spec.param("expansion"),
-                                     spec.param("kernel"), spec.param("stride"), name="op")
+                                     spec.param("kernel"), spec.param("stride"), deploy=deploy, name="op")
         elif spec.kind == "resize":
             layer = BilinearResize(scale=spec.param("scale"), name="op")
         else:
             raise NASError(f"hmseg: no operator of kind {spec.kind!r}")
-        return keras.Model(image, layer(image), name="op_" + spec.kind)
+        model = keras.Model(image, layer(image), name="op_" + spec.kind)
+        if deploy:
+            from lps_keras.latency.runners import randomize_biases
+
+            randomize_biases(model)  # fresh biases are zero, and converters fold a zero bias away
+        return model
 
     def build_supernet(self, input_shape=(None, None, 3), **kwargs):
         return HMSegSupernet(self, input_shape=input_shape, **kwargs)

@@ -3,11 +3,12 @@ expected-latency cost loss.
 
 The table is a JSON file built on the target device by :func:`build_latency_table`: every
 operator a space's network may run (:meth:`SearchSpace.op_specs`) as a single-operator Keras model
-timed by :func:`lps_keras.latency.measure_latency` (or any ``measure`` with its signature).
-During the search the expected latency is ``sum_t lat[t] * prod_(d, o) softmax(alpha_d)[o]`` over
-the space's :class:`~lps_keras.nas.space.CostTerm` s: exact for independent decisions and
-differentiable in the alphas. It uses ``softmax(alpha)`` rather than the Gumbel sample, so that
-the cost gradient does not depend on the noise.
+(fused, random biases: the form whole networks are timed in) timed by
+:func:`lps_keras.latency.measure_latency` (or any ``measure`` with its signature). During the search
+the expected latency is ``sum_t lat[t] * prod_(d, o) softmax(alpha_d)[o]`` over the space's
+:class:`~lps_keras.nas.space.CostTerm` s: exact for independent decisions and differentiable in the
+alphas. It uses ``softmax(alpha)`` rather than the Gumbel sample, so that the cost gradient does not
+depend on the noise.
 """
 
 from __future__ import annotations
@@ -23,7 +24,8 @@ from lps_keras.fileio import atomic_write_json
 from lps_keras.nas.errors import NASError
 from lps_keras.nas.space import CostTerm, OpSpec, SearchSpace
 
-TABLE_FORMAT = 1
+#: 2: operators timed in the deploy form whole networks are timed in (format 1 timed them unfused, with BN).
+TABLE_FORMAT = 2
 
 
 class LatencyTable:
@@ -70,6 +72,9 @@ class LatencyTable:
         except json.JSONDecodeError as e:
             raise NASError(f"{path}: not a latency table (invalid JSON: {e})") from None
         ok = isinstance(data, dict) and data.get("format") == TABLE_FORMAT and isinstance(data.get("entries"), dict)
+        if isinstance(data, dict) and data.get("format") == 1:
+            raise NASError(f"{path}: a latency table of format 1 (operators timed unfused, with BN, unlike the "
+                           "whole networks of its calibration); rebuild it (move it aside and rerun)")
         if not ok:
             raise NASError(f"{path}: not a latency table of format {TABLE_FORMAT}")
         if backend is not None and data.get("backend") != backend:
@@ -93,7 +98,7 @@ def build_latency_table(space: SearchSpace, input_size: tuple[int, int], backend
     table = LatencyTable(backend)
     if path is not None and os.path.exists(path):
         table = LatencyTable.load(path, backend=backend)
-    here = _device_name(backend)
+    here = device_label(backend)
     specs = space.op_specs(input_size)
     missing = sum(spec not in table for spec in specs)
     if missing and table.entries and table.device and here and table.device != here:
@@ -174,7 +179,8 @@ def calibrate_table(space: SearchSpace, table: LatencyTable, input_size, backend
     return table
 
 
-def _device_name(backend: str = "tf") -> str:
+def device_label(backend: str = "tf") -> str:
+    """The device ``backend`` times on here (:func:`lps_keras.latency.backends.device_name`); "" if unknown."""
     try:
         from lps_keras.latency.backends import device_name
         return device_name(backend)

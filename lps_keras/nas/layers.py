@@ -22,15 +22,20 @@ IDENTITY = "identity"
 @keras.saving.register_keras_serializable(package=_PACKAGE)
 class InvertedResidual(keras.layers.Layer):
     """MobileNetV2 block: 1x1 expand (absent for expansion 1), k x k depthwise, linear 1x1 project,
-    identity shortcut when stride 1 and widths match (the same layers as MRMS's blocks)."""
+    identity shortcut when stride 1 and widths match (the same layers as MRMS's blocks).
 
-    def __init__(self, cin, cout, expansion=6, kernel=3, strides=1, **kwargs):
+    ``deploy=True``: every ConvBN as one conv with bias (BN folded), the form a latency table times it in.
+    """
+
+    def __init__(self, cin, cout, expansion=6, kernel=3, strides=1, deploy=False, **kwargs):
         super().__init__(**kwargs)
         self.cin, self.cout, self.expansion, self.kernel, self.strides = cin, cout, expansion, kernel, strides
+        self.deploy = bool(deploy)
         hidden = cin * expansion
-        self.expand = ConvBN(hidden, 1, activation="relu6", name="expand") if expansion != 1 else None
-        self.dw = ConvBN(kernel_size=kernel, strides=strides, depthwise=True, activation="relu6", name="dw")
-        self.project = ConvBN(cout, 1, activation=None, name="project")
+        bn = {"deploy": self.deploy}
+        self.expand = ConvBN(hidden, 1, activation="relu6", name="expand", **bn) if expansion != 1 else None
+        self.dw = ConvBN(kernel_size=kernel, strides=strides, depthwise=True, activation="relu6", name="dw", **bn)
+        self.project = ConvBN(cout, 1, activation=None, name="project", **bn)
         self.residual = strides == 1 and cin == cout
 
     def build(self, input_shape):
@@ -53,7 +58,7 @@ class InvertedResidual(keras.layers.Layer):
     def get_config(self):
         config = super().get_config()
         config.update({"cin": self.cin, "cout": self.cout, "expansion": self.expansion, "kernel": self.kernel,
-                       "strides": self.strides})
+                       "strides": self.strides, "deploy": self.deploy})
         return config
 
 

@@ -9,13 +9,15 @@ Four phases, each kept in the run directory, so that rerunning the same command 
 2. **table** (``latency_table.json``, saved after every entry): every operator of the space timed on
    the same backend, then calibrated once on the hand-designed base network timed whole
    (:func:`~.latency_table.calibrate_table`: stem, head and per-call overhead go into ``fixed_ms``).
-   ``nas.latency_table`` uses a table built elsewhere (on the target device) instead.
+   ``nas.latency_table`` uses a table built elsewhere (on the target device: ``--table-only`` stops here)
+   instead; from another device than the budget's, only with ``nas.budget_ms`` (that device's time).
 3. **search** (``search.npz`` every ``nas.checkpoint_interval`` steps, ``log.jsonl``): weights and
    alphas in one step (:class:`~.search_tf.Search`) on the recipe's training images, augmented as
    training augments them, with the recipe's task loss (``train.loss``, class balance).
 4. **derive** (``derived.json``, ``derived_recipe.json``): the argmax network as a plain family
-   config, its table latency, its measured latency timed in paired rounds beside the budget's
-   network, and a training recipe for it (the search recipe's ``data``/``train``/``eval``/``export``).
+   config, its table latency, its measured latency (labelled with this machine's device, and the
+   table's) timed in paired rounds beside the budget's network, and a training recipe for it (the
+   search recipe's ``data``/``train``/``eval``/``export``).
 
 ``cost.json`` adds up each phase's wall time over every run of the directory; ``derived.json``'s
 ``cost`` reports it with the core count (the search cost in CPU-hours, on a machine it had to itself).
@@ -50,10 +52,19 @@ MUTABLE_KEYS = ("name", "description", "nas.checkpoint_interval", "nas.log_inter
                 "nas.latency_rounds", "nas.latency_table", "train.run_dir", "eval", "export")
 
 
-def run_search(recipe, run_dir=None, log: Callable[[str], None] = print) -> dict:
-    """Run (or continue) the search of ``recipe``; returns ``derived.json``'s content."""
+def run_search(recipe, run_dir=None, log: Callable[[str], None] = print, table_only: bool = False) -> dict:
+    """Run (or continue) the search of ``recipe``; returns ``derived.json``'s content.
+
+    ``table_only`` (``search.py --table-only``, on the target device): stop after the table phase (and the
+    budget phase, when the recipe has a budget); returns ``{"table", "device", "budget"}``: the table to
+    carry to the machine that searches, and the budget's reference latency on this device.
+    """
     cfg = recipe.nas
-    if cfg.budget_ms is None and cfg.budget_arch is None:
+    if table_only and cfg.latency_table is not None:
+        raise NASError("nas.latency_table: --table-only builds this machine's table; drop nas.latency_table "
+                       "(--latency-table)")
+    has_budget = cfg.budget_ms is not None or cfg.budget_arch is not None
+    if not has_budget and not table_only:
         raise NASError("nas.budget_ms / nas.budget_arch: the search needs a latency budget: a number of ms, or "
                        "the LPS-Net architecture whose latency it is")
     from lps_keras.nas import space_entry
@@ -70,10 +81,15 @@ def run_search(recipe, run_dir=None, log: Callable[[str], None] = print) -> dict
         _check_same_search(run_dir / "search_recipe.json", recipe)
         num_classes = recipe.model_config().num_classes  # the budget's network gets the same head as the searched one
         cost = SearchCost(run_dir / "cost.json", started)
-        with cost.phase("budget"):
-            budget = _budget(run_dir / "budget.json", cfg, num_classes, log)
+        _check_table_device(run_dir / "budget.json", cfg)  # before a budget is timed here for nothing
+        budget = None
+        if has_budget:
+            with cost.phase("budget"):
+                budget = _budget(run_dir / "budget.json", cfg, num_classes, log)
         with cost.phase("table"):
             table = _table(run_dir, recipe, log)
+        if table_only:
+            return _table_only_report(run_dir, recipe, table, budget, log)
         with cost.phase("search"):
             search = _search(run_dir, recipe, table, budget["budget_ms"], log)
         with cost.phase("derive"):
@@ -173,6 +189,37 @@ def _budget(path: Path, cfg, num_classes: int, log) -> dict:
     return budget
 
 
+def _check_table_device(budget_path: Path, cfg) -> None:
+    """An external table from another device than the budget's: refuse ``nas.budget_arch``.
+
+    The budget's network is timed on this machine (or was, by budget.json's ``device``), the table's
+    operators on the table's device: a search would pull one machine's expected latency toward another
+    machine's budget. A table that names no device is taken to be this machine's.
+    """
+    from lps_keras.nas.latency_table import LatencyTable, device_label
+
+    if cfg.latency_table is None or cfg.budget_arch is None:
+        return
+    table = LatencyTable.load(cfg.latency_table, backend=cfg.latency_backend)
+    saved = json.loads(budget_path.read_text()) if budget_path.exists() else {}
+    budget_device = saved.get("device") or device_label(cfg.latency_backend)
+    if table.device and budget_device and table.device != budget_device:
+        raise NASError(f"nas.budget_arch: the latency table {cfg.latency_table} was measured on {table.device!r}, "
+                       f"the budget's network is timed on {budget_device!r}; give nas.budget_ms (--budget-ms) "
+                       "measured on the table's device (search.py --table-only there prints it)")
+
+
+def _table_only_report(run_dir: Path, recipe, table, budget, log) -> dict:
+    """What ``--table-only`` leaves: the table, its device, and how to search with it elsewhere."""
+    path = run_dir / "latency_table.json"
+    carry = f"--latency-table <copy of {path}>"
+    if budget is not None:
+        carry += f" --budget-ms {budget['reference_ms']:.4g}"  # the reference: nas.budget_scale applies there
+    log(f"[table] {path}: {len(table.entries)} operators timed on {table.device or 'an unnamed device'}; to "
+        f"search on another machine with it: python search.py --recipe <recipe> {carry}")
+    return {"table": str(path), "device": table.device, "budget": budget}
+
+
 def _space(recipe):
     from lps_keras.nas import get_space
 
@@ -200,7 +247,9 @@ def _table(run_dir: Path, recipe, log):
             raise NASError(f"nas.latency_table: {cfg.latency_table} has no entry {missing[0]!r} (and "
                            f"{len(missing) - 1} more): it was built for another space or input size")
         _check_same_table(source, cfg.latency_table)
-        log(f"[table] {cfg.latency_table}: {len(table.entries)} operators, fixed {table.fixed_ms:.3f} ms")
+        device = table.device or "an unnamed device"
+        log(f"[table] {cfg.latency_table}: {len(table.entries)} operators timed on {device}, fixed "
+            f"{table.fixed_ms:.3f} ms")
         return table
     path = built
     t0, last = time.time(), [0.0]
@@ -260,6 +309,8 @@ def _search(run_dir: Path, recipe, table, budget_ms: float, log):
         log(f"[search] resumed at step {search.step}/{cfg.steps}")
     if search.step >= cfg.steps:
         return search
+    from lps_keras.nas.batches import TrainingBatches
+
     data = TrainingBatches(recipe, log)
     last = [time.time(), search.step]  # the rate since the last line: the first steps pay the trace
 
@@ -301,15 +352,22 @@ def _derive(run_dir: Path, recipe, search, table, budget: dict, log) -> dict:
         measured = previous["measured"]
     else:
         measured = _measure_derived(config, budget, cfg, log)
+    # The measured time is this machine's; the table's latency and the budget may be another device's.
+    measured = {**measured, "table_device": table.device}
+    same_device = not table.device or measured.get("device") == table.device
     derived = {
         "family": recipe.model.family, "space": cfg.space, "steps": search.step, "config": config.to_dict(),
         "table_ms": predicted, "budget_ms": budget["budget_ms"], "budget": budget, "measured": measured,
         "alphas": [np.round(a, 4).tolist() for a in alphas],
     }
     atomic_write_json(path, derived)
-    m = measured["derived_ms"]
-    log(f"[derive] {run_dir / 'derived.json'}: table {predicted:.3f} ms, measured {m:.3f} ms, budget "
-        f"{budget['budget_ms']:.3f} ms ({100 * (m / budget['budget_ms'] - 1):+.1f}%); train it with "
+    m, b = measured["derived_ms"], budget["budget_ms"]
+    if same_device:
+        timed = f"measured {m:.3f} ms on {measured.get('device')}, budget {b:.3f} ms ({100 * (m / b - 1):+.1f}%)"
+    else:
+        timed = (f"budget {b:.3f} ms ({100 * (predicted / b - 1):+.1f}%) on the table's device {table.device}; "
+                 f"measured {m:.3f} ms on {measured.get('device')}, not the table's device")
+    log(f"[derive] {run_dir / 'derived.json'}: table {predicted:.3f} ms, {timed}; train it with "
         f"python train.py --recipe {run_dir / 'derived_recipe.json'}")
     return derived
 
@@ -345,47 +403,3 @@ def derived_recipe(recipe, config) -> dict:
     d.pop("nas", None)
     d["export"] = {**d["export"], "name": name}
     return d
-
-
-class TrainingBatches:
-    """``data(step)`` -> (images, labels): batch ``step`` of the training images, the same on a rerun.
-
-    The split's images are decoded once into memory (CamVid's 367 are ~190 MB); batch ``step`` draws
-    its examples and their augmentation (``data.augment``, crop ``nas.crop_size``) from the stateless
-    seed ``(nas.seed, step)``, so a resumed search sees the batches the killed one would have.
-    """
-
-    def __init__(self, recipe, log=print):
-        import dataclasses
-
-        from lps_keras.data.common import load_pair_numpy
-        from lps_keras.data.pipeline import list_split
-
-        cfg = recipe.nas
-        files = list_split(recipe, recipe.data.train_split)
-        n = len(files.images) if recipe.data.train_subset is None else min(recipe.data.train_subset,
-                                                                           len(files.images))
-        if n < 1:
-            raise NASError(f"data.train_split: {recipe.data.train_split!r} has no images under {recipe.data.root}")
-        log(f"[search] reading {n} training images ({recipe.data.train_split})")
-        self.pairs = [load_pair_numpy(files, i) for i in range(n)]
-        augment = recipe.data.augment
-        if cfg.crop_size is not None:
-            augment = dataclasses.replace(augment, crop_size=tuple(cfg.crop_size))
-        self.augment, self.batch, self.seed = augment, cfg.batch_size, cfg.seed
-
-    def __call__(self, step: int):
-        import tensorflow as tf
-
-        from lps_keras.data.augment import augment
-        from lps_keras.data.common import IMAGENET_MEAN, IMAGENET_STD
-
-        rng = np.random.default_rng([self.seed, step])
-        images, labels = [], []
-        for j, i in enumerate(rng.integers(0, len(self.pairs), size=self.batch)):
-            image, label = self.pairs[i]
-            seed = tf.constant([self.seed, step * self.batch + j], tf.int64)
-            x, y = augment(tf.constant(image, tf.float32) / 255.0, tf.constant(label, tf.int32), seed, self.augment)
-            images.append((x - tf.constant(IMAGENET_MEAN)) / tf.constant(IMAGENET_STD))
-            labels.append(y)
-        return tf.stack(images), tf.stack(labels)

@@ -78,7 +78,9 @@ class SearchSpace(abc.ABC):
 
     @abc.abstractmethod
     def op_model(self, spec: OpSpec):
-        """A single-operator Keras model of ``spec`` (input ``spec.input_shape``), to be timed."""
+        """A single-operator Keras model of ``spec`` (input ``spec.input_shape``), to be timed: in the form
+        whole networks are timed in (deploy, random biases: :func:`~lps_keras.latency.runners.random_deploy_model`),
+        since the table's calibration subtracts the operators' sum from a whole network's time."""
 
     @abc.abstractmethod
     def build_supernet(self, **kwargs):
