@@ -106,15 +106,40 @@ def test_kendall_tau_by_hand():
     assert kendall_tau([1, 2, 3, 4], [1, 3, 2, 4]) == pytest.approx(4 / 6)
 
 
+# The paper's Table 4 latencies (ms, TensorRT FP32, GTX 1070Ti, 1024x2048), typed from the paper by hand.
+TABLE4_MS = [0.38, 0.49, 0.63, 0.98, 1.25, 1.80, 2.53, 3.37, 5.17, 7.07, 9.52, 12.38, 17.81, 25.14, 31.18]
+
+
+def test_table4_rows_come_with_the_package_and_a_given_file_overrides_them(tmp_path):
+    archs, ms, miou = table4_archs()  # no file: the rows packaged in lps_keras/presets.json
+    assert ms == TABLE4_MS and len(archs) == len(miou) == 15
+    assert archs[0] == Arch((1, 1, 1, 1, 1), (4, 8, 16, 32, 32), (0.5,), num_classes=19)
+    assert archs[14] == Arch((1, 3, 3, 10, 10), (8, 32, 96, 224, 224), (11 / 8, 0.25), num_classes=19)
+    given = tmp_path / "t4.json"
+    given.write_text(json.dumps({"columns": ["step", "depth", "width", "resolution", "latency_ms", "miou"],
+                                 "rows": [[0, [1, 1, 1, 1, 1], [4, 8, 8, 8, 8], ["1/2", 0, 0], 2.5, 30.0]]}))
+    archs, ms, miou = table4_archs(given, num_classes=11)
+    assert archs == [Arch((1, 1, 1, 1, 1), (4, 8, 8, 8, 8), (0.5,), num_classes=11)] and ms == [2.5]
+    with pytest.raises(ProfileError, match=r"missing.json: Table 4 JSON not found"):
+        table4_archs(tmp_path / "missing.json")
+
+
+def test_a_missing_table4_file_stops_the_profile_cli_before_timing(tmp_path, capsys):
+    from lps_keras.latency.profile import main
+
+    out = tmp_path / "p.json"
+    assert main(["--backend", "openvino", "--table4", str(tmp_path / "missing.json"), "--out", str(out)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "missing.json: Table 4 JSON not found" in err and len(err.splitlines()) == 1
+    assert not out.exists()
+
+
 def test_the_shipped_paper_profile_is_fitted_to_table4_and_says_so():
-    table4 = REPO.parent / "shared" / "paper" / "table4.json"
     prof = load_profile(REPO / "profiles" / "gtx1070ti_tensorrt_fp32_paper.json")
     assert prof["measured"] is False and "NOT MEASURED" in prof["source"]
     assert prof["backend"] == "tensorrt" and prof["input_shape"] == [1, 1024, 2048, 3]
     assert prof["leave_one_out"]["n"] == 15
-    if not table4.is_file():
-        pytest.skip("shared/paper/table4.json not found")
-    archs, ms, _ = table4_archs(table4)
+    archs, ms, _ = table4_archs()
     fitted = [predict_latency(a, prof) for a in archs]
     assert kendall_tau(fitted, ms) == pytest.approx(1.0)  # the paper's order is kept
     loo = leave_one_out(archs, ms, (1, 1024, 2048, 3), ("const", "gmacs", "act_mb"))

@@ -287,9 +287,9 @@ def main(argv=None) -> int:
                    help="measure nothing: fit --model again on the timings a measured profile stores, write --out")
     p.add_argument("--conv-iters", type=int, default=10, help="timed runs per single conv of the kernels table")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--table4", default=str(Path(__file__).resolve().parents[2].parent / "shared" / "paper"
-                                           / "table4.json"), help="the paper's Table 4 JSON (its 15 rows are "
-                                                                  "validated too; skipped if absent)")
+    p.add_argument("--table4", default=None, metavar="JSON",
+                   help="the paper's Table 4 rows (validated too) from this JSON instead of the 15 packaged with "
+                        "the project (lps_keras/presets.json); a file given and missing is an error")
     args = p.parse_args(argv)
     if args.refit is None and args.backend is None:
         p.error("--backend is required (or --refit PROFILE)")
