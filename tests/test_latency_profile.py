@@ -147,6 +147,25 @@ def test_the_shipped_paper_profile_is_fitted_to_table4_and_says_so():
         prof["leave_one_out"]["median_abs_rel_error"])
 
 
+def test_the_paper_profile_is_regenerated_by_the_cli(tmp_path, capsys):
+    from lps_keras.latency.profile import main, sigma_rel
+
+    shipped = json.loads((REPO / "profiles" / "gtx1070ti_tensorrt_fp32_paper.json").read_text())
+    out = tmp_path / "paper.json"
+    assert main(["--paper", "--out", str(out)]) == 0
+    again = json.loads(out.read_text())
+    np.testing.assert_allclose(again["model"]["coef"], shipped["model"]["coef"], rtol=1e-9, atol=1e-12)
+    assert again["model"]["features"] == shipped["model"]["features"]
+    assert again["leave_one_out"] == pytest.approx(shipped["leave_one_out"], rel=1e-9)
+    assert [r["loo_ms"] for r in again["rows"]] == pytest.approx([r["loo_ms"] for r in shipped["rows"]], abs=1e-9)
+    assert [r["paper_ms"] for r in again["rows"]] == TABLE4_MS
+    assert sigma_rel(again) == pytest.approx(sigma_rel(shipped), rel=1e-9)
+    assert again["residual_sd_rel"] == pytest.approx(shipped["residual_sd_rel"], rel=1e-9)
+    assert "NOT MEASURED" in capsys.readouterr().out
+    with pytest.raises(SystemExit):  # --paper measures nothing: a backend with it is a usage error
+        main(["--paper", "--backend", "tf", "--out", str(out)])
+
+
 @pytest.mark.parametrize("backend", ["openvino", "onnxruntime", "litert", "tf"])
 def test_the_shipped_cpu_profiles_drive_a_search_on_a_fresh_clone(backend):
     path = REPO / "profiles" / f"epyc_avx2_2core_{backend}_fp32_360x480.json"
