@@ -30,17 +30,25 @@ MEASURED_HEADER = ("file", "device", "backend", "settings", "precision, input", 
 PAPER_HEADER = ("file", "device", "backend", "precision, input", "rows", "leave-one-out: within ±10 %",
                 "median error", "worst", "Kendall τ", "σ_rel (RMS)")
 
-#: Entries of a profile's ``versions`` that are runtime settings, not library versions (shown apart).
-SETTINGS = ("spinning", "onednn", "weights")
-
-
 def pct(x: float, digits: int = 0) -> str:
     return f"{100 * x:.{digits}f} %"
 
 
+def setting_names(backend: str) -> tuple[str, ...]:
+    """The entries of a profile's ``versions`` that are runtime settings of its backend (the backend table's)."""
+    from lps_keras.latency.backends import runtime_settings
+    from lps_keras.latency.stats import LatencyError
+
+    try:
+        return tuple(runtime_settings(backend))
+    except LatencyError:  # a backend not in this table: every entry is a library version
+        return ()
+
+
 def backend_version(prof: dict) -> str:
     """``openvino 2026.4``: the backend and the major.minor of the first library its versions name."""
-    libs = [v for k, v in (prof.get("versions") or {}).items() if k not in SETTINGS]
+    names = setting_names(prof["backend"])
+    libs = [v for k, v in (prof.get("versions") or {}).items() if k not in names]
     if not libs:
         return prof["backend"]
     return f"{prof['backend']} {'.'.join(str(libs[0]).split('-')[0].split('.')[:2])}"
@@ -48,7 +56,7 @@ def backend_version(prof: dict) -> str:
 
 def settings(prof: dict) -> str:
     versions = prof.get("versions") or {}
-    return ", ".join(f"{k} {versions[k]}" for k in SETTINGS if k in versions) or "-"
+    return ", ".join(f"{k} {versions[k]}" for k in setting_names(prof["backend"]) if k in versions) or "-"
 
 
 def shape_text(prof: dict) -> str:

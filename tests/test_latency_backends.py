@@ -19,7 +19,7 @@ def test_every_entry_is_complete(name):
     entry = backends.get_backend(name)
     assert entry.name == name and entry.precisions and entry.summary
     assert entry.precisions[0] == "fp32"  # every backend times fp32; the default precision
-    assert callable(entry.device) and callable(entry.versions)
+    assert callable(entry.device) and callable(entry.versions) and isinstance(entry.settings(), dict)
     assert entry.timed == (entry.runner is not None)
     assert entry.requirements.startswith("requirements") and entry.requirements.endswith(".txt")
     assert (REPO / entry.requirements).is_file()
@@ -129,6 +129,18 @@ def test_tf_latencies_are_keyed_by_the_onednn_setting_as_tensorflow_reads_it(mon
         assert "onednn" not in library_versions("litert")  # XNNPACK: not TensorFlow's CPU kernels
     except ImportError:
         pass
+
+
+def test_runtime_settings_come_from_the_table_and_are_recorded_with_the_versions(monkeypatch):
+    monkeypatch.setenv("LPS_ORT_SPINNING", "on")
+    monkeypatch.setenv("TF_ENABLE_ONEDNN_OPTS", "0")
+    assert backends.runtime_settings("onnxruntime") == {"spinning": "on"}
+    assert backends.runtime_settings("tf") == backends.runtime_settings("tf_session") == {"onednn": "off",
+                                                                                           "weights": "constants"}
+    assert backends.runtime_settings("openvino") == {} and backends.runtime_settings("litert") == {}
+    pytest.importorskip("onnxruntime")
+    versions = backends.library_versions("onnxruntime")
+    assert versions["spinning"] == "on" and list(versions)[-1] == "spinning"  # the settings after the libraries
 
 
 def test_onnxruntime_spinning_is_set_recorded_and_keyed(monkeypatch, tmp_path):

@@ -2,6 +2,7 @@
 
 import json
 import math
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -96,6 +97,34 @@ def test_profile_file_round_trip_and_mismatches_refused(tmp_path):
         load_profile(tmp_path / "missing.json")
 
 
+def test_a_profile_measured_with_other_runtime_settings_is_used_with_a_warning(tmp_path, monkeypatch):
+    coef = np.zeros(len(FEATURES))
+    coef[0] = 1.0
+    path = tmp_path / "p.json"
+    path.write_text(json.dumps(make_profile(coef, "onnxruntime", "fp32", (1, 360, 480, 3), device="CPU:x",
+                                            measured=True, source="test", residual_sd_rel=0.05,
+                                            versions={"onnxruntime": "1.32.0", "spinning": "on"})))
+    monkeypatch.setenv("LPS_ORT_SPINNING", "off")
+    with pytest.warns(UserWarning, match=r"p.json: measured with onnxruntime spinning='on' \(here 'off'\)"):
+        fn = profile_latency_fn(path, "onnxruntime", (1, 360, 480, 3))
+    assert fn(N0) == pytest.approx(1.0)  # warned of, not refused
+    monkeypatch.setenv("LPS_ORT_SPINNING", "on")  # the same setting: silent
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        profile_latency_fn(path, "onnxruntime", (1, 360, 480, 3))
+        monkeypatch.setenv("LPS_ORT_SPINNING", "off")
+        # a profile that does not record the setting is not compared
+        path.write_text(json.dumps({**json.loads(path.read_text()), "versions": {"onnxruntime": "1.32.0"}}))
+        profile_latency_fn(path, "onnxruntime", (1, 360, 480, 3))
+
+
+def test_the_shipped_epyc_onnxruntime_profile_records_thread_spinning_on():
+    prof = load_profile(REPO / "profiles" / "epyc_avx2_2core_onnxruntime_fp32_360x480.json")
+    assert prof["versions"]["spinning"] == "on" and "before LPS_ORT_SPINNING existed" in prof["settings_note"]
+    xeon = load_profile(REPO / "profiles" / "xeon_amx_2core_onnxruntime_fp32_360x480.json")
+    assert xeon["versions"]["spinning"] == "off"  # recorded by its measurement
+
+
 def test_kendall_tau_by_hand():
     # equal infinities (slopes of candidates not slower than the parent) are a tie, not NaN
     assert kendall_tau([np.inf, np.inf, 1], [3, 3, 1]) == pytest.approx(1.0)
@@ -167,7 +196,8 @@ def test_the_paper_profile_is_regenerated_by_the_cli(tmp_path, capsys):
 
 
 @pytest.mark.parametrize("backend", ["openvino", "onnxruntime", "litert", "tf"])
-def test_the_shipped_cpu_profiles_drive_a_search_on_a_fresh_clone(backend):
+def test_the_shipped_cpu_profiles_drive_a_search_on_a_fresh_clone(backend, monkeypatch):
+    monkeypatch.setenv("LPS_ORT_SPINNING", "on")  # as the EPYC onnxruntime profile was measured (else a warning)
     path = REPO / "profiles" / f"epyc_avx2_2core_{backend}_fp32_360x480.json"
     fn = profile_latency_fn(path, backend, (1, 360, 480, 3))
     prof = fn.profile

@@ -27,7 +27,8 @@ The coefficients are fitted by non-negative least squares on networks measured o
 networks (share within +-10 %, Kendall tau), whose relative error (:func:`sigma_rel`) a search that
 runs on the profile puts on each latency difference it decides with. A profile made on one machine
 works on any other: it is refused only when the backend or input size asked for differs from the one
-it describes.
+it describes, and warned of when it records other runtime settings (``versions``: e.g. onnxruntime's
+thread spinning) than this process would time with.
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Optional, Union
@@ -241,9 +243,36 @@ def profile_latency_fn(profile: Union[str, os.PathLike, Mapping], backend: str, 
     def fn(arch: Arch) -> float:
         return predict_latency(arch, prof)
 
+    warn_settings(prof)
     fn.profile = prof
     fn.sigma_rel = sigma_rel(prof)
     return fn
+
+
+def settings_differences(profile: Mapping) -> dict:
+    """``{setting: (recorded, here)}`` for the runtime settings of the profile's backend (e.g. onnxruntime's
+    thread spinning) that the profile records, in ``versions``, with another value than this process would
+    time with; settings a profile does not record, and backends not in the table here, are not compared."""
+    from lps_keras.latency.backends import UnknownBackendError, runtime_settings
+
+    try:
+        here = runtime_settings(profile["backend"])
+    except UnknownBackendError:
+        return {}
+    recorded = profile.get("versions") or {}
+    return {k: (recorded[k], v) for k, v in here.items() if k in recorded and str(recorded[k]) != str(v)}
+
+
+def warn_settings(profile: Mapping) -> None:
+    """Warn (one line) when the profile was measured with other runtime settings than this process's.
+
+    Not refused, unlike another backend or input size: the predictions stay valid for the settings the file
+    records, and a profile is made to be used elsewhere; the warning says which setup they describe."""
+    diff = settings_differences(profile)
+    if diff:
+        what = ", ".join(f"{k}={old!r} (here {new!r})" for k, (old, new) in diff.items())
+        warnings.warn(f"{profile.get('_where', 'profile')}: measured with {profile['backend']} {what}; its latencies "
+                      f"describe the recorded settings, not this process's", stacklevel=3)
 
 
 def sigma_rel(profile: Mapping) -> float:

@@ -265,7 +265,7 @@ def refit_profile(path, model: str = "auto") -> dict:
         raise ValueError("not a measured profile with its training and validation rows")
     stored = prof["model"].get("table") or prof.get("conv_table")
     table = None if stored is None else ConvTable.from_dict(stored)
-    keep = {k: prof[k] for k in ("cpu_flags", "versions", "num_classes", "minutes") if k in prof}
+    keep = {k: prof[k] for k in ("cpu_flags", "versions", "settings_note", "num_classes", "minutes") if k in prof}
     return finish_profile(
         model, table, [(Arch.from_dict(r["arch"]), r["measured_ms"]) for r in prof["training_rows"]],
         [(r["kind"], Arch.from_dict(r["arch"]), r["measured_ms"]) for r in prof["validation_rows"]],
