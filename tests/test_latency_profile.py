@@ -274,6 +274,51 @@ def test_refit_changes_the_model_from_stored_timings_without_measuring(tmp_path)
         refit_profile(path, "kernels")
 
 
+_WITHOUT_TF = """
+import sys
+
+
+class Blocker:  # tensorflow and keras unimportable, as on a machine without them
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] in ("tensorflow", "keras"):
+            raise ImportError(f"blocked: {name}")
+
+
+sys.meta_path.insert(0, Blocker())
+try:
+    import tensorflow  # noqa: F401
+    raise SystemExit("the blocker let tensorflow in")
+except ImportError:
+    pass
+from lps_keras.latency import predict_latency
+from lps_keras.presets import get_preset
+
+n0 = get_preset("lps_tiny", num_classes=11)
+print(" ".join(repr(predict_latency(n0, path)) for path in sys.argv[1:]))
+assert not [m for m in sys.modules if m.split(".")[0] in ("tensorflow", "keras")]
+"""
+
+
+def test_predict_latency_runs_without_tensorflow(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    from lps_keras.latency.profile_build import finish_profile
+
+    table, train, held = _synthetic("kernels")
+    kernels = tmp_path / "kernels.json"
+    kernels.write_text(json.dumps(finish_profile("kernels", table, train, held, {"n": 0}, backend="openvino",
+                                                 precision="fp32", input_shape=SHAPE, device="CPU:test",
+                                                 source="synthetic")))
+    linear = REPO / "profiles" / "epyc_avx2_2core_openvino_fp32_360x480.json"
+    done = subprocess.run([sys.executable, "-c", _WITHOUT_TF, str(linear), str(kernels)], capture_output=True,
+                          text=True, cwd=tmp_path, env={**os.environ, "PYTHONPATH": str(REPO)}, timeout=120)
+    assert done.returncode == 0, done.stderr
+    got = [float(v) for v in done.stdout.split()]
+    assert got == pytest.approx([predict_latency(N0, linear), predict_latency(N0, kernels)], rel=1e-12)
+
+
 def test_predict_latency_and_measure_set_are_importable_from_the_package():
     import lps_keras.latency as latency
 
