@@ -16,6 +16,13 @@ import sys
 
 
 def parse_args(argv=None):
+    # The artefacts' precisions are those the latency backends of the same names time: one table, read when
+    # the parser is built (a backend's precisions changed there change them here).
+    from lps_keras.latency.backends import get_backend
+
+    def precisions(backend: str) -> tuple[str, ...]:
+        return get_backend(backend).precisions
+
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--recipe", required=True, help="recipe JSON (model, classes, export settings)")
     p.add_argument("--weights", help=".keras (training or deploy form) or official .pth/.npz; default random init")
@@ -29,16 +36,18 @@ def parse_args(argv=None):
                    help="how the SavedModel's graph holds the weights (default export.graph_weights: constants, "
                         "which TensorFlow's oneDNN kernels cache in their fast layout: LPS-S in a TF1 session "
                         "with TF_ENABLE_ONEDNN_OPTS=1 on an AVX2 CPU ran 2x faster than with variables)")
-    p.add_argument("--tftrt", choices=("fp32", "fp16"), help="also convert with TF-TRT (TF 2.17 line + GPU)")
+    p.add_argument("--tftrt", choices=precisions("tftrt"), help="also convert with TF-TRT (TF 2.17 line + GPU)")
     p.add_argument("--onnx", action="store_true", help="also write <output>/<version>.onnx (tf2onnx) and check parity")
     p.add_argument("--opset", type=int, default=17)
-    p.add_argument("--tensorrt", choices=("fp32", "fp16"), help="also build a TensorRT 10 engine from the ONNX file")
-    p.add_argument("--litert", nargs="+", choices=("fp32", "fp16", "int8"), default=[], metavar="PRECISION",
-                   help="also write <output>/<version>_litert_<precision>.tflite (fp32, fp16, int8: full-integer "
-                   "calibrated on training images) with an accuracy report")
-    p.add_argument("--openvino", nargs="+", choices=("fp32", "bf16", "int8"), default=[], metavar="PRECISION",
-                   help="also write OpenVINO IR <output>/<version>_openvino_<precision>.xml/.bin (int8: NNCF) "
+    p.add_argument("--tensorrt", choices=precisions("tensorrt"),
+                   help="also build a TensorRT 10 engine from the ONNX file")
+    p.add_argument("--litert", nargs="+", choices=precisions("litert"), default=[], metavar="PRECISION",
+                   help="also write <output>/<version>_litert_<precision>.tflite for each PRECISION in "
+                   "{" + ",".join(precisions("litert")) + "} (int8: full-integer, calibrated on training images) "
                    "with an accuracy report")
+    p.add_argument("--openvino", nargs="+", choices=precisions("openvino"), default=[], metavar="PRECISION",
+                   help="also write OpenVINO IR <output>/<version>_openvino_<precision>.xml/.bin for each PRECISION "
+                   "in {" + ",".join(precisions("openvino")) + "} (int8: NNCF) with an accuracy report")
     p.add_argument("--calibration-images", type=int, default=100,
                    help="int8: training images for calibration (default 100)")
     p.add_argument("--edge-eval-images", type=int,

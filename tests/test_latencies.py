@@ -32,7 +32,16 @@ def test_sigma_rel_is_the_rms_relative_error_on_the_held_out_networks(tmp_path):
     prof = json.loads(_profile(tmp_path, rows).read_text())
     assert sigma_rel(prof) == pytest.approx(0.1)  # +10 % and -10 %
     prof.pop("validation_rows")
-    assert sigma_rel(prof) == 0.02  # no held-out networks (a profile fitted to published numbers): the fit's sd
+    assert sigma_rel(prof) == 0.02  # neither held-out networks nor leave-one-out rows: the fit's sd
+
+
+def test_sigma_rel_of_a_profile_fitted_to_published_numbers_is_its_leave_one_out_error(tmp_path):
+    """The paper profile's rows: each published latency and its prediction by a fit on the other rows."""
+    prof = json.loads(_profile(tmp_path).read_text())
+    prof["rows"] = [{"step": 0, "paper_ms": 2.0, "fit_ms": 2.1, "loo_ms": 2.4},  # +20 %
+                    {"step": 1, "paper_ms": 5.0, "fit_ms": 5.0, "loo_ms": 5.0},  # 0
+                    {"step": 2, "paper_ms": 10.0, "fit_ms": 9.5, "loo_ms": 9.0}]  # -10 %
+    assert sigma_rel(prof) == pytest.approx(math.sqrt((0.2 ** 2 + 0.0 + 0.1 ** 2) / 3))  # not the fit's 0.02
 
 
 def test_a_profile_gives_predicted_latencies_and_dl_with_the_profile_error(tmp_path):

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from lps_keras import latency as lat
+from lps_keras.errors import UsageError
 from lps_keras.latency import backends
 from lps_keras.recipe_sections import SearchConfig
 
@@ -19,7 +20,7 @@ def test_every_entry_is_complete(name):
     entry = backends.get_backend(name)
     assert entry.name == name and entry.precisions and entry.summary
     assert entry.precisions[0] == "fp32"  # every backend times fp32; the default precision
-    assert callable(entry.device) and callable(entry.versions)
+    assert callable(entry.device) and callable(entry.versions) and isinstance(entry.settings(), dict)
     assert entry.timed == (entry.runner is not None)
     assert entry.requirements.startswith("requirements") and entry.requirements.endswith(".txt")
     assert (REPO / entry.requirements).is_file()
@@ -33,6 +34,35 @@ def test_the_recipe_and_the_cli_offer_the_tables_names():
     help_text = subprocess.run([sys.executable, str(REPO / "expand.py"), "--help"], capture_output=True, text=True,
                                cwd=REPO, timeout=120).stdout
     assert "{" + ",".join(backends.BACKEND_NAMES) + "}" in help_text.replace("\n", "").replace(" ", "")
+    # export.py's artefact precisions are those its backends time
+    help_text = subprocess.run([sys.executable, str(REPO / "export.py"), "--help"], capture_output=True, text=True,
+                               cwd=REPO, timeout=120).stdout.replace("\n", "").replace(" ", "")
+    for flag in ("tftrt", "tensorrt"):
+        assert f"--{flag}{{{','.join(backends.get_backend(flag).precisions)}}}" in help_text
+    for flag in ("litert", "openvino"):
+        assert f"eachPRECISIONin{{{','.join(backends.get_backend(flag).precisions)}}}" in help_text
+
+
+def test_export_cli_choices_are_read_from_the_table(monkeypatch):
+    """A backend's precisions changed in the table change what export.py accepts (not a copy of the list)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("export_cli", REPO / "export.py")
+    export_cli = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(export_cli)
+    for flag in ("tftrt", "tensorrt", "litert", "openvino"):
+        monkeypatch.setitem(backends._TABLE, flag, dataclasses.replace(backends.get_backend(flag),
+                                                                      precisions=("fp32", "fp8")))
+    args = export_cli.parse_args(["--recipe", "r.json", "--tftrt", "fp8", "--tensorrt", "fp8", "--litert", "fp8",
+                                  "--openvino", "fp8"])
+    assert (args.tftrt, args.tensorrt, args.litert, args.openvino) == ("fp8", "fp8", ["fp8"], ["fp8"])
+    with pytest.raises(SystemExit):
+        export_cli.parse_args(["--recipe", "r.json", "--tensorrt", "fp16"])  # no longer in the table
+    from lps_keras.export import tensorrt
+
+    for convert in (tensorrt.convert_tftrt, tensorrt.build_tensorrt_engine):  # refused before any TensorRT import
+        with pytest.raises(UsageError, match=r"precision must be one of fp32, fp8, got .fp16."):
+            convert("in", "out", "fp16")
 
 
 def test_an_unknown_backend_is_refused_naming_the_known_ones():
@@ -129,6 +159,18 @@ def test_tf_latencies_are_keyed_by_the_onednn_setting_as_tensorflow_reads_it(mon
         assert "onednn" not in library_versions("litert")  # XNNPACK: not TensorFlow's CPU kernels
     except ImportError:
         pass
+
+
+def test_runtime_settings_come_from_the_table_and_are_recorded_with_the_versions(monkeypatch):
+    monkeypatch.setenv("LPS_ORT_SPINNING", "on")
+    monkeypatch.setenv("TF_ENABLE_ONEDNN_OPTS", "0")
+    assert backends.runtime_settings("onnxruntime") == {"spinning": "on"}
+    assert backends.runtime_settings("tf") == backends.runtime_settings("tf_session") == {"onednn": "off",
+                                                                                           "weights": "constants"}
+    assert backends.runtime_settings("openvino") == {} and backends.runtime_settings("litert") == {}
+    pytest.importorskip("onnxruntime")
+    versions = backends.library_versions("onnxruntime")
+    assert versions["spinning"] == "on" and list(versions)[-1] == "spinning"  # the settings after the libraries
 
 
 def test_onnxruntime_spinning_is_set_recorded_and_keyed(monkeypatch, tmp_path):

@@ -53,6 +53,42 @@ def test_drift_cancels_in_the_paired_differences():
     assert result.delta_se_ms[1] < 0.2 * result.spread_ms[1]
 
 
+class AdditiveDrift:
+    """Networks of fixed cost plus a load that adds the same time to every call of a round and changes between
+    rounds by more than the networks differ (another process starting and stopping)."""
+
+    def __init__(self, base_ms, offsets_ms):
+        self.now = 0.0
+        self.round = 0
+        self.base = np.asarray(base_ms, float) / 1000.0
+        self.offsets = np.asarray(offsets_ms, float) / 1000.0
+
+    def clock(self):
+        return self.now
+
+    def next_round(self, done, total):  # measure_set's progress callback: called after each round
+        self.round = done
+
+    def run(self, i):
+        def call():
+            self.now += self.base[i] + self.offsets[min(self.round, len(self.offsets) - 1)]
+        return call
+
+
+def test_additive_drift_per_round_cancels_exactly_in_the_deltas():
+    base = [1.0, 1.3, 1.0, 2.0]  # parent, +0.3 ms, same latency, +1.0 ms
+    offsets = [0.0, 3.0, 0.5, 7.0, 2.0, 9.0, 1.0, 4.0, 6.0, 0.2]  # ms added to every call of round r
+    m = AdditiveDrift(base, offsets)
+    result = lat.measure_set(["parent", "a", "b", "c"], runs=[m.run(i) for i in range(4)], rounds=len(offsets),
+                             iters_per_round=3, warmup=1, clock=m.clock, progress=m.next_round)
+    # each round's times are the base plus that round's offset (the stub works as meant) ...
+    np.testing.assert_allclose(result.round_ms, np.add.outer(offsets, base), atol=1e-9)
+    # ... so the absolute times spread by ms, while dL and its standard error see none of it
+    assert result.spread_ms.min() > 1.0
+    np.testing.assert_allclose(result.delta_ms, np.asarray(base) - base[0], atol=1e-9)
+    np.testing.assert_allclose(result.delta_se_ms, 0.0, atol=1e-9)
+
+
 def test_without_drift_the_deltas_are_the_true_differences():
     base = [2.0, 2.5, 1.5]
     m = FakeMachine(base, drift_per_call=0.0)

@@ -2,6 +2,7 @@
 
 import json
 import math
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -96,6 +97,34 @@ def test_profile_file_round_trip_and_mismatches_refused(tmp_path):
         load_profile(tmp_path / "missing.json")
 
 
+def test_a_profile_measured_with_other_runtime_settings_is_used_with_a_warning(tmp_path, monkeypatch):
+    coef = np.zeros(len(FEATURES))
+    coef[0] = 1.0
+    path = tmp_path / "p.json"
+    path.write_text(json.dumps(make_profile(coef, "onnxruntime", "fp32", (1, 360, 480, 3), device="CPU:x",
+                                            measured=True, source="test", residual_sd_rel=0.05,
+                                            versions={"onnxruntime": "1.32.0", "spinning": "on"})))
+    monkeypatch.setenv("LPS_ORT_SPINNING", "off")
+    with pytest.warns(UserWarning, match=r"p.json: measured with onnxruntime spinning='on' \(here 'off'\)"):
+        fn = profile_latency_fn(path, "onnxruntime", (1, 360, 480, 3))
+    assert fn(N0) == pytest.approx(1.0)  # warned of, not refused
+    monkeypatch.setenv("LPS_ORT_SPINNING", "on")  # the same setting: silent
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        profile_latency_fn(path, "onnxruntime", (1, 360, 480, 3))
+        monkeypatch.setenv("LPS_ORT_SPINNING", "off")
+        # a profile that does not record the setting is not compared
+        path.write_text(json.dumps({**json.loads(path.read_text()), "versions": {"onnxruntime": "1.32.0"}}))
+        profile_latency_fn(path, "onnxruntime", (1, 360, 480, 3))
+
+
+def test_the_shipped_epyc_onnxruntime_profile_records_thread_spinning_on():
+    prof = load_profile(REPO / "profiles" / "epyc_avx2_2core_onnxruntime_fp32_360x480.json")
+    assert prof["versions"]["spinning"] == "on" and "before LPS_ORT_SPINNING existed" in prof["settings_note"]
+    xeon = load_profile(REPO / "profiles" / "xeon_amx_2core_onnxruntime_fp32_360x480.json")
+    assert xeon["versions"]["spinning"] == "off"  # recorded by its measurement
+
+
 def test_kendall_tau_by_hand():
     # equal infinities (slopes of candidates not slower than the parent) are a tie, not NaN
     assert kendall_tau([np.inf, np.inf, 1], [3, 3, 1]) == pytest.approx(1.0)
@@ -106,15 +135,40 @@ def test_kendall_tau_by_hand():
     assert kendall_tau([1, 2, 3, 4], [1, 3, 2, 4]) == pytest.approx(4 / 6)
 
 
+# The paper's Table 4 latencies (ms, TensorRT FP32, GTX 1070Ti, 1024x2048), typed from the paper by hand.
+TABLE4_MS = [0.38, 0.49, 0.63, 0.98, 1.25, 1.80, 2.53, 3.37, 5.17, 7.07, 9.52, 12.38, 17.81, 25.14, 31.18]
+
+
+def test_table4_rows_come_with_the_package_and_a_given_file_overrides_them(tmp_path):
+    archs, ms, miou = table4_archs()  # no file: the rows packaged in lps_keras/presets.json
+    assert ms == TABLE4_MS and len(archs) == len(miou) == 15
+    assert archs[0] == Arch((1, 1, 1, 1, 1), (4, 8, 16, 32, 32), (0.5,), num_classes=19)
+    assert archs[14] == Arch((1, 3, 3, 10, 10), (8, 32, 96, 224, 224), (11 / 8, 0.25), num_classes=19)
+    given = tmp_path / "t4.json"
+    given.write_text(json.dumps({"columns": ["step", "depth", "width", "resolution", "latency_ms", "miou"],
+                                 "rows": [[0, [1, 1, 1, 1, 1], [4, 8, 8, 8, 8], ["1/2", 0, 0], 2.5, 30.0]]}))
+    archs, ms, miou = table4_archs(given, num_classes=11)
+    assert archs == [Arch((1, 1, 1, 1, 1), (4, 8, 8, 8, 8), (0.5,), num_classes=11)] and ms == [2.5]
+    with pytest.raises(ProfileError, match=r"missing.json: Table 4 JSON not found"):
+        table4_archs(tmp_path / "missing.json")
+
+
+def test_a_missing_table4_file_stops_the_profile_cli_before_timing(tmp_path, capsys):
+    from lps_keras.latency.profile import main
+
+    out = tmp_path / "p.json"
+    assert main(["--backend", "openvino", "--table4", str(tmp_path / "missing.json"), "--out", str(out)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "missing.json: Table 4 JSON not found" in err and len(err.splitlines()) == 1
+    assert not out.exists()
+
+
 def test_the_shipped_paper_profile_is_fitted_to_table4_and_says_so():
-    table4 = REPO.parent / "shared" / "paper" / "table4.json"
     prof = load_profile(REPO / "profiles" / "gtx1070ti_tensorrt_fp32_paper.json")
     assert prof["measured"] is False and "NOT MEASURED" in prof["source"]
     assert prof["backend"] == "tensorrt" and prof["input_shape"] == [1, 1024, 2048, 3]
     assert prof["leave_one_out"]["n"] == 15
-    if not table4.is_file():
-        pytest.skip("shared/paper/table4.json not found")
-    archs, ms, _ = table4_archs(table4)
+    archs, ms, _ = table4_archs()
     fitted = [predict_latency(a, prof) for a in archs]
     assert kendall_tau(fitted, ms) == pytest.approx(1.0)  # the paper's order is kept
     loo = leave_one_out(archs, ms, (1, 1024, 2048, 3), ("const", "gmacs", "act_mb"))
@@ -122,8 +176,28 @@ def test_the_shipped_paper_profile_is_fitted_to_table4_and_says_so():
         prof["leave_one_out"]["median_abs_rel_error"])
 
 
+def test_the_paper_profile_is_regenerated_by_the_cli(tmp_path, capsys):
+    from lps_keras.latency.profile import main, sigma_rel
+
+    shipped = json.loads((REPO / "profiles" / "gtx1070ti_tensorrt_fp32_paper.json").read_text())
+    out = tmp_path / "paper.json"
+    assert main(["--paper", "--out", str(out)]) == 0
+    again = json.loads(out.read_text())
+    np.testing.assert_allclose(again["model"]["coef"], shipped["model"]["coef"], rtol=1e-9, atol=1e-12)
+    assert again["model"]["features"] == shipped["model"]["features"]
+    assert again["leave_one_out"] == pytest.approx(shipped["leave_one_out"], rel=1e-9)
+    assert [r["loo_ms"] for r in again["rows"]] == pytest.approx([r["loo_ms"] for r in shipped["rows"]], abs=1e-9)
+    assert [r["paper_ms"] for r in again["rows"]] == TABLE4_MS
+    assert sigma_rel(again) == pytest.approx(sigma_rel(shipped), rel=1e-9)
+    assert again["residual_sd_rel"] == pytest.approx(shipped["residual_sd_rel"], rel=1e-9)
+    assert "NOT MEASURED" in capsys.readouterr().out
+    with pytest.raises(SystemExit):  # --paper measures nothing: a backend with it is a usage error
+        main(["--paper", "--backend", "tf", "--out", str(out)])
+
+
 @pytest.mark.parametrize("backend", ["openvino", "onnxruntime", "litert", "tf"])
-def test_the_shipped_cpu_profiles_drive_a_search_on_a_fresh_clone(backend):
+def test_the_shipped_cpu_profiles_drive_a_search_on_a_fresh_clone(backend, monkeypatch):
+    monkeypatch.setenv("LPS_ORT_SPINNING", "on")  # as the EPYC onnxruntime profile was measured (else a warning)
     path = REPO / "profiles" / f"epyc_avx2_2core_{backend}_fp32_360x480.json"
     fn = profile_latency_fn(path, backend, (1, 360, 480, 3))
     prof = fn.profile
@@ -198,6 +272,51 @@ def test_refit_changes_the_model_from_stored_timings_without_measuring(tmp_path)
     path.write_text(json.dumps(no_table))
     with pytest.raises(ValueError, match="single-conv table"):
         refit_profile(path, "kernels")
+
+
+_WITHOUT_TF = """
+import sys
+
+
+class Blocker:  # tensorflow and keras unimportable, as on a machine without them
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] in ("tensorflow", "keras"):
+            raise ImportError(f"blocked: {name}")
+
+
+sys.meta_path.insert(0, Blocker())
+try:
+    import tensorflow  # noqa: F401
+    raise SystemExit("the blocker let tensorflow in")
+except ImportError:
+    pass
+from lps_keras.latency import predict_latency
+from lps_keras.presets import get_preset
+
+n0 = get_preset("lps_tiny", num_classes=11)
+print(" ".join(repr(predict_latency(n0, path)) for path in sys.argv[1:]))
+assert not [m for m in sys.modules if m.split(".")[0] in ("tensorflow", "keras")]
+"""
+
+
+def test_predict_latency_runs_without_tensorflow(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    from lps_keras.latency.profile_build import finish_profile
+
+    table, train, held = _synthetic("kernels")
+    kernels = tmp_path / "kernels.json"
+    kernels.write_text(json.dumps(finish_profile("kernels", table, train, held, {"n": 0}, backend="openvino",
+                                                 precision="fp32", input_shape=SHAPE, device="CPU:test",
+                                                 source="synthetic")))
+    linear = REPO / "profiles" / "epyc_avx2_2core_openvino_fp32_360x480.json"
+    done = subprocess.run([sys.executable, "-c", _WITHOUT_TF, str(linear), str(kernels)], capture_output=True,
+                          text=True, cwd=tmp_path, env={**os.environ, "PYTHONPATH": str(REPO)}, timeout=120)
+    assert done.returncode == 0, done.stderr
+    got = [float(v) for v in done.stdout.split()]
+    assert got == pytest.approx([predict_latency(N0, linear), predict_latency(N0, kernels)], rel=1e-12)
 
 
 def test_predict_latency_and_measure_set_are_importable_from_the_package():

@@ -13,6 +13,7 @@ from pathlib import Path
 
 from lps_keras import fileio
 from lps_keras.export.common import BackendUnavailable, ExportError, OutputExistsError, check_choice, move_into_place
+from lps_keras.latency.backends import get_backend
 
 TFTRT_REQUIREMENTS = "requirements-tftrt.txt"
 TENSORRT_REQUIREMENTS = "requirements-tensorrt.txt"
@@ -53,7 +54,7 @@ def convert_tftrt(saved_model_dir, out_dir, precision="fp16", input_shape=(1, 10
     ``input_shape`` now so the first request does not pay for it. Raises :class:`ExportError` if no
     op was converted (a "TF-TRT model" without engines is just a slower SavedModel).
     """
-    check_choice("precision", precision, ("fp32", "fp16"))
+    check_choice("precision", precision, get_backend("tftrt").precisions)  # what the tftrt backend times
     check_choice("input_dtype", input_dtype, ("uint8", "float32"))
     require_tftrt()
     import tensorflow as tf
@@ -112,7 +113,7 @@ def build_tensorrt_engine(onnx_path, engine_path, precision="fp16", workspace_gi
     FP16 is the ``BuilderFlag.FP16`` flag: TensorRT keeps FP32 where FP16 kernels are not
     faster or not supported. The engine is tied to the GPU model and TensorRT version.
     """
-    check_choice("precision", precision, ("fp32", "fp16"))
+    check_choice("precision", precision, get_backend("tensorrt").precisions)  # what the tensorrt backend times
     trt = require_tensorrt()
     logger = trt.Logger(trt.Logger.WARNING)
     builder = trt.Builder(logger)

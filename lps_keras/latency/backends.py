@@ -35,6 +35,7 @@ TENSORRT_REQUIREMENTS = "requirements-tensorrt.txt"
 class Backend:
     """One latency backend (see the module docstring).
 
+    ``settings()`` are the runtime settings from the environment a timing depends on (see the field).
     ``check(precision, converter, runtime)`` raises :class:`LatencyError` where more than imports is
     needed (a GPU, CPU bf16 support); ``converter`` / ``runtime`` are False where the caller injects
     that step itself. ``runner(job)`` returns ``(run, thread_info)``: ``run()`` executes one timed
@@ -48,6 +49,10 @@ class Backend:
     device: Callable[[], str]
     versions: Callable[[], dict]
     runner: Optional[Callable] = None
+    # Runtime settings a timing depends on, read from the environment without importing anything (e.g.
+    # onnxruntime's thread spinning): recorded and keyed with the versions (library_versions), and compared
+    # with the settings a latency profile records when one is loaded (a difference is warned of, not refused).
+    settings: Callable[[], dict] = dict
     requires: tuple[tuple[str, str], ...] = ()  # (module to import, pip package)
     requires_for: Mapping[str, tuple[tuple[str, str], ...]] = dataclasses.field(
         default_factory=lambda: MappingProxyType({}))  # precision -> more (module, package)
@@ -161,11 +166,11 @@ def _onednn_setting() -> str:
     return "on" if value.strip().lower() in ("1", "true", "yes", "on") else "off"
 
 
-def _tf_cpu_version() -> dict:
+def _tf_cpu_settings() -> dict:
     # oneDNN on or off changes TensorFlow's CPU kernels (1.1-2x here, docs/speed_tf_vs_onnxruntime.md), and the
     # tf / tf_session backends time the network with its weights as graph constants since issue 24: both are
-    # part of what a cached figure was measured with (LiteRT and TF-TRT keep _tf_version: oneDNN is not theirs).
-    return {**_tf_version(), "onednn": _onednn_setting(), "weights": "constants"}
+    # part of what a cached figure was measured with (LiteRT and TF-TRT have none: oneDNN is not theirs).
+    return {"onednn": _onednn_setting(), "weights": "constants"}
 
 
 def _module_version(module: str, key: str) -> Callable[[], dict]:
@@ -191,8 +196,8 @@ def onnxruntime_spinning() -> str:
     return value
 
 
-def _onnxruntime_versions() -> dict:
-    return {**_ONNXRUNTIME_ROUTE(), "spinning": onnxruntime_spinning()}
+def _onnxruntime_settings() -> dict:
+    return {"spinning": onnxruntime_spinning()}
 
 
 def _onnx_route_version(module: str, key: str) -> Callable[[], dict]:
@@ -206,9 +211,6 @@ def _onnx_route_version(module: str, key: str) -> Callable[[], dict]:
         writers = {**package_versions("tensorflow"), **package_versions("keras"), **package_versions("tf2onnx")}
         return {**runtime(), **writers}
     return versions
-
-
-_ONNXRUNTIME_ROUTE = _onnx_route_version("onnxruntime", "onnxruntime")
 
 
 # --------------------------------------------------------------------------- extra checks
@@ -278,12 +280,14 @@ _ONNX = (("tf2onnx", "tf2onnx"), ("onnx", "onnx"))  # onnxruntime, OpenVINO and 
 for _entry in (
     Backend("tf", ("fp32", "bf16"), "TensorFlow on its default device (the Keras deploy model in a tf.function, "
             "weights as graph constants as in the exported SavedModel)",
-            device=tf_device, versions=_tf_cpu_version, runner=_runner("tf_runner")),
+            device=tf_device, versions=_tf_version, settings=_tf_cpu_settings, runner=_runner("tf_runner")),
     Backend("tf_session", ("fp32",), "TensorFlow's session executor on the static SavedModel (how TF Serving "
             "runs it; TF_ENABLE_ONEDNN_OPTS applies as there)",
-            device=tf_device, versions=_tf_cpu_version, artifact="savedmodel", runner=_runner("tf_session_runner")),
+            device=tf_device, versions=_tf_version, settings=_tf_cpu_settings, artifact="savedmodel",
+            runner=_runner("tf_session_runner")),
     Backend("onnxruntime", ("fp32",), "ONNX Runtime, CPU execution provider, on our tf2onnx export",
-            device=cpu_device, versions=_onnxruntime_versions,
+            device=cpu_device, versions=_onnx_route_version("onnxruntime", "onnxruntime"),
+            settings=_onnxruntime_settings,
             requires=(*_ONNX, ("onnxruntime", "onnxruntime")), artifact="onnx", runner=_runner("onnxruntime_runner")),
     Backend("openvino", ("fp32", "bf16", "int8"), "OpenVINO CPU plugin on an IR converted from the ONNX export "
             "(int8: NNCF post-training quantisation)",
@@ -317,8 +321,15 @@ def device_name(backend: str = "tf") -> str:
 
 
 def library_versions(backend: str) -> dict:
-    """The library versions a measurement with ``backend`` depends on (part of the cache key)."""
-    return get_backend(backend).versions()
+    """The library versions and runtime settings a measurement with ``backend`` depends on (part of the cache
+    key; the settings last, under their own names)."""
+    entry = get_backend(backend)
+    return {**entry.versions(), **entry.settings()}
+
+
+def runtime_settings(backend: str) -> dict:
+    """The runtime settings ``backend`` would time with here (from the environment; nothing imported)."""
+    return get_backend(backend).settings()
 
 
 def describe_backends() -> str:

@@ -7,7 +7,8 @@ timings on the device, plus a whole-network correction) or ``linear``, a linear 
 latency over features computed from the architecture alone (:func:`arch_features`). ``--model auto`` (the
 default) times the single convs and keeps the model with the lower leave-one-out error on the training
 networks (on this project's AVX2 CPU: linear for tf, onnxruntime and litert at 360x480);
-``--refit`` fits a stored profile's timings again with another model, measuring nothing. The linear features:
+``--refit`` fits a stored profile's timings again with another model, measuring nothing; ``--paper`` fits the
+paper's device to Table 4 (:func:`lps_keras.latency.profile_build.paper_profile`). The linear features:
 
 ``const``            fixed cost of a forward pass (runtime overhead, input and output copies)
 ``gmacs_s1`` .. ``gmacs_s5``
@@ -26,7 +27,8 @@ The coefficients are fitted by non-negative least squares on networks measured o
 networks (share within +-10 %, Kendall tau), whose relative error (:func:`sigma_rel`) a search that
 runs on the profile puts on each latency difference it decides with. A profile made on one machine
 works on any other: it is refused only when the backend or input size asked for differs from the one
-it describes.
+it describes, and warned of when it records other runtime settings (``versions``: e.g. onnxruntime's
+thread spinning) than this process would time with.
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Optional, Union
@@ -240,18 +243,51 @@ def profile_latency_fn(profile: Union[str, os.PathLike, Mapping], backend: str, 
     def fn(arch: Arch) -> float:
         return predict_latency(arch, prof)
 
+    warn_settings(prof)
     fn.profile = prof
     fn.sigma_rel = sigma_rel(prof)
     return fn
 
 
+def settings_differences(profile: Mapping) -> dict:
+    """``{setting: (recorded, here)}`` for the runtime settings of the profile's backend (e.g. onnxruntime's
+    thread spinning) that the profile records, in ``versions``, with another value than this process would
+    time with; settings a profile does not record, and backends not in the table here, are not compared."""
+    from lps_keras.latency.backends import UnknownBackendError, runtime_settings
+
+    try:
+        here = runtime_settings(profile["backend"])
+    except UnknownBackendError:
+        return {}
+    recorded = profile.get("versions") or {}
+    return {k: (recorded[k], v) for k, v in here.items() if k in recorded and str(recorded[k]) != str(v)}
+
+
+def warn_settings(profile: Mapping) -> None:
+    """Warn (one line) when the profile was measured with other runtime settings than this process's.
+
+    Not refused, unlike another backend or input size: the predictions stay valid for the settings the file
+    records, and a profile is made to be used elsewhere; the warning says which setup they describe."""
+    diff = settings_differences(profile)
+    if diff:
+        what = ", ".join(f"{k}={old!r} (here {new!r})" for k, (old, new) in diff.items())
+        warnings.warn(f"{profile.get('_where', 'profile')}: measured with {profile['backend']} {what}; its latencies "
+                      f"describe the recorded settings, not this process's", stacklevel=3)
+
+
 def sigma_rel(profile: Mapping) -> float:
-    """The profile's relative prediction error: the root mean square of predicted / measured - 1 over its
-    held-out validation networks (bias included), or, for a profile without them (fitted to published
-    numbers), the relative residual sd of its fit."""
+    """The profile's relative prediction error, the root mean square of predicted / measured - 1 (bias
+    included) over networks its model did not see: a measured profile's held-out validation networks; a
+    profile fitted to published numbers (``rows``: each published latency and its leave-one-out
+    prediction by a fit on the others), those leave-one-out residuals; a profile with neither, the
+    relative residual sd of its fit (the one figure left, and an optimistic one: the fit saw every row)."""
     rows = [r for r in profile.get("validation_rows") or () if r.get("measured_ms")]
     if rows:
         rel = np.array([r["predicted_ms"] / r["measured_ms"] - 1.0 for r in rows])
+        return float(np.sqrt(np.mean(rel ** 2)))
+    loo = [r for r in profile.get("rows") or () if r.get("paper_ms") and r.get("loo_ms") is not None]
+    if loo:
+        rel = np.array([r["loo_ms"] / r["paper_ms"] - 1.0 for r in loo])
         return float(np.sqrt(np.mean(rel ** 2)))
     return float(profile.get("residual_sd_rel", 0.0))
 
@@ -265,7 +301,8 @@ def main(argv=None) -> int:
 
     p = argparse.ArgumentParser(prog="python -m lps_keras.latency.profile", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--backend", choices=[b for b in backend_names() if b != "macs"], help="required unless --refit")
+    p.add_argument("--backend", choices=[b for b in backend_names() if b != "macs"],
+                   help="required unless --refit or --paper")
     p.add_argument("--input-size", default=None, help="HEIGHTxWIDTH timed (batch 1), default 360x480")
     p.add_argument("--precision", default=None, help="default fp32")
     p.add_argument("--out", required=True, help="profile JSON to write (e.g. profiles/<device>_<backend>.json)")
@@ -285,15 +322,22 @@ def main(argv=None) -> int:
                         "leave-one-out error on the training networks")
     p.add_argument("--refit", metavar="PROFILE", default=None,
                    help="measure nothing: fit --model again on the timings a measured profile stores, write --out")
+    p.add_argument("--paper", action="store_true",
+                   help="measure nothing: fit the paper's device profile (GTX 1070Ti, TensorRT FP32, 1024x2048) to "
+                        "Table 4's 15 latencies, with its leave-one-out figures, and write --out "
+                        "(profiles/gtx1070ti_tensorrt_fp32_paper.json is made so)")
     p.add_argument("--conv-iters", type=int, default=10, help="timed runs per single conv of the kernels table")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--table4", default=str(Path(__file__).resolve().parents[2].parent / "shared" / "paper"
-                                           / "table4.json"), help="the paper's Table 4 JSON (its 15 rows are "
-                                                                  "validated too; skipped if absent)")
+    p.add_argument("--table4", default=None, metavar="JSON",
+                   help="the paper's Table 4 rows (validated too) from this JSON instead of the 15 packaged with "
+                        "the project (lps_keras/presets.json); a file given and missing is an error")
     args = p.parse_args(argv)
-    if args.refit is None and args.backend is None:
-        p.error("--backend is required (or --refit PROFILE)")
+    if args.refit is None and args.backend is None and not args.paper:
+        p.error("--backend is required (or --refit PROFILE, or --paper)")
     given = [f for f in ("backend", "input_size", "precision") if getattr(args, f) is not None]
+    if args.paper and (given or args.refit is not None):
+        p.error(f"--paper fits the paper's device (tensorrt, fp32, 1024x2048) and measures nothing; drop "
+                f"--{(given or ['refit'])[0].replace('_', '-')}")
     if args.refit is not None and given:
         p.error(f"--refit takes the backend, input size and precision from the profile; drop "
                 f"--{given[0].replace('_', '-')}")
@@ -304,7 +348,23 @@ def main(argv=None) -> int:
     quiet_tensorflow()
     from lps_keras.latency.profile_build import run_profile  # the measuring half (imported here: no cycle)
 
+    if args.paper:
+        return guarded("profile", lambda: _paper(args))
     return guarded("profile", lambda: run_profile(args) if args.refit is None else _refit(args))
+
+
+def _paper(args) -> int:
+    from lps_keras.fileio import atomic_write_json
+    from lps_keras.latency.profile_build import paper_profile
+
+    prof = paper_profile(args.table4)
+    atomic_write_json(args.out, prof)
+    v = prof["leave_one_out"]
+    print(f"wrote {args.out}: FITTED TO PUBLISHED NUMBERS, NOT MEASURED (Table 4, {v['n']} rows); leave-one-out "
+          f"{100 * v['within_10pct']:.0f}% within +-10% (median error {100 * v['median_abs_rel_error']:.1f}%, worst "
+          f"{100 * v['max_abs_rel_error']:.0f}%), Kendall tau {v['kendall_tau']:.3f}; sigma_rel "
+          f"{100 * sigma_rel(prof):.1f}%", flush=True)
+    return 0
 
 
 def _refit(args) -> int:

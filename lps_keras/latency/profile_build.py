@@ -27,6 +27,7 @@ import numpy as np
 from lps_keras.arch import EXPANSION_OPS, Arch, ArchError
 from lps_keras.latency.profile import (
     FEATURES,
+    ProfileError,
     accuracy_figures,
     arch_features,
     fit_linear,
@@ -90,21 +91,38 @@ def leave_one_out(archs: Sequence[Arch], ms: Sequence[float], input_shape, featu
 
 
 # --------------------------------------------------------------------------- the paper's device
-def table4_archs(table4_path, num_classes: int = 19) -> tuple[list[Arch], list[float], list[float]]:
-    """The 15 Table 4 networks with the paper's latencies and mIoU."""
-    data = json.loads(Path(table4_path).read_text())
+def table4_archs(table4_path=None, num_classes: int = 19) -> tuple[list[Arch], list[float], list[float]]:
+    """The 15 Table 4 networks with the paper's latencies and mIoU: the rows packaged with the project
+    (:data:`lps_keras.presets.TABLE4`) or, given ``table4_path``, that JSON's (the columns of
+    ``../shared/paper/table4.json``); a given file that is missing is a :class:`ProfileError`."""
+    if table4_path is None:
+        from lps_keras.presets import PRESETS, TABLE4
+
+        return ([PRESETS[name].with_num_classes(num_classes) for name in TABLE4],
+                [float(row.latency_ms) for row in TABLE4.values()], [float(row.miou) for row in TABLE4.values()])
+    try:
+        data = json.loads(Path(table4_path).read_text())
+    except FileNotFoundError:
+        raise ProfileError(f"{table4_path}: Table 4 JSON not found (leave --table4 out to use the packaged "
+                           f"rows)") from None
+    except (OSError, UnicodeDecodeError, ValueError) as e:
+        raise ProfileError(f"{table4_path}: not a readable Table 4 JSON ({type(e).__name__}: {e})") from None
     archs, ms, miou = [], [], []
-    for row in data["rows"]:
-        rec = dict(zip(data["columns"], row))
-        ratios = [float(fractions.Fraction(str(r))) for r in rec["resolution"]]
-        archs.append(Arch(tuple(rec["depth"]), tuple(rec["width"]), tuple(ratios), num_classes=num_classes))
-        ms.append(float(rec["latency_ms"]))
-        miou.append(float(rec["miou"]))
+    try:
+        for row in data["rows"]:
+            rec = dict(zip(data["columns"], row))
+            ratios = [float(fractions.Fraction(str(r))) for r in rec["resolution"]]
+            archs.append(Arch(tuple(rec["depth"]), tuple(rec["width"]), tuple(ratios), num_classes=num_classes))
+            ms.append(float(rec["latency_ms"]))
+            miou.append(float(rec["miou"]))
+    except (KeyError, TypeError, ValueError, ArchError) as e:
+        raise ProfileError(f"{table4_path}: not a Table 4 JSON ({type(e).__name__}: {e})") from None
     return archs, ms, miou
 
 
-def paper_profile(table4_path) -> dict:
-    """The GTX 1070Ti / TensorRT FP32 / 1024x2048 profile fitted to Table 4, with leave-one-out figures."""
+def paper_profile(table4_path=None) -> dict:
+    """The GTX 1070Ti / TensorRT FP32 / 1024x2048 profile fitted to Table 4 (the packaged rows, or
+    ``table4_path``'s), with leave-one-out figures."""
     archs, ms, _ = table4_archs(table4_path)
     shape = (1, 1024, 2048, 3)
     coef, sd = fit_profile(archs, ms, shape, PAPER_FEATURES)
@@ -247,7 +265,7 @@ def refit_profile(path, model: str = "auto") -> dict:
         raise ValueError("not a measured profile with its training and validation rows")
     stored = prof["model"].get("table") or prof.get("conv_table")
     table = None if stored is None else ConvTable.from_dict(stored)
-    keep = {k: prof[k] for k in ("cpu_flags", "versions", "num_classes", "minutes") if k in prof}
+    keep = {k: prof[k] for k in ("cpu_flags", "versions", "settings_note", "num_classes", "minutes") if k in prof}
     return finish_profile(
         model, table, [(Arch.from_dict(r["arch"]), r["measured_ms"]) for r in prof["training_rows"]],
         [(r["kind"], Arch.from_dict(r["arch"]), r["measured_ms"]) for r in prof["validation_rows"]],
@@ -270,20 +288,19 @@ def run_profile(args) -> int:
     from lps_keras.recipe import parse_size
 
     t0 = time.time()
+    h, w = parse_size(args.input_size)
+    accept = None if args.max_gmacs is None else (lambda a: a.macs(h, w) / 1e9 <= args.max_gmacs)
+    # first: a --table4 file that is not there stops the run before anything is loaded or timed
+    table4 = [a for a in table4_archs(args.table4, args.num_classes)[0] if accept is None or accept(a)]
     if args.backend == "tf":
         import tensorflow as tf
 
         tf.get_logger().setLevel("ERROR")  # one tf.function per network is the point here, not a retracing bug
-    h, w = parse_size(args.input_size)
     shape = (1, h, w, 3)
     backends.check_backend(args.backend, args.precision)
     n0 = get_preset("lps_tiny", num_classes=args.num_classes)
-    accept = None if args.max_gmacs is None else (lambda a: a.macs(h, w) / 1e9 <= args.max_gmacs)
     train = random_walks(args.train, args.seed, n0, accept=accept)
     held = random_walks(args.held_out, args.seed + 1, n0, accept=accept, exclude=[a.hash for a in train])
-    table4 = []
-    if Path(args.table4).is_file():
-        table4 = [a for a in table4_archs(args.table4, args.num_classes)[0] if accept is None or accept(a)]
     again = held[: min(8, len(held))]  # measured in a second set: the measurement's own repeatability
     store = Path(args.out).with_name(Path(args.out).stem + "_artifacts")
 

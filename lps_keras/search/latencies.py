@@ -10,9 +10,9 @@
   its standard error. None when latencies are not timed (``macs``) or when ``rounds`` is 0. With a profile
   the latencies are predicted (deterministic) and each difference carries the profile's own error,
   ``sigma_rel * L_parent`` (:func:`lps_keras.latency.profile.sigma_rel`, the RMS relative error on its
-  held-out networks): what the profile can get wrong about one network of the parent's size, so a
-  predicted dL within ``latency_z`` of it counts as "the same latency" (conservative: a parent and its
-  candidate share most layers, and shared errors cancel in dL). Without it the verdict would take any
+  held-out networks, or on its leave-one-out rows): what the profile can get wrong about one network of the
+  parent's size, so a predicted dL within ``latency_z`` of it counts as "the same latency" (conservative: a
+  parent and its candidate share most layers, and shared errors cancel in dL). Without it the verdict would take any
   predicted dL > 0 as "slower", however small against the profile's error.
 
 Measurements run where the executor says: here, or (a Ray executor with a ``latency_resource``) as tasks on
