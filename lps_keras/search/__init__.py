@@ -3,7 +3,8 @@
 - :mod:`~lps_keras.search.algorithm`: the ``Expansion`` object and ``run_expansion`` (pure: takes its latency
   and evaluation functions and its executor)
 - :mod:`~lps_keras.search.candidates`: one step's candidates (``find_k``, ``propose_candidates``)
-- :mod:`~lps_keras.search.decision`: a step's verdict (``judge``), racing (``race_plan``); pure statistics
+- :mod:`~lps_keras.search.decision`: a step's verdict (``judge``), racing (``race_plan``); its statistics in
+  :mod:`~lps_keras.search.stats`
 - :mod:`~lps_keras.search.evaluations`: evaluating (arch, context) pairs here or on an executor
 - :mod:`~lps_keras.search.executors`: where evaluations run (in process, process pool, Ray)
 - :mod:`~lps_keras.search.latencies`: where latencies come from (measured, paired sets, profiles, a Ray device node)
