@@ -99,17 +99,49 @@ def test_latency_uncertainty_widens_the_margin_by_the_delta_method():
     assert noisy.margin_se == pytest.approx(math.sqrt(exact.margin_se ** 2 + extra))
 
 
+def _slope_diff_ucb(a, b, parent, sd, q):
+    """UCB of s_a - s_b by hand (numpy): the slopes' own-mean, shared-parent and latency variances."""
+    n_p, p = len(parent.scores), np.mean(parent.scores)
+    ga, gb = np.mean(a.scores) - p, np.mean(b.scores) - p
+    la, lb = a.latency - parent.latency, b.latency - parent.latency
+    var = (sd ** 2 / len(a.scores) / la ** 2 + sd ** 2 / len(b.scores) / lb ** 2
+           + sd ** 2 / n_p * (1 / la - 1 / lb) ** 2
+           + (ga * a.latency_se / la ** 2) ** 2 + (gb * b.latency_se / lb ** 2) ** 2)
+    return ga / la - gb / lb + q * np.sqrt(var)
+
+
+TWIN_PARENT = Arm("N", _scores(0.300, 0.0005, n=3), latency=1.0)
+TWIN_A = Arm("width_s3-5", _scores(0.3100, 0.0005, n=3), latency=1.20, latency_se=0.005)  # slope 0.05
+TWIN_B = Arm("width_s4-5", _scores(0.3112, 0.0005, n=3), latency=1.22, latency_se=0.005)  # slope 0.0509
+
+
 def test_near_twins_are_equivalent_and_the_cheaper_is_taken():
     """Two candidates whose slopes differ by noise, each costing well under epsilon to get wrong."""
-    twin_a = Arm("width_s3-5", _scores(0.3100, 0.0005, n=3), latency=1.20, latency_se=0.005)
-    twin_b = Arm("width_s4-5", _scores(0.3112, 0.0005, n=3), latency=1.22, latency_se=0.005)  # slope 0.0509
-    parent = Arm("N", _scores(0.300, 0.0005, n=3), latency=1.0)
-    v = judge(parent, [twin_a, twin_b], DecisionConfig(epsilon=0.005))
+    v = judge(TWIN_PARENT, [TWIN_A, TWIN_B], DecisionConfig(epsilon=0.005))
     assert v.kind == "equivalent" and set(v.contenders) == {0, 1}
     assert v.winner == 1 and v.chosen == 0 and "width_s3-5, the cheapest" in v.reason
+    # the regret of taking A: UCB(s_B - s_A) at the winner's dL (0.22 ms); 3 networks x 3 seeds: df 6
+    q = student_t_quantile(0.975, 6)
+    assert v.regret_ucb == pytest.approx(_slope_diff_ucb(TWIN_B, TWIN_A, TWIN_PARENT, 0.0005, q) * 0.22, rel=1e-6)
     assert v.regret_ucb < 0.005
     # with a tight epsilon the same step stays undecided
-    assert judge(parent, [twin_a, twin_b], DecisionConfig(epsilon=1e-5)).kind == "undecided"
+    assert judge(TWIN_PARENT, [TWIN_A, TWIN_B], DecisionConfig(epsilon=1e-5)).kind == "undecided"
+
+
+def test_a_contender_dearer_than_the_winner_no_longer_blocks_equivalent():
+    """D (1.30 ms, dearer than the winner B at 1.22) is a contender only through its noisy latency (slope
+    0.033 +- 0.011). It is never taken, so what matters is whether it could beat the cheap twin A, and it
+    hardly can: the bound is max over B and D of UCB(s_j - s_A). The former rule bounded the winner's lead
+    over every contender, (s_B - s_D + t SE) dL_B, about 0.0096 here, and kept the step undecided."""
+    dear = Arm("res_path2", _scores(0.3100, 0.0005, n=3), latency=1.30, latency_se=0.1)
+    v = judge(TWIN_PARENT, [TWIN_A, TWIN_B, dear], DecisionConfig(epsilon=0.005))
+    q = student_t_quantile(0.975, 8)  # four networks x 3 seeds
+    assert v.winner == 1 and set(v.contenders) == {0, 1, 2}
+    old = _slope_diff_ucb(TWIN_B, dear, TWIN_PARENT, 0.0005, q) * 0.22
+    assert old == pytest.approx(0.0096, abs=1e-4) and old > 0.005  # what blocked it
+    new = max(_slope_diff_ucb(j, TWIN_A, TWIN_PARENT, 0.0005, q) for j in (TWIN_B, dear)) * 0.22
+    assert v.regret_ucb == pytest.approx(new, rel=1e-6) and new < 0.005
+    assert v.kind == "equivalent" and v.chosen == 0
 
 
 def test_one_seed_is_unknown_and_failures_are_left_out():

@@ -6,9 +6,10 @@ measurement). Output: a :class:`Verdict`, one of
 
 ``decided``      the winner beats the runner-up by more than the t-quantile times the margin's SE (a lone
                  candidate with a positive gain: its gain over the parent is that significant);
-``equivalent``   every contender not separated from the winner would cost less than ``epsilon`` of
-                 gain (upper confidence bound of the regret, at the winner's latency increase): the
-                 cheapest of them is taken, and the verdict says so;
+``equivalent``   taking the cheapest contender (the candidates not separated from the winner) would cost
+                 less than ``epsilon`` of gain: the upper confidence bound of its regret, max over the
+                 other contenders j of UCB(s_j - s_cheapest), times the winner's latency increase. That
+                 one is taken, and the verdict says so;
 ``no gain``      no candidate improves on the parent (a step of its own: never an argmax of negative
                  slopes, and a candidate worse on both axes is never taken);
 ``undecided``    none of the above (racing may add seeds; if its budget is spent, the step says so);
@@ -124,7 +125,7 @@ class Verdict:
     df: int
     pooled_sd: Optional[float]
     heterogeneity: Optional[float]
-    regret_ucb: Optional[float]  # "equivalent": the largest upper bound of the regret among the contenders
+    regret_ucb: Optional[float]  # not decided: upper bound of the regret of taking the cheapest contender
     contenders: tuple  # candidates not separated from the winner (winner first)
     arms: tuple  # ArmReport per candidate (in input order), then the parent's
     reason: str
@@ -198,27 +199,32 @@ def judge(parent: Arm, candidates: Sequence[Arm], config: DecisionConfig = Decis
         return Verdict("decided", best, best, r, margin, margin_se, regret_ucb=None, contenders=(best,),
                        reason=f"margin {margin:.4g} > t {q:.3g} x SE {margin_se:.3g}", **common)
 
-    # Not decided: is taking any close contender cheap enough to call them equivalent?
-    pool, worst = [best], 0.0
-    scale = reports[best].d_lat if reports[best].status == "slope" else 1.0  # regret in score units
+    # Not decided: the contenders are the candidates not separated from the winner. Taking the cheapest of
+    # them, c, costs at most max_j (s_j - s_c) over the others (any of them may be the true best); its upper
+    # confidence bound, at the winner's dL (epsilon is gain at that cost), decides "equivalent". Bounding the
+    # winner's lead over each contender instead would let a contender dearer than the winner (never taken)
+    # block the verdict, and would never bound what taking c costs against the others.
+    pool = [best]
     for i in order[1:]:
         m, se = _margin(reports[best], reports[i], se_p)
-        if m is not None and se is not None and m > q * se:
-            continue  # clearly worse: not a contender
-        pool.append(i)
-        if m is None or se is None:
-            worst = math.inf
-        else:
-            worst = max(worst, (m + q * se) * scale)
+        if m is None or se is None or m <= q * se:
+            pool.append(i)  # not clearly worse than the winner
+    cheapest = min(pool, key=lambda i: (candidates[i].latency, i))
+    scale = reports[best].d_lat if reports[best].status == "slope" else 1.0  # regret in score units
+    worst = 0.0  # a regret is never negative: c may well be the best
+    for j in pool:
+        if j == cheapest:
+            continue
+        m, se = _margin(reports[j], reports[cheapest], se_p)
+        worst = math.inf if m is None or se is None else max(worst, (m + q * se) * scale)
     if worst < config.epsilon:
-        cheapest = min(pool, key=lambda i: (candidates[i].latency, i))
         taken = "the winner" if cheapest == best else f"{reports[cheapest].name}, the cheapest of them"
         return Verdict("equivalent", cheapest, best, r, margin, margin_se, regret_ucb=worst, contenders=tuple(pool),
-                       reason=f"{len(pool)} contenders within {config.epsilon:.4g} of gain (regret bound "
-                              f"{worst:.3g}); took {taken}", **common)
+                       reason=f"{len(pool)} contenders; taking the cheapest costs at most {worst:.3g} of gain "
+                              f"(upper bound of its regret) < epsilon {config.epsilon:.4g}; took {taken}", **common)
     return Verdict("undecided", best, best, r, margin, margin_se, regret_ucb=worst, contenders=tuple(pool),
-                   reason=f"margin {margin:.4g} <= t {q:.3g} x SE {margin_se:.3g} and regret bound {worst:.3g} >= "
-                          f"epsilon {config.epsilon:.4g}", **common)
+                   reason=f"margin {margin:.4g} <= t {q:.3g} x SE {margin_se:.3g} and the regret bound of taking the "
+                          f"cheapest contender, {worst:.3g}, >= epsilon {config.epsilon:.4g}", **common)
 
 
 def _order(reports: Sequence[ArmReport]) -> list[int]:

@@ -128,7 +128,7 @@ class Step:
     df: int = 0  # pooled degrees of freedom
     pooled_sd: Optional[float] = None
     heterogeneity: Optional[float] = None  # max s_i^2 / s_p^2 over the pooled networks (pooling doubtful when large)
-    regret_ucb: Optional[float] = None  # upper confidence bound of the regret among the contenders
+    regret_ucb: Optional[float] = None  # upper confidence bound of the regret of taking the cheapest contender
     reason: str = ""
 
     def to_dict(self) -> dict:
