@@ -13,6 +13,7 @@ from lps_keras.search.decision import (
     race_plan,
     student_t_quantile,
 )
+from lps_keras.search.stats import f_quantile, largest_variance_test, welch_df
 
 
 def _scores(mean, spread=0.002, n=2):
@@ -37,6 +38,55 @@ def test_pooled_sd_by_hand():
     sd, df, het = pooled_sd([(1.0, 3.0), (2.0, 2.0, 5.0), (7.0,)])
     # variances 2 (df 1) and 3 (df 2): pooled (2 + 6) / 3
     assert df == 3 and sd == pytest.approx(math.sqrt(8 / 3)) and het == pytest.approx(3 / (8 / 3))
+
+
+@pytest.mark.parametrize("p, df1, df2, expected", [(0.95, 1, 9, 5.1174), (0.99, 2, 10, 7.5594), (0.975, 3, 12, 4.4742),
+                                                     (0.99, 2, 8, 8.6491), (0.95, 4, 30, 2.6896)])
+def test_f_quantiles_match_the_table(p, df1, df2, expected):
+    assert f_quantile(p, df1, df2) == pytest.approx(expected, abs=2e-4)
+
+
+def test_largest_variance_test_is_cochrans_c_for_equal_sizes():
+    """Cochran's table: k = 5 samples of n = 3 at alpha 0.05, C = max s^2 / sum s^2 is significant above 0.6838.
+    Four samples of variance 1 and one of variance v: C = v / (v + 4)."""
+    def samples(v):
+        return [(-math.sqrt(v), 0.0, math.sqrt(v))] + [(-1.0, 0.0, 1.0)] * 4
+
+    for c, doubtful in ((0.70, True), (0.67, False)):
+        i, ratio, bound = largest_variance_test(samples(4 * c / (1 - c)), 0.05)
+        assert i == 0 and ratio == pytest.approx(4 * c / (1 - c)) and (ratio > bound) == doubtful
+    assert bound / (bound + 4) == pytest.approx(0.6838, abs=1e-4)  # the table's C, from the F bound
+    assert largest_variance_test([(1.0, 2.0), (3.0,)], 0.05) is None  # one variance: nothing to compare
+
+
+def test_welch_df_by_hand():
+    a, b = 0.03 ** 2 / 3, 0.01 ** 2 / 5  # two means: s^2 / n with df 2 and 4
+    assert welch_df([(a, 2), (b, 4)]) == pytest.approx((a + b) ** 2 / (a * a / 2 + b * b / 4))
+    assert welch_df([(a, 2), (b, math.inf)]) == pytest.approx((a + b) ** 2 / (a * a / 2))  # a known part
+
+
+def test_a_noisy_network_is_not_pooled_with_quiet_ones():
+    """One candidate's seeds spread 30x the others' (s^2 900x, far above Cochran's bound F(0.99; 2, 8) = 8.65).
+    Pooled, its SE would shrink to the pool's and its lead over the quiet runner-up would be "decided"; with
+    its own sd and Welch's df it is not."""
+    parent = Arm("N", _scores(0.300, 0.001, 3), 1.0)
+    noisy = Arm("noisy", _scores(0.350, 0.03, 3), 1.5)  # slope 0.1
+    quiet = Arm("quiet", _scores(0.310, 0.001, 3), 1.5)  # slope 0.02
+    others = [Arm(f"o{i}", _scores(0.299, 0.001, 3), 1.3) for i in range(2)]
+    v = judge(parent, [noisy, quiet, *others])
+    assert not v.pooled and "not poolable" in v.reason and "Welch" in v.reason
+    # by hand: the same dL, so the parent cancels; each mean's own variance s^2 / 3, over dL^2
+    a, b = 0.03 ** 2 / 3 / 0.25, 0.001 ** 2 / 3 / 0.25
+    df = (a + b) ** 2 / (a * a / 2 + b * b / 2)
+    assert v.margin == pytest.approx(0.08) and v.margin_se == pytest.approx(math.sqrt(a + b))
+    assert v.df == math.floor(df) == 2 and v.quantile == pytest.approx(4.3027, abs=1e-3)  # t(0.975, 2)
+    assert v.kind == "undecided" and v.margin < v.quantile * v.margin_se
+    # what pooling would have said: s_p^2 = (0.03^2 + 4 x 0.001^2) / 5, df 10, t(0.975, 10) = 2.2281
+    sp2 = (0.03 ** 2 + 4 * 0.001 ** 2) / 5
+    assert v.pooled_sd == pytest.approx(math.sqrt(sp2))
+    assert 0.08 > 2.2281 * math.sqrt(2 * sp2 / 3 / 0.25)  # "decided" under the pool
+    # quiet networks alike: pooled as before
+    assert judge(parent, [quiet, *others]).pooled
 
 
 def test_negative_gains_are_no_gain_not_an_argmax():
