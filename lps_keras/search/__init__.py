@@ -2,7 +2,7 @@
 
 - :mod:`~lps_keras.search.algorithm`: the ``Expansion`` object and ``run_expansion`` (pure: takes its latency
   and evaluation functions and its executor)
-- :mod:`~lps_keras.search.candidates`: one step's candidates (``find_k``, ``propose_candidates``)
+- :mod:`~lps_keras.search.candidates`: one step's candidates (``find_k``, ``nearest_k``, ``propose_candidates``)
 - :mod:`~lps_keras.search.decision`: a step's verdict (``judge``), racing (``race_plan``); its statistics in
   :mod:`~lps_keras.search.stats`
 - :mod:`~lps_keras.search.evaluations`: evaluating (arch, context) pairs here or on an executor
@@ -16,7 +16,7 @@ Importing this package does not import TensorFlow or Keras.
 """
 
 from lps_keras.search.algorithm import SEED_STRIDE, Expansion, run_expansion, step_seed
-from lps_keras.search.candidates import DIMENSIONS, SearchError, find_k, propose_candidates
+from lps_keras.search.candidates import DIMENSIONS, SearchError, find_k, nearest_k, propose_candidates
 from lps_keras.search.decision import (
     VERDICTS,
     Arm,
@@ -53,7 +53,7 @@ from lps_keras.search.report import (
 )
 
 __all__ = [
-    "DIMENSIONS", "SearchError", "evaluate_candidates", "find_k", "propose_candidates", "run_expansion",
+    "DIMENSIONS", "SearchError", "evaluate_candidates", "find_k", "nearest_k", "propose_candidates", "run_expansion",
     "Expansion", "SEED_STRIDE", "step_seed", "JOURNAL_FORMAT", "JOURNAL_VERSION", "Candidate", "EvalContext",
     "Evaluation", "JournalError", "SearchJournal", "Step", "fingerprint", "DIMENSION_COLORS", "TABLE_COLUMNS",
     "format_table", "plot_expansion", "table4_comparison", "table_rows", "write_step_recipes", "write_table",
