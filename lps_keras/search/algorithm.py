@@ -38,7 +38,16 @@ from typing import Any, Optional
 from lps_keras.arch import EXPANSION_OPS, Arch, ExpansionOp
 from lps_keras.errors import check_path_name
 from lps_keras.search.candidates import SearchError, propose_candidates
-from lps_keras.search.decision import Arm, DecisionConfig, RacingConfig, judge, mean_sd_se, race_plan, racing_rounds
+from lps_keras.search.decision import (
+    Arm,
+    DecisionConfig,
+    RacingConfig,
+    judge,
+    mean_sd_se,
+    race_plan,
+    racing_rounds,
+    with_looks,
+)
 from lps_keras.search.evaluations import evaluate_candidates
 from lps_keras.search.journal import JournalError, SearchJournal
 from lps_keras.search.records import Candidate, EvalContext, Evaluation, Step
@@ -86,7 +95,7 @@ class Expansion:
         self._at: Optional[int] = None  # the step whose latencies are being measured
         self.racing = racing or RacingConfig()
         self.max_rounds = racing_rounds(seeds, self.racing)
-        self.decision = dataclasses.replace(decision or DecisionConfig(), looks=1 + self.max_rounds)
+        self.decision = with_looks(decision or DecisionConfig(), seeds, self.racing)
         self.journal = journal if journal is not None else SearchJournal(None)
         self.journal.bind(start, self.ops, max_k, fingerprint)
         self.say = progress or (lambda _msg: None)

@@ -95,6 +95,20 @@ class DecisionConfig:
             raise ValueError(f"bad decision settings: {self!r}")
 
 
+def search_decision(search) -> tuple[DecisionConfig, RacingConfig]:
+    """The decision and racing settings of a recipe's ``search`` section, as the search uses them (``epsilon``
+    from mIoU points to a score fraction); :func:`with_looks` adds the looks for a seed count. One place, so
+    that replays of the verdict (the fidelity study's regret) judge by the search's own rule."""
+    d = search.decision
+    return (DecisionConfig(alpha=d.alpha, epsilon=d.epsilon / 100.0, latency_z=d.latency_z),
+            RacingConfig(**dataclasses.asdict(search.proxy.racing)))
+
+
+def with_looks(config: DecisionConfig, seeds: int, racing: RacingConfig) -> DecisionConfig:
+    """``config`` with the looks of a step that starts with ``seeds`` seeds: 1 + :func:`racing_rounds`."""
+    return dataclasses.replace(config, looks=1 + racing_rounds(seeds, racing))
+
+
 @dataclasses.dataclass(frozen=True)
 class Arm:
     """One network's evidence at this step: scores (one per seed), median latency, SE of dL to the parent."""
