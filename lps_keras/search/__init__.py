@@ -10,6 +10,7 @@
 - :mod:`~lps_keras.search.latencies`: where latencies come from (measured, paired sets, profiles, a Ray device node)
 - :mod:`~lps_keras.search.records` / :mod:`~lps_keras.search.journal`: records and the resumable JSON journal
 - :mod:`~lps_keras.search.report`: tables, step recipes, plot
+- :mod:`~lps_keras.search.replay`: a finished search read back from its journal, each step judged again
 - :mod:`~lps_keras.search.expansion`: the search wired to real latency and proxy training
 
 Importing this package does not import TensorFlow or Keras.
