@@ -16,8 +16,9 @@ search's verdict replayed on every subset of its seeds, :mod:`lps_keras.search.r
 proxy by), and as secondary columns Kendall tau-b of its ranking (by slope and by mean score) against the
 reference's, whether it picks the reference's winner, the mean seed sd, its step's verdict, and CPU minutes
 (process CPU time, all threads) per (candidate, seed) and per candidate. Writes ``<output>/fidelity.json``,
-``fidelity.md``, ``regret.json`` and ``regret.md`` (computed by :mod:`lps_keras.search.fidelity`); ``--from-json``
-recomputes the regret report of a finished study without training anything.
+``fidelity.md``, ``regret.json`` and ``regret.md`` (computed by :mod:`lps_keras.search.fidelity`; the replayed
+verdicts follow the recipe's ``search.decision`` and racing, as the search does); ``--from-json`` recomputes the
+regret report of a finished study without training anything, by the recipe the study recorded (or ``--recipe``).
 
 The CamVid studies (docs/proxy_fidelity_camvid.md, which has the step-2 command; hours of CPU). Step 1, with the
 full-resolution loss as ``scratch`` (the recipe's proxy before it became stride4) and the variants beside it:
@@ -82,7 +83,8 @@ def parse_args(argv=None):
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="recipe override")
     p.add_argument("--from-json", metavar="FIDELITY_JSON",
                    help="train nothing: recompute the regret report of a finished study's fidelity.json into "
-                        "<output>/regret.json and regret.md")
+                        "<output>/regret.json and regret.md, its verdicts by the search.decision and racing of the "
+                        "recipe the study recorded (or of --recipe/--set when given)")
     p.add_argument("--reference-json", metavar="FIDELITY_JSON",
                    help="judge against a finished study's reference instead of training one: its candidates (op, "
                         "k) and latencies are reused exactly (nothing is timed), so the proxies here train the same "
@@ -147,11 +149,15 @@ def parse_variants(items) -> list[tuple[str, dict]]:
     return out
 
 
-def write_regret(doc: dict, out: Path) -> None:
+def write_regret(doc: dict, out: Path, recipe, source: str) -> None:
+    """regret.json / regret.md of a study, its verdicts by ``recipe``'s search.decision and racing (the
+    search's own rule, looks included; ``source`` names that recipe in the report)."""
     from lps_keras.fileio import atomic_write_json, atomic_write_text
+    from lps_keras.search.decision import search_decision
     from lps_keras.search.fidelity import regret_markdown, regret_report
 
-    report = regret_report(doc)
+    decision, racing = search_decision(recipe.search)
+    report = regret_report(doc, decision, racing, source)
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_json(out / "regret.json", report)
     text = regret_markdown(report)
@@ -182,7 +188,12 @@ def run(args) -> int:
             doc = json.loads(Path(args.from_json).read_text())
         except (OSError, ValueError) as e:
             raise UsageError(f"--from-json {args.from_json}: {e}") from None
-        write_regret(doc, Path(args.output))
+        # The verdicts follow the study's recipe (as recorded, with its overrides), or --recipe/--set if given.
+        path, overrides = (args.recipe, args.set) if args.recipe else (doc.get("recipe"), doc.get("overrides") or [])
+        if not path:
+            raise UsageError(f"--from-json {args.from_json} names no recipe: give --recipe for its decision rule")
+        write_regret(doc, Path(args.output), load_recipe(path, overrides),
+                     " ".join([str(path), *(f"--set {o}" for o in overrides)]))
         return 0
     if not args.recipe:
         raise UsageError("--recipe is needed to run a study (or --from-json to report one)")
@@ -283,7 +294,7 @@ def run(args) -> int:
     table = fidelity_markdown(rows)
     atomic_write_text(out / "fidelity.md", table + "\n")
     print(table)
-    write_regret(doc, out)
+    write_regret(doc, out, recipe, " ".join([str(args.recipe), *(f"--set {o}" for o in args.set)]))
     return 0
 
 

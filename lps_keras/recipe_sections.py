@@ -204,9 +204,10 @@ class SearchLatencyConfig:
 @dataclasses.dataclass(frozen=True)
 class DecisionSettings:
     """How a step is judged (lps_keras.search.decision): ``alpha`` the error rate of "decided" (split over
-    racing's looks), ``epsilon`` the indifference zone in mIoU points (two contenders whose regret is
-    surely below it are "equivalent", and the cheaper is taken), ``latency_z`` the SEs of a latency
-    difference within which a candidate counts as "the same latency" as its parent."""
+    racing's looks), ``epsilon`` the indifference zone in mIoU points (when taking the cheapest contender
+    surely costs less, the step is "equivalent" and that one is taken), ``latency_z`` the SEs of a latency
+    difference within which a candidate counts as "the same latency" as its parent, and within which the
+    smaller of an op's two nearest k is taken (lps_keras.search.candidates.nearest_k)."""
 
     alpha: float = field(0.05, gt=0, lt=1)
     epsilon: float = field(0.5, ge=0)

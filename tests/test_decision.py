@@ -13,6 +13,7 @@ from lps_keras.search.decision import (
     race_plan,
     student_t_quantile,
 )
+from lps_keras.search.stats import f_quantile, largest_variance_test, welch_df
 
 
 def _scores(mean, spread=0.002, n=2):
@@ -37,6 +38,55 @@ def test_pooled_sd_by_hand():
     sd, df, het = pooled_sd([(1.0, 3.0), (2.0, 2.0, 5.0), (7.0,)])
     # variances 2 (df 1) and 3 (df 2): pooled (2 + 6) / 3
     assert df == 3 and sd == pytest.approx(math.sqrt(8 / 3)) and het == pytest.approx(3 / (8 / 3))
+
+
+@pytest.mark.parametrize("p, df1, df2, expected", [(0.95, 1, 9, 5.1174), (0.99, 2, 10, 7.5594), (0.975, 3, 12, 4.4742),
+                                                     (0.99, 2, 8, 8.6491), (0.95, 4, 30, 2.6896)])
+def test_f_quantiles_match_the_table(p, df1, df2, expected):
+    assert f_quantile(p, df1, df2) == pytest.approx(expected, abs=2e-4)
+
+
+def test_largest_variance_test_is_cochrans_c_for_equal_sizes():
+    """Cochran's table: k = 5 samples of n = 3 at alpha 0.05, C = max s^2 / sum s^2 is significant above 0.6838.
+    Four samples of variance 1 and one of variance v: C = v / (v + 4)."""
+    def samples(v):
+        return [(-math.sqrt(v), 0.0, math.sqrt(v))] + [(-1.0, 0.0, 1.0)] * 4
+
+    for c, doubtful in ((0.70, True), (0.67, False)):
+        i, ratio, bound = largest_variance_test(samples(4 * c / (1 - c)), 0.05)
+        assert i == 0 and ratio == pytest.approx(4 * c / (1 - c)) and (ratio > bound) == doubtful
+    assert bound / (bound + 4) == pytest.approx(0.6838, abs=1e-4)  # the table's C, from the F bound
+    assert largest_variance_test([(1.0, 2.0), (3.0,)], 0.05) is None  # one variance: nothing to compare
+
+
+def test_welch_df_by_hand():
+    a, b = 0.03 ** 2 / 3, 0.01 ** 2 / 5  # two means: s^2 / n with df 2 and 4
+    assert welch_df([(a, 2), (b, 4)]) == pytest.approx((a + b) ** 2 / (a * a / 2 + b * b / 4))
+    assert welch_df([(a, 2), (b, math.inf)]) == pytest.approx((a + b) ** 2 / (a * a / 2))  # a known part
+
+
+def test_a_noisy_network_is_not_pooled_with_quiet_ones():
+    """One candidate's seeds spread 30x the others' (s^2 900x, far above Cochran's bound F(0.99; 2, 8) = 8.65).
+    Pooled, its SE would shrink to the pool's and its lead over the quiet runner-up would be "decided"; with
+    its own sd and Welch's df it is not."""
+    parent = Arm("N", _scores(0.300, 0.001, 3), 1.0)
+    noisy = Arm("noisy", _scores(0.350, 0.03, 3), 1.5)  # slope 0.1
+    quiet = Arm("quiet", _scores(0.310, 0.001, 3), 1.5)  # slope 0.02
+    others = [Arm(f"o{i}", _scores(0.299, 0.001, 3), 1.3) for i in range(2)]
+    v = judge(parent, [noisy, quiet, *others])
+    assert not v.pooled and "not poolable" in v.reason and "Welch" in v.reason
+    # by hand: the same dL, so the parent cancels; each mean's own variance s^2 / 3, over dL^2
+    a, b = 0.03 ** 2 / 3 / 0.25, 0.001 ** 2 / 3 / 0.25
+    df = (a + b) ** 2 / (a * a / 2 + b * b / 2)
+    assert v.margin == pytest.approx(0.08) and v.margin_se == pytest.approx(math.sqrt(a + b))
+    assert v.df == math.floor(df) == 2 and v.quantile == pytest.approx(4.3027, abs=1e-3)  # t(0.975, 2)
+    assert v.kind == "undecided" and v.margin < v.quantile * v.margin_se
+    # what pooling would have said: s_p^2 = (0.03^2 + 4 x 0.001^2) / 5, df 10, t(0.975, 10) = 2.2281
+    sp2 = (0.03 ** 2 + 4 * 0.001 ** 2) / 5
+    assert v.pooled_sd == pytest.approx(math.sqrt(sp2))
+    assert 0.08 > 2.2281 * math.sqrt(2 * sp2 / 3 / 0.25)  # "decided" under the pool
+    # quiet networks alike: pooled as before
+    assert judge(parent, [quiet, *others]).pooled
 
 
 def test_negative_gains_are_no_gain_not_an_argmax():
@@ -99,17 +149,49 @@ def test_latency_uncertainty_widens_the_margin_by_the_delta_method():
     assert noisy.margin_se == pytest.approx(math.sqrt(exact.margin_se ** 2 + extra))
 
 
+def _slope_diff_ucb(a, b, parent, sd, q):
+    """UCB of s_a - s_b by hand (numpy): the slopes' own-mean, shared-parent and latency variances."""
+    n_p, p = len(parent.scores), np.mean(parent.scores)
+    ga, gb = np.mean(a.scores) - p, np.mean(b.scores) - p
+    la, lb = a.latency - parent.latency, b.latency - parent.latency
+    var = (sd ** 2 / len(a.scores) / la ** 2 + sd ** 2 / len(b.scores) / lb ** 2
+           + sd ** 2 / n_p * (1 / la - 1 / lb) ** 2
+           + (ga * a.latency_se / la ** 2) ** 2 + (gb * b.latency_se / lb ** 2) ** 2)
+    return ga / la - gb / lb + q * np.sqrt(var)
+
+
+TWIN_PARENT = Arm("N", _scores(0.300, 0.0005, n=3), latency=1.0)
+TWIN_A = Arm("width_s3-5", _scores(0.3100, 0.0005, n=3), latency=1.20, latency_se=0.005)  # slope 0.05
+TWIN_B = Arm("width_s4-5", _scores(0.3112, 0.0005, n=3), latency=1.22, latency_se=0.005)  # slope 0.0509
+
+
 def test_near_twins_are_equivalent_and_the_cheaper_is_taken():
     """Two candidates whose slopes differ by noise, each costing well under epsilon to get wrong."""
-    twin_a = Arm("width_s3-5", _scores(0.3100, 0.0005, n=3), latency=1.20, latency_se=0.005)
-    twin_b = Arm("width_s4-5", _scores(0.3112, 0.0005, n=3), latency=1.22, latency_se=0.005)  # slope 0.0509
-    parent = Arm("N", _scores(0.300, 0.0005, n=3), latency=1.0)
-    v = judge(parent, [twin_a, twin_b], DecisionConfig(epsilon=0.005))
+    v = judge(TWIN_PARENT, [TWIN_A, TWIN_B], DecisionConfig(epsilon=0.005))
     assert v.kind == "equivalent" and set(v.contenders) == {0, 1}
     assert v.winner == 1 and v.chosen == 0 and "width_s3-5, the cheapest" in v.reason
+    # the regret of taking A: UCB(s_B - s_A) at the winner's dL (0.22 ms); 3 networks x 3 seeds: df 6
+    q = student_t_quantile(0.975, 6)
+    assert v.regret_ucb == pytest.approx(_slope_diff_ucb(TWIN_B, TWIN_A, TWIN_PARENT, 0.0005, q) * 0.22, rel=1e-6)
     assert v.regret_ucb < 0.005
     # with a tight epsilon the same step stays undecided
-    assert judge(parent, [twin_a, twin_b], DecisionConfig(epsilon=1e-5)).kind == "undecided"
+    assert judge(TWIN_PARENT, [TWIN_A, TWIN_B], DecisionConfig(epsilon=1e-5)).kind == "undecided"
+
+
+def test_a_contender_dearer_than_the_winner_no_longer_blocks_equivalent():
+    """D (1.30 ms, dearer than the winner B at 1.22) is a contender only through its noisy latency (slope
+    0.033 +- 0.011). It is never taken, so what matters is whether it could beat the cheap twin A, and it
+    hardly can: the bound is max over B and D of UCB(s_j - s_A). The former rule bounded the winner's lead
+    over every contender, (s_B - s_D + t SE) dL_B, about 0.0096 here, and kept the step undecided."""
+    dear = Arm("res_path2", _scores(0.3100, 0.0005, n=3), latency=1.30, latency_se=0.1)
+    v = judge(TWIN_PARENT, [TWIN_A, TWIN_B, dear], DecisionConfig(epsilon=0.005))
+    q = student_t_quantile(0.975, 8)  # four networks x 3 seeds
+    assert v.winner == 1 and set(v.contenders) == {0, 1, 2}
+    old = _slope_diff_ucb(TWIN_B, dear, TWIN_PARENT, 0.0005, q) * 0.22
+    assert old == pytest.approx(0.0096, abs=1e-4) and old > 0.005  # what blocked it
+    new = max(_slope_diff_ucb(j, TWIN_A, TWIN_PARENT, 0.0005, q) for j in (TWIN_B, dear)) * 0.22
+    assert v.regret_ucb == pytest.approx(new, rel=1e-6) and new < 0.005
+    assert v.kind == "equivalent" and v.chosen == 0
 
 
 def test_one_seed_is_unknown_and_failures_are_left_out():

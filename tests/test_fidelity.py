@@ -11,6 +11,7 @@ import pytest
 from lps_keras.recipe import load_recipe
 from lps_keras.search import fidelity
 from lps_keras.search.candidates import propose_candidates
+from lps_keras.search.decision import DecisionConfig, RacingConfig, search_decision
 
 REPO = Path(__file__).resolve().parents[1]
 STUDY = REPO / "docs" / "proxy_fidelity_camvid.json"
@@ -120,7 +121,8 @@ def test_the_regret_table_has_regret_verdict_shares_and_tau_for_every_seed_count
     from lps_keras.search.fidelity import regret_markdown, regret_report
 
     doc = json.loads((REPO / "docs" / "proxy_fidelity_camvid.json").read_text())
-    report = regret_report(doc)
+    decision, racing = search_decision(load_recipe(REPO / doc["recipe"], doc["overrides"]).search)
+    report = regret_report(doc, decision, racing)
     row = next(r for r in report["rows"] if r["proxy"] == "scratch" and r["seeds"] == 2)
     # 2 of 3 seeds: 3 subsets, each picks width_s1-5 (the reference's best): regret 0
     assert row["subsets"] == 3 and row["regret_mean"] == 0 and row["choices"] == ["width_s1-5"]
@@ -141,11 +143,74 @@ def test_the_regret_table_has_regret_verdict_shares_and_tau_for_every_seed_count
     # a study still in memory keys its seed counts by int, one read from JSON by str: the same column
     for p in doc["proxies"]:
         p["tau_slope_by_seeds"] = {int(k): v for k, v in p["tau_slope_by_seeds"].items()}
-    assert next(r for r in regret_report(doc)["rows"] if r["proxy"] == "scratch" and r["seeds"] == 2)[
-        "tau_slope"] == pytest.approx(row["tau_slope"])
+    assert next(r for r in regret_report(doc, decision, racing)["rows"] if r["proxy"] == "scratch"
+                and r["seeds"] == 2)["tau_slope"] == pytest.approx(row["tau_slope"])
     assert sum(row["verdicts"].values()) == pytest.approx(1.0)
     header = regret_markdown(report).splitlines()[0]
     assert "regret mean" in header and "verdicts" in header and "τ of the slopes" in header
+
+
+def _looks_study(latency_se=None):
+    """A hand-made study: N0 and two candidates of the same dL 0.5, 3 seeds of sd 0.002 each. Proxy "p": a's
+    slope beats b's by 0.00914 with SE 0.002 x sqrt(2/3) / 0.5 = 0.00327, t = 2.80; pooled df 6."""
+    def cand(op, scores, latency=1.5):
+        c = {"op": op, "latency": latency, "scores": scores}
+        return c if latency_se is None else {**c, "latency_se": latency_se}
+
+    spread = (-0.002, 0.0, 0.002)
+    row = {"proxy": "p", "seeds": 3, "start_scores": [0.30 + d for d in spread], "parent_latency": 1.0,
+           "candidates": [cand("a", [0.330 + d for d in spread]), cand("b", [0.32543 + d for d in spread])]}
+    ref = {**row, "proxy": "reference", "candidates": [cand("a", [0.40] * 3), cand("b", [0.35] * 3)]}
+    return {"proxies": [ref, row]}
+
+
+def test_the_regret_replay_judges_by_the_searchs_rule_looks_included():
+    """t = 2.80 clears t(0.975, 6) = 2.4469 (one look: decided) but not t(0.99, 6) = 3.1427, below the
+    threshold of three looks, t(1 - 0.05 / 6, 6): the recipe's racing (2 -> 4 seeds) makes the search look
+    three times, so its first look is undecided, and the report must say that, not the one-look verdict."""
+    from lps_keras.search.fidelity import regret_markdown, regret_report
+
+    doc = _looks_study()
+    t = (0.330 - 0.32543) / 0.5 / (0.002 * math.sqrt(2 / 3) / 0.5)
+    assert 2.4469 < t < 3.1427
+    eps = DecisionConfig(epsilon=1e-4)  # no "equivalent" here: the looks alone decide
+    one_look = regret_report(doc, eps, RacingConfig())
+    racing = RacingConfig(enabled=True, max_seeds=4, budget=6, eta=2)
+    three = regret_report(doc, eps, racing, source="hand-made")
+
+    def verdicts(report, n):
+        return next(r for r in report["rows"] if r["seeds"] == n)["verdicts"]
+
+    assert verdicts(one_look, 3) == {"decided": 1.0} and verdicts(three, 3) == {"undecided": 1.0}
+    # looks as the search counts them for a step that starts with n seeds: 1 + racing_rounds(n)
+    assert three["decision"]["looks_by_seeds"] == {"1": 4, "2": 3, "3": 3}
+    assert [r["looks"] for r in three["rows"]] == [4, 3, 3]
+    assert three["decision"]["racing"]["max_seeds"] == 4 and three["decision"]["epsilon"] == 1e-4
+    assert three["decision"]["latency_se"].startswith("0: the study stores one latency")
+    text = regret_markdown(three)
+    assert "search's rule (hand-made)" in text and "3 with 2 seeds" in text
+    # the latency SE is used where the study has one: dL 0.5 +- 0.2 adds (G SE_dL / dL^2)^2 to each slope's
+    # variance (0.024^2 and 0.020^2, far above the seeds' 0.0023^2), so even one look no longer decides
+    with_se = regret_report(_looks_study(latency_se=0.2), eps, RacingConfig())
+    assert with_se["decision"]["latency_se"] == "the study's paired SEs"
+    assert verdicts(with_se, 3) == {"undecided": 1.0}
+
+
+def test_from_json_takes_the_decision_rule_from_the_studys_recipe(tmp_path):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("proxy_fidelity", REPO / "benchmarks" / "proxy_fidelity.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    doc = {**_looks_study(), "recipe": "recipes/expand_camvid.json", "overrides": ["search.decision.epsilon=0.01"]}
+    (tmp_path / "fidelity.json").write_text(json.dumps(doc))
+    bench.run(bench.parse_args(["--from-json", str(tmp_path / "fidelity.json"), "--output", str(tmp_path / "o")]))
+    report = json.loads((tmp_path / "o" / "regret.json").read_text())
+    d = report["decision"]
+    assert d["source"] == "recipes/expand_camvid.json --set search.decision.epsilon=0.01"
+    assert d["epsilon"] == pytest.approx(1e-4) and d["racing"] == {"enabled": True, "max_seeds": 4, "budget": 6,
+                                                                    "eta": 2}
+    assert next(r for r in report["rows"] if r["seeds"] == 3)["verdicts"] == {"undecided": 1.0}
 
 
 def test_study_latencies_measure_each_network_once_for_every_proxy_and_session(tmp_path):

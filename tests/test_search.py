@@ -33,6 +33,7 @@ import pytest
 from lps_keras.arch import EXPANSION_OPS, EXPANSION_OPS_BY_NAME, Arch, ExpansionOp
 from lps_keras.recipe import load_recipe
 from lps_keras.search import (
+    DecisionConfig,
     EvalContext,
     Evaluation,
     Expansion,
@@ -43,6 +44,7 @@ from lps_keras.search import (
     evaluate_candidates,
     find_k,
     fingerprint,
+    nearest_k,
     plot_expansion,
     propose_candidates,
     run_expansion,
@@ -711,6 +713,55 @@ def test_k_is_picked_from_paired_rounds_not_from_drifting_single_timings():
                                        "width_s2-5": 1, "width_s3-5": 1, "width_s4-5": 1, "res_path1": 6,
                                        "res_path2": 6}  # res_path3 from one path is res_path2's alias
     assert ks(alone) != ks(clean)
+
+
+def test_nearest_k_takes_the_smaller_of_two_k_the_latency_noise_does_not_separate():
+    """Two measurements of the same op 30 minutes apart (hand-made): k = 5 and k = 6 straddle L_T = 11.5, each
+    latency with SE 0.4. The bare argmin follows the noise (6, then 5); within 2 x sqrt(0.4^2 + 0.4^2) = 1.13
+    of each other both runs take the smaller k."""
+    first = {4: (8.1, 0.4), 5: (10.3, 0.4), 6: (12.2, 0.4)}  # |L - T|: 3.4, 1.2, 0.7
+    second = {4: (8.4, 0.4), 5: (10.6, 0.4), 6: (12.6, 0.4)}  # 3.1, 0.9, 1.1
+    bare = {k: (lat, 0.0) for k, (lat, _) in first.items()}
+    assert nearest_k(bare, 11.5) == 6 and nearest_k({k: (v[0], 0.0) for k, v in second.items()}, 11.5) == 5
+    assert nearest_k(first, 11.5) == nearest_k(second, 11.5) == 5
+    # separated by more than the noise: the nearest k stays (1.2 - 0.7 = 0.5 > 2 x sqrt(2) x 0.1)
+    assert nearest_k({k: (lat, 0.1) for k, (lat, _) in first.items()}, 11.5) == 6
+    # the smaller k already nearest, or a tie: the smaller k, noise or not
+    assert nearest_k({1: (8.0, 0.4), 2: (16.0, 0.4)}, 11.5) == 1
+    assert nearest_k({5: (10.5, 0.0), 6: (12.5, 0.0)}, 11.5) == 5
+    assert nearest_k(first, 11.5, z=0.5) == 6  # latency_z 0.5: 0.28 < 0.5
+
+
+def test_k_from_paired_rounds_takes_the_smaller_k_within_latency_noise(tmp_path):
+    """The additive model with paired SE 0.4 per network: the res ops' k = 6 (|12 - 11.5| = 0.5) and k = 5
+    (|10 - 11.5| = 1.5) differ by 1.0 < 2 x sqrt(2) x 0.4 = 1.13, so k = 5; depth_s4-5 (+2 per k) likewise.
+    depth_s3-5 (k = 4: 0.5, k = 3: 2.5) and depth_s2-5 (k = 3: 0.5, k = 2: 3.5) are separated and keep their k."""
+    def paired(se):
+        def latency_set(parent, archs):
+            return {parent.hash: (additive_latency(parent), 0.0), **{a.hash: (additive_latency(a), se) for a in archs}}
+        return latency_set
+
+    def ks(steps):
+        return {c.op: c.k for c in steps[1].candidates}
+
+    clean = {"depth_s2-5": 3, "depth_s3-5": 4, "depth_s4-5": 6, "width_s1-5": 1, "width_s2-5": 1, "width_s3-5": 1,
+             "width_s4-5": 1, "res_path1": 6, "res_path2": 6}
+    assert ks(run_expansion(START, additive_latency, Counter(), steps=1, latency_set_fn=paired(0.1),
+                            progress=quiet)) == clean
+    path = tmp_path / "journal.json"
+    noisy = run_expansion(START, additive_latency, Counter(), steps=1, latency_set_fn=paired(0.4),
+                          journal=SearchJournal(path), progress=quiet)
+    assert ks(noisy) == {**clean, "depth_s4-5": 5, "res_path1": 5, "res_path2": 5}
+    # the SEs are journalled with the round latencies, so a replay picks the same k without measuring
+    assert SearchJournal(path).latency_se(START.expand(EXPANSION_OPS_BY_NAME["res_path1"], 6)) == 0.4
+    replay = run_expansion(START, lambda a: pytest.fail("re-measured"), Counter(), steps=1,
+                           latency_set_fn=lambda p, a: pytest.fail("re-measured"), journal=SearchJournal(path),
+                           progress=quiet)
+    assert ks(replay) == ks(noisy)
+    # latency_z 0 (decision.latency_z): the bare argmin
+    z0 = run_expansion(START, additive_latency, Counter(), steps=1, latency_set_fn=paired(0.4), progress=quiet,
+                       decision=DecisionConfig(latency_z=0.0))
+    assert ks(z0) == clean
 
 
 def test_rounds_time_only_the_ops_still_below_the_target():

@@ -9,7 +9,8 @@ One step t from the current network N:
 
 1. measure Lat(N + d) for every op d; the target L_T is the maximum;
 2. for each op, ``k_d = argmin_{k >= 1} |Lat(N + k d) - L_T|`` (:func:`~lps_keras.search.candidates.find_k`),
-   candidates de-duplicated by arch hash;
+   the smaller of the two nearest k when their paired SEs do not separate them (``decision.latency_z``,
+   :func:`~lps_keras.search.candidates.nearest_k`), candidates de-duplicated by arch hash;
 3. measure the parent and the candidates together (``latency_set_fn``: interleaved rounds, so every
    candidate's latency difference to the parent carries its standard error);
 4. score the parent *and* every candidate with this step's seeds ``t * 1000 + i`` (the parent is one more
@@ -37,7 +38,16 @@ from typing import Any, Optional
 from lps_keras.arch import EXPANSION_OPS, Arch, ExpansionOp
 from lps_keras.errors import check_path_name
 from lps_keras.search.candidates import SearchError, propose_candidates
-from lps_keras.search.decision import Arm, DecisionConfig, RacingConfig, judge, mean_sd_se, race_plan, racing_rounds
+from lps_keras.search.decision import (
+    Arm,
+    DecisionConfig,
+    RacingConfig,
+    judge,
+    mean_sd_se,
+    race_plan,
+    racing_rounds,
+    with_looks,
+)
 from lps_keras.search.evaluations import evaluate_candidates
 from lps_keras.search.journal import JournalError, SearchJournal
 from lps_keras.search.records import Candidate, EvalContext, Evaluation, Step
@@ -85,7 +95,7 @@ class Expansion:
         self._at: Optional[int] = None  # the step whose latencies are being measured
         self.racing = racing or RacingConfig()
         self.max_rounds = racing_rounds(seeds, self.racing)
-        self.decision = dataclasses.replace(decision or DecisionConfig(), looks=1 + self.max_rounds)
+        self.decision = with_looks(decision or DecisionConfig(), seeds, self.racing)
         self.journal = journal if journal is not None else SearchJournal(None)
         self.journal.bind(start, self.ops, max_k, fingerprint)
         self.say = progress or (lambda _msg: None)
@@ -161,7 +171,8 @@ class Expansion:
                 base = _finite(values[parent.hash][0], "latency_set_fn latency")
                 for a in missing:
                     value = reference + _finite(values[a.hash][0], "latency_set_fn latency") - base
-                    self.journal.record_latency(a, value)
+                    # its SE (of the paired difference) lets the k rule see when two k are not told apart
+                    self.journal.record_latency(a, value, _finite(values[a.hash][1], "latency_set_fn SE"))
                     self.say(f"  latency {a} = {value:.6g} (paired with the parent)")
             return [self.journal.latency(a) for a in archs]
 
@@ -248,7 +259,8 @@ class Expansion:
         self.say(f"{self._label(t)}: from {parent_arch}{' (replayed from the journal)' if replay else ''}")
         self._at = t
         target, cands = propose_candidates(parent_arch, self.ops, self.latency, self.max_k,
-                                           latencies_fn=self._round_latencies(parent_arch))
+                                           latencies_fn=self._round_latencies(parent_arch),
+                                           latency_se_fn=self.journal.latency_se, latency_z=self.decision.latency_z)
         lats = self.paired(t, parent_arch, cands)
         cands = [dataclasses.replace(c, latency=lats[c.arch.hash][0], latency_se=lats[c.arch.hash][1]) for c in cands]
         weights = parent.weights if parent else None

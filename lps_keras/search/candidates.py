@@ -1,12 +1,13 @@
-"""One step's candidates: k for each op (``find_k``) and the candidate set (``propose_candidates``). Pure logic,
-no TensorFlow; used by :class:`lps_keras.search.algorithm.Expansion`. The choice among them is
-:func:`lps_keras.search.decision.judge`.
+"""One step's candidates: k for each op (``find_k``, ``nearest_k``) and the candidate set
+(``propose_candidates``). Pure logic, no TensorFlow; used by :class:`lps_keras.search.algorithm.Expansion`. The
+choice among them is :func:`lps_keras.search.decision.judge`.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable, Sequence
+import math
+from collections.abc import Callable, Mapping, Sequence
 from typing import Optional
 
 from lps_keras.arch import Arch, ArchError, ExpansionOp
@@ -47,12 +48,34 @@ def find_k(lat_of_k: Callable[[int], Optional[float]], target: float, max_k: int
     return best_k, best_lat, lat < target
 
 
+def nearest_k(values: Mapping[int, tuple[float, float]], target: float, z: float = 2.0) -> int:
+    """The k whose latency is closest to ``target``, from ``{k: (latency, SE)}``; ties to the smaller k.
+
+    When the two nearest are not told apart by the measurement, | |L_a - T| - |L_b - T| | <= ``z`` x
+    sqrt(SE_a^2 + SE_b^2) (the values come from separate paired rounds, so their errors are independent),
+    the smaller k is taken: it is cheaper, and the same on a second measurement of the same set, where the
+    bare argmin flips with the noise (two measurements of the same step 30 minutes apart must give the same k
+    for every op). With SE 0 (single measurements, MACs) this is the bare argmin.
+    """
+    ranked = sorted(values, key=lambda kk: (abs(values[kk][0] - target), kk))
+    k = ranked[0]
+    if len(ranked) > 1:
+        k2 = ranked[1]
+        (lat, se), (lat2, se2) = values[k], values[k2]
+        noise = z * math.hypot(se, se2)
+        if k2 < k and noise > 0 and abs(lat2 - target) - abs(lat - target) <= noise:
+            k = k2
+    return k
+
+
 def propose_candidates(
     arch: Arch,
     ops: Sequence[ExpansionOp],
     latency_fn: Callable[[Arch], float],
     max_k: int,
     latencies_fn: Optional[Callable[[Sequence[Arch]], Sequence[float]]] = None,
+    latency_se_fn: Optional[Callable[[Arch], float]] = None,
+    latency_z: float = 2.0,
 ) -> tuple[float, list[Candidate]]:
     """Steps 1-3: the target latency L_T and the de-duplicated candidates N + k_d d, in op order.
 
@@ -64,7 +87,9 @@ def propose_candidates(
     ``max_k`` or at an invalid arch; the closer of the values seen, ties to the smaller k).
     ``latencies_fn(archs)`` times a round's networks *together* (the caller pairs them with the
     parent, so load drift between rounds and networks cancels); without it each network is timed
-    alone with ``latency_fn``.
+    alone with ``latency_fn``. ``latency_se_fn(arch)`` (the SE of a network's paired difference to the
+    parent, 0 when unknown) lets :func:`nearest_k` take the smaller of two k that ``latency_z`` SEs do
+    not separate; without it k is the bare argmin.
     """
     batch = latencies_fn or (lambda archs: [latency_fn(a) for a in archs])
     first: list[tuple[ExpansionOp, Arch]] = []
@@ -100,7 +125,8 @@ def propose_candidates(
     candidates: list[Candidate] = []
     by_hash: dict[str, int] = {}
     for (op, _), values in zip(first, seen):
-        k = min(values, key=lambda kk: (abs(values[kk][1] - target), kk))  # ties go to the smaller k
+        se_of = latency_se_fn or (lambda _a: 0.0)
+        k = nearest_k({kk: (lat, float(se_of(a))) for kk, (a, lat) in values.items()}, target, latency_z)
         cand_arch, lat = values[k]
         capped = values[max(values)][1] < target
         if cand_arch.hash == arch.hash:

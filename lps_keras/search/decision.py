@@ -6,9 +6,10 @@ measurement). Output: a :class:`Verdict`, one of
 
 ``decided``      the winner beats the runner-up by more than the t-quantile times the margin's SE (a lone
                  candidate with a positive gain: its gain over the parent is that significant);
-``equivalent``   every contender not separated from the winner would cost less than ``epsilon`` of
-                 gain (upper confidence bound of the regret, at the winner's latency increase): the
-                 cheapest of them is taken, and the verdict says so;
+``equivalent``   taking the cheapest contender (the candidates not separated from the winner) would cost
+                 less than ``epsilon`` of gain: the upper confidence bound of its regret, max over the
+                 other contenders j of UCB(s_j - s_cheapest), times the winner's latency increase. That
+                 one is taken, and the verdict says so;
 ``no gain``      no candidate improves on the parent (a step of its own: never an argmax of negative
                  slopes, and a candidate worse on both axes is never taken);
 ``undecided``    none of the above (racing may add seeds; if its budget is spent, the step says so);
@@ -26,8 +27,11 @@ Rules, each against a defect of the plain argmax (P_d - P) / (L_d - L):
   the candidates), not the previous step's maximum (the caller's job: :mod:`lps_keras.search.algorithm`).
 * **Degrees of freedom.** The seed noise is pooled across the step's networks (same proxy):
   s_p^2 = sum (n_i - 1) s_i^2 / sum (n_i - 1) with df = sum (n_i - 1), and the threshold is the
-  Student-t quantile t(1 - alpha / (2 looks), df) instead of a fixed z = 2. ``heterogeneity`` (the
-  largest s_i^2 / s_p^2) says when pooling is doubtful. Racing looks at the data repeatedly: each
+  Student-t quantile t(1 - alpha / (2 looks), df) instead of a fixed z = 2. ``heterogeneity`` is the
+  largest s_i^2 / s_p^2. Pooling is checked: when the largest variance is beyond chance against the
+  others' pooled one (Cochran's test, :func:`~lps_keras.search.stats.largest_variance_test`, at alpha),
+  each network keeps its own variance and every contrast its Welch-Satterthwaite df, and the reason says
+  so (a network noisier than the pool would otherwise get too small an SE). Racing looks at the data repeatedly: each
   look spends alpha / ``looks`` (Bonferroni over the most looks racing can take), so the chance of
   a false "decided" over the whole race stays below alpha.
 * **Latency uncertainty** enters by the delta method: for s = G / dL,
@@ -38,10 +42,20 @@ Rules, each against a defect of the plain argmax (P_d - P) / (L_d - L):
 from __future__ import annotations
 
 import dataclasses
-import functools
 import math
 from collections.abc import Sequence
 from typing import Optional
+
+from lps_keras.search.stats import (  # noqa: F401 - mean_sd_se, student_t_* and pooled_sd are part of this API
+    largest_variance_test,
+    mean_sd_se,
+    pooled_sd,
+    student_t_cdf,
+    student_t_quantile,
+    variance,
+    welch_df,
+)
+from lps_keras.search.stats import mean as _mean
 
 VERDICTS = ("decided", "equivalent", "no gain", "undecided", "unknown")
 
@@ -65,18 +79,6 @@ def racing_rounds(seeds: int, racing: RacingConfig) -> int:
     return math.ceil(math.log(racing.max_seeds / seeds) / math.log(racing.eta) - 1e-9) + 1
 
 
-def mean_sd_se(scores: Sequence[float]) -> tuple[float, Optional[float], Optional[float]]:
-    """Mean, sample sd (ddof 1) and standard error of the mean; sd and se are None for one score."""
-    n = len(scores)
-    if n == 0:
-        raise ValueError("mean_sd_se needs at least one score")
-    mean = math.fsum(scores) / n
-    if n == 1:
-        return mean, None, None
-    sd = math.sqrt(math.fsum((x - mean) ** 2 for x in scores) / (n - 1))
-    return mean, sd, sd / math.sqrt(n)
-
-
 @dataclasses.dataclass(frozen=True)
 class DecisionConfig:
     """``alpha``: two-sided error rate of "decided"; ``epsilon``: indifference zone in score units
@@ -91,6 +93,20 @@ class DecisionConfig:
     def __post_init__(self):
         if not 0 < self.alpha < 1 or self.epsilon < 0 or self.latency_z < 0 or self.looks < 1:
             raise ValueError(f"bad decision settings: {self!r}")
+
+
+def search_decision(search) -> tuple[DecisionConfig, RacingConfig]:
+    """The decision and racing settings of a recipe's ``search`` section, as the search uses them (``epsilon``
+    from mIoU points to a score fraction); :func:`with_looks` adds the looks for a seed count. One place, so
+    that replays of the verdict (the fidelity study's regret) judge by the search's own rule."""
+    d = search.decision
+    return (DecisionConfig(alpha=d.alpha, epsilon=d.epsilon / 100.0, latency_z=d.latency_z),
+            RacingConfig(**dataclasses.asdict(search.proxy.racing)))
+
+
+def with_looks(config: DecisionConfig, seeds: int, racing: RacingConfig) -> DecisionConfig:
+    """``config`` with the looks of a step that starts with ``seeds`` seeds: 1 + :func:`racing_rounds`."""
+    return dataclasses.replace(config, looks=1 + racing_rounds(seeds, racing))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -125,73 +141,57 @@ class Verdict:
     runner_up: Optional[int]
     margin: Optional[float]
     margin_se: Optional[float]
-    quantile: Optional[float]
-    df: int
+    quantile: Optional[float]  # the t quantile of the test the verdict rests on (margin, or a lone gain)
+    df: int  # its degrees of freedom: the pooled ones, or Welch-Satterthwaite's (rounded down) when not pooled
     pooled_sd: Optional[float]
     heterogeneity: Optional[float]
-    regret_ucb: Optional[float]  # "equivalent": the largest upper bound of the regret among the contenders
+    regret_ucb: Optional[float]  # not decided: upper bound of the regret of taking the cheapest contender
     contenders: tuple  # candidates not separated from the winner (winner first)
     arms: tuple  # ArmReport per candidate (in input order), then the parent's
     reason: str
+    pooled: bool = True  # False: the seed variances failed largest_variance_test, per-network SEs were used
 
 
-# --------------------------------------------------------------------------- statistics
-def _mean(xs) -> float:
-    return math.fsum(xs) / len(xs)
+# --------------------------------------------------------------------------- the noise
+class _Noise:
+    """The variance of each network's mean score and the t quantile of a contrast of them.
 
+    Networks are indexed 0 = the parent, i + 1 = candidate i. **Pooled** (the default): one sd s_p over the
+    step (same proxy) and its df for every contrast. **Per network**, when :func:`largest_variance_test` finds
+    one network's seed variance too large to share a pool with the others (pooling would understate that
+    network's SE and overstate the others'): each network's own s_i^2 / n_i, and per contrast the
+    Welch-Satterthwaite df, rounded down (conservative). A network with one seed has no variance of its own;
+    it keeps the pooled one.
+    """
 
-def _var(xs) -> float:
-    m = _mean(xs)
-    return math.fsum((x - m) ** 2 for x in xs) / (len(xs) - 1)
+    def __init__(self, samples: Sequence[tuple], config: DecisionConfig):
+        self.sd, self.df, self.het = pooled_sd([s for s in samples if s])
+        self.n = [len(s) for s in samples]
+        self.p = 1 - config.alpha / (2 * config.looks)
+        self.q = None if self.df == 0 else student_t_quantile(self.p, self.df)
+        test = largest_variance_test(samples, config.alpha)
+        self.pooled = test is None or test[1] <= test[2]
+        self.why = ""
+        if not self.pooled:
+            i, ratio, bound = test
+            self.own = [(variance(s), len(s) - 1) if len(s) >= 2 else (self.sd ** 2, self.df) for s in samples]
+            self.why = (f"seed variances not poolable ({'the parent' if i == 0 else f'candidate {i - 1}'}'s s^2 "
+                        f"is {ratio:.3g} x the others' pooled, above F(1 - alpha/k) = {bound:.3g}): per-network "
+                        "SEs, Welch df; ")
 
-
-def student_t_cdf(x: float, df: float) -> float:
-    """P(T <= x) for Student's t with ``df`` degrees of freedom (Simpson's rule on the density)."""
-    if df <= 0:
-        raise ValueError(f"df must be > 0, got {df!r}")
-    if x < 0:
-        return 1.0 - student_t_cdf(-x, df)
-    log_c = math.lgamma((df + 1) / 2) - math.lgamma(df / 2) - 0.5 * math.log(df * math.pi)
-
-    def pdf(t):
-        return math.exp(log_c - (df + 1) / 2 * math.log1p(t * t / df))
-
-    n = 2000  # Simpson panels on [0, x]: |error| < 1e-9 for the quantiles used here (x < 100)
-    h = x / n
-    total = pdf(0.0) + pdf(x)
-    for i in range(1, n):
-        total += (4 if i % 2 else 2) * pdf(i * h)
-    return 0.5 + total * h / 3
-
-
-@functools.lru_cache(maxsize=256)  # a search asks the same few (p, df) at every step and racing round
-def student_t_quantile(p: float, df: float) -> float:
-    """The ``p``-quantile of Student's t (bisection on :func:`student_t_cdf`)."""
-    if not 0.5 <= p < 1:
-        raise ValueError(f"p must be in [0.5, 1), got {p!r}")
-    lo, hi = 0.0, 1.0
-    while student_t_cdf(hi, df) < p:
-        hi *= 2
-        if hi > 1e6:
-            return math.inf
-    for _ in range(60):
-        mid = (lo + hi) / 2
-        if student_t_cdf(mid, df) < p:
-            lo = mid
-        else:
-            hi = mid
-    return (lo + hi) / 2
-
-
-def pooled_sd(samples: Sequence[Sequence[float]]) -> tuple[Optional[float], int, Optional[float]]:
-    """(pooled sd, degrees of freedom, heterogeneity = max s_i^2 / s_p^2) over samples of >= 2 values."""
-    parts = [(len(s) - 1, _var(s)) for s in samples if len(s) >= 2]
-    df = sum(d for d, _ in parts)
-    if df == 0:
-        return None, 0, None
-    var = math.fsum(d * v for d, v in parts) / df
-    het = None if var == 0 else max(v for _, v in parts) / var
-    return math.sqrt(var), df, het
+    def contrast(self, terms: Sequence[tuple[int, float]], known: float = 0.0):
+        """``(SE, t quantile, df)`` of sum coef * mean_i over ``terms`` (network, coef), plus a ``known`` variance
+        (latency, delta method); ``(None, None, 0)`` when the noise cannot be estimated."""
+        if self.q is None:
+            return None, None, 0
+        if self.pooled:
+            var = math.fsum(c * c * self.sd ** 2 / self.n[i] for i, c in terms) + known
+            return math.sqrt(max(var, 0.0)), self.q, self.df
+        parts = [(c * c * self.own[i][0] / self.n[i], self.own[i][1]) for i, c in terms]
+        var = math.fsum(v for v, _ in parts) + known
+        df = welch_df(parts + [(known, math.inf)])
+        df = self.df if df is None else max(1, math.floor(df))
+        return math.sqrt(max(var, 0.0)), student_t_quantile(self.p, df), df
 
 
 # --------------------------------------------------------------------------- the verdict
@@ -199,21 +199,21 @@ def judge(parent: Arm, candidates: Sequence[Arm], config: DecisionConfig = Decis
     """The verdict of a step (module docstring). ``candidates[i].scores`` empty = its evaluation failed."""
     if not parent.scores:
         raise ValueError("the parent needs at least one score at this step")
-    sd, df, het = pooled_sd([parent.scores, *[c.scores for c in candidates if c.scores]])
-    q = None if df == 0 else student_t_quantile(1 - config.alpha / (2 * config.looks), df)
+    noise = _Noise([tuple(parent.scores), *[tuple(c.scores) for c in candidates]], config)
+    q, df = noise.q, noise.df
     p_mean, n_p = _mean(parent.scores), len(parent.scores)
-    se_p = None if sd is None else sd / math.sqrt(n_p)
 
-    reports = []
-    for c in candidates:
+    reports, gain_tests = [], {}
+    for i, c in enumerate(candidates):
         d_lat, d_se = c.latency - parent.latency, max(float(c.latency_se), 0.0)
         if not c.scores:
             reports.append(ArmReport(c.name, 0, None, None, None, d_lat, d_se, "failed"))
             continue
         mean, n = _mean(c.scores), len(c.scores)
         gain = mean - p_mean
-        gain_se = None if sd is None else sd * math.sqrt(1 / n + 1 / n_p)
-        significant = gain > 0 if q is None else gain > q * gain_se
+        gain_se, q_gain, df_gain = noise.contrast([(i + 1, 1.0), (0, -1.0)])
+        gain_tests[i] = (q_gain, df_gain)
+        significant = gain > 0 if q_gain is None else gain > q_gain * gain_se
         slower = d_lat > config.latency_z * d_se if d_se > 0 else d_lat > 0
         if not slower:  # the same latency within noise, or faster: only a significant gain counts
             status = "dominates" if significant else "same latency"
@@ -227,62 +227,74 @@ def judge(parent: Arm, candidates: Sequence[Arm], config: DecisionConfig = Decis
             reports.append(ArmReport(c.name, n, mean, gain, gain_se, d_lat, d_se, "slope", slope, slope_se))
     parent_report = ArmReport(parent.name, n_p, p_mean, 0.0, None, 0.0, 0.0, "parent")
     arms = (*reports, parent_report)
-    common = dict(df=df, pooled_sd=sd, heterogeneity=het, quantile=q, arms=arms)
+    common = dict(pooled_sd=noise.sd, heterogeneity=noise.het, pooled=noise.pooled, arms=arms)
+
+    def margin_of(i, j):
+        return _margin(reports, i, j, noise)
 
     order = _order(reports)
     if not order:
         why = ("no candidate improves on the parent" if any(r.status != "failed" for r in reports)
                else "every candidate's evaluation failed")
-        return Verdict("no gain", None, None, None, None, None, regret_ucb=None, contenders=(), reason=why, **common)
+        return Verdict("no gain", None, None, None, None, None, q, df, regret_ucb=None, contenders=(),
+                       reason=noise.why + why, **common)
     best = order[0]
     if len(order) == 1:
         b = reports[best]
+        q, df = gain_tests[best]
         if q is None:
-            return Verdict("unknown", best, best, None, None, None, regret_ucb=None, contenders=(best,),
+            return Verdict("unknown", best, best, None, None, None, q, df, regret_ucb=None, contenders=(best,),
                            reason="the only candidate that gains; the noise cannot be estimated (one seed per "
                                   "network)", **common)
         if b.status == "dominates" or b.gain > q * b.gain_se:
-            return Verdict("decided", best, best, None, None, None, regret_ucb=None, contenders=(best,),
-                           reason=f"the only candidate that gains, significantly (gain {b.gain:.4g} > t {q:.3g} x "
-                                  f"SE {b.gain_se:.3g})", **common)
+            return Verdict("decided", best, best, None, None, None, q, df, regret_ucb=None, contenders=(best,),
+                           reason=f"{noise.why}the only candidate that gains, significantly (gain {b.gain:.4g} > "
+                                  f"t {q:.3g} x SE {b.gain_se:.3g})", **common)
         # A mean a hair above the parent's is no evidence of a gain (a published step 5 was "decided" on
         # +0.0001 +- 0.02): race it against the parent; if the budget runs out it is still the best guess.
-        return Verdict("undecided", best, best, None, None, None, regret_ucb=None, contenders=(best,),
-                       reason=f"the only candidate with a positive mean gain, {b.gain:.4g} <= t {q:.3g} x SE "
-                              f"{b.gain_se:.3g}: not significant", **common)
+        return Verdict("undecided", best, best, None, None, None, q, df, regret_ucb=None, contenders=(best,),
+                       reason=f"{noise.why}the only candidate with a positive mean gain, {b.gain:.4g} <= t {q:.3g} "
+                              f"x SE {b.gain_se:.3g}: not significant", **common)
     r = order[1]
-    margin, margin_se = _margin(reports[best], reports[r], se_p)
+    margin, margin_se, q_m, df_m = margin_of(best, r)
     if q is not None and reports[best].status == "dominates" and reports[r].status == "slope":
-        return Verdict("decided", best, best, r, None, None, regret_ucb=None, contenders=(best,),
-                       reason=f"{reports[best].name} gains significantly at no latency cost", **common)
+        return Verdict("decided", best, best, r, None, None, q, df, regret_ucb=None, contenders=(best,),
+                       reason=f"{noise.why}{reports[best].name} gains significantly at no latency cost", **common)
     if q is None or margin_se is None:
-        return Verdict("unknown", best, best, r, margin, None, regret_ucb=None, contenders=tuple(order),
+        return Verdict("unknown", best, best, r, margin, None, q, df, regret_ucb=None, contenders=tuple(order),
                        reason="the noise cannot be estimated (one seed per network)", **common)
-    if margin > q * margin_se:
-        return Verdict("decided", best, best, r, margin, margin_se, regret_ucb=None, contenders=(best,),
-                       reason=f"margin {margin:.4g} > t {q:.3g} x SE {margin_se:.3g}", **common)
+    if margin > q_m * margin_se:
+        return Verdict("decided", best, best, r, margin, margin_se, q_m, df_m, regret_ucb=None, contenders=(best,),
+                       reason=f"{noise.why}margin {margin:.4g} > t {q_m:.3g} x SE {margin_se:.3g}", **common)
 
-    # Not decided: is taking any close contender cheap enough to call them equivalent?
-    pool, worst = [best], 0.0
-    scale = reports[best].d_lat if reports[best].status == "slope" else 1.0  # regret in score units
+    # Not decided: the contenders are the candidates not separated from the winner. Taking the cheapest of
+    # them, c, costs at most max_j (s_j - s_c) over the others (any of them may be the true best); its upper
+    # confidence bound, at the winner's dL (epsilon is gain at that cost), decides "equivalent". Bounding the
+    # winner's lead over each contender instead would let a contender dearer than the winner (never taken)
+    # block the verdict, and would never bound what taking c costs against the others.
+    pool = [best]
     for i in order[1:]:
-        m, se = _margin(reports[best], reports[i], se_p)
-        if m is not None and se is not None and m > q * se:
-            continue  # clearly worse: not a contender
-        pool.append(i)
-        if m is None or se is None:
-            worst = math.inf
-        else:
-            worst = max(worst, (m + q * se) * scale)
+        m, se, qi, _ = margin_of(best, i)
+        if m is None or se is None or m <= qi * se:
+            pool.append(i)  # not clearly worse than the winner
+    cheapest = min(pool, key=lambda i: (candidates[i].latency, i))
+    scale = reports[best].d_lat if reports[best].status == "slope" else 1.0  # regret in score units
+    worst = 0.0  # a regret is never negative: c may well be the best
+    for j in pool:
+        if j == cheapest:
+            continue
+        m, se, qj, _ = margin_of(j, cheapest)
+        worst = math.inf if m is None or se is None else max(worst, (m + qj * se) * scale)
     if worst < config.epsilon:
-        cheapest = min(pool, key=lambda i: (candidates[i].latency, i))
         taken = "the winner" if cheapest == best else f"{reports[cheapest].name}, the cheapest of them"
-        return Verdict("equivalent", cheapest, best, r, margin, margin_se, regret_ucb=worst, contenders=tuple(pool),
-                       reason=f"{len(pool)} contenders within {config.epsilon:.4g} of gain (regret bound "
-                              f"{worst:.3g}); took {taken}", **common)
-    return Verdict("undecided", best, best, r, margin, margin_se, regret_ucb=worst, contenders=tuple(pool),
-                   reason=f"margin {margin:.4g} <= t {q:.3g} x SE {margin_se:.3g} and regret bound {worst:.3g} >= "
-                          f"epsilon {config.epsilon:.4g}", **common)
+        return Verdict("equivalent", cheapest, best, r, margin, margin_se, q_m, df_m, regret_ucb=worst,
+                       contenders=tuple(pool),
+                       reason=f"{noise.why}{len(pool)} contenders; taking the cheapest costs at most {worst:.3g} of "
+                              f"gain (upper bound of its regret) < epsilon {config.epsilon:.4g}; took {taken}",
+                       **common)
+    return Verdict("undecided", best, best, r, margin, margin_se, q_m, df_m, regret_ucb=worst, contenders=tuple(pool),
+                   reason=f"{noise.why}margin {margin:.4g} <= t {q_m:.3g} x SE {margin_se:.3g} and the regret bound "
+                          f"of taking the cheapest contender, {worst:.3g}, >= epsilon {config.epsilon:.4g}", **common)
 
 
 def _order(reports: Sequence[ArmReport]) -> list[int]:
@@ -297,25 +309,20 @@ def _order(reports: Sequence[ArmReport]) -> list[int]:
     return sorted(keys, key=lambda i: keys[i], reverse=True)
 
 
-def _margin(b: ArmReport, o: ArmReport, se_p: Optional[float]) -> tuple[Optional[float], Optional[float]]:
-    """Margin of ``b`` over ``o`` (same kind) and its SE by the delta method (module docstring)."""
+def _margin(reports: Sequence[ArmReport], i: int, j: int, noise: _Noise):
+    """Margin of candidate ``i`` over ``j`` (same kind), its SE by the delta method (module docstring), the t
+    quantile and df it is tested with; ``(None, None, None, 0)`` for two kinds, SE None without a noise estimate."""
+    b, o = reports[i], reports[j]
     if b.status != o.status:
-        return None, None
+        return None, None, None, 0
     if b.status == "dominates":
-        margin = b.mean - o.mean
-        if b.gain_se is None:
-            return margin, None
-        # gains share the parent's P, which cancels in the difference of means
-        se = math.sqrt(max(b.gain_se ** 2 + o.gain_se ** 2 - 2 * (se_p or 0.0) ** 2, 0.0))
-        return margin, se
-    margin = b.slope - o.slope
-    if b.gain_se is None or se_p is None:
-        return margin, None
-    own_b = b.gain_se ** 2 - se_p ** 2  # var of the candidate's own mean
-    own_o = o.gain_se ** 2 - se_p ** 2
-    var = (own_b / b.d_lat ** 2 + own_o / o.d_lat ** 2 + se_p ** 2 * (1 / b.d_lat - 1 / o.d_lat) ** 2
-           + (b.gain * b.d_lat_se / b.d_lat ** 2) ** 2 + (o.gain * o.d_lat_se / o.d_lat ** 2) ** 2)
-    return margin, math.sqrt(max(var, 0.0))
+        # the gains share the parent's P, which cancels in the difference of means
+        se, q, df = noise.contrast([(i + 1, 1.0), (j + 1, -1.0)])
+        return b.mean - o.mean, se, q, df
+    # s = (mean - P) / dL: each mean enters with 1 / dL, the shared P with 1 / dL_o - 1 / dL_b
+    known = (b.gain * b.d_lat_se / b.d_lat ** 2) ** 2 + (o.gain * o.d_lat_se / o.d_lat ** 2) ** 2
+    se, q, df = noise.contrast([(i + 1, 1 / b.d_lat), (j + 1, -1 / o.d_lat), (0, 1 / o.d_lat - 1 / b.d_lat)], known)
+    return b.slope - o.slope, se, q, df
 
 
 def race_plan(verdict: Verdict, seeds: Sequence[int], parent_seeds: int, max_seeds: int, budget: int,

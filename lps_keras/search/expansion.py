@@ -22,7 +22,7 @@ from lps_keras.fileio import DirectoryLock
 from lps_keras.recipe import Recipe, validate_recipe
 from lps_keras.recipe_sections import TrainConfig
 from lps_keras.search.algorithm import run_expansion
-from lps_keras.search.decision import DecisionConfig, RacingConfig
+from lps_keras.search.decision import search_decision
 from lps_keras.search.executors import SearchExecutor, make_executor
 from lps_keras.search.journal import EvalContext, SearchJournal, Step, fingerprint
 from lps_keras.search.report import format_table, plot_expansion, table4_comparison, write_step_recipes, write_table
@@ -317,14 +317,13 @@ def _run(recipe, output_dir: Path, device_key, recipes_dir, latency_fn, evaluate
         where = latency_device_text(recipe, executor, device_key)
     # A Ray task may run in another working directory (another node): give it an absolute output path.
     ev = evaluate_fn or ProxyEvaluator(recipe, str(output_dir.resolve() if executor.kind == "ray" else output_dir))
-    d = s.decision
+    decision, racing = search_decision(s)
     journal = SearchJournal(output_dir / "journal.json")
     history = run_expansion(
         recipe.arch(), lat, ev, s.steps, latency_set_fn=lat_set, journal=journal, latency_device=where,
         ops=search_ops(recipe), max_k=s.max_k, executor=executor, progress=progress,
         fingerprint=journal_fingerprint(recipe, backend), seeds=s.proxy.seeds,
-        decision=DecisionConfig(alpha=d.alpha, epsilon=d.epsilon / 100.0, latency_z=d.latency_z),
-        racing=RacingConfig(**dataclasses.asdict(s.proxy.racing)), warm_start=s.proxy.init == "parent",
+        decision=decision, racing=racing, warm_start=s.proxy.init == "parent",
     )
     unit = "GMACs" if backend == "macs" else "ms"
     devices = journal.latency_device_map()

@@ -12,6 +12,7 @@ No TensorFlow here.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 from lps_keras.errors import UsageError
@@ -132,11 +133,13 @@ def summarize(name, start, step, ref_step, seeds, journal) -> dict:
 
 
 def scored_step(row: dict, parent_latency: float):
-    """A fidelity row as (parent, candidates) of :class:`lps_keras.search.regret.Scored`."""
+    """A fidelity row as (parent, candidates) of :class:`lps_keras.search.regret.Scored`; a candidate's
+    ``latency_se`` (SE of its paired difference to the parent) where the row has one, else 0."""
     from lps_keras.search.regret import Scored
 
     parent = Scored("N", parent_latency, tuple(row["start_scores"]))
-    return parent, [Scored(c["op"], c["latency"], tuple(c["scores"])) for c in row["candidates"]]
+    return parent, [Scored(c["op"], c["latency"], tuple(c["scores"]), float(c.get("latency_se") or 0.0))
+                    for c in row["candidates"]]
 
 
 def parent_latency_of(doc: dict) -> float:
@@ -152,33 +155,48 @@ def parent_latency_of(doc: dict) -> float:
     return float(np.median(values))
 
 
-def regret_report(doc: dict) -> dict:
+def regret_report(doc: dict, decision, racing, source: str = "") -> dict:
     """Per proxy and seed count: the search's verdict replayed on every seed subset, its regret against the
     reference (mean and worst), the verdicts' shares; the random pick's regret and the reference's own
-    reproducibility (each of its seeds alone judged by the others)."""
+    reproducibility (each of its seeds alone judged by the others).
+
+    ``decision`` / ``racing`` (:class:`~lps_keras.search.decision.DecisionConfig` / ``RacingConfig``, from the
+    study's recipe by :func:`~lps_keras.search.decision.search_decision`) are the search's: a row of n seeds is
+    judged with the looks of a search of n seeds (``with_looks``), as that search's first look would be. The
+    config used is recorded in the report (``decision``, ``source`` naming where it came from).
+    """
+    from lps_keras.search.decision import with_looks
     from lps_keras.search.regret import random_pick_regret, self_regret, slopes, subset_regrets, summary
 
     lat = parent_latency_of(doc)
     ref_row = next(r for r in doc["proxies"] if r["proxy"] == "reference")
     ref_parent, ref_cands = scored_step(ref_row, lat)
     reference = slopes(ref_parent, ref_cands)
-    own = self_regret(ref_parent, ref_cands)
-    rows = []
+    own = self_regret(ref_parent, ref_cands, with_looks(decision, 1, racing))
+    rows, looks = [], {}
     for row in doc["proxies"]:
         if row["proxy"] == "reference":
             continue
         parent, cands = scored_step(row, lat)
         for n in range(1, row["seeds"] + 1):
-            s = summary(subset_regrets(parent, cands, reference, n))
+            config = with_looks(decision, n, racing)
+            looks[n] = config.looks
+            s = summary(subset_regrets(parent, cands, reference, n, config))
             cpu = row.get("cpu_minutes_per_candidate_seed")
             by_seeds = row.get("tau_slope_by_seeds") or {}  # int keys in memory, str once read from JSON
             tau = (by_seeds.get(n) or by_seeds.get(str(n)) or {}).get("mean")  # over the same subsets
             rows.append({"proxy": row["proxy"], "seeds": n, **s, "cpu_minutes_per_candidate": None if cpu is None
-                         else cpu * n, "tau_slope": tau})
+                         else cpu * n, "tau_slope": tau, "looks": config.looks})
     best = max(reference, key=reference.get)
+    has_se = any(c.get("latency_se") for r in doc["proxies"] for c in r["candidates"])
     return {"parent_latency": lat, "reference_best": best, "reference_slopes": reference,
             "random_pick_regret": random_pick_regret(reference),
             "reference_self_regret": {"mean": sum(own) / len(own), "worst": max(own), "per_seed": own},
+            "decision": {"source": source, "alpha": decision.alpha, "epsilon": decision.epsilon,
+                         "latency_z": decision.latency_z, "racing": dataclasses.asdict(racing),
+                         "looks_by_seeds": {str(n): k for n, k in sorted(looks.items())},
+                         "latency_se": "the study's paired SEs" if has_se else
+                         "0: the study stores one latency per network and no SE, so latencies count as exact"},
             "rows": rows}
 
 
@@ -197,6 +215,13 @@ def regret_markdown(report: dict) -> str:
     lines += ["", f"Reference's best: {report['reference_best']}. A random pick: regret "
               f"{report['random_pick_regret']:.0%}. The reference's own reproducibility (each of its seeds alone, "
               f"judged by the others): regret {own['mean']:.0%} mean, {own['worst']:.0%} worst."]
+    d = report.get("decision")
+    if d:
+        looks = ", ".join(f"{k} with {n} seed{'s' if n != '1' else ''}" for n, k in d["looks_by_seeds"].items())
+        lines += ["", f"Verdicts by the search's rule ({d['source'] or 'given config'}): alpha {d['alpha']:g} "
+                  f"split over its looks ({looks}: 1 + racing's rounds for a step that starts with that many "
+                  f"seeds; the replay is that first look, it does not race), epsilon {100 * d['epsilon']:g} "
+                  f"points, latency_z {d['latency_z']:g}; latency SE {d['latency_se']}."]
     return "\n".join(lines)
 
 

@@ -161,9 +161,18 @@ class SearchJournal:
             entry = self.latencies.get(arch.hash)
             return None if entry is None else entry["latency"]
 
-    def record_latency(self, arch: Arch, latency: float) -> None:
+    def latency_se(self, arch: Arch) -> float:
+        """The SE recorded with :meth:`latency` (of its paired difference to the parent it was timed with); 0
+        when none was (a single measurement, or a journal from before SEs were kept: it replays as decided)."""
+        with self._lock:
+            entry = self.latencies.get(arch.hash)
+            return 0.0 if entry is None else float(entry.get("se", 0.0))
+
+    def record_latency(self, arch: Arch, latency: float, se: Optional[float] = None) -> None:
         with self._lock:
             self.latencies[arch.hash] = {"arch": arch.to_dict(), "latency": latency}
+            if se is not None:
+                self.latencies[arch.hash]["se"] = float(se)
             self._save()
 
     def latency_set(self, step: int) -> dict[str, tuple[float, float]]:
@@ -262,8 +271,10 @@ def _structure_problem(setup, latencies: dict, evaluations: dict, failures: dict
     if setup is not None and not isinstance(setup, dict):
         return f"'setup' is {_short_json(setup, 60)}, not an object"
     for key, entry in latencies.items():
-        if not isinstance(entry, dict) or not _is_number(entry.get("latency")):
-            return f"latencies[{key!r}] is {_short_json(entry, 60)}, not an object with a numeric 'latency'"
+        if not isinstance(entry, dict) or not _is_number(entry.get("latency")) \
+                or not _is_number(entry.get("se", 0.0)):
+            return (f"latencies[{key!r}] is {_short_json(entry, 60)}, not an object with a numeric 'latency' "
+                    "(and optional numeric 'se')")
     for key, entry in evaluations.items():
         if not isinstance(entry, dict) or not isinstance(entry.get("seeds"), dict):
             return f"evaluations[{key!r}] is {_short_json(entry, 60)}, not an object with 'seeds'"

@@ -125,10 +125,10 @@ class Step:
     parent_latency: Optional[float] = None  # the parent's latency at this step (paired median when measured so)
     winner: Optional[str] = None  # the ranking's best, when "equivalent" took a cheaper contender
     quantile: Optional[float] = None  # Student-t threshold the margin was tested against
-    df: int = 0  # pooled degrees of freedom
+    df: int = 0  # degrees of freedom of the margin's test (pooled, or Welch's when the noise was not pooled)
     pooled_sd: Optional[float] = None
     heterogeneity: Optional[float] = None  # max s_i^2 / s_p^2 over the pooled networks (pooling doubtful when large)
-    regret_ucb: Optional[float] = None  # upper confidence bound of the regret among the contenders
+    regret_ucb: Optional[float] = None  # upper confidence bound of the regret of taking the cheapest contender
     reason: str = ""
 
     def to_dict(self) -> dict:

@@ -9,7 +9,9 @@ the reference's own noise, while the choice, which is what the search uses, can 
 
 :func:`subset_regrets` replays the search's own verdict (:func:`lps_keras.search.decision.judge`) on every
 subset of ``n`` of a proxy's seeds (the parent's scores at the same seeds), so one set of trainings says what
-1, 2, ... seeds would have cost.
+1, 2, ... seeds would have cost. The caller passes the search's decision config for a step of ``n`` seeds
+(:func:`lps_keras.search.decision.search_decision` and ``with_looks``: alpha split over 1 + racing's rounds),
+so the replay judges by the rule the search would apply at its first look; it does not race.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ class Scored:
     name: str
     latency: float
     scores: tuple
+    latency_se: float = 0.0  # SE of its latency difference to the parent (0: treated as exact)
 
 
 def slopes(parent: Scored, candidates: Sequence[Scored]) -> dict[str, float]:
@@ -58,16 +61,16 @@ class SubsetChoice:
 
 
 def subset_regrets(parent: Scored, candidates: Sequence[Scored], reference: Mapping[str, float], n: int,
-                   config: Optional[DecisionConfig] = None) -> list[SubsetChoice]:
-    """The search's verdict and its regret on every subset of ``n`` seed indices (parent and candidates alike)."""
+                   config: DecisionConfig) -> list[SubsetChoice]:
+    """The search's verdict (by ``config``, the search's own for ``n`` seeds) and its regret on every subset of
+    ``n`` seed indices (parent and candidates alike)."""
     seeds = min(len(parent.scores), *(len(c.scores) for c in candidates))
     if not 1 <= n <= seeds:
         raise ValueError(f"n must be in [1, {seeds}], got {n!r}")
     out = []
     for subset in itertools.combinations(range(seeds), n):
-        arms = [Arm(c.name, tuple(c.scores[i] for i in subset), c.latency) for c in candidates]
-        v = judge(Arm(parent.name, tuple(parent.scores[i] for i in subset), parent.latency), arms,
-                  config or DecisionConfig())
+        arms = [Arm(c.name, tuple(c.scores[i] for i in subset), c.latency, c.latency_se) for c in candidates]
+        v = judge(Arm(parent.name, tuple(parent.scores[i] for i in subset), parent.latency), arms, config)
         chosen = None if v.chosen is None else candidates[v.chosen].name
         out.append(SubsetChoice(subset, v.kind, chosen, regret(chosen, reference)))
     return out
@@ -89,19 +92,19 @@ def random_pick_regret(reference: Mapping[str, float]) -> float:
     return math.fsum(regret(name, reference) for name in reference) / len(reference)
 
 
-def self_regret(parent: Scored, candidates: Sequence[Scored], config: Optional[DecisionConfig] = None) -> list[float]:
+def self_regret(parent: Scored, candidates: Sequence[Scored], config: DecisionConfig) -> list[float]:
     """The reference's own reproducibility: for each of its seeds, the regret of the choice made on that seed
-    alone, judged by the slopes of its other seeds (needs >= 2 seeds)."""
+    alone (by ``config``, the search's for one seed), judged by the slopes of its other seeds (needs >= 2 seeds)."""
     seeds = min(len(parent.scores), *(len(c.scores) for c in candidates))
     out = []
     for i in range(seeds):
         rest = [j for j in range(seeds) if j != i]
 
         def pick(idx, s):
-            return Scored(s.name, s.latency, tuple(s.scores[j] for j in idx))
+            return Scored(s.name, s.latency, tuple(s.scores[j] for j in idx), s.latency_se)
 
         others = slopes(pick(rest, parent), [pick(rest, c) for c in candidates])
         v = judge(Arm(parent.name, (parent.scores[i],), parent.latency),
-                  [Arm(c.name, (c.scores[i],), c.latency) for c in candidates], config or DecisionConfig())
+                  [Arm(c.name, (c.scores[i],), c.latency, c.latency_se) for c in candidates], config)
         out.append(regret(None if v.chosen is None else candidates[v.chosen].name, others))
     return out
