@@ -43,6 +43,10 @@ def test_proxy_recipe_uses_proxy_schedule(tmp_path):
     assert (grown.train.iterations, grown.train.base_lr, grown.train.init) == (2, 0.004, str(tmp_path / "grown.keras"))
     scratch = proxy_recipe(w, arch, tmp_path / "s")
     assert (scratch.train.iterations, scratch.train.base_lr) == (3, w.search.proxy.base_lr)
+    # a recipe's step milestones are absolute steps of its full training: a proxy decays by poly over its own
+    step = proxy_recipe(tiny_recipe(tmp_path, "train.lr_schedule=step", "train.lr_steps=[35000]",
+                                    "train.lr_step_factors=[0.1]"), arch, tmp_path / "st")
+    assert (step.train.lr_schedule, step.train.lr_steps, step.train.lr_step_factors) == ("poly", None, None)
 
 
 class Interrupt(KeyboardInterrupt):

@@ -53,6 +53,9 @@ def proxy_recipe(recipe: Recipe, arch: Arch, run_dir, name: Optional[str] = None
         distribute="none",
         seed=recipe.train.seed + seed,
         loss_label_stride=proxy.label_stride or recipe.train.loss_label_stride,
+        # a proxy's schedule is its own few hundred iterations: poly over them, never the recipe's step
+        # milestones (absolute steps of a full training, which a proxy would never reach)
+        lr_schedule="poly", lr_steps=None, lr_step_factors=None,
         init=None if init is None else str(init),
         run_dir=str(run_dir),
     )
