@@ -87,6 +87,12 @@ def test_a_noisy_network_is_not_pooled_with_quiet_ones():
     assert 0.08 > 2.2281 * math.sqrt(2 * sp2 / 3 / 0.25)  # "decided" under the pool
     # quiet networks alike: pooled as before
     assert judge(parent, [quiet, *others]).pooled
+    # quiet networks whose seeds agree exactly (s^2 = 0) keep the pooled variance when pooling is refused:
+    # with their own 0 a tiny lead of one over another would have SE 0 and be "decided"
+    flat = [Arm(f"f{i}", (0.301 + 0.0001 * i,) * 3, 1.5) for i in range(3)]
+    v = judge(Arm("N", (0.300,) * 3, 1.0), [Arm("noisy", _scores(0.299, 0.03, 3), 1.5), *flat])
+    assert not v.pooled and v.winner is not None and v.winner >= 1  # one of the flat ones
+    assert v.margin_se > 0 and v.kind != "decided"
 
 
 def test_negative_gains_are_no_gain_not_an_argmax():
@@ -189,7 +195,9 @@ def test_a_contender_dearer_than_the_winner_no_longer_blocks_equivalent():
     assert v.winner == 1 and set(v.contenders) == {0, 1, 2}
     old = _slope_diff_ucb(TWIN_B, dear, TWIN_PARENT, 0.0005, q) * 0.22
     assert old == pytest.approx(0.0096, abs=1e-4) and old > 0.005  # what blocked it
-    new = max(_slope_diff_ucb(j, TWIN_A, TWIN_PARENT, 0.0005, q) for j in (TWIN_B, dear)) * 0.22
+    # one bound for the larger of the two contrasts: t at 1 - alpha / (2 x 2) (Bonferroni over them)
+    q_both = student_t_quantile(1 - 0.05 / 4, 8)
+    new = max(_slope_diff_ucb(j, TWIN_A, TWIN_PARENT, 0.0005, q_both) for j in (TWIN_B, dear)) * 0.22
     assert v.regret_ucb == pytest.approx(new, rel=1e-6) and new < 0.005
     assert v.kind == "equivalent" and v.chosen == 0
 

@@ -174,7 +174,10 @@ class _Noise:
         self.why = ""
         if not self.pooled:
             i, ratio, bound = test
-            self.own = [(variance(s), len(s) - 1) if len(s) >= 2 else (self.sd ** 2, self.df) for s in samples]
+            # a network with one seed, or seeds that happen to agree exactly (s^2 = 0), keeps the pooled
+            # variance: its own would give its contrasts SE 0 and decide any margin
+            self.own = [(variance(s), len(s) - 1) if len(s) >= 2 and variance(s) > 0 else (self.sd ** 2, self.df)
+                        for s in samples]
             self.why = (f"seed variances not poolable ({'the parent' if i == 0 else f'candidate {i - 1}'}'s s^2 "
                         f"is {ratio:.3g} x the others' pooled, above F(1 - alpha/k) = {bound:.3g}): per-network "
                         "SEs, Welch df; ")
@@ -269,9 +272,10 @@ def judge(parent: Arm, candidates: Sequence[Arm], config: DecisionConfig = Decis
 
     # Not decided: the contenders are the candidates not separated from the winner. Taking the cheapest of
     # them, c, costs at most max_j (s_j - s_c) over the others (any of them may be the true best); its upper
-    # confidence bound, at the winner's dL (epsilon is gain at that cost), decides "equivalent". Bounding the
-    # winner's lead over each contender instead would let a contender dearer than the winner (never taken)
-    # block the verdict, and would never bound what taking c costs against the others.
+    # confidence bound (simultaneous over the others), at the winner's dL (epsilon is gain at that cost),
+    # decides "equivalent". Bounding the winner's lead over each contender instead would let a contender
+    # dearer than the winner (never taken) block the verdict, and would never bound what taking c costs
+    # against the others.
     pool = [best]
     for i in order[1:]:
         m, se, qi, _ = margin_of(best, i)
@@ -280,11 +284,15 @@ def judge(parent: Arm, candidates: Sequence[Arm], config: DecisionConfig = Decis
     cheapest = min(pool, key=lambda i: (candidates[i].latency, i))
     scale = reports[best].d_lat if reports[best].status == "slope" else 1.0  # regret in score units
     worst = 0.0  # a regret is never negative: c may well be the best
-    for j in pool:
-        if j == cheapest:
+    others = [j for j in pool if j != cheapest]
+    # one bound for the largest of len(others) contrasts: Bonferroni over them (their t at alpha / others)
+    p_all = 1 - config.alpha / (2 * config.looks * max(1, len(others)))
+    for j in others:
+        m, se, _, df_j = margin_of(j, cheapest)
+        if m is None or se is None or not df_j:
+            worst = math.inf
             continue
-        m, se, qj, _ = margin_of(j, cheapest)
-        worst = math.inf if m is None or se is None else max(worst, (m + qj * se) * scale)
+        worst = max(worst, (m + student_t_quantile(p_all, df_j) * se) * scale)
     if worst < config.epsilon:
         taken = "the winner" if cheapest == best else f"{reports[cheapest].name}, the cheapest of them"
         return Verdict("equivalent", cheapest, best, r, margin, margin_se, q_m, df_m, regret_ucb=worst,
