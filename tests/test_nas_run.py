@@ -261,7 +261,7 @@ def test_search_cli_derives_a_trainable_network_resumes_and_refuses_other_settin
 def test_search_cost_keeps_the_time_of_a_killed_run(tmp_path):
     import os
 
-    from lps_keras.nas.run import SearchCost
+    from lps_keras.nas.cost import SearchCost
 
     path = tmp_path / "cost.json"
     # a run killed in its search phase, which began at t = 1000 and last wrote its log at t = 1600

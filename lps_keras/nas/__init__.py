@@ -7,7 +7,7 @@
 * :mod:`.layers`, :mod:`.hmseg`: supernet layers and HMSeg's space over MRMS.
 * :mod:`.search_tf`: the TensorFlow search loop (weights and alphas in one step, resumable).
 * :mod:`.run`: a whole search from a recipe (``search.py``): budget, table, search, derived network;
-  :mod:`.batches`: its training batches.
+  :mod:`.batches`: its training batches; :mod:`.cost`: its wall time per phase (``cost.json``).
 
 The derived architecture is a plain family config (``MRMSConfig`` with ``blocks`` and
 ``branch_ratios``): it trains, exports and is timed like any other model.
