@@ -56,7 +56,7 @@ def earlier(label: str, path: Path) -> dict:
 
 def collect(label: str, directory: Path) -> dict:
     """One entry's figures from its run (or shipped model) directory, or from an earlier table."""
-    if directory.suffix == ".json" and directory.is_file():
+    if directory.suffix == ".json":  # an earlier table (a missing one is named as such)
         return earlier(label, directory)
     from lps_keras.recipe import load_recipe
 

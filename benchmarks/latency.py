@@ -88,7 +88,8 @@ def main(argv=None) -> int:
         short = config.short() if hasattr(config, "short") else name
         rows.append({"preset": name, "arch": short, "params": summary["params_deploy"],
                      "gmacs": args.batch * summary["macs"] / 1e9})
-    with tempfile.TemporaryDirectory(prefix="lps_bench_") as artifacts:  # ONNX / IR converted once, not per round
+    # an LPS-Net Arch's ONNX / IR is converted once, not per round (other families' configs: at every call)
+    with tempfile.TemporaryDirectory(prefix="lps_bench_") as artifacts:
         for run in range(1, args.runs + 1):
             for i, row in enumerate(rows, start=1):
                 arch = configs[row["preset"]]

@@ -84,7 +84,8 @@ def parse_args(argv=None):
     p.add_argument("--from-json", metavar="FIDELITY_JSON",
                    help="train nothing: recompute the regret report of a finished study's fidelity.json into "
                         "<output>/regret.json and regret.md, its verdicts by the search.decision and racing of the "
-                        "recipe the study recorded (or of --recipe/--set when given)")
+                        "recipe the study recorded, with --set added to its overrides (or --recipe/--set when a "
+                        "recipe is given)")
     p.add_argument("--reference-json", metavar="FIDELITY_JSON",
                    help="judge against a finished study's reference instead of training one: its candidates (op, "
                         "k) and latencies are reused exactly (nothing is timed), so the proxies here train the same "
@@ -189,7 +190,9 @@ def run(args) -> int:
         except (OSError, ValueError) as e:
             raise UsageError(f"--from-json {args.from_json}: {e}") from None
         # The verdicts follow the study's recipe (as recorded, with its overrides), or --recipe/--set if given.
-        path, overrides = (args.recipe, args.set) if args.recipe else (doc.get("recipe"), doc.get("overrides") or [])
+        # --set alone adds to the recorded overrides (so one decision setting can be tried on a finished study)
+        path, overrides = ((args.recipe, args.set) if args.recipe
+                           else (doc.get("recipe"), [*(doc.get("overrides") or []), *args.set]))
         if not path:
             raise UsageError(f"--from-json {args.from_json} names no recipe: give --recipe for its decision rule")
         write_regret(doc, Path(args.output), load_recipe(path, overrides),

@@ -20,7 +20,7 @@ LOG=runs/cpu_queue.log
 say() { echo "$(date -u +%FT%T) $*" | tee -a "$LOG"; }
 
 finished() {  # DIR holds a metrics.json whose run reached its last iteration
-  python3 -c "import json,sys; m=json.load(open(sys.argv[1])); sys.exit(0 if m.get('final_step')==m.get('iterations') else 1)" \
+  python3 -c "import json,sys; m=json.load(open(sys.argv[1])); sys.exit(0 if m.get('iterations') and m.get('final_step')==m['iterations'] else 1)" \
     "$1/metrics.json" 2>/dev/null
 }
 

@@ -264,7 +264,7 @@ def settings_differences(profile: Mapping) -> dict:
 
 
 def warn_settings(profile: Mapping) -> None:
-    """Warn (one line) when the profile was measured with other runtime settings than this process's.
+    """Warn (a UserWarning naming them) when the profile was measured with other runtime settings than this process's.
 
     Not refused, unlike another backend or input size: the predictions stay valid for the settings the file
     records, and a profile is made to be used elsewhere; the warning says which setup they describe."""
