@@ -245,6 +245,12 @@ def test_search_cli_derives_a_trainable_network_resumes_and_refuses_other_settin
     with pytest.raises(NASError, match=r"holds a search with nas.cost_weight = 1.0, not 2.0"):
         run_search(load_recipe(recipe, ["nas.cost_weight=2"]), run)
     assert (run / "search_recipe.json").read_text() == before
+    # a directory recorded before a recipe key existed (train.lr_schedule & co.) resumes: absent = the default
+    older = json.loads(before)
+    for key in ("lr_schedule", "lr_steps", "lr_step_factors"):
+        del older["train"][key]
+    (run / "search_recipe.json").write_text(json.dumps(older))
+    assert run_search(load_recipe(recipe), run, log=lambda m: None)["steps"] == 3
     # the external table is compared by content: the same bytes elsewhere continue, a rebuilt one is refused
     copy = tmp_path / "copy" / "table.json"
     copy.parent.mkdir()
