@@ -87,11 +87,13 @@ def collect(label: str, directory: Path) -> dict:
         "val_steps": [h["step"] for h in metrics.get("history", []) if h.get("miou") is not None],
         "val_miou": [100 * h["miou"] for h in metrics.get("history", []) if h.get("miou") is not None],
     }
-    if (directory / "train_log.jsonl").is_file():
+    if (directory / "train_log.jsonl").is_file() and (directory / "state.json").is_file():
         from lps_keras.curve import read_curve
 
         entry["val_hours"] = read_curve(directory)["val_hours"]
-    else:  # a shipped model keeps no log: place its evaluations evenly over its training time
+    if len(entry.get("val_hours", ())) != len(entry["val_miou"]):
+        # a shipped model (or a published run without state.json) keeps no timed evaluations: place them
+        # evenly over its training time
         entry["val_hours"] = [entry["train_hours"] * s / t.iterations for s in entry["val_steps"]]
     return entry
 

@@ -27,7 +27,7 @@ finished() {  # DIR holds a metrics.json whose run reached its last iteration
 publish() {  # copy a finished run's small files to docs/runs/<name>/ (no weights)
   local dir=$1 dest=docs/runs/$(basename "$1")
   mkdir -p "$dest"
-  for f in metrics.json recipe.json environment.json train_log.jsonl; do
+  for f in metrics.json recipe.json environment.json train_log.jsonl state.json; do
     [ -f "$dir/$f" ] && cp "$dir/$f" "$dest/$f"
   done
   say "published $dir -> $dest (commit it)"
