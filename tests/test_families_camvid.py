@@ -68,3 +68,12 @@ def test_an_entry_of_an_earlier_table_is_kept_as_it_was(tmp_path, capsys):
     assert entries[0] == kept and entries[1]["label"] == "again"
     assert mod.main(["--entry", f"LPS-S={first.with_suffix('.json')}", "--output", str(tmp_path / "o")]) == 2
     assert "no entry labelled 'LPS-S' in this earlier table" in capsys.readouterr().err
+
+
+def test_a_published_run_without_state_json_spreads_its_evaluations(tmp_path):
+    # docs/runs/ copies of runs published before state.json was copied: a log but no timed evaluations
+    mod = load_benchmark("families_camvid")
+    run = _run(tmp_path, "pub", 1500, 0.5)
+    (run / "train_log.jsonl").write_text(json.dumps({"step": 25, "loss": 1.0, "lr": 0.01, "time": 0.0}) + "\n")
+    entry = mod.collect("NDNet45", run)
+    assert entry["val_hours"] == [0.25, 0.5]  # 1800 s spread evenly over the steps 750 and 1500
