@@ -45,15 +45,32 @@ train() {  # train RUN_DIR RECIPE [train.py options]
 
 train runs/camvid_tinymrms_cpu --recipe recipes/camvid_tinymrms_cpu.json
 
+# A study's journals and its latencies are small and are all it needs to resume (a killed candidate restarts),
+# so while it runs they are copied to docs/runs/<name>/partial/ every 10 minutes: commit that, and a later
+# checkout, on any machine, continues the study where the copy left it instead of starting again.
+snapshot() {  # snapshot RUN_DIR
+  local dest=docs/runs/$(basename "$1")/partial
+  mkdir -p "$dest"
+  (cd "$1" && find . \( -name journal.json -o -name study_latencies.json \) -print0 | xargs -0 -r cp --parents -t "$OLDPWD/$dest")
+}
+restore() {  # restore RUN_DIR: start it from its published partial copy when this checkout lacks it
+  local src=docs/runs/$(basename "$1")/partial
+  if [ ! -d "$1" ] && [ -d "$src" ]; then mkdir -p "$1" && cp -r "$src"/. "$1"/ && say "restored $1 from $src"; fi
+}
+
 # Issue 22 item 5, step 2: the study's start network is the step-1 reference winner (docs/proxy_fidelity_camvid.md).
 if [ ! -f docs/runs/fid_step2/regret.md ]; then
   if [ ! -f runs/fid_step2/regret.md ]; then
     say "fidelity step 2"
+    restore runs/fid_step2
+    (while sleep 600; do snapshot runs/fid_step2; done) &
+    SNAP=$!
     $PY benchmarks/proxy_fidelity.py --recipe recipes/expand_camvid.json --output runs/fid_step2 \
       --seeds 3 --ref-seeds 3 --ref-factor 4 --warm-iterations '' --set search.proxy.label_stride=null \
       --variant 'stride4:label_stride=4' --set model.preset=null \
       --set 'model.arch={"depth":[1,1,1,1,1],"width":[8,16,32,64,64],"resolution":[0.5,0,0]}' \
-      >> runs/fid_step2.log 2>&1 || { say "FAILED fidelity step 2 (see runs/fid_step2.log)"; exit 1; }
+      >> runs/fid_step2.log 2>&1 || { snapshot runs/fid_step2; kill $SNAP; say "FAILED fidelity step 2 (see runs/fid_step2.log)"; exit 1; }
+    kill $SNAP; snapshot runs/fid_step2
   fi
   mkdir -p docs/runs/fid_step2 && cp runs/fid_step2/*.json runs/fid_step2/*.md docs/runs/fid_step2/ && say "published runs/fid_step2"
 fi
