@@ -25,7 +25,8 @@ def test_every_entry_is_complete(name):
     assert entry.requirements.startswith("requirements") and entry.requirements.endswith(".txt")
     assert (REPO / entry.requirements).is_file()
     if entry.artifact is not None:
-        assert entry.artifact in lat.artifacts.ARTIFACT_NAMES
+        kind = lat.artifacts.get_artifact_kind(entry.artifact)
+        assert kind.name == entry.artifact and kind.filename and kind.summary and callable(kind.stamp)
 
 
 def test_the_recipe_and_the_cli_offer_the_tables_names():
@@ -107,6 +108,43 @@ def test_adding_a_backend_is_one_entry(monkeypatch, tmp_path):
     assert recipe.search.latency_backend == "fake" and recipe.nas.latency_backend == "fake"
     with pytest.raises(RecipeError, match=r"search.latency_backend: 'fakest' is not one of .*fake"):
         load_recipe(REPO / "recipes" / "expand_synthetic.json", ["search.latency_backend=fakest"])
+
+
+def test_a_backend_with_its_own_artefact_kind_is_two_entries(monkeypatch, tmp_path):
+    """A runtime timing a new kind of file: one kind entry (filename, stamp) and one backend entry; the store
+    builds it once and rebuilds it when the kind's stamp changes. An unregistered kind is refused."""
+    from lps_keras.latency import artifacts
+
+    version = {"v": "1"}
+    kind = artifacts.ArtifactKind("blob", "model.blob", "a stand-in artefact", lambda: {"blobber": version["v"]})
+    monkeypatch.setitem(artifacts._KINDS, "blob", kind)
+    monkeypatch.setitem(artifacts._FILENAMES, "blob", "model.blob")
+    built = []
+
+    def runner(job):
+        path = job.artifact("blob", lambda out: (built.append(out), out.write_text("blob")))
+        assert path.name == "model.blob" and path.read_text() == "blob"
+        return (lambda: None), {"intra_op": 1}
+
+    entry = backends.Backend("blobrt", ("fp32",), "a stand-in runtime on .blob files", device=lambda: "CPU:fake",
+                             versions=lambda: {"blobrt": "1.0"}, artifact="blob", runner=runner)
+    monkeypatch.setattr(backends, "_TABLE", dict(backends._TABLE))  # the registration is undone after the test
+    backends.register_backend(entry)
+    from lps_keras.arch import Arch
+
+    arch = Arch((1, 1, 1, 1, 1), (4, 8, 8, 8, 8), (1.0, 0.5), num_classes=3)
+    for _ in range(2):
+        lat.measure_latency(arch, backend="blobrt", input_shape=(1, 32, 32, 3), warmup=0, iters=1, artifacts=tmp_path)
+    assert len(built) == 1  # the second measurement reuses the stored artefact
+    version["v"] = "2"
+    lat.measure_latency(arch, backend="blobrt", input_shape=(1, 32, 32, 3), warmup=0, iters=1, artifacts=tmp_path)
+    assert len(built) == 2  # made by another version of its tool: rebuilt
+    with pytest.raises(ValueError, match="'blob2'.*not in the kind table"):
+        backends.register_backend(dataclasses.replace(entry, name="blob2rt", artifact="blob2"))
+    with pytest.raises(lat.LatencyError, match="unknown artefact kind 'blob2'"):
+        artifacts.get_artifact_kind("blob2")
+    with pytest.raises(ValueError, match="incomplete"):
+        artifacts.register_artifact_kind(dataclasses.replace(kind, filename=""))
 
 
 def test_describe_backends_lists_every_entry():

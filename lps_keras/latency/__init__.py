@@ -3,7 +3,7 @@
 (:mod:`.cache`), converted artefacts (:mod:`.artifacts`) and per-device latency models (:mod:`.profile`:
 ``predict_latency``, ``load_profile``)."""
 
-from lps_keras.latency.artifacts import ArtifactStore
+from lps_keras.latency.artifacts import ArtifactKind, ArtifactStore, register_artifact_kind
 from lps_keras.latency.backends import (
     BACKEND_NAMES,
     Backend,
@@ -40,8 +40,9 @@ def __getattr__(name):
         return getattr(profile, name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
-__all__ = ["ArtifactStore", "BACKENDS", "BACKEND_NAMES", "Backend", "LatencyCache", "LatencyCacheMiss",
+__all__ = ["ArtifactKind", "ArtifactStore", "BACKENDS", "BACKEND_NAMES", "Backend", "LatencyCache", "LatencyCacheMiss",
            "LatencyError", "LatencyStats", "SetMeasurement", "check_backend", "cpu_flags", "cpu_flags_text",
            "describe_backends", "device_name", "format_stats", "get_backend", "latency_fn", "library_versions",
            "load_onnxruntime", "load_openvino", "load_profile", "load_savedmodel", "load_tensorrt_engine",
-           "measure_latency", "measure_set", "predict_latency", "ProfileError", "register_backend", "set_tf_threads"]
+           "measure_latency", "measure_set", "predict_latency", "ProfileError", "register_artifact_kind", "register_backend",
+           "set_tf_threads"]

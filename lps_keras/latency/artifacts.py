@@ -1,12 +1,15 @@
 """What each latency backend times, built once per candidate and cached: :class:`ArtifactStore`.
 
-Artefacts of the deploy network (random weights; latency does not depend on them):
+Artefacts of the deploy network (random weights; latency does not depend on them), one entry each in the
+kind table (:func:`register_artifact_kind`: the name a backend entry's ``artifact`` field gives, the file
+or directory inside a store entry, and what an artefact of the kind depends on):
 
 =============  =====================================================================================
 ``savedmodel`` static-shape SavedModel of the bare network (``serving_default``: float32
                ``image`` [N,H,W,3] -> ``logits``), the input of TF-TRT
 ``onnx``       tf2onnx export of the same graph (onnxruntime, OpenVINO and TensorRT start from it)
 ``openvino``   OpenVINO IR (``model.xml``/``.bin``, fp32 weights) converted from the ONNX file
+``litert``     a ``.tflite`` converted from the SavedModel (LiteRT converter, at the timed precision)
 ``tftrt``      the SavedModel after ``TrtGraphConverterV2`` convert -> build -> save
 ``tensorrt``   a serialized TensorRT 10 engine built from the ONNX file
 =============  =====================================================================================
@@ -20,6 +23,7 @@ artefact; a failure raises one :class:`LatencyError` naming the arch and the bac
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import shutil
@@ -27,6 +31,7 @@ import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
+from types import MappingProxyType
 from typing import Optional
 
 import numpy as np
@@ -34,9 +39,40 @@ import numpy as np
 from lps_keras import fileio
 from lps_keras.latency.stats import LatencyError
 
-#: The file or directory inside an entry that is the artefact proper.
-ARTIFACT_NAMES = {"savedmodel": "saved_model", "onnx": "model.onnx", "openvino": "model.xml",
-                  "litert": "model.tflite", "tftrt": "saved_model", "tensorrt": "model.engine"}
+
+@dataclasses.dataclass(frozen=True)
+class ArtifactKind:
+    """One kind of artefact: ``filename`` is the file or directory inside a store entry that is the artefact
+    proper; ``stamp()`` the library versions (and, for GPU engines, the device) an artefact of this kind
+    depends on: a stored one made with other ones is rebuilt."""
+
+    name: str
+    filename: str
+    summary: str
+    stamp: Callable[[], dict]
+
+
+_KINDS: dict[str, ArtifactKind] = {}
+_FILENAMES: dict[str, str] = {}
+#: kind -> the file or directory inside an entry that is the artefact proper (a live view of the table).
+ARTIFACT_NAMES = MappingProxyType(_FILENAMES)
+
+
+def register_artifact_kind(kind: ArtifactKind) -> ArtifactKind:
+    """Add (or replace) an artefact kind; a backend entry names it in its ``artifact`` field."""
+    if not (kind.name and kind.filename and kind.summary and callable(kind.stamp)):
+        raise ValueError(f"artefact kind {kind.name!r} is incomplete: it needs a name, a filename, a summary "
+                         f"and a stamp function")
+    _KINDS[kind.name] = kind
+    _FILENAMES[kind.name] = kind.filename
+    return kind
+
+
+def get_artifact_kind(name: str) -> ArtifactKind:
+    try:
+        return _KINDS[name]
+    except KeyError:
+        raise LatencyError(f"unknown artefact kind {name!r}; known: {', '.join(_KINDS)}") from None
 
 #: ``convert(source, out, precision, input_shape)``: write the artefact ``out`` from ``source``.
 Converter = Callable[[Path, Path, str, tuple], object]
@@ -62,7 +98,7 @@ class ArtifactStore:
         return self.root / f"{ident}-{kind}-{precision}-{shape_text(input_shape)}"
 
     def path(self, ident: str, kind: str, precision: str, input_shape) -> Path:
-        return self.entry(ident, kind, precision, input_shape) / ARTIFACT_NAMES[kind]
+        return self.entry(ident, kind, precision, input_shape) / get_artifact_kind(kind).filename
 
     def get_or_build(self, ident: str, label: str, kind: str, precision: str, input_shape,
                      build: Callable[[Path], object], stamp: Optional[dict] = None) -> Path:
@@ -73,7 +109,8 @@ class ArtifactStore:
         """
         stamp = dict(stamp or {})
         entry = self.entry(ident, kind, precision, input_shape)
-        target = entry / ARTIFACT_NAMES[kind]
+        filename = get_artifact_kind(kind).filename
+        target = entry / filename
         meta_file = entry / "meta.json"
         if meta_file.exists() and target.exists():
             try:
@@ -87,14 +124,14 @@ class ArtifactStore:
         try:
             t0 = time.perf_counter()
             try:
-                build(staging / ARTIFACT_NAMES[kind])
+                build(staging / filename)
             except Exception as e:  # noqa: BLE001 - one error naming the arch and the backend
                 detail = " ".join(str(e).split())[:500] or type(e).__name__
                 raise LatencyError(f"building the {kind} artefact ({precision}, {shape_text(input_shape)}) "
                                    f"of {label} failed: {type(e).__name__}: {detail}") from e
-            if not (staging / ARTIFACT_NAMES[kind]).exists():
+            if not (staging / filename).exists():
                 raise LatencyError(f"building the {kind} artefact of {label} wrote nothing at "
-                                   f"{ARTIFACT_NAMES[kind]}")
+                                   f"{filename}")
             meta = {"ident": ident, "network": label, "kind": kind, "precision": precision,
                     "input_shape": [int(v) for v in input_shape], "stamp": stamp,
                     "build_seconds": round(time.perf_counter() - t0, 3), "time": time.time()}
@@ -185,26 +222,40 @@ def build_tensorrt_default(source, out, precision, input_shape) -> None:
 
 def artifact_stamp(kind: str) -> dict:
     """Versions (and, for engines, the GPU) an artefact of ``kind`` depends on."""
-    from lps_keras.latency.backends import device_name, library_versions
+    return get_artifact_kind(kind).stamp()
 
-    if kind in ("savedmodel", "onnx"):
+
+def _tf_stamp(**extra) -> Callable[[], dict]:
+    def stamp() -> dict:
         import keras
         import tensorflow as tf
 
-        stamp = {"tensorflow": tf.__version__, "keras": keras.__version__}
-        if kind == "savedmodel":
-            stamp["weights"] = "constants"  # written before: variables (a cached one is rebuilt)
-        if kind == "onnx":
+        values = {"tensorflow": tf.__version__, "keras": keras.__version__, **extra}
+        if "tf2onnx" in values:
             import tf2onnx
 
-            stamp["tf2onnx"] = tf2onnx.__version__
-        return stamp
-    if kind == "openvino":
-        return library_versions("openvino")
-    if kind == "litert":
-        return library_versions("litert")
-    if kind == "tftrt":
-        return {**library_versions("tftrt"), "device": device_name("tftrt")}
-    if kind == "tensorrt":
-        return {**library_versions("tensorrt"), "device": device_name("tensorrt")}
-    raise ValueError(f"unknown artefact kind {kind!r}; known: {', '.join(ARTIFACT_NAMES)}")
+            values["tf2onnx"] = tf2onnx.__version__
+        return values
+    return stamp
+
+
+def _backend_stamp(backend: str, with_device: bool = False) -> Callable[[], dict]:
+    def stamp() -> dict:
+        from lps_keras.latency.backends import device_name, library_versions
+
+        return {**library_versions(backend), **({"device": device_name(backend)} if with_device else {})}
+    return stamp
+
+
+for _kind in (
+    # weights: written before as variables, now as constants (a cached one of the old kind is rebuilt)
+    ArtifactKind("savedmodel", "saved_model", "static-shape SavedModel of the bare network",
+                 _tf_stamp(weights="constants")),
+    ArtifactKind("onnx", "model.onnx", "tf2onnx export of the bare network", _tf_stamp(tf2onnx=None)),
+    ArtifactKind("openvino", "model.xml", "OpenVINO IR converted from the ONNX file", _backend_stamp("openvino")),
+    ArtifactKind("litert", "model.tflite", ".tflite converted from the SavedModel", _backend_stamp("litert")),
+    ArtifactKind("tftrt", "saved_model", "TF-TRT converted SavedModel", _backend_stamp("tftrt", with_device=True)),
+    ArtifactKind("tensorrt", "model.engine", "TensorRT 10 engine built from the ONNX file",
+                 _backend_stamp("tensorrt", with_device=True)),
+):
+    register_artifact_kind(_kind)

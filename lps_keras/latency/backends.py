@@ -24,6 +24,7 @@ from collections.abc import Callable, Mapping
 from types import MappingProxyType
 from typing import Optional
 
+from lps_keras.latency.artifacts import ARTIFACT_NAMES
 from lps_keras.latency.stats import LatencyError, cpu_device, package_versions
 
 MAIN_REQUIREMENTS = "requirements.txt"
@@ -75,6 +76,9 @@ def register_backend(backend: Backend) -> Backend:
     missing = [f for f in ("name", "precisions", "summary", "device", "versions") if not getattr(backend, f)]
     if missing or (backend.timed and backend.runner is None):
         raise ValueError(f"backend {backend.name!r} is incomplete: missing {missing or ['runner']}")
+    if backend.artifact is not None and backend.artifact not in ARTIFACT_NAMES:
+        raise ValueError(f"backend {backend.name!r} times artefact kind {backend.artifact!r}, which is not in the "
+                         f"kind table ({', '.join(ARTIFACT_NAMES)}); register_artifact_kind it first")
     _TABLE[backend.name] = backend
     return backend
 
