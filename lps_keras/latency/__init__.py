@@ -44,5 +44,5 @@ __all__ = ["ArtifactKind", "ArtifactStore", "BACKENDS", "BACKEND_NAMES", "Backen
            "LatencyError", "LatencyStats", "SetMeasurement", "check_backend", "cpu_flags", "cpu_flags_text",
            "describe_backends", "device_name", "format_stats", "get_backend", "latency_fn", "library_versions",
            "load_onnxruntime", "load_openvino", "load_profile", "load_savedmodel", "load_tensorrt_engine",
-           "measure_latency", "measure_set", "predict_latency", "ProfileError", "register_artifact_kind", "register_backend",
-           "set_tf_threads"]
+           "measure_latency", "measure_set", "predict_latency", "ProfileError", "register_artifact_kind",
+           "register_backend", "set_tf_threads"]
