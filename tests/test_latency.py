@@ -290,6 +290,34 @@ def test_openvino_fp32_matches_onnx_and_sets_the_hint(tmp_path):
     assert np.abs(got - ref).max() <= 1e-4 * np.abs(ref).max()
 
 
+def test_openvino_times_the_graph_export_ships(tmp_path):
+    """The latency backend converts the ONNX file to IR; export.py converts the network SavedModel. Both give
+    the plugin the same executed graph (node kinds and counts, constants aside) and the same logits, so the
+    latency a search reads is the shipped IR's."""
+    import collections
+
+    import openvino as ov
+
+    from lps_keras.export.edge import convert_openvino, write_network_savedmodel
+    from lps_keras.latency import artifacts as art
+    from lps_keras.latency.runners import random_deploy_model
+
+    model = random_deploy_model(TINY)
+    art.write_onnx(model, SHAPE, tmp_path / "m.onnx")
+    art.write_openvino_ir(tmp_path / "m.onnx", tmp_path / "latency.xml")
+    shipped = convert_openvino(write_network_savedmodel(model, tmp_path / "sm", SHAPE[1:3]), "fp32")
+    core = ov.Core()
+    x = np.random.default_rng(2).normal(0, 1, SHAPE).astype(np.float32)
+    graphs, logits = [], []
+    for m in (core.read_model(str(tmp_path / "latency.xml")), shipped):
+        compiled = core.compile_model(m, "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
+        kinds = [op.get_rt_info()["layerType"].astype(str) for op in compiled.get_runtime_model().get_ordered_ops()]
+        graphs.append(collections.Counter(k for k in kinds if k != "Const"))
+        logits.append(compiled(x)[0])
+    assert graphs[0] == graphs[1] and graphs[0]["Convolution"] >= 5
+    np.testing.assert_allclose(logits[0], logits[1], rtol=0, atol=1e-5 * np.abs(logits[1]).max())
+
+
 def test_openvino_bf16_where_the_cpu_supports_it(tmp_path):
     from lps_keras.latency.backends import openvino_bf16_status
 

@@ -8,7 +8,8 @@ or directory inside a store entry, and what an artefact of the kind depends on):
 ``savedmodel`` static-shape SavedModel of the bare network (``serving_default``: float32
                ``image`` [N,H,W,3] -> ``logits``), the input of TF-TRT
 ``onnx``       tf2onnx export of the same graph (onnxruntime, OpenVINO and TensorRT start from it)
-``openvino``   OpenVINO IR (``model.xml``/``.bin``, fp32 weights) converted from the ONNX file
+``openvino``   OpenVINO IR (``model.xml``/``.bin``, fp32 weights) converted from the ONNX file (export.py
+               converts the SavedModel: the plugin runs the same graph, with the same logits; tested)
 ``litert``     a ``.tflite`` converted from the SavedModel (LiteRT converter, at the timed precision)
 ``tftrt``      the SavedModel after ``TrtGraphConverterV2`` convert -> build -> save
 ``tensorrt``   a serialized TensorRT 10 engine built from the ONNX file
