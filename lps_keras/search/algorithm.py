@@ -289,11 +289,7 @@ class Expansion:
         verdict, spent = self.race(t, verdict, parent_arch, parent_ctx, cands, ctxs, n, lats, evals)
         step = self._step_record(t, target, parent_arch, lats[parent_arch.hash][0], cands, evals, verdict, spent)
         self._record(step)
-        mark = f" ({verdict.reason})" if verdict.kind != "decided" else ""
-        self.say(f"{self._label(t)}: {verdict.kind}{mark}: " + (
-            f"chose {step.op} x{step.k} ({step.dimension}) -> {step.arch} latency {step.latency:.6g} "
-            f"(target {target:.6g}) score {_pm(step.score, step.score_se)}; margin over {step.runner_up} "
-            f"{_pm(step.margin, step.margin_se)}" if step.op else f"kept {step.arch}"))
+        self.say(f"{self._label(t)}: {step.summary()}")
         return step
 
     def race(self, t, verdict, parent_arch, parent_ctx, cands, ctxs, n, lats, evals):
@@ -395,9 +391,3 @@ def _finite(value, what: str) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
         raise SearchError(f"{what}, got {value!r}")
     return float(value)
-
-
-def _pm(value: Optional[float], se: Optional[float]) -> str:
-    if value is None:
-        return "n/a"
-    return f"{value:.4g}" + ("" if se is None else f" +- {se:.2g}")

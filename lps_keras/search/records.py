@@ -131,6 +131,15 @@ class Step:
     regret_ucb: Optional[float] = None  # upper confidence bound of the regret of taking the cheapest contender
     reason: str = ""
 
+    def summary(self) -> str:
+        """The step's verdict and choice in one line (the search's progress output)."""
+        mark = f" ({self.reason})" if self.verdict != "decided" and self.reason else ""
+        if not self.op:
+            return f"{self.verdict}{mark}: kept {self.arch}"
+        return (f"{self.verdict}{mark}: chose {self.op} x{self.k} ({self.dimension}) -> {self.arch} latency "
+                f"{self.latency:.6g} (target {self.target_latency:.6g}) score {_pm(self.score, self.score_se)}; "
+                f"margin over {self.runner_up} {_pm(self.margin, self.margin_se)}")
+
     def to_dict(self) -> dict:
         d = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
         del d["index"]
@@ -148,3 +157,9 @@ class Step:
                   metrics=d.get("metrics", {}), scores=tuple(d.get("scores") or (d["score"],)),
                   parent_scores=tuple(d.get("parent_scores", ())))
         return cls(**kw)
+
+
+def _pm(value: Optional[float], se: Optional[float]) -> str:
+    if value is None:
+        return "n/a"
+    return f"{value:.4g}" + ("" if se is None else f" +- {se:.2g}")
