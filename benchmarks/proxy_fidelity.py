@@ -11,14 +11,15 @@ are exactly what the search would see, and a killed study resumes from its journ
   proxy's own N0 runs, shared), ``--seeds`` seeds;
 - ``reference``: from scratch, ``--ref-factor`` times the proxy's iterations, ``--ref-seeds`` seeds.
 
-Reported per proxy: the regret of its choice against the reference (``regret.md`` / ``regret.json``: the
-search's verdict replayed on every subset of its seeds, :mod:`lps_keras.search.regret`; the figure to judge a
-proxy by), and as secondary columns Kendall tau-b of its ranking (by slope and by mean score) against the
-reference's, whether it picks the reference's winner, the mean seed sd, its step's verdict, and CPU minutes
-(process CPU time, all threads) per (candidate, seed) and per candidate. Writes ``<output>/fidelity.json``,
-``fidelity.md``, ``regret.json`` and ``regret.md`` (computed by :mod:`lps_keras.search.fidelity`; the replayed
-verdicts follow the recipe's ``search.decision`` and racing, as the search does); ``--from-json`` recomputes the
-regret report of a finished study without training anything, by the recipe the study recorded (or ``--recipe``).
+Reported per proxy: the regret of its choice against the reference (``regret.md`` / ``regret.json``: the search's
+verdict replayed on every subset of its seeds, :mod:`lps_keras.search.regret`; the figure to judge a proxy by), and
+as secondary columns Kendall tau-b of its ranking (by slope and by mean score) against the reference's, whether it
+picks the reference's winner, the mean seed sd, its step's verdict, and CPU minutes (process CPU time, all threads)
+per (candidate, seed) and per candidate. The trainings run as the search runs them (the recipe's ``search.workers``,
+each on its own cores with ``search.pin_cpus``; ``--workers``). Writes ``<output>/fidelity.json``, ``fidelity.md``,
+``regret.json`` and ``regret.md`` (computed by :mod:`lps_keras.search.fidelity`; the replayed verdicts follow the
+recipe's ``search.decision`` and racing, as the search does); ``--from-json`` recomputes the regret report of a
+finished study without training anything, by the recipe the study recorded (or ``--recipe``).
 
 The CamVid studies (docs/proxy_fidelity_camvid.md, which has the step-2 command; hours of CPU). Step 1, with the
 full-resolution loss as ``scratch`` (the recipe's proxy before it became stride4) and the variants beside it:
@@ -81,6 +82,9 @@ def parse_args(argv=None):
     p.add_argument("--latency", default="recipe", choices=("recipe", "macs"),
                    help="latency for k_d: the recipe's backend (cached in <output>) or GMACs at its input shape")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="recipe override")
+    p.add_argument("--workers", type=int, default=None,
+                   help="trainings in parallel, each on its own share of the cores when the recipe's "
+                        "search.pin_cpus is set (default: the recipe's search.workers, as the search runs them)")
     p.add_argument("--from-json", metavar="FIDELITY_JSON",
                    help="train nothing: recompute the regret report of a finished study's fidelity.json into "
                         "<output>/regret.json and regret.md, its verdicts by the search.decision and racing of the "
@@ -173,8 +177,9 @@ def run(args) -> int:
     from lps_keras.fileio import atomic_write_json, atomic_write_text
     from lps_keras.latency import cpu_flags_text
     from lps_keras.recipe import load_recipe, validate_recipe
-    from lps_keras.search import SearchJournal, run_expansion
-    from lps_keras.search.expansion import ProxyEvaluator, journal_fingerprint, latency_device_text, make_latency_fn
+    from lps_keras.search import SearchJournal
+    from lps_keras.search.executors import make_executor
+    from lps_keras.search.expansion import ProxyEvaluator, latency_device_text, make_latency_fn
     from lps_keras.search.fidelity import (
         StudyLatencies,
         fidelity_markdown,
@@ -257,22 +262,14 @@ def run(args) -> int:
     # The journal's latencies come from the recipe's backend (or its profile) unless --latency macs: its
     # fingerprint names that backend, so a rerun with another one is refused instead of replaying them.
     backend = "macs" if args.latency == "macs" else recipe.search.latency_backend
-    steps = {}
-    for name, r, seeds in variants:
-        if chosen and name not in chosen:
-            continue
-        print(f"== proxy {name}: {r.search.proxy.iterations} iterations"
-              + (f", warm start then {r.search.proxy.warm_iterations}" if r.search.proxy.init == "parent" else "")
-              + f", {seeds} seed(s)", flush=True)
-        evaluate = CpuTimed(ProxyEvaluator(r, str(out / name)))
-        if r.search.proxy.init == "parent":
-            evaluate = SharedStart(scratch_eval, evaluate)
-        history = run_expansion(
-            r.arch(), latency, evaluate, 1, journal=SearchJournal(out / name / "journal.json"), ops=ops,
-            max_k=r.search.max_k, fingerprint=journal_fingerprint(r, backend), seeds=seeds,
-            warm_start=r.search.proxy.init == "parent",
-        )
-        steps[name] = (history[0], history[1], seeds)
+    workers = recipe.search.workers if args.workers is None else args.workers
+    if workers < 1:
+        raise UsageError(f"--workers must be >= 1, got {workers!r}")
+    executor = make_executor("pool", workers, pin_cpus=recipe.search.pin_cpus and workers > 1)
+    try:
+        steps = train_proxies(variants, chosen, out, latency, scratch_eval, ops, backend, executor)
+    finally:
+        executor.shutdown(wait=True, cancel_futures=True)
     if chosen and set(chosen) != {n for n, _, _ in variants}:
         print("trained: " + ", ".join(chosen) + "; rerun without --proxies (journals resume) for the report")
         return 0
@@ -299,6 +296,30 @@ def run(args) -> int:
     print(table)
     write_regret(doc, out, recipe, " ".join([str(args.recipe), *(f"--set {o}" for o in args.set)]))
     return 0
+
+
+def train_proxies(variants, chosen, out, latency, scratch_eval, ops, backend, executor) -> dict:
+    """Each proxy's one-step search, its trainings on ``executor``: {name: (start step, step 1, seeds)}."""
+    from lps_keras.search import SearchJournal, run_expansion
+    from lps_keras.search.expansion import ProxyEvaluator, journal_fingerprint
+
+    steps = {}
+    for name, r, seeds in variants:
+        if chosen and name not in chosen:
+            continue
+        print(f"== proxy {name}: {r.search.proxy.iterations} iterations"
+              + (f", warm start then {r.search.proxy.warm_iterations}" if r.search.proxy.init == "parent" else "")
+              + f", {seeds} seed(s)", flush=True)
+        evaluate = CpuTimed(ProxyEvaluator(r, str(out / name)))
+        if r.search.proxy.init == "parent":
+            evaluate = SharedStart(scratch_eval, evaluate)
+        history = run_expansion(
+            r.arch(), latency, evaluate, 1, journal=SearchJournal(out / name / "journal.json"), ops=ops,
+            max_k=r.search.max_k, fingerprint=journal_fingerprint(r, backend), seeds=seeds,
+            warm_start=r.search.proxy.init == "parent", executor=executor,
+        )
+        steps[name] = (history[0], history[1], seeds)
+    return steps
 
 
 def main(argv=None) -> int:

@@ -57,3 +57,6 @@ def test_self_regret_uses_the_other_seeds_as_reference():
     # seed 0 alone picks a (0.1 vs b 0.06); judged by seed 1 (a 0.1, b 0.16): regret (0.16 - 0.1) / 0.16 = 0.375.
     # seed 1 alone picks b (0.16); judged by seed 0 (a 0.1, b 0.06): regret (0.1 - 0.06) / 0.1 = 0.4.
     assert self_regret(PARENT, b_lucky, CONFIG) == pytest.approx([0.375, 0.4])
+    # one seed: nothing to judge it by (an empty list, not a division by zero)
+    one = [Scored(c.name, c.latency, c.scores[:1]) for c in CANDS]
+    assert self_regret(Scored(PARENT.name, PARENT.latency, PARENT.scores[:1]), one, CONFIG) == []

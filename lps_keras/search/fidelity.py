@@ -191,7 +191,7 @@ def regret_report(doc: dict, decision, racing, source: str = "") -> dict:
     has_se = any(c.get("latency_se") for r in doc["proxies"] for c in r["candidates"])
     return {"parent_latency": lat, "reference_best": best, "reference_slopes": reference,
             "random_pick_regret": random_pick_regret(reference),
-            "reference_self_regret": {"mean": sum(own) / len(own), "worst": max(own), "per_seed": own},
+            "reference_self_regret": {"mean": sum(own) / len(own), "worst": max(own), "per_seed": own} if own else None,
             "decision": {"source": source, "alpha": decision.alpha, "epsilon": decision.epsilon,
                          "latency_z": decision.latency_z, "racing": dataclasses.asdict(racing),
                          "looks_by_seeds": {str(n): k for n, k in sorted(looks.items())},
@@ -214,7 +214,8 @@ def regret_markdown(report: dict) -> str:
     own = report["reference_self_regret"]
     lines += ["", f"Reference's best: {report['reference_best']}. A random pick: regret "
               f"{report['random_pick_regret']:.0%}. The reference's own reproducibility (each of its seeds alone, "
-              f"judged by the others): regret {own['mean']:.0%} mean, {own['worst']:.0%} worst."]
+              "judged by the others): " + (f"regret {own['mean']:.0%} mean, {own['worst']:.0%} worst." if own
+                                           else "not known (the reference has one seed).")]
     d = report.get("decision")
     if d:
         looks = ", ".join(f"{k} with {n} seed{'s' if n != '1' else ''}" for n, k in d["looks_by_seeds"].items())

@@ -94,8 +94,11 @@ def random_pick_regret(reference: Mapping[str, float]) -> float:
 
 def self_regret(parent: Scored, candidates: Sequence[Scored], config: DecisionConfig) -> list[float]:
     """The reference's own reproducibility: for each of its seeds, the regret of the choice made on that seed
-    alone (by ``config``, the search's for one seed), judged by the slopes of its other seeds (needs >= 2 seeds)."""
+    alone (by ``config``, the search's for one seed), judged by the slopes of its other seeds; empty for a
+    reference with one seed (nothing to judge it by)."""
     seeds = min(len(parent.scores), *(len(c.scores) for c in candidates))
+    if seeds < 2:
+        return []
     out = []
     for i in range(seeds):
         rest = [j for j in range(seeds) if j != i]
