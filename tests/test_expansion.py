@@ -455,11 +455,13 @@ def test_a_search_on_a_latency_profile_needs_no_device_and_records_the_profile(t
     assert fp["latency_source"] == f"profile:{profile}" and fp["profile"]["device"] == "CPU:elsewhere"
     for step in history:  # deterministic: exactly the profile's predictions
         assert step.latency == predict_latency(step.arch, profile)
-    # the step's differences carry the profile's error (sigma_rel * the parent's latency; no validation rows here:
-    # the fit's 0.03), recorded in the journal
+    # the step's differences carry the profile's error (sigma_rel * the step's largest dL; no validation rows
+    # here: the fit's 0.03), recorded in the journal; the k rule's latencies are exact (SE 0)
     lat_set = journal["latency_sets"]["1"]
     parent_ms = lat_set[history[0].arch.hash][0]
-    assert all(se == pytest.approx(0.03 * parent_ms) for h, (_, se) in lat_set.items() if h != history[0].arch.hash)
+    largest = max(lat - parent_ms for lat, _ in lat_set.values())
+    assert all(se == pytest.approx(0.03 * largest) for h, (_, se) in lat_set.items() if h != history[0].arch.hash)
+    assert all(entry.get("se", 0) == 0 for entry in journal["latencies"].values())
     # a journal written before profile searches had sets (decided with SE 0) still resumes, replayed as decided
     import lps_keras.search.latencies as latencies
 

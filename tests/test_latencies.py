@@ -54,5 +54,32 @@ def test_a_profile_gives_predicted_latencies_and_dl_with_the_profile_error(tmp_p
     out = paired(parent, [deeper, same])
     assert out[parent.hash] == pytest.approx((3.5, 0.0))
     lat, se = out[deeper.hash]
-    assert lat == pytest.approx(1 + 0.5 * 8) and se == pytest.approx(0.1 * 3.5)  # sigma_rel * L_parent
-    assert out[same.hash] == pytest.approx((3.5, 0.35)) and not math.isnan(out[same.hash][0])
+    # sigma_rel * the step's largest dL (1.5 ms, the deeper network's): the error on the work the step adds
+    assert lat == pytest.approx(1 + 0.5 * 8) and se == pytest.approx(0.1 * 1.5)
+    assert out[same.hash] == pytest.approx((3.5, 0.15)) and not math.isnan(out[same.hash][0])
+    assert paired.deterministic  # the k rule takes a prediction as exact
+
+
+def test_on_the_shipped_openvino_profile_step_1_candidates_are_told_from_their_parent():
+    """The shipped profile of a 2-core AVX2 EPYC (sigma_rel 19 %): from the CamVid recipe's N0, the candidates
+    the search proposes are slower than N0 beyond latency_z of their SE, except those predicted to add a small
+    share of the step's largest dL (which are "the same latency", as the decision rule means)."""
+    from pathlib import Path
+
+    from lps_keras.arch import EXPANSION_OPS
+    from lps_keras.recipe import load_recipe
+    from lps_keras.search.candidates import propose_candidates
+
+    repo = Path(__file__).resolve().parents[1]
+    profile = repo / "profiles" / "epyc_avx2_2core_openvino_fp32_360x480.json"
+    recipe = load_recipe(repo / "recipes" / "expand_camvid.json")
+    single, paired = latency_functions("openvino", (1, 360, 480, 3), profile=profile)
+    n0 = recipe.arch()
+    _, cands = propose_candidates(n0, EXPANSION_OPS, single, recipe.search.max_k)
+    out = paired(n0, [c.arch for c in cands])
+    base = out[n0.hash][0]
+    dls = {c.op: out[c.arch.hash][0] - base for c in cands}
+    se = {out[c.arch.hash][1] for c in cands}
+    assert len(se) == 1 and se.pop() == pytest.approx(sigma_rel(json.loads(profile.read_text())) * max(dls.values()))
+    told = [op for op, dl in dls.items() if dl > recipe.search.decision.latency_z * out[cands[0].arch.hash][1]]
+    assert all(dl > 0 for dl in dls.values()) and len(told) >= len(cands) - 2, dls

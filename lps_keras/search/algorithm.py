@@ -160,6 +160,7 @@ class Expansion:
         """
         if self.latency_set_fn is None:
             return None
+        exact = getattr(self.latency_set_fn, "deterministic", False)
 
         def latencies(archs: Sequence[Arch]) -> list[float]:
             # Two ops can give the same network (res_path3 from one path is res_path2): time it once.
@@ -171,8 +172,10 @@ class Expansion:
                 base = _finite(values[parent.hash][0], "latency_set_fn latency")
                 for a in missing:
                     value = reference + _finite(values[a.hash][0], "latency_set_fn latency") - base
-                    # its SE (of the paired difference) lets the k rule see when two k are not told apart
-                    self.journal.record_latency(a, value, _finite(values[a.hash][1], "latency_set_fn SE"))
+                    # its SE (of the paired difference) lets the k rule see when two k are not told apart; a
+                    # prediction (profile) is the same on every call, so nothing flips: its k is the argmin
+                    se = 0.0 if exact else _finite(values[a.hash][1], "latency_set_fn SE")
+                    self.journal.record_latency(a, value, se)
                     self.say(f"  latency {a} = {value:.6g} (paired with the parent)")
             return [self.journal.latency(a) for a in archs]
 
