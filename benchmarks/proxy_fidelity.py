@@ -176,10 +176,11 @@ def run(args) -> int:
     from lps_keras.arch import EXPANSION_OPS, EXPANSION_OPS_BY_NAME
     from lps_keras.fileio import atomic_write_json, atomic_write_text
     from lps_keras.latency import cpu_flags_text
+    from lps_keras.latency.profile import load_profile, sigma_rel
     from lps_keras.recipe import load_recipe, validate_recipe
     from lps_keras.search import SearchJournal
     from lps_keras.search.executors import make_executor
-    from lps_keras.search.expansion import ProxyEvaluator, latency_device_text, make_latency_fn
+    from lps_keras.search.expansion import ProxyEvaluator, latency_device_text, make_latency_fn, profile_path
     from lps_keras.search.fidelity import (
         StudyLatencies,
         fidelity_markdown,
@@ -187,6 +188,7 @@ def run(args) -> int:
         reference_step,
         rescored,
         summarize,
+        with_profile_se,
     )
 
     if args.from_json:
@@ -282,6 +284,9 @@ def run(args) -> int:
             extra = rescored(rows[-1], step, start.arch, journal, ref_step=ref_step)
             if extra is not None:
                 rows.append(extra)
+    if profile_path(recipe) is not None and args.latency != "macs":
+        # latencies predicted by a profile: the differences carry its error, as in a search on that profile
+        with_profile_se(rows, sigma_rel(load_profile(profile_path(recipe))))
     if reference_doc is not None:  # the finished study's rows (its reference, and proxies not retrained here)
         rows += [r for r in reference_doc["proxies"] if r["proxy"] not in steps]
     doc = {"recipe": str(args.recipe), "overrides": args.set,

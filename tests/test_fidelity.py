@@ -192,7 +192,7 @@ def test_the_regret_replay_judges_by_the_searchs_rule_looks_included():
     # the latency SE is used where the study has one: dL 0.5 +- 0.2 adds (G SE_dL / dL^2)^2 to each slope's
     # variance (0.024^2 and 0.020^2, far above the seeds' 0.0023^2), so even one look no longer decides
     with_se = regret_report(_looks_study(latency_se=0.2), eps, RacingConfig())
-    assert with_se["decision"]["latency_se"] == "the study's paired SEs"
+    assert with_se["decision"]["latency_se"] == "the study's (paired, or its profile's)"
     assert verdicts(with_se, 3) == {"undecided": 1.0}
 
 

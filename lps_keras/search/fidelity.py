@@ -132,6 +132,17 @@ def summarize(name, start, step, ref_step, seeds, journal) -> dict:
     }
 
 
+def with_profile_se(rows, sigma_rel: float) -> None:
+    """Give each row's candidates the SE a search on a latency profile gives them (in place): sigma_rel x the
+    step's largest dL (:mod:`lps_keras.search.latencies`), so the regret replay judges as that search would."""
+    for row in rows:
+        if row.get("parent_latency") is None:
+            continue
+        largest = max((abs(c["latency"] - row["parent_latency"]) for c in row["candidates"]), default=0.0)
+        for c in row["candidates"]:
+            c["latency_se"] = sigma_rel * largest
+
+
 def scored_step(row: dict, parent_latency: float):
     """A fidelity row as (parent, candidates) of :class:`lps_keras.search.regret.Scored`; a candidate's
     ``latency_se`` (SE of its paired difference to the parent) where the row has one, else 0."""
@@ -195,7 +206,7 @@ def regret_report(doc: dict, decision, racing, source: str = "") -> dict:
             "decision": {"source": source, "alpha": decision.alpha, "epsilon": decision.epsilon,
                          "latency_z": decision.latency_z, "racing": dataclasses.asdict(racing),
                          "looks_by_seeds": {str(n): k for n, k in sorted(looks.items())},
-                         "latency_se": "the study's paired SEs" if has_se else
+                         "latency_se": "the study's (paired, or its profile's)" if has_se else
                          "0: the study stores one latency per network and no SE, so latencies count as exact"},
             "rows": rows}
 
