@@ -7,7 +7,8 @@
 
 Does exactly what the expansion's step does before any training, with the recipe's latency
 settings (backend, input size; L_T and each op's k from rounds of networks timed together with the
-parent, ``--single-k`` for single timings as before; then the parent and all candidates timed
+parent, the smaller of two k their SEs do not tell apart (``search.decision.latency_z``), ``--single-k`` for
+single timings as before; then the parent and all candidates timed
 together in paired rounds), from the recipe's start network, in a
 fresh latency cache (nothing measured earlier is reused). ``--compare`` checks the issue's criterion
 against an earlier run: the same k for every op, and every candidate's paired ΔL within 10% of the
@@ -40,6 +41,7 @@ def parse_args(argv=None):
 
 
 def measure(recipe, single_k: bool = False) -> dict:
+    from lps_keras.errors import UsageError
     from lps_keras.latency.stats import cpu_flags_text
     from lps_keras.search.candidates import propose_candidates
     from lps_keras.search.expansion import make_latency_fns, search_ops
@@ -50,16 +52,20 @@ def measure(recipe, single_k: bool = False) -> dict:
     with tempfile.TemporaryDirectory(prefix="step_latency_") as tmp:  # a fresh cache: nothing reused
         latency_fn, latency_set_fn = make_latency_fns(recipe, tmp, verbose=False)
         if latency_set_fn is None:
-            raise SystemExit("the recipe measures no paired sets (search.latency.rounds is 0)")
-        rounds = None
+            raise UsageError(f"{recipe.name}: the recipe measures no paired sets (search.latency.rounds is 0)")
+        rounds, ses = None, {}
         if not single_k:  # as Expansion does: each round of N + k d timed together with the parent
             reference = latency_fn(start)
 
             def rounds(archs):
                 values = latency_set_fn(start, archs)
                 base = values[start.hash][0]
+                if not getattr(latency_set_fn, "deterministic", False):  # a profile's k is the argmin
+                    ses.update({a.hash: values[a.hash][1] for a in archs})  # the k rule's tie-break reads them
                 return [reference + values[a.hash][0] - base for a in archs]
-        target, cands = propose_candidates(start, search_ops(recipe), latency_fn, s.max_k, latencies_fn=rounds)
+        target, cands = propose_candidates(start, search_ops(recipe), latency_fn, s.max_k, latencies_fn=rounds,
+                                           latency_se_fn=lambda a: ses.get(a.hash, 0.0),
+                                           latency_z=s.decision.latency_z)
         paired = latency_set_fn(start, [c.arch for c in cands])
     parent_ms = paired[start.hash][0]
     rows = []
@@ -112,10 +118,10 @@ def main(argv=None) -> int:
     try:
         recipe = load_recipe(args.recipe, overrides=args.overrides)
         earlier = json.loads(Path(args.compare).read_text()) if args.compare else None
+        result = measure(recipe, single_k=args.single_k)
     except (LPSError, OSError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    result = measure(recipe, single_k=args.single_k)
     print(f"CPU: {result['cpu']}\nstep 1 from {result['start']}: target {result['target_ms']:.3f} ms, parent "
           f"{result['parent_ms']:.3f} ms ({result['seconds']} s)")
     for r in result["candidates"]:
