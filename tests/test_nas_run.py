@@ -202,6 +202,35 @@ def test_derived_latency_names_the_device_it_was_measured_on(tmp_path, machine):
         assert json.loads((run / "derived.json").read_text())["measured"] == measured
 
 
+def test_a_search_for_another_device_needs_its_backend_only_there(tmp_path, machine, monkeypatch):
+    """With the target's table and its budget in ms, a machine without the backend searches anyway: the derived
+    network is recorded as not timed here, naming why; without the table the missing backend stops it."""
+    import lps_keras.latency.backends as backends
+    from lps_keras.latency import LatencyError
+    from lps_keras.nas.run import _derive
+
+    def absent(backend, *a, **k):
+        raise LatencyError(f"latency backend {backend!r} needs the tensorrt package, which is not installed")
+
+    monkeypatch.setattr(backends, "check_backend", absent)
+    monkeypatch.setattr("lps_keras.latency.check_backend", absent)
+    space = get_space("hmseg", base=recipe_from_dict(_recipe(tmp_path)).model_config())
+    table = LatencyTable("tf", {s.key: 0.1 for s in space.op_specs(SIZE)}, device="GPU: target")
+    table.save(tmp_path / "target.json")
+    recipe = recipe_from_dict(_recipe(tmp_path, latency_table=str(tmp_path / "target.json")))
+    alphas = [np.eye(len(d.options))[0] for d in space.decisions()]
+    search = types.SimpleNamespace(space=space, step=3, alphas=lambda: alphas, derive=lambda: space.derive(alphas))
+    lines = []
+    (tmp_path / "run").mkdir()
+    measured = _derive(tmp_path / "run", recipe, search, table, {"reference_ms": 5.0, "budget_ms": 5.0},
+                       lines.append)["measured"]
+    assert measured["derived_ms"] is None and "not installed" in measured["not_measured"]
+    assert "on the table's device GPU: target; not timed here (" in lines[-1] and "time it there" in lines[-1]
+    with pytest.raises(LatencyError, match="not installed"):  # searching for this machine: the backend is needed
+        _derive(tmp_path / "run2", recipe_from_dict(_recipe(tmp_path)), search, table,
+                {"reference_ms": 5.0, "budget_ms": 5.0}, lines.append)
+
+
 @pytest.mark.slow
 def test_search_cli_derives_a_trainable_network_resumes_and_refuses_other_settings(tmp_path):
     recipe = tmp_path / "search.json"

@@ -313,8 +313,11 @@ def _derive(run_dir: Path, recipe, search, table, budget: dict, log) -> dict:
     predicted = table_latency(search.space, table, cfg.latency_input_size, choices)
     path = run_dir / "derived.json"
     previous = json.loads(path.read_text()) if path.exists() else {}
+    missing = _untimeable_here(cfg)
     if previous.get("config") == config.to_dict() and "measured" in previous:
         measured = previous["measured"]
+    elif missing:  # searched for another device with its table: nothing to time the network on here
+        measured = {"derived_ms": None, "device": None, "not_measured": missing}
     else:
         measured = _measure_derived(config, budget, cfg, log)
     # The measured time is this machine's; the table's latency and the budget may be another device's.
@@ -327,7 +330,10 @@ def _derive(run_dir: Path, recipe, search, table, budget: dict, log) -> dict:
     }
     atomic_write_json(path, derived)
     m, b = measured["derived_ms"], budget["budget_ms"]
-    if same_device:
+    if m is None:
+        timed = (f"budget {b:.3f} ms ({100 * (predicted / b - 1):+.1f}%) on the table's device "
+                 f"{table.device or '(unnamed)'}; not timed here ({measured['not_measured']}): time it there")
+    elif same_device:
         timed = f"measured {m:.3f} ms on {measured.get('device')}, budget {b:.3f} ms ({100 * (m / b - 1):+.1f}%)"
     else:
         timed = (f"budget {b:.3f} ms ({100 * (predicted / b - 1):+.1f}%) on the table's device {table.device}; "
@@ -335,6 +341,21 @@ def _derive(run_dir: Path, recipe, search, table, budget: dict, log) -> dict:
     log(f"[derive] {run_dir / 'derived.json'}: table {predicted:.3f} ms, {timed}; train it with "
         f"python train.py --recipe {run_dir / 'derived_recipe.json'}")
     return derived
+
+
+def _untimeable_here(cfg) -> str:
+    """Why the derived network cannot be timed on this machine ("" when it can): a search on another device's
+    table (``nas.latency_table``) with its budget in ms needs the backend only there."""
+    from lps_keras.latency import check_backend
+    from lps_keras.latency.stats import LatencyError
+
+    try:
+        check_backend(cfg.latency_backend)
+    except LatencyError as e:
+        if cfg.latency_table is None or cfg.budget_ms is None:
+            raise
+        return str(e)
+    return ""
 
 
 def _measure_derived(config, budget: dict, cfg, log) -> dict:
