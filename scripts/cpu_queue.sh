@@ -7,8 +7,9 @@
 # Run directories (runs/) are not kept with the project, and a new checkout starts without them. So every
 # finished step copies its small result files (metrics, recipe, environment, log; no weights) to
 # docs/runs/<name>/, and a step counts as finished when either copy says so: commit docs/runs/ as steps land
-# and a later checkout skips them. A step cut short by the end of a session resumes from its backup only on
-# the machine that has its run directory; elsewhere it starts again.
+# and a later checkout skips them. A training cut short by the end of a session resumes from its backup only on
+# the machine that has its run directory; elsewhere it starts again. The fidelity study resumes anywhere from
+# its partial copy (below).
 #
 # Steps: issue 25 item 4 (TinyMRMS on CamVid, 7500 it.) -> issue 22 item 5 (the fidelity study's step 2)
 # -> issue 27 (HMSeg search, its derived network x2 seeds, TinyMRMS at the proof schedule x2 seeds, budget check).
