@@ -183,6 +183,23 @@ def test_latency_table_builder_with_a_stub(tmp_path):
         build_latency_table(space, SIZE, "onnxruntime", measure=Stub(), path=path)
 
 
+def test_a_latency_table_records_its_runtime_settings_and_warns_when_used_with_others(tmp_path, monkeypatch):
+    """As a latency profile does: onnxruntime's thread spinning recorded with the table; loaded where it
+    differs, a UserWarning names the setting (not refused: the table describes the settings it records)."""
+    import warnings
+
+    monkeypatch.setenv("LPS_ORT_SPINNING", "off")
+    path = tmp_path / "table.json"
+    build_latency_table(small_space(), SIZE, "onnxruntime", measure=Stub(), path=path)
+    assert json.loads(path.read_text())["versions"]["spinning"] == "off"
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        LatencyTable.load(path)  # the same settings: silent
+    monkeypatch.setenv("LPS_ORT_SPINNING", "on")
+    with pytest.warns(UserWarning, match=r"table.json: measured with onnxruntime spinning='off' \(here 'on'\)"):
+        assert LatencyTable.load(path).versions["spinning"] == "off"
+
+
 def test_operators_are_timed_in_the_form_whole_networks_are_timed_in(tmp_path):
     """The calibration subtracts the operators' sum from a whole network timed fused with random biases
     (random_deploy_model); each operator is timed in that form: no BN, nonzero biases, and the output of the

@@ -36,8 +36,11 @@ class LatencyTable:
     (:func:`calibrate_table`), if they were."""
 
     def __init__(self, backend: str, entries: dict | None = None, device: str = "", fixed_ms: float = 0.0,
-                 calibration: dict | None = None, fixed_by_option: dict | None = None):
+                 calibration: dict | None = None, fixed_by_option: dict | None = None, versions: dict | None = None):
         self.backend = backend
+        # library versions and runtime settings it was timed with (lps_keras.latency.library_versions), as a
+        # latency profile records them: a table used with other settings (onnxruntime spinning, oneDNN) is warned of
+        self.versions = dict(versions or {})
         self.entries = dict(entries or {})
         self.device = device
         self.fixed_ms = float(fixed_ms)
@@ -56,7 +59,7 @@ class LatencyTable:
 
     def to_dict(self) -> dict:
         return {"format": TABLE_FORMAT, "backend": self.backend, "device": self.device, "fixed_ms": self.fixed_ms,
-                "fixed_by_option": self.fixed_by_option, "calibration": self.calibration,
+                "fixed_by_option": self.fixed_by_option, "calibration": self.calibration, "versions": self.versions,
                 "entries": dict(sorted(self.entries.items()))}
 
     def save(self, path) -> Path:
@@ -79,8 +82,11 @@ class LatencyTable:
             raise NASError(f"{path}: not a latency table of format {TABLE_FORMAT}")
         if backend is not None and data.get("backend") != backend:
             raise NASError(f"{path}: the table is for backend {data.get('backend')!r}, not {backend!r}")
+        from lps_keras.latency.profile import warn_settings
+
+        warn_settings({"backend": data["backend"], "versions": data.get("versions") or {}, "_where": str(path)})
         return cls(data["backend"], data["entries"], data.get("device", ""), data.get("fixed_ms", 0.0),
-                   data.get("calibration"), data.get("fixed_by_option"))
+                   data.get("calibration"), data.get("fixed_by_option"), data.get("versions"))
 
 
 def build_latency_table(space: SearchSpace, input_size: tuple[int, int], backend: str = "tf",
@@ -107,6 +113,8 @@ def build_latency_table(space: SearchSpace, input_size: tuple[int, int], backend
                        f"Finish it there ({missing} operator(s) left), or move it aside to build one here")
     if not table.device:
         table.device = here
+    if not table.versions:
+        table.versions = _versions(backend)
     for i, spec in enumerate(specs):
         if spec in table:
             continue
@@ -177,6 +185,14 @@ def calibrate_table(space: SearchSpace, table: LatencyTable, input_size, backend
     if path is not None:
         table.save(path)
     return table
+
+
+def _versions(backend: str) -> dict:
+    try:
+        from lps_keras.latency.backends import library_versions
+        return library_versions(backend)
+    except Exception:  # a record only, as the device label: a table built without it still works
+        return {}
 
 
 def device_label(backend: str = "tf") -> str:
