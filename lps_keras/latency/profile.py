@@ -44,18 +44,14 @@ from typing import Optional, Union
 import numpy as np
 
 from lps_keras.arch import NUM_STAGES, STAGE_STRIDES, Arch
-from lps_keras.latency.kernel_model import FEATURES as KERNEL_FEATURES
+from lps_keras.latency.profile_models import describe_profile_models, get_profile_model, profile_model_names
 from lps_keras.latency.stats import LatencyError
 
 PROFILE_FORMAT = "lps_keras.latency_profile"
 PROFILE_VERSION = 1
-FEATURES = ("const", *(f"gmacs_s{s}" for s in range(1, NUM_STAGES + 1)), "act_mb", "layers", "resize_mpix",
-            "head_gmacs")
-
-
-#: The profile's model kinds and their features: ``linear`` (this module), ``kernels``
-#: (:mod:`lps_keras.latency.kernel_model`: convolutions priced from single-layer timings).
-MODEL_FEATURES = {"linear": FEATURES, "kernels": KERNEL_FEATURES}
+#: The ``linear`` model's features (:func:`arch_features`); every model is an entry of
+#: :mod:`lps_keras.latency.profile_models`.
+FEATURES = get_profile_model("linear").features
 
 
 class ProfileError(LatencyError):
@@ -156,12 +152,15 @@ def accuracy_figures(predicted: Sequence[float], measured: Sequence[float]) -> d
 
 # --------------------------------------------------------------------------- files
 def make_profile(coef: np.ndarray, backend: str, precision: str, input_shape, *, device: str, measured: bool,
-                 source: str, residual_sd_rel: float, table=None, **extra) -> dict:
-    """A profile dict (the JSON file's content): the ``linear`` model, or ``kernels`` with a conv ``table``."""
-    model = {"kind": "linear", "features": list(FEATURES), "coef": [float(c) for c in coef]}
-    if table is not None:
-        model = {"kind": "kernels", "features": list(MODEL_FEATURES["kernels"]), "coef": [float(c) for c in coef],
-                 "table": table.to_dict()}
+                 source: str, residual_sd_rel: float, table=None, kind: Optional[str] = None, **extra) -> dict:
+    """A profile dict (the JSON file's content) with model ``kind`` (default: ``kernels`` when a conv ``table``
+    is given, else ``linear``); a model that needs the table stores it."""
+    entry = get_profile_model(kind or ("kernels" if table is not None else "linear"))
+    model = {"kind": entry.name, "features": list(entry.features), "coef": [float(c) for c in coef]}
+    if entry.needs_table:
+        if table is None:
+            raise ValueError(f"the {entry.name} model needs the single-conv table")
+        model["table"] = table.to_dict()
     return {"format": PROFILE_FORMAT, "version": PROFILE_VERSION, "backend": backend, "precision": precision,
             "input_shape": [int(v) for v in input_shape], "device": device, "measured": bool(measured),
             "source": source, "model": model, "residual_sd_rel": float(residual_sd_rel), **extra}
@@ -186,14 +185,15 @@ def load_profile(profile: Union[str, os.PathLike, Mapping]) -> dict:
                            f"{PROFILE_VERSION}")
     try:
         model = data["model"]
-        features = MODEL_FEATURES.get(model["kind"])
+        entry = get_profile_model(model["kind"]) if model["kind"] in profile_model_names() else None
+        features = None if entry is None else entry.features
         if features is None or list(model["features"]) != list(features):
             raise ProfileError(f"{where}: model {model['kind']!r} over {model['features']} is not one of this "
-                               f"code's models: " + "; ".join(f"{k} over {list(v)}" for k, v in MODEL_FEATURES.items()))
+                               f"code's models: {describe_profile_models()}")
         coef = [float(c) for c in model["coef"]]
         shape = [int(v) for v in data["input_shape"]]
         str(data["backend"])
-        if model["kind"] == "kernels":
+        if entry.needs_table:
             from lps_keras.latency.kernel_model import ConvTable
 
             data["_table"] = ConvTable.from_dict(model["table"])
@@ -224,11 +224,8 @@ def predict_latency(arch: Arch, profile: Union[str, os.PathLike, Mapping]) -> fl
     """Predicted median latency (ms) of ``arch`` on the profile's device, backend and input size."""
     prof = profile if isinstance(profile, Mapping) and "_where" in profile else load_profile(profile)
     n, h, w, _ = prof["input_shape"]
-    if prof["model"]["kind"] == "kernels":
-        from lps_keras.latency.kernel_model import kernel_features
-
-        return float(n * kernel_features(arch, h, w, prof["_table"]) @ np.asarray(prof["model"]["coef"]))
-    return float(n * arch_features(arch, h, w) @ np.asarray(prof["model"]["coef"]))
+    entry = get_profile_model(prof["model"]["kind"])
+    return float(n * entry.featurize(arch, h, w, prof.get("_table")) @ np.asarray(prof["model"]["coef"]))
 
 
 def profile_latency_fn(profile: Union[str, os.PathLike, Mapping], backend: str, input_shape,
@@ -315,11 +312,11 @@ def main(argv=None) -> int:
     p.add_argument("--rounds", type=int, default=5, help="paired rounds per set (default 5)")
     p.add_argument("--iters", type=int, default=3, help="timed runs per network and round (default 3)")
     p.add_argument("--set-size", type=int, default=8, help="networks per paired set, N0 included (default 8)")
-    p.add_argument("--model", default="auto", choices=("auto", "kernels", "linear"),
-                   help="kernels: convs priced from single-conv timings on this device, plus a fitted "
-                        "whole-network correction; linear: the whole-network linear model over GMACs per stage; "
-                        "auto (default): times the single convs and keeps the model with the lower "
-                        "leave-one-out error on the training networks")
+    p.add_argument("--model", default="auto", choices=("auto", *profile_model_names()),
+                   help="the network model (lps_keras.latency.profile_models): kernels: convs priced from "
+                        "single-conv timings on this device, plus a fitted whole-network correction; linear: the "
+                        "whole-network linear model over GMACs per stage; auto (default): times the single convs "
+                        "and keeps the model with the lower leave-one-out error on the training networks")
     p.add_argument("--refit", metavar="PROFILE", default=None,
                    help="measure nothing: fit --model again on the timings a measured profile stores, write --out")
     p.add_argument("--paper", action="store_true",

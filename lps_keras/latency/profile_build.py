@@ -33,6 +33,7 @@ from lps_keras.latency.profile import (
     fit_linear,
     make_profile,
 )
+from lps_keras.latency.profile_models import get_profile_model, profile_model_names
 
 #: The paper profile's model: a + b * GMACs + d * activation traffic. 15 rows carry no more; the layer count
 #: (the issue's fourth term) moves with depth alone in Table 4, and with it leave-one-out misses the smallest
@@ -59,7 +60,12 @@ def fit_profile(archs: Sequence[Arch], ms: Sequence[float], input_shape, feature
     """Coefficients over :data:`FEATURES` (unused ones 0; a group's members share one) and the relative
     residual sd of the fit (weighted least squares on relative error, coefficients >= 0)."""
     _, h, w, _ = input_shape
-    x = np.stack([arch_features(a, h, w) for a in archs]) * input_shape[0]
+    return fit_features(np.stack([arch_features(a, h, w) for a in archs]) * input_shape[0], ms, features)
+
+
+def fit_features(x: np.ndarray, ms: Sequence[float], features: Sequence[str] = FEATURES) -> tuple[np.ndarray, float]:
+    """:func:`fit_profile` on the :data:`FEATURES` matrix ``x`` of measured networks (batch folded in)."""
+    x = np.asarray(x, float)
     y = np.asarray(ms, float)
     cols = _columns(features)
     z = np.stack([x[:, c].sum(axis=1) for c in cols], axis=1)
@@ -187,27 +193,15 @@ def measure_archs(archs: Sequence[Arch], anchor: Arch, measure_set: Callable, se
 
 
 # --------------------------------------------------------------------------- which model, fitted and validated
-#: The network models a measured profile can carry (:func:`lps_keras.latency.profile.predict_latency`).
-MODEL_KINDS = ("linear", "kernels")
-
-
 def network_features(kind: str, arch: Arch, input_shape, table=None) -> np.ndarray:
     """The feature vector of ``arch`` under model ``kind`` (batch folded in, as predict_latency does)."""
     n, h, w, _ = input_shape
-    if kind == "kernels":
-        from lps_keras.latency.kernel_model import kernel_features
-
-        return n * kernel_features(arch, h, w, table)
-    return n * arch_features(arch, h, w)
+    return n * get_profile_model(kind).featurize(arch, h, w, table)
 
 
 def fit_network(kind: str, archs: Sequence[Arch], ms: Sequence[float], input_shape, table=None):
     """(coef, relative residual sd) of model ``kind`` fitted on measured networks (both weight relative error)."""
-    if kind == "linear":
-        return fit_profile(archs, ms, input_shape)
-    from lps_keras.latency.kernel_model import fit_network_model
-
-    return fit_network_model(np.stack([network_features(kind, a, input_shape, table) for a in archs]), ms)
+    return get_profile_model(kind).fit(np.stack([network_features(kind, a, input_shape, table) for a in archs]), ms)
 
 
 def loo_median_error(kind: str, archs: Sequence[Arch], ms: Sequence[float], input_shape, table=None) -> float:
@@ -221,9 +215,12 @@ def choose_model(model: str, archs: Sequence[Arch], ms: Sequence[float], input_s
                  ) -> tuple[str, dict[str, float]]:
     """``model`` itself, or for ``auto`` the kind with the lower leave-one-out error on the *training*
     networks (the held-out ones stay unseen until validation); with the leave-one-out errors compared."""
-    kinds = [k for k in MODEL_KINDS if k != "kernels" or table is not None] if model == "auto" else [model]
-    if model == "kernels" and table is None:
-        raise ValueError("the kernels model needs the single-conv table, and this profile has none")
+    if model == "auto":
+        kinds = [k for k in profile_model_names() if table is not None or not get_profile_model(k).needs_table]
+    else:
+        kinds = [model]
+        if get_profile_model(model).needs_table and table is None:
+            raise ValueError(f"the {model} model needs the single-conv table, and this profile has none")
     loo = {k: loo_median_error(k, archs, ms, input_shape, table) for k in kinds}
     return min(loo, key=loo.get), loo
 
@@ -240,10 +237,11 @@ def finish_profile(model: str, table, train: Sequence[tuple[Arch, float]], held:
     kind, loo = choose_model(model, archs, ms, input_shape, table)
     coef, sd = fit_network(kind, archs, ms, input_shape, table)
     prof = make_profile(coef, backend, precision, input_shape, device=device, measured=True, source=source,
-                        residual_sd_rel=sd, table=table if kind == "kernels" else None, **extra)
+                        residual_sd_rel=sd, table=table if get_profile_model(kind).needs_table else None,
+                        kind=kind, **extra)
     prof["model_selection"] = {"asked": model, "chosen": kind, "loo_median_abs_rel_error": loo,
                                "by": "leave-one-out on the training networks"}
-    if table is not None and kind != "kernels":
+    if table is not None and not get_profile_model(kind).needs_table:
         prof["conv_table"] = table.to_dict()
     prof["_where"], prof["_table"] = "(being built)", table
     rows = [{"kind": k, "arch": a.to_dict(), "name": str(a), "measured_ms": round(m, 4),
@@ -311,7 +309,7 @@ def run_profile(args) -> int:
     print(f"profile {args.backend}/{args.precision} at {h}x{w}: {len(train)} training, {len(held)} held-out "
           f"and {len(table4)} Table 4 networks, in paired sets of {args.set_size}", flush=True)
     table = None
-    if args.model != "linear":
+    if args.model == "auto" or get_profile_model(args.model).needs_table:
         from lps_keras.latency.kernel_model import ConvTable, measure_grid
 
         print("timing the single convs of the kernels table", flush=True)
