@@ -247,8 +247,10 @@ def fidelity_markdown(rows) -> str:
     def f(x, fmt):
         return "-" if x is None else format(x, fmt)
 
-    lines = ["| proxy | seeds | tau (slope) | tau (mIoU) | reference winner | decision | mean seed sd | "
-             "CPU min / candidate |", "|---|---|---|---|---|---|---|---|"]
+    # The study's own one-step search judges once, with all its seeds, by the default decision rule and without
+    # racing; regret.md replays the recipe's rule, looks included: the verdict to read is there.
+    lines = ["| proxy | seeds | tau (slope) | tau (mIoU) | reference winner | decision (one look, default rule; "
+             "regret.md has the search's) | mean seed sd | CPU min / candidate |", "|---|---|---|---|---|---|---|---|"]
     for r in rows:
         lines.append(f"| {r['proxy']} | {r['seeds']} | {f(r['tau_slope'], '.2f')} | {f(r['tau_score'], '.2f')} | "
                      f"{_winner(r)} | {r['decision'] or '-'} | "
