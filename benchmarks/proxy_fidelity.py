@@ -284,7 +284,7 @@ def run(args) -> int:
             extra = rescored(rows[-1], step, start.arch, journal, ref_step=ref_step)
             if extra is not None:
                 rows.append(extra)
-    if profile_path(recipe) is not None and args.latency != "macs":
+    if profile_path(recipe) is not None and args.latency != "macs" and reference_doc is None:
         # latencies predicted by a profile: the differences carry its error, as in a search on that profile
         with_profile_se(rows, sigma_rel(load_profile(profile_path(recipe))))
     if reference_doc is not None:  # the finished study's rows (its reference, and proxies not retrained here)

@@ -49,10 +49,13 @@ train runs/camvid_tinymrms_cpu --recipe recipes/camvid_tinymrms_cpu.json
 # A study's journals and its latencies are small and are all it needs to resume (a killed candidate restarts),
 # so while it runs they are copied to docs/runs/<name>/partial/ every 10 minutes: commit that, and a later
 # checkout, on any machine, continues the study where the copy left it instead of starting again.
-snapshot() {  # snapshot RUN_DIR
+snapshot() {  # snapshot RUN_DIR: copied whole into a staging directory, then swapped in (never a half copy)
   local dest=docs/runs/$(basename "$1")/partial
-  mkdir -p "$dest"
-  (cd "$1" && find . \( -name journal.json -o -name study_latencies.json \) -print0 | xargs -0 -r cp --parents -t "$OLDPWD/$dest")
+  local tmp=$dest.tmp.$$
+  rm -rf "$tmp" && mkdir -p "$tmp" || return 1
+  (cd "$1" && find . \( -name journal.json -o -name study_latencies.json \) -print0 \
+    | xargs -0 -r cp --parents -t "$OLDPWD/$tmp") || { rm -rf "$tmp"; return 1; }
+  rm -rf "$dest.old" && { [ ! -d "$dest" ] || mv "$dest" "$dest.old"; } && mv "$tmp" "$dest" && rm -rf "$dest.old"
 }
 restore() {  # restore RUN_DIR: start it from its published partial copy when this checkout lacks it
   local src=docs/runs/$(basename "$1")/partial
@@ -70,13 +73,18 @@ if [ ! -f docs/runs/fid_step2/regret.md ]; then
     restore runs/fid_step2
     (while sleep 600; do snapshot runs/fid_step2; done) &
     SNAP=$!
+    # killed or failed, the queue stops its snapshot loop and takes a last snapshot (nothing runs twice)
+    # (a TERM runs the EXIT trap once the study's process has ended: stop the queue with
+    #  pkill -f scripts/cpu_queue.sh; pkill -f benchmarks/proxy_fidelity.py)
+    trap 'kill $SNAP 2>/dev/null; wait $SNAP 2>/dev/null; snapshot runs/fid_step2' EXIT
+    trap 'exit 1' TERM INT HUP
     $PY benchmarks/proxy_fidelity.py --recipe recipes/expand_camvid.json --output runs/fid_step2 \
       --seeds 3 --ref-seeds 3 --ref-factor 4 --warm-iterations '' --set search.proxy.label_stride=null \
       --set search.latency.source=profile:profiles/epyc_avx2_2core_openvino_fp32_360x480.json \
       --variant 'stride4:label_stride=4' --set model.preset=null \
       --set 'model.arch={"depth":[1,1,1,1,1],"width":[8,16,32,64,64],"resolution":[0.5,0,0]}' \
-      >> runs/fid_step2.log 2>&1 || { snapshot runs/fid_step2; kill $SNAP; say "FAILED fidelity step 2 (see runs/fid_step2.log)"; exit 1; }
-    kill $SNAP; snapshot runs/fid_step2
+      >> runs/fid_step2.log 2>&1 || { say "FAILED fidelity step 2 (see runs/fid_step2.log)"; exit 1; }
+    trap - EXIT TERM INT HUP; kill $SNAP 2>/dev/null; wait $SNAP 2>/dev/null; snapshot runs/fid_step2
   fi
   mkdir -p docs/runs/fid_step2 && cp runs/fid_step2/*.json runs/fid_step2/*.md docs/runs/fid_step2/ && say "published runs/fid_step2"
 fi

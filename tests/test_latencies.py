@@ -61,7 +61,7 @@ def test_a_profile_gives_predicted_latencies_and_dl_with_the_profile_error(tmp_p
 
 
 def test_on_the_shipped_openvino_profile_step_1_candidates_are_told_from_their_parent():
-    """The shipped profile of a 2-core AVX2 EPYC (sigma_rel 19 %): from the CamVid recipe's N0, the candidates
+    """The shipped profile of a 2-core AVX2 EPYC (sigma_rel 12.9 %): from the CamVid recipe's N0, the candidates
     the search proposes are slower than N0 beyond latency_z of their SE, except those predicted to add a small
     share of the step's largest dL (which are "the same latency", as the decision rule means)."""
     from pathlib import Path

@@ -229,6 +229,11 @@ def test_a_search_for_another_device_needs_its_backend_only_there(tmp_path, mach
     with pytest.raises(LatencyError, match="not installed"):  # searching for this machine: the backend is needed
         _derive(tmp_path / "run2", recipe_from_dict(_recipe(tmp_path)), search, table,
                 {"reference_ms": 5.0, "budget_ms": 5.0}, lines.append)
+    # the same directory resumed where the backend is: the derived network is timed then, not left untimed
+    monkeypatch.setattr(backends, "check_backend", lambda *a, **k: None)
+    monkeypatch.setattr("lps_keras.latency.check_backend", lambda *a, **k: None)
+    again = _derive(tmp_path / "run", recipe, search, table, {"reference_ms": 5.0, "budget_ms": 5.0}, lines.append)
+    assert again["measured"]["derived_ms"] == 2.0 and "not_measured" not in again["measured"]
 
 
 @pytest.mark.slow

@@ -28,6 +28,14 @@ def test_k_follows_the_searchs_rule_with_the_paired_ses(monkeypatch, tmp_path, c
         ks[se] = {r["op"]: r["k"] for r in mod.measure(recipe)["candidates"]}
     assert ks[0.0].keys() == ks[1e9].keys()
     assert all(ks[1e9][op] <= ks[0.0][op] for op in ks[0.0]) and ks[1e9] != ks[0.0], ks
+    # a profile's predictions (deterministic) take no tie-break, whatever SE they carry: the argmin, as the search
+
+    def exact(se):
+        single, paired = _fns(se)
+        paired.deterministic = True
+        return single, paired
+    monkeypatch.setattr("lps_keras.search.expansion.make_latency_fns", lambda *a, **k: exact(1e9))
+    assert {r["op"]: r["k"] for r in mod.measure(recipe)["candidates"]} == ks[0.0]
     # a recipe that measures no paired sets: one line naming it, exit 2, nothing written
     monkeypatch.undo()
     out = tmp_path / "a.json"

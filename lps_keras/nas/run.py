@@ -313,12 +313,11 @@ def _derive(run_dir: Path, recipe, search, table, budget: dict, log) -> dict:
     predicted = table_latency(search.space, table, cfg.latency_input_size, choices)
     path = run_dir / "derived.json"
     previous = json.loads(path.read_text()) if path.exists() else {}
-    missing = _untimeable_here(cfg)
-    if previous.get("config") == config.to_dict() and "measured" in previous:
+    if previous.get("config") == config.to_dict() and (previous.get("measured") or {}).get("derived_ms") is not None:
         measured = previous["measured"]
-    elif missing:  # searched for another device with its table: nothing to time the network on here
+    elif missing := _untimeable_here(cfg):  # searched for another device with its table: nothing to time it on
         measured = {"derived_ms": None, "device": None, "not_measured": missing}
-    else:
+    else:  # (a directory that was searched elsewhere is timed when it is resumed where the backend is)
         measured = _measure_derived(config, budget, cfg, log)
     # The measured time is this machine's; the table's latency and the budget may be another device's.
     measured = {**measured, "table_device": table.device}

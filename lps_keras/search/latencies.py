@@ -17,7 +17,7 @@
   the step's largest dL rather than each candidate's own keeps a candidate predicted to add almost nothing
   from being trusted to add exactly that: its dL counts as "the same latency" unless it is beyond
   ``latency_z`` of that error. (The earlier ``sigma_rel * L_parent`` took the whole network's error for a
-  difference: on the shipped OpenVINO profile, sigma_rel 19 %, every step-1 candidate from N0 fell within
+  difference: on the shipped OpenVINO profile, sigma_rel 12.9 %, every step-1 candidate from N0 fell within
   2 SE of its parent, so a profile search could only stop with "no gain".)
 
 Measurements run where the executor says: here, or (a Ray executor with a ``latency_resource``) as tasks on
