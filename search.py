@@ -60,12 +60,11 @@ def main(argv=None) -> int:
 
 def run(args) -> int:
     from lps_keras.latency import check_backend
-    from lps_keras.nas.run import run_search
+    from lps_keras.nas.run import needs_backend_here, run_search
     from lps_keras.recipe import load_recipe
 
     recipe = load_recipe(args.recipe, recipe_overrides(args))
-    if recipe.nas.latency_table is None or recipe.nas.budget_ms is None:
-        # with another device's table and its budget in ms nothing is timed here: the backend may be absent
+    if needs_backend_here(recipe.nas):
         check_backend(recipe.nas.latency_backend)
     run_search(recipe, log=lambda line: print(line, flush=True), table_only=args.table_only)
     return 0

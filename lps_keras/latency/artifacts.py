@@ -226,13 +226,13 @@ def artifact_stamp(kind: str) -> dict:
     return get_artifact_kind(kind).stamp()
 
 
-def _tf_stamp(**extra) -> Callable[[], dict]:
+def _tf_stamp(with_tf2onnx: bool = False, **extra) -> Callable[[], dict]:
     def stamp() -> dict:
         import keras
         import tensorflow as tf
 
         values = {"tensorflow": tf.__version__, "keras": keras.__version__, **extra}
-        if "tf2onnx" in values:
+        if with_tf2onnx:
             import tf2onnx
 
             values["tf2onnx"] = tf2onnx.__version__
@@ -252,7 +252,7 @@ for _kind in (
     # weights: written before as variables, now as constants (a cached one of the old kind is rebuilt)
     ArtifactKind("savedmodel", "saved_model", "static-shape SavedModel of the bare network",
                  _tf_stamp(weights="constants")),
-    ArtifactKind("onnx", "model.onnx", "tf2onnx export of the bare network", _tf_stamp(tf2onnx=None)),
+    ArtifactKind("onnx", "model.onnx", "tf2onnx export of the bare network", _tf_stamp(with_tf2onnx=True)),
     ArtifactKind("openvino", "model.xml", "OpenVINO IR converted from the ONNX file", _backend_stamp("openvino")),
     ArtifactKind("litert", "model.tflite", ".tflite converted from the SavedModel", _backend_stamp("litert")),
     ArtifactKind("tftrt", "saved_model", "TF-TRT converted SavedModel", _backend_stamp("tftrt", with_device=True)),

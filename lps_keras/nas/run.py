@@ -342,16 +342,21 @@ def _derive(run_dir: Path, recipe, search, table, budget: dict, log) -> dict:
     return derived
 
 
+def needs_backend_here(cfg) -> bool:
+    """Whether a search times anything on this machine: not with another device's table (``nas.latency_table``)
+    and its budget in ms, whose backend is needed only there (``search.py`` checks it up front otherwise)."""
+    return cfg.latency_table is None or cfg.budget_ms is None
+
+
 def _untimeable_here(cfg) -> str:
-    """Why the derived network cannot be timed on this machine ("" when it can): a search on another device's
-    table (``nas.latency_table``) with its budget in ms needs the backend only there."""
+    """Why the derived network cannot be timed on this machine ("" when it can)."""
     from lps_keras.latency import check_backend
     from lps_keras.latency.stats import LatencyError
 
     try:
         check_backend(cfg.latency_backend)
     except LatencyError as e:
-        if cfg.latency_table is None or cfg.budget_ms is None:
+        if needs_backend_here(cfg):
             raise
         return str(e)
     return ""

@@ -135,12 +135,14 @@ def summarize(name, start, step, ref_step, seeds, journal) -> dict:
 def with_profile_se(rows, sigma_rel: float) -> None:
     """Give each row's candidates the SE a search on a latency profile gives them (in place): sigma_rel x the
     step's largest dL (:mod:`lps_keras.search.latencies`), so the regret replay judges as that search would."""
+    from lps_keras.search.latencies import profile_dl_se
+
     for row in rows:
         if row.get("parent_latency") is None:
             continue
-        largest = max((abs(c["latency"] - row["parent_latency"]) for c in row["candidates"]), default=0.0)
+        se = profile_dl_se(sigma_rel, row["parent_latency"], [c["latency"] for c in row["candidates"]])
         for c in row["candidates"]:
-            c["latency_se"] = sigma_rel * largest
+            c["latency_se"] = se
 
 
 def scored_step(row: dict, parent_latency: float):

@@ -33,6 +33,12 @@ from lps_keras.arch import Arch
 from lps_keras.search.executors import ExecutorError
 
 
+def profile_dl_se(sigma_rel: float, parent_latency: float, latencies) -> float:
+    """The SE of every predicted dL of one step on a profile: ``sigma_rel`` x the step's largest |dL| (see the
+    module docstring); the search's paired sets and the fidelity study's regret replay both use it."""
+    return sigma_rel * max((abs(lat - parent_latency) for lat in latencies), default=0.0)
+
+
 def latency_functions(backend: str, input_shape, *, warmup: int = 5, iters: int = 20, cache=None, executor=None,
                       device_key: Optional[str] = None, rounds: int = 0, iters_per_round: int = 5,
                       profile=None, verbose: bool = True, measure: Optional[Callable] = None,
@@ -48,7 +54,7 @@ def latency_functions(backend: str, input_shape, *, warmup: int = 5, iters: int 
         def predicted(parent: Arch, archs: Sequence[Arch]) -> dict:
             base = fn(parent)
             lats = {arch.hash: fn(arch) for arch in archs}
-            se = fn.sigma_rel * max((abs(lat - base) for lat in lats.values()), default=0.0)
+            se = profile_dl_se(fn.sigma_rel, base, lats.values())
             return {parent.hash: (base, 0.0), **{h: (lat, se) for h, lat in lats.items()}}
 
         predicted.deterministic = True
